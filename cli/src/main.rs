@@ -1,0 +1,204 @@
+//! `flotilla`: a thin command line over the library crates. Argument parsing and output only.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use flotilla_source::LocalTree;
+use flotilla_spec::types::RepoPath;
+use flotilla_spec::{Checked, Diagnostic, Limits, RepoFiles};
+
+/// GitOps for fleets of Kubernetes clusters.
+#[derive(Parser)]
+#[command(name = "flotilla", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Check fleet.yaml and every path it names. Exit 0 valid, 1 invalid, 2 usage or I/O error.
+    Validate {
+        #[command(flatten)]
+        fleet: FleetArgs,
+        #[arg(short, long, value_enum, default_value_t = Output::Text)]
+        output: Output,
+    },
+    /// Show, per placement, the clusters it selects, their rollout batches and their bundles.
+    Plan {
+        #[command(flatten)]
+        fleet: FleetArgs,
+        #[arg(short, long, value_enum, default_value_t = Output::Text)]
+        output: Output,
+    },
+    /// Print the JSON Schema of fleet.yaml (for editors: completion and validation).
+    Schema,
+}
+
+#[derive(clap::Args)]
+struct FleetArgs {
+    /// The fleet repository: a local directory (uncommitted changes included).
+    #[arg(long, default_value = ".")]
+    repo: PathBuf,
+    /// The fleet file, relative to the repository root.
+    #[arg(long, default_value = "fleet.yaml")]
+    fleet: String,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Output {
+    Text,
+    Json,
+}
+
+/// Exit codes shared by every command.
+const INVALID: u8 = 1;
+const USAGE_OR_IO: u8 = 2;
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("FLOTILLA_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("flotilla: error: {e:#}");
+            ExitCode::from(USAGE_OR_IO)
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Validate { fleet, output } => validate(&fleet, output),
+        Command::Plan { fleet, output } => plan(&fleet, output),
+        Command::Schema => {
+            let schema = serde_json::to_string_pretty(&flotilla_spec::json_schema())?;
+            println!("{schema}");
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Reads and checks the fleet file. I/O problems are errors (exit 2); an invalid fleet is not.
+fn load(args: &FleetArgs) -> anyhow::Result<(String, Checked)> {
+    let tree = LocalTree::open(&args.repo)
+        .with_context(|| format!("cannot open --repo {}", args.repo.display()))?;
+    let fleet_path = RepoPath::parse(&args.fleet).map_err(|e| anyhow::anyhow!("--fleet: {e}"))?;
+    let file = fleet_path.as_str().to_string();
+    let limits = Limits::default();
+    match tree.kind(&fleet_path) {
+        flotilla_spec::PathKind::File => {}
+        flotilla_spec::PathKind::Dir => {
+            anyhow::bail!("{file} is a directory, expected the fleet file")
+        }
+        flotilla_spec::PathKind::Missing => {
+            anyhow::bail!("{file} not found in repository {}", args.repo.display())
+        }
+        flotilla_spec::PathKind::Escapes => anyhow::bail!("{file} leads outside the repository"),
+    }
+    let size = std::fs::metadata(tree.root().join(fleet_path.as_str()))
+        .map(|m| m.len())
+        .unwrap_or(0);
+    let text = if size > limits.max_bytes as u64 {
+        // Let the spec report it as a diagnostic without reading the whole file.
+        " ".repeat(limits.max_bytes + 1)
+    } else {
+        tree.read_to_string(&fleet_path)
+            .with_context(|| format!("cannot read {file}"))?
+    };
+    let mut checked = flotilla_spec::check_with(&file, &text, &tree, &limits);
+    if size > limits.max_bytes as u64 {
+        for d in &mut checked.diagnostics {
+            d.message = format!(
+                "the file is {size} bytes, over the limit of {} bytes",
+                limits.max_bytes
+            );
+        }
+    }
+    Ok((file, checked))
+}
+
+fn summary(file: &str, checked: &Checked) -> String {
+    let errors = checked.errors().count();
+    let warnings = checked.warnings().count();
+    let plural = |n: usize, w: &str| format!("{n} {w}{}", if n == 1 { "" } else { "s" });
+    match &checked.fleet {
+        Some(f) => {
+            let mut s = format!(
+                "{file}: valid: {}, {}, {}",
+                plural(f.clusters.len(), "cluster"),
+                plural(f.bundles.len(), "bundle"),
+                plural(f.placements.len(), "placement")
+            );
+            if warnings > 0 {
+                s.push_str(&format!(" ({})", plural(warnings, "warning")));
+            }
+            s
+        }
+        None => format!(
+            "{file}: invalid: {}, {}",
+            plural(errors, "error"),
+            plural(warnings, "warning")
+        ),
+    }
+}
+
+fn print_diagnostics(diags: &[Diagnostic]) -> std::io::Result<()> {
+    let mut out = std::io::stdout().lock();
+    for d in diags {
+        writeln!(out, "{d}")?;
+    }
+    Ok(())
+}
+
+fn validate(args: &FleetArgs, output: Output) -> anyhow::Result<ExitCode> {
+    let (file, checked) = load(args)?;
+    match output {
+        Output::Text => {
+            print_diagnostics(&checked.diagnostics)?;
+            println!("{}", summary(&file, &checked));
+        }
+        Output::Json => {
+            let doc = serde_json::json!({
+                "file": file,
+                "valid": checked.is_valid(),
+                "errors": checked.errors().count(),
+                "warnings": checked.warnings().count(),
+                "diagnostics": checked.diagnostics,
+            });
+            println!("{}", serde_json::to_string_pretty(&doc)?);
+        }
+    }
+    Ok(if checked.is_valid() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(INVALID)
+    })
+}
+
+fn plan(args: &FleetArgs, output: Output) -> anyhow::Result<ExitCode> {
+    let (file, checked) = load(args)?;
+    let Some(fleet) = &checked.fleet else {
+        print_diagnostics(&checked.diagnostics)?;
+        eprintln!("{}", summary(&file, &checked));
+        return Ok(ExitCode::from(INVALID));
+    };
+    for w in checked.warnings() {
+        eprintln!("{w}");
+    }
+    let plan = flotilla_reconciler::plan::plan(fleet);
+    match output {
+        Output::Text => print!("{}", plan.to_text()),
+        Output::Json => println!("{}", serde_json::to_string_pretty(&plan)?),
+    }
+    Ok(ExitCode::SUCCESS)
+}

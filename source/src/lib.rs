@@ -1,0 +1,168 @@
+//! Where a fleet repository's files come from.
+//!
+//! Today: [`LocalTree`], a directory on disk (a work tree with uncommitted changes, for
+//! `flotilla validate`, `plan` and `render` on a developer's machine). Git remotes, polling
+//! and snapshots read from the object database come with the Git source issue; they will
+//! implement the same read interface.
+//!
+//! Every read is confined to the repository: paths are [`RepoPath`]s (which cannot name a
+//! place outside the root), and symbolic links that resolve outside the root are refused.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use flotilla_spec::types::RepoPath;
+use flotilla_spec::{PathKind, RepoFiles};
+
+/// Errors reading from a source. Paths in messages are repository-relative.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("repository root {path}: {source}")]
+    Root { path: PathBuf, source: io::Error },
+    #[error("{path}: does not exist in the repository")]
+    NotFound { path: String },
+    #[error("{path}: leads outside the repository (through a symbolic link)")]
+    Escapes { path: String },
+    #[error("{path}: {source}")]
+    Io { path: String, source: io::Error },
+    #[error("{path}: is {size} bytes, over the limit of {limit} bytes")]
+    TooLarge { path: String, size: u64, limit: u64 },
+}
+
+/// A repository checked out (or just written) on the local file system.
+#[derive(Debug, Clone)]
+pub struct LocalTree {
+    root: PathBuf,
+}
+
+/// The largest file flotilla reads from a repository.
+pub const MAX_FILE_BYTES: u64 = 64 << 20;
+
+impl LocalTree {
+    /// Opens a directory as a repository root.
+    pub fn open(root: impl AsRef<Path>) -> Result<LocalTree, SourceError> {
+        let root = root.as_ref();
+        let canonical = root.canonicalize().map_err(|source| SourceError::Root {
+            path: root.to_path_buf(),
+            source,
+        })?;
+        if !canonical.is_dir() {
+            return Err(SourceError::Root {
+                path: root.to_path_buf(),
+                source: io::Error::new(io::ErrorKind::NotADirectory, "not a directory"),
+            });
+        }
+        Ok(LocalTree { root: canonical })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Resolves a repository path to a real path inside the root (following symlinks).
+    fn resolve(&self, path: &RepoPath) -> Result<PathBuf, SourceError> {
+        let joined = if path.as_str() == "." {
+            self.root.clone()
+        } else {
+            self.root.join(path.as_str())
+        };
+        match joined.canonicalize() {
+            Ok(real) if real.starts_with(&self.root) => Ok(real),
+            Ok(_) => Err(SourceError::Escapes {
+                path: path.to_string(),
+            }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                // A dangling symlink pointing outside is still an escape worth naming.
+                match std::fs::read_link(&joined) {
+                    Ok(target) if target.is_absolute() && !target.starts_with(&self.root) => {
+                        Err(SourceError::Escapes {
+                            path: path.to_string(),
+                        })
+                    }
+                    _ => Err(SourceError::NotFound {
+                        path: path.to_string(),
+                    }),
+                }
+            }
+            Err(source) => Err(SourceError::Io {
+                path: path.to_string(),
+                source,
+            }),
+        }
+    }
+
+    /// Reads a file as UTF-8 text.
+    pub fn read_to_string(&self, path: &RepoPath) -> Result<String, SourceError> {
+        let real = self.resolve(path)?;
+        let meta = std::fs::metadata(&real).map_err(|source| SourceError::Io {
+            path: path.to_string(),
+            source,
+        })?;
+        if meta.len() > MAX_FILE_BYTES {
+            return Err(SourceError::TooLarge {
+                path: path.to_string(),
+                size: meta.len(),
+                limit: MAX_FILE_BYTES,
+            });
+        }
+        std::fs::read_to_string(&real).map_err(|source| SourceError::Io {
+            path: path.to_string(),
+            source,
+        })
+    }
+}
+
+impl RepoFiles for LocalTree {
+    fn kind(&self, path: &RepoPath) -> PathKind {
+        match self.resolve(path) {
+            Ok(real) if real.is_dir() => PathKind::Dir,
+            Ok(_) => PathKind::File,
+            Err(SourceError::Escapes { .. }) => PathKind::Escapes,
+            Err(_) => PathKind::Missing,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rp(s: &str) -> RepoPath {
+        RepoPath::parse(s).expect("valid repo path")
+    }
+
+    #[test]
+    fn reads_inside_and_refuses_symlinks_out() -> Result<(), Box<dyn std::error::Error>> {
+        let outside = tempfile::tempdir()?;
+        std::fs::write(outside.path().join("secret"), "s3cr3t")?;
+        let repo = tempfile::tempdir()?;
+        std::fs::create_dir(repo.path().join("apps"))?;
+        std::fs::write(repo.path().join("apps/a.yaml"), "kind: ConfigMap")?;
+        #[cfg(unix)]
+        {
+            std::os::unix::fs::symlink(
+                outside.path().join("secret"),
+                repo.path().join("apps/leak"),
+            )?;
+            std::os::unix::fs::symlink("a.yaml", repo.path().join("apps/alias.yaml"))?;
+        }
+        let tree = LocalTree::open(repo.path())?;
+        assert_eq!(tree.kind(&rp("apps")), PathKind::Dir);
+        assert_eq!(tree.kind(&rp("apps/a.yaml")), PathKind::File);
+        assert_eq!(tree.kind(&rp("apps/missing")), PathKind::Missing);
+        assert_eq!(tree.read_to_string(&rp("apps/a.yaml"))?, "kind: ConfigMap");
+        #[cfg(unix)]
+        {
+            assert_eq!(tree.kind(&rp("apps/leak")), PathKind::Escapes);
+            assert!(matches!(
+                tree.read_to_string(&rp("apps/leak")),
+                Err(SourceError::Escapes { .. })
+            ));
+            assert_eq!(
+                tree.read_to_string(&rp("apps/alias.yaml"))?,
+                "kind: ConfigMap"
+            );
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,1384 @@
+//! From the positioned YAML tree to the typed model, collecting *every* error on the way.
+//!
+//! Each decoder takes a node and its JSON pointer and returns `Some(value)` or records
+//! errors and returns `None`; a parent carries on with its other fields either way, so one
+//! run reports everything that is wrong. Mappings are read through [`Obj`], which remembers
+//! which keys were asked for and reports the others as unknown, with a suggestion.
+
+use std::collections::{BTreeMap, HashMap};
+use std::rc::Rc;
+
+use crate::diag::{Sink, suggestion};
+use crate::model::*;
+use crate::types::{self, Duration, Pattern, Quantity, RepoPath, Schedule, SemverRange, TimeZone};
+use crate::yaml::{Key, Node, Value};
+
+/// Decoding state: the diagnostics, plus what validation must know about dropped items.
+#[derive(Default)]
+pub(crate) struct Cx {
+    pub sink: Sink,
+    /// For lists where some items failed to decode: source index of each kept item.
+    pub kept: HashMap<String, Vec<usize>>,
+    /// For lists where some items failed to decode: the names those items had, so that
+    /// references to them are not reported a second time as unknown.
+    pub broken: HashMap<String, Vec<String>>,
+}
+
+impl Cx {
+    pub(crate) fn error(&mut self, pos: crate::yaml::Pos, path: &str, message: impl Into<String>) {
+        self.sink.error(pos, path, message);
+    }
+}
+
+fn child(path: &str, key: &str) -> String {
+    let escaped = key.replace('~', "~0").replace('/', "~1");
+    format!("{path}/{escaped}")
+}
+
+fn index(path: &str, i: usize) -> String {
+    format!("{path}/{i}")
+}
+
+/// A mapping being read. Call [`Obj::finish`] once every known key has been asked for.
+pub(crate) struct Obj<'a> {
+    node: &'a Node,
+    entries: &'a [(Key, Rc<Node>)],
+    what: &'static str,
+    path: String,
+    known: Vec<&'static str>,
+}
+
+impl<'a> Obj<'a> {
+    pub(crate) fn new(
+        cx: &mut Cx,
+        node: &'a Node,
+        path: &str,
+        what: &'static str,
+    ) -> Option<Obj<'a>> {
+        match &node.value {
+            Value::Map(entries) => Some(Obj {
+                node,
+                entries,
+                what,
+                path: path.to_string(),
+                known: Vec::new(),
+            }),
+            Value::Null => Some(Obj {
+                node,
+                entries: &[],
+                what,
+                path: path.to_string(),
+                known: Vec::new(),
+            }),
+            _ => {
+                cx.error(
+                    node.pos,
+                    path,
+                    format!("expected {what} (a mapping), found {}", node.type_name()),
+                );
+                None
+            }
+        }
+    }
+
+    fn lookup(&mut self, key: &'static str) -> Option<&'a Rc<Node>> {
+        self.known.push(key);
+        self.entries
+            .iter()
+            .find(|(k, _)| k.name == key)
+            .map(|(_, v)| v)
+    }
+
+    /// An optional field; `null` counts as absent.
+    pub(crate) fn opt<T>(
+        &mut self,
+        cx: &mut Cx,
+        key: &'static str,
+        f: impl FnOnce(&mut Cx, &Node, &str) -> Option<T>,
+    ) -> Option<T> {
+        let node = self.lookup(key)?;
+        if node.value == Value::Null {
+            return None;
+        }
+        f(cx, node, &child(&self.path, key))
+    }
+
+    /// A required field: reports it missing at the mapping.
+    pub(crate) fn req<T>(
+        &mut self,
+        cx: &mut Cx,
+        key: &'static str,
+        f: impl FnOnce(&mut Cx, &Node, &str) -> Option<T>,
+    ) -> Option<T> {
+        match self.lookup(key) {
+            Some(node) if node.value != Value::Null => f(cx, node, &child(&self.path, key)),
+            Some(node) => {
+                cx.error(
+                    node.pos,
+                    &child(&self.path, key),
+                    format!("{key:?} of {} must not be empty", self.what),
+                );
+                None
+            }
+            None => {
+                cx.error(
+                    self.node.pos,
+                    &self.path,
+                    format!("{} is missing the required key {key:?}", self.what),
+                );
+                None
+            }
+        }
+    }
+
+    /// An optional list (absent = empty); items that fail to decode are dropped after reporting.
+    pub(crate) fn list<T>(
+        &mut self,
+        cx: &mut Cx,
+        key: &'static str,
+        f: impl FnMut(&mut Cx, &Node, &str) -> Option<T>,
+    ) -> Vec<T> {
+        self.opt(cx, key, |cx, n, p| Some(list(cx, n, p, f)))
+            .unwrap_or_default()
+    }
+
+    pub(crate) fn has(&self, key: &str) -> bool {
+        self.entries
+            .iter()
+            .any(|(k, v)| k.name == key && v.value != Value::Null)
+    }
+
+    pub(crate) fn pos(&self) -> crate::yaml::Pos {
+        self.node.pos
+    }
+
+    pub(crate) fn path(&self) -> &str {
+        &self.path
+    }
+
+    /// Reports keys nobody asked for.
+    pub(crate) fn finish(self, cx: &mut Cx) {
+        for (k, _) in self.entries {
+            if !self.known.contains(&k.name.as_str()) {
+                let hint = suggestion(&k.name, self.known.iter().copied());
+                let valid = if hint.is_empty() {
+                    let mut keys = self.known.clone();
+                    keys.sort_unstable();
+                    format!("; expected one of: {}", keys.join(", "))
+                } else {
+                    hint
+                };
+                cx.error(
+                    k.pos,
+                    &child(&self.path, &k.name),
+                    format!("unknown key {:?} in {}{valid}", k.name, self.what),
+                );
+            }
+        }
+    }
+}
+
+pub(crate) fn list<T>(
+    cx: &mut Cx,
+    node: &Node,
+    path: &str,
+    mut f: impl FnMut(&mut Cx, &Node, &str) -> Option<T>,
+) -> Vec<T> {
+    match &node.value {
+        Value::Seq(items) => {
+            let mut out = Vec::with_capacity(items.len());
+            let mut kept = Vec::with_capacity(items.len());
+            for (i, n) in items.iter().enumerate() {
+                match f(cx, n, &index(path, i)) {
+                    Some(v) => {
+                        out.push(v);
+                        kept.push(i);
+                    }
+                    None => {
+                        if let Some(Value::Str(name)) = n.get("name").map(|n| &n.value) {
+                            cx.broken
+                                .entry(path.to_string())
+                                .or_default()
+                                .push(name.clone());
+                        }
+                    }
+                }
+            }
+            if kept.len() != items.len() {
+                cx.kept.insert(path.to_string(), kept);
+            }
+            out
+        }
+        Value::Null => Vec::new(),
+        _ => {
+            cx.error(
+                node.pos,
+                path,
+                format!("expected a list, found {}", node.type_name()),
+            );
+            Vec::new()
+        }
+    }
+}
+
+pub(crate) fn string(cx: &mut Cx, node: &Node, path: &str) -> Option<String> {
+    match &node.value {
+        Value::Str(s) => Some(s.clone()),
+        Value::Int(_) | Value::Float(_) | Value::Bool(_) => {
+            cx.error(
+                node.pos,
+                path,
+                format!(
+                    "expected a string, found {} (quote it to keep it a string)",
+                    node.type_name()
+                ),
+            );
+            None
+        }
+        _ => {
+            cx.error(
+                node.pos,
+                path,
+                format!("expected a string, found {}", node.type_name()),
+            );
+            None
+        }
+    }
+}
+
+fn checked<T>(
+    cx: &mut Cx,
+    node: &Node,
+    path: &str,
+    parse: impl FnOnce(&str) -> Result<T, String>,
+) -> Option<T> {
+    let s = string(cx, node, path)?;
+    match parse(&s) {
+        Ok(v) => Some(v),
+        Err(msg) => {
+            cx.error(node.pos, path, msg);
+            None
+        }
+    }
+}
+
+pub(crate) fn name(cx: &mut Cx, node: &Node, path: &str) -> Option<String> {
+    checked(cx, node, path, |s| {
+        types::check_name(s).map(|_| s.to_string())
+    })
+}
+
+fn bool_(cx: &mut Cx, node: &Node, path: &str) -> Option<bool> {
+    match &node.value {
+        Value::Bool(b) => Some(*b),
+        Value::Str(s) if matches!(s.as_str(), "yes" | "no" | "on" | "off" | "y" | "n") => {
+            cx.error(
+                node.pos,
+                path,
+                format!("expected true or false, found the string {s:?}"),
+            );
+            None
+        }
+        _ => {
+            cx.error(
+                node.pos,
+                path,
+                format!("expected true or false, found {}", node.type_name()),
+            );
+            None
+        }
+    }
+}
+
+fn uint(cx: &mut Cx, node: &Node, path: &str, min: u32, max: u32) -> Option<u32> {
+    match &node.value {
+        Value::Int(i) if *i >= i64::from(min) && *i <= i64::from(max) => u32::try_from(*i).ok(),
+        Value::Int(i) => {
+            cx.error(
+                node.pos,
+                path,
+                format!("expected an integer from {min} to {max}, found {i}"),
+            );
+            None
+        }
+        _ => {
+            cx.error(
+                node.pos,
+                path,
+                format!(
+                    "expected an integer from {min} to {max}, found {}",
+                    node.type_name()
+                ),
+            );
+            None
+        }
+    }
+}
+
+fn number(cx: &mut Cx, node: &Node, path: &str) -> Option<f64> {
+    match &node.value {
+        Value::Int(i) => Some(*i as f64),
+        Value::Float(f) if f.is_finite() => Some(*f),
+        _ => {
+            cx.error(
+                node.pos,
+                path,
+                format!("expected a finite number, found {}", node.type_name()),
+            );
+            None
+        }
+    }
+}
+
+fn enumeration<T: Copy>(
+    cx: &mut Cx,
+    node: &Node,
+    path: &str,
+    options: &[(&'static str, T)],
+) -> Option<T> {
+    let s = string(cx, node, path)?;
+    if let Some((_, v)) = options.iter().find(|(n, _)| *n == s) {
+        return Some(*v);
+    }
+    let names: Vec<&str> = options.iter().map(|(n, _)| *n).collect();
+    let hint = suggestion(&s, names.iter().copied());
+    cx.error(
+        node.pos,
+        path,
+        format!("expected one of {}, found {s:?}{hint}", names.join(", ")),
+    );
+    None
+}
+
+fn string_map(cx: &mut Cx, node: &Node, path: &str) -> Option<BTreeMap<String, String>> {
+    let Value::Map(entries) = &node.value else {
+        if node.value == Value::Null {
+            return Some(BTreeMap::new());
+        }
+        cx.error(
+            node.pos,
+            path,
+            format!("expected a mapping of strings, found {}", node.type_name()),
+        );
+        return None;
+    };
+    let mut out = BTreeMap::new();
+    for (k, v) in entries {
+        let p = child(path, &k.name);
+        let value = match &v.value {
+            Value::Str(s) => s.clone(),
+            Value::Null => String::new(),
+            Value::Int(_) | Value::Float(_) | Value::Bool(_) => {
+                cx.error(
+                    v.pos,
+                    &p,
+                    format!("expected a string, found {} (quote it)", v.type_name()),
+                );
+                continue;
+            }
+            _ => {
+                cx.error(
+                    v.pos,
+                    &p,
+                    format!("expected a string, found {}", v.type_name()),
+                );
+                continue;
+            }
+        };
+        out.insert(k.name.clone(), value);
+    }
+    Some(out)
+}
+
+fn labels(cx: &mut Cx, node: &Node, path: &str) -> Option<Labels> {
+    let map = string_map(cx, node, path)?;
+    if let Value::Map(entries) = &node.value {
+        for (k, v) in entries {
+            if let Err(e) = types::check_label_key(&k.name) {
+                cx.error(k.pos, &child(path, &k.name), e);
+            }
+            if let Some(val) = map.get(&k.name) {
+                if let Err(e) = types::check_label_value(val) {
+                    cx.error(v.pos, &child(path, &k.name), e);
+                }
+            }
+        }
+    }
+    Some(map)
+}
+
+fn names(cx: &mut Cx, node: &Node, path: &str) -> Option<Vec<String>> {
+    Some(list(cx, node, path, string))
+}
+
+pub(crate) fn fleet(cx: &mut Cx, node: &Node) -> Option<Fleet> {
+    let mut o = Obj::new(cx, node, "", "the fleet")?;
+    let api_version = o.req(cx, "apiVersion", |cx, n, p| {
+        let s = string(cx, n, p)?;
+        if s != API_VERSION {
+            cx.error(
+                n.pos,
+                p,
+                format!("unsupported apiVersion {s:?}; expected {API_VERSION:?}"),
+            );
+        }
+        Some(s)
+    });
+    let kind = o.req(cx, "kind", |cx, n, p| {
+        let s = string(cx, n, p)?;
+        if s != KIND {
+            cx.error(
+                n.pos,
+                p,
+                format!("unsupported kind {s:?}; expected {KIND:?}"),
+            );
+        }
+        Some(s)
+    });
+    let metadata = o.req(cx, "metadata", metadata);
+    let settings = o.opt(cx, "settings", settings);
+    let clusters = o.list(cx, "clusters", cluster);
+    let bundles = o.list(cx, "bundles", bundle);
+    let baselines = o.list(cx, "baselines", baseline);
+    let placements = o.list(cx, "placements", placement);
+    let burst_pools = o.list(cx, "burstPools", burst_pool);
+    let workflows = o.list(cx, "workflows", workflow);
+    let backups = o.list(cx, "backups", backup);
+    let image_policies = o.list(cx, "imagePolicies", image_policy);
+    o.finish(cx);
+    Some(Fleet {
+        api_version: api_version?,
+        kind: kind?,
+        metadata: metadata?,
+        settings: settings.unwrap_or_default(),
+        clusters,
+        bundles,
+        baselines,
+        placements,
+        burst_pools,
+        workflows,
+        backups,
+        image_policies,
+    })
+}
+
+fn metadata(cx: &mut Cx, node: &Node, path: &str) -> Option<Metadata> {
+    let mut o = Obj::new(cx, node, path, "metadata")?;
+    let n = o.req(cx, "name", name);
+    let l = o.opt(cx, "labels", labels).unwrap_or_default();
+    let a = o.opt(cx, "annotations", string_map).unwrap_or_default();
+    o.finish(cx);
+    Some(Metadata {
+        name: n?,
+        labels: l,
+        annotations: a,
+    })
+}
+
+fn duration(cx: &mut Cx, node: &Node, path: &str) -> Option<Duration> {
+    checked(cx, node, path, Duration::parse)
+}
+
+fn schedule(cx: &mut Cx, node: &Node, path: &str) -> Option<Schedule> {
+    checked(cx, node, path, Schedule::parse)
+}
+
+fn timezone(cx: &mut Cx, node: &Node, path: &str) -> Option<TimeZone> {
+    checked(cx, node, path, TimeZone::parse)
+}
+
+fn repo_path(cx: &mut Cx, node: &Node, path: &str) -> Option<RepoPath> {
+    checked(cx, node, path, RepoPath::parse)
+}
+
+fn settings(cx: &mut Cx, node: &Node, path: &str) -> Option<Settings> {
+    let mut o = Obj::new(cx, node, path, "settings")?;
+    let d = Settings::default();
+    let s = Settings {
+        drift_interval: o
+            .opt(cx, "driftInterval", duration)
+            .unwrap_or(d.drift_interval),
+        prune: o.opt(cx, "prune", bool_).unwrap_or(d.prune),
+        self_heal: o.opt(cx, "selfHeal", bool_).unwrap_or(d.self_heal),
+    };
+    o.finish(cx);
+    Some(s)
+}
+
+fn cluster(cx: &mut Cx, node: &Node, path: &str) -> Option<Cluster> {
+    let mut o = Obj::new(cx, node, path, "a cluster")?;
+    let n = o.req(cx, "name", name);
+    let l = o.opt(cx, "labels", labels).unwrap_or_default();
+    let kind = o
+        .opt(cx, "kind", |cx, n, p| {
+            enumeration(
+                cx,
+                n,
+                p,
+                &[
+                    ("registered", ClusterKind::Registered),
+                    ("edge", ClusterKind::Edge),
+                    ("managed", ClusterKind::Managed),
+                ],
+            )
+        })
+        .unwrap_or_default();
+    let context = o.opt(cx, "context", string);
+    let capacity = o.opt(cx, "capacity", capacity);
+    o.finish(cx);
+    Some(Cluster {
+        name: n?,
+        labels: l,
+        kind,
+        context,
+        capacity,
+    })
+}
+
+fn capacity(cx: &mut Cx, node: &Node, path: &str) -> Option<Capacity> {
+    let mut o = Obj::new(cx, node, path, "capacity")?;
+    let quantity = |cx: &mut Cx, n: &Node, p: &str| {
+        let text = match &n.value {
+            Value::Int(i) => i.to_string(),
+            Value::Float(f) => f.to_string(),
+            _ => string(cx, n, p)?,
+        };
+        match Quantity::parse(&text) {
+            Ok(q) => Some(q),
+            Err(e) => {
+                cx.error(n.pos, p, e);
+                None
+            }
+        }
+    };
+    let c = Capacity {
+        cpu: o.opt(cx, "cpu", quantity),
+        memory: o.opt(cx, "memory", quantity),
+        pods: o.opt(cx, "pods", |cx, n, p| uint(cx, n, p, 0, 1_000_000)),
+        replicas: o.opt(cx, "replicas", |cx, n, p| uint(cx, n, p, 0, 1_000_000)),
+    };
+    o.finish(cx);
+    Some(c)
+}
+
+fn bundle(cx: &mut Cx, node: &Node, path: &str) -> Option<Bundle> {
+    let mut o = Obj::new(cx, node, path, "a bundle")?;
+    let n = o.req(cx, "name", name);
+    let p = o.req(cx, "path", repo_path);
+    let render = o.opt(cx, "render", |cx, n, p| {
+        enumeration(
+            cx,
+            n,
+            p,
+            &[
+                ("yaml", RenderKind::Yaml),
+                ("jsonnet", RenderKind::Jsonnet),
+                ("kustomize", RenderKind::Kustomize),
+            ],
+        )
+    });
+    let namespace = o.opt(cx, "namespace", name);
+    let jsonnet = o.opt(cx, "jsonnet", jsonnet_options);
+    o.finish(cx);
+    Some(Bundle {
+        name: n?,
+        path: p?,
+        render,
+        namespace,
+        jsonnet,
+    })
+}
+
+fn jsonnet_options(cx: &mut Cx, node: &Node, path: &str) -> Option<JsonnetOptions> {
+    let mut o = Obj::new(cx, node, path, "jsonnet options")?;
+    let ext_vars = o.opt(cx, "extVars", string_map).unwrap_or_default();
+    let tlas = o
+        .opt(cx, "tlas", |cx, n, p| {
+            let Value::Map(entries) = &n.value else {
+                cx.error(
+                    n.pos,
+                    p,
+                    format!("expected a mapping of arguments, found {}", n.type_name()),
+                );
+                return None;
+            };
+            Some(
+                entries
+                    .iter()
+                    .map(|(k, v)| (k.name.clone(), v.to_json()))
+                    .collect(),
+            )
+        })
+        .unwrap_or_default();
+    o.finish(cx);
+    Some(JsonnetOptions { ext_vars, tlas })
+}
+
+fn baseline(cx: &mut Cx, node: &Node, path: &str) -> Option<Baseline> {
+    let mut o = Obj::new(cx, node, path, "a baseline")?;
+    let n = o.req(cx, "name", name);
+    let version = o.req(cx, "version", string);
+    let bundles = o.req(cx, "bundles", names);
+    o.finish(cx);
+    Some(Baseline {
+        name: n?,
+        version: version?,
+        bundles: bundles?,
+    })
+}
+
+pub(crate) fn selector(cx: &mut Cx, node: &Node, path: &str) -> Option<Selector> {
+    let mut o = Obj::new(cx, node, path, "a cluster selector")?;
+    let match_labels = o.opt(cx, "matchLabels", labels).unwrap_or_default();
+    let match_expressions = o.list(cx, "matchExpressions", requirement);
+    let names = o.opt(cx, "names", names).unwrap_or_default();
+    o.finish(cx);
+    Some(Selector {
+        match_labels,
+        match_expressions,
+        names,
+    })
+}
+
+fn requirement(cx: &mut Cx, node: &Node, path: &str) -> Option<Requirement> {
+    let mut o = Obj::new(cx, node, path, "a match expression")?;
+    let key = o.req(cx, "key", |cx, n, p| {
+        checked(cx, n, p, |s| {
+            types::check_label_key(s).map(|_| s.to_string())
+        })
+    });
+    let operator = o.req(cx, "operator", |cx, n, p| {
+        enumeration(
+            cx,
+            n,
+            p,
+            &[
+                ("In", Operator::In),
+                ("NotIn", Operator::NotIn),
+                ("Exists", Operator::Exists),
+                ("DoesNotExist", Operator::DoesNotExist),
+            ],
+        )
+    });
+    let values = o.opt(cx, "values", names).unwrap_or_default();
+    if let Some(op) = operator {
+        match op {
+            Operator::In | Operator::NotIn if values.is_empty() => {
+                cx.error(
+                    o.pos(),
+                    o.path(),
+                    format!("operator {op:?} needs a non-empty \"values\" list"),
+                );
+            }
+            Operator::Exists | Operator::DoesNotExist if !values.is_empty() => {
+                cx.error(
+                    o.pos(),
+                    o.path(),
+                    format!("operator {op:?} takes no \"values\""),
+                );
+            }
+            _ => {}
+        }
+    }
+    o.finish(cx);
+    Some(Requirement {
+        key: key?,
+        operator: operator?,
+        values,
+    })
+}
+
+fn placement(cx: &mut Cx, node: &Node, path: &str) -> Option<Placement> {
+    let mut o = Obj::new(cx, node, path, "a placement")?;
+    let n = o.req(cx, "name", name);
+    let bundles = o.opt(cx, "bundles", names).unwrap_or_default();
+    let baseline = o.opt(cx, "baseline", string);
+    let has_bundles = o.has("bundles");
+    if has_bundles == baseline.is_some() {
+        cx.error(
+            o.pos(),
+            o.path(),
+            "a placement needs exactly one of \"bundles\" and \"baseline\"",
+        );
+    }
+    let clusters = o.req(cx, "clusters", selector);
+    let overrides = o.list(cx, "overrides", override_);
+    let replicas = o.opt(cx, "replicas", replica_split);
+    let rollout = o.opt(cx, "rollout", rollout).unwrap_or_default();
+    let prune = o.opt(cx, "prune", bool_);
+    let force_conflicts = o.opt(cx, "forceConflicts", bool_).unwrap_or(false);
+    o.finish(cx);
+    Some(Placement {
+        name: n?,
+        bundles,
+        baseline,
+        clusters: clusters?,
+        overrides,
+        replicas,
+        rollout,
+        prune,
+        force_conflicts,
+    })
+}
+
+fn override_(cx: &mut Cx, node: &Node, path: &str) -> Option<Override> {
+    let mut o = Obj::new(cx, node, path, "an override")?;
+    let clusters = o.req(cx, "clusters", selector);
+    let bundle = o.opt(cx, "bundle", string);
+    let patches = o.list(cx, "patches", patch);
+    let images = o.list(cx, "images", image_override);
+    let variables = o.opt(cx, "variables", string_map).unwrap_or_default();
+    o.finish(cx);
+    Some(Override {
+        clusters: clusters?,
+        bundle,
+        patches,
+        images,
+        variables,
+    })
+}
+
+fn patch(cx: &mut Cx, node: &Node, path: &str) -> Option<Patch> {
+    let mut o = Obj::new(cx, node, path, "a patch")?;
+    let target = o.req(cx, "target", target);
+    let json_patch = o.opt(cx, "jsonPatch", |cx, n, p| {
+        Some(list(cx, n, p, json_patch_op))
+    });
+    let merge_patch = o.opt(cx, "mergePatch", |cx, n, p| {
+        if !matches!(n.value, Value::Map(_)) {
+            cx.error(
+                n.pos,
+                p,
+                format!(
+                    "expected a merge patch (a mapping), found {}",
+                    n.type_name()
+                ),
+            );
+            return None;
+        }
+        Some(n.to_json())
+    });
+    if o.has("jsonPatch") == o.has("mergePatch") {
+        cx.error(
+            o.pos(),
+            o.path(),
+            "a patch needs exactly one of \"jsonPatch\" and \"mergePatch\"",
+        );
+    }
+    o.finish(cx);
+    Some(Patch {
+        target: target?,
+        json_patch,
+        merge_patch,
+    })
+}
+
+fn target(cx: &mut Cx, node: &Node, path: &str) -> Option<Target> {
+    let mut o = Obj::new(cx, node, path, "a patch target")?;
+    let t = Target {
+        group: o.opt(cx, "group", string),
+        version: o.opt(cx, "version", string),
+        kind: o.opt(cx, "kind", string),
+        name: o.opt(cx, "name", string),
+        namespace: o.opt(cx, "namespace", string),
+        label_selector: o.opt(cx, "labelSelector", |cx, n, p| {
+            checked(cx, n, p, |s| {
+                crate::selector::parse_label_selector(s).map(|_| s.to_string())
+            })
+        }),
+    };
+    o.finish(cx);
+    Some(t)
+}
+
+fn json_patch_op(cx: &mut Cx, node: &Node, path: &str) -> Option<JsonPatchOp> {
+    let mut o = Obj::new(cx, node, path, "a JSON Patch operation")?;
+    use JsonPatchOpKind::*;
+    let op = o.req(cx, "op", |cx, n, p| {
+        enumeration(
+            cx,
+            n,
+            p,
+            &[
+                ("add", Add),
+                ("remove", Remove),
+                ("replace", Replace),
+                ("move", Move),
+                ("copy", Copy),
+                ("test", Test),
+            ],
+        )
+    });
+    let pointer = |cx: &mut Cx, n: &Node, p: &str| {
+        checked(cx, n, p, |s| {
+            if s.is_empty() || s.starts_with('/') {
+                Ok(s.to_string())
+            } else {
+                Err(format!(
+                    "expected a JSON pointer starting with \"/\", found {s:?}"
+                ))
+            }
+        })
+    };
+    let ptr = o.req(cx, "path", pointer);
+    let from = o.opt(cx, "from", pointer);
+    let has_value = o.entries.iter().any(|(k, _)| k.name == "value");
+    let value = o.lookup("value").map(|n| n.to_json());
+    if let Some(op) = op {
+        let needs_value = matches!(op, Add | Replace | Test);
+        let needs_from = matches!(op, Move | Copy);
+        if needs_value && !has_value {
+            cx.error(
+                o.pos(),
+                o.path(),
+                format!("JSON Patch op {:?} needs a \"value\"", op_name(op)),
+            );
+        }
+        if needs_from && from.is_none() {
+            cx.error(
+                o.pos(),
+                o.path(),
+                format!("JSON Patch op {:?} needs a \"from\"", op_name(op)),
+            );
+        }
+    }
+    o.finish(cx);
+    Some(JsonPatchOp {
+        op: op?,
+        path: ptr?,
+        from,
+        value,
+    })
+}
+
+fn op_name(op: JsonPatchOpKind) -> &'static str {
+    match op {
+        JsonPatchOpKind::Add => "add",
+        JsonPatchOpKind::Remove => "remove",
+        JsonPatchOpKind::Replace => "replace",
+        JsonPatchOpKind::Move => "move",
+        JsonPatchOpKind::Copy => "copy",
+        JsonPatchOpKind::Test => "test",
+    }
+}
+
+fn image_override(cx: &mut Cx, node: &Node, path: &str) -> Option<ImageOverride> {
+    let mut o = Obj::new(cx, node, path, "an image override")?;
+    let n = o.req(cx, "name", string);
+    let new_name = o.opt(cx, "newName", string);
+    let tag = o.opt(cx, "tag", |cx, n, p| {
+        // Tags such as 1.8 read as numbers; take them as written only when quoted.
+        string(cx, n, p)
+    });
+    let digest = o.opt(cx, "digest", |cx, n, p| {
+        checked(cx, n, p, |s| {
+            let ok = s.split_once(':').is_some_and(|(alg, hex)| {
+                !alg.is_empty() && hex.len() >= 32 && hex.bytes().all(|b| b.is_ascii_hexdigit())
+            });
+            if ok {
+                Ok(s.to_string())
+            } else {
+                Err(format!("expected a digest like sha256:<hex>, found {s:?}"))
+            }
+        })
+    });
+    if new_name.is_none()
+        && tag.is_none()
+        && digest.is_none()
+        && !o.has("newName")
+        && !o.has("tag")
+        && !o.has("digest")
+    {
+        cx.error(
+            o.pos(),
+            o.path(),
+            "an image override needs at least one of \"newName\", \"tag\" and \"digest\"",
+        );
+    }
+    o.finish(cx);
+    Some(ImageOverride {
+        name: n?,
+        new_name,
+        tag,
+        digest,
+    })
+}
+
+fn replica_split(cx: &mut Cx, node: &Node, path: &str) -> Option<ReplicaSplit> {
+    let mut o = Obj::new(cx, node, path, "replicas")?;
+    let bundle = o.req(cx, "bundle", string);
+    let workload = o.req(cx, "workload", |cx, n, p| {
+        let mut w = Obj::new(cx, n, p, "a workload reference")?;
+        let kind = w.req(cx, "kind", string);
+        let nm = w.req(cx, "name", string);
+        let namespace = w.opt(cx, "namespace", name);
+        w.finish(cx);
+        Some(WorkloadRef {
+            kind: kind?,
+            name: nm?,
+            namespace,
+        })
+    });
+    let total = o.req(cx, "total", |cx, n, p| uint(cx, n, p, 0, 1_000_000));
+    let burst_pool = o.opt(cx, "burstPool", string);
+    o.finish(cx);
+    Some(ReplicaSplit {
+        bundle: bundle?,
+        workload: workload?,
+        total: total?,
+        burst_pool,
+    })
+}
+
+fn rollout(cx: &mut Cx, node: &Node, path: &str) -> Option<Rollout> {
+    let mut o = Obj::new(cx, node, path, "a rollout")?;
+    let d = Rollout::default();
+    let r = Rollout {
+        batches: o.list(cx, "batches", batch),
+        max_concurrent: o
+            .opt(cx, "maxConcurrent", |cx, n, p| uint(cx, n, p, 1, 100_000))
+            .unwrap_or(d.max_concurrent),
+        health_deadline: o
+            .opt(cx, "healthDeadline", duration)
+            .unwrap_or(d.health_deadline),
+        soak: o.opt(cx, "soak", duration).unwrap_or(d.soak),
+        max_failures: o
+            .opt(cx, "maxFailures", |cx, n, p| uint(cx, n, p, 0, 100_000))
+            .unwrap_or(d.max_failures),
+        on_failure: o
+            .opt(cx, "onFailure", |cx, n, p| {
+                enumeration(
+                    cx,
+                    n,
+                    p,
+                    &[
+                        ("rollback", OnFailure::Rollback),
+                        ("pause", OnFailure::Pause),
+                    ],
+                )
+            })
+            .unwrap_or(d.on_failure),
+        gates: o.list(cx, "gates", gate),
+        windows: o.list(cx, "windows", window),
+    };
+    o.finish(cx);
+    Some(r)
+}
+
+fn batch(cx: &mut Cx, node: &Node, path: &str) -> Option<Batch> {
+    let mut o = Obj::new(cx, node, path, "a batch")?;
+    let clusters = o.opt(cx, "clusters", selector);
+    let percent = o.opt(cx, "percent", |cx, n, p| uint(cx, n, p, 1, 100));
+    let soak = o.opt(cx, "soak", duration);
+    if o.has("clusters") == o.has("percent") {
+        cx.error(
+            o.pos(),
+            o.path(),
+            "a batch needs exactly one of \"clusters\" and \"percent\"",
+        );
+    }
+    o.finish(cx);
+    Some(Batch {
+        clusters,
+        percent,
+        soak,
+    })
+}
+
+fn gate(cx: &mut Cx, node: &Node, path: &str) -> Option<Gate> {
+    let mut o = Obj::new(cx, node, path, "a gate")?;
+    let prometheus = o.req(cx, "prometheus", |cx, n, p| {
+        let mut g = Obj::new(cx, n, p, "a Prometheus gate")?;
+        let url = g.req(cx, "url", |cx, n, p| checked(cx, n, p, check_http_url));
+        let query = g.req(cx, "query", string);
+        let min = g.opt(cx, "min", number);
+        let max = g.opt(cx, "max", number);
+        if !g.has("min") && !g.has("max") {
+            cx.error(
+                g.pos(),
+                g.path(),
+                "a Prometheus gate needs \"min\", \"max\" or both",
+            );
+        }
+        if let (Some(lo), Some(hi)) = (min, max) {
+            if lo > hi {
+                cx.error(
+                    g.pos(),
+                    g.path(),
+                    format!("\"min\" ({lo}) is greater than \"max\" ({hi})"),
+                );
+            }
+        }
+        g.finish(cx);
+        Some(PrometheusGate {
+            url: url?,
+            query: query?,
+            min,
+            max,
+        })
+    });
+    o.finish(cx);
+    Some(Gate {
+        prometheus: prometheus?,
+    })
+}
+
+fn check_http_url(s: &str) -> Result<String, String> {
+    let rest = s
+        .strip_prefix("http://")
+        .or_else(|| s.strip_prefix("https://"));
+    match rest {
+        Some(r) if !r.is_empty() && !r.starts_with('/') => Ok(s.to_string()),
+        _ => Err(format!("expected an http:// or https:// URL, found {s:?}")),
+    }
+}
+
+fn window(cx: &mut Cx, node: &Node, path: &str) -> Option<Window> {
+    let mut o = Obj::new(cx, node, path, "a window")?;
+    let schedule = o.req(cx, "schedule", schedule);
+    let dur = o.req(cx, "duration", |cx, n, p| {
+        let d = duration(cx, n, p)?;
+        if d.value.is_zero() {
+            cx.error(n.pos, p, "a window's duration must be longer than 0s");
+        }
+        Some(d)
+    });
+    let timezone = o.opt(cx, "timezone", timezone);
+    o.finish(cx);
+    Some(Window {
+        schedule: schedule?,
+        duration: dur?,
+        timezone,
+    })
+}
+
+fn burst_pool(cx: &mut Cx, node: &Node, path: &str) -> Option<BurstPool> {
+    let mut o = Obj::new(cx, node, path, "a burst pool")?;
+    let n = o.req(cx, "name", name);
+    let clusters = o.req(cx, "clusters", selector);
+    let max_replicas = o.req(cx, "maxReplicas", |cx, n, p| uint(cx, n, p, 1, 1_000_000));
+    let cooldown = o
+        .opt(cx, "cooldown", duration)
+        .unwrap_or_else(default_cooldown);
+    o.finish(cx);
+    Some(BurstPool {
+        name: n?,
+        clusters: clusters?,
+        max_replicas: max_replicas?,
+        cooldown,
+    })
+}
+
+fn workflow(cx: &mut Cx, node: &Node, path: &str) -> Option<Workflow> {
+    let mut o = Obj::new(cx, node, path, "a workflow")?;
+    let n = o.req(cx, "name", name);
+    let sched = o.req(cx, "schedule", schedule);
+    let tz = o.opt(cx, "timezone", timezone);
+    let clusters = o.req(cx, "clusters", selector);
+    let run = o
+        .opt(cx, "run", |cx, n, p| {
+            enumeration(cx, n, p, &[("one", RunMode::One), ("each", RunMode::Each)])
+        })
+        .unwrap_or_default();
+    let template = o.req(cx, "template", repo_path);
+    let concurrency = o
+        .opt(cx, "concurrency", |cx, n, p| {
+            enumeration(
+                cx,
+                n,
+                p,
+                &[
+                    ("allow", Concurrency::Allow),
+                    ("forbid", Concurrency::Forbid),
+                    ("replace", Concurrency::Replace),
+                ],
+            )
+        })
+        .unwrap_or_default();
+    let history = o
+        .opt(cx, "history", |cx, n, p| uint(cx, n, p, 0, 1000))
+        .unwrap_or_else(default_history);
+    let suspend = o.opt(cx, "suspend", bool_).unwrap_or(false);
+    o.finish(cx);
+    Some(Workflow {
+        name: n?,
+        schedule: sched?,
+        timezone: tz,
+        clusters: clusters?,
+        run,
+        template: template?,
+        concurrency,
+        history,
+        suspend,
+    })
+}
+
+fn resource_filter(cx: &mut Cx, node: &Node, path: &str) -> Option<ResourceFilter> {
+    let mut o = Obj::new(cx, node, path, "a resource filter")?;
+    let namespaces = o
+        .opt(cx, "namespaces", |cx, n, p| Some(list(cx, n, p, name)))
+        .unwrap_or_default();
+    let kinds = o.opt(cx, "kinds", names).unwrap_or_default();
+    o.finish(cx);
+    Some(ResourceFilter { namespaces, kinds })
+}
+
+fn backup(cx: &mut Cx, node: &Node, path: &str) -> Option<Backup> {
+    let mut o = Obj::new(cx, node, path, "a backup")?;
+    let n = o.req(cx, "name", name);
+    let sched = o.req(cx, "schedule", schedule);
+    let tz = o.opt(cx, "timezone", timezone);
+    let clusters = o.req(cx, "clusters", selector);
+    let include = o.opt(cx, "include", resource_filter).unwrap_or_default();
+    let exclude = o.opt(cx, "exclude", resource_filter).unwrap_or_default();
+    let retain = o.req(cx, "retain", |cx, n, p| {
+        let d = duration(cx, n, p)?;
+        if d.value.is_zero() {
+            cx.error(n.pos, p, "\"retain\" must be longer than 0s");
+        }
+        Some(d)
+    });
+    let store = o.req(cx, "store", |cx, n, p| {
+        checked(cx, n, p, |s| match s.split_once("://") {
+            Some(("file", rest)) if rest.starts_with('/') => Ok(s.to_string()),
+            Some(("s3", rest)) if !rest.is_empty() => Ok(s.to_string()),
+            _ => Err(format!(
+                "expected a store URL file:///absolute/path or s3://bucket/prefix, found {s:?}"
+            )),
+        })
+    });
+    o.finish(cx);
+    Some(Backup {
+        name: n?,
+        schedule: sched?,
+        timezone: tz,
+        clusters: clusters?,
+        include,
+        exclude,
+        retain: retain?,
+        store: store?,
+    })
+}
+
+fn image_policy(cx: &mut Cx, node: &Node, path: &str) -> Option<ImagePolicy> {
+    let mut o = Obj::new(cx, node, path, "an image policy")?;
+    let n = o.req(cx, "name", name);
+    let image = o.req(cx, "image", |cx, n, p| {
+        checked(cx, n, p, check_image_repository)
+    });
+    let policy = o.req(cx, "policy", tag_policy);
+    let write_back = o.req(cx, "writeBack", write_back);
+    o.finish(cx);
+    Some(ImagePolicy {
+        name: n?,
+        image: image?,
+        policy: policy?,
+        write_back: write_back?,
+    })
+}
+
+/// `host[:port]/path` or `path`, lowercase path components, no tag or digest.
+fn check_image_repository(s: &str) -> Result<String, String> {
+    if s.contains('@') {
+        return Err(format!(
+            "image {s:?} has a digest; name the repository only"
+        ));
+    }
+    let last = s.rsplit('/').next().unwrap_or(s);
+    if last.contains(':') {
+        return Err(format!(
+            "image {s:?} has a tag; name the repository only (the policy picks the tag)"
+        ));
+    }
+    let (host, rest) = match s.split_once('/') {
+        Some((h, r)) if h.contains('.') || h.contains(':') || h == "localhost" => (Some(h), r),
+        _ => (None, s),
+    };
+    let path_ok = !rest.is_empty()
+        && rest.split('/').all(|c| {
+            !c.is_empty()
+                && c.bytes().all(|b| {
+                    b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-')
+                })
+        });
+    let host_ok = host.is_none_or(|h| !h.is_empty() && !h.contains(char::is_whitespace));
+    if path_ok && host_ok {
+        Ok(s.to_string())
+    } else {
+        Err(format!(
+            "invalid image repository {s:?}: expected [host[:port]/]path with lowercase path components"
+        ))
+    }
+}
+
+fn tag_policy(cx: &mut Cx, node: &Node, path: &str) -> Option<TagPolicy> {
+    let mut o = Obj::new(cx, node, path, "a tag policy")?;
+    let semver = o.opt(cx, "semver", |cx, n, p| {
+        checked(cx, n, p, SemverRange::parse)
+    });
+    let pattern = o.opt(cx, "pattern", |cx, n, p| {
+        let mut po = Obj::new(cx, n, p, "a pattern policy")?;
+        let regex = po.req(cx, "regex", |cx, n, p| checked(cx, n, p, Pattern::parse));
+        let extract = po.opt(cx, "extract", string);
+        let order = po
+            .opt(cx, "order", |cx, n, p| {
+                enumeration(
+                    cx,
+                    n,
+                    p,
+                    &[
+                        ("alphabetical", TagOrder::Alphabetical),
+                        ("numerical", TagOrder::Numerical),
+                    ],
+                )
+            })
+            .unwrap_or_default();
+        if let (Some(re), Some(ex)) = (&regex, &extract) {
+            for group in template_groups(ex) {
+                let known = match group.parse::<usize>() {
+                    Ok(i) => i < re.regex.captures_len(),
+                    Err(_) => re.regex.capture_names().flatten().any(|g| g == group),
+                };
+                if !known {
+                    cx.error(
+                        po.pos(),
+                        po.path(),
+                        format!("\"extract\" refers to ${group}, which the regex does not capture"),
+                    );
+                }
+            }
+        }
+        po.finish(cx);
+        Some(PatternPolicy {
+            regex: regex?,
+            extract,
+            order,
+        })
+    });
+    let digest = o.opt(cx, "digest", |cx, n, p| {
+        let mut d = Obj::new(cx, n, p, "a digest policy")?;
+        let tag = d.req(cx, "tag", string);
+        d.finish(cx);
+        Some(DigestPolicy { tag: tag? })
+    });
+    let count = ["semver", "pattern", "digest"]
+        .iter()
+        .filter(|k| o.has(k))
+        .count();
+    if count != 1 {
+        cx.error(
+            o.pos(),
+            o.path(),
+            "a tag policy needs exactly one of \"semver\", \"pattern\" and \"digest\"",
+        );
+    }
+    o.finish(cx);
+    Some(TagPolicy {
+        semver,
+        pattern,
+        digest,
+    })
+}
+
+/// The group names or numbers referenced as `$name`, `${name}` or `$1` in an extract template.
+fn template_groups(s: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c != '$' {
+            continue;
+        }
+        let mut name = String::new();
+        if chars.peek() == Some(&'{') {
+            chars.next();
+            for c in chars.by_ref() {
+                if c == '}' {
+                    break;
+                }
+                name.push(c);
+            }
+        } else {
+            while let Some(&c) = chars.peek() {
+                if c.is_ascii_alphanumeric() || c == '_' {
+                    name.push(c);
+                    chars.next();
+                } else {
+                    break;
+                }
+            }
+        }
+        if !name.is_empty() {
+            out.push(name);
+        }
+    }
+    out
+}
+
+fn write_back(cx: &mut Cx, node: &Node, path: &str) -> Option<WriteBack> {
+    let mut o = Obj::new(cx, node, path, "writeBack")?;
+    let files = o.req(cx, "files", |cx, n, p| {
+        let files = list(cx, n, p, repo_path);
+        if files.is_empty() && matches!(&n.value, Value::Seq(items) if items.is_empty()) {
+            cx.error(n.pos, p, "\"files\" must name at least one file");
+        }
+        Some(files)
+    });
+    let branch_check = |cx: &mut Cx, n: &Node, p: &str| checked(cx, n, p, check_branch);
+    let branch = o
+        .opt(cx, "branch", branch_check)
+        .unwrap_or_else(default_branch);
+    let push_branch = o.opt(cx, "pushBranch", branch_check);
+    let commit_message = o
+        .opt(cx, "commitMessage", |cx, n, p| {
+            checked(cx, n, p, |s| {
+                crate::template::check_commit_message(s).map(|_| s.to_string())
+            })
+        })
+        .unwrap_or_else(default_commit_message);
+    let author = o.opt(cx, "author", |cx, n, p| {
+        let mut a = Obj::new(cx, n, p, "an author")?;
+        let nm = a.req(cx, "name", string);
+        let email = a.req(cx, "email", |cx, n, p| {
+            checked(cx, n, p, |s| {
+                if s.contains('@') && !s.contains(['<', '>', '\n']) {
+                    Ok(s.to_string())
+                } else {
+                    Err(format!("expected an email address, found {s:?}"))
+                }
+            })
+        });
+        a.finish(cx);
+        Some(Author {
+            name: nm?,
+            email: email?,
+        })
+    });
+    o.finish(cx);
+    Some(WriteBack {
+        files: files?,
+        branch,
+        push_branch,
+        commit_message,
+        author,
+    })
+}
+
+/// A Git branch name (the rules of `git check-ref-format --branch`, simplified).
+fn check_branch(s: &str) -> Result<String, String> {
+    let bad = s.is_empty()
+        || s.starts_with('-')
+        || s.starts_with('/')
+        || s.ends_with('/')
+        || s.ends_with(".lock")
+        || s.ends_with('.')
+        || s.contains("..")
+        || s.contains("//")
+        || s.contains("@{")
+        || s.bytes()
+            .any(|b| b < 0x20 || b == 0x7f || b" ~^:?*[\\".contains(&b));
+    if bad {
+        Err(format!("invalid branch name {s:?}"))
+    } else {
+        Ok(s.to_string())
+    }
+}

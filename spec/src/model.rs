@@ -1,0 +1,681 @@
+//! The typed model of fleet.yaml. Plain data: no I/O, no positions (those live in the parsed
+//! document and are found again by JSON pointer when a check needs to point somewhere).
+//!
+//! Field names follow Kubernetes conventions (camelCase in YAML). Every type derives
+//! `JsonSchema`, so `flotilla schema` is generated from the same types the decoder fills.
+
+use std::collections::BTreeMap;
+
+use schemars::JsonSchema;
+use serde::Serialize;
+
+use crate::types::{Duration, Pattern, Quantity, RepoPath, Schedule, SemverRange, TimeZone};
+
+pub const API_VERSION: &str = "flotilla.dev/v1alpha1";
+pub const KIND: &str = "Fleet";
+
+pub type Labels = BTreeMap<String, String>;
+
+/// A fleet: everything flotilla manages, described in one file.
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(
+    deny_unknown_fields,
+    title = "Fleet",
+    description = "flotilla fleet.yaml"
+)]
+pub struct Fleet {
+    /// Always `flotilla.dev/v1alpha1`.
+    pub api_version: String,
+    /// Always `Fleet`.
+    pub kind: String,
+    pub metadata: Metadata,
+    #[serde(default)]
+    pub settings: Settings,
+    #[serde(default)]
+    pub clusters: Vec<Cluster>,
+    #[serde(default)]
+    pub bundles: Vec<Bundle>,
+    #[serde(default)]
+    pub baselines: Vec<Baseline>,
+    #[serde(default)]
+    pub placements: Vec<Placement>,
+    #[serde(default)]
+    pub burst_pools: Vec<BurstPool>,
+    #[serde(default)]
+    pub workflows: Vec<Workflow>,
+    #[serde(default)]
+    pub backups: Vec<Backup>,
+    #[serde(default)]
+    pub image_policies: Vec<ImagePolicy>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(deny_unknown_fields)]
+pub struct Metadata {
+    /// The fleet's name (a DNS label); used in `${fleet.name}`.
+    pub name: String,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: Labels,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// Fleet-wide defaults.
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[serde(default)]
+#[schemars(deny_unknown_fields)]
+pub struct Settings {
+    /// How often live clusters are compared with Git (default 5m).
+    pub drift_interval: Duration,
+    /// Delete objects that were removed from Git (default true). Placements may override.
+    pub prune: bool,
+    /// Re-apply when a live cluster drifts from Git (default false: report only).
+    pub self_heal: bool,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            drift_interval: Duration {
+                text: "5m".into(),
+                value: std::time::Duration::from_secs(300),
+            },
+            prune: true,
+            self_heal: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum ClusterKind {
+    #[default]
+    Registered,
+    Edge,
+    Managed,
+}
+
+/// A member cluster. Credentials never live here: `context` names a context of the daemon's
+/// kubeconfig.
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(deny_unknown_fields)]
+pub struct Cluster {
+    pub name: String,
+    #[serde(default)]
+    pub labels: Labels,
+    #[serde(default)]
+    pub kind: ClusterKind,
+    /// Kubeconfig context (default: the cluster's name).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub context: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub capacity: Option<Capacity>,
+}
+
+impl Cluster {
+    /// The kubeconfig context used to reach this cluster.
+    pub fn context(&self) -> &str {
+        self.context.as_deref().unwrap_or(&self.name)
+    }
+
+    /// The labels selectors see: the cluster's labels plus `name` and `kind`.
+    pub fn selector_labels(&self) -> Labels {
+        let mut l = self.labels.clone();
+        l.insert("name".into(), self.name.clone());
+        l.insert("kind".into(), self.kind.as_str().into());
+        l
+    }
+}
+
+impl ClusterKind {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ClusterKind::Registered => "registered",
+            ClusterKind::Edge => "edge",
+            ClusterKind::Managed => "managed",
+        }
+    }
+}
+
+/// What a cluster can hold, for burst-pool and workflow placement.
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(deny_unknown_fields)]
+pub struct Capacity {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<Quantity>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory: Option<Quantity>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pods: Option<u32>,
+    /// Replicas of burstable workloads this cluster can run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<u32>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum RenderKind {
+    /// Plain YAML: a file or a directory of multi-document YAML files.
+    Yaml,
+    /// A Jsonnet main file.
+    Jsonnet,
+    /// A directory with a kustomization.yaml.
+    Kustomize,
+}
+
+impl RenderKind {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            RenderKind::Yaml => "yaml",
+            RenderKind::Jsonnet => "jsonnet",
+            RenderKind::Kustomize => "kustomize",
+        }
+    }
+}
+
+/// A unit of configuration: a path in the repository and how to render it.
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(deny_unknown_fields)]
+pub struct Bundle {
+    pub name: String,
+    pub path: RepoPath,
+    /// yaml, jsonnet or kustomize; inferred from the path when omitted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub render: Option<RenderKind>,
+    /// Namespace for namespaced objects that do not set one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jsonnet: Option<JsonnetOptions>,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(deny_unknown_fields)]
+pub struct JsonnetOptions {
+    /// `std.extVar` strings; may use `${cluster.name}`, `${cluster.labels.KEY}`, ...
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub ext_vars: BTreeMap<String, String>,
+    /// Top-level arguments: strings (templated) are passed as strings, other values as code.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tlas: BTreeMap<String, serde_json::Value>,
+}
+
+/// A named, versioned set of bundles that must be the same on every cluster it targets.
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(deny_unknown_fields)]
+pub struct Baseline {
+    pub name: String,
+    pub version: String,
+    pub bundles: Vec<String>,
+}
+
+/// A Kubernetes-style label selector over clusters, plus explicit names. All criteria must
+/// hold; an empty selector selects every cluster.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(deny_unknown_fields)]
+pub struct Selector {
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub match_labels: Labels,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub match_expressions: Vec<Requirement>,
+    /// Cluster names; when set, only these clusters can match.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub names: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(deny_unknown_fields)]
+pub struct Requirement {
+    pub key: String,
+    pub operator: Operator,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub values: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, JsonSchema)]
+pub enum Operator {
+    In,
+    NotIn,
+    Exists,
+    DoesNotExist,
+}
+
+/// What goes where and how it rolls out.
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(deny_unknown_fields)]
+pub struct Placement {
+    pub name: String,
+    /// Bundles to deploy (or use `baseline`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub bundles: Vec<String>,
+    /// A baseline whose bundles to deploy (or use `bundles`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub baseline: Option<String>,
+    pub clusters: Selector,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub overrides: Vec<Override>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<ReplicaSplit>,
+    #[serde(default)]
+    pub rollout: Rollout,
+    /// Overrides `settings.prune` for this placement.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prune: Option<bool>,
+    /// Take ownership of fields other managers own on server-side apply conflicts.
+    #[serde(default)]
+    pub force_conflicts: bool,
+}
+
+/// Per-cluster changes applied after a bundle renders.
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(deny_unknown_fields)]
+pub struct Override {
+    /// Which of the placement's clusters this override applies to.
+    pub clusters: Selector,
+    /// The bundle to change (default: every bundle of the placement).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bundle: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub patches: Vec<Patch>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub images: Vec<ImageOverride>,
+    /// Extra Jsonnet ext vars for these clusters (templated like `jsonnet.extVars`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub variables: BTreeMap<String, String>,
+}
+
+/// A patch of the objects matching `target`: exactly one of `jsonPatch` and `mergePatch`.
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(deny_unknown_fields)]
+pub struct Patch {
+    pub target: Target,
+    /// RFC 6902 operations.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub json_patch: Option<Vec<JsonPatchOp>>,
+    /// An RFC 7386 merge patch.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub merge_patch: Option<serde_json::Value>,
+}
+
+/// Selects objects by group/version/kind/name/namespace/labels; unset fields match anything.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(deny_unknown_fields)]
+pub struct Target {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// A label selector in kubectl syntax: `app=web,tier!=cache,env in (prod,staging),!legacy`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub label_selector: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(deny_unknown_fields)]
+pub struct JsonPatchOp {
+    pub op: JsonPatchOpKind,
+    /// A JSON pointer (RFC 6901).
+    pub path: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub value: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum JsonPatchOpKind {
+    Add,
+    Remove,
+    Replace,
+    Move,
+    Copy,
+    Test,
+}
+
+/// Changes an image reference, like kustomize's `images`.
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(deny_unknown_fields)]
+pub struct ImageOverride {
+    /// The image as written in the manifests, without tag or digest.
+    pub name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub new_name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tag: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+}
+
+/// Spreads a workload's replicas over the placement's clusters, overflowing to a burst pool.
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(deny_unknown_fields)]
+pub struct ReplicaSplit {
+    pub bundle: String,
+    pub workload: WorkloadRef,
+    pub total: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub burst_pool: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(deny_unknown_fields)]
+pub struct WorkloadRef {
+    pub kind: String,
+    pub name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum OnFailure {
+    /// Put every cluster that took the failed revision back on its last good revision.
+    #[default]
+    Rollback,
+    /// Stop and wait for a person.
+    Pause,
+}
+
+/// How a new revision walks across the placement's clusters.
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[serde(default)]
+#[schemars(deny_unknown_fields)]
+pub struct Rollout {
+    /// Named batches first, then cumulative percentages ending at 100. Default: one batch.
+    #[serde(default)]
+    pub batches: Vec<Batch>,
+    /// Clusters applied at once inside a batch (default 1).
+    pub max_concurrent: u32,
+    /// How long a cluster may take to become healthy (default 10m).
+    pub health_deadline: Duration,
+    /// Wait after a healthy batch before the next (default 0s; a batch may set its own).
+    pub soak: Duration,
+    /// Failed clusters tolerated before the rollout stops (default 0).
+    pub max_failures: u32,
+    pub on_failure: OnFailure,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gates: Vec<Gate>,
+    /// When rollouts may proceed; empty means always.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub windows: Vec<Window>,
+}
+
+impl Default for Rollout {
+    fn default() -> Self {
+        Rollout {
+            batches: Vec::new(),
+            max_concurrent: 1,
+            health_deadline: Duration {
+                text: "10m".into(),
+                value: std::time::Duration::from_secs(600),
+            },
+            soak: Duration::zero(),
+            max_failures: 0,
+            on_failure: OnFailure::Rollback,
+            gates: Vec::new(),
+            windows: Vec::new(),
+        }
+    }
+}
+
+/// One wave: exactly one of `clusters` (named/selected clusters) or `percent`.
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(deny_unknown_fields)]
+pub struct Batch {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub clusters: Option<Selector>,
+    /// Cumulative share (1-100) of the clusters not named by earlier batches.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub percent: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub soak: Option<Duration>,
+}
+
+/// A check between batches.
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(deny_unknown_fields)]
+pub struct Gate {
+    pub prometheus: PrometheusGate,
+}
+
+/// Passes when every sample of `query` is within [min, max].
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(deny_unknown_fields)]
+pub struct PrometheusGate {
+    pub url: String,
+    /// PromQL; may use `${cluster.name}` and other template variables.
+    pub query: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub min: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max: Option<f64>,
+}
+
+/// A maintenance window: opens at each cron firing, stays open for `duration`.
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(deny_unknown_fields)]
+pub struct Window {
+    pub schedule: Schedule,
+    pub duration: Duration,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timezone: Option<TimeZone>,
+}
+
+/// Clusters that take overflow replicas.
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(deny_unknown_fields)]
+pub struct BurstPool {
+    pub name: String,
+    pub clusters: Selector,
+    pub max_replicas: u32,
+    /// Minimum time between scale-ins of the pool (default 10m).
+    #[serde(default = "default_cooldown")]
+    pub cooldown: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum RunMode {
+    /// On the one matching cluster with the most free capacity.
+    #[default]
+    One,
+    /// On every matching cluster.
+    Each,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum Concurrency {
+    Allow,
+    #[default]
+    Forbid,
+    Replace,
+}
+
+/// Batch work on a schedule.
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(deny_unknown_fields)]
+pub struct Workflow {
+    pub name: String,
+    pub schedule: Schedule,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timezone: Option<TimeZone>,
+    pub clusters: Selector,
+    #[serde(default)]
+    pub run: RunMode,
+    /// A file with the Job (or other completing kind) to submit.
+    pub template: RepoPath,
+    #[serde(default)]
+    pub concurrency: Concurrency,
+    /// Finished runs to keep (default 10).
+    #[serde(default = "default_history")]
+    pub history: u32,
+    #[serde(default)]
+    pub suspend: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(deny_unknown_fields)]
+pub struct ResourceFilter {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub namespaces: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub kinds: Vec<String>,
+}
+
+/// Scheduled exports of cluster objects.
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(deny_unknown_fields)]
+pub struct Backup {
+    pub name: String,
+    pub schedule: Schedule,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timezone: Option<TimeZone>,
+    pub clusters: Selector,
+    #[serde(default)]
+    pub include: ResourceFilter,
+    #[serde(default)]
+    pub exclude: ResourceFilter,
+    /// How long to keep a backup.
+    pub retain: Duration,
+    /// Where backups go: `file:///path` or `s3://bucket/prefix`.
+    pub store: String,
+}
+
+/// Which images to track and how to write accepted tags back to Git.
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(deny_unknown_fields)]
+pub struct ImagePolicy {
+    pub name: String,
+    /// The repository to scan, without tag: `registry.example.com/shop/frontend`.
+    pub image: String,
+    pub policy: TagPolicy,
+    pub write_back: WriteBack,
+}
+
+/// Exactly one of `semver`, `pattern` and `digest`.
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(deny_unknown_fields)]
+pub struct TagPolicy {
+    /// The highest tag inside this range.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub semver: Option<SemverRange>,
+    /// The greatest tag matching a regex, ordered by a captured part.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pattern: Option<PatternPolicy>,
+    /// Follow the digest behind a mutable tag.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub digest: Option<DigestPolicy>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(deny_unknown_fields)]
+pub struct PatternPolicy {
+    pub regex: Pattern,
+    /// What to order by, e.g. `$ts` (default: the whole tag).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub extract: Option<String>,
+    #[serde(default)]
+    pub order: TagOrder,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum TagOrder {
+    #[default]
+    Alphabetical,
+    Numerical,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(deny_unknown_fields)]
+pub struct DigestPolicy {
+    pub tag: String,
+}
+
+/// Where and how an accepted tag is committed.
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(deny_unknown_fields)]
+pub struct WriteBack {
+    /// Files to update (each must exist in the repository).
+    pub files: Vec<RepoPath>,
+    /// The branch to read from and, without `pushBranch`, to push to (default main).
+    #[serde(default = "default_branch")]
+    pub branch: String,
+    /// Push to this branch instead (for a pull request).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub push_branch: Option<String>,
+    /// Placeholders: {{image}}, {{from}}, {{to}}, {{policy}}.
+    #[serde(default = "default_commit_message")]
+    pub commit_message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub author: Option<Author>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(deny_unknown_fields)]
+pub struct Author {
+    pub name: String,
+    pub email: String,
+}
+
+pub const DEFAULT_COMMIT_MESSAGE: &str = "images: {{image}} {{from}} -> {{to}}";
+
+pub fn default_cooldown() -> Duration {
+    Duration {
+        text: "10m".into(),
+        value: std::time::Duration::from_secs(600),
+    }
+}
+
+pub fn default_history() -> u32 {
+    10
+}
+
+pub fn default_branch() -> String {
+    "main".into()
+}
+
+pub fn default_commit_message() -> String {
+    DEFAULT_COMMIT_MESSAGE.into()
+}

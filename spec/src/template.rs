@@ -1,0 +1,210 @@
+//! `${...}` templates in fleet.yaml strings (Jsonnet ext vars and arguments, override
+//! variables, gate queries) and `{{...}}` placeholders of image commit messages.
+
+use crate::model::Cluster;
+
+/// A variable a template may use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Var {
+    ClusterName,
+    ClusterKind,
+    ClusterContext,
+    ClusterLabel(String),
+    PlacementName,
+    BundleName,
+    FleetName,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Part {
+    Text(String),
+    Var(Var),
+}
+
+/// A parsed template. `$$` is a literal `$`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Template {
+    pub parts: Vec<Part>,
+}
+
+pub const VARIABLES: &[&str] = &[
+    "cluster.name",
+    "cluster.kind",
+    "cluster.context",
+    "cluster.labels.KEY",
+    "placement.name",
+    "bundle.name",
+    "fleet.name",
+];
+
+/// What templates are expanded with.
+pub struct Scope<'a> {
+    pub cluster: &'a Cluster,
+    pub placement: &'a str,
+    pub bundle: &'a str,
+    pub fleet: &'a str,
+}
+
+impl Template {
+    pub fn parse(s: &str) -> Result<Template, String> {
+        let mut parts = Vec::new();
+        let mut text = String::new();
+        let mut rest = s;
+        while let Some(i) = rest.find('$') {
+            text.push_str(&rest[..i]);
+            rest = &rest[i..];
+            if let Some(r) = rest.strip_prefix("$$") {
+                text.push('$');
+                rest = r;
+            } else if let Some(r) = rest.strip_prefix("${") {
+                let end = r
+                    .find('}')
+                    .ok_or_else(|| format!("unclosed \"${{\" in {s:?}"))?;
+                let name = r[..end].trim();
+                let var = match name {
+                    "cluster.name" => Var::ClusterName,
+                    "cluster.kind" => Var::ClusterKind,
+                    "cluster.context" => Var::ClusterContext,
+                    "placement.name" => Var::PlacementName,
+                    "bundle.name" => Var::BundleName,
+                    "fleet.name" => Var::FleetName,
+                    other => match other.strip_prefix("cluster.labels.") {
+                        Some(key) if !key.is_empty() => Var::ClusterLabel(key.to_string()),
+                        _ => {
+                            let hint = crate::diag::suggestion(other, VARIABLES.iter().copied());
+                            return Err(format!(
+                                "unknown template variable \"${{{other}}}\" (known: {}){hint}",
+                                VARIABLES.join(", ")
+                            ));
+                        }
+                    },
+                };
+                if !text.is_empty() {
+                    parts.push(Part::Text(std::mem::take(&mut text)));
+                }
+                parts.push(Part::Var(var));
+                rest = &r[end + 1..];
+            } else {
+                text.push('$');
+                rest = &rest[1..];
+            }
+        }
+        text.push_str(rest);
+        if !text.is_empty() {
+            parts.push(Part::Text(text));
+        }
+        Ok(Template { parts })
+    }
+
+    /// Label keys this template reads.
+    pub fn labels(&self) -> impl Iterator<Item = &str> {
+        self.parts.iter().filter_map(|p| match p {
+            Part::Var(Var::ClusterLabel(k)) => Some(k.as_str()),
+            _ => None,
+        })
+    }
+
+    /// Expands the template; a label the cluster does not have is an error.
+    pub fn expand(&self, scope: &Scope<'_>) -> Result<String, String> {
+        let mut out = String::new();
+        for p in &self.parts {
+            match p {
+                Part::Text(t) => out.push_str(t),
+                Part::Var(v) => match v {
+                    Var::ClusterName => out.push_str(&scope.cluster.name),
+                    Var::ClusterKind => out.push_str(scope.cluster.kind.as_str()),
+                    Var::ClusterContext => out.push_str(scope.cluster.context()),
+                    Var::PlacementName => out.push_str(scope.placement),
+                    Var::BundleName => out.push_str(scope.bundle),
+                    Var::FleetName => out.push_str(scope.fleet),
+                    Var::ClusterLabel(k) => match scope.cluster.labels.get(k) {
+                        Some(v) => out.push_str(v),
+                        None => {
+                            return Err(format!(
+                                "cluster {:?} has no label {k:?}",
+                                scope.cluster.name
+                            ));
+                        }
+                    },
+                },
+            }
+        }
+        Ok(out)
+    }
+}
+
+pub const COMMIT_PLACEHOLDERS: &[&str] = &["image", "from", "to", "policy"];
+
+/// Checks `{{name}}` placeholders of an image-update commit message.
+pub fn check_commit_message(s: &str) -> Result<(), String> {
+    if s.trim().is_empty() {
+        return Err("the commit message template is empty".into());
+    }
+    let mut rest = s;
+    while let Some(i) = rest.find("{{") {
+        let r = &rest[i + 2..];
+        let end = r
+            .find("}}")
+            .ok_or_else(|| format!("unclosed \"{{{{\" in commit message {s:?}"))?;
+        let name = r[..end].trim();
+        if !COMMIT_PLACEHOLDERS.contains(&name) {
+            let hint = crate::diag::suggestion(name, COMMIT_PLACEHOLDERS.iter().copied());
+            return Err(format!(
+                "unknown placeholder {{{{{name}}}}} in commit message (known: {}){hint}",
+                COMMIT_PLACEHOLDERS
+                    .iter()
+                    .map(|p| format!("{{{{{p}}}}}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+        rest = &r[end + 2..];
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::ClusterKind;
+
+    #[test]
+    fn expands() {
+        let c = Cluster {
+            name: "hz-1".into(),
+            labels: [("env".to_string(), "prod".to_string())].into(),
+            kind: ClusterKind::Edge,
+            context: None,
+            capacity: None,
+        };
+        let scope = Scope {
+            cluster: &c,
+            placement: "shop",
+            bundle: "api",
+            fleet: "acme",
+        };
+        let t = Template::parse(
+            "${cluster.name}/${cluster.labels.env}/${placement.name}/$$x/${cluster.kind}",
+        )
+        .expect("ok");
+        assert_eq!(t.expand(&scope), Ok("hz-1/prod/shop/$x/edge".to_string()));
+        let t = Template::parse("${cluster.labels.region}").expect("ok");
+        assert!(t.expand(&scope).is_err());
+        assert!(
+            Template::parse("${cluster.nme}")
+                .expect_err("bad")
+                .contains("cluster.name")
+        );
+        assert!(Template::parse("${cluster.name").is_err());
+    }
+
+    #[test]
+    fn commit_messages() {
+        assert!(check_commit_message("images: {{image}} {{from}} -> {{to}}").is_ok());
+        assert!(
+            check_commit_message("{{imag}}")
+                .expect_err("bad")
+                .contains("image")
+        );
+    }
+}
