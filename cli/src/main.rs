@@ -54,6 +54,21 @@ enum Output {
     Json,
 }
 
+/// Writes to stdout, returning I/O errors (a closed pipe must not panic).
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        let mut stdout = std::io::stdout().lock();
+        write!(stdout, $($arg)*)
+    }};
+}
+
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        let mut stdout = std::io::stdout().lock();
+        writeln!(stdout, $($arg)*)
+    }};
+}
+
 /// Exit codes shared by every command.
 const INVALID: u8 = 1;
 const USAGE_OR_IO: u8 = 2;
@@ -69,6 +84,13 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => code,
+        Err(e)
+            if e.downcast_ref::<std::io::Error>()
+                .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe) =>
+        {
+            // The reader went away (`flotilla plan | head`): not an error.
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             eprintln!("flotilla: error: {e:#}");
             ExitCode::from(USAGE_OR_IO)
@@ -82,7 +104,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Plan { fleet, output } => plan(&fleet, output),
         Command::Schema => {
             let schema = serde_json::to_string_pretty(&flotilla_spec::json_schema())?;
-            println!("{schema}");
+            outln!("{schema}")?;
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -165,7 +187,7 @@ fn validate(args: &FleetArgs, output: Output) -> anyhow::Result<ExitCode> {
     match output {
         Output::Text => {
             print_diagnostics(&checked.diagnostics)?;
-            println!("{}", summary(&file, &checked));
+            outln!("{}", summary(&file, &checked))?;
         }
         Output::Json => {
             let doc = serde_json::json!({
@@ -175,7 +197,7 @@ fn validate(args: &FleetArgs, output: Output) -> anyhow::Result<ExitCode> {
                 "warnings": checked.warnings().count(),
                 "diagnostics": checked.diagnostics,
             });
-            println!("{}", serde_json::to_string_pretty(&doc)?);
+            outln!("{}", serde_json::to_string_pretty(&doc)?)?;
         }
     }
     Ok(if checked.is_valid() {
@@ -197,8 +219,8 @@ fn plan(args: &FleetArgs, output: Output) -> anyhow::Result<ExitCode> {
     }
     let plan = flotilla_reconciler::plan::plan(fleet);
     match output {
-        Output::Text => print!("{}", plan.to_text()),
-        Output::Json => println!("{}", serde_json::to_string_pretty(&plan)?),
+        Output::Text => out!("{}", plan.to_text())?,
+        Output::Json => outln!("{}", serde_json::to_string_pretty(&plan)?)?,
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -31,8 +31,15 @@ impl Cx {
 }
 
 fn child(path: &str, key: &str) -> String {
-    let escaped = key.replace('~', "~0").replace('/', "~1");
-    format!("{path}/{escaped}")
+    let mut out = String::with_capacity(path.len() + key.len() + 1);
+    out.push_str(path);
+    out.push('/');
+    if key.contains(['~', '/']) {
+        out.push_str(&key.replace('~', "~0").replace('/', "~1"));
+    } else {
+        out.push_str(key);
+    }
+    out
 }
 
 fn index(path: &str, i: usize) -> String {
@@ -44,7 +51,7 @@ pub(crate) struct Obj<'a> {
     node: &'a Node,
     entries: &'a [(Key, Rc<Node>)],
     what: &'static str,
-    path: String,
+    path: &'a str,
     known: Vec<&'static str>,
 }
 
@@ -52,7 +59,7 @@ impl<'a> Obj<'a> {
     pub(crate) fn new(
         cx: &mut Cx,
         node: &'a Node,
-        path: &str,
+        path: &'a str,
         what: &'static str,
     ) -> Option<Obj<'a>> {
         match &node.value {
@@ -60,15 +67,15 @@ impl<'a> Obj<'a> {
                 node,
                 entries,
                 what,
-                path: path.to_string(),
-                known: Vec::new(),
+                path,
+                known: Vec::with_capacity(8),
             }),
             Value::Null => Some(Obj {
                 node,
                 entries: &[],
                 what,
-                path: path.to_string(),
-                known: Vec::new(),
+                path,
+                known: Vec::with_capacity(8),
             }),
             _ => {
                 cx.error(
@@ -100,7 +107,7 @@ impl<'a> Obj<'a> {
         if node.value == Value::Null {
             return None;
         }
-        f(cx, node, &child(&self.path, key))
+        f(cx, node, &child(self.path, key))
     }
 
     /// A required field: reports it missing at the mapping.
@@ -111,11 +118,11 @@ impl<'a> Obj<'a> {
         f: impl FnOnce(&mut Cx, &Node, &str) -> Option<T>,
     ) -> Option<T> {
         match self.lookup(key) {
-            Some(node) if node.value != Value::Null => f(cx, node, &child(&self.path, key)),
+            Some(node) if node.value != Value::Null => f(cx, node, &child(self.path, key)),
             Some(node) => {
                 cx.error(
                     node.pos,
-                    &child(&self.path, key),
+                    &child(self.path, key),
                     format!("{key:?} of {} must not be empty", self.what),
                 );
                 None
@@ -123,7 +130,7 @@ impl<'a> Obj<'a> {
             None => {
                 cx.error(
                     self.node.pos,
-                    &self.path,
+                    self.path,
                     format!("{} is missing the required key {key:?}", self.what),
                 );
                 None
@@ -153,7 +160,7 @@ impl<'a> Obj<'a> {
     }
 
     pub(crate) fn path(&self) -> &str {
-        &self.path
+        self.path
     }
 
     /// Reports keys nobody asked for.
@@ -170,7 +177,7 @@ impl<'a> Obj<'a> {
                 };
                 cx.error(
                     k.pos,
-                    &child(&self.path, &k.name),
+                    &child(self.path, &k.name),
                     format!("unknown key {:?} in {}{valid}", k.name, self.what),
                 );
             }
@@ -211,10 +218,15 @@ pub(crate) fn list<T>(
         }
         Value::Null => Vec::new(),
         _ => {
+            let what = path
+                .rsplit('/')
+                .next()
+                .filter(|k| !k.is_empty() && k.parse::<usize>().is_err());
+            let what = what.map(|k| format!(" for {k:?}")).unwrap_or_default();
             cx.error(
                 node.pos,
                 path,
-                format!("expected a list, found {}", node.type_name()),
+                format!("expected a list{what}, found {}", node.type_name()),
             );
             Vec::new()
         }
@@ -397,10 +409,10 @@ fn labels(cx: &mut Cx, node: &Node, path: &str) -> Option<Labels> {
             if let Err(e) = types::check_label_key(&k.name) {
                 cx.error(k.pos, &child(path, &k.name), e);
             }
-            if let Some(val) = map.get(&k.name) {
-                if let Err(e) = types::check_label_value(val) {
-                    cx.error(v.pos, &child(path, &k.name), e);
-                }
+            if let Some(val) = map.get(&k.name)
+                && let Err(e) = types::check_label_value(val)
+            {
+                cx.error(v.pos, &child(path, &k.name), e);
             }
         }
     }
@@ -476,6 +488,14 @@ fn metadata(cx: &mut Cx, node: &Node, path: &str) -> Option<Metadata> {
 }
 
 fn duration(cx: &mut Cx, node: &Node, path: &str) -> Option<Duration> {
+    if let Value::Int(i) = node.value {
+        cx.error(
+            node.pos,
+            path,
+            format!("expected a duration with a unit, e.g. {i}s or {i}m"),
+        );
+        return None;
+    }
     checked(cx, node, path, Duration::parse)
 }
 
@@ -660,7 +680,15 @@ fn requirement(cx: &mut Cx, node: &Node, path: &str) -> Option<Requirement> {
             ],
         )
     });
-    let values = o.opt(cx, "values", names).unwrap_or_default();
+    let values = o
+        .opt(cx, "values", |cx, n, p| {
+            Some(list(cx, n, p, |cx, n, p| {
+                checked(cx, n, p, |s| {
+                    types::check_label_value(s).map(|_| s.to_string())
+                })
+            }))
+        })
+        .unwrap_or_default();
     if let Some(op) = operator {
         match op {
             Operator::In | Operator::NotIn if values.is_empty() => {
@@ -692,6 +720,17 @@ fn placement(cx: &mut Cx, node: &Node, path: &str) -> Option<Placement> {
     let mut o = Obj::new(cx, node, path, "a placement")?;
     let n = o.req(cx, "name", name);
     let bundles = o.opt(cx, "bundles", names).unwrap_or_default();
+    if bundles.is_empty()
+        && let Some(n) = node
+            .get("bundles")
+            .filter(|n| matches!(&n.value, Value::Seq(items) if items.is_empty()))
+    {
+        cx.error(
+            n.pos,
+            &child(path, "bundles"),
+            "a placement's \"bundles\" must list at least one bundle",
+        );
+    }
     let baseline = o.opt(cx, "baseline", string);
     let has_bundles = o.has("bundles");
     if has_bundles == baseline.is_some() {
@@ -1000,14 +1039,14 @@ fn gate(cx: &mut Cx, node: &Node, path: &str) -> Option<Gate> {
                 "a Prometheus gate needs \"min\", \"max\" or both",
             );
         }
-        if let (Some(lo), Some(hi)) = (min, max) {
-            if lo > hi {
-                cx.error(
-                    g.pos(),
-                    g.path(),
-                    format!("\"min\" ({lo}) is greater than \"max\" ({hi})"),
-                );
-            }
+        if let (Some(lo), Some(hi)) = (min, max)
+            && lo > hi
+        {
+            cx.error(
+                g.pos(),
+                g.path(),
+                format!("\"min\" ({lo}) is greater than \"max\" ({hi})"),
+            );
         }
         g.finish(cx);
         Some(PrometheusGate {

@@ -26,8 +26,10 @@ pub type Labels = BTreeMap<String, String>;
 )]
 pub struct Fleet {
     /// Always `flotilla.dev/v1alpha1`.
+    #[schemars(extend("const" = "flotilla.dev/v1alpha1"))]
     pub api_version: String,
     /// Always `Fleet`.
+    #[schemars(extend("const" = "Fleet"))]
     pub kind: String,
     pub metadata: Metadata,
     #[serde(default)]
@@ -411,6 +413,7 @@ pub struct Rollout {
     #[serde(default)]
     pub batches: Vec<Batch>,
     /// Clusters applied at once inside a batch (default 1).
+    #[schemars(range(min = 1))]
     pub max_concurrent: u32,
     /// How long a cluster may take to become healthy (default 10m).
     pub health_deadline: Duration,
@@ -453,6 +456,7 @@ pub struct Batch {
     pub clusters: Option<Selector>,
     /// Cumulative share (1-100) of the clusters not named by earlier batches.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100))]
     pub percent: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub soak: Option<Duration>,
@@ -498,6 +502,7 @@ pub struct Window {
 pub struct BurstPool {
     pub name: String,
     pub clusters: Selector,
+    #[schemars(range(min = 1))]
     pub max_replicas: u32,
     /// Minimum time between scale-ins of the pool (default 10m).
     #[serde(default = "default_cooldown")]

@@ -60,10 +60,10 @@ impl BitSet {
 
     fn trim(&mut self) {
         let extra = self.words.len() * 64 - self.len;
-        if extra > 0 {
-            if let Some(last) = self.words.last_mut() {
-                *last &= u64::MAX >> extra;
-            }
+        if extra > 0
+            && let Some(last) = self.words.last_mut()
+        {
+            *last &= u64::MAX >> extra;
         }
     }
 
@@ -252,6 +252,10 @@ impl LabelRequirement {
 pub fn parse_label_selector(s: &str) -> Result<Vec<LabelRequirement>, String> {
     let err = |why: &str| format!("invalid label selector {s:?}: {why}");
     let mut out = Vec::new();
+    if s.trim().is_empty() {
+        // As in kubectl: the empty selector matches everything.
+        return Ok(out);
+    }
     // Split on commas that are not inside parentheses.
     let mut parts = Vec::new();
     let mut depth = 0i32;
@@ -266,7 +270,7 @@ pub fn parse_label_selector(s: &str) -> Result<Vec<LabelRequirement>, String> {
             }
             _ => {}
         }
-        if depth < 0 || depth > 1 {
+        if !(0..=1).contains(&depth) {
             return Err(err("unbalanced parentheses"));
         }
     }
@@ -301,6 +305,9 @@ pub fn parse_label_selector(s: &str) -> Result<Vec<LabelRequirement>, String> {
             let inner = part[open + 1..]
                 .strip_suffix(')')
                 .ok_or_else(|| err("expected ')' at the end"))?;
+            if inner.trim().is_empty() {
+                return Err(err("an `in`/`notin` list needs at least one value"));
+            }
             let values: Vec<String> = inner.split(',').map(|v| v.trim().to_string()).collect();
             for v in &values {
                 value_ok(v)?;

@@ -52,6 +52,9 @@ impl Duration {
         if text.is_empty() {
             return Err(format!("{expected}, found an empty string"));
         }
+        if text.contains(char::is_whitespace) {
+            return Err(format!("{expected} (no spaces), found {text:?}"));
+        }
         let mut total: u128 = 0;
         let mut rest = text;
         while !rest.is_empty() {
@@ -123,7 +126,13 @@ impl Schedule {
             .year(croner::parser::Year::Disallowed)
             .build()
             .parse(text)
-            .map_err(|e| format!("invalid cron expression {text:?}: {e}"))?;
+            .map_err(|e| {
+                let why = e.to_string().replace(" when years are disallowed", "");
+                format!(
+                    "invalid cron expression {text:?}: {}; expected 5 fields (minute hour day-of-month month day-of-week), 6 with seconds first, or @hourly, @daily, @weekly, @monthly, @yearly",
+                    why.trim_end_matches('.')
+                )
+            })?;
         Ok(Schedule {
             text: text.to_string(),
             cron,
@@ -215,7 +224,15 @@ fn normalize_range(alt: &str) -> String {
             pending_op.push_str(t);
             continue;
         }
-        out.push(format!("{pending_op}{}", t.trim_start_matches('v')));
+        // A bare version means exactly that version (as in Masterminds/semver, which Flux and
+        // Helm use), not the caret range the semver crate would make of it.
+        let op = if pending_op.is_empty() && t.starts_with(|c: char| c.is_ascii_digit() || c == 'v')
+        {
+            "="
+        } else {
+            pending_op.as_str()
+        };
+        out.push(format!("{op}{}", t.trim_start_matches('v')));
         pending_op.clear();
     }
     if !pending_op.is_empty() {
@@ -323,12 +340,30 @@ impl RepoPath {
 pub struct Quantity {
     pub text: String,
 }
-string_schema!(
-    Quantity,
-    "Quantity",
-    "A Kubernetes quantity, e.g. 64, 500m, 256Gi.",
-    Some("^[0-9]+(\\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$")
-);
+impl JsonSchema for Quantity {
+    fn schema_name() -> Cow<'static, str> {
+        Cow::Borrowed("Quantity")
+    }
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "description": "A Kubernetes quantity, e.g. 64, 500m, 256Gi.",
+            "anyOf": [
+                {"type": "string", "pattern": "^([0-9]+(\\.[0-9]*)?|\\.[0-9]+)(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$"},
+                {"type": "number", "minimum": 0}
+            ]
+        })
+    }
+}
+impl Serialize for Quantity {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.text)
+    }
+}
+impl fmt::Display for Quantity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
 
 impl Quantity {
     pub fn parse(text: &str) -> Result<Quantity, String> {
@@ -460,6 +495,9 @@ mod tests {
         assert!(r.matches(&v("1.8.2")));
         assert!(!r.matches(&v("2.0.0")));
         assert!(!r.matches(&v("1.7.9")));
+        let exact = SemverRange::parse("1.2.3").expect("range");
+        assert!(exact.matches(&v("1.2.3")));
+        assert!(!exact.matches(&v("1.3.0")));
         let r = SemverRange::parse("1.2 - 1.4 || >= 3").expect("range");
         assert!(r.matches(&v("1.3.0")));
         assert!(r.matches(&v("3.1.0")));

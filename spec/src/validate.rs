@@ -43,6 +43,8 @@ struct V<'a> {
     doc: &'a Node,
     kept: &'a HashMap<String, Vec<usize>>,
     broken: &'a HashMap<String, Vec<String>>,
+    /// Decoding already failed: warnings would mostly echo those errors, so hold them back.
+    quiet: bool,
 }
 
 impl V<'_> {
@@ -70,6 +72,9 @@ impl V<'_> {
         self.sink.error(pos, path, msg);
     }
     fn warning(&mut self, path: &str, msg: impl Into<String>) {
+        if self.quiet {
+            return;
+        }
         let pos = pos_at(self.doc, path);
         self.sink.warning(pos, path, msg);
     }
@@ -112,11 +117,13 @@ pub(crate) fn validate(
     repo: &dyn RepoFiles,
     cx: &mut crate::decode::Cx,
 ) {
+    let quiet = cx.sink.has_errors();
     let mut v = V {
         sink: &mut cx.sink,
         doc,
         kept: &cx.kept,
         broken: &cx.broken,
+        quiet,
     };
     let cluster_names = unique(
         &mut v,
@@ -276,20 +283,22 @@ pub(crate) fn validate(
                 &o.clusters,
             );
             let mut hit = selection.index.select(&o.clusters);
-            let named_outside: Vec<&String> = o
+            let named_outside: Vec<(usize, &String)> = o
                 .clusters
                 .names
                 .iter()
-                .filter(|n| {
+                .enumerate()
+                .filter(|(_, n)| {
                     selection
                         .index
                         .position(n)
                         .is_some_and(|x| !selected.contains(x))
                 })
                 .collect();
-            for n in named_outside {
+            for (j, n) in named_outside {
+                let npath = v.at(&format!("{opath}/clusters/names"), j);
                 v.error(
-                    &format!("{opath}/clusters/names"),
+                    &npath,
                     format!(
                         "override names cluster {n:?}, which placement {:?} does not select",
                         p.name
@@ -297,7 +306,13 @@ pub(crate) fn validate(
                 );
             }
             hit.and(selected);
-            if hit.is_empty() && !selected.is_empty() {
+            let names_inside = o.clusters.names.iter().all(|n| {
+                selection
+                    .index
+                    .position(n)
+                    .is_none_or(|x| selected.contains(x))
+            });
+            if hit.is_empty() && !selected.is_empty() && names_inside {
                 v.warning(
                     &format!("{opath}/clusters"),
                     format!(
@@ -306,14 +321,17 @@ pub(crate) fn validate(
                     ),
                 );
             }
-            if let Some(b) = &o.bundle {
-                if !deploys.contains(&b.as_str()) {
-                    let hint = suggestion(b, deploys.iter().copied());
-                    v.error(
-                        &format!("{opath}/bundle"),
-                        format!("override is for bundle {b:?}, which placement {:?} does not deploy{hint}", p.name),
-                    );
-                }
+            if let Some(b) = &o.bundle
+                && !deploys.contains(&b.as_str())
+            {
+                let hint = suggestion(b, deploys.iter().copied());
+                v.error(
+                    &format!("{opath}/bundle"),
+                    format!(
+                        "override is for bundle {b:?}, which placement {:?} does not deploy{hint}",
+                        p.name
+                    ),
+                );
             }
             for (k, val) in &o.variables {
                 template(
@@ -335,49 +353,52 @@ pub(crate) fn validate(
                     ),
                 );
             }
-            if let Some(pool) = &r.burst_pool {
-                if !pool_names.contains_key(pool.as_str()) && !v.is_broken("/burstPools", pool) {
-                    let hint = suggestion(pool, pool_names.keys().copied());
-                    v.error(
-                        &format!("{path}/replicas/burstPool"),
-                        format!("unknown burst pool {pool:?}{hint}"),
-                    );
-                }
+            if let Some(pool) = &r.burst_pool
+                && !pool_names.contains_key(pool.as_str())
+                && !v.is_broken("/burstPools", pool)
+            {
+                let hint = suggestion(pool, pool_names.keys().copied());
+                v.error(
+                    &format!("{path}/replicas/burstPool"),
+                    format!("unknown burst pool {pool:?}{hint}"),
+                );
             }
         }
         rollout(&mut v, fleet, &selection, i, &path, &cluster_names);
         // Templates in the bundles' Jsonnet options must resolve on every selected cluster.
         for b in &deploys {
-            if let Some(bi) = bundle_names.get(b) {
-                if let Some(j) = &fleet.bundles[*bi].jsonnet {
-                    for (k, val) in &j.ext_vars {
-                        let tp = format!("{}/jsonnet/extVars/{}", v.at("/bundles", *bi), escape(k));
-                        labels_present(&mut v, &tp, val, &selection, selected, &p.name);
+            if let Some(bi) = bundle_names.get(b)
+                && let Some(j) = &fleet.bundles[*bi].jsonnet
+            {
+                for (k, val) in &j.ext_vars {
+                    let tp = format!("{}/jsonnet/extVars/{}", v.at("/bundles", *bi), escape(k));
+                    labels_present(&mut v, &tp, val, &selection, selected, &p.name);
+                }
+                for (k, val) in &j.tlas {
+                    if let serde_json::Value::String(text) = val {
+                        let tp = format!("{}/jsonnet/tlas/{}", v.at("/bundles", *bi), escape(k));
+                        labels_present(&mut v, &tp, text, &selection, selected, &p.name);
                     }
                 }
             }
         }
     }
     for (name, used) in &used_bundles {
-        if !used {
-            if let Some(i) = bundle_names.get(name) {
-                let p = format!("{}/name", v.at("/bundles", *i));
-                v.warning(
-                    &p,
-                    format!("bundle {name:?} is not deployed by any placement or baseline"),
-                );
-            }
+        if !used && let Some(i) = bundle_names.get(name) {
+            let p = format!("{}/name", v.at("/bundles", *i));
+            v.warning(
+                &p,
+                format!("bundle {name:?} is not deployed by any placement or baseline"),
+            );
         }
     }
     for (name, used) in &used_baselines {
-        if !used {
-            if let Some(i) = baseline_names.get(name) {
-                let p = format!("{}/name", v.at("/baselines", *i));
-                v.warning(
-                    &p,
-                    format!("baseline {name:?} is not used by any placement"),
-                );
-            }
+        if !used && let Some(i) = baseline_names.get(name) {
+            let p = format!("{}/name", v.at("/baselines", *i));
+            v.warning(
+                &p,
+                format!("baseline {name:?} is not used by any placement"),
+            );
         }
     }
     for (i, bp) in fleet.burst_pools.iter().enumerate() {
@@ -427,9 +448,10 @@ pub(crate) fn validate(
             );
         }
         for ns in &b.include.namespaces {
-            if b.exclude.namespaces.contains(ns) {
+            if let Some(j) = b.exclude.namespaces.iter().position(|x| x == ns) {
+                let npath = v.at(&format!("{path}/exclude/namespaces"), j);
                 v.error(
-                    &format!("{path}/exclude/namespaces"),
+                    &npath,
                     format!("namespace {ns:?} is both included and excluded"),
                 );
             }
@@ -505,27 +527,27 @@ fn clusters(v: &mut V<'_>, fleet: &Fleet) {
                 );
             }
         }
-        if let Some(other) = contexts.insert(c.context(), &c.name) {
-            if other != c.name {
-                let path = v.at("/clusters", i);
-                v.warning(
-                    &path,
-                    format!(
-                        "clusters {other:?} and {:?} use the same kubeconfig context {:?}",
-                        c.name,
-                        c.context()
-                    ),
-                );
-            }
+        if let Some(other) = contexts.insert(c.context(), &c.name)
+            && other != c.name
+        {
+            let path = v.at("/clusters", i);
+            v.warning(
+                &path,
+                format!(
+                    "clusters {other:?} and {:?} use the same kubeconfig context {:?}",
+                    c.name,
+                    c.context()
+                ),
+            );
         }
     }
 }
 
-fn bundle_refs<'a>(
+fn bundle_refs(
     v: &mut V<'_>,
     known: &HashMap<&str, usize>,
     path: &str,
-    refs: &'a [String],
+    refs: &[String],
     used: &mut HashMap<&str, bool>,
 ) {
     let mut seen: Vec<&str> = Vec::new();
@@ -651,10 +673,10 @@ fn bundle(v: &mut V<'_>, repo: &dyn RepoFiles, path: &str, b: &Bundle) {
             }
         }
         for (k, val) in &j.tlas {
-            if let serde_json::Value::String(s) = val {
-                if let Err(e) = Template::parse(s) {
-                    v.error(&format!("{path}/jsonnet/tlas/{}", escape(k)), e);
-                }
+            if let serde_json::Value::String(s) = val
+                && let Err(e) = Template::parse(s)
+            {
+                v.error(&format!("{path}/jsonnet/tlas/{}", escape(k)), e);
             }
         }
     }
@@ -808,7 +830,12 @@ fn rollout(
             last_percent = last_percent.max(pc);
         }
     }
-    if seen_percent && last_percent != 100 {
+    if r.batches
+        .iter()
+        .any(|b| b.clusters.is_none() && b.percent.is_none())
+    {
+        // A batch failed to decode (already reported): coverage cannot be judged.
+    } else if seen_percent && last_percent != 100 {
         let last = r
             .batches
             .iter()

@@ -187,7 +187,8 @@ enum Frame {
         pos: Pos,
         anchor: usize,
         entries: Vec<(Key, Rc<Node>)>,
-        index: HashMap<String, usize>,
+        /// Built only for large mappings; small ones are scanned for duplicate keys.
+        index: Option<HashMap<String, usize>>,
         pending_key: Option<Key>,
         weight: usize,
     },
@@ -256,7 +257,7 @@ fn parse_stream(text: &str, limits: &Limits, many: bool) -> Result<Vec<Node>, Ya
                 Some((node, weight, 0))
             }
             Event::Scalar(text, style, anchor, _tag) => {
-                let value = resolve_scalar(&text, style);
+                let value = resolve_scalar(text, style);
                 Some((Rc::new(Node { value, pos }), 1, anchor))
             }
             Event::SequenceStart(anchor, _) => {
@@ -285,7 +286,7 @@ fn parse_stream(text: &str, limits: &Limits, many: bool) -> Result<Vec<Node>, Ya
                     pos,
                     anchor,
                     entries: Vec::new(),
-                    index: HashMap::new(),
+                    index: None,
                     pending_key: None,
                     weight: 1,
                 });
@@ -375,7 +376,11 @@ fn parse_stream(text: &str, limits: &Limits, many: bool) -> Result<Vec<Node>, Ya
                             return Err(YamlError::ComplexKey { pos: node.pos });
                         }
                     };
-                    if let Some(&first) = index.get(&name) {
+                    let first = match index {
+                        Some(idx) => idx.get(&name).copied(),
+                        None => entries.iter().position(|(k, _)| k.name == name),
+                    };
+                    if let Some(first) = first {
                         return Err(YamlError::DuplicateKey {
                             pos: node.pos,
                             key: name,
@@ -389,7 +394,17 @@ fn parse_stream(text: &str, limits: &Limits, many: bool) -> Result<Vec<Node>, Ya
                 }
                 Some(key) => {
                     *w = w.saturating_add(weight.saturating_add(1));
-                    index.insert(key.name.clone(), entries.len());
+                    const SCAN_LIMIT: usize = 16;
+                    if entries.len() >= SCAN_LIMIT {
+                        let idx = index.get_or_insert_with(|| {
+                            entries
+                                .iter()
+                                .enumerate()
+                                .map(|(i, (k, _))| (k.name.clone(), i))
+                                .collect()
+                        });
+                        idx.insert(key.name.clone(), entries.len());
+                    }
                     entries.push((key, node));
                 }
             },
@@ -403,9 +418,15 @@ fn unwrap_rc(node: Rc<Node>) -> Node {
 }
 
 /// YAML 1.2 core schema for plain scalars, with strict booleans.
-fn resolve_scalar(text: &str, style: ScalarStyle) -> Value {
+fn resolve_scalar(cow: std::borrow::Cow<'_, str>, style: ScalarStyle) -> Value {
     if style != ScalarStyle::Plain {
-        return Value::Str(text.to_string());
+        return Value::Str(cow.into_owned());
+    }
+    let text: &str = &cow;
+    // Most plain scalars are words: skip the number checks for them.
+    if text.bytes().next().is_some_and(|b| b.is_ascii_alphabetic()) && !matches!(text.len(), 4 | 5)
+    {
+        return Value::Str(cow.into_owned());
     }
     match text {
         "" | "~" | "null" | "Null" | "NULL" => return Value::Null,
@@ -421,27 +442,28 @@ fn resolve_scalar(text: &str, style: ScalarStyle) -> Value {
     let bytes = text.as_bytes();
     let digits_start = usize::from(matches!(bytes.first(), Some(b'-' | b'+')));
     let body = &text[digits_start..];
-    if !body.is_empty() && body.bytes().all(|b| b.is_ascii_digit()) {
-        if let Ok(i) = text.parse::<i64>() {
-            return Value::Int(i);
-        }
+    if !body.is_empty()
+        && body.bytes().all(|b| b.is_ascii_digit())
+        && let Ok(i) = text.parse::<i64>()
+    {
+        return Value::Int(i);
     }
-    if let Some(hex) = text.strip_prefix("0x") {
-        if let Ok(i) = i64::from_str_radix(hex, 16) {
-            return Value::Int(i);
-        }
+    if let Some(hex) = text.strip_prefix("0x")
+        && let Ok(i) = i64::from_str_radix(hex, 16)
+    {
+        return Value::Int(i);
     }
-    if let Some(oct) = text.strip_prefix("0o") {
-        if let Ok(i) = i64::from_str_radix(oct, 8) {
-            return Value::Int(i);
-        }
+    if let Some(oct) = text.strip_prefix("0o")
+        && let Ok(i) = i64::from_str_radix(oct, 8)
+    {
+        return Value::Int(i);
     }
-    if looks_like_float(body) {
-        if let Ok(f) = text.parse::<f64>() {
-            return Value::Float(f);
-        }
+    if looks_like_float(body)
+        && let Ok(f) = text.parse::<f64>()
+    {
+        return Value::Float(f);
     }
-    Value::Str(text.to_string())
+    Value::Str(cow.into_owned())
 }
 
 /// `[0-9]*(\.[0-9]*)?([eE][-+]?[0-9]+)?` with at least one digit (YAML 1.2 core float).
@@ -477,6 +499,56 @@ fn looks_like_float(s: &str) -> bool {
         }
     }
     chars.next().is_none()
+}
+
+/// The position of the node at a JSON pointer, or of its closest existing ancestor.
+pub fn pos_at(root: &Node, pointer: &str) -> Pos {
+    let mut node = root;
+    if pointer.is_empty() {
+        return node.pos;
+    }
+    // A mapping or list reached through a key is pointed at by its key: the collection's own
+    // position would be that of its first child.
+    let mut key_pos = None;
+    for raw in pointer.split('/').skip(1) {
+        let seg = raw.replace("~1", "/").replace("~0", "~");
+        let next = match &node.value {
+            Value::Map(entries) => entries
+                .iter()
+                .find(|(k, _)| k.name == seg)
+                .map(|(k, v)| (Some(k.pos), v)),
+            Value::Seq(items) => seg
+                .parse::<usize>()
+                .ok()
+                .and_then(|i| items.get(i))
+                .map(|v| (None, v)),
+            _ => None,
+        };
+        match next {
+            Some((k, n)) => {
+                node = n;
+                key_pos = k;
+            }
+            None => {
+                key_pos = None;
+                break;
+            }
+        }
+    }
+    match (&node.value, key_pos) {
+        (Value::Map(_) | Value::Seq(_), Some(k)) => k,
+        _ => node.pos,
+    }
+}
+
+#[doc(hidden)]
+pub fn count_events_for_bench(text: &str) -> usize {
+    let mut p = Parser::new_from_str(text);
+    let mut n = 0;
+    while let Some(Ok(_)) = p.next_event() {
+        n += 1;
+    }
+    n
 }
 
 #[cfg(test)]
@@ -589,25 +661,4 @@ mod tests {
             Err(YamlError::MultipleDocuments { .. })
         ));
     }
-}
-
-/// The position of the node at a JSON pointer, or of its closest existing ancestor.
-pub fn pos_at(root: &Node, pointer: &str) -> Pos {
-    let mut node = root;
-    if pointer.is_empty() {
-        return node.pos;
-    }
-    for raw in pointer.split('/').skip(1) {
-        let seg = raw.replace("~1", "/").replace("~0", "~");
-        let next = match &node.value {
-            Value::Map(entries) => entries.iter().find(|(k, _)| k.name == seg).map(|(_, v)| v),
-            Value::Seq(items) => seg.parse::<usize>().ok().and_then(|i| items.get(i)),
-            _ => None,
-        };
-        match next {
-            Some(n) => node = n,
-            None => break,
-        }
-    }
-    node.pos
 }

@@ -1,1 +1,9 @@
+//! flotilla's integration tests: one binary, driving the real `flotilla` executable.
+//!
+//! Data-driven cases live in `fixtures/<area>/<case>/`; set `UPDATE_EXPECT=1` to rewrite the
+//! expected outputs after a deliberate change (then review the diff).
 
+mod support;
+
+mod cli;
+mod spec_fixtures;

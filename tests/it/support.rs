@@ -1,0 +1,79 @@
+//! Test support: a temporary repository builder and a way to run `flotilla`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The workspace root (where fleet.example.yaml and fixtures/ live).
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("cli/ has a parent")
+        .to_path_buf()
+}
+
+/// Runs the flotilla binary with `args`.
+pub fn flotilla(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_flotilla"))
+        .args(args)
+        .env_remove("FLOTILLA_LOG")
+        .output()
+        .expect("the flotilla binary runs")
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// A throwaway repository on disk.
+pub struct TempRepo {
+    dir: tempfile::TempDir,
+}
+
+impl TempRepo {
+    pub fn new() -> TempRepo {
+        TempRepo {
+            dir: tempfile::tempdir().expect("a temp dir"),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn path_str(&self) -> &str {
+        self.dir.path().to_str().expect("temp paths are UTF-8")
+    }
+
+    /// Writes a file, creating its directories.
+    pub fn file(self, rel: &str, content: &str) -> TempRepo {
+        let p = self.dir.path().join(rel);
+        if let Some(parent) = p.parent() {
+            std::fs::create_dir_all(parent).expect("create dirs");
+        }
+        std::fs::write(&p, content).expect("write file");
+        self
+    }
+
+    /// Creates a symbolic link at `rel` pointing to `target`.
+    pub fn symlink(self, rel: &str, target: &Path) -> TempRepo {
+        let p = self.dir.path().join(rel);
+        if let Some(parent) = p.parent() {
+            std::fs::create_dir_all(parent).expect("create dirs");
+        }
+        std::os::unix::fs::symlink(target, p).expect("symlink");
+        self
+    }
+
+    /// Runs flotilla with `--repo <this repo>` appended.
+    pub fn run(&self, args: &[&str]) -> Output {
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend(["--repo", self.path_str()]);
+        flotilla(&all)
+    }
+}
+
+pub const HEADER: &str = "apiVersion: flotilla.dev/v1alpha1\nkind: Fleet\nmetadata: {name: t}\n";
