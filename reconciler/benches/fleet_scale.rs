@@ -11,6 +11,10 @@ use std::time::{Duration, Instant};
 
 use flotilla_spec::{NoRepo, check};
 
+// The same allocator as the `flotilla` binary.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn generate(clusters: usize, placements: usize) -> String {
     let mut s = String::with_capacity(12 << 20);
     s.push_str(
@@ -46,7 +50,7 @@ fn generate(clusters: usize, placements: usize) -> String {
             "  - name: p{p}\n    bundles: [p{p}-web, p{p}-api]\n    clusters:\n      matchLabels: {{region: r{region:02}}}\n      matchExpressions:\n        - {{key: tier, operator: In, values: [primary, burst]}}\n        - {{key: kind, operator: NotIn, values: [edge]}}"
         );
         s.push_str("    overrides:\n");
-        for o in 0..6 {
+        for o in 0..5 {
             let _ = writeln!(
                 s,
                 "      - clusters: {{matchLabels: {{zone: z{o}}}}}\n        bundle: p{p}-web\n        patches:\n          - target: {{kind: Deployment, name: web, labelSelector: \"app=web,tier in (frontend, edge)\"}}\n            jsonPatch:\n              - {{op: replace, path: /spec/replicas, value: {}}}\n              - {{op: add, path: /metadata/annotations/zone, value: z{o}}}\n              - {{op: add, path: /spec/template/metadata/labels/zone, value: z{o}}}\n          - target: {{kind: Service, name: web}}\n            mergePatch: {{metadata: {{annotations: {{owner: team-{o}, cost-center: cc-{p}}}}}}}\n        images:\n          - {{name: registry.example.com/p{p}/web, tag: \"1.{o}.0\"}}\n        variables: {{zone: \"${{cluster.labels.zone}}\"}}",

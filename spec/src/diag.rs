@@ -78,8 +78,8 @@ impl Sink {
             .map(|(severity, pos, path, message)| Diagnostic {
                 severity,
                 file: file.to_string(),
-                line: pos.line,
-                column: pos.column,
+                line: pos.line as usize,
+                column: pos.column as usize,
                 path,
                 message,
             })

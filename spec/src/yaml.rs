@@ -20,8 +20,8 @@ type ParseResult<'i> = Result<(Event<'i>, Span), ScanError>;
 /// A 1-based line and column in a source file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct Pos {
-    pub line: usize,
-    pub column: usize,
+    pub line: u32,
+    pub column: u32,
 }
 
 impl fmt::Display for Pos {
@@ -198,8 +198,8 @@ enum Frame {
 
 fn pos_of(m: &saphyr_parser::Marker) -> Pos {
     Pos {
-        line: m.line(),
-        column: m.col() + 1,
+        line: u32::try_from(m.line()).unwrap_or(u32::MAX),
+        column: u32::try_from(m.col() + 1).unwrap_or(u32::MAX),
     }
 }
 
@@ -224,37 +224,9 @@ fn parse_stream(text: &str, limits: &Limits, many: bool) -> Result<Vec<Node>, Ya
             limit: limits.max_bytes,
         });
     }
-    if text.len() < PIPELINE_MIN_BYTES {
-        let mut parser = Parser::new_from_str(text);
-        return build(std::iter::from_fn(|| parser.next_event()), limits, many);
-    }
-    // Large inputs: scan on a second thread while this one builds the tree (the scanner is
-    // about two thirds of the cost). Events travel in batches to keep the channel cheap; if
-    // the builder stops early (an error), the dropped receiver stops the scanner.
-    std::thread::scope(|scope| {
-        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<ParseResult<'_>>>(8);
-        scope.spawn(move || {
-            let mut parser = Parser::new_from_str(text);
-            let mut batch = Vec::with_capacity(BATCH);
-            while let Some(ev) = parser.next_event() {
-                let stop = ev.is_err();
-                batch.push(ev);
-                if batch.len() == BATCH || stop {
-                    let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH));
-                    if tx.send(full).is_err() || stop {
-                        return;
-                    }
-                }
-            }
-            let _ = tx.send(batch);
-        });
-        build(rx.into_iter().flatten(), limits, many)
-    })
+    let mut parser = Parser::new_from_str(text);
+    build(std::iter::from_fn(|| parser.next_event()), limits, many)
 }
-
-/// Inputs at least this large are scanned on a second thread.
-const PIPELINE_MIN_BYTES: usize = 1 << 20;
-const BATCH: usize = 4096;
 
 fn build<'i>(
     mut events: impl Iterator<Item = ParseResult<'i>>,
@@ -308,7 +280,7 @@ fn build<'i>(
                 stack.push(Frame::Seq {
                     pos,
                     anchor,
-                    items: Vec::new(),
+                    items: Vec::with_capacity(4),
                     weight: 1,
                 });
                 None
@@ -323,7 +295,7 @@ fn build<'i>(
                 stack.push(Frame::Map {
                     pos,
                     anchor,
-                    entries: Vec::new(),
+                    entries: Vec::with_capacity(4),
                     index: None,
                     pending_key: None,
                     weight: 1,
@@ -422,7 +394,7 @@ fn build<'i>(
                         return Err(YamlError::DuplicateKey {
                             pos: node.pos,
                             key: name,
-                            first_line: entries[first].0.pos.line,
+                            first_line: entries[first].0.pos.line as usize,
                         });
                     }
                     *pending_key = Some(Key {
