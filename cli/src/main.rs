@@ -138,7 +138,7 @@ fn load(args: &FleetArgs) -> anyhow::Result<(String, Checked)> {
         // Let the spec report it as a diagnostic without reading the whole file.
         " ".repeat(limits.max_bytes + 1)
     } else {
-        tree.read_to_string(&fleet_path)
+        tree.read_text(&fleet_path)
             .with_context(|| format!("cannot read {file}"))?
     };
     let mut checked = flotilla_spec::check_with(&file, &text, &tree, &limits);

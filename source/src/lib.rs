@@ -12,7 +12,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use flotilla_spec::types::RepoPath;
-use flotilla_spec::{PathKind, RepoFiles};
+use flotilla_spec::{PathKind, RepoError, RepoFiles};
 
 /// Errors reading from a source. Paths in messages are repository-relative.
 #[derive(Debug, thiserror::Error)]
@@ -36,7 +36,7 @@ pub struct LocalTree {
 }
 
 /// The largest file flotilla reads from a repository.
-pub const MAX_FILE_BYTES: u64 = 64 << 20;
+pub const MAX_FILE_BYTES: u64 = 128 << 20;
 
 impl LocalTree {
     /// Opens a directory as a repository root.
@@ -92,7 +92,7 @@ impl LocalTree {
     }
 
     /// Reads a file as UTF-8 text.
-    pub fn read_to_string(&self, path: &RepoPath) -> Result<String, SourceError> {
+    pub fn read_text(&self, path: &RepoPath) -> Result<String, SourceError> {
         let real = self.resolve(path)?;
         let meta = std::fs::metadata(&real).map_err(|source| SourceError::Io {
             path: path.to_string(),
@@ -112,6 +112,26 @@ impl LocalTree {
     }
 }
 
+impl From<SourceError> for RepoError {
+    fn from(e: SourceError) -> RepoError {
+        match e {
+            SourceError::NotFound { path } => RepoError::NotFound(path),
+            SourceError::Escapes { path } => RepoError::Escapes(path),
+            SourceError::TooLarge { path, size, limit } => {
+                RepoError::TooLarge { path, size, limit }
+            }
+            SourceError::Io { path, source } => RepoError::Io {
+                path,
+                message: source.to_string(),
+            },
+            SourceError::Root { path, source } => RepoError::Io {
+                path: path.display().to_string(),
+                message: source.to_string(),
+            },
+        }
+    }
+}
+
 impl RepoFiles for LocalTree {
     fn kind(&self, path: &RepoPath) -> PathKind {
         match self.resolve(path) {
@@ -120,6 +140,48 @@ impl RepoFiles for LocalTree {
             Err(SourceError::Escapes { .. }) => PathKind::Escapes,
             Err(_) => PathKind::Missing,
         }
+    }
+
+    fn read(&self, path: &RepoPath) -> Result<Vec<u8>, RepoError> {
+        let real = self.resolve(path)?;
+        if real.is_dir() {
+            return Err(RepoError::IsADirectory(path.to_string()));
+        }
+        let size = std::fs::metadata(&real).map(|m| m.len()).unwrap_or(0);
+        if size > MAX_FILE_BYTES {
+            return Err(RepoError::TooLarge {
+                path: path.to_string(),
+                size,
+                limit: MAX_FILE_BYTES,
+            });
+        }
+        std::fs::read(&real).map_err(|e| RepoError::Io {
+            path: path.to_string(),
+            message: e.to_string(),
+        })
+    }
+
+    fn list(&self, dir: &RepoPath) -> Result<Vec<String>, RepoError> {
+        let real = self.resolve(dir)?;
+        if !real.is_dir() {
+            return Err(RepoError::NotADirectory(dir.to_string()));
+        }
+        let io = |e: io::Error| RepoError::Io {
+            path: dir.to_string(),
+            message: e.to_string(),
+        };
+        let mut names = Vec::new();
+        for entry in std::fs::read_dir(&real).map_err(io)? {
+            let entry = entry.map_err(io)?;
+            // Names that are not UTF-8 cannot be named from fleet.yaml: skip them.
+            if let Ok(name) = entry.file_name().into_string()
+                && name != ".git"
+            {
+                names.push(name);
+            }
+        }
+        names.sort();
+        Ok(names)
     }
 }
 
@@ -150,18 +212,15 @@ mod tests {
         assert_eq!(tree.kind(&rp("apps")), PathKind::Dir);
         assert_eq!(tree.kind(&rp("apps/a.yaml")), PathKind::File);
         assert_eq!(tree.kind(&rp("apps/missing")), PathKind::Missing);
-        assert_eq!(tree.read_to_string(&rp("apps/a.yaml"))?, "kind: ConfigMap");
+        assert_eq!(tree.read_text(&rp("apps/a.yaml"))?, "kind: ConfigMap");
         #[cfg(unix)]
         {
             assert_eq!(tree.kind(&rp("apps/leak")), PathKind::Escapes);
             assert!(matches!(
-                tree.read_to_string(&rp("apps/leak")),
+                tree.read_text(&rp("apps/leak")),
                 Err(SourceError::Escapes { .. })
             ));
-            assert_eq!(
-                tree.read_to_string(&rp("apps/alias.yaml"))?,
-                "kind: ConfigMap"
-            );
+            assert_eq!(tree.read_text(&rp("apps/alias.yaml"))?, "kind: ConfigMap");
         }
         Ok(())
     }

@@ -16,6 +16,7 @@
 mod decode;
 pub mod diag;
 pub mod model;
+pub mod repo;
 pub mod selector;
 pub mod template;
 pub mod types;
@@ -24,7 +25,8 @@ pub mod yaml;
 
 pub use diag::{Diagnostic, Severity};
 pub use model::*;
-pub use validate::{NoRepo, PathKind, RepoFiles, Selection, placement_bundles, render_kind};
+pub use repo::{MemRepo, NoRepo, PathKind, RepoError, RepoFiles};
+pub use validate::{Selection, placement_bundles, render_kind};
 pub use yaml::Limits;
 
 /// The result of checking a fleet file.

@@ -5,38 +5,11 @@ use std::collections::HashMap;
 
 use crate::diag::{Sink, suggestion};
 use crate::model::*;
+use crate::repo::{PathKind, RepoFiles};
 use crate::selector::{BitSet, ClusterIndex};
 use crate::template::Template;
 use crate::types::RepoPath;
 use crate::yaml::{Node, pos_at};
-
-/// What a path in the repository is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PathKind {
-    File,
-    Dir,
-    Missing,
-    /// It exists but resolves outside the repository (a symlink pointing out).
-    Escapes,
-}
-
-/// Read access to the repository, as much as validation needs.
-pub trait RepoFiles {
-    fn kind(&self, path: &RepoPath) -> PathKind;
-}
-
-/// Skips every path check (for callers that have no repository at hand).
-pub struct NoRepo;
-
-impl RepoFiles for NoRepo {
-    fn kind(&self, path: &RepoPath) -> PathKind {
-        if path.as_str().ends_with(".yaml") || path.as_str().ends_with(".jsonnet") {
-            PathKind::File
-        } else {
-            PathKind::Dir
-        }
-    }
-}
 
 struct V<'a> {
     sink: &'a mut Sink,
