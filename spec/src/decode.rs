@@ -25,25 +25,66 @@ pub(crate) struct Cx {
 }
 
 impl Cx {
-    pub(crate) fn error(&mut self, pos: crate::yaml::Pos, path: &str, message: impl Into<String>) {
-        self.sink.error(pos, path, message);
+    pub(crate) fn error(
+        &mut self,
+        pos: crate::yaml::Pos,
+        path: &Ptr<'_>,
+        message: impl Into<String>,
+    ) {
+        self.sink.error(pos, &path.to_string(), message);
     }
 }
 
-fn child(path: &str, key: &str) -> String {
-    let mut out = String::with_capacity(path.len() + key.len() + 1);
-    out.push_str(path);
-    out.push('/');
-    if key.contains(['~', '/']) {
-        out.push_str(&key.replace('~', "~0").replace('/', "~1"));
-    } else {
-        out.push_str(key);
-    }
-    out
+/// A JSON pointer built lazily: decoding makes one for every field it reads, but only an
+/// error turns it into a string.
+#[derive(Clone, Copy)]
+pub(crate) struct Ptr<'a> {
+    parent: Option<&'a Ptr<'a>>,
+    seg: Seg<'a>,
 }
 
-fn index(path: &str, i: usize) -> String {
-    format!("{path}/{i}")
+#[derive(Clone, Copy)]
+enum Seg<'a> {
+    Root,
+    Key(&'a str),
+    Index(usize),
+}
+
+impl Ptr<'static> {
+    pub(crate) const ROOT: Ptr<'static> = Ptr {
+        parent: None,
+        seg: Seg::Root,
+    };
+}
+
+impl std::fmt::Display for Ptr<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if let Some(parent) = self.parent {
+            parent.fmt(f)?;
+        }
+        match self.seg {
+            Seg::Root => Ok(()),
+            Seg::Index(i) => write!(f, "/{i}"),
+            Seg::Key(k) if k.contains(['~', '/']) => {
+                write!(f, "/{}", k.replace('~', "~0").replace('/', "~1"))
+            }
+            Seg::Key(k) => write!(f, "/{k}"),
+        }
+    }
+}
+
+fn child<'a>(path: &'a Ptr<'a>, key: &'a str) -> Ptr<'a> {
+    Ptr {
+        parent: Some(path),
+        seg: Seg::Key(key),
+    }
+}
+
+fn index<'a>(path: &'a Ptr<'a>, i: usize) -> Ptr<'a> {
+    Ptr {
+        parent: Some(path),
+        seg: Seg::Index(i),
+    }
 }
 
 /// A mapping being read. Call [`Obj::finish`] once every known key has been asked for.
@@ -51,7 +92,7 @@ pub(crate) struct Obj<'a> {
     node: &'a Node,
     entries: &'a [(Key, Rc<Node>)],
     what: &'static str,
-    path: &'a str,
+    path: &'a Ptr<'a>,
     known: Vec<&'static str>,
 }
 
@@ -59,7 +100,7 @@ impl<'a> Obj<'a> {
     pub(crate) fn new(
         cx: &mut Cx,
         node: &'a Node,
-        path: &'a str,
+        path: &'a Ptr<'a>,
         what: &'static str,
     ) -> Option<Obj<'a>> {
         match &node.value {
@@ -101,7 +142,7 @@ impl<'a> Obj<'a> {
         &mut self,
         cx: &mut Cx,
         key: &'static str,
-        f: impl FnOnce(&mut Cx, &Node, &str) -> Option<T>,
+        f: impl FnOnce(&mut Cx, &Node, &Ptr<'_>) -> Option<T>,
     ) -> Option<T> {
         let node = self.lookup(key)?;
         if node.value == Value::Null {
@@ -115,7 +156,7 @@ impl<'a> Obj<'a> {
         &mut self,
         cx: &mut Cx,
         key: &'static str,
-        f: impl FnOnce(&mut Cx, &Node, &str) -> Option<T>,
+        f: impl FnOnce(&mut Cx, &Node, &Ptr<'_>) -> Option<T>,
     ) -> Option<T> {
         match self.lookup(key) {
             Some(node) if node.value != Value::Null => f(cx, node, &child(self.path, key)),
@@ -143,7 +184,7 @@ impl<'a> Obj<'a> {
         &mut self,
         cx: &mut Cx,
         key: &'static str,
-        f: impl FnMut(&mut Cx, &Node, &str) -> Option<T>,
+        f: impl FnMut(&mut Cx, &Node, &Ptr<'_>) -> Option<T>,
     ) -> Vec<T> {
         self.opt(cx, key, |cx, n, p| Some(list(cx, n, p, f)))
             .unwrap_or_default()
@@ -159,7 +200,7 @@ impl<'a> Obj<'a> {
         self.node.pos
     }
 
-    pub(crate) fn path(&self) -> &str {
+    pub(crate) fn path(&self) -> &'a Ptr<'a> {
         self.path
     }
 
@@ -188,8 +229,8 @@ impl<'a> Obj<'a> {
 pub(crate) fn list<T>(
     cx: &mut Cx,
     node: &Node,
-    path: &str,
-    mut f: impl FnMut(&mut Cx, &Node, &str) -> Option<T>,
+    path: &Ptr<'_>,
+    mut f: impl FnMut(&mut Cx, &Node, &Ptr<'_>) -> Option<T>,
 ) -> Vec<T> {
     match &node.value {
         Value::Seq(items) => {
@@ -218,11 +259,10 @@ pub(crate) fn list<T>(
         }
         Value::Null => Vec::new(),
         _ => {
-            let what = path
-                .rsplit('/')
-                .next()
-                .filter(|k| !k.is_empty() && k.parse::<usize>().is_err());
-            let what = what.map(|k| format!(" for {k:?}")).unwrap_or_default();
+            let what = match path.seg {
+                Seg::Key(k) => format!(" for {k:?}"),
+                _ => String::new(),
+            };
             cx.error(
                 node.pos,
                 path,
@@ -233,7 +273,7 @@ pub(crate) fn list<T>(
     }
 }
 
-pub(crate) fn string(cx: &mut Cx, node: &Node, path: &str) -> Option<String> {
+pub(crate) fn string(cx: &mut Cx, node: &Node, path: &Ptr<'_>) -> Option<String> {
     match &node.value {
         Value::Str(s) => Some(s.clone()),
         Value::Int(_) | Value::Float(_) | Value::Bool(_) => {
@@ -261,7 +301,7 @@ pub(crate) fn string(cx: &mut Cx, node: &Node, path: &str) -> Option<String> {
 fn checked<T>(
     cx: &mut Cx,
     node: &Node,
-    path: &str,
+    path: &Ptr<'_>,
     parse: impl FnOnce(&str) -> Result<T, String>,
 ) -> Option<T> {
     let s = string(cx, node, path)?;
@@ -274,13 +314,13 @@ fn checked<T>(
     }
 }
 
-pub(crate) fn name(cx: &mut Cx, node: &Node, path: &str) -> Option<String> {
+pub(crate) fn name(cx: &mut Cx, node: &Node, path: &Ptr<'_>) -> Option<String> {
     checked(cx, node, path, |s| {
         types::check_name(s).map(|_| s.to_string())
     })
 }
 
-fn bool_(cx: &mut Cx, node: &Node, path: &str) -> Option<bool> {
+fn bool_(cx: &mut Cx, node: &Node, path: &Ptr<'_>) -> Option<bool> {
     match &node.value {
         Value::Bool(b) => Some(*b),
         Value::Str(s) if matches!(s.as_str(), "yes" | "no" | "on" | "off" | "y" | "n") => {
@@ -302,7 +342,7 @@ fn bool_(cx: &mut Cx, node: &Node, path: &str) -> Option<bool> {
     }
 }
 
-fn uint(cx: &mut Cx, node: &Node, path: &str, min: u32, max: u32) -> Option<u32> {
+fn uint(cx: &mut Cx, node: &Node, path: &Ptr<'_>, min: u32, max: u32) -> Option<u32> {
     match &node.value {
         Value::Int(i) if *i >= i64::from(min) && *i <= i64::from(max) => u32::try_from(*i).ok(),
         Value::Int(i) => {
@@ -327,7 +367,7 @@ fn uint(cx: &mut Cx, node: &Node, path: &str, min: u32, max: u32) -> Option<u32>
     }
 }
 
-fn number(cx: &mut Cx, node: &Node, path: &str) -> Option<f64> {
+fn number(cx: &mut Cx, node: &Node, path: &Ptr<'_>) -> Option<f64> {
     match &node.value {
         Value::Int(i) => Some(*i as f64),
         Value::Float(f) if f.is_finite() => Some(*f),
@@ -345,7 +385,7 @@ fn number(cx: &mut Cx, node: &Node, path: &str) -> Option<f64> {
 fn enumeration<T: Copy>(
     cx: &mut Cx,
     node: &Node,
-    path: &str,
+    path: &Ptr<'_>,
     options: &[(&'static str, T)],
 ) -> Option<T> {
     let s = string(cx, node, path)?;
@@ -362,7 +402,7 @@ fn enumeration<T: Copy>(
     None
 }
 
-fn string_map(cx: &mut Cx, node: &Node, path: &str) -> Option<BTreeMap<String, String>> {
+fn string_map(cx: &mut Cx, node: &Node, path: &Ptr<'_>) -> Option<BTreeMap<String, String>> {
     let Value::Map(entries) = &node.value else {
         if node.value == Value::Null {
             return Some(BTreeMap::new());
@@ -402,7 +442,7 @@ fn string_map(cx: &mut Cx, node: &Node, path: &str) -> Option<BTreeMap<String, S
     Some(out)
 }
 
-fn labels(cx: &mut Cx, node: &Node, path: &str) -> Option<Labels> {
+fn labels(cx: &mut Cx, node: &Node, path: &Ptr<'_>) -> Option<Labels> {
     let map = string_map(cx, node, path)?;
     if let Value::Map(entries) = &node.value {
         for (k, v) in entries {
@@ -419,12 +459,12 @@ fn labels(cx: &mut Cx, node: &Node, path: &str) -> Option<Labels> {
     Some(map)
 }
 
-fn names(cx: &mut Cx, node: &Node, path: &str) -> Option<Vec<String>> {
+fn names(cx: &mut Cx, node: &Node, path: &Ptr<'_>) -> Option<Vec<String>> {
     Some(list(cx, node, path, string))
 }
 
 pub(crate) fn fleet(cx: &mut Cx, node: &Node) -> Option<Fleet> {
-    let mut o = Obj::new(cx, node, "", "the fleet")?;
+    let mut o = Obj::new(cx, node, &Ptr::ROOT, "the fleet")?;
     let api_version = o.req(cx, "apiVersion", |cx, n, p| {
         let s = string(cx, n, p)?;
         if s != API_VERSION {
@@ -474,7 +514,7 @@ pub(crate) fn fleet(cx: &mut Cx, node: &Node) -> Option<Fleet> {
     })
 }
 
-fn metadata(cx: &mut Cx, node: &Node, path: &str) -> Option<Metadata> {
+fn metadata(cx: &mut Cx, node: &Node, path: &Ptr<'_>) -> Option<Metadata> {
     let mut o = Obj::new(cx, node, path, "metadata")?;
     let n = o.req(cx, "name", name);
     let l = o.opt(cx, "labels", labels).unwrap_or_default();
@@ -487,7 +527,7 @@ fn metadata(cx: &mut Cx, node: &Node, path: &str) -> Option<Metadata> {
     })
 }
 
-fn duration(cx: &mut Cx, node: &Node, path: &str) -> Option<Duration> {
+fn duration(cx: &mut Cx, node: &Node, path: &Ptr<'_>) -> Option<Duration> {
     if let Value::Int(i) = node.value {
         cx.error(
             node.pos,
@@ -499,19 +539,19 @@ fn duration(cx: &mut Cx, node: &Node, path: &str) -> Option<Duration> {
     checked(cx, node, path, Duration::parse)
 }
 
-fn schedule(cx: &mut Cx, node: &Node, path: &str) -> Option<Schedule> {
+fn schedule(cx: &mut Cx, node: &Node, path: &Ptr<'_>) -> Option<Schedule> {
     checked(cx, node, path, Schedule::parse)
 }
 
-fn timezone(cx: &mut Cx, node: &Node, path: &str) -> Option<TimeZone> {
+fn timezone(cx: &mut Cx, node: &Node, path: &Ptr<'_>) -> Option<TimeZone> {
     checked(cx, node, path, TimeZone::parse)
 }
 
-fn repo_path(cx: &mut Cx, node: &Node, path: &str) -> Option<RepoPath> {
+fn repo_path(cx: &mut Cx, node: &Node, path: &Ptr<'_>) -> Option<RepoPath> {
     checked(cx, node, path, RepoPath::parse)
 }
 
-fn settings(cx: &mut Cx, node: &Node, path: &str) -> Option<Settings> {
+fn settings(cx: &mut Cx, node: &Node, path: &Ptr<'_>) -> Option<Settings> {
     let mut o = Obj::new(cx, node, path, "settings")?;
     let d = Settings::default();
     let s = Settings {
@@ -525,7 +565,7 @@ fn settings(cx: &mut Cx, node: &Node, path: &str) -> Option<Settings> {
     Some(s)
 }
 
-fn cluster(cx: &mut Cx, node: &Node, path: &str) -> Option<Cluster> {
+fn cluster(cx: &mut Cx, node: &Node, path: &Ptr<'_>) -> Option<Cluster> {
     let mut o = Obj::new(cx, node, path, "a cluster")?;
     let n = o.req(cx, "name", name);
     let l = o.opt(cx, "labels", labels).unwrap_or_default();
@@ -555,9 +595,9 @@ fn cluster(cx: &mut Cx, node: &Node, path: &str) -> Option<Cluster> {
     })
 }
 
-fn capacity(cx: &mut Cx, node: &Node, path: &str) -> Option<Capacity> {
+fn capacity(cx: &mut Cx, node: &Node, path: &Ptr<'_>) -> Option<Capacity> {
     let mut o = Obj::new(cx, node, path, "capacity")?;
-    let quantity = |cx: &mut Cx, n: &Node, p: &str| {
+    let quantity = |cx: &mut Cx, n: &Node, p: &Ptr<'_>| {
         let text = match &n.value {
             Value::Int(i) => i.to_string(),
             Value::Float(f) => f.to_string(),
@@ -581,7 +621,7 @@ fn capacity(cx: &mut Cx, node: &Node, path: &str) -> Option<Capacity> {
     Some(c)
 }
 
-fn bundle(cx: &mut Cx, node: &Node, path: &str) -> Option<Bundle> {
+fn bundle(cx: &mut Cx, node: &Node, path: &Ptr<'_>) -> Option<Bundle> {
     let mut o = Obj::new(cx, node, path, "a bundle")?;
     let n = o.req(cx, "name", name);
     let p = o.req(cx, "path", repo_path);
@@ -609,7 +649,7 @@ fn bundle(cx: &mut Cx, node: &Node, path: &str) -> Option<Bundle> {
     })
 }
 
-fn jsonnet_options(cx: &mut Cx, node: &Node, path: &str) -> Option<JsonnetOptions> {
+fn jsonnet_options(cx: &mut Cx, node: &Node, path: &Ptr<'_>) -> Option<JsonnetOptions> {
     let mut o = Obj::new(cx, node, path, "jsonnet options")?;
     let ext_vars = o.opt(cx, "extVars", string_map).unwrap_or_default();
     let tlas = o
@@ -634,7 +674,7 @@ fn jsonnet_options(cx: &mut Cx, node: &Node, path: &str) -> Option<JsonnetOption
     Some(JsonnetOptions { ext_vars, tlas })
 }
 
-fn baseline(cx: &mut Cx, node: &Node, path: &str) -> Option<Baseline> {
+fn baseline(cx: &mut Cx, node: &Node, path: &Ptr<'_>) -> Option<Baseline> {
     let mut o = Obj::new(cx, node, path, "a baseline")?;
     let n = o.req(cx, "name", name);
     let version = o.req(cx, "version", string);
@@ -647,7 +687,7 @@ fn baseline(cx: &mut Cx, node: &Node, path: &str) -> Option<Baseline> {
     })
 }
 
-pub(crate) fn selector(cx: &mut Cx, node: &Node, path: &str) -> Option<Selector> {
+pub(crate) fn selector(cx: &mut Cx, node: &Node, path: &Ptr<'_>) -> Option<Selector> {
     let mut o = Obj::new(cx, node, path, "a cluster selector")?;
     let match_labels = o.opt(cx, "matchLabels", labels).unwrap_or_default();
     let match_expressions = o.list(cx, "matchExpressions", requirement);
@@ -660,7 +700,7 @@ pub(crate) fn selector(cx: &mut Cx, node: &Node, path: &str) -> Option<Selector>
     })
 }
 
-fn requirement(cx: &mut Cx, node: &Node, path: &str) -> Option<Requirement> {
+fn requirement(cx: &mut Cx, node: &Node, path: &Ptr<'_>) -> Option<Requirement> {
     let mut o = Obj::new(cx, node, path, "a match expression")?;
     let key = o.req(cx, "key", |cx, n, p| {
         checked(cx, n, p, |s| {
@@ -716,7 +756,7 @@ fn requirement(cx: &mut Cx, node: &Node, path: &str) -> Option<Requirement> {
     })
 }
 
-fn placement(cx: &mut Cx, node: &Node, path: &str) -> Option<Placement> {
+fn placement(cx: &mut Cx, node: &Node, path: &Ptr<'_>) -> Option<Placement> {
     let mut o = Obj::new(cx, node, path, "a placement")?;
     let n = o.req(cx, "name", name);
     let bundles = o.opt(cx, "bundles", names).unwrap_or_default();
@@ -760,7 +800,7 @@ fn placement(cx: &mut Cx, node: &Node, path: &str) -> Option<Placement> {
     })
 }
 
-fn override_(cx: &mut Cx, node: &Node, path: &str) -> Option<Override> {
+fn override_(cx: &mut Cx, node: &Node, path: &Ptr<'_>) -> Option<Override> {
     let mut o = Obj::new(cx, node, path, "an override")?;
     let clusters = o.req(cx, "clusters", selector);
     let bundle = o.opt(cx, "bundle", string);
@@ -777,7 +817,7 @@ fn override_(cx: &mut Cx, node: &Node, path: &str) -> Option<Override> {
     })
 }
 
-fn patch(cx: &mut Cx, node: &Node, path: &str) -> Option<Patch> {
+fn patch(cx: &mut Cx, node: &Node, path: &Ptr<'_>) -> Option<Patch> {
     let mut o = Obj::new(cx, node, path, "a patch")?;
     let target = o.req(cx, "target", target);
     let json_patch = o.opt(cx, "jsonPatch", |cx, n, p| {
@@ -812,7 +852,7 @@ fn patch(cx: &mut Cx, node: &Node, path: &str) -> Option<Patch> {
     })
 }
 
-fn target(cx: &mut Cx, node: &Node, path: &str) -> Option<Target> {
+fn target(cx: &mut Cx, node: &Node, path: &Ptr<'_>) -> Option<Target> {
     let mut o = Obj::new(cx, node, path, "a patch target")?;
     let t = Target {
         group: o.opt(cx, "group", string),
@@ -830,7 +870,7 @@ fn target(cx: &mut Cx, node: &Node, path: &str) -> Option<Target> {
     Some(t)
 }
 
-fn json_patch_op(cx: &mut Cx, node: &Node, path: &str) -> Option<JsonPatchOp> {
+fn json_patch_op(cx: &mut Cx, node: &Node, path: &Ptr<'_>) -> Option<JsonPatchOp> {
     let mut o = Obj::new(cx, node, path, "a JSON Patch operation")?;
     use JsonPatchOpKind::*;
     let op = o.req(cx, "op", |cx, n, p| {
@@ -848,7 +888,7 @@ fn json_patch_op(cx: &mut Cx, node: &Node, path: &str) -> Option<JsonPatchOp> {
             ],
         )
     });
-    let pointer = |cx: &mut Cx, n: &Node, p: &str| {
+    let pointer = |cx: &mut Cx, n: &Node, p: &Ptr<'_>| {
         checked(cx, n, p, |s| {
             if s.is_empty() || s.starts_with('/') {
                 Ok(s.to_string())
@@ -901,7 +941,7 @@ fn op_name(op: JsonPatchOpKind) -> &'static str {
     }
 }
 
-fn image_override(cx: &mut Cx, node: &Node, path: &str) -> Option<ImageOverride> {
+fn image_override(cx: &mut Cx, node: &Node, path: &Ptr<'_>) -> Option<ImageOverride> {
     let mut o = Obj::new(cx, node, path, "an image override")?;
     let n = o.req(cx, "name", string);
     let new_name = o.opt(cx, "newName", string);
@@ -943,7 +983,7 @@ fn image_override(cx: &mut Cx, node: &Node, path: &str) -> Option<ImageOverride>
     })
 }
 
-fn replica_split(cx: &mut Cx, node: &Node, path: &str) -> Option<ReplicaSplit> {
+fn replica_split(cx: &mut Cx, node: &Node, path: &Ptr<'_>) -> Option<ReplicaSplit> {
     let mut o = Obj::new(cx, node, path, "replicas")?;
     let bundle = o.req(cx, "bundle", string);
     let workload = o.req(cx, "workload", |cx, n, p| {
@@ -969,7 +1009,7 @@ fn replica_split(cx: &mut Cx, node: &Node, path: &str) -> Option<ReplicaSplit> {
     })
 }
 
-fn rollout(cx: &mut Cx, node: &Node, path: &str) -> Option<Rollout> {
+fn rollout(cx: &mut Cx, node: &Node, path: &Ptr<'_>) -> Option<Rollout> {
     let mut o = Obj::new(cx, node, path, "a rollout")?;
     let d = Rollout::default();
     let r = Rollout {
@@ -1004,7 +1044,7 @@ fn rollout(cx: &mut Cx, node: &Node, path: &str) -> Option<Rollout> {
     Some(r)
 }
 
-fn batch(cx: &mut Cx, node: &Node, path: &str) -> Option<Batch> {
+fn batch(cx: &mut Cx, node: &Node, path: &Ptr<'_>) -> Option<Batch> {
     let mut o = Obj::new(cx, node, path, "a batch")?;
     let clusters = o.opt(cx, "clusters", selector);
     let percent = o.opt(cx, "percent", |cx, n, p| uint(cx, n, p, 1, 100));
@@ -1024,7 +1064,7 @@ fn batch(cx: &mut Cx, node: &Node, path: &str) -> Option<Batch> {
     })
 }
 
-fn gate(cx: &mut Cx, node: &Node, path: &str) -> Option<Gate> {
+fn gate(cx: &mut Cx, node: &Node, path: &Ptr<'_>) -> Option<Gate> {
     let mut o = Obj::new(cx, node, path, "a gate")?;
     let prometheus = o.req(cx, "prometheus", |cx, n, p| {
         let mut g = Obj::new(cx, n, p, "a Prometheus gate")?;
@@ -1072,7 +1112,7 @@ fn check_http_url(s: &str) -> Result<String, String> {
     }
 }
 
-fn window(cx: &mut Cx, node: &Node, path: &str) -> Option<Window> {
+fn window(cx: &mut Cx, node: &Node, path: &Ptr<'_>) -> Option<Window> {
     let mut o = Obj::new(cx, node, path, "a window")?;
     let schedule = o.req(cx, "schedule", schedule);
     let dur = o.req(cx, "duration", |cx, n, p| {
@@ -1091,7 +1131,7 @@ fn window(cx: &mut Cx, node: &Node, path: &str) -> Option<Window> {
     })
 }
 
-fn burst_pool(cx: &mut Cx, node: &Node, path: &str) -> Option<BurstPool> {
+fn burst_pool(cx: &mut Cx, node: &Node, path: &Ptr<'_>) -> Option<BurstPool> {
     let mut o = Obj::new(cx, node, path, "a burst pool")?;
     let n = o.req(cx, "name", name);
     let clusters = o.req(cx, "clusters", selector);
@@ -1108,7 +1148,7 @@ fn burst_pool(cx: &mut Cx, node: &Node, path: &str) -> Option<BurstPool> {
     })
 }
 
-fn workflow(cx: &mut Cx, node: &Node, path: &str) -> Option<Workflow> {
+fn workflow(cx: &mut Cx, node: &Node, path: &Ptr<'_>) -> Option<Workflow> {
     let mut o = Obj::new(cx, node, path, "a workflow")?;
     let n = o.req(cx, "name", name);
     let sched = o.req(cx, "schedule", schedule);
@@ -1152,7 +1192,7 @@ fn workflow(cx: &mut Cx, node: &Node, path: &str) -> Option<Workflow> {
     })
 }
 
-fn resource_filter(cx: &mut Cx, node: &Node, path: &str) -> Option<ResourceFilter> {
+fn resource_filter(cx: &mut Cx, node: &Node, path: &Ptr<'_>) -> Option<ResourceFilter> {
     let mut o = Obj::new(cx, node, path, "a resource filter")?;
     let namespaces = o
         .opt(cx, "namespaces", |cx, n, p| Some(list(cx, n, p, name)))
@@ -1162,7 +1202,7 @@ fn resource_filter(cx: &mut Cx, node: &Node, path: &str) -> Option<ResourceFilte
     Some(ResourceFilter { namespaces, kinds })
 }
 
-fn backup(cx: &mut Cx, node: &Node, path: &str) -> Option<Backup> {
+fn backup(cx: &mut Cx, node: &Node, path: &Ptr<'_>) -> Option<Backup> {
     let mut o = Obj::new(cx, node, path, "a backup")?;
     let n = o.req(cx, "name", name);
     let sched = o.req(cx, "schedule", schedule);
@@ -1199,7 +1239,7 @@ fn backup(cx: &mut Cx, node: &Node, path: &str) -> Option<Backup> {
     })
 }
 
-fn image_policy(cx: &mut Cx, node: &Node, path: &str) -> Option<ImagePolicy> {
+fn image_policy(cx: &mut Cx, node: &Node, path: &Ptr<'_>) -> Option<ImagePolicy> {
     let mut o = Obj::new(cx, node, path, "an image policy")?;
     let n = o.req(cx, "name", name);
     let image = o.req(cx, "image", |cx, n, p| {
@@ -1250,7 +1290,7 @@ fn check_image_repository(s: &str) -> Result<String, String> {
     }
 }
 
-fn tag_policy(cx: &mut Cx, node: &Node, path: &str) -> Option<TagPolicy> {
+fn tag_policy(cx: &mut Cx, node: &Node, path: &Ptr<'_>) -> Option<TagPolicy> {
     let mut o = Obj::new(cx, node, path, "a tag policy")?;
     let semver = o.opt(cx, "semver", |cx, n, p| {
         checked(cx, n, p, SemverRange::parse)
@@ -1353,7 +1393,7 @@ fn template_groups(s: &str) -> Vec<String> {
     out
 }
 
-fn write_back(cx: &mut Cx, node: &Node, path: &str) -> Option<WriteBack> {
+fn write_back(cx: &mut Cx, node: &Node, path: &Ptr<'_>) -> Option<WriteBack> {
     let mut o = Obj::new(cx, node, path, "writeBack")?;
     let files = o.req(cx, "files", |cx, n, p| {
         let files = list(cx, n, p, repo_path);
@@ -1362,7 +1402,7 @@ fn write_back(cx: &mut Cx, node: &Node, path: &str) -> Option<WriteBack> {
         }
         Some(files)
     });
-    let branch_check = |cx: &mut Cx, n: &Node, p: &str| checked(cx, n, p, check_branch);
+    let branch_check = |cx: &mut Cx, n: &Node, p: &Ptr<'_>| checked(cx, n, p, check_branch);
     let branch = o
         .opt(cx, "branch", branch_check)
         .unwrap_or_else(default_branch);

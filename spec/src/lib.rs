@@ -68,7 +68,7 @@ pub fn check_with(file: &str, text: &str, repo: &dyn RepoFiles, limits: &Limits)
         Ok(doc) => doc,
         Err(e) => {
             let pos = e.pos().unwrap_or(yaml::Pos { line: 1, column: 1 });
-            cx.error(pos, "", e.message());
+            cx.error(pos, &decode::Ptr::ROOT, e.message());
             return Checked {
                 fleet: None,
                 diagnostics: cx.sink.into_diagnostics(file),
@@ -78,7 +78,7 @@ pub fn check_with(file: &str, text: &str, repo: &dyn RepoFiles, limits: &Limits)
     if doc.value == yaml::Value::Null {
         cx.error(
             doc.pos,
-            "",
+            &decode::Ptr::ROOT,
             "the file is empty; expected a Fleet (apiVersion: flotilla.dev/v1alpha1, kind: Fleet)",
         );
         return Checked {
