@@ -266,8 +266,13 @@ fn build<'i>(
                     .ok_or(YamlError::UnknownAnchor { pos })?;
                 Some((node, weight, 0))
             }
-            Event::Scalar(text, style, anchor, _tag) => {
-                let value = resolve_scalar(text, style);
+            Event::Scalar(text, style, anchor, tag) => {
+                // `!!str 1` is the string "1"; other tags are ignored (the schema decides).
+                let value = if tag.is_some_and(|t| t.is_yaml_core_schema() && t.suffix == "str") {
+                    Value::Str(text.into_owned())
+                } else {
+                    resolve_scalar(text, style)
+                };
                 Some((Rc::new(Node { value, pos }), 1, anchor))
             }
             Event::SequenceStart(anchor, _) => {
@@ -582,8 +587,9 @@ mod tests {
 
     #[test]
     fn strict_scalars() {
-        let n =
-            p("a: yes\nb: on\nc: true\nd: 0777\ne: '1'\nf: 1.5\ng: ~\nh: 1e3\n").expect("parses");
+        let n = p("a: yes\nb: on\nc: true\nd: 0777\ne: '1'\nf: 1.5\ng: ~\nh: 1e3\ni: !!str 2\n")
+            .expect("parses");
+        assert_eq!(n.get("i").map(|n| &n.value), Some(&Value::Str("2".into())));
         assert_eq!(
             n.get("a").map(|n| &n.value),
             Some(&Value::Str("yes".into()))
