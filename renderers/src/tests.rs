@@ -1,0 +1,1 @@
+//! Unit tests of the render pipeline over in-memory repositories.
