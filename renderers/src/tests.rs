@@ -1,1 +1,257 @@
 //! Unit tests of the render pipeline over in-memory repositories.
+
+use flotilla_spec::{Fleet, MemRepo};
+
+use super::*;
+
+const FLEET: &str = "apiVersion: flotilla.dev/v1alpha1
+kind: Fleet
+metadata: {name: acme}
+clusters:
+  - {name: a, labels: {region: eu}}
+  - {name: b, labels: {region: us}}
+bundles:
+  - {name: web, path: web, namespace: shop}
+  - {name: kust, path: k}
+placements:
+  - name: main
+    bundles: [web, kust]
+    clusters: {}
+    replicas:
+      bundle: web
+      workload: {kind: Deployment, name: web}
+      total: 10
+    overrides:
+      - clusters: {matchLabels: {region: us}}
+        bundle: web
+        patches:
+          - target: {kind: ConfigMap, name: cfg}
+            mergePatch: {data: {region: us}}
+";
+
+const DEPLOY: &str = "apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web}
+spec:
+  replicas: 1
+  template:
+    spec:
+      containers: [{name: web, image: nginx:1.25}]
+";
+
+fn files() -> Vec<(&'static str, String)> {
+    vec![
+        ("fleet.yaml", FLEET.to_string()),
+        ("web/b/deploy.yaml", DEPLOY.to_string()),
+        (
+            "web/a.yaml",
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: cfg}\ndata: {k: v}\n---\napiVersion: v1\nkind: Namespace\nmetadata: {name: shop}\n".to_string(),
+        ),
+        (
+            "k/kustomization.yaml",
+            "resources: [cm.yaml]\nnamePrefix: p-\nconfigMapGenerator:\n- name: gen\n  literals: [x=1]\n"
+                .to_string(),
+        ),
+        (
+            "k/cm.yaml",
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c}\n".to_string(),
+        ),
+    ]
+}
+
+fn repo_from(files: &[(&str, String)]) -> MemRepo {
+    let mut repo = MemRepo::new();
+    for (p, c) in files {
+        repo.insert(p, c.as_bytes());
+    }
+    repo
+}
+
+fn fleet(repo: &MemRepo) -> Fleet {
+    let checked = flotilla_spec::check("fleet.yaml", FLEET, repo);
+    let errors: Vec<String> = checked.errors().map(|d| d.to_string()).collect();
+    checked
+        .fleet
+        .unwrap_or_else(|| panic!("fleet is valid: {errors:?}"))
+}
+
+/// Renders every (bundle, cluster) of the one placement into one text.
+fn render_all(repo: &MemRepo, fleet: &Fleet, clusters: &[&str], opts: &RenderOptions) -> String {
+    let p = &fleet.placements[0];
+    let mut out = String::new();
+    for c in clusters {
+        let cluster = fleet
+            .clusters
+            .iter()
+            .find(|x| x.name == *c)
+            .expect("cluster");
+        for b in &fleet.bundles {
+            let r = render(repo, fleet, p, b, cluster, opts).expect("renders");
+            out.push_str(&format!("# {}/{} {}\n{}", b.name, c, r.hash, r.yaml));
+        }
+    }
+    out
+}
+
+#[test]
+fn plain_yaml_gets_namespace_tracking_labels_and_order() {
+    let repo = repo_from(&files());
+    let fleet = fleet(&repo);
+    let r = render(
+        &repo,
+        &fleet,
+        &fleet.placements[0],
+        &fleet.bundles[0],
+        &fleet.clusters[0],
+        &RenderOptions::default(),
+    )
+    .expect("renders");
+    let kinds: Vec<&str> = r
+        .objects
+        .iter()
+        .map(|o| o["kind"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(kinds, ["Namespace", "ConfigMap", "Deployment"]);
+    assert_eq!(r.objects[0]["metadata"].get("namespace"), None);
+    assert_eq!(r.objects[1]["metadata"]["namespace"], "shop");
+    for o in &r.objects {
+        assert_eq!(o["metadata"]["labels"][LABEL_FLEET], "acme");
+        assert_eq!(o["metadata"]["labels"][LABEL_PLACEMENT], "main");
+        assert_eq!(o["metadata"]["labels"][LABEL_BUNDLE], "web");
+    }
+    // The override is for region=us only.
+    assert_eq!(r.objects[1]["data"].get("region"), None);
+    assert_eq!(r.hash.len(), 64);
+    assert_eq!(r.hash, hex(&Sha256::digest(r.yaml.as_bytes())));
+}
+
+#[test]
+fn overrides_apply_to_selected_clusters_only() {
+    let repo = repo_from(&files());
+    let fleet = fleet(&repo);
+    let p = &fleet.placements[0];
+    let b = &fleet.bundles[0];
+    let opts = RenderOptions::default();
+    let a = render(&repo, &fleet, p, b, &fleet.clusters[0], &opts).expect("a");
+    let us = render(&repo, &fleet, p, b, &fleet.clusters[1], &opts).expect("b");
+    assert_eq!(us.objects[1]["data"]["region"], "us");
+    assert_ne!(a.hash, us.hash);
+}
+
+#[test]
+fn burst_replicas_set_the_workload_of_the_split_bundle() {
+    let repo = repo_from(&files());
+    let fleet = fleet(&repo);
+    let p = &fleet.placements[0];
+    let opts = RenderOptions { replicas: Some(7) };
+    let r = render(
+        &repo,
+        &fleet,
+        p,
+        &fleet.bundles[0],
+        &fleet.clusters[0],
+        &opts,
+    )
+    .expect("web");
+    assert_eq!(r.objects[2]["spec"]["replicas"], 7);
+    // Other bundles are left alone.
+    render(
+        &repo,
+        &fleet,
+        p,
+        &fleet.bundles[1],
+        &fleet.clusters[0],
+        &opts,
+    )
+    .expect("kust");
+    // A workload that is not there is an error naming it.
+    let mut gone = files();
+    gone.retain(|(p, _)| *p != "web/b/deploy.yaml");
+    let repo = repo_from(&gone);
+    let err = render(
+        &repo,
+        &fleet,
+        p,
+        &fleet.bundles[0],
+        &fleet.clusters[0],
+        &opts,
+    )
+    .expect_err("no workload");
+    assert_eq!(
+        err.to_string(),
+        "placement \"main\", bundle \"web\", cluster \"a\": replicas: the workload Deployment/web is not in the bundle"
+    );
+}
+
+#[test]
+fn rendering_is_deterministic_across_file_order_and_threads() {
+    let opts = RenderOptions::default();
+    let forward = repo_from(&files());
+    let mut reversed_files = files();
+    reversed_files.reverse();
+    let reversed = repo_from(&reversed_files);
+    let fleet_f = fleet(&forward);
+    let fleet_r = fleet(&reversed);
+    let one = render_all(&forward, &fleet_f, &["a", "b"], &opts);
+    let two = render_all(&reversed, &fleet_r, &["a", "b"], &opts);
+    assert_eq!(one, two);
+    let parallel: Vec<String> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..4)
+            .map(|_| s.spawn(|| render_all(&reversed, &fleet_r, &["a", "b"], &opts)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("thread"))
+            .collect()
+    });
+    for p in parallel {
+        assert_eq!(p, one);
+    }
+}
+
+#[test]
+fn kustomize_hash_matches_kubectl() {
+    // `kubectl kustomize` (5.5) names this ConfigMap job-config-8t27mfd9b6.
+    let cm = serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "job-config"}, "data": {"when": "nightly"}});
+    assert_eq!(kustomize::content_hash(&cm), "8t27mfd9b6");
+}
+
+#[test]
+fn kustomize_cycle_is_refused() {
+    let repo = MemRepo::new()
+        .with("k/kustomization.yaml", "resources: [../k]\n")
+        .with("k/cm.yaml", "");
+    let err = kustomize::build(
+        &repo,
+        &flotilla_spec::types::RepoPath::parse("k").expect("p"),
+    )
+    .expect_err("cycle");
+    assert!(
+        matches!(err, kustomize::KustomizeError::TooDeep { .. }),
+        "{err}"
+    );
+}
+
+#[test]
+fn kustomize_generated_names_and_prefix() {
+    let repo = repo_from(&files());
+    let fleet = fleet(&repo);
+    let r = render(
+        &repo,
+        &fleet,
+        &fleet.placements[0],
+        &fleet.bundles[1],
+        &fleet.clusters[0],
+        &RenderOptions::default(),
+    )
+    .expect("renders");
+    let names: Vec<&str> = r
+        .objects
+        .iter()
+        .map(|o| o["metadata"]["name"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(names.len(), 2);
+    assert_eq!(names[0], "p-c");
+    assert!(names[1].starts_with("p-gen-") && names[1].len() == "p-gen-".len() + 10);
+}

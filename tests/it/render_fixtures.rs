@@ -163,3 +163,88 @@ fn builtin_kustomize_matches_kubectl_kustomize() {
     );
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+fn case_repo(name: &str) -> String {
+    workspace()
+        .join("fixtures/render")
+        .join(name)
+        .join("repo")
+        .to_str()
+        .expect("utf-8 path")
+        .to_string()
+}
+
+#[test]
+fn render_is_byte_identical_whatever_the_order_of_the_arguments() {
+    let repo = case_repo("yaml-two-placements-two-clusters");
+    let one = flotilla(&[
+        "render",
+        "--repo",
+        &repo,
+        "--cluster",
+        "c1",
+        "--cluster",
+        "c2",
+    ]);
+    let two = flotilla(&[
+        "render",
+        "--cluster",
+        "c2",
+        "--repo",
+        &repo,
+        "--cluster",
+        "c1",
+    ]);
+    let all = flotilla(&["render", "--repo", &repo]);
+    assert_eq!(one.status.code(), Some(0), "{}", stderr(&one));
+    assert_eq!(stdout(&one), stdout(&two));
+    assert_eq!(stdout(&one), stdout(&all));
+    // Clusters in name order, each with its placements in fleet order.
+    let headers: Vec<String> = stdout(&one)
+        .lines()
+        .filter(|l| l.starts_with("# "))
+        .map(|l| l.split(' ').nth(1).unwrap_or("").to_string())
+        .collect();
+    assert_eq!(headers, ["main/app/c1", "main/app/c2", "monitoring/mon/c2"]);
+}
+
+#[test]
+fn render_out_writes_one_directory_per_cluster() {
+    let repo = case_repo("override-partial-failure-other-clusters-render");
+    let out = tempfile::tempdir().expect("tempdir");
+    let o = flotilla(&[
+        "render",
+        "--repo",
+        &repo,
+        "--out",
+        out.path().to_str().expect("utf-8"),
+    ]);
+    // c2's app bundle fails; everything else is written.
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("cluster \"c2\""), "{}", stderr(&o));
+    let mut files: Vec<String> = Vec::new();
+    for c in ["c1", "c2"] {
+        for e in std::fs::read_dir(out.path().join(c)).expect("cluster dir") {
+            let e = e.expect("entry");
+            files.push(format!("{c}/{}", e.file_name().to_string_lossy()));
+        }
+    }
+    files.sort();
+    assert_eq!(
+        files,
+        ["c1/main.app.yaml", "c1/main.svc.yaml", "c2/main.svc.yaml"]
+    );
+    let c1_app = std::fs::read_to_string(out.path().join("c1/main.app.yaml")).expect("read");
+    assert!(c1_app.starts_with("# main/app/c1 sha256:"));
+    assert!(stdout(&o).is_empty());
+}
+
+#[test]
+fn render_usage_errors_exit_2() {
+    let repo = case_repo("yaml-single-file");
+    let o = flotilla(&["render", "--repo", &repo, "--cluster", "nope"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("--cluster nope: no such cluster"));
+    let o = flotilla(&["render", "--repo", &repo, "--placement", "nope"]);
+    assert_eq!(o.status.code(), Some(2));
+}
