@@ -4,8 +4,8 @@
 //! bundle, cluster) and returns the objects in a stable order with the SHA-256 of their
 //! canonical YAML. Steps, in order:
 //!
-//! 1. the bundle's [`Renderer`] ([`plain::PlainYaml`], [`kustomize::Kustomize`]; Jsonnet is
-//!    not supported yet and fails with a clear error);
+//! 1. the bundle's [`Renderer`] ([`plain::PlainYaml`], [`kustomize::Kustomize`],
+//!    [`jsonnet::Jsonnet`]);
 //! 2. the bundle's `namespace` on namespaced objects that set none;
 //! 3. the placement's overrides whose `clusters` select this cluster ([`overrides`]), and the
 //!    burst-pool replica count the planner passes in [`RenderOptions::replicas`];
@@ -18,6 +18,7 @@
 //! same snapshot always renders byte-identical output.
 
 pub mod emit;
+pub mod jsonnet;
 pub mod kinds;
 pub mod kustomize;
 pub mod overrides;
@@ -82,8 +83,8 @@ pub enum Cause {
     Kustomize(#[from] kustomize::KustomizeError),
     #[error(transparent)]
     Override(#[from] overrides::OverrideError),
-    #[error("{path}: Jsonnet bundles are not supported yet (render: jsonnet)")]
-    JsonnetUnsupported { path: String },
+    #[error(transparent)]
+    Jsonnet(#[from] jsonnet::JsonnetError),
     #[error("{id} is defined twice: at {first} and at {second}")]
     Duplicate {
         id: String,
@@ -132,11 +133,7 @@ fn render_cx(repo: &dyn RepoFiles, cx: &Context<'_>) -> Result<Rendered, Cause> 
     let mut objects = match kind {
         RenderKind::Yaml => plain::PlainYaml.render(repo, cx)?,
         RenderKind::Kustomize => kustomize::Kustomize.render(repo, cx)?,
-        RenderKind::Jsonnet => {
-            return Err(Cause::JsonnetUnsupported {
-                path: cx.bundle.path.to_string(),
-            });
-        }
+        RenderKind::Jsonnet => jsonnet::Jsonnet.render(repo, cx)?,
     };
     if let Some(ns) = &cx.bundle.namespace {
         for o in &mut objects {

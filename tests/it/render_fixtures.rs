@@ -248,3 +248,90 @@ fn render_usage_errors_exit_2() {
     let o = flotilla(&["render", "--repo", &repo, "--placement", "nope"]);
     assert_eq!(o.status.code(), Some(2));
 }
+
+fn flatten_jsonnet(v: serde_json::Value, out: &mut Vec<serde_json::Value>) {
+    match v {
+        serde_json::Value::Array(items) => items.into_iter().for_each(|i| flatten_jsonnet(i, out)),
+        serde_json::Value::Object(m) if !m.contains_key("kind") => {
+            let mut entries: Vec<_> = m.into_iter().collect();
+            entries.sort_by(|a, b| a.0.cmp(&b.0));
+            entries
+                .into_iter()
+                .for_each(|(_, i)| flatten_jsonnet(i, out));
+        }
+        serde_json::Value::Null => {}
+        other => out.push(other),
+    }
+}
+
+fn sorted(values: Vec<serde_json::Value>) -> Vec<serde_json::Value> {
+    flotilla_renderers::finish(
+        values
+            .into_iter()
+            .map(|value| flotilla_renderers::Object {
+                value,
+                origin: String::new(),
+            })
+            .collect(),
+    )
+    .expect("no duplicates")
+    .objects
+}
+
+#[test]
+fn jsonnet_bundles_match_the_jsonnet_command() {
+    use flotilla_renderers::Renderer;
+    let mut compared = 0;
+    let mut failures = Vec::new();
+    for case in cases() {
+        if !case.join("jsonnet-oracle").exists() {
+            continue;
+        }
+        let tree = flotilla_source::LocalTree::open(case.join("repo")).expect("repo opens");
+        let text = std::fs::read_to_string(case.join("repo/fleet.yaml")).expect("fleet");
+        let checked = flotilla_spec::check("fleet.yaml", &text, &tree);
+        let fleet = checked.fleet.expect("valid fleet");
+        let cluster = fleet
+            .clusters
+            .iter()
+            .find(|c| c.name == "c1")
+            .expect("cluster c1");
+        let options = flotilla_renderers::RenderOptions::default();
+        let cx = flotilla_renderers::Context {
+            fleet: &fleet,
+            placement: &fleet.placements[0],
+            bundle: &fleet.bundles[0],
+            cluster,
+            options: &options,
+        };
+        let ours = match flotilla_renderers::jsonnet::Jsonnet.render(&tree, &cx) {
+            Ok(objs) => sorted(objs.into_iter().map(|o| o.value).collect()),
+            Err(e) => {
+                failures.push(format!("{}: {e}", name(&case)));
+                continue;
+            }
+        };
+        let reference = std::fs::read_to_string(case.join("jsonnet.json"))
+            .expect("jsonnet.json next to jsonnet-oracle");
+        let mut theirs = Vec::new();
+        flatten_jsonnet(
+            serde_json::from_str(&reference).expect("jsonnet output is JSON"),
+            &mut theirs,
+        );
+        let theirs = sorted(theirs);
+        compared += 1;
+        if ours != theirs {
+            failures.push(format!(
+                "{}: differs from jsonnet\n--- jsonnet\n{}--- flotilla\n{}",
+                name(&case),
+                flotilla_renderers::to_yaml_stream(&theirs),
+                flotilla_renderers::to_yaml_stream(&ours)
+            ));
+        }
+    }
+    assert!(
+        compared >= 5,
+        "expected at least 5 jsonnet oracle cases, found {compared}"
+    );
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
