@@ -17,6 +17,7 @@
 //! Pure: no file system, network or clock; everything is read through `RepoFiles`, so the
 //! same snapshot always renders byte-identical output.
 
+pub mod cache;
 pub mod emit;
 pub mod jsonnet;
 pub mod kinds;

@@ -255,3 +255,50 @@ fn kustomize_generated_names_and_prefix() {
     assert_eq!(names[0], "p-c");
     assert!(names[1].starts_with("p-gen-") && names[1].len() == "p-gen-".len() + 10);
 }
+
+#[test]
+fn the_cache_rerenders_only_what_a_change_touches() {
+    let opts = RenderOptions::default();
+    let mut files = files();
+    let repo = repo_from(&files);
+    let fleet = fleet(&repo);
+    let p = &fleet.placements[0];
+    let mut cache = cache::Cache::new();
+    let all = |cache: &mut cache::Cache, repo: &MemRepo| -> Vec<String> {
+        let mut out = Vec::new();
+        for c in &fleet.clusters {
+            for b in &fleet.bundles {
+                let r = cache.render(repo, &fleet, p, b, c, &opts).expect("renders");
+                let fresh = render(repo, &fleet, p, b, c, &opts).expect("renders");
+                assert_eq!(r, fresh, "cached output equals a fresh render");
+                out.push(r.hash);
+            }
+        }
+        out
+    };
+    let first = all(&mut cache, &repo);
+    assert_eq!((cache.hits, cache.misses), (0, 4));
+    let again = all(&mut cache, &repo);
+    assert_eq!(first, again);
+    assert_eq!((cache.hits, cache.misses), (4, 4));
+    // Touch one file of the kustomize bundle: only its two instances re-render.
+    for (path, content) in files.iter_mut() {
+        if *path == "k/cm.yaml" {
+            content.push_str("data: {changed: \"yes\"}\n");
+        }
+    }
+    let changed = repo_from(&files);
+    let third = all(&mut cache, &changed);
+    assert_eq!((cache.hits, cache.misses), (6, 6));
+    assert_eq!(first[0], third[0]);
+    assert_ne!(first[1], third[1]);
+    // A new file in the plain YAML directory is a change too (the listing differs).
+    files.push((
+        "web/c.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: new}\n".to_string(),
+    ));
+    let added = repo_from(&files);
+    all(&mut cache, &added);
+    assert_eq!((cache.hits, cache.misses), (8, 8));
+    assert_eq!(cache.len(), 4);
+}

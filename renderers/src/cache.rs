@@ -1,0 +1,222 @@
+//! Memoized rendering: a render is reused while everything it depended on is unchanged.
+//!
+//! A render depends on (a) its *scope* — the fleet and placement names, the bundle's
+//! definition, the cluster, the overrides that apply to it, the replica split and options —
+//! and (b) every repository access it made (path kinds, file contents, directory listings).
+//! The cache keeps, per scope, the accesses of the last render with a digest of each
+//! answer; a lookup replays those accesses against the new snapshot and reuses the result
+//! when every digest matches. A commit that touches one bundle's files therefore re-renders
+//! only that bundle's instances, and a change to one cluster's labels only that cluster's.
+//!
+//! Replaying is reading, not rendering: unchanged files are read again (and hashed), which is
+//! cheap next to parsing, patching and Jsonnet evaluation. Failed renders are cached too (they
+//! are as deterministic as successful ones).
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+
+use flotilla_spec::types::RepoPath;
+use flotilla_spec::{Bundle, Cluster, Fleet, PathKind, Placement, RepoError, RepoFiles};
+use sha2::{Digest, Sha256};
+
+use crate::{RenderError, RenderOptions, Rendered, render};
+
+type Hash = [u8; 32];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Op {
+    Kind,
+    Read,
+    List,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Access {
+    op: Op,
+    path: RepoPath,
+    digest: Hash,
+}
+
+fn digest_of(parts: &[&[u8]]) -> Hash {
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update((p.len() as u64).to_le_bytes());
+        h.update(p);
+    }
+    h.finalize().into()
+}
+
+fn kind_digest(k: PathKind) -> Hash {
+    let k: &[u8] = match k {
+        PathKind::File => b"file",
+        PathKind::Dir => b"dir",
+        PathKind::Missing => b"missing",
+        PathKind::Escapes => b"escapes",
+    };
+    digest_of(&[k])
+}
+
+fn read_digest(r: &Result<Vec<u8>, RepoError>) -> Hash {
+    match r {
+        Ok(bytes) => digest_of(&[b"ok", bytes]),
+        Err(e) => digest_of(&[b"err", e.to_string().as_bytes()]),
+    }
+}
+
+fn list_digest(r: &Result<Vec<String>, RepoError>) -> Hash {
+    match r {
+        Ok(names) => {
+            let mut all: Vec<&[u8]> = vec![b"ok"];
+            all.extend(names.iter().map(|n| n.as_bytes()));
+            digest_of(&all)
+        }
+        Err(e) => digest_of(&[b"err", e.to_string().as_bytes()]),
+    }
+}
+
+fn answer(repo: &dyn RepoFiles, op: Op, path: &RepoPath) -> Hash {
+    match op {
+        Op::Kind => kind_digest(repo.kind(path)),
+        Op::Read => read_digest(&repo.read(path)),
+        Op::List => list_digest(&repo.list(path)),
+    }
+}
+
+/// A `RepoFiles` that records every access (with a digest of its answer).
+struct Recording<'a> {
+    inner: &'a dyn RepoFiles,
+    log: RefCell<Vec<Access>>,
+}
+
+impl Recording<'_> {
+    fn note(&self, op: Op, path: &RepoPath, digest: Hash) {
+        self.log.borrow_mut().push(Access {
+            op,
+            path: path.clone(),
+            digest,
+        });
+    }
+}
+
+impl RepoFiles for Recording<'_> {
+    fn kind(&self, path: &RepoPath) -> PathKind {
+        let k = self.inner.kind(path);
+        self.note(Op::Kind, path, kind_digest(k));
+        k
+    }
+
+    fn read(&self, path: &RepoPath) -> Result<Vec<u8>, RepoError> {
+        let r = self.inner.read(path);
+        self.note(Op::Read, path, read_digest(&r));
+        r
+    }
+
+    fn list(&self, dir: &RepoPath) -> Result<Vec<String>, RepoError> {
+        let r = self.inner.list(dir);
+        self.note(Op::List, dir, list_digest(&r));
+        r
+    }
+}
+
+struct Entry {
+    accesses: Vec<Access>,
+    result: Result<Rendered, RenderError>,
+}
+
+/// Renders through a memo; see the module documentation.
+#[derive(Default)]
+pub struct Cache {
+    entries: HashMap<Hash, Entry>,
+    /// Renders answered from the memo.
+    pub hits: u64,
+    /// Renders that ran.
+    pub misses: u64,
+}
+
+impl Cache {
+    pub fn new() -> Cache {
+        Cache::default()
+    }
+
+    /// Cached entries (one per (placement, bundle, cluster) scope seen).
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Like [`crate::render`], reusing the last result when nothing it depends on changed.
+    pub fn render(
+        &mut self,
+        repo: &dyn RepoFiles,
+        fleet: &Fleet,
+        placement: &Placement,
+        bundle: &Bundle,
+        cluster: &Cluster,
+        options: &RenderOptions,
+    ) -> Result<Rendered, RenderError> {
+        let key = scope(fleet, placement, bundle, cluster, options);
+        if let Some(e) = self.entries.get(&key)
+            && e.accesses
+                .iter()
+                .all(|a| answer(repo, a.op, &a.path) == a.digest)
+        {
+            self.hits += 1;
+            return e.result.clone();
+        }
+        self.misses += 1;
+        let rec = Recording {
+            inner: repo,
+            log: RefCell::new(Vec::new()),
+        };
+        let result = render(&rec, fleet, placement, bundle, cluster, options);
+        let mut accesses = rec.log.into_inner();
+        accesses.sort_by(|a, b| (a.path.as_str(), a.op as u8).cmp(&(b.path.as_str(), b.op as u8)));
+        accesses.dedup();
+        self.entries.insert(
+            key,
+            Entry {
+                accesses,
+                result: result.clone(),
+            },
+        );
+        result
+    }
+}
+
+/// Everything besides the repository that a render reads.
+fn scope(
+    fleet: &Fleet,
+    placement: &Placement,
+    bundle: &Bundle,
+    cluster: &Cluster,
+    options: &RenderOptions,
+) -> Hash {
+    let labels = cluster.selector_labels();
+    let overrides: Vec<_> = placement
+        .overrides
+        .iter()
+        .filter(|o| {
+            o.clusters.matches(&cluster.name, &labels)
+                && o.bundle.as_ref().is_none_or(|b| b == &bundle.name)
+        })
+        .collect();
+    let replicas = placement
+        .replicas
+        .as_ref()
+        .filter(|r| r.bundle == bundle.name);
+    let text = serde_json::json!({
+        "fleet": fleet.metadata.name,
+        "placement": placement.name,
+        "bundles": flotilla_spec::placement_bundles(fleet, placement).len(),
+        "bundle": bundle,
+        "cluster": cluster,
+        "overrides": overrides,
+        "replicas": replicas,
+        "options": options.replicas,
+    })
+    .to_string();
+    digest_of(&[text.as_bytes()])
+}
