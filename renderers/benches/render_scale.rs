@@ -151,9 +151,10 @@ fn render_all(cache: &mut Cache, repo: &MemRepo, fleet: &Fleet) -> usize {
     let opts = RenderOptions::default();
     let p = &fleet.placements[0];
     let mut objects = 0;
+    let mut pass = cache.pass(repo);
     for c in &fleet.clusters {
         for b in &fleet.bundles {
-            match cache.render(repo, fleet, p, b, c, &opts) {
+            match pass.render(fleet, p, b, c, &opts) {
                 Ok(r) => objects += r.objects.len(),
                 Err(e) => panic!("{e}"),
             }

@@ -19,11 +19,11 @@ use flotilla_spec::types::RepoPath;
 use flotilla_spec::{Bundle, Cluster, Fleet, PathKind, Placement, RepoError, RepoFiles};
 use sha2::{Digest, Sha256};
 
-use crate::{RenderError, RenderOptions, Rendered, render};
+use crate::{Cause, Context, Object, RenderError, RenderOptions, Rendered};
 
 type Hash = [u8; 32];
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Op {
     Kind,
     Read,
@@ -147,7 +147,23 @@ impl Cache {
         self.entries.is_empty()
     }
 
-    /// Like [`crate::render`], reusing the last result when nothing it depends on changed.
+    /// Starts a pass over one snapshot of the repository. Within a pass, answers to
+    /// repository accesses are remembered (so replaying the accesses of 20,000 cached
+    /// renders reads each file once), and a bundle's renderer output is shared by every
+    /// cluster with the same renderer inputs (the same bundle; for Jsonnet, the same expanded
+    /// ext vars and arguments); only the per-cluster steps (namespace, overrides, labels,
+    /// order, hash) run per cluster.
+    pub fn pass<'c, 'r>(&'c mut self, repo: &'r dyn RepoFiles) -> Pass<'c, 'r> {
+        Pass {
+            cache: self,
+            repo,
+            answers: HashMap::new(),
+            bases: HashMap::new(),
+        }
+    }
+
+    /// Like [`crate::render`], reusing the last result when nothing it depends on changed
+    /// (a pass of one render; use [`Cache::pass`] for many).
     pub fn render(
         &mut self,
         repo: &dyn RepoFiles,
@@ -157,25 +173,92 @@ impl Cache {
         cluster: &Cluster,
         options: &RenderOptions,
     ) -> Result<Rendered, RenderError> {
+        self.pass(repo)
+            .render(fleet, placement, bundle, cluster, options)
+    }
+}
+
+type Base = (Result<Vec<Object>, Cause>, Vec<Access>);
+
+/// Renders against one snapshot; see [`Cache::pass`].
+pub struct Pass<'c, 'r> {
+    cache: &'c mut Cache,
+    repo: &'r dyn RepoFiles,
+    answers: HashMap<(Op, RepoPath), Hash>,
+    bases: HashMap<Hash, Base>,
+}
+
+fn memo_answer(
+    answers: &mut HashMap<(Op, RepoPath), Hash>,
+    repo: &dyn RepoFiles,
+    a: &Access,
+) -> Hash {
+    *answers
+        .entry((a.op, a.path.clone()))
+        .or_insert_with(|| answer(repo, a.op, &a.path))
+}
+
+impl Pass<'_, '_> {
+    /// Like [`crate::render`], through the cache.
+    pub fn render(
+        &mut self,
+        fleet: &Fleet,
+        placement: &Placement,
+        bundle: &Bundle,
+        cluster: &Cluster,
+        options: &RenderOptions,
+    ) -> Result<Rendered, RenderError> {
         let key = scope(fleet, placement, bundle, cluster, options);
-        if let Some(e) = self.entries.get(&key)
+        if let Some(e) = self.cache.entries.get(&key)
             && e.accesses
                 .iter()
-                .all(|a| answer(repo, a.op, &a.path) == a.digest)
+                .all(|a| memo_answer(&mut self.answers, self.repo, a) == a.digest)
         {
-            self.hits += 1;
+            self.cache.hits += 1;
             return e.result.clone();
         }
-        self.misses += 1;
-        let rec = Recording {
-            inner: repo,
-            log: RefCell::new(Vec::new()),
+        self.cache.misses += 1;
+        let cx = Context {
+            fleet,
+            placement,
+            bundle,
+            cluster,
+            options,
         };
-        let result = render(&rec, fleet, placement, bundle, cluster, options);
-        let mut accesses = rec.log.into_inner();
-        accesses.sort_by(|a, b| (a.path.as_str(), a.op as u8).cmp(&(b.path.as_str(), b.op as u8)));
-        accesses.dedup();
-        self.entries.insert(
+        let bkey = base_key(&cx);
+        let (objects, accesses) = match bkey.and_then(|k| self.bases.get(&k)) {
+            Some(b) => b.clone(),
+            None => {
+                let rec = Recording {
+                    inner: self.repo,
+                    log: RefCell::new(Vec::new()),
+                };
+                let objects = crate::base(&rec, &cx);
+                let mut accesses = rec.log.into_inner();
+                accesses.sort_by(|a, b| {
+                    (a.path.as_str(), a.op as u8).cmp(&(b.path.as_str(), b.op as u8))
+                });
+                accesses.dedup();
+                for a in &accesses {
+                    self.answers
+                        .entry((a.op, a.path.clone()))
+                        .or_insert(a.digest);
+                }
+                if let Some(k) = bkey {
+                    self.bases.insert(k, (objects.clone(), accesses.clone()));
+                }
+                (objects, accesses)
+            }
+        };
+        let result = objects
+            .and_then(|o| crate::complete(&cx, o))
+            .map_err(|cause| RenderError {
+                placement: placement.name.clone(),
+                bundle: bundle.name.clone(),
+                cluster: cluster.name.clone(),
+                cause: Box::new(cause),
+            });
+        self.cache.entries.insert(
             key,
             Entry {
                 accesses,
@@ -184,6 +267,18 @@ impl Cache {
         );
         result
     }
+}
+
+/// What the renderer stage of one render depends on besides the repository.
+fn base_key(cx: &Context<'_>) -> Option<Hash> {
+    let (ext_vars, tlas) = crate::jsonnet::inputs(cx).ok()?;
+    let text = serde_json::json!({
+        "bundle": cx.bundle,
+        "extVars": ext_vars,
+        "tlas": tlas,
+    })
+    .to_string();
+    Some(digest_of(&[text.as_bytes()]))
 }
 
 /// Everything besides the repository that a render reads.

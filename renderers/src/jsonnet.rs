@@ -57,47 +57,56 @@ pub enum JsonnetError {
 /// The Jsonnet renderer.
 pub struct Jsonnet;
 
+/// The ext vars and top-level arguments of one render, templates expanded.
+pub type Inputs = (BTreeMap<String, String>, BTreeMap<String, Value>);
+
+/// Expands the bundle's `extVars` and `tlas` and the `variables` of the overrides that apply.
+pub fn inputs(cx: &Context<'_>) -> Result<Inputs, JsonnetError> {
+    let scope = Scope {
+        cluster: cx.cluster,
+        placement: &cx.placement.name,
+        bundle: &cx.bundle.name,
+        fleet: &cx.fleet.metadata.name,
+    };
+    let expand = |what: &str, s: &str| -> Result<String, JsonnetError> {
+        Template::parse(s)
+            .and_then(|t| t.expand(&scope))
+            .map_err(|message| JsonnetError::Template {
+                path: format!("bundle {:?} {what}", cx.bundle.name),
+                message,
+            })
+    };
+    let mut ext_vars = BTreeMap::new();
+    let mut tlas = BTreeMap::new();
+    if let Some(opts) = &cx.bundle.jsonnet {
+        for (k, v) in &opts.ext_vars {
+            ext_vars.insert(k.clone(), expand(&format!("extVars.{k}"), v)?);
+        }
+        for (k, v) in &opts.tlas {
+            let arg = match v {
+                Value::String(s) => Value::String(expand(&format!("tlas.{k}"), s)?),
+                other => other.clone(),
+            };
+            tlas.insert(k.clone(), arg);
+        }
+    }
+    let labels = cx.cluster.selector_labels();
+    for o in &cx.placement.overrides {
+        if o.clusters.matches(&cx.cluster.name, &labels)
+            && o.bundle.as_ref().is_none_or(|b| b == &cx.bundle.name)
+        {
+            for (k, v) in &o.variables {
+                ext_vars.insert(k.clone(), expand(&format!("override variable {k}"), v)?);
+            }
+        }
+    }
+    Ok((ext_vars, tlas))
+}
+
 impl Renderer for Jsonnet {
     fn render(&self, repo: &dyn RepoFiles, cx: &Context<'_>) -> Result<Vec<Object>, crate::Cause> {
         let main = cx.bundle.path.clone();
-        let scope = Scope {
-            cluster: cx.cluster,
-            placement: &cx.placement.name,
-            bundle: &cx.bundle.name,
-            fleet: &cx.fleet.metadata.name,
-        };
-        let expand = |what: &str, s: &str| -> Result<String, JsonnetError> {
-            Template::parse(s)
-                .and_then(|t| t.expand(&scope))
-                .map_err(|message| JsonnetError::Template {
-                    path: format!("bundle {:?} {what}", cx.bundle.name),
-                    message,
-                })
-        };
-        let mut ext_vars = BTreeMap::new();
-        let mut tlas = BTreeMap::new();
-        if let Some(opts) = &cx.bundle.jsonnet {
-            for (k, v) in &opts.ext_vars {
-                ext_vars.insert(k.clone(), expand(&format!("extVars.{k}"), v)?);
-            }
-            for (k, v) in &opts.tlas {
-                let arg = match v {
-                    Value::String(s) => Value::String(expand(&format!("tlas.{k}"), s)?),
-                    other => other.clone(),
-                };
-                tlas.insert(k.clone(), arg);
-            }
-        }
-        let labels = cx.cluster.selector_labels();
-        for o in &cx.placement.overrides {
-            if o.clusters.matches(&cx.cluster.name, &labels)
-                && o.bundle.as_ref().is_none_or(|b| b == &cx.bundle.name)
-            {
-                for (k, v) in &o.variables {
-                    ext_vars.insert(k.clone(), expand(&format!("override variable {k}"), v)?);
-                }
-            }
-        }
+        let (ext_vars, tlas) = inputs(cx)?;
         let files = collect(repo, &main)?;
         let value = evaluate(files, main.to_string(), ext_vars, tlas)?;
         let mut out = Vec::new();

@@ -129,13 +129,23 @@ pub fn render(
 }
 
 fn render_cx(repo: &dyn RepoFiles, cx: &Context<'_>) -> Result<Rendered, Cause> {
+    let objects = base(repo, cx)?;
+    complete(cx, objects)
+}
+
+/// Step 1: the bundle's renderer alone (the only step that reads the repository).
+pub(crate) fn base(repo: &dyn RepoFiles, cx: &Context<'_>) -> Result<Vec<Object>, Cause> {
     let kind = flotilla_spec::render_kind(cx.bundle, repo);
     tracing::debug!(bundle = %cx.bundle.name, cluster = %cx.cluster.name, kind = kind.as_str(), "render");
-    let mut objects = match kind {
-        RenderKind::Yaml => plain::PlainYaml.render(repo, cx)?,
-        RenderKind::Kustomize => kustomize::Kustomize.render(repo, cx)?,
-        RenderKind::Jsonnet => jsonnet::Jsonnet.render(repo, cx)?,
-    };
+    match kind {
+        RenderKind::Yaml => plain::PlainYaml.render(repo, cx),
+        RenderKind::Kustomize => kustomize::Kustomize.render(repo, cx),
+        RenderKind::Jsonnet => jsonnet::Jsonnet.render(repo, cx),
+    }
+}
+
+/// Steps 2-6, per cluster: namespace, overrides, tracking labels, order, hash.
+pub(crate) fn complete(cx: &Context<'_>, mut objects: Vec<Object>) -> Result<Rendered, Cause> {
     if let Some(ns) = &cx.bundle.namespace {
         for o in &mut objects {
             default_namespace(&mut o.value, ns);

@@ -266,9 +266,10 @@ fn the_cache_rerenders_only_what_a_change_touches() {
     let mut cache = cache::Cache::new();
     let all = |cache: &mut cache::Cache, repo: &MemRepo| -> Vec<String> {
         let mut out = Vec::new();
+        let mut pass = cache.pass(repo);
         for c in &fleet.clusters {
             for b in &fleet.bundles {
-                let r = cache.render(repo, &fleet, p, b, c, &opts).expect("renders");
+                let r = pass.render(&fleet, p, b, c, &opts).expect("renders");
                 let fresh = render(repo, &fleet, p, b, c, &opts).expect("renders");
                 assert_eq!(r, fresh, "cached output equals a fresh render");
                 out.push(r.hash);
@@ -301,4 +302,50 @@ fn the_cache_rerenders_only_what_a_change_touches() {
     all(&mut cache, &added);
     assert_eq!((cache.hits, cache.misses), (8, 8));
     assert_eq!(cache.len(), 4);
+}
+
+#[test]
+fn a_pass_shares_jsonnet_output_only_between_equal_inputs() {
+    let text = "apiVersion: flotilla.dev/v1alpha1
+kind: Fleet
+metadata: {name: acme}
+clusters:
+  - {name: a, labels: {region: eu}}
+  - {name: b, labels: {region: eu}}
+  - {name: c, labels: {region: us}}
+bundles:
+  - name: jn
+    path: j/main.jsonnet
+    jsonnet: {extVars: {region: \"${cluster.labels.region}\"}}
+placements:
+  - {name: main, bundles: [jn], clusters: {}}
+";
+    let repo = MemRepo::new().with("fleet.yaml", text).with(
+        "j/main.jsonnet",
+        "{apiVersion: 'v1', kind: 'ConfigMap', metadata: {name: 'r-' + std.extVar('region')}}\n",
+    );
+    let checked = flotilla_spec::check("fleet.yaml", text, &repo);
+    let fleet = checked.fleet.expect("valid");
+    let opts = RenderOptions::default();
+    let mut cache = cache::Cache::new();
+    let mut pass = cache.pass(&repo);
+    let p = &fleet.placements[0];
+    let b = &fleet.bundles[0];
+    let names: Vec<String> = fleet
+        .clusters
+        .iter()
+        .map(|c| {
+            let r = pass.render(&fleet, p, b, c, &opts).expect("renders");
+            assert_eq!(
+                r,
+                render(&repo, &fleet, p, b, c, &opts).expect("renders"),
+                "same as a fresh render"
+            );
+            r.objects[0]["metadata"]["name"]
+                .as_str()
+                .unwrap_or("")
+                .to_string()
+        })
+        .collect();
+    assert_eq!(names, ["r-eu", "r-eu", "r-us"]);
 }
