@@ -14,6 +14,7 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use flotilla_spec::types::RepoPath;
 use flotilla_spec::{Bundle, Cluster, Fleet, PathKind, Placement, RepoError, RepoFiles};
@@ -120,7 +121,7 @@ impl RepoFiles for Recording<'_> {
 
 struct Entry {
     accesses: Vec<Access>,
-    result: Result<Rendered, RenderError>,
+    result: Result<Arc<Rendered>, RenderError>,
 }
 
 /// Renders through a memo; see the module documentation.
@@ -163,7 +164,7 @@ impl Cache {
     }
 
     /// Like [`crate::render`], reusing the last result when nothing it depends on changed
-    /// (a pass of one render; use [`Cache::pass`] for many).
+    /// (a pass of one render; use [`Cache::pass`] for many). Results are shared, not copied.
     pub fn render(
         &mut self,
         repo: &dyn RepoFiles,
@@ -172,7 +173,7 @@ impl Cache {
         bundle: &Bundle,
         cluster: &Cluster,
         options: &RenderOptions,
-    ) -> Result<Rendered, RenderError> {
+    ) -> Result<Arc<Rendered>, RenderError> {
         self.pass(repo)
             .render(fleet, placement, bundle, cluster, options)
     }
@@ -207,7 +208,7 @@ impl Pass<'_, '_> {
         bundle: &Bundle,
         cluster: &Cluster,
         options: &RenderOptions,
-    ) -> Result<Rendered, RenderError> {
+    ) -> Result<Arc<Rendered>, RenderError> {
         let key = scope(fleet, placement, bundle, cluster, options);
         if let Some(e) = self.cache.entries.get(&key)
             && e.accesses
@@ -252,6 +253,7 @@ impl Pass<'_, '_> {
         };
         let result = objects
             .and_then(|o| crate::complete(&cx, o))
+            .map(Arc::new)
             .map_err(|cause| RenderError {
                 placement: placement.name.clone(),
                 bundle: bundle.name.clone(),
@@ -272,13 +274,9 @@ impl Pass<'_, '_> {
 /// What the renderer stage of one render depends on besides the repository.
 fn base_key(cx: &Context<'_>) -> Option<Hash> {
     let (ext_vars, tlas) = crate::jsonnet::inputs(cx).ok()?;
-    let text = serde_json::json!({
-        "bundle": cx.bundle,
-        "extVars": ext_vars,
-        "tlas": tlas,
-    })
-    .to_string();
-    Some(digest_of(&[text.as_bytes()]))
+    let mut h = HashWriter(Sha256::new());
+    serde_json::to_writer(&mut h, &(cx.bundle, ext_vars, tlas)).ok()?;
+    Some(h.0.finalize().into())
 }
 
 /// Everything besides the repository that a render reads.
@@ -302,16 +300,34 @@ fn scope(
         .replicas
         .as_ref()
         .filter(|r| r.bundle == bundle.name);
-    let text = serde_json::json!({
-        "fleet": fleet.metadata.name,
-        "placement": placement.name,
-        "bundles": flotilla_spec::placement_bundles(fleet, placement).len(),
-        "bundle": bundle,
-        "cluster": cluster,
-        "overrides": overrides,
-        "replicas": replicas,
-        "options": options.replicas,
-    })
-    .to_string();
-    digest_of(&[text.as_bytes()])
+    let mut h = HashWriter(Sha256::new());
+    // Serialized straight into the hasher: no intermediate JSON tree (this runs per render).
+    let parts = (
+        &fleet.metadata.name,
+        &placement.name,
+        flotilla_spec::placement_bundles(fleet, placement).len(),
+        bundle,
+        cluster,
+        &overrides,
+        replicas,
+        options.replicas,
+    );
+    if serde_json::to_writer(&mut h, &parts).is_err() {
+        // Not reachable for these types; an unusable key just means no reuse.
+        h.0.update(b"unserializable");
+    }
+    h.0.finalize().into()
+}
+
+struct HashWriter(Sha256);
+
+impl std::io::Write for HashWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.update(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }

@@ -271,8 +271,8 @@ fn the_cache_rerenders_only_what_a_change_touches() {
             for b in &fleet.bundles {
                 let r = pass.render(&fleet, p, b, c, &opts).expect("renders");
                 let fresh = render(repo, &fleet, p, b, c, &opts).expect("renders");
-                assert_eq!(r, fresh, "cached output equals a fresh render");
-                out.push(r.hash);
+                assert_eq!(*r, fresh, "cached output equals a fresh render");
+                out.push(r.hash.clone());
             }
         }
         out
@@ -337,7 +337,7 @@ placements:
         .map(|c| {
             let r = pass.render(&fleet, p, b, c, &opts).expect("renders");
             assert_eq!(
-                r,
+                *r,
                 render(&repo, &fleet, p, b, c, &opts).expect("renders"),
                 "same as a fresh render"
             );
