@@ -288,6 +288,9 @@ fn render(
         .collect();
     clusters.sort_by(|a, b| a.name.cmp(&b.name));
     let options = flotilla_renderers::RenderOptions::default();
+    // One pass over the tree: a bundle's renderer runs once per distinct input, not per cluster.
+    let mut cache = flotilla_renderers::cache::Cache::new();
+    let mut pass = cache.pass(&tree);
     let mut failed = 0usize;
     for cluster in clusters {
         let Some(ci) = selection.index.position(&cluster.name) else {
@@ -312,8 +315,7 @@ fn render(
                 let Some(bundle) = fleet.bundles.iter().find(|b| b.name == bname) else {
                     continue;
                 };
-                match flotilla_renderers::render(&tree, fleet, placement, bundle, cluster, &options)
-                {
+                match pass.render(fleet, placement, bundle, cluster, &options) {
                     Ok(r) => {
                         let text = format!(
                             "# {}/{}/{} sha256:{}\n{}",
