@@ -728,7 +728,7 @@ fn smp_docs(
             return Err(k.invalid(
                 n,
                 format!(
-                    "{origin}: the patch's object {} is not among the resources",
+                    "the object patched by {origin}, {}, is not among the resources",
                     crate::kinds::Id::of(&patch)
                 ),
             ));
