@@ -260,13 +260,24 @@ impl Pass<'_, '_> {
                 cluster: cluster.name.clone(),
                 cause: Box::new(cause),
             });
-        self.cache.entries.insert(
-            key,
-            Entry {
-                accesses,
-                result: result.clone(),
-            },
+        let timed_out = matches!(
+            &result,
+            Err(e) if matches!(*e.cause, Cause::Jsonnet(crate::jsonnet::JsonnetError::Timeout { .. }))
         );
+        if timed_out {
+            // Not a property of the inputs: the next render tries again.
+            if let Some(k) = bkey {
+                self.bases.remove(&k);
+            }
+        } else {
+            self.cache.entries.insert(
+                key,
+                Entry {
+                    accesses,
+                    result: result.clone(),
+                },
+            );
+        }
         result
     }
 }

@@ -6,7 +6,9 @@
 //! paths relative to the importing file; a path that leaves the repository, an absolute path
 //! or a library path (`-J`) is an error. Evaluation runs on its own thread (jrsonnet's state
 //! is not `Send`, and deep programs need stack) with a call-depth limit of
-//! [`MAX_STACK`]. There is no time limit yet.
+//! [`MAX_STACK`] and a time limit ([`DEFAULT_TIMEOUT`]). jrsonnet cannot be interrupted: after
+//! a timeout the render fails and the thread is abandoned (it runs to its end in the
+//! background; the daemon should count these).
 //!
 //! ext vars (`jsonnet.extVars`, then the `variables` of the overrides that apply) are
 //! strings with `${...}` templates expanded; top-level arguments (`jsonnet.tlas`) that are
@@ -20,6 +22,7 @@ use std::any::Any;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::rc::Rc;
+use std::time::Duration;
 
 use flotilla_spec::template::{Scope, Template};
 use flotilla_spec::types::RepoPath;
@@ -34,6 +37,8 @@ use serde_json::Value;
 
 use crate::{Context, Object, Renderer};
 
+/// How long one evaluation may take by default ([`crate::RenderOptions::jsonnet_timeout`]).
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 /// jsonnet's default `--max-stack`.
 pub const MAX_STACK: usize = 500;
 /// Stack frames shown in an error.
@@ -50,6 +55,8 @@ pub enum JsonnetError {
     Template { path: String, message: String },
     #[error("{0}")]
     Eval(String),
+    #[error("{path}: evaluation took longer than {seconds} s")]
+    Timeout { path: String, seconds: f64 },
     #[error("{path}: {message}")]
     Output { path: String, message: String },
 }
@@ -108,7 +115,8 @@ impl Renderer for Jsonnet {
         let main = cx.bundle.path.clone();
         let (ext_vars, tlas) = inputs(cx)?;
         let files = collect(repo, &main)?;
-        let value = evaluate(files, main.to_string(), ext_vars, tlas)?;
+        let timeout = cx.options.jsonnet_timeout.unwrap_or(DEFAULT_TIMEOUT);
+        let value = evaluate(files, main.to_string(), ext_vars, tlas, timeout)?;
         let mut out = Vec::new();
         flatten(&main.to_string(), value, "", &mut out)?;
         Ok(out)
@@ -227,15 +235,35 @@ fn evaluate(
     main: String,
     ext_vars: BTreeMap<String, String>,
     tlas: BTreeMap<String, Value>,
+    timeout: Duration,
 ) -> Result<Value, JsonnetError> {
-    let worker = std::thread::Builder::new()
+    let (tx, rx) = std::sync::mpsc::channel();
+    let file = main.clone();
+    std::thread::Builder::new()
         .name("jsonnet".into())
         .stack_size(256 << 20)
-        .spawn(move || evaluate_here(files, &main, &ext_vars, &tlas))
+        .spawn(move || {
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                evaluate_here(files, &main, &ext_vars, &tlas)
+            }))
+            .unwrap_or_else(|_| Err(JsonnetError::Eval("the Jsonnet evaluator panicked".into())));
+            // The receiver is gone after a timeout; nothing to tell then.
+            let _ = tx.send(r);
+        })
         .map_err(|e| JsonnetError::Eval(format!("cannot start the Jsonnet thread: {e}")))?;
-    worker
-        .join()
-        .unwrap_or_else(|_| Err(JsonnetError::Eval("the Jsonnet evaluator panicked".into())))
+    match rx.recv_timeout(timeout) {
+        Ok(r) => r,
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+            tracing::warn!(file = %file, ?timeout, "Jsonnet evaluation timed out; abandoning its thread");
+            Err(JsonnetError::Timeout {
+                path: file,
+                seconds: timeout.as_secs_f64(),
+            })
+        }
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => Err(JsonnetError::Eval(
+            "the Jsonnet evaluator stopped without a result".into(),
+        )),
+    }
 }
 
 fn evaluate_here(

@@ -57,6 +57,8 @@ pub struct RenderOptions {
     /// Replicas for the placement's `replicas.workload` on this cluster (the burst-pool split
     /// computed by the planner). Ignored for bundles other than `replicas.bundle`.
     pub replicas: Option<u32>,
+    /// Longest a Jsonnet evaluation may take (default [`jsonnet::DEFAULT_TIMEOUT`]).
+    pub jsonnet_timeout: Option<std::time::Duration>,
 }
 
 /// One way of turning a bundle into objects.

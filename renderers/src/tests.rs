@@ -143,7 +143,10 @@ fn burst_replicas_set_the_workload_of_the_split_bundle() {
     let repo = repo_from(&files());
     let fleet = fleet(&repo);
     let p = &fleet.placements[0];
-    let opts = RenderOptions { replicas: Some(7) };
+    let opts = RenderOptions {
+        replicas: Some(7),
+        ..RenderOptions::default()
+    };
     let r = render(
         &repo,
         &fleet,
@@ -348,4 +351,52 @@ placements:
         })
         .collect();
     assert_eq!(names, ["r-eu", "r-eu", "r-us"]);
+}
+
+#[test]
+fn a_slow_jsonnet_program_times_out() {
+    let text = "apiVersion: flotilla.dev/v1alpha1
+kind: Fleet
+metadata: {name: acme}
+clusters: [{name: a}]
+bundles: [{name: jn, path: j/main.jsonnet}]
+placements: [{name: main, bundles: [jn], clusters: {}}]
+";
+    let repo = MemRepo::new().with("fleet.yaml", text).with(
+        "j/main.jsonnet",
+        "{apiVersion: 'v1', kind: 'ConfigMap', metadata: {name: 'n' + std.foldl(function(a, b) a + b, std.range(1, 100000000), 0)}}\n",
+    );
+    let fleet = flotilla_spec::check("fleet.yaml", text, &repo)
+        .fleet
+        .expect("valid");
+    let opts = RenderOptions {
+        jsonnet_timeout: Some(std::time::Duration::from_millis(50)),
+        ..RenderOptions::default()
+    };
+    let err = render(
+        &repo,
+        &fleet,
+        &fleet.placements[0],
+        &fleet.bundles[0],
+        &fleet.clusters[0],
+        &opts,
+    )
+    .expect_err("times out");
+    assert_eq!(
+        err.to_string(),
+        "placement \"main\", bundle \"jn\", cluster \"a\": j/main.jsonnet: evaluation took longer than 0.05 s"
+    );
+    // A timeout depends on the machine: the cache does not keep it.
+    let mut cache = cache::Cache::new();
+    for _ in 0..2 {
+        let _ = cache.render(
+            &repo,
+            &fleet,
+            &fleet.placements[0],
+            &fleet.bundles[0],
+            &fleet.clusters[0],
+            &opts,
+        );
+    }
+    assert_eq!((cache.hits, cache.misses, cache.len()), (0, 2, 0));
 }
