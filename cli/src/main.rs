@@ -40,6 +40,22 @@ enum Command {
     },
     /// Print the JSON Schema of fleet.yaml (for editors: completion and validation).
     Schema,
+    /// Render the manifests of every (placement, bundle, cluster) as multi-document YAML.
+    /// Exit 0 ok, 1 if the fleet is invalid or any render failed (the others still render),
+    /// 2 usage or I/O error.
+    Render {
+        #[command(flatten)]
+        fleet: FleetArgs,
+        /// Only this cluster (repeatable; default: every cluster).
+        #[arg(long = "cluster", value_name = "NAME")]
+        clusters: Vec<String>,
+        /// Only this placement.
+        #[arg(long, value_name = "NAME")]
+        placement: Option<String>,
+        /// Write DIR/<cluster>/<placement>.<bundle>.yaml instead of printing.
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+    },
 }
 
 #[derive(clap::Args)]
@@ -106,6 +122,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Validate { fleet, output } => validate(&fleet, output),
         Command::Plan { fleet, output } => plan(&fleet, output),
+        Command::Render {
+            fleet,
+            clusters,
+            placement,
+            out,
+        } => render(&fleet, &clusters, placement.as_deref(), out.as_deref()),
         Command::Schema => {
             let schema = serde_json::to_string_pretty(&flotilla_spec::json_schema())?;
             outln!("{schema}")?;
@@ -227,4 +249,99 @@ fn plan(args: &FleetArgs, output: Output) -> anyhow::Result<ExitCode> {
         Output::Json => outln!("{}", serde_json::to_string_pretty(&plan)?)?,
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn render(
+    args: &FleetArgs,
+    only_clusters: &[String],
+    only_placement: Option<&str>,
+    out_dir: Option<&std::path::Path>,
+) -> anyhow::Result<ExitCode> {
+    let (file, checked) = load(args)?;
+    let Some(fleet) = &checked.fleet else {
+        for d in &checked.diagnostics {
+            eprintln!("{d}");
+        }
+        eprintln!("{}", summary(&file, &checked));
+        return Ok(ExitCode::from(INVALID));
+    };
+    for w in checked.warnings() {
+        eprintln!("{w}");
+    }
+    for c in only_clusters {
+        if !fleet.clusters.iter().any(|x| &x.name == c) {
+            anyhow::bail!("--cluster {c}: no such cluster in {file}");
+        }
+    }
+    if let Some(p) = only_placement
+        && !fleet.placements.iter().any(|x| x.name == p)
+    {
+        anyhow::bail!("--placement {p}: no such placement in {file}");
+    }
+    let tree = LocalTree::open(&args.repo)
+        .with_context(|| format!("cannot open --repo {}", args.repo.display()))?;
+    let selection = flotilla_spec::Selection::new(fleet);
+    let mut clusters: Vec<&flotilla_spec::Cluster> = fleet
+        .clusters
+        .iter()
+        .filter(|c| only_clusters.is_empty() || only_clusters.contains(&c.name))
+        .collect();
+    clusters.sort_by(|a, b| a.name.cmp(&b.name));
+    let options = flotilla_renderers::RenderOptions::default();
+    // One pass over the tree: a bundle's renderer runs once per distinct input, not per cluster.
+    let mut cache = flotilla_renderers::cache::Cache::new();
+    let mut pass = cache.pass(&tree);
+    let mut failed = 0usize;
+    for cluster in clusters {
+        let Some(ci) = selection.index.position(&cluster.name) else {
+            continue;
+        };
+        let cluster_dir = match out_dir {
+            Some(d) => {
+                let dir = d.join(&cluster.name);
+                std::fs::create_dir_all(&dir)
+                    .with_context(|| format!("cannot create {}", dir.display()))?;
+                Some(dir)
+            }
+            None => None,
+        };
+        for (pi, placement) in fleet.placements.iter().enumerate() {
+            if only_placement.is_some_and(|p| p != placement.name)
+                || !selection.placements[pi].contains(ci)
+            {
+                continue;
+            }
+            for bname in flotilla_spec::placement_bundles(fleet, placement) {
+                let Some(bundle) = fleet.bundles.iter().find(|b| b.name == bname) else {
+                    continue;
+                };
+                match pass.render(fleet, placement, bundle, cluster, &options) {
+                    Ok(r) => {
+                        let text = format!(
+                            "# {}/{}/{} sha256:{}\n{}",
+                            placement.name, bundle.name, cluster.name, r.hash, r.yaml
+                        );
+                        match &cluster_dir {
+                            Some(dir) => {
+                                let path =
+                                    dir.join(format!("{}.{}.yaml", placement.name, bundle.name));
+                                std::fs::write(&path, text)
+                                    .with_context(|| format!("cannot write {}", path.display()))?;
+                            }
+                            None => out!("{text}")?,
+                        }
+                    }
+                    Err(e) => {
+                        failed += 1;
+                        eprintln!("flotilla: error: {e}");
+                    }
+                }
+            }
+        }
+    }
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(INVALID)
+    })
 }

@@ -6,4 +6,5 @@
 mod support;
 
 mod cli;
+mod render_fixtures;
 mod spec_fixtures;

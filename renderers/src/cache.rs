@@ -1,0 +1,344 @@
+//! Memoized rendering: a render is reused while everything it depended on is unchanged.
+//!
+//! A render depends on (a) its *scope* — the fleet and placement names, the bundle's
+//! definition, the cluster, the overrides that apply to it, the replica split and options —
+//! and (b) every repository access it made (path kinds, file contents, directory listings).
+//! The cache keeps, per scope, the accesses of the last render with a digest of each
+//! answer; a lookup replays those accesses against the new snapshot and reuses the result
+//! when every digest matches. A commit that touches one bundle's files therefore re-renders
+//! only that bundle's instances, and a change to one cluster's labels only that cluster's.
+//!
+//! Replaying is reading, not rendering: unchanged files are read again (and hashed), which is
+//! cheap next to parsing, patching and Jsonnet evaluation. Failed renders are cached too (they
+//! are as deterministic as successful ones).
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use flotilla_spec::types::RepoPath;
+use flotilla_spec::{Bundle, Cluster, Fleet, PathKind, Placement, RepoError, RepoFiles};
+use sha2::{Digest, Sha256};
+
+use crate::{Cause, Context, Object, RenderError, RenderOptions, Rendered};
+
+type Hash = [u8; 32];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Op {
+    Kind,
+    Read,
+    List,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Access {
+    op: Op,
+    path: RepoPath,
+    digest: Hash,
+}
+
+fn digest_of(parts: &[&[u8]]) -> Hash {
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update((p.len() as u64).to_le_bytes());
+        h.update(p);
+    }
+    h.finalize().into()
+}
+
+fn kind_digest(k: PathKind) -> Hash {
+    let k: &[u8] = match k {
+        PathKind::File => b"file",
+        PathKind::Dir => b"dir",
+        PathKind::Missing => b"missing",
+        PathKind::Escapes => b"escapes",
+    };
+    digest_of(&[k])
+}
+
+fn read_digest(r: &Result<Vec<u8>, RepoError>) -> Hash {
+    match r {
+        Ok(bytes) => digest_of(&[b"ok", bytes]),
+        Err(e) => digest_of(&[b"err", e.to_string().as_bytes()]),
+    }
+}
+
+fn list_digest(r: &Result<Vec<String>, RepoError>) -> Hash {
+    match r {
+        Ok(names) => {
+            let mut all: Vec<&[u8]> = vec![b"ok"];
+            all.extend(names.iter().map(|n| n.as_bytes()));
+            digest_of(&all)
+        }
+        Err(e) => digest_of(&[b"err", e.to_string().as_bytes()]),
+    }
+}
+
+fn answer(repo: &dyn RepoFiles, op: Op, path: &RepoPath) -> Hash {
+    match op {
+        Op::Kind => kind_digest(repo.kind(path)),
+        Op::Read => read_digest(&repo.read(path)),
+        Op::List => list_digest(&repo.list(path)),
+    }
+}
+
+/// A `RepoFiles` that records every access (with a digest of its answer).
+struct Recording<'a> {
+    inner: &'a dyn RepoFiles,
+    log: RefCell<Vec<Access>>,
+}
+
+impl Recording<'_> {
+    fn note(&self, op: Op, path: &RepoPath, digest: Hash) {
+        self.log.borrow_mut().push(Access {
+            op,
+            path: path.clone(),
+            digest,
+        });
+    }
+}
+
+impl RepoFiles for Recording<'_> {
+    fn kind(&self, path: &RepoPath) -> PathKind {
+        let k = self.inner.kind(path);
+        self.note(Op::Kind, path, kind_digest(k));
+        k
+    }
+
+    fn read(&self, path: &RepoPath) -> Result<Vec<u8>, RepoError> {
+        let r = self.inner.read(path);
+        self.note(Op::Read, path, read_digest(&r));
+        r
+    }
+
+    fn list(&self, dir: &RepoPath) -> Result<Vec<String>, RepoError> {
+        let r = self.inner.list(dir);
+        self.note(Op::List, dir, list_digest(&r));
+        r
+    }
+}
+
+struct Entry {
+    accesses: Vec<Access>,
+    result: Result<Arc<Rendered>, RenderError>,
+}
+
+/// Renders through a memo; see the module documentation.
+#[derive(Default)]
+pub struct Cache {
+    entries: HashMap<Hash, Entry>,
+    /// Renders answered from the memo.
+    pub hits: u64,
+    /// Renders that ran.
+    pub misses: u64,
+}
+
+impl Cache {
+    pub fn new() -> Cache {
+        Cache::default()
+    }
+
+    /// Cached entries (one per (placement, bundle, cluster) scope seen).
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Starts a pass over one snapshot of the repository. Within a pass, answers to
+    /// repository accesses are remembered (so replaying the accesses of 20,000 cached
+    /// renders reads each file once), and a bundle's renderer output is shared by every
+    /// cluster with the same renderer inputs (the same bundle; for Jsonnet, the same expanded
+    /// ext vars and arguments); only the per-cluster steps (namespace, overrides, labels,
+    /// order, hash) run per cluster.
+    pub fn pass<'c, 'r>(&'c mut self, repo: &'r dyn RepoFiles) -> Pass<'c, 'r> {
+        Pass {
+            cache: self,
+            repo,
+            answers: HashMap::new(),
+            bases: HashMap::new(),
+        }
+    }
+
+    /// Like [`crate::render`], reusing the last result when nothing it depends on changed
+    /// (a pass of one render; use [`Cache::pass`] for many). Results are shared, not copied.
+    pub fn render(
+        &mut self,
+        repo: &dyn RepoFiles,
+        fleet: &Fleet,
+        placement: &Placement,
+        bundle: &Bundle,
+        cluster: &Cluster,
+        options: &RenderOptions,
+    ) -> Result<Arc<Rendered>, RenderError> {
+        self.pass(repo)
+            .render(fleet, placement, bundle, cluster, options)
+    }
+}
+
+type Base = (Result<Vec<Object>, Cause>, Vec<Access>);
+
+/// Renders against one snapshot; see [`Cache::pass`].
+pub struct Pass<'c, 'r> {
+    cache: &'c mut Cache,
+    repo: &'r dyn RepoFiles,
+    answers: HashMap<(Op, RepoPath), Hash>,
+    bases: HashMap<Hash, Base>,
+}
+
+fn memo_answer(
+    answers: &mut HashMap<(Op, RepoPath), Hash>,
+    repo: &dyn RepoFiles,
+    a: &Access,
+) -> Hash {
+    *answers
+        .entry((a.op, a.path.clone()))
+        .or_insert_with(|| answer(repo, a.op, &a.path))
+}
+
+impl Pass<'_, '_> {
+    /// Like [`crate::render`], through the cache.
+    pub fn render(
+        &mut self,
+        fleet: &Fleet,
+        placement: &Placement,
+        bundle: &Bundle,
+        cluster: &Cluster,
+        options: &RenderOptions,
+    ) -> Result<Arc<Rendered>, RenderError> {
+        let key = scope(fleet, placement, bundle, cluster, options);
+        if let Some(e) = self.cache.entries.get(&key)
+            && e.accesses
+                .iter()
+                .all(|a| memo_answer(&mut self.answers, self.repo, a) == a.digest)
+        {
+            self.cache.hits += 1;
+            return e.result.clone();
+        }
+        self.cache.misses += 1;
+        let cx = Context {
+            fleet,
+            placement,
+            bundle,
+            cluster,
+            options,
+        };
+        let bkey = base_key(&cx);
+        let (objects, accesses) = match bkey.and_then(|k| self.bases.get(&k)) {
+            Some(b) => b.clone(),
+            None => {
+                let rec = Recording {
+                    inner: self.repo,
+                    log: RefCell::new(Vec::new()),
+                };
+                let objects = crate::base(&rec, &cx);
+                let mut accesses = rec.log.into_inner();
+                accesses.sort_by(|a, b| {
+                    (a.path.as_str(), a.op as u8).cmp(&(b.path.as_str(), b.op as u8))
+                });
+                accesses.dedup();
+                for a in &accesses {
+                    self.answers
+                        .entry((a.op, a.path.clone()))
+                        .or_insert(a.digest);
+                }
+                if let Some(k) = bkey {
+                    self.bases.insert(k, (objects.clone(), accesses.clone()));
+                }
+                (objects, accesses)
+            }
+        };
+        let result = objects
+            .and_then(|o| crate::complete(&cx, o))
+            .map(Arc::new)
+            .map_err(|cause| RenderError {
+                placement: placement.name.clone(),
+                bundle: bundle.name.clone(),
+                cluster: cluster.name.clone(),
+                cause: Box::new(cause),
+            });
+        let timed_out = matches!(
+            &result,
+            Err(e) if matches!(*e.cause, Cause::Jsonnet(crate::jsonnet::JsonnetError::Timeout { .. }))
+        );
+        if timed_out {
+            // Not a property of the inputs: the next render tries again.
+            if let Some(k) = bkey {
+                self.bases.remove(&k);
+            }
+        } else {
+            self.cache.entries.insert(
+                key,
+                Entry {
+                    accesses,
+                    result: result.clone(),
+                },
+            );
+        }
+        result
+    }
+}
+
+/// What the renderer stage of one render depends on besides the repository.
+fn base_key(cx: &Context<'_>) -> Option<Hash> {
+    let (ext_vars, tlas) = crate::jsonnet::inputs(cx).ok()?;
+    let mut h = HashWriter(Sha256::new());
+    serde_json::to_writer(&mut h, &(cx.bundle, ext_vars, tlas)).ok()?;
+    Some(h.0.finalize().into())
+}
+
+/// Everything besides the repository that a render reads.
+fn scope(
+    fleet: &Fleet,
+    placement: &Placement,
+    bundle: &Bundle,
+    cluster: &Cluster,
+    options: &RenderOptions,
+) -> Hash {
+    let labels = cluster.selector_labels();
+    let overrides: Vec<_> = placement
+        .overrides
+        .iter()
+        .filter(|o| {
+            o.clusters.matches(&cluster.name, &labels)
+                && o.bundle.as_ref().is_none_or(|b| b == &bundle.name)
+        })
+        .collect();
+    let replicas = placement
+        .replicas
+        .as_ref()
+        .filter(|r| r.bundle == bundle.name);
+    let mut h = HashWriter(Sha256::new());
+    // Serialized straight into the hasher: no intermediate JSON tree (this runs per render).
+    let parts = (
+        &fleet.metadata.name,
+        &placement.name,
+        flotilla_spec::placement_bundles(fleet, placement).len(),
+        bundle,
+        cluster,
+        &overrides,
+        replicas,
+        options.replicas,
+    );
+    if serde_json::to_writer(&mut h, &parts).is_err() {
+        // Not reachable for these types; an unusable key just means no reuse.
+        h.0.update(b"unserializable");
+    }
+    h.0.finalize().into()
+}
+
+struct HashWriter(Sha256);
+
+impl std::io::Write for HashWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.update(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
