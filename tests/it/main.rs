@@ -6,4 +6,5 @@
 mod support;
 
 mod cli;
+mod sim;
 mod spec_fixtures;

@@ -1,0 +1,1209 @@
+//! One simulated cluster: the object store, resource versions, watch history and the verbs.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use serde_json::{Value, json};
+use tokio::sync::broadcast;
+
+use crate::discovery::{self, ResourceDef};
+use crate::error::ApiError;
+use crate::fields;
+use crate::select::{FieldSelector, LabelSelector};
+
+/// How many past events a cluster keeps for watches that resume from a resourceVersion.
+const HISTORY: usize = 10_000;
+
+/// (group, version, plural)
+pub type ResKey = (String, String, String);
+/// (namespace, name); the namespace is empty for cluster-scoped objects.
+pub type ObjName = (String, String);
+
+/// A watch event, as stored in the history and broadcast to watchers.
+#[derive(Debug, Clone)]
+pub struct Event {
+    pub rv: u64,
+    pub res: ResKey,
+    pub namespace: String,
+    pub kind: &'static str,
+    pub object: Value,
+}
+
+/// What a new watch starts from: events to send first, the live feed, the current resourceVersion.
+pub type WatchStart = (Vec<Arc<Event>>, broadcast::Receiver<Arc<Event>>, u64);
+
+/// Query parameters of one request.
+pub type Query = HashMap<String, String>;
+
+/// The mutable state of a cluster (behind one lock).
+pub struct State {
+    pub rv: u64,
+    seq: u64,
+    pub defs: Vec<ResourceDef>,
+    pub objects: HashMap<ResKey, BTreeMap<ObjName, Value>>,
+    history: VecDeque<Arc<Event>>,
+    /// Workloads whose spec changed, with when: the workload simulation picks them up.
+    pub pending: HashMap<(ResKey, ObjName), Instant>,
+}
+
+/// One simulated cluster.
+pub struct Cluster {
+    pub name: String,
+    /// A small number unique per cluster, mixed into uids.
+    index: u64,
+    state: Mutex<State>,
+    pub events: broadcast::Sender<Arc<Event>>,
+}
+
+pub fn now_rfc3339() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    chrono::DateTime::from_timestamp(secs, 0)
+        .unwrap_or_default()
+        .format("%Y-%m-%dT%H:%M:%SZ")
+        .to_string()
+}
+
+fn res_key(d: &ResourceDef) -> ResKey {
+    (d.group.clone(), d.version.clone(), d.plural.clone())
+}
+
+/// Whether a parameter is a "true" flag (`true`, `1`).
+pub fn flag(q: &Query, k: &str) -> bool {
+    matches!(q.get(k).map(String::as_str), Some("true" | "1"))
+}
+
+fn dry_run(q: &Query) -> Result<bool, ApiError> {
+    match q.get("dryRun").map(String::as_str) {
+        None | Some("") => Ok(false),
+        Some("All") => Ok(true),
+        Some(other) => Err(ApiError::bad_request(format!(
+            "Invalid dry run value {other:?}: only \"All\" is supported"
+        ))),
+    }
+}
+
+const WORKLOADS: [&str; 5] = [
+    "deployments",
+    "statefulsets",
+    "daemonsets",
+    "replicasets",
+    "jobs",
+];
+
+fn hex(s: &str) -> String {
+    s.bytes().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(s: &str) -> Option<String> {
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    let bytes: Option<Vec<u8>> = (0..s.len())
+        .step_by(2)
+        .map(|i| s.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()))
+        .collect();
+    String::from_utf8(bytes?).ok()
+}
+
+/// Everything outside metadata and status: a change here bumps `generation`.
+fn spec_part(v: &Value) -> Value {
+    match v.as_object() {
+        Some(m) => Value::Object(
+            m.iter()
+                .filter(|(k, _)| {
+                    !matches!(k.as_str(), "metadata" | "status" | "apiVersion" | "kind")
+                })
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        ),
+        None => Value::Null,
+    }
+}
+
+/// A parsed request body: JSON, or YAML through the project's parser.
+pub fn parse_body(body: &[u8]) -> Result<Value, ApiError> {
+    if let Ok(v) = serde_json::from_slice::<Value>(body) {
+        return Ok(v);
+    }
+    let text = std::str::from_utf8(body)
+        .map_err(|_| ApiError::bad_request("the request body is not UTF-8"))?;
+    let limits = flotilla_spec::yaml::Limits {
+        max_bytes: 8 << 20,
+        max_depth: 64,
+        max_nodes: 1_000_000,
+    };
+    flotilla_spec::yaml::parse(text, &limits)
+        .map(|n| n.to_json())
+        .map_err(|e| ApiError::bad_request(format!("error decoding YAML: {}", e.message())))
+}
+
+impl Cluster {
+    pub fn new(name: &str, index: u64, nodes: usize) -> Cluster {
+        let (events, _) = broadcast::channel(4096);
+        let c = Cluster {
+            name: name.to_string(),
+            index,
+            state: Mutex::new(State {
+                rv: 0,
+                seq: 0,
+                defs: discovery::builtin(),
+                objects: HashMap::new(),
+                history: VecDeque::new(),
+                pending: HashMap::new(),
+            }),
+            events,
+        };
+        c.seed(nodes);
+        c
+    }
+
+    fn seed(&self, nodes: usize) {
+        let mut st = self.lock();
+        let ns_def = st.def("", "v1", "namespaces").cloned();
+        let node_def = st.def("", "v1", "nodes").cloned();
+        if let Some(d) = ns_def {
+            for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
+                let obj =
+                    json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}});
+                let _ = self.commit(&mut st, &d, "", ns, None, obj, false);
+            }
+        }
+        if let Some(d) = node_def {
+            for i in 1..=nodes {
+                let name = format!("{}-node-{i}", self.name);
+                let obj = json!({"apiVersion": "v1", "kind": "Node",
+                    "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name,
+                        "kubernetes.io/os": "linux", "node-role.kubernetes.io/worker": ""}},
+                    "status": {
+                        "capacity": {"cpu": "8", "memory": "32Gi", "pods": "110"},
+                        "allocatable": {"cpu": "8", "memory": "32Gi", "pods": "110"},
+                        "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady",
+                            "message": "simulated node", "lastHeartbeatTime": now_rfc3339(),
+                            "lastTransitionTime": now_rfc3339()}],
+                        "nodeInfo": {"kubeletVersion": "v1.32.0-flotilla-sim", "architecture": "amd64",
+                            "operatingSystem": "linux", "containerRuntimeVersion": "sim://1"}}});
+                let _ = self.commit(&mut st, &d, "", &name, None, obj, false);
+            }
+        }
+    }
+
+    pub fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The resource served at `group/version/plural`, if any.
+    pub fn resource(&self, group: &str, version: &str, plural: &str) -> Option<ResourceDef> {
+        self.lock().def(group, version, plural).cloned()
+    }
+
+    pub fn defs(&self) -> Vec<ResourceDef> {
+        self.lock().defs.clone()
+    }
+
+    fn uid(&self, st: &mut State) -> String {
+        st.seq += 1;
+        let n = st.seq;
+        format!(
+            "{:08x}-{:04x}-4{:03x}-8{:03x}-{:012x}",
+            self.index as u32,
+            (n >> 48) & 0xffff,
+            (n >> 36) & 0xfff,
+            (n >> 24) & 0xfff,
+            n & 0xffff_ffff_ffff
+        )
+    }
+
+    /// Stores `new` (or, for `new == Null`, deletes) with server-set metadata and an event.
+    /// Returns the stored object. Nothing changes on a dry run.
+    #[allow(clippy::too_many_arguments)]
+    fn commit(
+        &self,
+        st: &mut State,
+        def: &ResourceDef,
+        ns: &str,
+        name: &str,
+        old: Option<&Value>,
+        mut new: Value,
+        dry: bool,
+    ) -> Value {
+        let key = res_key(def);
+        let rv = st.rv + 1;
+        if new.is_null() {
+            // A deletion.
+            let mut obj = old.cloned().unwrap_or(Value::Null);
+            if !dry {
+                st.rv = rv;
+                obj["metadata"]["resourceVersion"] = json!(rv.to_string());
+                if let Some(m) = st.objects.get_mut(&key) {
+                    m.remove(&(ns.to_string(), name.to_string()));
+                }
+                st.pending
+                    .remove(&(key.clone(), (ns.to_string(), name.to_string())));
+                if def.plural == "customresourcedefinitions" {
+                    self.unregister_crd(st, &obj);
+                }
+                self.emit(st, &key, ns, "DELETED", obj.clone());
+            }
+            return obj;
+        }
+        new["apiVersion"] = json!(def.api_version());
+        new["kind"] = json!(def.kind);
+        if !new["metadata"].is_object() {
+            new["metadata"] = json!({});
+        }
+        let meta = &mut new["metadata"];
+        meta["name"] = json!(name);
+        if def.namespaced {
+            meta["namespace"] = json!(ns);
+        } else if let Some(m) = meta.as_object_mut() {
+            m.remove("namespace");
+        }
+        if let Some(m) = meta.as_object_mut() {
+            m.remove("selfLink");
+        }
+        let spec_changed = old.is_none_or(|o| spec_part(o) != spec_part(&new));
+        match old {
+            None => {
+                let uid = self.uid(st);
+                let meta = &mut new["metadata"];
+                meta["uid"] = json!(uid);
+                meta["creationTimestamp"] = json!(now_rfc3339());
+                if let Some(m) = meta.as_object_mut() {
+                    m.remove("deletionTimestamp");
+                }
+                if new.get("spec").is_some()
+                    || def.group.contains('.') && !def.group.ends_with("k8s.io")
+                {
+                    new["metadata"]["generation"] = json!(1);
+                }
+            }
+            Some(o) => {
+                let om = &o["metadata"];
+                let meta = &mut new["metadata"];
+                for k in [
+                    "uid",
+                    "creationTimestamp",
+                    "deletionTimestamp",
+                    "generation",
+                ] {
+                    match om.get(k) {
+                        Some(v) => meta[k] = v.clone(),
+                        None => {
+                            if let Some(m) = meta.as_object_mut() {
+                                m.remove(k);
+                            }
+                        }
+                    }
+                }
+                if spec_changed && let Some(g) = om["generation"].as_i64() {
+                    meta["generation"] = json!(g + 1);
+                }
+            }
+        }
+        if def.plural == "namespaces" && new["status"]["phase"].is_null() {
+            new["status"] = json!({"phase": "Active"});
+        }
+        if def.plural == "customresourcedefinitions" {
+            establish_crd(&mut new);
+        }
+        // A deleting object whose last finalizer is gone is deleted now.
+        let finalizers_empty = new["metadata"]["finalizers"]
+            .as_array()
+            .is_none_or(Vec::is_empty);
+        if !new["metadata"]["deletionTimestamp"].is_null() && finalizers_empty {
+            return self.commit(st, def, ns, name, Some(&new), Value::Null, dry);
+        }
+        if dry {
+            if old.is_none() {
+                // A dry-run object has no server identity.
+                if let Some(m) = new["metadata"].as_object_mut() {
+                    m.remove("uid");
+                }
+            }
+            new["metadata"]["resourceVersion"] = json!(
+                old.and_then(|o| o["metadata"]["resourceVersion"].as_str())
+                    .unwrap_or("")
+            );
+            return new;
+        }
+        st.rv = rv;
+        new["metadata"]["resourceVersion"] = json!(rv.to_string());
+        st.objects
+            .entry(key.clone())
+            .or_default()
+            .insert((ns.to_string(), name.to_string()), new.clone());
+        if def.plural == "customresourcedefinitions" {
+            st.defs.retain(|d| {
+                !(d.group == new["spec"]["group"].as_str().unwrap_or("")
+                    && d.plural == new["spec"]["names"]["plural"].as_str().unwrap_or(""))
+            });
+            st.defs.extend(discovery::from_crd(&new));
+        }
+        if (def.group == "apps" || def.group == "batch")
+            && WORKLOADS.contains(&def.plural.as_str())
+            && spec_changed
+        {
+            st.pending.insert(
+                (key.clone(), (ns.to_string(), name.to_string())),
+                Instant::now(),
+            );
+        }
+        let kind = if old.is_none() { "ADDED" } else { "MODIFIED" };
+        self.emit(st, &key, ns, kind, new.clone());
+        new
+    }
+
+    fn unregister_crd(&self, st: &mut State, crd: &Value) {
+        let defs = discovery::from_crd(crd);
+        for d in &defs {
+            let key = res_key(d);
+            if let Some(objs) = st.objects.remove(&key) {
+                for ((ns, _), obj) in objs {
+                    st.rv += 1;
+                    let mut obj = obj;
+                    obj["metadata"]["resourceVersion"] = json!(st.rv.to_string());
+                    self.emit(st, &key, &ns, "DELETED", obj);
+                }
+            }
+        }
+        st.defs.retain(|d| !defs.contains(d));
+    }
+
+    fn emit(&self, st: &mut State, key: &ResKey, ns: &str, kind: &'static str, object: Value) {
+        let ev = Arc::new(Event {
+            rv: st.rv,
+            res: key.clone(),
+            namespace: ns.to_string(),
+            kind,
+            object,
+        });
+        if st.history.len() >= HISTORY {
+            st.history.pop_front();
+        }
+        st.history.push_back(ev.clone());
+        // No receivers is fine.
+        let _ = self.events.send(ev);
+    }
+
+    fn check_namespace(st: &State, def: &ResourceDef, ns: &str) -> Result<(), ApiError> {
+        if !def.namespaced {
+            return Ok(());
+        }
+        let key = ("".to_string(), "v1".to_string(), "namespaces".to_string());
+        let exists = st
+            .objects
+            .get(&key)
+            .is_some_and(|m| m.contains_key(&(String::new(), ns.to_string())));
+        if exists {
+            Ok(())
+        } else {
+            Err(ApiError::namespace_not_found(ns))
+        }
+    }
+
+    pub fn get(&self, def: &ResourceDef, ns: &str, name: &str) -> Result<Value, ApiError> {
+        let st = self.lock();
+        st.get(def, ns, name)
+            .cloned()
+            .ok_or_else(|| ApiError::not_found(def, name))
+    }
+
+    pub fn list(&self, def: &ResourceDef, ns: Option<&str>, q: &Query) -> Result<Value, ApiError> {
+        let labels = LabelSelector::parse(q.get("labelSelector").map(String::as_str).unwrap_or(""))
+            .map_err(ApiError::bad_request)?;
+        let fsel = FieldSelector::parse(q.get("fieldSelector").map(String::as_str).unwrap_or(""))
+            .map_err(ApiError::bad_request)?;
+        let limit: usize = match q.get("limit") {
+            Some(l) if !l.is_empty() => l
+                .parse()
+                .map_err(|_| ApiError::bad_request(format!("invalid limit {l:?}")))?,
+            _ => 0,
+        };
+        let after = match q.get("continue") {
+            Some(c) if !c.is_empty() => {
+                let s = unhex(c).ok_or_else(|| ApiError::bad_request("invalid continue token"))?;
+                let (n, m) = s
+                    .split_once('\0')
+                    .ok_or_else(|| ApiError::bad_request("invalid continue token"))?;
+                Some((n.to_string(), m.to_string()))
+            }
+            _ => None,
+        };
+        let st = self.lock();
+        let mut items = Vec::new();
+        let mut next = None;
+        if let Some(objs) = st.objects.get(&res_key(def)) {
+            for ((ons, oname), obj) in objs {
+                if ns.is_some_and(|n| n != ons) {
+                    continue;
+                }
+                if after.as_ref().is_some_and(|a| (ons, oname) <= (&a.0, &a.1)) {
+                    continue;
+                }
+                if !labels.matches(&obj["metadata"]["labels"]) || !fsel.matches(obj) {
+                    continue;
+                }
+                if limit > 0 && items.len() == limit {
+                    next = Some(hex(&format!("{ons}\0{oname}")));
+                    break;
+                }
+                items.push(obj.clone());
+            }
+        }
+        let mut meta = json!({"resourceVersion": st.rv.to_string()});
+        if let Some(n) = next {
+            meta["continue"] = json!(n);
+        }
+        Ok(
+            json!({"apiVersion": def.api_version(), "kind": format!("{}List", def.kind),
+            "metadata": meta, "items": items}),
+        )
+    }
+
+    fn manager(q: &Query, user_agent: &str) -> String {
+        match q.get("fieldManager") {
+            Some(m) if !m.is_empty() => m.clone(),
+            _ => user_agent
+                .split('/')
+                .next()
+                .filter(|s| !s.is_empty())
+                .unwrap_or("unknown")
+                .to_string(),
+        }
+    }
+
+    pub fn create(
+        &self,
+        def: &ResourceDef,
+        ns: &str,
+        body: &[u8],
+        q: &Query,
+        user_agent: &str,
+    ) -> Result<Value, ApiError> {
+        let dry = dry_run(q)?;
+        let mut obj = parse_body(body)?;
+        if !obj.is_object() {
+            return Err(ApiError::bad_request("the request body must be an object"));
+        }
+        check_kind(def, &obj)?;
+        let mut st = self.lock();
+        let name = match obj["metadata"]["name"].as_str() {
+            Some(n) if !n.is_empty() => n.to_string(),
+            _ => match obj["metadata"]["generateName"].as_str() {
+                Some(g) if !g.is_empty() => {
+                    st.seq += 1;
+                    format!("{g}{:05x}", st.seq & 0xfffff)
+                }
+                _ => {
+                    return Err(ApiError::invalid(
+                        def,
+                        "",
+                        "metadata.name",
+                        "Required value: name or generateName is required",
+                    ));
+                }
+            },
+        };
+        validate_name(def, &name)?;
+        if def.namespaced
+            && let Some(bns) = obj["metadata"]["namespace"].as_str()
+            && !bns.is_empty()
+            && bns != ns
+        {
+            return Err(ApiError::bad_request(
+                "the namespace of the provided object does not match the namespace sent on the request",
+            ));
+        }
+        Self::check_namespace(&st, def, ns)?;
+        if st.get(def, ns, &name).is_some() {
+            return Err(ApiError::already_exists(def, &name));
+        }
+        if def.status
+            && def.plural != "nodes"
+            && let Some(m) = obj.as_object_mut()
+        {
+            m.remove("status");
+        }
+        fields::record_update(
+            None,
+            &mut obj,
+            &Self::manager(q, user_agent),
+            &def.api_version(),
+            &now_rfc3339(),
+            false,
+        );
+        Ok(self.commit(&mut st, def, ns, &name, None, obj, dry))
+    }
+
+    /// PUT of the object (`sub` None) or of its status.
+    #[allow(clippy::too_many_arguments)]
+    pub fn update(
+        &self,
+        def: &ResourceDef,
+        ns: &str,
+        name: &str,
+        sub: Option<&str>,
+        body: &[u8],
+        q: &Query,
+        user_agent: &str,
+    ) -> Result<Value, ApiError> {
+        let dry = dry_run(q)?;
+        let obj = parse_body(body)?;
+        if !obj.is_object() {
+            return Err(ApiError::bad_request("the request body must be an object"));
+        }
+        check_kind(def, &obj)?;
+        if let Some(bn) = obj["metadata"]["name"].as_str()
+            && bn != name
+        {
+            return Err(ApiError::bad_request(
+                "the name of the object does not match the name on the URL",
+            ));
+        }
+        let mut st = self.lock();
+        let old = st
+            .get(def, ns, name)
+            .cloned()
+            .ok_or_else(|| ApiError::not_found(def, name))?;
+        if let Some(rv) = obj["metadata"]["resourceVersion"].as_str()
+            && !rv.is_empty()
+            && Some(rv) != old["metadata"]["resourceVersion"].as_str()
+        {
+            return Err(ApiError::conflict(def, name));
+        }
+        let status_scope = sub == Some("status");
+        let mut new = scoped(def, &old, obj, status_scope);
+        fields::record_update(
+            Some(&old),
+            &mut new,
+            &Self::manager(q, user_agent),
+            &def.api_version(),
+            &now_rfc3339(),
+            status_scope,
+        );
+        Ok(self.commit(&mut st, def, ns, name, Some(&old), new, dry))
+    }
+
+    /// PATCH with one of the four patch types; apply may create the object.
+    #[allow(clippy::too_many_arguments)]
+    pub fn patch(
+        &self,
+        def: &ResourceDef,
+        ns: &str,
+        name: &str,
+        sub: Option<&str>,
+        content_type: &str,
+        body: &[u8],
+        q: &Query,
+        user_agent: &str,
+    ) -> Result<(u16, Value), ApiError> {
+        let dry = dry_run(q)?;
+        let status_scope = sub == Some("status");
+        let ct = content_type.split(';').next().unwrap_or("").trim();
+        let now = now_rfc3339();
+        let mut st = self.lock();
+        let old = st.get(def, ns, name).cloned();
+        if ct == "application/apply-patch+yaml" {
+            let manager = match q.get("fieldManager") {
+                Some(m) if !m.is_empty() => m.clone(),
+                _ => {
+                    return Err(ApiError::new(
+                        422,
+                        "Invalid",
+                        "PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Required value: is required for apply patch",
+                    ));
+                }
+            };
+            let force = flag(q, "force");
+            let applied = parse_body(body)?;
+            if !applied.is_object() {
+                return Err(ApiError::bad_request("the apply patch must be an object"));
+            }
+            check_kind(def, &applied)?;
+            if applied["apiVersion"].is_null() || applied["kind"].is_null() {
+                return Err(ApiError::bad_request(
+                    "apiVersion and kind are required in an apply patch",
+                ));
+            }
+            if let Some(bn) = applied["metadata"]["name"].as_str()
+                && bn != name
+            {
+                return Err(ApiError::bad_request(
+                    "the name of the object does not match the name on the URL",
+                ));
+            }
+            if old.is_none() {
+                if status_scope {
+                    return Err(ApiError::not_found(def, name));
+                }
+                validate_name(def, name)?;
+                Self::check_namespace(&st, def, ns)?;
+            }
+            let mut applied = applied;
+            if !status_scope
+                && def.status
+                && let Some(m) = applied.as_object_mut()
+            {
+                m.remove("status");
+            }
+            let result = fields::apply(
+                old.as_ref(),
+                &applied,
+                &manager,
+                &def.api_version(),
+                &now,
+                force,
+                status_scope,
+            );
+            let merged = match result {
+                Ok(a) => a.object,
+                Err(conflicts) => return Err(apply_conflict(def, name, &conflicts)),
+            };
+            let code = if old.is_some() { 200 } else { 201 };
+            let new = match &old {
+                Some(o) => scoped(def, o, merged, status_scope),
+                None => merged,
+            };
+            return Ok((
+                code,
+                self.commit(&mut st, def, ns, name, old.as_ref(), new, dry),
+            ));
+        }
+        let old = old.ok_or_else(|| ApiError::not_found(def, name))?;
+        let mut doc = old.clone();
+        match ct {
+            "application/merge-patch+json" => {
+                let p = parse_json(body)?;
+                json_patch::merge(&mut doc, &p);
+            }
+            "application/strategic-merge-patch+json" => {
+                let p = parse_json(body)?;
+                strategic_merge(&mut doc, &p);
+            }
+            "application/json-patch+json" => {
+                let p: json_patch::Patch = serde_json::from_slice(body)
+                    .map_err(|e| ApiError::bad_request(format!("invalid JSON patch: {e}")))?;
+                json_patch::patch(&mut doc, &p).map_err(|e| {
+                    ApiError::new(422, "Invalid", format!("the JSON patch failed: {e}"))
+                })?;
+            }
+            other => {
+                return Err(ApiError::new(
+                    415,
+                    "UnsupportedMediaType",
+                    format!(
+                        "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml, application/strategic-merge-patch+json (got {other:?})"
+                    ),
+                ));
+            }
+        }
+        if !doc.is_object() {
+            return Err(ApiError::bad_request(
+                "the patched document is not an object",
+            ));
+        }
+        if let Some(rv) = doc["metadata"]["resourceVersion"].as_str()
+            && Some(rv) != old["metadata"]["resourceVersion"].as_str()
+        {
+            return Err(ApiError::conflict(def, name));
+        }
+        let mut new = scoped(def, &old, doc, status_scope);
+        fields::record_update(
+            Some(&old),
+            &mut new,
+            &Self::manager(q, user_agent),
+            &def.api_version(),
+            &now,
+            status_scope,
+        );
+        Ok((
+            200,
+            self.commit(&mut st, def, ns, name, Some(&old), new, dry),
+        ))
+    }
+
+    /// DELETE: objects with finalizers get a deletionTimestamp and stay until they are gone.
+    pub fn delete(
+        &self,
+        def: &ResourceDef,
+        ns: &str,
+        name: &str,
+        body: &[u8],
+        q: &Query,
+    ) -> Result<Value, ApiError> {
+        let mut dry = dry_run(q)?;
+        let opts = if body.iter().all(u8::is_ascii_whitespace) {
+            Value::Null
+        } else {
+            parse_json(body)?
+        };
+        if opts["dryRun"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|v| v == "All"))
+        {
+            dry = true;
+        }
+        let propagation = q
+            .get("propagationPolicy")
+            .map(String::as_str)
+            .or(opts["propagationPolicy"].as_str())
+            .unwrap_or("Background")
+            .to_string();
+        let mut st = self.lock();
+        let old = st
+            .get(def, ns, name)
+            .cloned()
+            .ok_or_else(|| ApiError::not_found(def, name))?;
+        if let Some(uid) = opts["preconditions"]["uid"].as_str()
+            && Some(uid) != old["metadata"]["uid"].as_str()
+        {
+            return Err(ApiError::conflict(def, name));
+        }
+        let has_finalizers = old["metadata"]["finalizers"]
+            .as_array()
+            .is_some_and(|a| !a.is_empty());
+        if has_finalizers {
+            if !old["metadata"]["deletionTimestamp"].is_null() {
+                return Ok(old);
+            }
+            let mut new = old.clone();
+            new["metadata"]["deletionTimestamp"] = json!(now_rfc3339());
+            new["metadata"]["deletionGracePeriodSeconds"] = json!(0);
+            // commit keeps the old deletionTimestamp: set it through a copy of old.
+            let mut marked = old.clone();
+            marked["metadata"]["deletionTimestamp"] = new["metadata"]["deletionTimestamp"].clone();
+            return Ok(self.commit(&mut st, def, ns, name, Some(&marked), new, dry));
+        }
+        let uid = old["metadata"]["uid"].as_str().unwrap_or("").to_string();
+        let out = self.commit(&mut st, def, ns, name, Some(&old), Value::Null, dry);
+        if !dry {
+            if def.plural == "namespaces" && def.group.is_empty() {
+                self.delete_namespace_contents(&mut st, name);
+            }
+            if propagation != "Orphan" {
+                self.delete_dependents(&mut st, &uid);
+            }
+        }
+        Ok(out)
+    }
+
+    fn delete_namespace_contents(&self, st: &mut State, ns: &str) {
+        let defs: Vec<ResourceDef> = st.defs.iter().filter(|d| d.namespaced).cloned().collect();
+        for d in defs {
+            let names: Vec<ObjName> = st
+                .objects
+                .get(&res_key(&d))
+                .map(|m| m.keys().filter(|(n, _)| n == ns).cloned().collect())
+                .unwrap_or_default();
+            for (n, name) in names {
+                let old = st.get(&d, &n, &name).cloned();
+                self.commit(st, &d, &n, &name, old.as_ref(), Value::Null, false);
+            }
+        }
+    }
+
+    fn delete_dependents(&self, st: &mut State, uid: &str) {
+        if uid.is_empty() {
+            return;
+        }
+        let mut doomed = Vec::new();
+        for d in &st.defs {
+            if let Some(objs) = st.objects.get(&res_key(d)) {
+                for ((ns, name), obj) in objs {
+                    let owned = obj["metadata"]["ownerReferences"]
+                        .as_array()
+                        .is_some_and(|refs| refs.iter().any(|r| r["uid"] == uid));
+                    if owned {
+                        doomed.push((
+                            d.clone(),
+                            ns.clone(),
+                            name.clone(),
+                            obj["metadata"]["uid"].as_str().unwrap_or("").to_string(),
+                        ));
+                    }
+                }
+            }
+        }
+        for (d, ns, name, child_uid) in doomed {
+            let old = st.get(&d, &ns, &name).cloned();
+            if old.is_some() {
+                self.commit(st, &d, &ns, &name, old.as_ref(), Value::Null, false);
+                self.delete_dependents(st, &child_uid);
+            }
+        }
+    }
+
+    /// Starts a watch: the events to send first, and a receiver for what follows. Taken under
+    /// the lock, so nothing falls between the two.
+    pub fn watch(
+        &self,
+        def: &ResourceDef,
+        ns: Option<&str>,
+        q: &Query,
+    ) -> Result<WatchStart, ApiError> {
+        let st = self.lock();
+        let key = res_key(def);
+        let rx = self.events.subscribe();
+        let rv = q.get("resourceVersion").map(String::as_str).unwrap_or("");
+        let mut initial = Vec::new();
+        if rv.is_empty() || rv == "0" {
+            if let Some(objs) = st.objects.get(&key) {
+                for ((ons, _), obj) in objs {
+                    if ns.is_some_and(|n| n != ons) {
+                        continue;
+                    }
+                    initial.push(Arc::new(Event {
+                        rv: st.rv,
+                        res: key.clone(),
+                        namespace: ons.clone(),
+                        kind: "ADDED",
+                        object: obj.clone(),
+                    }));
+                }
+            }
+        } else {
+            let from: u64 = rv
+                .parse()
+                .map_err(|_| ApiError::bad_request(format!("invalid resourceVersion {rv:?}")))?;
+            let oldest = st.history.front().map(|e| e.rv).unwrap_or(st.rv + 1);
+            if from + 1 < oldest && st.history.len() >= HISTORY {
+                return Err(ApiError::new(
+                    410,
+                    "Expired",
+                    format!("too old resource version: {from} ({})", oldest - 1),
+                ));
+            }
+            initial.extend(
+                st.history
+                    .iter()
+                    .filter(|e| e.rv > from && e.res == key && ns.is_none_or(|n| n == e.namespace))
+                    .cloned(),
+            );
+        }
+        Ok((initial, rx, st.rv))
+    }
+
+    /// The stored objects of one resource (for the workload simulation and tests).
+    pub fn objects(&self, group: &str, version: &str, plural: &str) -> Vec<Value> {
+        let st = self.lock();
+        st.objects
+            .get(&(group.to_string(), version.to_string(), plural.to_string()))
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Replaces the status of a stored object (the simulated controllers' write).
+    pub fn set_status(&self, st: &mut State, key: &(ResKey, ObjName), status: Value) {
+        let ((g, v, p), (ns, name)) = key;
+        let Some(def) = st.def(g, v, p).cloned() else {
+            return;
+        };
+        let Some(old) = st.get(&def, ns, name).cloned() else {
+            return;
+        };
+        if old["status"] == status {
+            return;
+        }
+        let mut new = old.clone();
+        new["status"] = status;
+        self.commit(st, &def, ns, name, Some(&old), new, false);
+    }
+}
+
+impl State {
+    pub fn def(&self, group: &str, version: &str, plural: &str) -> Option<&ResourceDef> {
+        self.defs
+            .iter()
+            .find(|d| d.group == group && d.version == version && d.plural == plural)
+    }
+
+    pub fn get(&self, def: &ResourceDef, ns: &str, name: &str) -> Option<&Value> {
+        self.objects
+            .get(&res_key(def))
+            .and_then(|m| m.get(&(ns.to_string(), name.to_string())))
+    }
+}
+
+fn parse_json(body: &[u8]) -> Result<Value, ApiError> {
+    serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("invalid JSON: {e}")))
+}
+
+fn check_kind(def: &ResourceDef, obj: &Value) -> Result<(), ApiError> {
+    if let Some(k) = obj["kind"].as_str()
+        && k != def.kind
+    {
+        return Err(ApiError::bad_request(format!(
+            "the kind {k:?} of the body does not match the resource {} (kind {:?})",
+            def.qualified(),
+            def.kind
+        )));
+    }
+    if let Some(av) = obj["apiVersion"].as_str()
+        && av != def.api_version()
+    {
+        return Err(ApiError::bad_request(format!(
+            "the apiVersion {av:?} of the body does not match {:?}",
+            def.api_version()
+        )));
+    }
+    Ok(())
+}
+
+fn validate_name(def: &ResourceDef, name: &str) -> Result<(), ApiError> {
+    let ok = !name.is_empty()
+        && name.len() <= 253
+        && name.chars().all(|c| {
+            c.is_ascii_lowercase()
+                || c.is_ascii_digit()
+                || c == '-'
+                || c == '.'
+                || (c == ':' && def.group.starts_with("rbac"))
+        })
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name.ends_with(|c: char| c.is_ascii_alphanumeric());
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::invalid(
+            def,
+            name,
+            "metadata.name",
+            "Invalid value: a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character",
+        ))
+    }
+}
+
+/// Main-resource writes keep the old status; status writes change only the status.
+fn scoped(def: &ResourceDef, old: &Value, mut new: Value, status_scope: bool) -> Value {
+    if status_scope {
+        let mut out = old.clone();
+        out["status"] = new.get("status").cloned().unwrap_or(Value::Null);
+        if out["status"].is_null()
+            && let Some(m) = out.as_object_mut()
+        {
+            m.remove("status");
+        }
+        // Managed fields come from the new object's bookkeeping.
+        if let Some(mf) = new["metadata"].get("managedFields").cloned() {
+            out["metadata"]["managedFields"] = mf;
+        }
+        return out;
+    }
+    if def.status
+        && let Some(m) = new.as_object_mut()
+    {
+        match old.get("status") {
+            Some(s) => {
+                m.insert("status".into(), s.clone());
+            }
+            None => {
+                m.remove("status");
+            }
+        }
+    }
+    new
+}
+
+fn apply_conflict(def: &ResourceDef, name: &str, conflicts: &[fields::Conflict]) -> ApiError {
+    let n = conflicts.len();
+    let api_version = def.api_version();
+    let message = if n == 1 {
+        format!(
+            "Apply failed with 1 conflict: conflict with \"{}\" using {api_version}: {}",
+            conflicts[0].manager,
+            fields::display(&conflicts[0].path)
+        )
+    } else {
+        let list: Vec<String> = conflicts
+            .iter()
+            .map(|c| {
+                format!(
+                    "- conflict with \"{}\" using {api_version}: {}",
+                    c.manager,
+                    fields::display(&c.path)
+                )
+            })
+            .collect();
+        format!("Apply failed with {n} conflicts:\n{}", list.join("\n"))
+    };
+    let causes: Vec<Value> = conflicts
+        .iter()
+        .map(|c| {
+            json!({"reason": "FieldManagerConflict",
+                "message": format!("conflict with \"{}\" using {api_version}", c.manager),
+                "field": fields::display(&c.path)})
+        })
+        .collect();
+    ApiError::new(409, "Conflict", message).with_details(
+        json!({"name": name, "group": def.group, "kind": def.plural, "causes": causes}),
+    )
+}
+
+/// Marks a CRD Established and NamesAccepted, as the real apiextensions controller does.
+fn establish_crd(crd: &mut Value) {
+    let now = now_rfc3339();
+    let names = crd["spec"]["names"].clone();
+    crd["status"] = json!({
+        "acceptedNames": names,
+        "storedVersions": crd["spec"]["versions"].as_array().map(|vs| vs.iter()
+            .filter(|v| v["storage"] == true).map(|v| v["name"].clone()).collect::<Vec<_>>()).unwrap_or_default(),
+        "conditions": [
+            {"type": "NamesAccepted", "status": "True", "reason": "NoConflicts",
+             "message": "no conflicts found", "lastTransitionTime": now},
+            {"type": "Established", "status": "True", "reason": "InitialNamesAccepted",
+             "message": "the initial names have been accepted", "lastTransitionTime": now}
+        ]
+    });
+}
+
+/// Strategic merge patch, simplified: a JSON merge patch in which lists of objects that all
+/// carry a `name` are merged item by item on `name` (`$patch: delete` removes an item).
+pub fn strategic_merge(doc: &mut Value, patch: &Value) {
+    match (doc, patch) {
+        (Value::Object(d), Value::Object(p)) => {
+            for (k, pv) in p {
+                if k.starts_with("$") {
+                    continue;
+                }
+                if pv.is_null() {
+                    d.remove(k);
+                    continue;
+                }
+                match d.get_mut(k) {
+                    Some(dv) => strategic_merge(dv, pv),
+                    None => {
+                        let mut fresh = Value::Null;
+                        strategic_merge(&mut fresh, pv);
+                        d.insert(k.clone(), fresh);
+                    }
+                }
+            }
+        }
+        (Value::Array(d), Value::Array(p))
+            if fields::is_assoc(p) && (d.is_empty() || fields::is_assoc(d)) =>
+        {
+            for pi in p {
+                let name = pi["name"].clone();
+                let delete = pi["$patch"] == "delete";
+                match d.iter().position(|di| di["name"] == name) {
+                    Some(i) if delete => {
+                        d.remove(i);
+                    }
+                    Some(i) => strategic_merge(&mut d[i], pi),
+                    None if delete => {}
+                    None => {
+                        let mut fresh = Value::Null;
+                        strategic_merge(&mut fresh, pi);
+                        d.push(fresh);
+                    }
+                }
+            }
+        }
+        (d, p) => {
+            if let Value::Object(pm) = p {
+                let mut out = serde_json::Map::new();
+                for (k, v) in pm {
+                    if !v.is_null() && !k.starts_with('$') {
+                        let mut fresh = Value::Null;
+                        strategic_merge(&mut fresh, v);
+                        out.insert(k.clone(), fresh);
+                    }
+                }
+                *d = Value::Object(out);
+            } else {
+                *d = p.clone();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cm_def() -> ResourceDef {
+        discovery::builtin()
+            .into_iter()
+            .find(|d| d.plural == "configmaps")
+            .expect("configmaps")
+    }
+
+    #[test]
+    fn create_get_update_conflict() {
+        let c = Cluster::new("t", 1, 1);
+        let d = cm_def();
+        let q = Query::new();
+        let body =
+            br#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"a"},"data":{"k":"v"}}"#;
+        let created = c.create(&d, "default", body, &q, "test/1").expect("create");
+        assert!(created["metadata"]["uid"].is_string());
+        assert_eq!(
+            c.create(&d, "default", body, &q, "t").map_err(|e| e.code),
+            Err(409)
+        );
+        assert_eq!(
+            c.create(&d, "nope", body, &q, "t").map_err(|e| e.reason),
+            Err("NotFound")
+        );
+        let stale = br#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"a","resourceVersion":"1"},"data":{}}"#;
+        assert_eq!(
+            c.update(&d, "default", "a", None, stale, &q, "t")
+                .map_err(|e| e.reason),
+            Err("Conflict")
+        );
+        assert_eq!(c.get(&d, "default", "b").map_err(|e| e.code), Err(404));
+    }
+
+    #[test]
+    fn finalizers_hold_deletion() {
+        let c = Cluster::new("t", 1, 0);
+        let d = cm_def();
+        let q = Query::new();
+        let body = br#"{"metadata":{"name":"f","finalizers":["x/y"]}}"#;
+        c.create(&d, "default", body, &q, "t").expect("create");
+        let del = c.delete(&d, "default", "f", b"", &q).expect("delete");
+        assert!(del["metadata"]["deletionTimestamp"].is_string());
+        assert!(c.get(&d, "default", "f").is_ok());
+        let p = br#"{"metadata":{"finalizers":null}}"#;
+        c.patch(
+            &d,
+            "default",
+            "f",
+            None,
+            "application/merge-patch+json",
+            p,
+            &q,
+            "t",
+        )
+        .expect("patch");
+        assert!(c.get(&d, "default", "f").is_err());
+    }
+
+    #[test]
+    fn strategic_merges_containers_by_name() {
+        let mut doc =
+            json!({"containers": [{"name": "a", "image": "1"}, {"name": "b", "image": "2"}]});
+        strategic_merge(
+            &mut doc,
+            &json!({"containers": [{"name": "b", "image": "3"}, {"name": "c", "image": "4"}]}),
+        );
+        assert_eq!(doc["containers"].as_array().map(Vec::len), Some(3));
+        assert_eq!(doc["containers"][1]["image"], "3");
+        strategic_merge(
+            &mut doc,
+            &json!({"containers": [{"name": "a", "$patch": "delete"}]}),
+        );
+        assert_eq!(doc["containers"][0]["name"], "b");
+    }
+
+    #[test]
+    fn yaml_bodies_parse() {
+        let v = parse_body(b"a: 1\nb: [x]\n").expect("yaml");
+        assert_eq!(v, json!({"a": 1, "b": ["x"]}));
+        assert!(parse_body(b"a: [").is_err());
+    }
+}

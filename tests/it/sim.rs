@@ -1,0 +1,578 @@
+//! `flotilla sim` driven by the real kubectl on this machine (in-process sims on port 0, plus
+//! one `flotilla sim` child process). kubectl always gets `--kubeconfig` and `--cache-dir` in a
+//! temp dir: ~/.kube is never touched.
+
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::sync::Once;
+use std::time::{Duration, Instant};
+
+use flotilla_sim::{SimConfig, SimHandle};
+
+static VERSION: Once = Once::new();
+
+/// A sim and a kubectl pointed at it.
+struct Kube {
+    dir: tempfile::TempDir,
+    kubeconfig: PathBuf,
+    sim: SimHandle,
+}
+
+impl Kube {
+    fn start(config: SimConfig) -> Kube {
+        VERSION.call_once(|| {
+            let v = Command::new("kubectl")
+                .args(["version", "--client"])
+                .output()
+                .expect("kubectl is installed (.ci/run installs kubernetes-client if missing)");
+            println!(
+                "kubectl version --client:\n{}",
+                String::from_utf8_lossy(&v.stdout)
+            );
+        });
+        let sim = flotilla_sim::start(config).expect("the sim starts");
+        let dir = tempfile::tempdir().expect("temp dir");
+        let kubeconfig = dir.path().join("kubeconfig");
+        std::fs::write(&kubeconfig, sim.kubeconfig()).expect("write kubeconfig");
+        Kube {
+            dir,
+            kubeconfig,
+            sim,
+        }
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new("kubectl");
+        c.arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .arg("--cache-dir")
+            .arg(self.dir.path().join("cache"))
+            .args(["--request-timeout", "20s"])
+            .args(args)
+            .env_remove("KUBECONFIG");
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.command(args).output().expect("kubectl runs")
+    }
+
+    /// Runs kubectl and returns stdout, failing the test if it fails.
+    fn ok(&self, args: &[&str]) -> String {
+        let o = self.run(args);
+        assert!(
+            o.status.success(),
+            "kubectl {args:?} failed: {}\n{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    /// Writes a manifest into the temp dir and returns its path.
+    fn file(&self, name: &str, text: &str) -> String {
+        let p = self.dir.path().join(name);
+        std::fs::write(&p, text).expect("write manifest");
+        p.to_str().expect("UTF-8 temp path").to_string()
+    }
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+const CM: &str = "apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: app
+  labels: {team: a}
+data:
+  color: blue
+  size: big
+";
+
+const DEPLOY: &str = "apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      containers:
+      - name: web
+        image: IMAGE
+        ports: [{containerPort: 80}]
+";
+
+#[test]
+fn sim_discovery_api_resources_and_version() {
+    let k = Kube::start(SimConfig::default());
+    let res = k.ok(&["api-resources"]);
+    for line in [
+        "deployments",
+        "deploy",
+        "configmaps",
+        "customresourcedefinitions",
+        "poddisruptionbudgets",
+        "clusterrolebindings",
+        "ingresses",
+        "cronjobs",
+    ] {
+        assert!(res.contains(line), "{line} missing from:\n{res}");
+    }
+    let cm = res
+        .lines()
+        .find(|l| l.starts_with("configmaps "))
+        .expect("configmaps row");
+    assert!(
+        cm.contains(" cm ") && cm.contains("true") && cm.contains("ConfigMap"),
+        "{cm}"
+    );
+    let v = k.ok(&["version"]);
+    assert!(v.contains("Server Version: v1.32.0-flotilla-sim"), "{v}");
+    let ns = k.ok(&["get", "ns", "-o", "name"]);
+    assert!(
+        ns.contains("namespace/default") && ns.contains("namespace/kube-system"),
+        "{ns}"
+    );
+    let nodes = k.ok(&["get", "nodes", "-o", "name"]);
+    assert_eq!(nodes.lines().count(), 3, "{nodes}");
+}
+
+#[test]
+fn sim_server_side_apply_conflict_force_and_field_removal() {
+    let k = Kube::start(SimConfig::default());
+    let f = k.file("cm.yaml", CM);
+    let out = k.ok(&["apply", "--server-side", "-f", &f]);
+    assert!(out.contains("configmap/app serverside-applied"), "{out}");
+
+    let red = k.file("red.yaml", &CM.replace("blue", "red"));
+    let o = k.run(&[
+        "apply",
+        "--server-side",
+        "--field-manager=other",
+        "-f",
+        &red,
+    ]);
+    assert!(!o.status.success(), "a conflicting apply must fail");
+    let err = stderr(&o);
+    assert!(
+        err.contains("conflict with \"kubectl\"") && err.contains(".data.color"),
+        "the message names the conflict: {err}"
+    );
+    assert!(k.ok(&["get", "cm", "app", "-o", "jsonpath={.data.color}"]) == "blue");
+
+    k.ok(&[
+        "apply",
+        "--server-side",
+        "--field-manager=other",
+        "--force-conflicts",
+        "-f",
+        &red,
+    ]);
+    let yaml = k.ok(&["get", "cm", "app", "-o", "yaml", "--show-managed-fields"]);
+    assert!(yaml.contains("color: red"), "{yaml}");
+    assert!(
+        yaml.contains("managedFields:") && yaml.contains("manager: other"),
+        "{yaml}"
+    );
+    assert!(
+        yaml.contains("operation: Apply") && yaml.contains("f:color: {}"),
+        "{yaml}"
+    );
+    // Without --show-managed-fields kubectl hides them.
+    assert!(
+        !k.ok(&["get", "cm", "app", "-o", "yaml"])
+            .contains("managedFields")
+    );
+
+    // `size` is shared by both managers: dropping it from one manifest keeps it...
+    let no_size = k.file(
+        "nosize.yaml",
+        &CM.replace("blue", "red").replace("  size: big\n", ""),
+    );
+    k.ok(&[
+        "apply",
+        "--server-side",
+        "--field-manager=other",
+        "-f",
+        &no_size,
+    ]);
+    assert_eq!(
+        k.ok(&["get", "cm", "app", "-o", "jsonpath={.data.size}"]),
+        "big"
+    );
+    // ...and dropping it from the last manager that applies it removes it.
+    let kubectl_no_size = k.file(
+        "k.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: app\n  labels: {team: a}\n",
+    );
+    k.ok(&["apply", "--server-side", "-f", &kubectl_no_size]);
+    assert_eq!(
+        k.ok(&["get", "cm", "app", "-o", "jsonpath={.data.size}"]),
+        ""
+    );
+    assert_eq!(
+        k.ok(&["get", "cm", "app", "-o", "jsonpath={.data.color}"]),
+        "red"
+    );
+
+    let audit = k.sim.audit();
+    assert!(
+        audit
+            .iter()
+            .any(|a| a.verb == "patch" && a.field_manager == "other" && a.code == 409)
+    );
+    assert!(
+        audit
+            .iter()
+            .any(|a| a.verb == "patch" && a.field_manager == "kubectl" && a.code == 201)
+    );
+}
+
+#[test]
+fn sim_dry_run_stores_nothing_and_namespaces_must_exist() {
+    let k = Kube::start(SimConfig::default());
+    let f = k.file("cm.yaml", CM);
+    let out = k.ok(&["apply", "--server-side", "--dry-run=server", "-f", &f]);
+    assert!(out.contains("(server dry run)"), "{out}");
+    let o = k.run(&["get", "cm", "app"]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("configmaps \"app\" not found"),
+        "{}",
+        stderr(&o)
+    );
+    let audit = k.sim.audit();
+    assert!(audit.iter().any(|a| a.verb == "patch" && a.dry_run));
+    assert!(!audit.iter().any(|a| a.is_mutation()), "{audit:?}");
+
+    let o = k.run(&["apply", "--server-side", "-n", "missing", "-f", &f]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("namespaces \"missing\" not found"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn sim_get_watch_streams_added_and_deleted() {
+    let k = Kube::start(SimConfig::default());
+    let mut watch = k
+        .command(&["get", "configmaps", "-w", "--output-watch-events"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("kubectl get -w starts");
+    // Let the watch establish (list, then watch from its resourceVersion).
+    std::thread::sleep(Duration::from_millis(700));
+    let f = k.file("cm.yaml", CM);
+    k.ok(&["apply", "--server-side", "-f", &f]);
+    k.ok(&["delete", "configmap", "app"]);
+    std::thread::sleep(Duration::from_millis(700));
+    watch.kill().expect("stop the watch");
+    let out = watch.wait_with_output().expect("watch output");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("ADDED") && l.contains("app")),
+        "{text}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("DELETED") && l.contains("app")),
+        "{text}"
+    );
+}
+
+#[test]
+fn sim_delete_waits_for_finalizers() {
+    let k = Kube::start(SimConfig::default());
+    let f = k.file(
+        "cm.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: held\n  finalizers: [example.com/hold]\n",
+    );
+    k.ok(&["apply", "--server-side", "-f", &f]);
+    k.ok(&["delete", "cm", "held", "--wait=false"]);
+    let ts = k.ok(&[
+        "get",
+        "cm",
+        "held",
+        "-o",
+        "jsonpath={.metadata.deletionTimestamp}",
+    ]);
+    assert!(!ts.is_empty(), "marked for deletion, still there");
+    k.ok(&[
+        "patch",
+        "cm",
+        "held",
+        "--type=merge",
+        "-p",
+        r#"{"metadata":{"finalizers":null}}"#,
+    ]);
+    let o = k.run(&["get", "cm", "held"]);
+    assert!(stderr(&o).contains("not found"), "{}", stderr(&o));
+}
+
+#[test]
+fn sim_patch_types_replace_conflict_and_status_subresource() {
+    let k = Kube::start(SimConfig {
+        ready_delay: Duration::from_secs(3600),
+        ..Default::default()
+    });
+    let f = k.file("d.yaml", &DEPLOY.replace("IMAGE", "nginx:1"));
+    k.ok(&["apply", "--server-side", "-f", &f]);
+    let generation = |k: &Kube| {
+        k.ok(&[
+            "get",
+            "deploy",
+            "web",
+            "-o",
+            "jsonpath={.metadata.generation}",
+        ])
+    };
+    assert_eq!(generation(&k), "1");
+    // Strategic merge (kubectl's default): containers merge by name.
+    k.ok(&[
+        "patch",
+        "deploy",
+        "web",
+        "-p",
+        r#"{"spec":{"template":{"spec":{"containers":[{"name":"side","image":"busybox"}]}}}}"#,
+    ]);
+    let names = k.ok(&[
+        "get",
+        "deploy",
+        "web",
+        "-o",
+        "jsonpath={.spec.template.spec.containers[*].name}",
+    ]);
+    assert_eq!(names, "web side");
+    assert_eq!(generation(&k), "2");
+    k.ok(&[
+        "patch",
+        "deploy",
+        "web",
+        "--type=json",
+        "-p",
+        r#"[{"op":"replace","path":"/spec/replicas","value":5}]"#,
+    ]);
+    k.ok(&[
+        "patch",
+        "deploy",
+        "web",
+        "--type=merge",
+        "-p",
+        r#"{"metadata":{"labels":{"x":"y"}}}"#,
+    ]);
+    assert_eq!(
+        k.ok(&[
+            "get",
+            "deploy",
+            "web",
+            "-o",
+            "jsonpath={.spec.replicas}/{.metadata.labels.x}"
+        ]),
+        "5/y"
+    );
+    assert_eq!(
+        generation(&k),
+        "3",
+        "a label change does not bump the generation"
+    );
+
+    // The main resource ignores status; the status subresource changes only status.
+    k.ok(&[
+        "patch",
+        "deploy",
+        "web",
+        "--type=merge",
+        "-p",
+        r#"{"status":{"replicas":42}}"#,
+    ]);
+    assert_eq!(
+        k.ok(&["get", "deploy", "web", "-o", "jsonpath={.status.replicas}"]),
+        ""
+    );
+    k.ok(&[
+        "patch",
+        "deploy",
+        "web",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        r#"{"status":{"replicas":42},"spec":{"replicas":9}}"#,
+    ]);
+    assert_eq!(
+        k.ok(&[
+            "get",
+            "deploy",
+            "web",
+            "-o",
+            "jsonpath={.status.replicas}/{.spec.replicas}"
+        ]),
+        "42/5"
+    );
+
+    // Optimistic concurrency: a replace with a stale resourceVersion is a 409.
+    let stale = k.file(
+        "stale.yaml",
+        &DEPLOY.replace("IMAGE", "nginx:2").replace(
+            "name: web\nspec",
+            "name: web\n  resourceVersion: \"1\"\nspec",
+        ),
+    );
+    let o = k.run(&["replace", "-f", &stale]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("the object has been modified"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn sim_crd_then_custom_resource() {
+    let k = Kube::start(SimConfig::default());
+    let crd = k.file(
+        "crd.yaml",
+        "apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata:
+  name: widgets.example.com
+spec:
+  group: example.com
+  scope: Namespaced
+  names: {plural: widgets, singular: widget, kind: Widget, shortNames: [wd]}
+  versions:
+  - name: v1
+    served: true
+    storage: true
+    subresources: {status: {}}
+    schema:
+      openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}
+",
+    );
+    k.ok(&["apply", "--server-side", "-f", &crd]);
+    k.ok(&[
+        "wait",
+        "--for=condition=Established",
+        "crd/widgets.example.com",
+        "--timeout=10s",
+    ]);
+    let w = k.file(
+        "w.yaml",
+        "apiVersion: example.com/v1\nkind: Widget\nmetadata: {name: w1}\nspec: {size: 3}\n",
+    );
+    k.ok(&["apply", "--server-side", "-f", &w]);
+    assert_eq!(
+        k.ok(&["get", "wd", "-o", "name"]).trim(),
+        "widget.example.com/w1"
+    );
+    let res = k.ok(&["api-resources", "--api-group=example.com"]);
+    assert!(
+        res.contains("widgets") && res.contains("wd") && res.contains("Widget"),
+        "{res}"
+    );
+    k.ok(&["delete", "-f", &w]);
+    // Deleting the CRD removes the resource from discovery.
+    k.ok(&["delete", "-f", &crd]);
+    let o = k.run(&["get", "widgets.example.com"]);
+    assert!(!o.status.success());
+}
+
+#[test]
+fn sim_rollout_status_completes_and_unready_images_never_do() {
+    let config = SimConfig {
+        ready_delay: Duration::from_millis(300),
+        ..Default::default()
+    }
+    .unready_images("broken")
+    .expect("regex");
+    let k = Kube::start(config);
+    let good = k.file("good.yaml", &DEPLOY.replace("IMAGE", "nginx:1.27"));
+    k.ok(&["apply", "--server-side", "-f", &good]);
+    let out = k.ok(&["rollout", "status", "deployment/web", "--timeout=20s"]);
+    assert!(out.contains("successfully rolled out"), "{out}");
+    assert_eq!(
+        k.ok(&[
+            "get",
+            "deploy",
+            "web",
+            "-o",
+            "jsonpath={.status.availableReplicas}"
+        ]),
+        "2"
+    );
+
+    let bad = k.file("bad.yaml", &DEPLOY.replace("IMAGE", "example/broken:1"));
+    k.ok(&["apply", "--server-side", "-f", &bad]);
+    let started = Instant::now();
+    let o = k.run(&["rollout", "status", "deployment/web", "--timeout=2s"]);
+    assert!(!o.status.success(), "a held image never rolls out");
+    assert!(started.elapsed() >= Duration::from_secs(2));
+}
+
+#[test]
+fn sim_cli_serves_many_clusters_under_one_port() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let kc = dir.path().join("kubeconfig");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_flotilla"))
+        .args([
+            "sim",
+            "--clusters",
+            "3",
+            "--listen",
+            "127.0.0.1:0",
+            "--kubeconfig-out",
+        ])
+        .arg(&kc)
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("flotilla sim starts");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !kc.exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let text = std::fs::read_to_string(&kc).expect("kubeconfig written");
+    assert!(
+        text.contains("/clusters/sim-3") && text.contains("current-context: sim-1"),
+        "{text}"
+    );
+    let kubectl = |ctx: &str, args: &[&str]| {
+        Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(&kc)
+            .arg("--cache-dir")
+            .arg(dir.path().join("cache"))
+            .args(["--context", ctx])
+            .args(args)
+            .output()
+            .expect("kubectl runs")
+    };
+    let cm = dir.path().join("cm.yaml");
+    std::fs::write(&cm, CM).expect("write");
+    let cm = cm.to_str().expect("utf-8");
+    assert!(
+        kubectl("sim-2", &["apply", "--server-side", "-f", cm])
+            .status
+            .success()
+    );
+    assert!(kubectl("sim-2", &["get", "cm", "app"]).status.success());
+    assert!(
+        !kubectl("sim-3", &["get", "cm", "app"]).status.success(),
+        "clusters are separate"
+    );
+    // Stop it like an operator would: SIGTERM to its PID.
+    let term = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(term.success());
+    let status = child.wait().expect("the sim exits");
+    assert!(status.success(), "clean exit on SIGTERM: {status:?}");
+}
