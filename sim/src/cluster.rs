@@ -436,6 +436,7 @@ impl Cluster {
         let st = self.lock();
         let mut items = Vec::new();
         let mut next = None;
+        let mut last = None;
         if let Some(objs) = st.objects.get(&res_key(def)) {
             for ((ons, oname), obj) in objs {
                 if ns.is_some_and(|n| n != ons) {
@@ -448,10 +449,12 @@ impl Cluster {
                     continue;
                 }
                 if limit > 0 && items.len() == limit {
-                    next = Some(hex(&format!("{ons}\0{oname}")));
+                    // More remain: continue after the last item returned.
+                    next = last.map(|(n, m): (&String, &String)| hex(&format!("{n}\0{m}")));
                     break;
                 }
                 items.push(obj.clone());
+                last = Some((ons, oname));
             }
         }
         let mut meta = json!({"resourceVersion": st.rv.to_string()});

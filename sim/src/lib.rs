@@ -346,3 +346,173 @@ pub fn run_until_signal(
     handle.shutdown();
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+
+    use super::*;
+
+    /// One raw HTTP/1.1 request; returns the status code and the whole response text.
+    fn http(addr: SocketAddr, method: &str, path: &str, ctype: &str, body: &str) -> (u16, String) {
+        let mut s = std::net::TcpStream::connect(addr).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        let req = format!(
+            "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        s.write_all(req.as_bytes()).expect("write");
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        let code = out.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
+        (code, out)
+    }
+
+    fn sim() -> SimHandle {
+        start(SimConfig {
+            bookmark_interval: Duration::from_millis(200),
+            ..Default::default()
+        })
+        .expect("start")
+    }
+
+    const CMS: &str = "/clusters/sim-1/api/v1/namespaces/default/configmaps";
+
+    #[test]
+    fn malformed_requests_are_status_400s() {
+        let s = sim();
+        let a = s.addr();
+        for (method, path, ctype, body) in [
+            ("POST", CMS, "application/json", "{not json"),
+            ("POST", CMS, "application/json", "[1,2]"),
+            ("POST", CMS, "application/json", "{\"metadata\": 5}"),
+            (
+                "PATCH",
+                &format!("{CMS}/x?fieldManager=m"),
+                "application/apply-patch+yaml",
+                "a: [",
+            ),
+            ("GET", &format!("{CMS}?labelSelector=a%20b%20c"), "", ""),
+            ("GET", &format!("{CMS}?limit=x"), "", ""),
+            ("GET", &format!("{CMS}?continue=zz"), "", ""),
+            ("GET", &format!("{CMS}?fieldSelector=spec.x%3D1"), "", ""),
+        ] {
+            let (code, text) = http(a, method, path, ctype, body);
+            assert!(code == 400 || code == 422, "{method} {path} {body}: {text}");
+            assert!(
+                text.contains("\"kind\":\"Status\"") && text.contains("\"status\":\"Failure\""),
+                "{text}"
+            );
+        }
+        let (code, text) = http(a, "GET", "/clusters/sim-9/api", "", "");
+        assert_eq!(code, 404, "{text}");
+        let (code, text) = http(
+            a,
+            "PATCH",
+            &format!("{CMS}/x"),
+            "application/apply-patch+yaml",
+            "{}",
+        );
+        assert_eq!(code, 422, "fieldManager is required: {text}");
+        let (code, _) = http(
+            a,
+            "POST",
+            CMS,
+            "application/vnd.kubernetes.protobuf",
+            "k8s\0",
+        );
+        assert_eq!(code, 415);
+        // The server survived all of it.
+        assert_eq!(http(a, "GET", "/clusters/sim-1/version", "", "").0, 200);
+    }
+
+    #[test]
+    fn list_pages_with_limit_and_continue() {
+        let s = sim();
+        let a = s.addr();
+        for n in ["a", "b", "c"] {
+            let body =
+                format!("{{\"metadata\":{{\"name\":\"{n}\",\"labels\":{{\"k\":\"{n}\"}}}}}}");
+            assert_eq!(http(a, "POST", CMS, "application/json", &body).0, 201);
+        }
+        let (_, text) = http(a, "GET", &format!("{CMS}?limit=2"), "", "");
+        let json_start = text.find("\r\n\r\n").map(|i| i + 4).unwrap_or(0);
+        let body = &text[json_start..];
+        let token = body
+            .split("\"continue\":\"")
+            .nth(1)
+            .and_then(|r| r.split('"').next())
+            .expect("a continue token");
+        let (_, rest) = http(a, "GET", &format!("{CMS}?limit=2&continue={token}"), "", "");
+        assert!(
+            rest.contains("\"name\":\"c\"") && !rest.contains("\"name\":\"a\""),
+            "{rest}"
+        );
+        let (_, sel) = http(
+            a,
+            "GET",
+            &format!("{CMS}?labelSelector=k%20notin%20(a,b)"),
+            "",
+            "",
+        );
+        assert!(
+            sel.contains("\"name\":\"c\"") && !sel.contains("\"name\":\"b\""),
+            "{sel}"
+        );
+    }
+
+    #[test]
+    fn watch_replays_from_resource_version_with_bookmarks() {
+        let s = sim();
+        let a = s.addr();
+        let (_, list) = http(a, "GET", CMS, "", "");
+        let rv: u64 = list
+            .split("\"resourceVersion\":\"")
+            .nth(1)
+            .and_then(|r| r.split('"').next())
+            .and_then(|r| r.parse().ok())
+            .expect("list resourceVersion");
+        http(
+            a,
+            "POST",
+            CMS,
+            "application/json",
+            "{\"metadata\":{\"name\":\"w\"}}",
+        );
+        http(
+            a,
+            "PATCH",
+            &format!("{CMS}/w"),
+            "application/merge-patch+json",
+            "{\"data\":{\"x\":\"1\"}}",
+        );
+        http(a, "DELETE", &format!("{CMS}/w"), "application/json", "");
+        let (code, text) = http(
+            a,
+            "GET",
+            &format!(
+                "{CMS}?watch=1&resourceVersion={rv}&allowWatchBookmarks=true&timeoutSeconds=1"
+            ),
+            "",
+            "",
+        );
+        assert_eq!(code, 200);
+        let added = text.find("{\"type\":\"ADDED\"").expect("ADDED");
+        let modified = text.find("{\"type\":\"MODIFIED\"").expect("MODIFIED");
+        let deleted = text.find("{\"type\":\"DELETED\"").expect("DELETED");
+        assert!(added < modified && modified < deleted, "{text}");
+        assert!(text.contains("{\"type\":\"BOOKMARK\""), "{text}");
+        let audit = s.audit();
+        assert!(audit.iter().any(|r| r.verb == "watch"));
+        assert_eq!(audit.iter().filter(|r| r.is_mutation()).count(), 3);
+    }
+
+    #[test]
+    fn kubeconfig_has_a_context_per_cluster() {
+        let names = cluster_names(2);
+        let k = kubeconfig(SocketAddr::from(([127, 0, 0, 1], 80)), &names);
+        assert!(k.contains("server: http://127.0.0.1:80/clusters/sim-2"));
+        assert!(k.contains("- name: sim-1\n  context:"));
+    }
+}

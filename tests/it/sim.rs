@@ -576,3 +576,64 @@ fn sim_cli_serves_many_clusters_under_one_port() {
     let status = child.wait().expect("the sim exits");
     assert!(status.success(), "clean exit on SIGTERM: {status:?}");
 }
+
+#[test]
+fn sim_selectors_chunks_client_side_apply_and_diff() {
+    let k = Kube::start(SimConfig::default());
+    for (name, team) in [("a1", "a"), ("b1", "b"), ("c1", "c")] {
+        let f = k.file(
+            &format!("{name}.yaml"),
+            &format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\n  labels: {{team: {team}}}\ndata: {{k: v}}\n"),
+        );
+        // Client-side apply: kubectl computes the patch itself (strategic merge after create).
+        k.ok(&["apply", "-f", &f]);
+    }
+    let got = k.ok(&[
+        "get",
+        "cm",
+        "-l",
+        "team in (a,b)",
+        "--chunk-size=1",
+        "-o",
+        "name",
+    ]);
+    assert_eq!(got, "configmap/a1\nconfigmap/b1\n");
+    let got = k.ok(&["get", "cm", "-l", "team!=a,team", "-o", "name"]);
+    assert_eq!(got, "configmap/b1\nconfigmap/c1\n");
+    let got = k.ok(&[
+        "get",
+        "cm",
+        "--field-selector",
+        "metadata.name=c1",
+        "-o",
+        "name",
+        "-A",
+    ]);
+    assert_eq!(got, "configmap/c1\n");
+
+    let changed = k.file(
+        "a1-changed.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: a1\n  labels: {team: a}\ndata: {k: changed}\n",
+    );
+    let o = k.run(&["diff", "-f", &changed]);
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "diff exits 1 when there are differences"
+    );
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains("-  k: v") && out.contains("+  k: changed"),
+        "{out}"
+    );
+    assert_eq!(
+        k.ok(&["get", "cm", "a1", "-o", "jsonpath={.data.k}"]),
+        "v",
+        "diff changes nothing"
+    );
+    k.ok(&["apply", "-f", &changed]);
+    assert_eq!(
+        k.ok(&["get", "cm", "a1", "-o", "jsonpath={.data.k}"]),
+        "changed"
+    );
+}
