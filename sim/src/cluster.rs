@@ -729,6 +729,98 @@ impl Cluster {
         ))
     }
 
+    /// The scale subresource (autoscaling/v1 Scale) of deployments, statefulsets and
+    /// replicasets: GET, PUT and PATCH (merge, JSON, strategic) of `spec.replicas`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn scale(
+        &self,
+        def: &ResourceDef,
+        ns: &str,
+        name: &str,
+        method: &hyper::Method,
+        content_type: &str,
+        body: &[u8],
+        q: &Query,
+        user_agent: &str,
+    ) -> Result<Value, ApiError> {
+        let dry = dry_run(q)?;
+        let mut st = self.lock();
+        let old = st
+            .get(def, ns, name)
+            .cloned()
+            .ok_or_else(|| ApiError::not_found(def, name))?;
+        let current = scale_of(&old);
+        if method == hyper::Method::GET {
+            return Ok(current);
+        }
+        let ct = content_type.split(';').next().unwrap_or("").trim();
+        let wanted = if method == hyper::Method::PUT {
+            let v = parse_body(body)?;
+            if let Some(rv) = v["metadata"]["resourceVersion"].as_str()
+                && !rv.is_empty()
+                && Some(rv) != old["metadata"]["resourceVersion"].as_str()
+            {
+                return Err(ApiError::conflict(def, name));
+            }
+            v
+        } else {
+            let mut doc = current.clone();
+            match ct {
+                "application/json-patch+json" => {
+                    let p: json_patch::Patch = serde_json::from_slice(body)
+                        .map_err(|e| ApiError::bad_request(format!("invalid JSON patch: {e}")))?;
+                    json_patch::patch(&mut doc, &p).map_err(|e| {
+                        ApiError::new(422, "Invalid", format!("the JSON patch failed: {e}"))
+                    })?;
+                }
+                "application/merge-patch+json" | "application/strategic-merge-patch+json" => {
+                    json_patch::merge(&mut doc, &parse_json(body)?);
+                }
+                other => {
+                    return Err(ApiError::new(
+                        415,
+                        "UnsupportedMediaType",
+                        format!("unsupported patch type for scale: {other:?}"),
+                    ));
+                }
+            }
+            doc
+        };
+        let replicas = wanted["spec"]["replicas"].as_i64().ok_or_else(|| {
+            ApiError::new(
+                422,
+                "Invalid",
+                "Scale.autoscaling \"\" is invalid: spec.replicas: Required value",
+            )
+        })?;
+        if replicas < 0 {
+            return Err(ApiError::new(
+                422,
+                "Invalid",
+                format!(
+                    "Scale.autoscaling \"{name}\" is invalid: spec.replicas: Invalid value: {replicas}: must be greater than or equal to 0"
+                ),
+            ));
+        }
+        let mut new = old.clone();
+        match new.get_mut("spec").and_then(Value::as_object_mut) {
+            Some(spec) => {
+                spec.insert("replicas".into(), json!(replicas));
+            }
+            None => return Err(ApiError::invalid(def, name, "spec", "Required value")),
+        }
+        fields::record_update(
+            Some(&old),
+            &mut new,
+            &Self::manager(q, user_agent),
+            &def.api_version(),
+            &now_rfc3339(),
+            false,
+        );
+        let stored = self.commit(&mut st, def, ns, name, Some(&old), new, dry);
+        Ok(scale_of(&stored))
+    }
+
     /// DELETE: objects with finalizers get a deletionTimestamp and stay until they are gone.
     pub fn delete(
         &self,
@@ -1044,6 +1136,28 @@ fn apply_conflict(def: &ResourceDef, name: &str, conflicts: &[fields::Conflict])
     ApiError::new(409, "Conflict", message).with_details(
         json!({"name": name, "group": def.group, "kind": def.plural, "causes": causes}),
     )
+}
+
+/// The autoscaling/v1 Scale view of a workload.
+fn scale_of(obj: &Value) -> Value {
+    let selector = obj["spec"]["selector"]["matchLabels"]
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .unwrap_or_default();
+    let meta = &obj["metadata"];
+    json!({
+        "kind": "Scale",
+        "apiVersion": "autoscaling/v1",
+        "metadata": {"name": meta["name"], "namespace": meta["namespace"], "uid": meta["uid"],
+            "resourceVersion": meta["resourceVersion"], "creationTimestamp": meta["creationTimestamp"]},
+        "spec": {"replicas": obj["spec"]["replicas"].as_i64().unwrap_or(1)},
+        "status": {"replicas": obj["status"]["replicas"].as_i64().unwrap_or(0), "selector": selector}
+    })
 }
 
 /// Marks a CRD Established and NamesAccepted, as the real apiextensions controller does.

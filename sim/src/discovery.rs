@@ -27,6 +27,15 @@ impl ResourceDef {
         }
     }
 
+    /// Whether `.../scale` is served (autoscaling/v1 Scale over `spec.replicas`).
+    pub fn has_scale(&self) -> bool {
+        self.group == "apps"
+            && matches!(
+                self.plural.as_str(),
+                "deployments" | "statefulsets" | "replicasets"
+            )
+    }
+
     /// `deployments.apps` (as in real error messages), `configmaps` for the core group.
     pub fn qualified(&self) -> String {
         if self.group.is_empty() {
@@ -257,6 +266,17 @@ pub fn resource_list(defs: &[ResourceDef], group: &str, version: &str) -> Value 
                 "singularName": "",
                 "namespaced": d.namespaced,
                 "kind": d.kind,
+                "verbs": ["get", "patch", "update"],
+            }));
+        }
+        if d.has_scale() {
+            resources.push(json!({
+                "name": format!("{}/scale", d.plural),
+                "singularName": "",
+                "namespaced": d.namespaced,
+                "group": "autoscaling",
+                "version": "v1",
+                "kind": "Scale",
                 "verbs": ["get", "patch", "update"],
             }));
         }

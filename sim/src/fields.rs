@@ -449,7 +449,15 @@ pub fn record_update(
     status_scope: bool,
 ) {
     let subresource = if status_scope { "status" } else { "" };
-    let mut managed = old.map(read_managed).unwrap_or_default();
+    // A write that sets managedFields itself (kubectl's client-side-apply upgrade, a restore
+    // of an exported object) replaces the recorded ownership, as in Kubernetes.
+    let user_set = new["metadata"].get("managedFields").is_some()
+        && old.is_none_or(|o| o["metadata"]["managedFields"] != new["metadata"]["managedFields"]);
+    let mut managed = if user_set {
+        read_managed(new)
+    } else {
+        old.map(read_managed).unwrap_or_default()
+    };
     let new_fields = fields_of(new, status_scope);
     let changed: FieldSet = new_fields
         .iter()

@@ -244,7 +244,7 @@ fn resource(ctx: &Ctx, group: &str, version: &str, tail: &[&str]) -> Result<Resp
         _ => return Err(ApiError::not_found_path(&tail.join("/"))),
     };
     if let Some(s) = sub
-        && !(s == "status" && def.status)
+        && !(s == "status" && def.status || s == "scale" && def.has_scale())
     {
         return Err(ApiError::not_found_path(&format!("{}/{s}", def.plural)));
     }
@@ -265,6 +265,24 @@ fn resource(ctx: &Ctx, group: &str, version: &str, tail: &[&str]) -> Result<Resp
         (Method::GET, None) => {
             verb = "list";
             c.list(&def, ns, q).map(|v| (200, v))
+        }
+        (m, Some(n)) if sub == Some("scale") => {
+            verb = match m {
+                Method::GET => "get",
+                Method::PUT => "update",
+                _ => "patch",
+            };
+            c.scale(
+                &def,
+                ns_str,
+                n,
+                &m,
+                ctx.content_type,
+                ctx.body,
+                q,
+                ctx.user_agent,
+            )
+            .map(|v| (200, v))
         }
         (Method::GET, Some(n)) => {
             verb = "get";

@@ -508,9 +508,38 @@ fn sim_rollout_status_completes_and_unready_images_never_do() {
         ]),
         "2"
     );
+    let field = |k: &Kube, path: &str| {
+        k.ok(&[
+            "get",
+            "deploy",
+            "web",
+            "-o",
+            &format!("jsonpath={{{path}}}"),
+        ])
+    };
+    // The scale subresource, then a second rollout.
+    k.ok(&["scale", "deployment/web", "--replicas=4"]);
+    assert_eq!(field(&k, ".spec.replicas"), "4");
+    let out = k.ok(&["rollout", "status", "deployment/web", "--timeout=20s"]);
+    assert!(out.contains("successfully rolled out"), "{out}");
+    assert_eq!(field(&k, ".status.availableReplicas"), "4");
+
+    // Another manager changing the image conflicts on exactly that field.
+    let other = k.file("other.yaml", &DEPLOY.replace("IMAGE", "nginx:1.28"));
+    let o = k.run(&["apply", "--server-side", "--field-manager=ci", "-f", &other]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains(".spec.template.spec.containers[name=\"web\"].image"),
+        "{}",
+        stderr(&o)
+    );
 
     let bad = k.file("bad.yaml", &DEPLOY.replace("IMAGE", "example/broken:1"));
-    k.ok(&["apply", "--server-side", "-f", &bad]);
+    // `kubectl scale` made "kubectl" (operation Update) own spec.replicas: as on a real
+    // server, the applier must force to take it back.
+    let o = k.run(&["apply", "--server-side", "-f", &bad]);
+    assert!(stderr(&o).contains(".spec.replicas"), "{}", stderr(&o));
+    k.ok(&["apply", "--server-side", "--force-conflicts", "-f", &bad]);
     let started = Instant::now();
     let o = k.run(&["rollout", "status", "deployment/web", "--timeout=2s"]);
     assert!(!o.status.success(), "a held image never rolls out");
