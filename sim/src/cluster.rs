@@ -54,6 +54,9 @@ pub struct Cluster {
     index: u64,
     state: Mutex<State>,
     pub events: broadcast::Sender<Arc<Event>>,
+    faults: Mutex<crate::faults::FaultState>,
+    /// A per-cluster override of the unready-images setting.
+    unready: Mutex<Option<regex::Regex>>,
 }
 
 pub fn now_rfc3339() -> String {
@@ -156,6 +159,8 @@ impl Cluster {
                 pending: HashMap::new(),
             }),
             events,
+            faults: Mutex::new(crate::faults::FaultState::default()),
+            unready: Mutex::new(None),
         };
         c.seed(nodes);
         c
@@ -189,6 +194,40 @@ impl Cluster {
                 let _ = self.commit(&mut st, &d, "", &name, None, obj, false);
             }
         }
+    }
+
+    pub fn set_faults(&self, faults: crate::faults::Faults) {
+        self.faults
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .set(faults);
+    }
+
+    pub fn faults(&self) -> crate::faults::Faults {
+        self.faults
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .faults
+            .clone()
+    }
+
+    /// What the faults say to do with the next request.
+    pub fn decide(&self) -> crate::faults::Decision {
+        self.faults
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .decide()
+    }
+
+    pub fn set_unready_images(&self, re: Option<regex::Regex>) {
+        *self.unready.lock().unwrap_or_else(|e| e.into_inner()) = re;
+    }
+
+    pub fn unready_images(&self) -> Option<regex::Regex> {
+        self.unready
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     pub fn lock(&self) -> MutexGuard<'_, State> {

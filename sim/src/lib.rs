@@ -6,6 +6,7 @@
 pub mod cluster;
 pub mod discovery;
 pub mod error;
+pub mod faults;
 pub mod fields;
 pub mod openapi;
 pub mod select;
@@ -22,6 +23,7 @@ use tokio::sync::watch;
 
 pub use cluster::Cluster;
 pub use error::ApiError;
+pub use faults::Faults;
 
 /// Errors starting or running the sim.
 #[derive(Debug, thiserror::Error)]
@@ -190,6 +192,28 @@ impl SimHandle {
     /// The kubeconfig text for this sim.
     pub fn kubeconfig(&self) -> String {
         kubeconfig(self.addr, &self.cluster_names())
+    }
+
+    /// Sets the faults of one cluster (false if there is no such cluster).
+    pub fn set_faults(&self, cluster: &str, faults: Faults) -> bool {
+        match self.cluster(cluster) {
+            Some(c) => {
+                c.set_faults(faults);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Overrides `--unready-images` for one cluster at runtime (`None`: the global setting).
+    pub fn set_unready_images(&self, cluster: &str, re: Option<regex::Regex>) -> bool {
+        match self.cluster(cluster) {
+            Some(c) => {
+                c.set_unready_images(re);
+                true
+            }
+            None => false,
+        }
     }
 
     /// A copy of the audit log so far.
@@ -506,6 +530,69 @@ mod tests {
         let audit = s.audit();
         assert!(audit.iter().any(|r| r.verb == "watch"));
         assert_eq!(audit.iter().filter(|r| r.is_mutation()).count(), 3);
+    }
+
+    #[test]
+    fn faults_from_the_admin_endpoint_and_the_rust_api() {
+        let s = sim();
+        let a = s.addr();
+        let faults = "{\"errorRate\": 0.5, \"errorCode\": 429, \"latencyMs\": 20}";
+        let (code, text) = http(
+            a,
+            "PUT",
+            "/admin/clusters/sim-1/faults",
+            "application/json",
+            faults,
+        );
+        assert_eq!(code, 200, "{text}");
+        let started = std::time::Instant::now();
+        let codes: Vec<u16> = (0..4)
+            .map(|_| http(a, "GET", "/clusters/sim-1/api/v1/namespaces", "", "").0)
+            .collect();
+        assert_eq!(codes.iter().filter(|c| **c == 429).count(), 2, "{codes:?}");
+        assert!(
+            started.elapsed() >= Duration::from_millis(80),
+            "latency applies"
+        );
+        let (_, text) = http(a, "GET", "/clusters/sim-1/version", "", "");
+        assert!(
+            text.contains("TooManyRequests") || text.contains("gitVersion"),
+            "{text}"
+        );
+        // Other clusters are unaffected; bad fault documents are 400s.
+        let s2 = start(SimConfig {
+            clusters: 2,
+            ..Default::default()
+        })
+        .expect("start");
+        assert!(s2.set_faults(
+            "sim-2",
+            Faults {
+                partition: true,
+                ..Default::default()
+            }
+        ));
+        let (code, text) = http(s2.addr(), "GET", "/clusters/sim-2/api", "", "");
+        assert_eq!(code, 0, "a partition answers nothing: {text}");
+        assert_eq!(http(s2.addr(), "GET", "/clusters/sim-1/api", "", "").0, 200);
+        assert!(!s2.set_faults("sim-9", Faults::default()));
+        let (code, _) = http(
+            a,
+            "PUT",
+            "/admin/clusters/sim-1/faults",
+            "application/json",
+            "{\"errorRate\": 7}",
+        );
+        assert_eq!(code, 400);
+        let (code, _) = http(
+            a,
+            "PUT",
+            "/admin/clusters/sim-1/faults",
+            "application/json",
+            "{}",
+        );
+        assert_eq!(code, 200);
+        assert_eq!(http(a, "GET", "/clusters/sim-1/api", "", "").0, 200);
     }
 
     #[test]

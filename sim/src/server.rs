@@ -91,12 +91,20 @@ fn decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// A simulated fault: the connection is closed without an answer.
+#[derive(Debug, thiserror::Error)]
+#[error("connection dropped by a simulated fault")]
+pub struct Dropped;
+
 /// Entry point for one HTTP request.
-pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Resp, Infallible> {
+pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Resp, Dropped> {
     let path = req.uri().path().to_string();
     let query = parse_query(req.uri().query());
     tracing::debug!(method = %req.method(), %path, accept = ?req.headers().get("accept"), "request");
     let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    if let ["admin", "clusters", name, "faults"] = segs.as_slice() {
+        return Ok(admin_faults(&shared, name, req).await);
+    }
     if segs.len() < 2 || segs[0] != "clusters" {
         if path == "/healthz" || path == "/readyz" || path == "/livez" {
             return Ok(Response::new(Full::new(Bytes::from_static(b"ok")).boxed()));
@@ -110,6 +118,33 @@ pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Resp,
             format!("no simulated cluster named {:?}", segs[1]),
         )));
     };
+    match cluster.decide() {
+        crate::faults::Decision::Drop => return Err(Dropped),
+        decision => {
+            let latency = cluster.faults().latency;
+            if !latency.is_zero() {
+                tokio::time::sleep(latency).await;
+            }
+            if let crate::faults::Decision::Error(code) = decision {
+                let reason = match code {
+                    429 => "TooManyRequests",
+                    500 => "InternalError",
+                    503 => "ServiceUnavailable",
+                    _ => "InternalError",
+                };
+                let mut r = error_response(&ApiError::new(
+                    code,
+                    reason,
+                    format!("simulated fault: {code} from cluster {}", cluster.name),
+                ));
+                if code == 429 || code == 503 {
+                    r.headers_mut()
+                        .insert("retry-after", hyper::header::HeaderValue::from_static("1"));
+                }
+                return Ok(r);
+            }
+        }
+    }
     let rest: Vec<String> = segs[2..].iter().map(|s| decode(s)).collect();
     let rest: Vec<&str> = rest.iter().map(String::as_str).collect();
     let method = req.method().clone();
@@ -160,6 +195,39 @@ pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Resp,
         Ok(r) => r,
         Err(e) => error_response(&e),
     })
+}
+
+/// `GET|PUT /admin/clusters/NAME/faults`: read or set a cluster's faults (JSON, see
+/// `Faults::from_json`). Admin requests are never subject to faults.
+async fn admin_faults(shared: &Shared, name: &str, req: Request<Incoming>) -> Resp {
+    let Some(cluster) = shared.clusters.iter().find(|c| c.name == name).cloned() else {
+        return error_response(&ApiError::new(
+            404,
+            "NotFound",
+            format!("no simulated cluster named {name:?}"),
+        ));
+    };
+    match *req.method() {
+        Method::GET => json_response(200, &cluster.faults().to_json()),
+        Method::PUT => {
+            let body = match Limited::new(req.into_body(), 64 << 10).collect().await {
+                Ok(b) => b.to_bytes(),
+                Err(_) => return error_response(&ApiError::bad_request("unreadable body")),
+            };
+            let parsed = serde_json::from_slice::<Value>(&body)
+                .map_err(|e| e.to_string())
+                .and_then(|v| crate::faults::Faults::from_json(&v));
+            match parsed {
+                Ok(f) => {
+                    tracing::info!(cluster = name, faults = ?f, "faults set");
+                    cluster.set_faults(f);
+                    json_response(200, &cluster.faults().to_json())
+                }
+                Err(e) => error_response(&ApiError::bad_request(e)),
+            }
+        }
+        _ => error_response(&ApiError::new(405, "MethodNotAllowed", "GET or PUT")),
+    }
 }
 
 fn header(req: &Request<Incoming>, name: &str) -> String {
@@ -392,6 +460,7 @@ fn watch(ctx: &Ctx, def: &ResourceDef, ns: Option<&str>) -> Result<Resp, ApiErro
     let kind = def.kind.clone();
     let bookmark_every = ctx.shared.bookmark_interval;
     let (tx, body_rx) = mpsc::channel::<Bytes>(64);
+    let cluster = ctx.cluster.clone();
     let matches = move |ev: &Event| {
         ev.res == key
             && ns.as_ref().is_none_or(|n| *n == ev.namespace)
@@ -399,8 +468,18 @@ fn watch(ctx: &Ctx, def: &ResourceDef, ns: Option<&str>) -> Result<Resp, ApiErro
             && fields.matches(&ev.object)
     };
     tokio::spawn(async move {
+        let send = |line: Bytes| {
+            let tx = tx.clone();
+            let delay = cluster.faults().watch_delay;
+            async move {
+                if !delay.is_zero() {
+                    tokio::time::sleep(delay).await;
+                }
+                tx.send(line).await.is_ok()
+            }
+        };
         for ev in &initial {
-            if matches(ev) && tx.send(event_line(ev)).await.is_err() {
+            if matches(ev) && !send(event_line(ev)).await {
                 return;
             }
         }
@@ -411,17 +490,18 @@ fn watch(ctx: &Ctx, def: &ResourceDef, ns: Option<&str>) -> Result<Resp, ApiErro
         loop {
             tokio::select! {
                 _ = &mut deadline => return,
+                _ = tx.closed() => return,
                 _ = tick.tick(), if bookmarks => {
                     let b = json!({"type": "BOOKMARK", "object": {"apiVersion": api_version, "kind": kind,
                         "metadata": {"resourceVersion": last_rv.to_string()}}});
                     let mut line = serde_json::to_vec(&b).unwrap_or_default();
                     line.push(b'\n');
-                    if tx.send(Bytes::from(line)).await.is_err() { return; }
+                    if !send(Bytes::from(line)).await { return; }
                 }
                 r = rx.recv() => match r {
                     Ok(ev) => {
                         last_rv = ev.rv;
-                        if matches(&ev) && tx.send(event_line(&ev)).await.is_err() {
+                        if matches(&ev) && !send(event_line(&ev)).await {
                             return;
                         }
                     }

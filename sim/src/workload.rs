@@ -36,16 +36,22 @@ fn condition(kind: &str, status: &str, reason: &str, message: &str) -> Value {
 }
 
 impl Simulation {
-    /// Whether this workload is held unready by configuration.
-    pub fn held(&self, obj: &Value) -> bool {
-        self.unready_images
-            .as_ref()
+    /// Whether this workload is held unready by configuration (`over`: a cluster's own
+    /// setting, which wins over the global one).
+    pub fn held_with(&self, over: Option<&regex::Regex>, obj: &Value) -> bool {
+        over.or(self.unready_images.as_ref())
             .is_some_and(|re| images(obj).iter().any(|i| re.is_match(i)))
+    }
+
+    /// Whether this workload is held unready by the global setting.
+    pub fn held(&self, obj: &Value) -> bool {
+        self.held_with(None, obj)
     }
 
     /// One step: every workload whose delay has passed gets its status.
     pub fn tick(&self, cluster: &Cluster) {
         let now = Instant::now();
+        let over = cluster.unready_images();
         let mut st = cluster.lock();
         let due: Vec<_> = st
             .pending
@@ -68,7 +74,7 @@ impl Simulation {
                 st.pending.remove(&key);
                 continue;
             };
-            let held = self.held(&obj);
+            let held = self.held_with(over.as_ref(), &obj);
             let deadline = Duration::from_secs(
                 obj["spec"]["progressDeadlineSeconds"]
                     .as_u64()

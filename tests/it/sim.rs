@@ -666,3 +666,73 @@ fn sim_selectors_chunks_client_side_apply_and_diff() {
         "changed"
     );
 }
+
+#[test]
+fn sim_faults_audit_and_per_cluster_unready_images() {
+    let k = Kube::start(SimConfig {
+        clusters: 2,
+        ready_delay: Duration::from_millis(200),
+        ..Default::default()
+    });
+    // Read-only use leaves no mutation in the audit log.
+    k.ok(&["--context", "sim-2", "get", "deploy,cm,ns"]);
+    let audit = k.sim.audit();
+    assert!(
+        audit
+            .iter()
+            .any(|a| a.cluster == "sim-2" && a.verb == "list")
+    );
+    assert!(!audit.iter().any(|a| a.is_mutation()), "{audit:?}");
+
+    // A cluster answering 500 to everything fails kubectl; the other one still answers.
+    // (Partitions are tested over raw HTTP: kubectl retries them until its timeout.)
+    assert!(k.sim.set_faults(
+        "sim-1",
+        flotilla_sim::Faults {
+            error_rate: 1.0,
+            error_code: 500,
+            ..Default::default()
+        }
+    ));
+    let o = k.run(&["--context", "sim-1", "get", "cm"]);
+    assert!(!o.status.success(), "a failing server is an error");
+    k.ok(&["--context", "sim-2", "get", "cm"]);
+    k.sim.set_faults("sim-1", flotilla_sim::Faults::default());
+    k.ok(&["--context", "sim-1", "get", "cm"]);
+
+    // Unready images set at runtime for one cluster only.
+    let re = regex::Regex::new("^nginx").expect("regex");
+    assert!(k.sim.set_unready_images("sim-2", Some(re)));
+    let f = k.file("d.yaml", &DEPLOY.replace("IMAGE", "nginx:1.27"));
+    k.ok(&["--context", "sim-1", "apply", "--server-side", "-f", &f]);
+    k.ok(&["--context", "sim-2", "apply", "--server-side", "-f", &f]);
+    k.ok(&[
+        "--context",
+        "sim-1",
+        "rollout",
+        "status",
+        "deploy/web",
+        "--timeout=20s",
+    ]);
+    let o = k.run(&[
+        "--context",
+        "sim-2",
+        "rollout",
+        "status",
+        "deploy/web",
+        "--timeout=2s",
+    ]);
+    assert!(!o.status.success(), "held on sim-2");
+    let mutations: Vec<_> = k
+        .sim
+        .audit()
+        .into_iter()
+        .filter(|a| a.is_mutation())
+        .collect();
+    assert_eq!(mutations.len(), 2, "{mutations:?}");
+    assert!(
+        mutations
+            .iter()
+            .all(|m| m.verb == "patch" && m.field_manager == "kubectl")
+    );
+}
