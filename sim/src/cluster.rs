@@ -12,13 +12,26 @@ use crate::error::ApiError;
 use crate::fields;
 use crate::select::{FieldSelector, LabelSelector};
 
-/// How many past events a cluster keeps for watches that resume from a resourceVersion.
-const HISTORY: usize = 10_000;
+/// Slots of the per-cluster broadcast channel: a watcher further behind is cut off.
+const BROADCAST: usize = 1024;
 
 /// (group, version, plural)
 pub type ResKey = (String, String, String);
 /// (namespace, name); the namespace is empty for cluster-scoped objects.
 pub type ObjName = (String, String);
+
+/// An object as stored: compact JSON text. A parsed `serde_json::Value` costs about eight
+/// times as much memory, and 1,000 clusters must fit in one process.
+pub type Stored = Arc<str>;
+
+fn store(v: &Value) -> Stored {
+    serde_json::to_string(v).unwrap_or_default().into()
+}
+
+/// Parses a stored object (it was serialized by `store`, so this cannot fail in practice).
+pub fn load(s: &str) -> Value {
+    serde_json::from_str(s).unwrap_or(Value::Null)
+}
 
 /// A watch event, as stored in the history and broadcast to watchers.
 #[derive(Debug, Clone)]
@@ -26,8 +39,40 @@ pub struct Event {
     pub rv: u64,
     pub res: ResKey,
     pub namespace: String,
+    pub name: String,
+    pub labels: Value,
     pub kind: &'static str,
-    pub object: Value,
+    /// The object as JSON text.
+    pub object: Stored,
+}
+
+impl Event {
+    fn new(
+        rv: u64,
+        res: &ResKey,
+        ns: &str,
+        kind: &'static str,
+        obj: &Value,
+        text: Stored,
+    ) -> Event {
+        Event {
+            rv,
+            res: res.clone(),
+            namespace: ns.to_string(),
+            name: obj["metadata"]["name"].as_str().unwrap_or("").to_string(),
+            labels: obj["metadata"]["labels"].clone(),
+            kind,
+            object: text,
+        }
+    }
+
+    /// The newline-terminated JSON line of a watch stream.
+    pub fn line(&self) -> String {
+        format!(
+            "{{\"type\":\"{}\",\"object\":{}}}\n",
+            self.kind, self.object
+        )
+    }
 }
 
 /// What a new watch starts from: events to send first, the live feed, the current resourceVersion.
@@ -41,7 +86,7 @@ pub struct State {
     pub rv: u64,
     seq: u64,
     pub defs: Vec<ResourceDef>,
-    pub objects: HashMap<ResKey, BTreeMap<ObjName, Value>>,
+    pub objects: HashMap<ResKey, BTreeMap<ObjName, Stored>>,
     history: VecDeque<Arc<Event>>,
     /// Workloads whose spec changed, with when: the workload simulation picks them up.
     pub pending: HashMap<(ResKey, ObjName), Instant>,
@@ -55,6 +100,8 @@ pub struct Cluster {
     state: Mutex<State>,
     pub events: broadcast::Sender<Arc<Event>>,
     faults: Mutex<crate::faults::FaultState>,
+    /// How many past events are kept for watches that resume from a resourceVersion.
+    history_cap: usize,
     /// A per-cluster override of the unready-images setting.
     unready: Mutex<Option<regex::Regex>>,
 }
@@ -145,8 +192,8 @@ pub fn parse_body(body: &[u8]) -> Result<Value, ApiError> {
 }
 
 impl Cluster {
-    pub fn new(name: &str, index: u64, nodes: usize) -> Cluster {
-        let (events, _) = broadcast::channel(4096);
+    pub fn new(name: &str, index: u64, nodes: usize, history: usize) -> Cluster {
+        let (events, _) = broadcast::channel(BROADCAST);
         let c = Cluster {
             name: name.to_string(),
             index,
@@ -160,6 +207,7 @@ impl Cluster {
             }),
             events,
             faults: Mutex::new(crate::faults::FaultState::default()),
+            history_cap: history.max(1),
             unready: Mutex::new(None),
         };
         c.seed(nodes);
@@ -285,7 +333,7 @@ impl Cluster {
                 if def.plural == "customresourcedefinitions" {
                     self.unregister_crd(st, &obj);
                 }
-                self.emit(st, &key, ns, "DELETED", obj.clone());
+                self.emit(st, &key, ns, "DELETED", &obj);
             }
             return obj;
         }
@@ -371,10 +419,11 @@ impl Cluster {
         }
         st.rv = rv;
         new["metadata"]["resourceVersion"] = json!(rv.to_string());
+        let text = store(&new);
         st.objects
             .entry(key.clone())
             .or_default()
-            .insert((ns.to_string(), name.to_string()), new.clone());
+            .insert((ns.to_string(), name.to_string()), text.clone());
         if def.plural == "customresourcedefinitions" {
             st.defs.retain(|d| {
                 !(d.group == new["spec"]["group"].as_str().unwrap_or("")
@@ -392,7 +441,7 @@ impl Cluster {
             );
         }
         let kind = if old.is_none() { "ADDED" } else { "MODIFIED" };
-        self.emit(st, &key, ns, kind, new.clone());
+        self.emit_stored(st, &key, ns, kind, &new, text);
         new
     }
 
@@ -401,26 +450,32 @@ impl Cluster {
         for d in &defs {
             let key = res_key(d);
             if let Some(objs) = st.objects.remove(&key) {
-                for ((ns, _), obj) in objs {
+                for ((ns, _), text) in objs {
                     st.rv += 1;
-                    let mut obj = obj;
+                    let mut obj = load(&text);
                     obj["metadata"]["resourceVersion"] = json!(st.rv.to_string());
-                    self.emit(st, &key, &ns, "DELETED", obj);
+                    self.emit(st, &key, &ns, "DELETED", &obj);
                 }
             }
         }
         st.defs.retain(|d| !defs.contains(d));
     }
 
-    fn emit(&self, st: &mut State, key: &ResKey, ns: &str, kind: &'static str, object: Value) {
-        let ev = Arc::new(Event {
-            rv: st.rv,
-            res: key.clone(),
-            namespace: ns.to_string(),
-            kind,
-            object,
-        });
-        if st.history.len() >= HISTORY {
+    fn emit(&self, st: &mut State, key: &ResKey, ns: &str, kind: &'static str, object: &Value) {
+        self.emit_stored(st, key, ns, kind, object, store(object));
+    }
+
+    fn emit_stored(
+        &self,
+        st: &mut State,
+        key: &ResKey,
+        ns: &str,
+        kind: &'static str,
+        object: &Value,
+        text: Stored,
+    ) {
+        let ev = Arc::new(Event::new(st.rv, key, ns, kind, object, text));
+        if st.history.len() >= self.history_cap {
             st.history.pop_front();
         }
         st.history.push_back(ev.clone());
@@ -447,7 +502,6 @@ impl Cluster {
     pub fn get(&self, def: &ResourceDef, ns: &str, name: &str) -> Result<Value, ApiError> {
         let st = self.lock();
         st.get(def, ns, name)
-            .cloned()
             .ok_or_else(|| ApiError::not_found(def, name))
     }
 
@@ -477,13 +531,14 @@ impl Cluster {
         let mut next = None;
         let mut last = None;
         if let Some(objs) = st.objects.get(&res_key(def)) {
-            for ((ons, oname), obj) in objs {
+            for ((ons, oname), text) in objs {
                 if ns.is_some_and(|n| n != ons) {
                     continue;
                 }
                 if after.as_ref().is_some_and(|a| (ons, oname) <= (&a.0, &a.1)) {
                     continue;
                 }
+                let obj = &load(text);
                 if !labels.matches(&obj["metadata"]["labels"]) || !fsel.matches(obj) {
                     continue;
                 }
@@ -609,7 +664,6 @@ impl Cluster {
         let mut st = self.lock();
         let old = st
             .get(def, ns, name)
-            .cloned()
             .ok_or_else(|| ApiError::not_found(def, name))?;
         if let Some(rv) = obj["metadata"]["resourceVersion"].as_str()
             && !rv.is_empty()
@@ -648,7 +702,7 @@ impl Cluster {
         let ct = content_type.split(';').next().unwrap_or("").trim();
         let now = now_rfc3339();
         let mut st = self.lock();
-        let old = st.get(def, ns, name).cloned();
+        let old = st.get(def, ns, name);
         if ct == "application/apply-patch+yaml" {
             let manager = match q.get("fieldManager") {
                 Some(m) if !m.is_empty() => m.clone(),
@@ -786,7 +840,6 @@ impl Cluster {
         let mut st = self.lock();
         let old = st
             .get(def, ns, name)
-            .cloned()
             .ok_or_else(|| ApiError::not_found(def, name))?;
         let current = scale_of(&old);
         if method == hyper::Method::GET {
@@ -890,7 +943,6 @@ impl Cluster {
         let mut st = self.lock();
         let old = st
             .get(def, ns, name)
-            .cloned()
             .ok_or_else(|| ApiError::not_found(def, name))?;
         if let Some(uid) = opts["preconditions"]["uid"].as_str()
             && Some(uid) != old["metadata"]["uid"].as_str()
@@ -934,7 +986,7 @@ impl Cluster {
                 .map(|m| m.keys().filter(|(n, _)| n == ns).cloned().collect())
                 .unwrap_or_default();
             for (n, name) in names {
-                let old = st.get(&d, &n, &name).cloned();
+                let old = st.get(&d, &n, &name);
                 self.commit(st, &d, &n, &name, old.as_ref(), Value::Null, false);
             }
         }
@@ -947,7 +999,8 @@ impl Cluster {
         let mut doomed = Vec::new();
         for d in &st.defs {
             if let Some(objs) = st.objects.get(&res_key(d)) {
-                for ((ns, name), obj) in objs {
+                for ((ns, name), text) in objs {
+                    let obj = load(text);
                     let owned = obj["metadata"]["ownerReferences"]
                         .as_array()
                         .is_some_and(|refs| refs.iter().any(|r| r["uid"] == uid));
@@ -963,7 +1016,7 @@ impl Cluster {
             }
         }
         for (d, ns, name, child_uid) in doomed {
-            let old = st.get(&d, &ns, &name).cloned();
+            let old = st.get(&d, &ns, &name);
             if old.is_some() {
                 self.commit(st, &d, &ns, &name, old.as_ref(), Value::Null, false);
                 self.delete_dependents(st, &child_uid);
@@ -986,17 +1039,19 @@ impl Cluster {
         let mut initial = Vec::new();
         if rv.is_empty() || rv == "0" {
             if let Some(objs) = st.objects.get(&key) {
-                for ((ons, _), obj) in objs {
+                for ((ons, _), text) in objs {
                     if ns.is_some_and(|n| n != ons) {
                         continue;
                     }
-                    initial.push(Arc::new(Event {
-                        rv: st.rv,
-                        res: key.clone(),
-                        namespace: ons.clone(),
-                        kind: "ADDED",
-                        object: obj.clone(),
-                    }));
+                    let obj = load(text);
+                    initial.push(Arc::new(Event::new(
+                        st.rv,
+                        &key,
+                        ons,
+                        "ADDED",
+                        &obj,
+                        text.clone(),
+                    )));
                 }
             }
         } else {
@@ -1004,7 +1059,7 @@ impl Cluster {
                 .parse()
                 .map_err(|_| ApiError::bad_request(format!("invalid resourceVersion {rv:?}")))?;
             let oldest = st.history.front().map(|e| e.rv).unwrap_or(st.rv + 1);
-            if from + 1 < oldest && st.history.len() >= HISTORY {
+            if from + 1 < oldest && st.history.len() >= self.history_cap {
                 return Err(ApiError::new(
                     410,
                     "Expired",
@@ -1026,7 +1081,7 @@ impl Cluster {
         let st = self.lock();
         st.objects
             .get(&(group.to_string(), version.to_string(), plural.to_string()))
-            .map(|m| m.values().cloned().collect())
+            .map(|m| m.values().map(|t| load(t)).collect())
             .unwrap_or_default()
     }
 
@@ -1036,7 +1091,7 @@ impl Cluster {
         let Some(def) = st.def(g, v, p).cloned() else {
             return;
         };
-        let Some(old) = st.get(&def, ns, name).cloned() else {
+        let Some(old) = st.get(&def, ns, name) else {
             return;
         };
         if old["status"] == status {
@@ -1055,10 +1110,12 @@ impl State {
             .find(|d| d.group == group && d.version == version && d.plural == plural)
     }
 
-    pub fn get(&self, def: &ResourceDef, ns: &str, name: &str) -> Option<&Value> {
+    /// The stored object, parsed.
+    pub fn get(&self, def: &ResourceDef, ns: &str, name: &str) -> Option<Value> {
         self.objects
             .get(&res_key(def))
             .and_then(|m| m.get(&(ns.to_string(), name.to_string())))
+            .map(|t| load(t))
     }
 }
 
@@ -1290,7 +1347,7 @@ mod tests {
 
     #[test]
     fn create_get_update_conflict() {
-        let c = Cluster::new("t", 1, 1);
+        let c = Cluster::new("t", 1, 1, 100);
         let d = cm_def();
         let q = Query::new();
         let body =
@@ -1316,7 +1373,7 @@ mod tests {
 
     #[test]
     fn finalizers_hold_deletion() {
-        let c = Cluster::new("t", 1, 0);
+        let c = Cluster::new("t", 1, 0, 100);
         let d = cm_def();
         let q = Query::new();
         let body = br#"{"metadata":{"name":"f","finalizers":["x/y"]}}"#;

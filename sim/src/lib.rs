@@ -62,6 +62,8 @@ pub struct SimConfig {
     pub unready_images: Option<regex::Regex>,
     /// How often a watch that asked for bookmarks gets one.
     pub bookmark_interval: Duration,
+    /// Events kept per cluster for watches resuming from a resourceVersion (older: 410).
+    pub watch_history: usize,
 }
 
 impl Default for SimConfig {
@@ -73,6 +75,7 @@ impl Default for SimConfig {
             ready_delay: Duration::from_millis(500),
             unready_images: None,
             bookmark_interval: Duration::from_secs(5),
+            watch_history: 1000,
         }
     }
 }
@@ -248,7 +251,14 @@ fn build_shared(config: &SimConfig) -> Arc<Shared> {
     let clusters = cluster_names(config.clusters)
         .iter()
         .enumerate()
-        .map(|(i, n)| Arc::new(Cluster::new(n, i as u64 + 1, config.nodes)))
+        .map(|(i, n)| {
+            Arc::new(Cluster::new(
+                n,
+                i as u64 + 1,
+                config.nodes,
+                config.watch_history,
+            ))
+        })
         .collect();
     Arc::new(Shared {
         clusters,

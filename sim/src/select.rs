@@ -123,13 +123,20 @@ impl FieldSelector {
     }
 
     pub fn matches(&self, obj: &Value) -> bool {
+        self.matches_parts(
+            obj["metadata"]["name"].as_str().unwrap_or(""),
+            obj["metadata"]["namespace"].as_str().unwrap_or(""),
+        )
+    }
+
+    /// Matching on the name and namespace alone.
+    pub fn matches_parts(&self, name: &str, namespace: &str) -> bool {
         self.0.iter().all(|(k, eq, v)| {
-            let field = if k == "metadata.name" {
-                "name"
+            let actual = if k == "metadata.name" {
+                name
             } else {
-                "namespace"
+                namespace
             };
-            let actual = obj["metadata"][field].as_str().unwrap_or("");
             (actual == v) == *eq
         })
     }

@@ -431,10 +431,7 @@ fn audit_code(ctx: &Ctx, verb: &str, def: &ResourceDef, ns: &str, name: &str, co
 }
 
 fn event_line(ev: &Event) -> Bytes {
-    let mut line =
-        serde_json::to_vec(&json!({"type": ev.kind, "object": ev.object})).unwrap_or_default();
-    line.push(b'\n');
-    Bytes::from(line)
+    Bytes::from(ev.line())
 }
 
 fn watch(ctx: &Ctx, def: &ResourceDef, ns: Option<&str>) -> Result<Resp, ApiError> {
@@ -464,8 +461,8 @@ fn watch(ctx: &Ctx, def: &ResourceDef, ns: Option<&str>) -> Result<Resp, ApiErro
     let matches = move |ev: &Event| {
         ev.res == key
             && ns.as_ref().is_none_or(|n| *n == ev.namespace)
-            && labels.matches(&ev.object["metadata"]["labels"])
-            && fields.matches(&ev.object)
+            && labels.matches(&ev.labels)
+            && fields.matches_parts(&ev.name, &ev.namespace)
     };
     tokio::spawn(async move {
         let send = |line: Bytes| {

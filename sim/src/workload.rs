@@ -70,7 +70,7 @@ impl Simulation {
                 st.pending.remove(&key);
                 continue;
             };
-            let Some(obj) = st.get(&def, ns, name).cloned() else {
+            let Some(obj) = st.get(&def, ns, name) else {
                 st.pending.remove(&key);
                 continue;
             };
