@@ -940,6 +940,17 @@ impl Cluster {
             .or(opts["propagationPolicy"].as_str())
             .unwrap_or("Background")
             .to_string();
+        if def.group.is_empty()
+            && def.plural == "namespaces"
+            && matches!(name, "default" | "kube-system" | "kube-public")
+        {
+            return Err(ApiError::new(
+                403,
+                "Forbidden",
+                format!("namespaces \"{name}\" is forbidden: this namespace may not be deleted"),
+            )
+            .with_details(json!({"name": name, "kind": "namespaces"})));
+        }
         let mut st = self.lock();
         let old = st
             .get(def, ns, name)

@@ -236,7 +236,12 @@ impl SimHandle {
     fn stop_now(&mut self) {
         let _ = self.stop.send(true);
         if let Some(rt) = self.runtime.take() {
-            rt.shutdown_timeout(Duration::from_millis(200));
+            if tokio::runtime::Handle::try_current().is_ok() {
+                // Inside an async context blocking is not allowed: let the tasks end alone.
+                rt.shutdown_background();
+            } else {
+                rt.shutdown_timeout(Duration::from_millis(200));
+            }
         }
     }
 }

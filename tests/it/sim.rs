@@ -316,6 +316,21 @@ fn sim_delete_waits_for_finalizers() {
     ]);
     let o = k.run(&["get", "cm", "held"]);
     assert!(stderr(&o).contains("not found"), "{}", stderr(&o));
+    // Deleting a namespace deletes its contents; the built-in ones cannot be deleted.
+    let ns = k.file(
+        "ns.yaml",
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: team}\n---\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: c, namespace: team}\n",
+    );
+    k.ok(&["apply", "--server-side", "-f", &ns]);
+    assert_eq!(
+        k.ok(&["get", "cm", "-n", "team", "-o", "name"]),
+        "configmap/c\n"
+    );
+    k.ok(&["delete", "namespace", "team"]);
+    let o = k.run(&["get", "cm", "c", "-n", "team"]);
+    assert!(stderr(&o).contains("not found"), "{}", stderr(&o));
+    let o = k.run(&["delete", "namespace", "default"]);
+    assert!(stderr(&o).contains("may not be deleted"), "{}", stderr(&o));
 }
 
 #[test]
