@@ -1110,6 +1110,14 @@ impl Cluster {
         }
         let mut new = old.clone();
         new["status"] = status;
+        fields::record_update(
+            Some(&old),
+            &mut new,
+            "kube-controller-manager",
+            &def.api_version(),
+            &now_rfc3339(),
+            true,
+        );
         self.commit(st, &def, ns, name, Some(&old), new, false);
     }
 }
