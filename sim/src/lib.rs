@@ -608,6 +608,12 @@ mod tests {
         );
         assert_eq!(code, 200);
         assert_eq!(http(a, "GET", "/clusters/sim-1/api", "", "").0, 200);
+        let path = "/admin/clusters/sim-1/unready-images";
+        let (code, text) = http(a, "PUT", path, "text/plain", "^bad/");
+        assert!(code == 200 && text.contains("^bad/"), "{text}");
+        assert_eq!(http(a, "PUT", path, "text/plain", "(").0, 400);
+        let (_, text) = http(a, "PUT", path, "text/plain", "");
+        assert!(text.contains("\"unreadyImages\":null"), "{text}");
     }
 
     #[test]

@@ -105,6 +105,9 @@ pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Resp,
     if let ["admin", "clusters", name, "faults"] = segs.as_slice() {
         return Ok(admin_faults(&shared, name, req).await);
     }
+    if let ["admin", "clusters", name, "unready-images"] = segs.as_slice() {
+        return Ok(admin_unready(&shared, name, req).await);
+    }
     if segs.len() < 2 || segs[0] != "clusters" {
         if path == "/healthz" || path == "/readyz" || path == "/livez" {
             return Ok(Response::new(Full::new(Bytes::from_static(b"ok")).boxed()));
@@ -225,6 +228,44 @@ async fn admin_faults(shared: &Shared, name: &str, req: Request<Incoming>) -> Re
                 }
                 Err(e) => error_response(&ApiError::bad_request(e)),
             }
+        }
+        _ => error_response(&ApiError::new(405, "MethodNotAllowed", "GET or PUT")),
+    }
+}
+
+/// `GET|PUT /admin/clusters/NAME/unready-images`: the cluster's own unready-images regular
+/// expression as plain text (an empty body goes back to the global `--unready-images`).
+async fn admin_unready(shared: &Shared, name: &str, req: Request<Incoming>) -> Resp {
+    let Some(cluster) = shared.clusters.iter().find(|c| c.name == name).cloned() else {
+        return error_response(&ApiError::new(
+            404,
+            "NotFound",
+            format!("no simulated cluster named {name:?}"),
+        ));
+    };
+    let current =
+        |c: &Cluster| json!({"unreadyImages": c.unready_images().map(|r| r.as_str().to_string())});
+    match *req.method() {
+        Method::GET => json_response(200, &current(&cluster)),
+        Method::PUT => {
+            let body = match Limited::new(req.into_body(), 64 << 10).collect().await {
+                Ok(b) => b.to_bytes(),
+                Err(_) => return error_response(&ApiError::bad_request("unreadable body")),
+            };
+            let text = String::from_utf8_lossy(&body).trim().to_string();
+            if text.is_empty() {
+                cluster.set_unready_images(None);
+            } else {
+                match regex::Regex::new(&text) {
+                    Ok(re) => cluster.set_unready_images(Some(re)),
+                    Err(e) => {
+                        return error_response(&ApiError::bad_request(format!(
+                            "invalid regular expression: {e}"
+                        )));
+                    }
+                }
+            }
+            json_response(200, &current(&cluster))
         }
         _ => error_response(&ApiError::new(405, "MethodNotAllowed", "GET or PUT")),
     }
