@@ -1048,7 +1048,7 @@ impl Cluster {
         let rx = self.events.subscribe();
         let rv = q.get("resourceVersion").map(String::as_str).unwrap_or("");
         let mut initial = Vec::new();
-        if rv.is_empty() || rv == "0" {
+        if rv.is_empty() || rv == "0" || flag(q, "sendInitialEvents") {
             if let Some(objs) = st.objects.get(&key) {
                 for ((ons, _), text) in objs {
                     if ns.is_some_and(|n| n != ons) {

@@ -542,9 +542,31 @@ mod tests {
         let deleted = text.find("{\"type\":\"DELETED\"").expect("DELETED");
         assert!(added < modified && modified < deleted, "{text}");
         assert!(text.contains("{\"type\":\"BOOKMARK\""), "{text}");
+        // Watch-list: the current objects, then a bookmark that ends the initial state.
+        http(
+            a,
+            "POST",
+            CMS,
+            "application/json",
+            "{\"metadata\":{\"name\":\"v\"}}",
+        );
+        let (_, text) = http(
+            a,
+            "GET",
+            &format!(
+                "{CMS}?watch=true&sendInitialEvents=true&allowWatchBookmarks=true&resourceVersionMatch=NotOlderThan&timeoutSeconds=1"
+            ),
+            "",
+            "",
+        );
+        let added = text.find("\"name\":\"v\"").expect("initial ADDED");
+        let end = text
+            .find("k8s.io/initial-events-end")
+            .expect("initial-events-end");
+        assert!(added < end, "{text}");
         let audit = s.audit();
         assert!(audit.iter().any(|r| r.verb == "watch"));
-        assert_eq!(audit.iter().filter(|r| r.is_mutation()).count(), 3);
+        assert_eq!(audit.iter().filter(|r| r.is_mutation()).count(), 4);
     }
 
     #[test]

@@ -486,6 +486,7 @@ fn watch(ctx: &Ctx, def: &ResourceDef, ns: Option<&str>) -> Result<Resp, ApiErro
     )
     .map_err(ApiError::bad_request)?;
     let bookmarks = flag(q, "allowWatchBookmarks");
+    let initial_end = flag(q, "sendInitialEvents") && bookmarks;
     let timeout = q
         .get("timeoutSeconds")
         .and_then(|t| t.parse::<u64>().ok())
@@ -518,6 +519,17 @@ fn watch(ctx: &Ctx, def: &ResourceDef, ns: Option<&str>) -> Result<Resp, ApiErro
         };
         for ev in &initial {
             if matches(ev) && !send(event_line(ev)).await {
+                return;
+            }
+        }
+        if initial_end {
+            // Watch-list (sendInitialEvents=true): the initial state is complete.
+            let b = json!({"type": "BOOKMARK", "object": {"apiVersion": api_version, "kind": kind,
+                "metadata": {"resourceVersion": last_rv.to_string(),
+                    "annotations": {"k8s.io/initial-events-end": "true"}}}});
+            let mut line = serde_json::to_vec(&b).unwrap_or_default();
+            line.push(b'\n');
+            if !send(Bytes::from(line)).await {
                 return;
             }
         }
