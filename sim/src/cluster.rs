@@ -1070,11 +1070,14 @@ impl Cluster {
                 .parse()
                 .map_err(|_| ApiError::bad_request(format!("invalid resourceVersion {rv:?}")))?;
             let oldest = st.history.front().map(|e| e.rv).unwrap_or(st.rv + 1);
-            if from + 1 < oldest && st.history.len() >= self.history_cap {
+            if from.saturating_add(1) < oldest && st.history.len() >= self.history_cap {
                 return Err(ApiError::new(
                     410,
                     "Expired",
-                    format!("too old resource version: {from} ({})", oldest - 1),
+                    format!(
+                        "too old resource version: {from} ({})",
+                        oldest.saturating_sub(1)
+                    ),
                 ));
             }
             initial.extend(
@@ -1388,6 +1391,30 @@ mod tests {
             Err("Conflict")
         );
         assert_eq!(c.get(&d, "default", "b").map_err(|e| e.code), Err(404));
+    }
+
+    #[test]
+    fn watch_resource_versions_are_checked() {
+        let c = Cluster::new("t", 1, 0, 2);
+        let d = cm_def();
+        let mut q = Query::new();
+        q.insert("resourceVersion".into(), u64::MAX.to_string());
+        assert!(c.watch(&d, None, &q).is_ok());
+        q.insert("resourceVersion".into(), "abc".into());
+        assert_eq!(
+            c.watch(&d, None, &q).map(|_| ()).map_err(|e| e.code),
+            Err(400)
+        );
+        for n in ["a", "b", "c"] {
+            let body = format!("{{\"metadata\":{{\"name\":\"{n}\"}}}}");
+            c.create(&d, "default", body.as_bytes(), &Query::new(), "t")
+                .expect("create");
+        }
+        q.insert("resourceVersion".into(), "1".into());
+        assert_eq!(
+            c.watch(&d, None, &q).map(|_| ()).map_err(|e| e.code),
+            Err(410)
+        );
     }
 
     #[test]
