@@ -680,6 +680,29 @@ fn sim_selectors_chunks_client_side_apply_and_diff() {
         k.ok(&["get", "cm", "a1", "-o", "jsonpath={.data.k}"]),
         "changed"
     );
+
+    // Client-side apply of a Deployment: kubectl's strategic patch with directives.
+    let d1 = k.file("d1.yaml", &DEPLOY.replace("IMAGE", "nginx:1.27"));
+    k.ok(&["apply", "-f", &d1]);
+    let d2 = k.file(
+        "d2.yaml",
+        &DEPLOY
+            .replace("IMAGE", "nginx:1.28")
+            .replace("containerPort: 80", "containerPort: 81"),
+    );
+    k.ok(&["apply", "-f", &d2]);
+    let containers = k.ok(&[
+        "get",
+        "deploy",
+        "web",
+        "-o",
+        "jsonpath={.spec.template.spec.containers}",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&containers).expect("JSON");
+    assert_eq!(
+        v,
+        serde_json::json!([{"image": "nginx:1.28", "name": "web", "ports": [{"containerPort": 81}]}])
+    );
 }
 
 #[test]
