@@ -988,6 +988,36 @@ impl Cluster {
         Ok(out)
     }
 
+    /// DELETE on a collection: every object the selectors match, as a list of what was
+    /// deleted (or marked for deletion).
+    pub fn delete_collection(
+        &self,
+        def: &ResourceDef,
+        ns: Option<&str>,
+        body: &[u8],
+        q: &Query,
+    ) -> Result<Value, ApiError> {
+        let mut list_q = q.clone();
+        list_q.remove("limit");
+        list_q.remove("continue");
+        let listed = self.list(def, ns, &list_q)?;
+        let mut deleted = Vec::new();
+        for item in listed["items"].as_array().map(Vec::as_slice).unwrap_or(&[]) {
+            let ins = item["metadata"]["namespace"].as_str().unwrap_or("");
+            let name = item["metadata"]["name"].as_str().unwrap_or("");
+            match self.delete(def, ins, name, body, q) {
+                Ok(v) => deleted.push(v),
+                Err(e) if e.code == 404 || e.code == 403 => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let rv = self.lock().rv;
+        Ok(
+            json!({"apiVersion": def.api_version(), "kind": format!("{}List", def.kind),
+            "metadata": {"resourceVersion": rv.to_string()}, "items": deleted}),
+        )
+    }
+
     fn delete_namespace_contents(&self, st: &mut State, ns: &str) {
         let defs: Vec<ResourceDef> = st.defs.iter().filter(|d| d.namespaced).cloned().collect();
         for d in defs {
@@ -1456,6 +1486,25 @@ mod tests {
             c.watch(&d, None, &q).map(|_| ()).map_err(|e| e.code),
             Err(410)
         );
+    }
+
+    #[test]
+    fn delete_collection_by_label() {
+        let c = Cluster::new("t", 1, 0, 100);
+        let d = cm_def();
+        for (n, l) in [("a", "x"), ("b", "x"), ("c", "y")] {
+            let body =
+                format!("{{\"metadata\":{{\"name\":\"{n}\",\"labels\":{{\"l\":\"{l}\"}}}}}}");
+            c.create(&d, "default", body.as_bytes(), &Query::new(), "t")
+                .expect("create");
+        }
+        let mut q = Query::new();
+        q.insert("labelSelector".into(), "l=x".into());
+        let gone = c
+            .delete_collection(&d, Some("default"), b"", &q)
+            .expect("deletecollection");
+        assert_eq!(gone["items"].as_array().map(Vec::len), Some(2));
+        assert_eq!(c.objects("", "v1", "configmaps").len(), 1);
     }
 
     #[test]

@@ -95,7 +95,7 @@ impl SimConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuditRecord {
     pub cluster: String,
-    /// get, list, watch, create, update, patch, delete.
+    /// get, list, watch, create, update, patch, delete, deletecollection.
     pub verb: String,
     pub group: String,
     pub resource: String,
@@ -110,7 +110,10 @@ pub struct AuditRecord {
 impl AuditRecord {
     /// Whether the request could change state (dry runs cannot).
     pub fn is_mutation(&self) -> bool {
-        matches!(self.verb.as_str(), "create" | "update" | "patch" | "delete") && !self.dry_run
+        matches!(
+            self.verb.as_str(),
+            "create" | "update" | "patch" | "delete" | "deletecollection"
+        ) && !self.dry_run
     }
 }
 

@@ -426,6 +426,10 @@ fn resource(ctx: &Ctx, group: &str, version: &str, tail: &[&str]) -> Result<Resp
                 ctx.user_agent,
             )
         }
+        (Method::DELETE, None) => {
+            verb = "deletecollection";
+            c.delete_collection(&def, ns, ctx.body, q).map(|v| (200, v))
+        }
         (Method::DELETE, Some(n)) => {
             verb = "delete";
             c.delete(&def, ns_str, n, ctx.body, q).map(|v| (200, v))
