@@ -757,7 +757,33 @@ impl Cluster {
             );
             let merged = match result {
                 Ok(a) => a.object,
-                Err(conflicts) => return Err(apply_conflict(def, name, &conflicts)),
+                Err(conflicts) => {
+                    // As the API server does for kubectl's own manager: conflicts on fields
+                    // recorded in the client-side-apply annotation are forced (the upgrade
+                    // from client-side to server-side apply).
+                    let allowed = match (&old, manager.as_str()) {
+                        (Some(o), "kubectl") => last_applied_fields(o, &def.api_version()),
+                        _ => fields::FieldSet::new(),
+                    };
+                    let remaining: Vec<fields::Conflict> = conflicts
+                        .into_iter()
+                        .filter(|c| !allowed.contains(&c.path))
+                        .collect();
+                    if !remaining.is_empty() {
+                        return Err(apply_conflict(def, name, &remaining));
+                    }
+                    fields::apply(
+                        old.as_ref(),
+                        &applied,
+                        &manager,
+                        &def.api_version(),
+                        &now,
+                        true,
+                        status_scope,
+                    )
+                    .map_err(|c| apply_conflict(def, name, &c))?
+                    .object
+                }
             };
             let code = if old.is_some() { 200 } else { 201 };
             let new = match &old {
@@ -1284,6 +1310,17 @@ fn apply_conflict(def: &ResourceDef, name: &str, conflicts: &[fields::Conflict])
     ApiError::new(409, "Conflict", message).with_details(
         json!({"name": name, "group": def.group, "kind": def.plural, "causes": causes}),
     )
+}
+
+/// The fields of the `kubectl.kubernetes.io/last-applied-configuration` annotation (empty if
+/// absent, unparsable or of another apiVersion).
+fn last_applied_fields(obj: &Value, api_version: &str) -> fields::FieldSet {
+    obj["metadata"]["annotations"]["kubectl.kubernetes.io/last-applied-configuration"]
+        .as_str()
+        .and_then(|t| serde_json::from_str::<Value>(t).ok())
+        .filter(|v| v["apiVersion"] == api_version)
+        .map(|v| fields::fields_of(&v, false))
+        .unwrap_or_default()
 }
 
 /// The autoscaling/v1 Scale view of a workload.

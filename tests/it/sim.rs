@@ -681,6 +681,24 @@ fn sim_selectors_chunks_client_side_apply_and_diff() {
         "changed"
     );
 
+    // Moving from client-side to server-side apply with kubectl's manager takes over the
+    // fields of the last-applied annotation without a conflict; another manager conflicts.
+    let again = k.file(
+        "a1-ssa.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: a1\n  labels: {team: a}\ndata: {k: ssa}\n",
+    );
+    let o = k.run(&["apply", "--server-side", "--field-manager=ci", "-f", &again]);
+    assert!(
+        stderr(&o).contains("conflict with \"kubectl-client-side-apply\""),
+        "{}",
+        stderr(&o)
+    );
+    k.ok(&["apply", "--server-side", "-f", &again]);
+    assert_eq!(
+        k.ok(&["get", "cm", "a1", "-o", "jsonpath={.data.k}"]),
+        "ssa"
+    );
+
     // Client-side apply of a Deployment: kubectl's strategic patch with directives.
     let d1 = k.file("d1.yaml", &DEPLOY.replace("IMAGE", "nginx:1.27"));
     k.ok(&["apply", "-f", &d1]);
