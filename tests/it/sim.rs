@@ -77,6 +77,18 @@ impl Kube {
     }
 }
 
+/// A child process killed (by its PID) if the test fails before stopping it.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
@@ -262,31 +274,58 @@ fn sim_dry_run_stores_nothing_and_namespaces_must_exist() {
 #[test]
 fn sim_get_watch_streams_added_and_deleted() {
     let k = Kube::start(SimConfig::default());
+    let first = k.file("first.yaml", &CM.replace("name: app", "name: first"));
+    k.ok(&["apply", "--server-side", "-f", &first]);
     let mut watch = k
         .command(&["get", "configmaps", "-w", "--output-watch-events"])
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .stderr(Stdio::null())
         .spawn()
         .expect("kubectl get -w starts");
-    // Let the watch establish (list, then watch from its resourceVersion).
-    std::thread::sleep(Duration::from_millis(700));
+    // Lines arrive on a channel, so the test waits for events instead of sleeping.
+    let stdout = watch.stdout.take().expect("piped stdout");
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut seen = Vec::new();
+    let mut wait_for = |pred: &dyn Fn(&str) -> bool, what: &str| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(line) = rx.recv_timeout(Duration::from_millis(100)) {
+                let hit = pred(&line);
+                seen.push(line);
+                if hit {
+                    return;
+                }
+            }
+        }
+        panic!("no {what} in the watch output: {seen:?}");
+    };
+    // The initial list (as ADDED) shows that the watch is established.
+    wait_for(
+        &|l| l.starts_with("ADDED") && l.contains("first"),
+        "ADDED first",
+    );
     let f = k.file("cm.yaml", CM);
     k.ok(&["apply", "--server-side", "-f", &f]);
+    wait_for(
+        &|l| l.starts_with("ADDED") && l.contains("app"),
+        "ADDED app",
+    );
     k.ok(&["delete", "configmap", "app"]);
-    std::thread::sleep(Duration::from_millis(700));
+    wait_for(
+        &|l| l.starts_with("DELETED") && l.contains("app"),
+        "DELETED app",
+    );
     watch.kill().expect("stop the watch");
-    let out = watch.wait_with_output().expect("watch output");
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        text.lines()
-            .any(|l| l.starts_with("ADDED") && l.contains("app")),
-        "{text}"
-    );
-    assert!(
-        text.lines()
-            .any(|l| l.starts_with("DELETED") && l.contains("app")),
-        "{text}"
-    );
+    let _ = watch.wait();
 }
 
 #[test]
@@ -565,21 +604,25 @@ fn sim_rollout_status_completes_and_unready_images_never_do() {
 fn sim_cli_serves_many_clusters_under_one_port() {
     let dir = tempfile::tempdir().expect("temp dir");
     let kc = dir.path().join("kubeconfig");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_flotilla"))
-        .args([
-            "sim",
-            "--clusters",
-            "3",
-            "--listen",
-            "127.0.0.1:0",
-            "--kubeconfig-out",
-        ])
-        .arg(&kc)
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("flotilla sim starts");
+    let mut child = KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_flotilla"))
+            .args([
+                "sim",
+                "--clusters",
+                "3",
+                "--listen",
+                "127.0.0.1:0",
+                "--kubeconfig-out",
+            ])
+            .arg(&kc)
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("flotilla sim starts"),
+    );
     let deadline = Instant::now() + Duration::from_secs(20);
-    while !kc.exists() && Instant::now() < deadline {
+    let written =
+        |p: &std::path::Path| std::fs::read_to_string(p).is_ok_and(|t| t.contains("preferences:"));
+    while !written(&kc) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
     }
     let text = std::fs::read_to_string(&kc).expect("kubeconfig written");
@@ -613,11 +656,11 @@ fn sim_cli_serves_many_clusters_under_one_port() {
     );
     // Stop it like an operator would: SIGTERM to its PID.
     let term = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
+        .args(["-TERM", &child.0.id().to_string()])
         .status()
         .expect("kill runs");
     assert!(term.success());
-    let status = child.wait().expect("the sim exits");
+    let status = child.0.wait().expect("the sim exits");
     assert!(status.success(), "clean exit on SIGTERM: {status:?}");
 }
 
