@@ -65,6 +65,10 @@ struct SimArgs {
     /// Workloads with a container image matching this regular expression never become ready.
     #[arg(long)]
     unready_images: Option<String>,
+    /// Workloads with a container image matching this regular expression crash-loop: never
+    /// ready, and Jobs fail (BackoffLimitExceeded).
+    #[arg(long)]
+    crash_images: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -153,6 +157,9 @@ fn sim(args: SimArgs) -> anyhow::Result<ExitCode> {
     };
     if let Some(re) = &args.unready_images {
         config = config.unready_images(re)?;
+    }
+    if let Some(re) = &args.crash_images {
+        config = config.crash_images(re)?;
     }
     flotilla_sim::run_until_signal(config, &args.kubeconfig_out)?;
     Ok(ExitCode::SUCCESS)

@@ -60,6 +60,8 @@ pub struct SimConfig {
     pub ready_delay: Duration,
     /// Workloads with a container image matching this never become ready.
     pub unready_images: Option<regex::Regex>,
+    /// Workloads with a container image matching this crash-loop (never ready; Jobs fail).
+    pub crash_images: Option<regex::Regex>,
     /// How often a watch that asked for bookmarks gets one.
     pub bookmark_interval: Duration,
     /// Events kept per cluster for watches resuming from a resourceVersion (older: 410).
@@ -74,6 +76,7 @@ impl Default for SimConfig {
             nodes: 3,
             ready_delay: Duration::from_millis(500),
             unready_images: None,
+            crash_images: None,
             bookmark_interval: Duration::from_secs(5),
             watch_history: 1000,
         }
@@ -85,6 +88,15 @@ impl SimConfig {
     pub fn unready_images(mut self, re: &str) -> Result<SimConfig, SimError> {
         self.unready_images = Some(regex::Regex::new(re).map_err(|source| SimError::Regex {
             what: "--unready-images",
+            source,
+        })?);
+        Ok(self)
+    }
+
+    /// Sets `crash_images` from a regular expression.
+    pub fn crash_images(mut self, re: &str) -> Result<SimConfig, SimError> {
+        self.crash_images = Some(regex::Regex::new(re).map_err(|source| SimError::Regex {
+            what: "--crash-images",
             source,
         })?);
         Ok(self)
@@ -314,6 +326,7 @@ async fn serve(
     let sim = workload::Simulation {
         ready_delay: config.ready_delay,
         unready_images: config.unready_images.clone(),
+        crash_images: config.crash_images.clone(),
     };
     let ticker_shared = shared.clone();
     let ticker = tokio::spawn(async move {

@@ -14,6 +14,8 @@ use crate::cluster::{Cluster, now_rfc3339};
 pub struct Simulation {
     pub ready_delay: Duration,
     pub unready_images: Option<regex::Regex>,
+    /// Workloads with a matching image crash-loop: never ready; Jobs fail.
+    pub crash_images: Option<regex::Regex>,
 }
 
 fn images(obj: &Value) -> Vec<String> {
@@ -74,15 +76,19 @@ impl Simulation {
                 st.pending.remove(&key);
                 continue;
             };
-            let held = self.held_with(over.as_ref(), &obj);
+            let crashed = self
+                .crash_images
+                .as_ref()
+                .is_some_and(|re| images(&obj).iter().any(|i| re.is_match(i)));
+            let held = crashed || self.held_with(over.as_ref(), &obj);
             let deadline = Duration::from_secs(
                 obj["spec"]["progressDeadlineSeconds"]
                     .as_u64()
                     .unwrap_or(600),
             );
             let expired = held && now.duration_since(since) >= deadline;
-            let status = status_for(p, &obj, held, expired, nodes);
-            if !held || expired {
+            let status = status_for(p, &obj, held, crashed, expired, nodes);
+            if !held || expired || (crashed && p == "jobs") {
                 st.pending.remove(&key);
             }
             cluster.set_status(&mut st, &key, status);
@@ -91,7 +97,14 @@ impl Simulation {
 }
 
 /// The status a controller would report.
-fn status_for(plural: &str, obj: &Value, held: bool, expired: bool, nodes: i64) -> Value {
+fn status_for(
+    plural: &str,
+    obj: &Value,
+    held: bool,
+    crashed: bool,
+    expired: bool,
+    nodes: i64,
+) -> Value {
     let generation = obj["metadata"]["generation"].as_i64().unwrap_or(1);
     let replicas = obj["spec"]["replicas"].as_i64().unwrap_or(1);
     let ready = if held { 0 } else { replicas };
@@ -119,7 +132,14 @@ fn status_for(plural: &str, obj: &Value, held: bool, expired: bool, nodes: i64) 
                     "ReplicaSet has successfully progressed.",
                 )
             };
-            let available = if held {
+            let available = if crashed {
+                condition(
+                    "Available",
+                    "False",
+                    "MinimumReplicasUnavailable",
+                    "Deployment does not have minimum availability (simulated: containers in CrashLoopBackOff).",
+                )
+            } else if held {
                 condition(
                     "Available",
                     "False",
@@ -163,7 +183,13 @@ fn status_for(plural: &str, obj: &Value, held: bool, expired: bool, nodes: i64) 
         }
         "jobs" => {
             let completions = obj["spec"]["completions"].as_i64().unwrap_or(1);
-            if held {
+            if crashed {
+                let failed = obj["spec"]["backoffLimit"].as_i64().unwrap_or(6) + 1;
+                let msg = "Job has reached the specified backoff limit (simulated: --crash-images)";
+                json!({"failed": failed, "startTime": now_rfc3339(),
+                    "conditions": [condition("FailureTarget", "True", "BackoffLimitExceeded", msg),
+                                   condition("Failed", "True", "BackoffLimitExceeded", msg)]})
+            } else if held {
                 json!({"active": obj["spec"]["parallelism"].as_i64().unwrap_or(1), "ready": 0,
                     "startTime": now_rfc3339()})
             } else {
@@ -186,14 +212,19 @@ mod tests {
         let sim = Simulation {
             ready_delay: Duration::ZERO,
             unready_images: regex::Regex::new("broken").ok(),
+            crash_images: None,
         };
         let d = json!({"metadata": {"generation": 2}, "spec": {"replicas": 3,
             "template": {"spec": {"containers": [{"name": "a", "image": "x/broken:1"}]}}}});
         assert!(sim.held(&d));
-        let s = status_for("deployments", &d, true, false, 3);
+        let s = status_for("deployments", &d, true, false, false, 3);
         assert_eq!(s["observedGeneration"], 2);
         assert!(s["availableReplicas"].is_null());
-        let ok = status_for("deployments", &d, false, false, 3);
+        let ok = status_for("deployments", &d, false, false, false, 3);
+        let job = json!({"spec": {"backoffLimit": 2}});
+        let failed = status_for("jobs", &job, true, true, false, 3);
+        assert_eq!(failed["failed"], 3);
+        assert_eq!(failed["conditions"][1]["type"], "Failed");
         assert_eq!(ok["availableReplicas"], 3);
     }
 }

@@ -835,3 +835,33 @@ fn sim_faults_audit_and_per_cluster_unready_images() {
             .all(|m| m.verb == "patch" && m.field_manager == "kubectl")
     );
 }
+
+#[test]
+fn sim_jobs_complete_or_fail_with_crash_images() {
+    let config = SimConfig {
+        ready_delay: Duration::from_millis(200),
+        ..Default::default()
+    }
+    .crash_images("crashy")
+    .expect("regex");
+    let k = Kube::start(config);
+    let job = |name: &str, image: &str| {
+        format!(
+            "apiVersion: batch/v1\nkind: Job\nmetadata: {{name: {name}}}\nspec:\n  backoffLimit: 2\n  template:\n    spec:\n      restartPolicy: Never\n      containers: [{{name: main, image: \"{image}\"}}]\n"
+        )
+    };
+    let ok = k.file("ok.yaml", &job("ok", "busybox:1"));
+    let bad = k.file("bad.yaml", &job("bad", "example/crashy:1"));
+    k.ok(&["apply", "--server-side", "-f", &ok, "-f", &bad]);
+    k.ok(&[
+        "wait",
+        "--for=condition=Complete",
+        "job/ok",
+        "--timeout=20s",
+    ]);
+    k.ok(&["wait", "--for=condition=Failed", "job/bad", "--timeout=20s"]);
+    assert_eq!(
+        k.ok(&["get", "job", "bad", "-o", "jsonpath={.status.failed}"]),
+        "3"
+    );
+}
