@@ -506,6 +506,19 @@ impl Cluster {
     }
 
     pub fn list(&self, def: &ResourceDef, ns: Option<&str>, q: &Query) -> Result<Value, ApiError> {
+        let text = self.list_text(def, ns, q)?;
+        serde_json::from_str(&text)
+            .map_err(|e| ApiError::new(500, "InternalError", format!("list: {e}")))
+    }
+
+    /// The list as JSON text: the stored objects are spliced in without re-serializing, and
+    /// parsed only when a label selector needs their labels.
+    pub fn list_text(
+        &self,
+        def: &ResourceDef,
+        ns: Option<&str>,
+        q: &Query,
+    ) -> Result<String, ApiError> {
         let labels = LabelSelector::parse(q.get("labelSelector").map(String::as_str).unwrap_or(""))
             .map_err(ApiError::bad_request)?;
         let fsel = FieldSelector::parse(q.get("fieldSelector").map(String::as_str).unwrap_or(""))
@@ -527,7 +540,7 @@ impl Cluster {
             _ => None,
         };
         let st = self.lock();
-        let mut items = Vec::new();
+        let mut items: Vec<Stored> = Vec::new();
         let mut next = None;
         let mut last = None;
         if let Some(objs) = st.objects.get(&res_key(def)) {
@@ -538,8 +551,10 @@ impl Cluster {
                 if after.as_ref().is_some_and(|a| (ons, oname) <= (&a.0, &a.1)) {
                     continue;
                 }
-                let obj = &load(text);
-                if !labels.matches(&obj["metadata"]["labels"]) || !fsel.matches(obj) {
+                if !fsel.matches_parts(oname, ons) {
+                    continue;
+                }
+                if !labels.is_empty() && !labels.matches(&load(text)["metadata"]["labels"]) {
                     continue;
                 }
                 if limit > 0 && items.len() == limit {
@@ -547,18 +562,30 @@ impl Cluster {
                     next = last.map(|(n, m): (&String, &String)| hex(&format!("{n}\0{m}")));
                     break;
                 }
-                items.push(obj.clone());
+                items.push(text.clone());
                 last = Some((ons, oname));
             }
         }
         let mut meta = json!({"resourceVersion": st.rv.to_string()});
+        drop(st);
         if let Some(n) = next {
             meta["continue"] = json!(n);
         }
-        Ok(
-            json!({"apiVersion": def.api_version(), "kind": format!("{}List", def.kind),
-            "metadata": meta, "items": items}),
-        )
+        let mut out = String::with_capacity(items.iter().map(|t| t.len() + 1).sum::<usize>() + 128);
+        out.push_str(&format!(
+            "{{\"apiVersion\":{},\"kind\":{},\"metadata\":{},\"items\":[",
+            json!(def.api_version()),
+            json!(format!("{}List", def.kind)),
+            meta
+        ));
+        for (i, t) in items.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            out.push_str(t);
+        }
+        out.push_str("]}");
+        Ok(out)
     }
 
     fn manager(q: &Query, user_agent: &str) -> String {

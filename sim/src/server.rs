@@ -51,6 +51,15 @@ fn json_response(code: u16, v: &Value) -> Resp {
         .unwrap_or_else(|_| Response::new(Full::new(Bytes::new()).boxed()))
 }
 
+fn text_response(code: u16, body: String) -> Resp {
+    Response::builder()
+        .status(StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR))
+        .header("content-type", "application/json")
+        .header("cache-control", "no-cache, private")
+        .body(Full::new(Bytes::from(body)).boxed())
+        .unwrap_or_else(|_| Response::new(Full::new(Bytes::new()).boxed()))
+}
+
 fn error_response(e: &ApiError) -> Resp {
     json_response(e.code, &e.status())
 }
@@ -372,8 +381,16 @@ fn resource(ctx: &Ctx, group: &str, version: &str, tail: &[&str]) -> Result<Resp
             return watch(ctx, &def, ns);
         }
         (Method::GET, None) => {
-            verb = "list";
-            c.list(&def, ns, q).map(|v| (200, v))
+            let r = c.list_text(&def, ns, q);
+            audit_code(
+                ctx,
+                "list",
+                &def,
+                ns_str,
+                "",
+                r.as_ref().map_or_else(|e| e.code, |_| 200),
+            );
+            return r.map(|text| text_response(200, text));
         }
         (m, Some(n)) if sub == Some("scale") => {
             verb = match m {
