@@ -154,5 +154,17 @@ fn main() {
         lists.as_secs_f64(),
         clusters as f64 / lists.as_secs_f64()
     );
+    let all = run(addr, clusters, 2, |conn, c| {
+        let path = format!(
+            "/clusters/sim-{}/apis/apps/v1/namespaces/default/deployments",
+            c + 1
+        );
+        assert_eq!(request(conn, "GET", &path, "", ""), 200);
+    });
+    println!(
+        "list of all {objects}: {clusters} requests in {:.2} s = {:.0} req/s",
+        all.as_secs_f64(),
+        clusters as f64 / all.as_secs_f64()
+    );
     sim.shutdown();
 }
