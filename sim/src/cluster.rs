@@ -374,6 +374,7 @@ impl Cluster {
         if let Some(m) = meta.as_object_mut() {
             m.remove("selfLink");
         }
+        apply_defaults(def, &mut new);
         let spec_changed = old.is_none_or(|o| spec_part(o) != spec_part(&new));
         match old {
             None => {
@@ -1359,6 +1360,51 @@ fn apply_conflict(def: &ResourceDef, name: &str, conflicts: &[fields::Conflict])
     ApiError::new(409, "Conflict", message).with_details(
         json!({"name": name, "group": def.group, "kind": def.plural, "causes": causes}),
     )
+}
+
+/// The API server's defaults that clients depend on (kubectl rollout status needs the update
+/// strategy of StatefulSets and DaemonSets). Only missing fields are set; nobody owns them.
+fn apply_defaults(def: &ResourceDef, obj: &mut Value) {
+    if def.group != "apps" {
+        return;
+    }
+    let Some(spec) = obj.get_mut("spec").and_then(Value::as_object_mut) else {
+        return;
+    };
+    let mut set = |k: &str, v: Value| {
+        if !spec.contains_key(k) {
+            spec.insert(k.to_string(), v);
+        }
+    };
+    match def.plural.as_str() {
+        "deployments" => {
+            set("replicas", json!(1));
+            set(
+                "strategy",
+                json!({"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": "25%", "maxSurge": "25%"}}),
+            );
+            set("revisionHistoryLimit", json!(10));
+            set("progressDeadlineSeconds", json!(600));
+        }
+        "statefulsets" => {
+            set("replicas", json!(1));
+            set(
+                "updateStrategy",
+                json!({"type": "RollingUpdate", "rollingUpdate": {"partition": 0}}),
+            );
+            set("podManagementPolicy", json!("OrderedReady"));
+            set("revisionHistoryLimit", json!(10));
+        }
+        "daemonsets" => {
+            set(
+                "updateStrategy",
+                json!({"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1, "maxSurge": 0}}),
+            );
+            set("revisionHistoryLimit", json!(10));
+        }
+        "replicasets" => set("replicas", json!(1)),
+        _ => {}
+    }
 }
 
 /// The fields of the `kubectl.kubernetes.io/last-applied-configuration` annotation (empty if

@@ -837,7 +837,7 @@ fn sim_faults_audit_and_per_cluster_unready_images() {
 }
 
 #[test]
-fn sim_jobs_complete_or_fail_with_crash_images() {
+fn sim_jobs_statefulsets_daemonsets_and_crash_images() {
     let config = SimConfig {
         ready_delay: Duration::from_millis(200),
         ..Default::default()
@@ -863,5 +863,32 @@ fn sim_jobs_complete_or_fail_with_crash_images() {
     assert_eq!(
         k.ok(&["get", "job", "bad", "-o", "jsonpath={.status.failed}"]),
         "3"
+    );
+
+    // StatefulSets and DaemonSets roll out too (their update strategy is defaulted, as the
+    // API server does; kubectl refuses rollout status without one).
+    for kind in ["StatefulSet", "DaemonSet"] {
+        let f = k.file(
+            &format!("{kind}.yaml"),
+            &DEPLOY
+                .replace("kind: Deployment", &format!("kind: {kind}"))
+                .replace("IMAGE", "nginx:1.27"),
+        );
+        k.ok(&["apply", "--server-side", "-f", &f]);
+    }
+    let sts = k.ok(&["rollout", "status", "statefulset/web", "--timeout=20s"]);
+    assert!(sts.contains("roll out complete"), "{sts}");
+    let ds = k.ok(&["rollout", "status", "daemonset/web", "--timeout=20s"]);
+    assert!(ds.contains("successfully rolled out"), "{ds}");
+    assert_eq!(
+        k.ok(&[
+            "get",
+            "ds",
+            "web",
+            "-o",
+            "jsonpath={.status.numberAvailable}"
+        ]),
+        "3",
+        "one pod per simulated node"
     );
 }
