@@ -1640,6 +1640,54 @@ mod tests {
     }
 
     #[test]
+    fn status_apply_touches_only_status_and_records_the_subresource() {
+        let c = Cluster::new("t", 1, 0, 100);
+        let d = discovery::builtin()
+            .into_iter()
+            .find(|d| d.plural == "deployments")
+            .expect("deployments");
+        let mut q = Query::new();
+        q.insert("fieldManager".into(), "me".into());
+        let apply = "application/apply-patch+yaml";
+        let body = b"apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: x}\nspec: {replicas: 2}\nstatus: {replicas: 9}\n";
+        let (code, obj) = c
+            .patch(&d, "default", "x", None, apply, body, &q, "t")
+            .expect("apply");
+        assert_eq!(code, 201);
+        assert!(obj["status"].is_null(), "main writes ignore status: {obj}");
+        let status = b"apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: x}\nspec: {replicas: 7}\nstatus: {replicas: 9}\n";
+        let (_, obj) = c
+            .patch(&d, "default", "x", Some("status"), apply, status, &q, "t")
+            .expect("status apply");
+        assert_eq!(obj["status"]["replicas"], 9);
+        assert_eq!(obj["spec"]["replicas"], 2, "status writes ignore spec");
+        assert_eq!(obj["metadata"]["generation"], 1);
+        let mf = fields::read_managed(&obj);
+        assert!(
+            mf.iter()
+                .any(|m| m.subresource == "status" && m.manager == "me"),
+            "{mf:?}"
+        );
+        assert!(
+            mf.iter()
+                .any(|m| m.subresource.is_empty() && m.manager == "me"),
+            "{mf:?}"
+        );
+        // A dry run changes nothing.
+        q.insert("dryRun".into(), "All".into());
+        let b2 =
+            b"apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: x}\nspec: {replicas: 5}\n";
+        let (_, dry) = c
+            .patch(&d, "default", "x", None, apply, b2, &q, "t")
+            .expect("dry");
+        assert_eq!(dry["spec"]["replicas"], 5);
+        assert_eq!(
+            c.get(&d, "default", "x").expect("get")["spec"]["replicas"],
+            2
+        );
+    }
+
+    #[test]
     fn finalizers_hold_deletion() {
         let c = Cluster::new("t", 1, 0, 100);
         let d = cm_def();
