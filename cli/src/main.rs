@@ -56,6 +56,35 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         out: Option<PathBuf>,
     },
+    /// Serve simulated Kubernetes clusters (one port, one path prefix per cluster) until
+    /// Ctrl-C or SIGTERM. See docs/sim.md.
+    Sim(SimArgs),
+}
+
+#[derive(clap::Args)]
+struct SimArgs {
+    /// Number of clusters, named sim-1 .. sim-N (server URL http://ADDR/clusters/NAME).
+    #[arg(long, default_value_t = 1)]
+    clusters: usize,
+    /// Address to listen on (port 0: any free port).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    listen: std::net::SocketAddr,
+    /// Where to write the kubeconfig (one context per cluster).
+    #[arg(long)]
+    kubeconfig_out: PathBuf,
+    /// Simulated nodes per cluster.
+    #[arg(long, default_value_t = 3)]
+    nodes: usize,
+    /// Milliseconds a workload takes to become ready after a spec change.
+    #[arg(long, default_value_t = 500)]
+    ready_delay_ms: u64,
+    /// Workloads with a container image matching this regular expression never become ready.
+    #[arg(long)]
+    unready_images: Option<String>,
+    /// Workloads with a container image matching this regular expression crash-loop: never
+    /// ready, and Jobs fail (BackoffLimitExceeded).
+    #[arg(long)]
+    crash_images: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -133,7 +162,29 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             outln!("{schema}")?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Sim(args) => sim(args),
     }
+}
+
+fn sim(args: SimArgs) -> anyhow::Result<ExitCode> {
+    if args.clusters == 0 {
+        anyhow::bail!("--clusters must be at least 1");
+    }
+    let mut config = flotilla_sim::SimConfig {
+        clusters: args.clusters,
+        listen: args.listen,
+        nodes: args.nodes,
+        ready_delay: std::time::Duration::from_millis(args.ready_delay_ms),
+        ..Default::default()
+    };
+    if let Some(re) = &args.unready_images {
+        config = config.unready_images(re)?;
+    }
+    if let Some(re) = &args.crash_images {
+        config = config.crash_images(re)?;
+    }
+    flotilla_sim::run_until_signal(config, &args.kubeconfig_out)?;
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Reads and checks the fleet file. I/O problems are errors (exit 2); an invalid fleet is not.

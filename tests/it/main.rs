@@ -7,4 +7,5 @@ mod support;
 
 mod cli;
 mod render_fixtures;
+mod sim;
 mod spec_fixtures;

@@ -1,0 +1,1750 @@
+//! One simulated cluster: the object store, resource versions, watch history and the verbs.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use serde_json::{Value, json};
+use tokio::sync::broadcast;
+
+use crate::discovery::{self, ResourceDef};
+use crate::error::ApiError;
+use crate::fields;
+use crate::select::{FieldSelector, LabelSelector};
+
+/// Slots of the per-cluster broadcast channel: a watcher further behind is cut off.
+const BROADCAST: usize = 1024;
+
+/// (group, version, plural)
+pub type ResKey = (String, String, String);
+/// (namespace, name); the namespace is empty for cluster-scoped objects.
+pub type ObjName = (String, String);
+
+/// An object as stored: compact JSON text. A parsed `serde_json::Value` costs about eight
+/// times as much memory, and 1,000 clusters must fit in one process.
+#[derive(Debug, Clone)]
+pub struct Stored {
+    text: Arc<str>,
+    /// `metadata.labels`, kept parsed for label selectors.
+    pub labels: Arc<Value>,
+}
+
+impl std::ops::Deref for Stored {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        &self.text
+    }
+}
+
+impl std::fmt::Display for Stored {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+fn store(v: &Value) -> Stored {
+    Stored {
+        text: serde_json::to_string(v).unwrap_or_default().into(),
+        labels: Arc::new(v["metadata"]["labels"].clone()),
+    }
+}
+
+/// Parses a stored object (it was serialized by `store`, so this cannot fail in practice).
+pub fn load(s: &str) -> Value {
+    serde_json::from_str(s).unwrap_or(Value::Null)
+}
+
+/// A watch event, as stored in the history and broadcast to watchers.
+#[derive(Debug, Clone)]
+pub struct Event {
+    pub rv: u64,
+    pub res: ResKey,
+    pub namespace: String,
+    pub name: String,
+    pub labels: Value,
+    pub kind: &'static str,
+    /// The object as JSON text.
+    pub object: Stored,
+}
+
+impl Event {
+    fn new(
+        rv: u64,
+        res: &ResKey,
+        ns: &str,
+        kind: &'static str,
+        obj: &Value,
+        text: Stored,
+    ) -> Event {
+        Event {
+            rv,
+            res: res.clone(),
+            namespace: ns.to_string(),
+            name: obj["metadata"]["name"].as_str().unwrap_or("").to_string(),
+            labels: obj["metadata"]["labels"].clone(),
+            kind,
+            object: text,
+        }
+    }
+
+    /// The newline-terminated JSON line of a watch stream.
+    pub fn line(&self) -> String {
+        format!(
+            "{{\"type\":\"{}\",\"object\":{}}}\n",
+            self.kind, self.object
+        )
+    }
+}
+
+/// What a new watch starts from: events to send first, the live feed, the current resourceVersion.
+pub type WatchStart = (Vec<Arc<Event>>, broadcast::Receiver<Arc<Event>>, u64);
+
+/// Query parameters of one request.
+pub type Query = HashMap<String, String>;
+
+/// The mutable state of a cluster (behind one lock).
+pub struct State {
+    pub rv: u64,
+    seq: u64,
+    pub defs: Vec<ResourceDef>,
+    pub objects: HashMap<ResKey, BTreeMap<ObjName, Stored>>,
+    history: VecDeque<Arc<Event>>,
+    /// Workloads whose spec changed, with when: the workload simulation picks them up.
+    pub pending: HashMap<(ResKey, ObjName), Instant>,
+}
+
+/// One simulated cluster.
+pub struct Cluster {
+    pub name: String,
+    /// A small number unique per cluster, mixed into uids.
+    index: u64,
+    state: Mutex<State>,
+    pub events: broadcast::Sender<Arc<Event>>,
+    faults: Mutex<crate::faults::FaultState>,
+    /// How many past events are kept for watches that resume from a resourceVersion.
+    history_cap: usize,
+    /// A per-cluster override of the unready-images setting.
+    unready: Mutex<Option<regex::Regex>>,
+}
+
+pub fn now_rfc3339() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    chrono::DateTime::from_timestamp(secs, 0)
+        .unwrap_or_default()
+        .format("%Y-%m-%dT%H:%M:%SZ")
+        .to_string()
+}
+
+fn res_key(d: &ResourceDef) -> ResKey {
+    (d.group.clone(), d.version.clone(), d.plural.clone())
+}
+
+/// Whether a parameter is a "true" flag (`true`, `1`).
+pub fn flag(q: &Query, k: &str) -> bool {
+    matches!(q.get(k).map(String::as_str), Some("true" | "1"))
+}
+
+fn dry_run(q: &Query) -> Result<bool, ApiError> {
+    match q.get("dryRun").map(String::as_str) {
+        None | Some("") => Ok(false),
+        Some("All") => Ok(true),
+        Some(other) => Err(ApiError::bad_request(format!(
+            "Invalid dry run value {other:?}: only \"All\" is supported"
+        ))),
+    }
+}
+
+const WORKLOADS: [&str; 5] = [
+    "deployments",
+    "statefulsets",
+    "daemonsets",
+    "replicasets",
+    "jobs",
+];
+
+fn hex(s: &str) -> String {
+    s.bytes().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(s: &str) -> Option<String> {
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    let bytes: Option<Vec<u8>> = (0..s.len())
+        .step_by(2)
+        .map(|i| s.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()))
+        .collect();
+    String::from_utf8(bytes?).ok()
+}
+
+/// Everything outside metadata and status: a change here bumps `generation`.
+fn spec_part(v: &Value) -> Value {
+    match v.as_object() {
+        Some(m) => Value::Object(
+            m.iter()
+                .filter(|(k, _)| {
+                    !matches!(k.as_str(), "metadata" | "status" | "apiVersion" | "kind")
+                })
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        ),
+        None => Value::Null,
+    }
+}
+
+/// A parsed request body: JSON, or YAML through the project's parser.
+pub fn parse_body(body: &[u8]) -> Result<Value, ApiError> {
+    if let Ok(v) = serde_json::from_slice::<Value>(body) {
+        return Ok(v);
+    }
+    let text = std::str::from_utf8(body)
+        .map_err(|_| ApiError::bad_request("the request body is not UTF-8"))?;
+    let limits = flotilla_spec::yaml::Limits {
+        max_bytes: 8 << 20,
+        max_depth: 64,
+        max_nodes: 1_000_000,
+    };
+    flotilla_spec::yaml::parse(text, &limits)
+        .map(|n| n.to_json())
+        .map_err(|e| ApiError::bad_request(format!("error decoding YAML: {}", e.message())))
+}
+
+impl Cluster {
+    pub fn new(name: &str, index: u64, nodes: usize, history: usize) -> Cluster {
+        let (events, _) = broadcast::channel(BROADCAST);
+        let c = Cluster {
+            name: name.to_string(),
+            index,
+            state: Mutex::new(State {
+                rv: 0,
+                seq: 0,
+                defs: discovery::builtin(),
+                objects: HashMap::new(),
+                history: VecDeque::new(),
+                pending: HashMap::new(),
+            }),
+            events,
+            faults: Mutex::new(crate::faults::FaultState::default()),
+            history_cap: history.max(1),
+            unready: Mutex::new(None),
+        };
+        c.seed(nodes);
+        c
+    }
+
+    fn seed(&self, nodes: usize) {
+        let mut st = self.lock();
+        let ns_def = st.def("", "v1", "namespaces").cloned();
+        let node_def = st.def("", "v1", "nodes").cloned();
+        if let Some(d) = ns_def {
+            for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
+                let obj =
+                    json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}});
+                let _ = self.commit(&mut st, &d, "", ns, None, obj, false);
+            }
+        }
+        if let Some(d) = node_def {
+            for i in 1..=nodes {
+                let name = format!("{}-node-{i}", self.name);
+                let obj = json!({"apiVersion": "v1", "kind": "Node",
+                    "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name,
+                        "kubernetes.io/os": "linux", "node-role.kubernetes.io/worker": ""}},
+                    "status": {
+                        "capacity": {"cpu": "8", "memory": "32Gi", "pods": "110"},
+                        "allocatable": {"cpu": "8", "memory": "32Gi", "pods": "110"},
+                        "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady",
+                            "message": "simulated node", "lastHeartbeatTime": now_rfc3339(),
+                            "lastTransitionTime": now_rfc3339()}],
+                        "nodeInfo": {"kubeletVersion": "v1.32.0-flotilla-sim", "architecture": "amd64",
+                            "operatingSystem": "linux", "containerRuntimeVersion": "sim://1"}}});
+                let _ = self.commit(&mut st, &d, "", &name, None, obj, false);
+            }
+        }
+    }
+
+    pub fn set_faults(&self, faults: crate::faults::Faults) {
+        self.faults
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .set(faults);
+    }
+
+    pub fn faults(&self) -> crate::faults::Faults {
+        self.faults
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .faults
+            .clone()
+    }
+
+    /// What the faults say to do with the next request.
+    pub fn decide(&self) -> crate::faults::Decision {
+        self.faults
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .decide()
+    }
+
+    pub fn set_unready_images(&self, re: Option<regex::Regex>) {
+        *self.unready.lock().unwrap_or_else(|e| e.into_inner()) = re;
+    }
+
+    pub fn unready_images(&self) -> Option<regex::Regex> {
+        self.unready
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The resource served at `group/version/plural`, if any.
+    pub fn resource(&self, group: &str, version: &str, plural: &str) -> Option<ResourceDef> {
+        self.lock().def(group, version, plural).cloned()
+    }
+
+    pub fn defs(&self) -> Vec<ResourceDef> {
+        self.lock().defs.clone()
+    }
+
+    fn uid(&self, st: &mut State) -> String {
+        st.seq += 1;
+        let n = st.seq;
+        format!(
+            "{:08x}-{:04x}-4{:03x}-8{:03x}-{:012x}",
+            self.index as u32,
+            (n >> 48) & 0xffff,
+            (n >> 36) & 0xfff,
+            (n >> 24) & 0xfff,
+            n & 0xffff_ffff_ffff
+        )
+    }
+
+    /// Stores `new` (or, for `new == Null`, deletes) with server-set metadata and an event.
+    /// Returns the stored object. Nothing changes on a dry run.
+    #[allow(clippy::too_many_arguments)]
+    fn commit(
+        &self,
+        st: &mut State,
+        def: &ResourceDef,
+        ns: &str,
+        name: &str,
+        old: Option<&Value>,
+        mut new: Value,
+        dry: bool,
+    ) -> Value {
+        let key = res_key(def);
+        let rv = st.rv + 1;
+        if new.is_null() {
+            // A deletion.
+            let mut obj = old.cloned().unwrap_or(Value::Null);
+            if !dry {
+                st.rv = rv;
+                obj["metadata"]["resourceVersion"] = json!(rv.to_string());
+                if let Some(m) = st.objects.get_mut(&key) {
+                    m.remove(&(ns.to_string(), name.to_string()));
+                }
+                st.pending
+                    .remove(&(key.clone(), (ns.to_string(), name.to_string())));
+                if def.plural == "customresourcedefinitions" {
+                    self.unregister_crd(st, &obj);
+                }
+                self.emit(st, &key, ns, "DELETED", &obj);
+            }
+            return obj;
+        }
+        new["apiVersion"] = json!(def.api_version());
+        new["kind"] = json!(def.kind);
+        if !new["metadata"].is_object() {
+            new["metadata"] = json!({});
+        }
+        let meta = &mut new["metadata"];
+        meta["name"] = json!(name);
+        if def.namespaced {
+            meta["namespace"] = json!(ns);
+        } else if let Some(m) = meta.as_object_mut() {
+            m.remove("namespace");
+        }
+        if let Some(m) = meta.as_object_mut() {
+            m.remove("selfLink");
+        }
+        apply_defaults(def, &mut new);
+        let spec_changed = old.is_none_or(|o| spec_part(o) != spec_part(&new));
+        match old {
+            None => {
+                let uid = self.uid(st);
+                let meta = &mut new["metadata"];
+                meta["uid"] = json!(uid);
+                meta["creationTimestamp"] = json!(now_rfc3339());
+                if let Some(m) = meta.as_object_mut() {
+                    m.remove("deletionTimestamp");
+                }
+                if new.get("spec").is_some()
+                    || def.group.contains('.') && !def.group.ends_with("k8s.io")
+                {
+                    new["metadata"]["generation"] = json!(1);
+                }
+            }
+            Some(o) => {
+                let om = &o["metadata"];
+                let meta = &mut new["metadata"];
+                for k in [
+                    "uid",
+                    "creationTimestamp",
+                    "deletionTimestamp",
+                    "generation",
+                ] {
+                    match om.get(k) {
+                        Some(v) => meta[k] = v.clone(),
+                        None => {
+                            if let Some(m) = meta.as_object_mut() {
+                                m.remove(k);
+                            }
+                        }
+                    }
+                }
+                if spec_changed && let Some(g) = om["generation"].as_i64() {
+                    meta["generation"] = json!(g + 1);
+                }
+            }
+        }
+        if def.plural == "namespaces" && new["status"]["phase"].is_null() {
+            new["status"] = json!({"phase": "Active"});
+        }
+        if def.plural == "customresourcedefinitions" {
+            establish_crd(&mut new);
+        }
+        // A deleting object whose last finalizer is gone is deleted now.
+        let finalizers_empty = new["metadata"]["finalizers"]
+            .as_array()
+            .is_none_or(Vec::is_empty);
+        if !new["metadata"]["deletionTimestamp"].is_null() && finalizers_empty {
+            return self.commit(st, def, ns, name, Some(&new), Value::Null, dry);
+        }
+        if dry {
+            if old.is_none() {
+                // A dry-run object has no server identity.
+                if let Some(m) = new["metadata"].as_object_mut() {
+                    m.remove("uid");
+                }
+            }
+            new["metadata"]["resourceVersion"] = json!(
+                old.and_then(|o| o["metadata"]["resourceVersion"].as_str())
+                    .unwrap_or("")
+            );
+            return new;
+        }
+        st.rv = rv;
+        new["metadata"]["resourceVersion"] = json!(rv.to_string());
+        let text = store(&new);
+        st.objects
+            .entry(key.clone())
+            .or_default()
+            .insert((ns.to_string(), name.to_string()), text.clone());
+        if def.plural == "customresourcedefinitions" {
+            st.defs.retain(|d| {
+                !(d.group == new["spec"]["group"].as_str().unwrap_or("")
+                    && d.plural == new["spec"]["names"]["plural"].as_str().unwrap_or(""))
+            });
+            st.defs.extend(discovery::from_crd(&new));
+        }
+        if (def.group == "apps" || def.group == "batch")
+            && WORKLOADS.contains(&def.plural.as_str())
+            && spec_changed
+        {
+            st.pending.insert(
+                (key.clone(), (ns.to_string(), name.to_string())),
+                Instant::now(),
+            );
+        }
+        let kind = if old.is_none() { "ADDED" } else { "MODIFIED" };
+        self.emit_stored(st, &key, ns, kind, &new, text);
+        new
+    }
+
+    fn unregister_crd(&self, st: &mut State, crd: &Value) {
+        let defs = discovery::from_crd(crd);
+        for d in &defs {
+            let key = res_key(d);
+            if let Some(objs) = st.objects.remove(&key) {
+                for ((ns, _), text) in objs {
+                    st.rv += 1;
+                    let mut obj = load(&text);
+                    obj["metadata"]["resourceVersion"] = json!(st.rv.to_string());
+                    self.emit(st, &key, &ns, "DELETED", &obj);
+                }
+            }
+        }
+        st.defs.retain(|d| !defs.contains(d));
+    }
+
+    fn emit(&self, st: &mut State, key: &ResKey, ns: &str, kind: &'static str, object: &Value) {
+        self.emit_stored(st, key, ns, kind, object, store(object));
+    }
+
+    fn emit_stored(
+        &self,
+        st: &mut State,
+        key: &ResKey,
+        ns: &str,
+        kind: &'static str,
+        object: &Value,
+        text: Stored,
+    ) {
+        let ev = Arc::new(Event::new(st.rv, key, ns, kind, object, text));
+        if st.history.len() >= self.history_cap {
+            st.history.pop_front();
+        }
+        st.history.push_back(ev.clone());
+        // No receivers is fine.
+        let _ = self.events.send(ev);
+    }
+
+    fn check_namespace(st: &State, def: &ResourceDef, ns: &str) -> Result<(), ApiError> {
+        if !def.namespaced {
+            return Ok(());
+        }
+        let key = ("".to_string(), "v1".to_string(), "namespaces".to_string());
+        let exists = st
+            .objects
+            .get(&key)
+            .is_some_and(|m| m.contains_key(&(String::new(), ns.to_string())));
+        if exists {
+            Ok(())
+        } else {
+            Err(ApiError::namespace_not_found(ns))
+        }
+    }
+
+    pub fn get(&self, def: &ResourceDef, ns: &str, name: &str) -> Result<Value, ApiError> {
+        let st = self.lock();
+        st.get(def, ns, name)
+            .ok_or_else(|| ApiError::not_found(def, name))
+    }
+
+    pub fn list(&self, def: &ResourceDef, ns: Option<&str>, q: &Query) -> Result<Value, ApiError> {
+        let text = self.list_text(def, ns, q)?;
+        serde_json::from_str(&text)
+            .map_err(|e| ApiError::new(500, "InternalError", format!("list: {e}")))
+    }
+
+    /// The list as JSON text: the stored objects are spliced in without re-parsing or
+    /// re-serializing them.
+    pub fn list_text(
+        &self,
+        def: &ResourceDef,
+        ns: Option<&str>,
+        q: &Query,
+    ) -> Result<String, ApiError> {
+        let labels = LabelSelector::parse(q.get("labelSelector").map(String::as_str).unwrap_or(""))
+            .map_err(ApiError::bad_request)?;
+        let fsel = FieldSelector::parse(q.get("fieldSelector").map(String::as_str).unwrap_or(""))
+            .map_err(ApiError::bad_request)?;
+        let limit: usize = match q.get("limit") {
+            Some(l) if !l.is_empty() => l
+                .parse()
+                .map_err(|_| ApiError::bad_request(format!("invalid limit {l:?}")))?,
+            _ => 0,
+        };
+        let after = match q.get("continue") {
+            Some(c) if !c.is_empty() => {
+                let s = unhex(c).ok_or_else(|| ApiError::bad_request("invalid continue token"))?;
+                let (n, m) = s
+                    .split_once('\0')
+                    .ok_or_else(|| ApiError::bad_request("invalid continue token"))?;
+                Some((n.to_string(), m.to_string()))
+            }
+            _ => None,
+        };
+        let st = self.lock();
+        let mut items: Vec<Stored> = Vec::new();
+        let mut next = None;
+        let mut last = None;
+        if let Some(objs) = st.objects.get(&res_key(def)) {
+            for ((ons, oname), text) in objs {
+                if ns.is_some_and(|n| n != ons) {
+                    continue;
+                }
+                if after.as_ref().is_some_and(|a| (ons, oname) <= (&a.0, &a.1)) {
+                    continue;
+                }
+                if !fsel.matches_parts(oname, ons) {
+                    continue;
+                }
+                if !labels.matches(&text.labels) {
+                    continue;
+                }
+                if limit > 0 && items.len() == limit {
+                    // More remain: continue after the last item returned.
+                    next = last.map(|(n, m): (&String, &String)| hex(&format!("{n}\0{m}")));
+                    break;
+                }
+                items.push(text.clone());
+                last = Some((ons, oname));
+            }
+        }
+        let mut meta = json!({"resourceVersion": st.rv.to_string()});
+        drop(st);
+        if let Some(n) = next {
+            meta["continue"] = json!(n);
+        }
+        let mut out = String::with_capacity(items.iter().map(|t| t.len() + 1).sum::<usize>() + 128);
+        out.push_str(&format!(
+            "{{\"apiVersion\":{},\"kind\":{},\"metadata\":{},\"items\":[",
+            json!(def.api_version()),
+            json!(format!("{}List", def.kind)),
+            meta
+        ));
+        for (i, t) in items.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            out.push_str(t);
+        }
+        out.push_str("]}");
+        Ok(out)
+    }
+
+    fn manager(q: &Query, user_agent: &str) -> String {
+        match q.get("fieldManager") {
+            Some(m) if !m.is_empty() => m.clone(),
+            _ => user_agent
+                .split('/')
+                .next()
+                .filter(|s| !s.is_empty())
+                .unwrap_or("unknown")
+                .to_string(),
+        }
+    }
+
+    pub fn create(
+        &self,
+        def: &ResourceDef,
+        ns: &str,
+        body: &[u8],
+        q: &Query,
+        user_agent: &str,
+    ) -> Result<Value, ApiError> {
+        let dry = dry_run(q)?;
+        let mut obj = parse_body(body)?;
+        if !obj.is_object() {
+            return Err(ApiError::bad_request("the request body must be an object"));
+        }
+        check_kind(def, &obj)?;
+        let mut st = self.lock();
+        let name = match obj["metadata"]["name"].as_str() {
+            Some(n) if !n.is_empty() => n.to_string(),
+            _ => match obj["metadata"]["generateName"].as_str() {
+                Some(g) if !g.is_empty() => {
+                    st.seq += 1;
+                    format!("{g}{:05x}", st.seq & 0xfffff)
+                }
+                _ => {
+                    return Err(ApiError::invalid(
+                        def,
+                        "",
+                        "metadata.name",
+                        "Required value: name or generateName is required",
+                    ));
+                }
+            },
+        };
+        validate_name(def, &name)?;
+        if def.namespaced
+            && let Some(bns) = obj["metadata"]["namespace"].as_str()
+            && !bns.is_empty()
+            && bns != ns
+        {
+            return Err(ApiError::bad_request(
+                "the namespace of the provided object does not match the namespace sent on the request",
+            ));
+        }
+        Self::check_namespace(&st, def, ns)?;
+        if st.get(def, ns, &name).is_some() {
+            return Err(ApiError::already_exists(def, &name));
+        }
+        if def.status
+            && def.plural != "nodes"
+            && let Some(m) = obj.as_object_mut()
+        {
+            m.remove("status");
+        }
+        fields::record_update(
+            None,
+            &mut obj,
+            &Self::manager(q, user_agent),
+            &def.api_version(),
+            &now_rfc3339(),
+            false,
+        );
+        Ok(self.commit(&mut st, def, ns, &name, None, obj, dry))
+    }
+
+    /// PUT of the object (`sub` None) or of its status.
+    #[allow(clippy::too_many_arguments)]
+    pub fn update(
+        &self,
+        def: &ResourceDef,
+        ns: &str,
+        name: &str,
+        sub: Option<&str>,
+        body: &[u8],
+        q: &Query,
+        user_agent: &str,
+    ) -> Result<Value, ApiError> {
+        let dry = dry_run(q)?;
+        let obj = parse_body(body)?;
+        if !obj.is_object() {
+            return Err(ApiError::bad_request("the request body must be an object"));
+        }
+        check_kind(def, &obj)?;
+        if let Some(bn) = obj["metadata"]["name"].as_str()
+            && bn != name
+        {
+            return Err(ApiError::bad_request(
+                "the name of the object does not match the name on the URL",
+            ));
+        }
+        let mut st = self.lock();
+        let old = st
+            .get(def, ns, name)
+            .ok_or_else(|| ApiError::not_found(def, name))?;
+        if let Some(rv) = obj["metadata"]["resourceVersion"].as_str()
+            && !rv.is_empty()
+            && Some(rv) != old["metadata"]["resourceVersion"].as_str()
+        {
+            return Err(ApiError::conflict(def, name));
+        }
+        let status_scope = sub == Some("status");
+        let mut new = scoped(def, &old, obj, status_scope);
+        fields::record_update(
+            Some(&old),
+            &mut new,
+            &Self::manager(q, user_agent),
+            &def.api_version(),
+            &now_rfc3339(),
+            status_scope,
+        );
+        Ok(self.commit(&mut st, def, ns, name, Some(&old), new, dry))
+    }
+
+    /// PATCH with one of the four patch types; apply may create the object.
+    #[allow(clippy::too_many_arguments)]
+    pub fn patch(
+        &self,
+        def: &ResourceDef,
+        ns: &str,
+        name: &str,
+        sub: Option<&str>,
+        content_type: &str,
+        body: &[u8],
+        q: &Query,
+        user_agent: &str,
+    ) -> Result<(u16, Value), ApiError> {
+        let dry = dry_run(q)?;
+        let status_scope = sub == Some("status");
+        let ct = content_type.split(';').next().unwrap_or("").trim();
+        let now = now_rfc3339();
+        let mut st = self.lock();
+        let old = st.get(def, ns, name);
+        if ct == "application/apply-patch+yaml" {
+            let manager = match q.get("fieldManager") {
+                Some(m) if !m.is_empty() => m.clone(),
+                _ => {
+                    return Err(ApiError::new(
+                        422,
+                        "Invalid",
+                        "PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Required value: is required for apply patch",
+                    ));
+                }
+            };
+            let force = flag(q, "force");
+            let applied = parse_body(body)?;
+            if !applied.is_object() {
+                return Err(ApiError::bad_request("the apply patch must be an object"));
+            }
+            check_kind(def, &applied)?;
+            if applied["apiVersion"].is_null() || applied["kind"].is_null() {
+                return Err(ApiError::bad_request(
+                    "apiVersion and kind are required in an apply patch",
+                ));
+            }
+            if let Some(bn) = applied["metadata"]["name"].as_str()
+                && bn != name
+            {
+                return Err(ApiError::bad_request(
+                    "the name of the object does not match the name on the URL",
+                ));
+            }
+            if old.is_none() {
+                if status_scope {
+                    return Err(ApiError::not_found(def, name));
+                }
+                validate_name(def, name)?;
+                Self::check_namespace(&st, def, ns)?;
+            }
+            let mut applied = applied;
+            if !status_scope
+                && def.status
+                && let Some(m) = applied.as_object_mut()
+            {
+                m.remove("status");
+            }
+            let result = fields::apply(
+                old.as_ref(),
+                &applied,
+                &manager,
+                &def.api_version(),
+                &now,
+                force,
+                status_scope,
+            );
+            let merged = match result {
+                Ok(a) => a.object,
+                Err(conflicts) => {
+                    // As the API server does for kubectl's own manager: conflicts on fields
+                    // recorded in the client-side-apply annotation are forced (the upgrade
+                    // from client-side to server-side apply).
+                    let allowed = match (&old, manager.as_str()) {
+                        (Some(o), "kubectl") => last_applied_fields(o, &def.api_version()),
+                        _ => fields::FieldSet::new(),
+                    };
+                    let remaining: Vec<fields::Conflict> = conflicts
+                        .into_iter()
+                        .filter(|c| !allowed.contains(&c.path))
+                        .collect();
+                    if !remaining.is_empty() {
+                        return Err(apply_conflict(def, name, &remaining));
+                    }
+                    fields::apply(
+                        old.as_ref(),
+                        &applied,
+                        &manager,
+                        &def.api_version(),
+                        &now,
+                        true,
+                        status_scope,
+                    )
+                    .map_err(|c| apply_conflict(def, name, &c))?
+                    .object
+                }
+            };
+            let code = if old.is_some() { 200 } else { 201 };
+            let new = match &old {
+                Some(o) => scoped(def, o, merged, status_scope),
+                None => merged,
+            };
+            return Ok((
+                code,
+                self.commit(&mut st, def, ns, name, old.as_ref(), new, dry),
+            ));
+        }
+        let old = old.ok_or_else(|| ApiError::not_found(def, name))?;
+        let mut doc = old.clone();
+        match ct {
+            "application/merge-patch+json" => {
+                let p = parse_json(body)?;
+                json_patch::merge(&mut doc, &p);
+            }
+            "application/strategic-merge-patch+json" => {
+                let p = parse_json(body)?;
+                strategic_merge(&mut doc, &p);
+            }
+            "application/json-patch+json" => {
+                let p: json_patch::Patch = serde_json::from_slice(body)
+                    .map_err(|e| ApiError::bad_request(format!("invalid JSON patch: {e}")))?;
+                json_patch::patch(&mut doc, &p).map_err(|e| {
+                    ApiError::new(422, "Invalid", format!("the JSON patch failed: {e}"))
+                })?;
+            }
+            other => {
+                return Err(ApiError::new(
+                    415,
+                    "UnsupportedMediaType",
+                    format!(
+                        "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml, application/strategic-merge-patch+json (got {other:?})"
+                    ),
+                ));
+            }
+        }
+        if !doc.is_object() {
+            return Err(ApiError::bad_request(
+                "the patched document is not an object",
+            ));
+        }
+        if let Some(rv) = doc["metadata"]["resourceVersion"].as_str()
+            && Some(rv) != old["metadata"]["resourceVersion"].as_str()
+        {
+            return Err(ApiError::conflict(def, name));
+        }
+        let mut new = scoped(def, &old, doc, status_scope);
+        fields::record_update(
+            Some(&old),
+            &mut new,
+            &Self::manager(q, user_agent),
+            &def.api_version(),
+            &now,
+            status_scope,
+        );
+        Ok((
+            200,
+            self.commit(&mut st, def, ns, name, Some(&old), new, dry),
+        ))
+    }
+
+    /// The scale subresource (autoscaling/v1 Scale) of deployments, statefulsets and
+    /// replicasets: GET, PUT and PATCH (merge, JSON, strategic) of `spec.replicas`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn scale(
+        &self,
+        def: &ResourceDef,
+        ns: &str,
+        name: &str,
+        method: &hyper::Method,
+        content_type: &str,
+        body: &[u8],
+        q: &Query,
+        user_agent: &str,
+    ) -> Result<Value, ApiError> {
+        let dry = dry_run(q)?;
+        let mut st = self.lock();
+        let old = st
+            .get(def, ns, name)
+            .ok_or_else(|| ApiError::not_found(def, name))?;
+        let current = scale_of(&old);
+        if method == hyper::Method::GET {
+            return Ok(current);
+        }
+        let ct = content_type.split(';').next().unwrap_or("").trim();
+        let wanted = if method == hyper::Method::PUT {
+            let v = parse_body(body)?;
+            if let Some(rv) = v["metadata"]["resourceVersion"].as_str()
+                && !rv.is_empty()
+                && Some(rv) != old["metadata"]["resourceVersion"].as_str()
+            {
+                return Err(ApiError::conflict(def, name));
+            }
+            v
+        } else {
+            let mut doc = current.clone();
+            match ct {
+                "application/json-patch+json" => {
+                    let p: json_patch::Patch = serde_json::from_slice(body)
+                        .map_err(|e| ApiError::bad_request(format!("invalid JSON patch: {e}")))?;
+                    json_patch::patch(&mut doc, &p).map_err(|e| {
+                        ApiError::new(422, "Invalid", format!("the JSON patch failed: {e}"))
+                    })?;
+                }
+                "application/merge-patch+json" | "application/strategic-merge-patch+json" => {
+                    json_patch::merge(&mut doc, &parse_json(body)?);
+                }
+                other => {
+                    return Err(ApiError::new(
+                        415,
+                        "UnsupportedMediaType",
+                        format!("unsupported patch type for scale: {other:?}"),
+                    ));
+                }
+            }
+            doc
+        };
+        let replicas = wanted["spec"]["replicas"].as_i64().ok_or_else(|| {
+            ApiError::new(
+                422,
+                "Invalid",
+                "Scale.autoscaling \"\" is invalid: spec.replicas: Required value",
+            )
+        })?;
+        if replicas < 0 {
+            return Err(ApiError::new(
+                422,
+                "Invalid",
+                format!(
+                    "Scale.autoscaling \"{name}\" is invalid: spec.replicas: Invalid value: {replicas}: must be greater than or equal to 0"
+                ),
+            ));
+        }
+        let mut new = old.clone();
+        match new.get_mut("spec").and_then(Value::as_object_mut) {
+            Some(spec) => {
+                spec.insert("replicas".into(), json!(replicas));
+            }
+            None => return Err(ApiError::invalid(def, name, "spec", "Required value")),
+        }
+        fields::record_update(
+            Some(&old),
+            &mut new,
+            &Self::manager(q, user_agent),
+            &def.api_version(),
+            &now_rfc3339(),
+            false,
+        );
+        let stored = self.commit(&mut st, def, ns, name, Some(&old), new, dry);
+        Ok(scale_of(&stored))
+    }
+
+    /// DELETE: objects with finalizers get a deletionTimestamp and stay until they are gone.
+    pub fn delete(
+        &self,
+        def: &ResourceDef,
+        ns: &str,
+        name: &str,
+        body: &[u8],
+        q: &Query,
+    ) -> Result<Value, ApiError> {
+        let mut dry = dry_run(q)?;
+        let opts = if body.iter().all(u8::is_ascii_whitespace) {
+            Value::Null
+        } else {
+            parse_json(body)?
+        };
+        if opts["dryRun"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|v| v == "All"))
+        {
+            dry = true;
+        }
+        let propagation = q
+            .get("propagationPolicy")
+            .map(String::as_str)
+            .or(opts["propagationPolicy"].as_str())
+            .unwrap_or("Background")
+            .to_string();
+        if def.group.is_empty()
+            && def.plural == "namespaces"
+            && matches!(name, "default" | "kube-system" | "kube-public")
+        {
+            return Err(ApiError::new(
+                403,
+                "Forbidden",
+                format!("namespaces \"{name}\" is forbidden: this namespace may not be deleted"),
+            )
+            .with_details(json!({"name": name, "kind": "namespaces"})));
+        }
+        let mut st = self.lock();
+        let old = st
+            .get(def, ns, name)
+            .ok_or_else(|| ApiError::not_found(def, name))?;
+        if let Some(uid) = opts["preconditions"]["uid"].as_str()
+            && Some(uid) != old["metadata"]["uid"].as_str()
+        {
+            return Err(ApiError::conflict(def, name));
+        }
+        let has_finalizers = old["metadata"]["finalizers"]
+            .as_array()
+            .is_some_and(|a| !a.is_empty());
+        if has_finalizers {
+            if !old["metadata"]["deletionTimestamp"].is_null() {
+                return Ok(old);
+            }
+            let mut new = old.clone();
+            new["metadata"]["deletionTimestamp"] = json!(now_rfc3339());
+            new["metadata"]["deletionGracePeriodSeconds"] = json!(0);
+            // commit keeps the old deletionTimestamp: set it through a copy of old.
+            let mut marked = old.clone();
+            marked["metadata"]["deletionTimestamp"] = new["metadata"]["deletionTimestamp"].clone();
+            return Ok(self.commit(&mut st, def, ns, name, Some(&marked), new, dry));
+        }
+        let uid = old["metadata"]["uid"].as_str().unwrap_or("").to_string();
+        let out = self.commit(&mut st, def, ns, name, Some(&old), Value::Null, dry);
+        if !dry {
+            if def.plural == "namespaces" && def.group.is_empty() {
+                self.delete_namespace_contents(&mut st, name);
+            }
+            if propagation != "Orphan" {
+                self.delete_dependents(&mut st, &uid);
+            }
+        }
+        Ok(out)
+    }
+
+    /// DELETE on a collection: every object the selectors match, as a list of what was
+    /// deleted (or marked for deletion).
+    pub fn delete_collection(
+        &self,
+        def: &ResourceDef,
+        ns: Option<&str>,
+        body: &[u8],
+        q: &Query,
+    ) -> Result<Value, ApiError> {
+        let mut list_q = q.clone();
+        list_q.remove("limit");
+        list_q.remove("continue");
+        let listed = self.list(def, ns, &list_q)?;
+        let mut deleted = Vec::new();
+        for item in listed["items"].as_array().map(Vec::as_slice).unwrap_or(&[]) {
+            let ins = item["metadata"]["namespace"].as_str().unwrap_or("");
+            let name = item["metadata"]["name"].as_str().unwrap_or("");
+            match self.delete(def, ins, name, body, q) {
+                Ok(v) => deleted.push(v),
+                Err(e) if e.code == 404 || e.code == 403 => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let rv = self.lock().rv;
+        Ok(
+            json!({"apiVersion": def.api_version(), "kind": format!("{}List", def.kind),
+            "metadata": {"resourceVersion": rv.to_string()}, "items": deleted}),
+        )
+    }
+
+    fn delete_namespace_contents(&self, st: &mut State, ns: &str) {
+        let defs: Vec<ResourceDef> = st.defs.iter().filter(|d| d.namespaced).cloned().collect();
+        for d in defs {
+            let names: Vec<ObjName> = st
+                .objects
+                .get(&res_key(&d))
+                .map(|m| m.keys().filter(|(n, _)| n == ns).cloned().collect())
+                .unwrap_or_default();
+            for (n, name) in names {
+                let old = st.get(&d, &n, &name);
+                self.commit(st, &d, &n, &name, old.as_ref(), Value::Null, false);
+            }
+        }
+    }
+
+    fn delete_dependents(&self, st: &mut State, uid: &str) {
+        if uid.is_empty() {
+            return;
+        }
+        let mut doomed = Vec::new();
+        for d in &st.defs {
+            if let Some(objs) = st.objects.get(&res_key(d)) {
+                for ((ns, name), text) in objs {
+                    let obj = load(text);
+                    let owned = obj["metadata"]["ownerReferences"]
+                        .as_array()
+                        .is_some_and(|refs| refs.iter().any(|r| r["uid"] == uid));
+                    if owned {
+                        doomed.push((
+                            d.clone(),
+                            ns.clone(),
+                            name.clone(),
+                            obj["metadata"]["uid"].as_str().unwrap_or("").to_string(),
+                        ));
+                    }
+                }
+            }
+        }
+        for (d, ns, name, child_uid) in doomed {
+            let old = st.get(&d, &ns, &name);
+            if old.is_some() {
+                self.commit(st, &d, &ns, &name, old.as_ref(), Value::Null, false);
+                self.delete_dependents(st, &child_uid);
+            }
+        }
+    }
+
+    /// Starts a watch: the events to send first, and a receiver for what follows. Taken under
+    /// the lock, so nothing falls between the two.
+    pub fn watch(
+        &self,
+        def: &ResourceDef,
+        ns: Option<&str>,
+        q: &Query,
+    ) -> Result<WatchStart, ApiError> {
+        let st = self.lock();
+        let key = res_key(def);
+        let rx = self.events.subscribe();
+        let rv = q.get("resourceVersion").map(String::as_str).unwrap_or("");
+        let mut initial = Vec::new();
+        if rv.is_empty() || rv == "0" || flag(q, "sendInitialEvents") {
+            if let Some(objs) = st.objects.get(&key) {
+                for ((ons, _), text) in objs {
+                    if ns.is_some_and(|n| n != ons) {
+                        continue;
+                    }
+                    let obj = load(text);
+                    initial.push(Arc::new(Event::new(
+                        st.rv,
+                        &key,
+                        ons,
+                        "ADDED",
+                        &obj,
+                        text.clone(),
+                    )));
+                }
+            }
+        } else {
+            let from: u64 = rv
+                .parse()
+                .map_err(|_| ApiError::bad_request(format!("invalid resourceVersion {rv:?}")))?;
+            let oldest = st.history.front().map(|e| e.rv).unwrap_or(st.rv + 1);
+            if from.saturating_add(1) < oldest && st.history.len() >= self.history_cap {
+                return Err(ApiError::new(
+                    410,
+                    "Expired",
+                    format!(
+                        "too old resource version: {from} ({})",
+                        oldest.saturating_sub(1)
+                    ),
+                ));
+            }
+            initial.extend(
+                st.history
+                    .iter()
+                    .filter(|e| e.rv > from && e.res == key && ns.is_none_or(|n| n == e.namespace))
+                    .cloned(),
+            );
+        }
+        Ok((initial, rx, st.rv))
+    }
+
+    /// The stored objects of one resource (for the workload simulation and tests).
+    pub fn objects(&self, group: &str, version: &str, plural: &str) -> Vec<Value> {
+        let st = self.lock();
+        st.objects
+            .get(&(group.to_string(), version.to_string(), plural.to_string()))
+            .map(|m| m.values().map(|t| load(t)).collect())
+            .unwrap_or_default()
+    }
+
+    /// Replaces the status of a stored object (the simulated controllers' write).
+    pub fn set_status(&self, st: &mut State, key: &(ResKey, ObjName), status: Value) {
+        let ((g, v, p), (ns, name)) = key;
+        let Some(def) = st.def(g, v, p).cloned() else {
+            return;
+        };
+        let Some(old) = st.get(&def, ns, name) else {
+            return;
+        };
+        if old["status"] == status {
+            return;
+        }
+        let mut new = old.clone();
+        new["status"] = status;
+        fields::record_update(
+            Some(&old),
+            &mut new,
+            "kube-controller-manager",
+            &def.api_version(),
+            &now_rfc3339(),
+            true,
+        );
+        self.commit(st, &def, ns, name, Some(&old), new, false);
+    }
+}
+
+impl State {
+    pub fn def(&self, group: &str, version: &str, plural: &str) -> Option<&ResourceDef> {
+        self.defs
+            .iter()
+            .find(|d| d.group == group && d.version == version && d.plural == plural)
+    }
+
+    /// The stored object, parsed.
+    pub fn get(&self, def: &ResourceDef, ns: &str, name: &str) -> Option<Value> {
+        self.objects
+            .get(&res_key(def))
+            .and_then(|m| m.get(&(ns.to_string(), name.to_string())))
+            .map(|t| load(t))
+    }
+}
+
+fn parse_json(body: &[u8]) -> Result<Value, ApiError> {
+    serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("invalid JSON: {e}")))
+}
+
+fn check_kind(def: &ResourceDef, obj: &Value) -> Result<(), ApiError> {
+    if let Some(k) = obj["kind"].as_str()
+        && k != def.kind
+    {
+        return Err(ApiError::bad_request(format!(
+            "the kind {k:?} of the body does not match the resource {} (kind {:?})",
+            def.qualified(),
+            def.kind
+        )));
+    }
+    if let Some(av) = obj["apiVersion"].as_str()
+        && av != def.api_version()
+    {
+        return Err(ApiError::bad_request(format!(
+            "the apiVersion {av:?} of the body does not match {:?}",
+            def.api_version()
+        )));
+    }
+    Ok(())
+}
+
+fn validate_name(def: &ResourceDef, name: &str) -> Result<(), ApiError> {
+    let ok = !name.is_empty()
+        && name.len() <= 253
+        && name.chars().all(|c| {
+            c.is_ascii_lowercase()
+                || c.is_ascii_digit()
+                || c == '-'
+                || c == '.'
+                || (c == ':' && def.group.starts_with("rbac"))
+        })
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name.ends_with(|c: char| c.is_ascii_alphanumeric());
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::invalid(
+            def,
+            name,
+            "metadata.name",
+            "Invalid value: a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character",
+        ))
+    }
+}
+
+/// Main-resource writes keep the old status; status writes change only the status.
+fn scoped(def: &ResourceDef, old: &Value, mut new: Value, status_scope: bool) -> Value {
+    if status_scope {
+        let mut out = old.clone();
+        out["status"] = new.get("status").cloned().unwrap_or(Value::Null);
+        if out["status"].is_null()
+            && let Some(m) = out.as_object_mut()
+        {
+            m.remove("status");
+        }
+        // Managed fields come from the new object's bookkeeping.
+        if let Some(mf) = new["metadata"].get("managedFields").cloned() {
+            out["metadata"]["managedFields"] = mf;
+        }
+        return out;
+    }
+    if def.status
+        && let Some(m) = new.as_object_mut()
+    {
+        match old.get("status") {
+            Some(s) => {
+                m.insert("status".into(), s.clone());
+            }
+            None => {
+                m.remove("status");
+            }
+        }
+    }
+    new
+}
+
+fn apply_conflict(def: &ResourceDef, name: &str, conflicts: &[fields::Conflict]) -> ApiError {
+    let n = conflicts.len();
+    let api_version = def.api_version();
+    let message = if n == 1 {
+        format!(
+            "Apply failed with 1 conflict: conflict with \"{}\" using {api_version}: {}",
+            conflicts[0].manager,
+            fields::display(&conflicts[0].path)
+        )
+    } else {
+        let list: Vec<String> = conflicts
+            .iter()
+            .map(|c| {
+                format!(
+                    "- conflict with \"{}\" using {api_version}: {}",
+                    c.manager,
+                    fields::display(&c.path)
+                )
+            })
+            .collect();
+        format!("Apply failed with {n} conflicts:\n{}", list.join("\n"))
+    };
+    let causes: Vec<Value> = conflicts
+        .iter()
+        .map(|c| {
+            json!({"reason": "FieldManagerConflict",
+                "message": format!("conflict with \"{}\" using {api_version}", c.manager),
+                "field": fields::display(&c.path)})
+        })
+        .collect();
+    ApiError::new(409, "Conflict", message).with_details(
+        json!({"name": name, "group": def.group, "kind": def.plural, "causes": causes}),
+    )
+}
+
+/// The API server's defaults that clients depend on (kubectl rollout status needs the update
+/// strategy of StatefulSets and DaemonSets). Only missing fields are set; nobody owns them.
+fn apply_defaults(def: &ResourceDef, obj: &mut Value) {
+    if def.group != "apps" {
+        return;
+    }
+    let Some(spec) = obj.get_mut("spec").and_then(Value::as_object_mut) else {
+        return;
+    };
+    let mut set = |k: &str, v: Value| {
+        if !spec.contains_key(k) {
+            spec.insert(k.to_string(), v);
+        }
+    };
+    match def.plural.as_str() {
+        "deployments" => {
+            set("replicas", json!(1));
+            set(
+                "strategy",
+                json!({"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": "25%", "maxSurge": "25%"}}),
+            );
+            set("revisionHistoryLimit", json!(10));
+            set("progressDeadlineSeconds", json!(600));
+        }
+        "statefulsets" => {
+            set("replicas", json!(1));
+            set(
+                "updateStrategy",
+                json!({"type": "RollingUpdate", "rollingUpdate": {"partition": 0}}),
+            );
+            set("podManagementPolicy", json!("OrderedReady"));
+            set("revisionHistoryLimit", json!(10));
+        }
+        "daemonsets" => {
+            set(
+                "updateStrategy",
+                json!({"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1, "maxSurge": 0}}),
+            );
+            set("revisionHistoryLimit", json!(10));
+        }
+        "replicasets" => set("replicas", json!(1)),
+        _ => {}
+    }
+}
+
+/// The fields of the `kubectl.kubernetes.io/last-applied-configuration` annotation (empty if
+/// absent, unparsable or of another apiVersion).
+fn last_applied_fields(obj: &Value, api_version: &str) -> fields::FieldSet {
+    obj["metadata"]["annotations"]["kubectl.kubernetes.io/last-applied-configuration"]
+        .as_str()
+        .and_then(|t| serde_json::from_str::<Value>(t).ok())
+        .filter(|v| v["apiVersion"] == api_version)
+        .map(|v| fields::fields_of(&v, false))
+        .unwrap_or_default()
+}
+
+/// The autoscaling/v1 Scale view of a workload.
+fn scale_of(obj: &Value) -> Value {
+    let selector = obj["spec"]["selector"]["matchLabels"]
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .unwrap_or_default();
+    let meta = &obj["metadata"];
+    json!({
+        "kind": "Scale",
+        "apiVersion": "autoscaling/v1",
+        "metadata": {"name": meta["name"], "namespace": meta["namespace"], "uid": meta["uid"],
+            "resourceVersion": meta["resourceVersion"], "creationTimestamp": meta["creationTimestamp"]},
+        "spec": {"replicas": obj["spec"]["replicas"].as_i64().unwrap_or(1)},
+        "status": {"replicas": obj["status"]["replicas"].as_i64().unwrap_or(0), "selector": selector}
+    })
+}
+
+/// Marks a CRD Established and NamesAccepted, as the real apiextensions controller does.
+fn establish_crd(crd: &mut Value) {
+    let now = now_rfc3339();
+    let names = crd["spec"]["names"].clone();
+    crd["status"] = json!({
+        "acceptedNames": names,
+        "storedVersions": crd["spec"]["versions"].as_array().map(|vs| vs.iter()
+            .filter(|v| v["storage"] == true).map(|v| v["name"].clone()).collect::<Vec<_>>()).unwrap_or_default(),
+        "conditions": [
+            {"type": "NamesAccepted", "status": "True", "reason": "NoConflicts",
+             "message": "no conflicts found", "lastTransitionTime": now},
+            {"type": "Established", "status": "True", "reason": "InitialNamesAccepted",
+             "message": "the initial names have been accepted", "lastTransitionTime": now}
+        ]
+    });
+}
+
+/// The merge key of a list field under strategic merge patch: the keys of the Kubernetes
+/// types the sim knows (containers, env, volumes, volumeMounts, ports, ...), else `name` when
+/// every item has one; `None` means the list is replaced.
+fn merge_key(field: &str, items: &[&Value]) -> Option<&'static str> {
+    Some(match field {
+        "containers"
+        | "initContainers"
+        | "ephemeralContainers"
+        | "env"
+        | "volumes"
+        | "imagePullSecrets" => "name",
+        "volumeMounts" => "mountPath",
+        "volumeDevices" => "devicePath",
+        "ports" if items.iter().any(|i| i.get("containerPort").is_some()) => "containerPort",
+        "ports" => "port",
+        "hostAliases" => "ip",
+        "topologySpreadConstraints" => "topologyKey",
+        "conditions" => "type",
+        _ if !items.is_empty()
+            && items
+                .iter()
+                .all(|i| i.get("name").is_some_and(Value::is_string)) =>
+        {
+            "name"
+        }
+        _ => return None,
+    })
+}
+
+/// A patch value as stored: directives (`$...` keys, `$patch` items) and nulls removed.
+fn clean(v: &Value) -> Value {
+    match v {
+        Value::Object(m) => Value::Object(
+            m.iter()
+                .filter(|(k, v)| !k.starts_with('$') && !v.is_null())
+                .map(|(k, v)| (k.clone(), clean(v)))
+                .collect(),
+        ),
+        Value::Array(a) => Value::Array(
+            a.iter()
+                .filter(|i| i.get("$patch").is_none())
+                .map(clean)
+                .collect(),
+        ),
+        _ => v.clone(),
+    }
+}
+
+/// Strategic merge patch, simplified: a JSON merge patch in which lists with a known merge
+/// key (see `merge_key`) merge item by item, and `$patch: delete` items remove their match.
+/// Other directives (`$setElementOrder`, `$retainKeys`, `$deleteFromPrimitiveList`) are
+/// ignored; lists without a merge key are replaced.
+pub fn strategic_merge(doc: &mut Value, patch: &Value) {
+    let (Value::Object(d), Value::Object(p)) = (&mut *doc, patch) else {
+        *doc = clean(patch);
+        return;
+    };
+    for (k, pv) in p {
+        if k.starts_with('$') {
+            continue;
+        }
+        if pv.is_null() {
+            d.remove(k);
+            continue;
+        }
+        match (d.get_mut(k), pv) {
+            (Some(dv @ Value::Object(_)), Value::Object(_)) => strategic_merge(dv, pv),
+            (Some(Value::Array(dl)), Value::Array(pl)) => {
+                let items: Vec<&Value> = dl.iter().chain(pl.iter()).collect();
+                match merge_key(k, &items) {
+                    Some(key) => merge_list(dl, pl, key),
+                    None => {
+                        *dl = pl
+                            .iter()
+                            .filter(|i| i.get("$patch").is_none())
+                            .map(clean)
+                            .collect()
+                    }
+                }
+            }
+            _ => {
+                d.insert(k.clone(), clean(pv));
+            }
+        }
+    }
+}
+
+fn merge_list(dl: &mut Vec<Value>, pl: &[Value], key: &str) {
+    for pi in pl {
+        let id = pi.get(key);
+        let pos = id.and_then(|id| dl.iter().position(|di| di.get(key) == Some(id)));
+        match (pi.get("$patch").and_then(Value::as_str), pos) {
+            (Some("delete"), Some(i)) => {
+                dl.remove(i);
+            }
+            (Some("delete"), None) => {}
+            (_, Some(i)) => strategic_merge(&mut dl[i], pi),
+            (_, None) => dl.push(clean(pi)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cm_def() -> ResourceDef {
+        discovery::builtin()
+            .into_iter()
+            .find(|d| d.plural == "configmaps")
+            .expect("configmaps")
+    }
+
+    #[test]
+    fn create_get_update_conflict() {
+        let c = Cluster::new("t", 1, 1, 100);
+        let d = cm_def();
+        let q = Query::new();
+        let body =
+            br#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"a"},"data":{"k":"v"}}"#;
+        let created = c.create(&d, "default", body, &q, "test/1").expect("create");
+        assert!(created["metadata"]["uid"].is_string());
+        assert_eq!(
+            c.create(&d, "default", body, &q, "t").map_err(|e| e.code),
+            Err(409)
+        );
+        assert_eq!(
+            c.create(&d, "nope", body, &q, "t").map_err(|e| e.reason),
+            Err("NotFound")
+        );
+        let stale = br#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"a","resourceVersion":"1"},"data":{}}"#;
+        assert_eq!(
+            c.update(&d, "default", "a", None, stale, &q, "t")
+                .map_err(|e| e.reason),
+            Err("Conflict")
+        );
+        assert_eq!(c.get(&d, "default", "b").map_err(|e| e.code), Err(404));
+    }
+
+    #[test]
+    fn watch_resource_versions_are_checked() {
+        let c = Cluster::new("t", 1, 0, 2);
+        let d = cm_def();
+        let mut q = Query::new();
+        q.insert("resourceVersion".into(), u64::MAX.to_string());
+        assert!(c.watch(&d, None, &q).is_ok());
+        q.insert("resourceVersion".into(), "abc".into());
+        assert_eq!(
+            c.watch(&d, None, &q).map(|_| ()).map_err(|e| e.code),
+            Err(400)
+        );
+        for n in ["a", "b", "c"] {
+            let body = format!("{{\"metadata\":{{\"name\":\"{n}\"}}}}");
+            c.create(&d, "default", body.as_bytes(), &Query::new(), "t")
+                .expect("create");
+        }
+        q.insert("resourceVersion".into(), "1".into());
+        assert_eq!(
+            c.watch(&d, None, &q).map(|_| ()).map_err(|e| e.code),
+            Err(410)
+        );
+    }
+
+    #[test]
+    fn delete_collection_by_label() {
+        let c = Cluster::new("t", 1, 0, 100);
+        let d = cm_def();
+        for (n, l) in [("a", "x"), ("b", "x"), ("c", "y")] {
+            let body =
+                format!("{{\"metadata\":{{\"name\":\"{n}\",\"labels\":{{\"l\":\"{l}\"}}}}}}");
+            c.create(&d, "default", body.as_bytes(), &Query::new(), "t")
+                .expect("create");
+        }
+        let mut q = Query::new();
+        q.insert("labelSelector".into(), "l=x".into());
+        let gone = c
+            .delete_collection(&d, Some("default"), b"", &q)
+            .expect("deletecollection");
+        assert_eq!(gone["items"].as_array().map(Vec::len), Some(2));
+        assert_eq!(c.objects("", "v1", "configmaps").len(), 1);
+    }
+
+    #[test]
+    fn status_apply_touches_only_status_and_records_the_subresource() {
+        let c = Cluster::new("t", 1, 0, 100);
+        let d = discovery::builtin()
+            .into_iter()
+            .find(|d| d.plural == "deployments")
+            .expect("deployments");
+        let mut q = Query::new();
+        q.insert("fieldManager".into(), "me".into());
+        let apply = "application/apply-patch+yaml";
+        let body = b"apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: x}\nspec: {replicas: 2}\nstatus: {replicas: 9}\n";
+        let (code, obj) = c
+            .patch(&d, "default", "x", None, apply, body, &q, "t")
+            .expect("apply");
+        assert_eq!(code, 201);
+        assert!(obj["status"].is_null(), "main writes ignore status: {obj}");
+        let status = b"apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: x}\nspec: {replicas: 7}\nstatus: {replicas: 9}\n";
+        let (_, obj) = c
+            .patch(&d, "default", "x", Some("status"), apply, status, &q, "t")
+            .expect("status apply");
+        assert_eq!(obj["status"]["replicas"], 9);
+        assert_eq!(obj["spec"]["replicas"], 2, "status writes ignore spec");
+        assert_eq!(obj["metadata"]["generation"], 1);
+        let mf = fields::read_managed(&obj);
+        assert!(
+            mf.iter()
+                .any(|m| m.subresource == "status" && m.manager == "me"),
+            "{mf:?}"
+        );
+        assert!(
+            mf.iter()
+                .any(|m| m.subresource.is_empty() && m.manager == "me"),
+            "{mf:?}"
+        );
+        // A dry run changes nothing.
+        q.insert("dryRun".into(), "All".into());
+        let b2 =
+            b"apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: x}\nspec: {replicas: 5}\n";
+        let (_, dry) = c
+            .patch(&d, "default", "x", None, apply, b2, &q, "t")
+            .expect("dry");
+        assert_eq!(dry["spec"]["replicas"], 5);
+        assert_eq!(
+            c.get(&d, "default", "x").expect("get")["spec"]["replicas"],
+            2
+        );
+    }
+
+    #[test]
+    fn finalizers_hold_deletion() {
+        let c = Cluster::new("t", 1, 0, 100);
+        let d = cm_def();
+        let q = Query::new();
+        let body = br#"{"metadata":{"name":"f","finalizers":["x/y"]}}"#;
+        c.create(&d, "default", body, &q, "t").expect("create");
+        let del = c.delete(&d, "default", "f", b"", &q).expect("delete");
+        assert!(del["metadata"]["deletionTimestamp"].is_string());
+        assert!(c.get(&d, "default", "f").is_ok());
+        let p = br#"{"metadata":{"finalizers":null}}"#;
+        c.patch(
+            &d,
+            "default",
+            "f",
+            None,
+            "application/merge-patch+json",
+            p,
+            &q,
+            "t",
+        )
+        .expect("patch");
+        assert!(c.get(&d, "default", "f").is_err());
+    }
+
+    #[test]
+    fn strategic_merges_containers_by_name() {
+        let mut doc =
+            json!({"containers": [{"name": "a", "image": "1"}, {"name": "b", "image": "2"}]});
+        strategic_merge(
+            &mut doc,
+            &json!({"containers": [{"name": "b", "image": "3"}, {"name": "c", "image": "4"}]}),
+        );
+        assert_eq!(doc["containers"].as_array().map(Vec::len), Some(3));
+        assert_eq!(doc["containers"][1]["image"], "3");
+        strategic_merge(
+            &mut doc,
+            &json!({"containers": [{"name": "a", "$patch": "delete"}]}),
+        );
+        assert_eq!(doc["containers"][0]["name"], "b");
+        // kubectl's client-side apply: ports keyed by containerPort, order directives ignored.
+        let mut doc = json!({"ports": [{"containerPort": 80}], "args": ["a"]});
+        strategic_merge(
+            &mut doc,
+            &json!({"$setElementOrder/ports": [{"containerPort": 81}],
+                "ports": [{"containerPort": 81}, {"$patch": "delete", "containerPort": 80}],
+                "args": ["b"]}),
+        );
+        assert_eq!(
+            doc,
+            json!({"ports": [{"containerPort": 81}], "args": ["b"]})
+        );
+    }
+
+    #[test]
+    fn yaml_bodies_parse() {
+        let v = parse_body(b"a: 1\nb: [x]\n").expect("yaml");
+        assert_eq!(v, json!({"a": 1, "b": ["x"]}));
+        assert!(parse_body(b"a: [").is_err());
+    }
+}

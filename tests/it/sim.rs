@@ -1,0 +1,894 @@
+//! `flotilla sim` driven by the real kubectl on this machine (in-process sims on port 0, plus
+//! one `flotilla sim` child process). kubectl always gets `--kubeconfig` and `--cache-dir` in a
+//! temp dir: ~/.kube is never touched.
+
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::sync::Once;
+use std::time::{Duration, Instant};
+
+use flotilla_sim::{SimConfig, SimHandle};
+
+static VERSION: Once = Once::new();
+
+/// A sim and a kubectl pointed at it.
+struct Kube {
+    dir: tempfile::TempDir,
+    kubeconfig: PathBuf,
+    sim: SimHandle,
+}
+
+impl Kube {
+    fn start(config: SimConfig) -> Kube {
+        VERSION.call_once(|| {
+            let v = Command::new("kubectl")
+                .args(["version", "--client"])
+                .output()
+                .expect("kubectl is installed (.ci/run installs kubernetes-client if missing)");
+            println!(
+                "kubectl version --client:\n{}",
+                String::from_utf8_lossy(&v.stdout)
+            );
+        });
+        let sim = flotilla_sim::start(config).expect("the sim starts");
+        let dir = tempfile::tempdir().expect("temp dir");
+        let kubeconfig = dir.path().join("kubeconfig");
+        std::fs::write(&kubeconfig, sim.kubeconfig()).expect("write kubeconfig");
+        Kube {
+            dir,
+            kubeconfig,
+            sim,
+        }
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new("kubectl");
+        c.arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .arg("--cache-dir")
+            .arg(self.dir.path().join("cache"))
+            .args(["--request-timeout", "20s"])
+            .args(args)
+            .env_remove("KUBECONFIG");
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.command(args).output().expect("kubectl runs")
+    }
+
+    /// Runs kubectl and returns stdout, failing the test if it fails.
+    fn ok(&self, args: &[&str]) -> String {
+        let o = self.run(args);
+        assert!(
+            o.status.success(),
+            "kubectl {args:?} failed: {}\n{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    /// Writes a manifest into the temp dir and returns its path.
+    fn file(&self, name: &str, text: &str) -> String {
+        let p = self.dir.path().join(name);
+        std::fs::write(&p, text).expect("write manifest");
+        p.to_str().expect("UTF-8 temp path").to_string()
+    }
+}
+
+/// A child process killed (by its PID) if the test fails before stopping it.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+const CM: &str = "apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: app
+  labels: {team: a}
+data:
+  color: blue
+  size: big
+";
+
+const DEPLOY: &str = "apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      containers:
+      - name: web
+        image: IMAGE
+        ports: [{containerPort: 80}]
+";
+
+#[test]
+fn sim_discovery_api_resources_and_version() {
+    let k = Kube::start(SimConfig::default());
+    let res = k.ok(&["api-resources"]);
+    for line in [
+        "deployments",
+        "deploy",
+        "configmaps",
+        "customresourcedefinitions",
+        "poddisruptionbudgets",
+        "clusterrolebindings",
+        "ingresses",
+        "cronjobs",
+    ] {
+        assert!(res.contains(line), "{line} missing from:\n{res}");
+    }
+    let cm = res
+        .lines()
+        .find(|l| l.starts_with("configmaps "))
+        .expect("configmaps row");
+    assert!(
+        cm.contains(" cm ") && cm.contains("true") && cm.contains("ConfigMap"),
+        "{cm}"
+    );
+    let v = k.ok(&["version"]);
+    assert!(v.contains("Server Version: v1.32.0-flotilla-sim"), "{v}");
+    let ns = k.ok(&["get", "ns", "-o", "name"]);
+    assert!(
+        ns.contains("namespace/default") && ns.contains("namespace/kube-system"),
+        "{ns}"
+    );
+    let nodes = k.ok(&["get", "nodes", "-o", "name"]);
+    assert_eq!(nodes.lines().count(), 3, "{nodes}");
+}
+
+#[test]
+fn sim_server_side_apply_conflict_force_and_field_removal() {
+    let k = Kube::start(SimConfig::default());
+    let f = k.file("cm.yaml", CM);
+    let out = k.ok(&["apply", "--server-side", "-f", &f]);
+    assert!(out.contains("configmap/app serverside-applied"), "{out}");
+
+    let red = k.file("red.yaml", &CM.replace("blue", "red"));
+    let o = k.run(&[
+        "apply",
+        "--server-side",
+        "--field-manager=other",
+        "-f",
+        &red,
+    ]);
+    assert!(!o.status.success(), "a conflicting apply must fail");
+    let err = stderr(&o);
+    assert!(
+        err.contains("conflict with \"kubectl\"") && err.contains(".data.color"),
+        "the message names the conflict: {err}"
+    );
+    assert!(k.ok(&["get", "cm", "app", "-o", "jsonpath={.data.color}"]) == "blue");
+
+    k.ok(&[
+        "apply",
+        "--server-side",
+        "--field-manager=other",
+        "--force-conflicts",
+        "-f",
+        &red,
+    ]);
+    let yaml = k.ok(&["get", "cm", "app", "-o", "yaml", "--show-managed-fields"]);
+    assert!(yaml.contains("color: red"), "{yaml}");
+    assert!(
+        yaml.contains("managedFields:") && yaml.contains("manager: other"),
+        "{yaml}"
+    );
+    assert!(
+        yaml.contains("operation: Apply") && yaml.contains("f:color: {}"),
+        "{yaml}"
+    );
+    // Without --show-managed-fields kubectl hides them.
+    assert!(
+        !k.ok(&["get", "cm", "app", "-o", "yaml"])
+            .contains("managedFields")
+    );
+
+    // `size` is shared by both managers: dropping it from one manifest keeps it...
+    let no_size = k.file(
+        "nosize.yaml",
+        &CM.replace("blue", "red").replace("  size: big\n", ""),
+    );
+    k.ok(&[
+        "apply",
+        "--server-side",
+        "--field-manager=other",
+        "-f",
+        &no_size,
+    ]);
+    assert_eq!(
+        k.ok(&["get", "cm", "app", "-o", "jsonpath={.data.size}"]),
+        "big"
+    );
+    // ...and dropping it from the last manager that applies it removes it.
+    let kubectl_no_size = k.file(
+        "k.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: app\n  labels: {team: a}\n",
+    );
+    k.ok(&["apply", "--server-side", "-f", &kubectl_no_size]);
+    assert_eq!(
+        k.ok(&["get", "cm", "app", "-o", "jsonpath={.data.size}"]),
+        ""
+    );
+    assert_eq!(
+        k.ok(&["get", "cm", "app", "-o", "jsonpath={.data.color}"]),
+        "red"
+    );
+
+    let audit = k.sim.audit();
+    assert!(
+        audit
+            .iter()
+            .any(|a| a.verb == "patch" && a.field_manager == "other" && a.code == 409)
+    );
+    assert!(
+        audit
+            .iter()
+            .any(|a| a.verb == "patch" && a.field_manager == "kubectl" && a.code == 201)
+    );
+}
+
+#[test]
+fn sim_dry_run_stores_nothing_and_namespaces_must_exist() {
+    let k = Kube::start(SimConfig::default());
+    let f = k.file("cm.yaml", CM);
+    let out = k.ok(&["apply", "--server-side", "--dry-run=server", "-f", &f]);
+    assert!(out.contains("(server dry run)"), "{out}");
+    let o = k.run(&["get", "cm", "app"]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("configmaps \"app\" not found"),
+        "{}",
+        stderr(&o)
+    );
+    let audit = k.sim.audit();
+    assert!(audit.iter().any(|a| a.verb == "patch" && a.dry_run));
+    assert!(!audit.iter().any(|a| a.is_mutation()), "{audit:?}");
+
+    let o = k.run(&["apply", "--server-side", "-n", "missing", "-f", &f]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("namespaces \"missing\" not found"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn sim_get_watch_streams_added_and_deleted() {
+    let k = Kube::start(SimConfig::default());
+    let first = k.file("first.yaml", &CM.replace("name: app", "name: first"));
+    k.ok(&["apply", "--server-side", "-f", &first]);
+    let mut watch = k
+        .command(&["get", "configmaps", "-w", "--output-watch-events"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("kubectl get -w starts");
+    // Lines arrive on a channel, so the test waits for events instead of sleeping.
+    let stdout = watch.stdout.take().expect("piped stdout");
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut seen = Vec::new();
+    let mut wait_for = |pred: &dyn Fn(&str) -> bool, what: &str| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(line) = rx.recv_timeout(Duration::from_millis(100)) {
+                let hit = pred(&line);
+                seen.push(line);
+                if hit {
+                    return;
+                }
+            }
+        }
+        panic!("no {what} in the watch output: {seen:?}");
+    };
+    // The initial list (as ADDED) shows that the watch is established.
+    wait_for(
+        &|l| l.starts_with("ADDED") && l.contains("first"),
+        "ADDED first",
+    );
+    let f = k.file("cm.yaml", CM);
+    k.ok(&["apply", "--server-side", "-f", &f]);
+    wait_for(
+        &|l| l.starts_with("ADDED") && l.contains("app"),
+        "ADDED app",
+    );
+    k.ok(&["delete", "configmap", "app"]);
+    wait_for(
+        &|l| l.starts_with("DELETED") && l.contains("app"),
+        "DELETED app",
+    );
+    watch.kill().expect("stop the watch");
+    let _ = watch.wait();
+}
+
+#[test]
+fn sim_delete_waits_for_finalizers() {
+    let k = Kube::start(SimConfig::default());
+    let f = k.file(
+        "cm.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: held\n  finalizers: [example.com/hold]\n",
+    );
+    k.ok(&["apply", "--server-side", "-f", &f]);
+    k.ok(&["delete", "cm", "held", "--wait=false"]);
+    let ts = k.ok(&[
+        "get",
+        "cm",
+        "held",
+        "-o",
+        "jsonpath={.metadata.deletionTimestamp}",
+    ]);
+    assert!(!ts.is_empty(), "marked for deletion, still there");
+    k.ok(&[
+        "patch",
+        "cm",
+        "held",
+        "--type=merge",
+        "-p",
+        r#"{"metadata":{"finalizers":null}}"#,
+    ]);
+    let o = k.run(&["get", "cm", "held"]);
+    assert!(stderr(&o).contains("not found"), "{}", stderr(&o));
+    // Deleting a namespace deletes its contents; the built-in ones cannot be deleted.
+    let ns = k.file(
+        "ns.yaml",
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: team}\n---\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: c, namespace: team}\n",
+    );
+    k.ok(&["apply", "--server-side", "-f", &ns]);
+    assert_eq!(
+        k.ok(&["get", "cm", "-n", "team", "-o", "name"]),
+        "configmap/c\n"
+    );
+    k.ok(&["delete", "namespace", "team"]);
+    let o = k.run(&["get", "cm", "c", "-n", "team"]);
+    assert!(stderr(&o).contains("not found"), "{}", stderr(&o));
+    let o = k.run(&["delete", "namespace", "default"]);
+    assert!(stderr(&o).contains("may not be deleted"), "{}", stderr(&o));
+}
+
+#[test]
+fn sim_patch_types_replace_conflict_and_status_subresource() {
+    let k = Kube::start(SimConfig {
+        ready_delay: Duration::from_secs(3600),
+        ..Default::default()
+    });
+    let f = k.file("d.yaml", &DEPLOY.replace("IMAGE", "nginx:1"));
+    k.ok(&["apply", "--server-side", "-f", &f]);
+    let generation = |k: &Kube| {
+        k.ok(&[
+            "get",
+            "deploy",
+            "web",
+            "-o",
+            "jsonpath={.metadata.generation}",
+        ])
+    };
+    assert_eq!(generation(&k), "1");
+    // Strategic merge (kubectl's default): containers merge by name.
+    k.ok(&[
+        "patch",
+        "deploy",
+        "web",
+        "-p",
+        r#"{"spec":{"template":{"spec":{"containers":[{"name":"side","image":"busybox"}]}}}}"#,
+    ]);
+    let names = k.ok(&[
+        "get",
+        "deploy",
+        "web",
+        "-o",
+        "jsonpath={.spec.template.spec.containers[*].name}",
+    ]);
+    assert_eq!(names, "web side");
+    assert_eq!(generation(&k), "2");
+    k.ok(&[
+        "patch",
+        "deploy",
+        "web",
+        "--type=json",
+        "-p",
+        r#"[{"op":"replace","path":"/spec/replicas","value":5}]"#,
+    ]);
+    k.ok(&[
+        "patch",
+        "deploy",
+        "web",
+        "--type=merge",
+        "-p",
+        r#"{"metadata":{"labels":{"x":"y"}}}"#,
+    ]);
+    assert_eq!(
+        k.ok(&[
+            "get",
+            "deploy",
+            "web",
+            "-o",
+            "jsonpath={.spec.replicas}/{.metadata.labels.x}"
+        ]),
+        "5/y"
+    );
+    assert_eq!(
+        generation(&k),
+        "3",
+        "a label change does not bump the generation"
+    );
+
+    // The main resource ignores status; the status subresource changes only status.
+    k.ok(&[
+        "patch",
+        "deploy",
+        "web",
+        "--type=merge",
+        "-p",
+        r#"{"status":{"replicas":42}}"#,
+    ]);
+    assert_eq!(
+        k.ok(&["get", "deploy", "web", "-o", "jsonpath={.status.replicas}"]),
+        ""
+    );
+    k.ok(&[
+        "patch",
+        "deploy",
+        "web",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        r#"{"status":{"replicas":42},"spec":{"replicas":9}}"#,
+    ]);
+    assert_eq!(
+        k.ok(&[
+            "get",
+            "deploy",
+            "web",
+            "-o",
+            "jsonpath={.status.replicas}/{.spec.replicas}"
+        ]),
+        "42/5"
+    );
+
+    // Optimistic concurrency: a replace with a stale resourceVersion is a 409.
+    let stale = k.file(
+        "stale.yaml",
+        &DEPLOY.replace("IMAGE", "nginx:2").replace(
+            "name: web\nspec",
+            "name: web\n  resourceVersion: \"1\"\nspec",
+        ),
+    );
+    let o = k.run(&["replace", "-f", &stale]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("the object has been modified"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn sim_crd_then_custom_resource() {
+    let k = Kube::start(SimConfig::default());
+    let crd = k.file(
+        "crd.yaml",
+        "apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata:
+  name: widgets.example.com
+spec:
+  group: example.com
+  scope: Namespaced
+  names: {plural: widgets, singular: widget, kind: Widget, shortNames: [wd]}
+  versions:
+  - name: v1
+    served: true
+    storage: true
+    subresources: {status: {}}
+    schema:
+      openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}
+",
+    );
+    k.ok(&["apply", "--server-side", "-f", &crd]);
+    k.ok(&[
+        "wait",
+        "--for=condition=Established",
+        "crd/widgets.example.com",
+        "--timeout=10s",
+    ]);
+    let w = k.file(
+        "w.yaml",
+        "apiVersion: example.com/v1\nkind: Widget\nmetadata: {name: w1}\nspec: {size: 3}\n",
+    );
+    k.ok(&["apply", "--server-side", "-f", &w]);
+    assert_eq!(
+        k.ok(&["get", "wd", "-o", "name"]).trim(),
+        "widget.example.com/w1"
+    );
+    let res = k.ok(&["api-resources", "--api-group=example.com"]);
+    assert!(
+        res.contains("widgets") && res.contains("wd") && res.contains("Widget"),
+        "{res}"
+    );
+    k.ok(&["delete", "-f", &w]);
+    // Deleting the CRD removes the resource from discovery.
+    k.ok(&["delete", "-f", &crd]);
+    let o = k.run(&["get", "widgets.example.com"]);
+    assert!(!o.status.success());
+}
+
+#[test]
+fn sim_rollout_status_completes_and_unready_images_never_do() {
+    let config = SimConfig {
+        ready_delay: Duration::from_millis(300),
+        ..Default::default()
+    }
+    .unready_images("broken")
+    .expect("regex");
+    let k = Kube::start(config);
+    let good = k.file("good.yaml", &DEPLOY.replace("IMAGE", "nginx:1.27"));
+    k.ok(&["apply", "--server-side", "-f", &good]);
+    let out = k.ok(&["rollout", "status", "deployment/web", "--timeout=20s"]);
+    assert!(out.contains("successfully rolled out"), "{out}");
+    assert_eq!(
+        k.ok(&[
+            "get",
+            "deploy",
+            "web",
+            "-o",
+            "jsonpath={.status.availableReplicas}"
+        ]),
+        "2"
+    );
+    let field = |k: &Kube, path: &str| {
+        k.ok(&[
+            "get",
+            "deploy",
+            "web",
+            "-o",
+            &format!("jsonpath={{{path}}}"),
+        ])
+    };
+    // The scale subresource, then a second rollout.
+    k.ok(&["scale", "deployment/web", "--replicas=4"]);
+    assert_eq!(field(&k, ".spec.replicas"), "4");
+    let out = k.ok(&["rollout", "status", "deployment/web", "--timeout=20s"]);
+    assert!(out.contains("successfully rolled out"), "{out}");
+    assert_eq!(field(&k, ".status.availableReplicas"), "4");
+
+    // Another manager changing the image conflicts on exactly that field.
+    let other = k.file("other.yaml", &DEPLOY.replace("IMAGE", "nginx:1.28"));
+    let o = k.run(&["apply", "--server-side", "--field-manager=ci", "-f", &other]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains(".spec.template.spec.containers[name=\"web\"].image"),
+        "{}",
+        stderr(&o)
+    );
+
+    let bad = k.file("bad.yaml", &DEPLOY.replace("IMAGE", "example/broken:1"));
+    // `kubectl scale` made "kubectl" (operation Update) own spec.replicas: as on a real
+    // server, the applier must force to take it back.
+    let o = k.run(&["apply", "--server-side", "-f", &bad]);
+    assert!(stderr(&o).contains(".spec.replicas"), "{}", stderr(&o));
+    k.ok(&["apply", "--server-side", "--force-conflicts", "-f", &bad]);
+    let started = Instant::now();
+    let o = k.run(&["rollout", "status", "deployment/web", "--timeout=2s"]);
+    assert!(!o.status.success(), "a held image never rolls out");
+    assert!(started.elapsed() >= Duration::from_secs(2));
+}
+
+#[test]
+fn sim_cli_serves_many_clusters_under_one_port() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let kc = dir.path().join("kubeconfig");
+    let mut child = KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_flotilla"))
+            .args([
+                "sim",
+                "--clusters",
+                "3",
+                "--listen",
+                "127.0.0.1:0",
+                "--kubeconfig-out",
+            ])
+            .arg(&kc)
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("flotilla sim starts"),
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let written =
+        |p: &std::path::Path| std::fs::read_to_string(p).is_ok_and(|t| t.contains("preferences:"));
+    while !written(&kc) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let text = std::fs::read_to_string(&kc).expect("kubeconfig written");
+    assert!(
+        text.contains("/clusters/sim-3") && text.contains("current-context: sim-1"),
+        "{text}"
+    );
+    let kubectl = |ctx: &str, args: &[&str]| {
+        Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(&kc)
+            .arg("--cache-dir")
+            .arg(dir.path().join("cache"))
+            .args(["--context", ctx])
+            .args(args)
+            .output()
+            .expect("kubectl runs")
+    };
+    let cm = dir.path().join("cm.yaml");
+    std::fs::write(&cm, CM).expect("write");
+    let cm = cm.to_str().expect("utf-8");
+    assert!(
+        kubectl("sim-2", &["apply", "--server-side", "-f", cm])
+            .status
+            .success()
+    );
+    assert!(kubectl("sim-2", &["get", "cm", "app"]).status.success());
+    assert!(
+        !kubectl("sim-3", &["get", "cm", "app"]).status.success(),
+        "clusters are separate"
+    );
+    // Stop it like an operator would: SIGTERM to its PID.
+    let term = Command::new("kill")
+        .args(["-TERM", &child.0.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(term.success());
+    let status = child.0.wait().expect("the sim exits");
+    assert!(status.success(), "clean exit on SIGTERM: {status:?}");
+}
+
+#[test]
+fn sim_selectors_chunks_client_side_apply_and_diff() {
+    let k = Kube::start(SimConfig::default());
+    for (name, team) in [("a1", "a"), ("b1", "b"), ("c1", "c")] {
+        let f = k.file(
+            &format!("{name}.yaml"),
+            &format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\n  labels: {{team: {team}}}\ndata: {{k: v}}\n"),
+        );
+        // Client-side apply: kubectl computes the patch itself (strategic merge after create).
+        k.ok(&["apply", "-f", &f]);
+    }
+    let got = k.ok(&[
+        "get",
+        "cm",
+        "-l",
+        "team in (a,b)",
+        "--chunk-size=1",
+        "-o",
+        "name",
+    ]);
+    assert_eq!(got, "configmap/a1\nconfigmap/b1\n");
+    let got = k.ok(&["get", "cm", "-l", "team!=a,team", "-o", "name"]);
+    assert_eq!(got, "configmap/b1\nconfigmap/c1\n");
+    let got = k.ok(&[
+        "get",
+        "cm",
+        "--field-selector",
+        "metadata.name=c1",
+        "-o",
+        "name",
+        "-A",
+    ]);
+    assert_eq!(got, "configmap/c1\n");
+
+    let changed = k.file(
+        "a1-changed.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: a1\n  labels: {team: a}\ndata: {k: changed}\n",
+    );
+    let o = k.run(&["diff", "-f", &changed]);
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "diff exits 1 when there are differences"
+    );
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains("-  k: v") && out.contains("+  k: changed"),
+        "{out}"
+    );
+    assert_eq!(
+        k.ok(&["get", "cm", "a1", "-o", "jsonpath={.data.k}"]),
+        "v",
+        "diff changes nothing"
+    );
+    k.ok(&["apply", "-f", &changed]);
+    assert_eq!(
+        k.ok(&["get", "cm", "a1", "-o", "jsonpath={.data.k}"]),
+        "changed"
+    );
+
+    // Moving from client-side to server-side apply with kubectl's manager takes over the
+    // fields of the last-applied annotation without a conflict; another manager conflicts.
+    let again = k.file(
+        "a1-ssa.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: a1\n  labels: {team: a}\ndata: {k: ssa}\n",
+    );
+    let o = k.run(&["apply", "--server-side", "--field-manager=ci", "-f", &again]);
+    assert!(
+        stderr(&o).contains("conflict with \"kubectl-client-side-apply\""),
+        "{}",
+        stderr(&o)
+    );
+    k.ok(&["apply", "--server-side", "-f", &again]);
+    assert_eq!(
+        k.ok(&["get", "cm", "a1", "-o", "jsonpath={.data.k}"]),
+        "ssa"
+    );
+
+    // Client-side apply of a Deployment: kubectl's strategic patch with directives.
+    let d1 = k.file("d1.yaml", &DEPLOY.replace("IMAGE", "nginx:1.27"));
+    k.ok(&["apply", "-f", &d1]);
+    let d2 = k.file(
+        "d2.yaml",
+        &DEPLOY
+            .replace("IMAGE", "nginx:1.28")
+            .replace("containerPort: 80", "containerPort: 81"),
+    );
+    k.ok(&["apply", "-f", &d2]);
+    let containers = k.ok(&[
+        "get",
+        "deploy",
+        "web",
+        "-o",
+        "jsonpath={.spec.template.spec.containers}",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&containers).expect("JSON");
+    assert_eq!(
+        v,
+        serde_json::json!([{"image": "nginx:1.28", "name": "web", "ports": [{"containerPort": 81}]}])
+    );
+}
+
+#[test]
+fn sim_faults_audit_and_per_cluster_unready_images() {
+    let k = Kube::start(SimConfig {
+        clusters: 2,
+        ready_delay: Duration::from_millis(200),
+        ..Default::default()
+    });
+    // Read-only use leaves no mutation in the audit log.
+    k.ok(&["--context", "sim-2", "get", "deploy,cm,ns"]);
+    let audit = k.sim.audit();
+    assert!(
+        audit
+            .iter()
+            .any(|a| a.cluster == "sim-2" && a.verb == "list")
+    );
+    assert!(!audit.iter().any(|a| a.is_mutation()), "{audit:?}");
+
+    // A cluster answering 500 to everything fails kubectl; the other one still answers.
+    // (Partitions are tested over raw HTTP: kubectl retries them until its timeout.)
+    assert!(k.sim.set_faults(
+        "sim-1",
+        flotilla_sim::Faults {
+            error_rate: 1.0,
+            error_code: 500,
+            ..Default::default()
+        }
+    ));
+    let o = k.run(&["--context", "sim-1", "get", "cm"]);
+    assert!(!o.status.success(), "a failing server is an error");
+    k.ok(&["--context", "sim-2", "get", "cm"]);
+    k.sim.set_faults("sim-1", flotilla_sim::Faults::default());
+    k.ok(&["--context", "sim-1", "get", "cm"]);
+
+    // Unready images set at runtime for one cluster only.
+    let re = regex::Regex::new("^nginx").expect("regex");
+    assert!(k.sim.set_unready_images("sim-2", Some(re)));
+    let f = k.file("d.yaml", &DEPLOY.replace("IMAGE", "nginx:1.27"));
+    k.ok(&["--context", "sim-1", "apply", "--server-side", "-f", &f]);
+    k.ok(&["--context", "sim-2", "apply", "--server-side", "-f", &f]);
+    k.ok(&[
+        "--context",
+        "sim-1",
+        "rollout",
+        "status",
+        "deploy/web",
+        "--timeout=20s",
+    ]);
+    let o = k.run(&[
+        "--context",
+        "sim-2",
+        "rollout",
+        "status",
+        "deploy/web",
+        "--timeout=2s",
+    ]);
+    assert!(!o.status.success(), "held on sim-2");
+    let mutations: Vec<_> = k
+        .sim
+        .audit()
+        .into_iter()
+        .filter(|a| a.is_mutation())
+        .collect();
+    assert_eq!(mutations.len(), 2, "{mutations:?}");
+    assert!(
+        mutations
+            .iter()
+            .all(|m| m.verb == "patch" && m.field_manager == "kubectl")
+    );
+}
+
+#[test]
+fn sim_jobs_statefulsets_daemonsets_and_crash_images() {
+    let config = SimConfig {
+        ready_delay: Duration::from_millis(200),
+        ..Default::default()
+    }
+    .crash_images("crashy")
+    .expect("regex");
+    let k = Kube::start(config);
+    let job = |name: &str, image: &str| {
+        format!(
+            "apiVersion: batch/v1\nkind: Job\nmetadata: {{name: {name}}}\nspec:\n  backoffLimit: 2\n  template:\n    spec:\n      restartPolicy: Never\n      containers: [{{name: main, image: \"{image}\"}}]\n"
+        )
+    };
+    let ok = k.file("ok.yaml", &job("ok", "busybox:1"));
+    let bad = k.file("bad.yaml", &job("bad", "example/crashy:1"));
+    k.ok(&["apply", "--server-side", "-f", &ok, "-f", &bad]);
+    k.ok(&[
+        "wait",
+        "--for=condition=Complete",
+        "job/ok",
+        "--timeout=20s",
+    ]);
+    k.ok(&["wait", "--for=condition=Failed", "job/bad", "--timeout=20s"]);
+    assert_eq!(
+        k.ok(&["get", "job", "bad", "-o", "jsonpath={.status.failed}"]),
+        "3"
+    );
+
+    // StatefulSets and DaemonSets roll out too (their update strategy is defaulted, as the
+    // API server does; kubectl refuses rollout status without one).
+    for kind in ["StatefulSet", "DaemonSet"] {
+        let f = k.file(
+            &format!("{kind}.yaml"),
+            &DEPLOY
+                .replace("kind: Deployment", &format!("kind: {kind}"))
+                .replace("IMAGE", "nginx:1.27"),
+        );
+        k.ok(&["apply", "--server-side", "-f", &f]);
+    }
+    let sts = k.ok(&["rollout", "status", "statefulset/web", "--timeout=20s"]);
+    assert!(sts.contains("roll out complete"), "{sts}");
+    let ds = k.ok(&["rollout", "status", "daemonset/web", "--timeout=20s"]);
+    assert!(ds.contains("successfully rolled out"), "{ds}");
+    assert_eq!(
+        k.ok(&[
+            "get",
+            "ds",
+            "web",
+            "-o",
+            "jsonpath={.status.numberAvailable}"
+        ]),
+        "3",
+        "one pod per simulated node"
+    );
+}
