@@ -1,0 +1,197 @@
+//! An immutable view of one commit's tree, read straight from the object database.
+
+use gix::ObjectId;
+use gix::bstr::ByteSlice;
+use gix::objs::tree::EntryKind;
+
+use flotilla_spec::types::RepoPath;
+use flotilla_spec::{PathKind, RepoError, RepoFiles};
+
+use crate::MAX_FILE_BYTES;
+
+/// How many symbolic links one lookup may follow (as Linux's `MAXSYMLINKS`).
+const MAX_LINKS: usize = 40;
+
+/// The files of one commit. Cheap to clone; `Send`, so each thread can hold its own clone.
+#[derive(Clone)]
+pub struct Snapshot {
+    repo: gix::Repository,
+    commit: ObjectId,
+    tree: ObjectId,
+    repo_name: String,
+    rev: String,
+}
+
+impl std::fmt::Debug for Snapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Snapshot")
+            .field("repo", &self.repo_name)
+            .field("rev", &self.rev)
+            .field("commit", &self.commit)
+            .finish()
+    }
+}
+
+/// Where a path leads.
+enum Target {
+    Dir(ObjectId),
+    File(ObjectId),
+}
+
+impl Snapshot {
+    pub(crate) fn new(
+        repo: gix::Repository,
+        commit: ObjectId,
+        tree: ObjectId,
+        repo_name: String,
+        rev: String,
+    ) -> Snapshot {
+        Snapshot {
+            repo,
+            commit,
+            tree,
+            repo_name,
+            rev,
+        }
+    }
+
+    /// The commit this snapshot shows.
+    pub fn commit(&self) -> ObjectId {
+        self.commit
+    }
+
+    /// The root tree of the commit.
+    pub fn tree(&self) -> ObjectId {
+        self.tree
+    }
+
+    /// The repository, as shown in messages (credentials redacted).
+    pub fn repo_name(&self) -> &str {
+        &self.repo_name
+    }
+
+    /// The revision that was asked for (branch, tag, ref or commit).
+    pub fn rev(&self) -> &str {
+        &self.rev
+    }
+
+    pub(crate) fn repo(&self) -> &gix::Repository {
+        &self.repo
+    }
+
+    fn io(&self, path: &RepoPath, e: impl std::fmt::Display) -> RepoError {
+        RepoError::Io {
+            path: path.to_string(),
+            message: format!("{} at {}: {e:#}", self.repo_name, self.commit),
+        }
+    }
+
+    /// Follows `path` from the root tree, resolving symbolic links inside the tree the way
+    /// the file system would; a link that is absolute or climbs above the root escapes.
+    fn resolve(&self, path: &RepoPath) -> Result<Target, RepoError> {
+        let mut pending: Vec<String> = if path.as_str() == "." {
+            Vec::new()
+        } else {
+            path.as_str().split('/').rev().map(str::to_string).collect()
+        };
+        // The trees from the root down to the current directory (root excluded).
+        let mut stack: Vec<ObjectId> = Vec::new();
+        let mut links = 0;
+        while let Some(part) = pending.pop() {
+            match part.as_str() {
+                "" | "." => continue,
+                ".." => {
+                    if stack.pop().is_none() {
+                        return Err(RepoError::Escapes(path.to_string()));
+                    }
+                    continue;
+                }
+                _ => {}
+            }
+            let dir = stack.last().copied().unwrap_or(self.tree);
+            let tree = self.repo.find_tree(dir).map_err(|e| self.io(path, e))?;
+            let Some(entry) = tree.find_entry(part.as_str()) else {
+                return Err(RepoError::NotFound(path.to_string()));
+            };
+            let id = entry.object_id();
+            match entry.mode().kind() {
+                EntryKind::Tree => stack.push(id),
+                EntryKind::Blob | EntryKind::BlobExecutable => {
+                    if pending.is_empty() {
+                        return Ok(Target::File(id));
+                    }
+                    return Err(RepoError::NotFound(path.to_string()));
+                }
+                EntryKind::Link => {
+                    links += 1;
+                    if links > MAX_LINKS {
+                        return Err(RepoError::Io {
+                            path: path.to_string(),
+                            message: "too many levels of symbolic links".into(),
+                        });
+                    }
+                    let blob = self.repo.find_blob(id).map_err(|e| self.io(path, e))?;
+                    let target = blob.data.to_str().map_err(|_| RepoError::Io {
+                        path: path.to_string(),
+                        message: "a symbolic link with a target that is not UTF-8".into(),
+                    })?;
+                    if target.starts_with('/') || target.is_empty() {
+                        return Err(RepoError::Escapes(path.to_string()));
+                    }
+                    pending.extend(target.split('/').rev().map(str::to_string));
+                }
+                // A submodule: its commit is not in this repository.
+                EntryKind::Commit => return Err(RepoError::NotFound(path.to_string())),
+            }
+        }
+        Ok(Target::Dir(stack.last().copied().unwrap_or(self.tree)))
+    }
+}
+
+impl RepoFiles for Snapshot {
+    fn kind(&self, path: &RepoPath) -> PathKind {
+        match self.resolve(path) {
+            Ok(Target::Dir(_)) => PathKind::Dir,
+            Ok(Target::File(_)) => PathKind::File,
+            Err(RepoError::Escapes(_)) => PathKind::Escapes,
+            Err(_) => PathKind::Missing,
+        }
+    }
+
+    fn read(&self, path: &RepoPath) -> Result<Vec<u8>, RepoError> {
+        let id = match self.resolve(path)? {
+            Target::File(id) => id,
+            Target::Dir(_) => return Err(RepoError::IsADirectory(path.to_string())),
+        };
+        let header = self.repo.find_header(id).map_err(|e| self.io(path, e))?;
+        if header.size() > MAX_FILE_BYTES {
+            return Err(RepoError::TooLarge {
+                path: path.to_string(),
+                size: header.size(),
+                limit: MAX_FILE_BYTES,
+            });
+        }
+        let mut blob = self.repo.find_blob(id).map_err(|e| self.io(path, e))?;
+        Ok(blob.take_data())
+    }
+
+    fn list(&self, dir: &RepoPath) -> Result<Vec<String>, RepoError> {
+        let id = match self.resolve(dir)? {
+            Target::Dir(id) => id,
+            Target::File(_) => return Err(RepoError::NotADirectory(dir.to_string())),
+        };
+        let tree = self.repo.find_tree(id).map_err(|e| self.io(dir, e))?;
+        let mut names = Vec::new();
+        for entry in tree.iter() {
+            let entry = entry.map_err(|e| self.io(dir, e))?;
+            // Names that are not UTF-8 cannot be named from fleet.yaml: skip them.
+            if let Ok(name) = entry.filename().to_str()
+                && name != ".git"
+            {
+                names.push(name.to_string());
+            }
+        }
+        names.sort();
+        Ok(names)
+    }
+}
