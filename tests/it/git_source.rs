@@ -421,3 +421,104 @@ fn snapshots_read_like_a_local_tree_and_refuse_links_out() {
         .expect_err("no such commit");
     assert!(matches!(err, GitError::CommitNotFound { .. }), "{err}");
 }
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for entry in std::fs::read_dir(from).expect("read dir") {
+        let entry = entry.expect("entry");
+        let target = to.join(entry.file_name());
+        if entry.file_type().expect("type").is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).expect("copy");
+        }
+    }
+}
+
+#[test]
+fn cli_validates_a_fleet_from_a_git_url_at_a_revision() {
+    use crate::support::{flotilla, stderr, stdout, workspace};
+    let p = peer(Transport::Daemon);
+    let up = &p.upstream;
+    let ws = workspace();
+    copy_dir(&ws.join("examples"), &up.work().join("examples"));
+    let example = std::fs::read_to_string(ws.join("fleet.example.yaml")).expect("example");
+    git(&up.work(), &["add", "examples"]);
+    let good = up.commit(&[("fleet.example.yaml", &example)], "the example fleet");
+    up.commit(&[("fleet.example.yaml", "kind: Nope\n")], "broken");
+    up.push();
+    let cache = up.scratch("cli-cache");
+    let cache = cache.to_str().expect("utf-8");
+
+    let run = |rev: &str| {
+        flotilla(&[
+            "validate",
+            "--repo",
+            &p.url,
+            "--rev",
+            rev,
+            "--cache",
+            cache,
+            "--fleet",
+            "fleet.example.yaml",
+        ])
+    };
+    let out = run(&good);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    assert!(
+        stdout(&out).starts_with("fleet.example.yaml: valid: 5 clusters"),
+        "{}",
+        stdout(&out)
+    );
+    assert!(stderr(&out).contains(&good), "{}", stderr(&out));
+    let out = run("main");
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    assert!(
+        stdout(&out).contains("fleet.example.yaml: invalid"),
+        "{}",
+        stdout(&out)
+    );
+
+    // plan reads the same way; errors name the repository and revision, never a password.
+    let out = flotilla(&[
+        "plan",
+        "--repo",
+        &p.url,
+        "--rev",
+        &good,
+        "--cache",
+        cache,
+        "--fleet",
+        "fleet.example.yaml",
+        "-o",
+        "json",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let url = format!(
+        "http://bot:hunter22@127.0.0.1:{}/git/fleet.git",
+        free_port()
+    );
+    let out = flotilla(&["validate", "--repo", &url, "--cache", cache]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("***@127.0.0.1"), "{}", stderr(&out));
+    assert!(!stderr(&out).contains("hunter22"), "{}", stderr(&out));
+    let out = run("no-such-branch");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("no-such-branch does not exist on the remote"),
+        "{}",
+        stderr(&out)
+    );
+}

@@ -75,6 +75,21 @@ pub enum GitError {
     },
 }
 
+/// One line from an error and its causes: each distinct message once, joined by ": ".
+pub(crate) fn describe(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut next = Some(error);
+    while let Some(e) = next {
+        let text = e.to_string();
+        let text = text.trim();
+        if !text.is_empty() && !parts.iter().any(|p| p.contains(text)) {
+            parts.push(text.to_string());
+        }
+        next = e.source();
+    }
+    parts.join(": ")
+}
+
 /// A username and password (or token) for smart HTTP. `Debug` never shows the password.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Credentials {
@@ -414,10 +429,10 @@ impl GitSource {
         };
         if !cache.join("objects").is_dir() {
             std::fs::create_dir_all(&cache).map_err(|e| cache_err(e.to_string()))?;
-            gix::init_bare(&cache).map_err(|e| cache_err(format!("{e:#}")))?;
+            gix::init_bare(&cache).map_err(|e| cache_err(describe(&e)))?;
         }
         let repo = gix::open_opts(&cache, gix::open::Options::isolated())
-            .map_err(|e| cache_err(format!("{e:#}")))?;
+            .map_err(|e| cache_err(describe(&e)))?;
         let mut source = GitSource {
             remote,
             rev,
@@ -486,7 +501,7 @@ impl GitSource {
         let reference = self
             .repo
             .try_find_reference(local)
-            .map_err(|e| self.read_err(format!("{e:#}")))?;
+            .map_err(|e| self.read_err(describe(&e)))?;
         Ok(reference.and_then(|r| r.target().try_id().map(|id| id.to_owned())))
     }
 
@@ -495,15 +510,15 @@ impl GitSource {
         let object = self
             .repo
             .find_object(id)
-            .map_err(|e| self.read_err(format!("{e:#}")))?;
+            .map_err(|e| self.read_err(describe(&e)))?;
         let commit = object.peel_to_commit().map_err(|e| GitError::Read {
             repo: self.remote.display.clone(),
             rev: self.rev.to_string(),
-            message: format!("{id} is not a commit: {e:#}"),
+            message: format!("{id} is not a commit: {}", describe(&e)),
         })?;
         let tree = commit
             .tree_id()
-            .map_err(|e| self.read_err(format!("{e:#}")))?
+            .map_err(|e| self.read_err(describe(&e)))?
             .detach();
         Ok(Snapshot::new(
             self.repo.clone(),
@@ -601,16 +616,16 @@ impl GitSource {
         let remote = self
             .repo
             .remote_at_without_url_rewrite(self.remote.url.as_str())
-            .map_err(|e| self.remote_err(format!("{e:#}")))?
+            .map_err(|e| self.remote_err(describe(&e)))?
             .with_fetch_tags(gix::remote::fetch::Tags::None)
             .with_refspecs(
                 specs.iter().map(String::as_str),
                 gix::remote::Direction::Fetch,
             )
-            .map_err(|e| self.remote_err(format!("{e:#}")))?;
+            .map_err(|e| self.remote_err(describe(&e)))?;
         let connection = remote
             .connect(gix::remote::Direction::Fetch)
-            .map_err(|e| self.remote_err(format!("cannot connect: {e:#}")))?;
+            .map_err(|e| self.remote_err(format!("cannot connect: {}", describe(&e))))?;
         let credentials = self.remote.credentials.clone();
         let connection = connection.with_credentials(move |action| match action {
             gix::credentials::helper::Action::Get(ctx) => match &credentials {
@@ -628,7 +643,7 @@ impl GitSource {
         });
         let prepare = connection
             .prepare_fetch(gix::progress::Discard, Default::default())
-            .map_err(|e| self.remote_err(format!("{e:#}")))?;
+            .map_err(|e| self.remote_err(describe(&e)))?;
         let ref_map = prepare.ref_map();
         let wanted = if matches!(self.rev, Rev::Commit(_)) {
             None
@@ -667,7 +682,7 @@ impl GitSource {
         tracing::debug!(repo = %self.remote, rev = %self.rev, "fetching");
         prepare
             .receive(gix::progress::Discard, interrupt)
-            .map_err(|e| self.remote_err(format!("fetch failed: {e:#}")))?;
+            .map_err(|e| self.remote_err(format!("fetch failed: {}", describe(&e))))?;
         match wanted {
             None => Ok(None),
             Some((local, remote_id)) => match self.tracking_tip(&local)? {

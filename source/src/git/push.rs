@@ -10,7 +10,7 @@ use gix::objs::tree::EntryKind;
 
 use flotilla_spec::types::RepoPath;
 
-use super::{GitError, GitSource, Snapshot};
+use super::{GitError, GitSource, Snapshot, describe};
 
 /// A person in a commit.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -154,7 +154,7 @@ impl GitSource {
     /// Writes the blobs and trees of `edits` on top of `base`'s tree.
     fn apply(&self, base: &Snapshot, edits: &[FileChange]) -> Result<ObjectId, GitError> {
         let repo = base.repo();
-        let err = |e: gix::Error| self.push_err(format!("cannot build the tree: {e:#}"));
+        let err = |e: gix::Error| self.push_err(format!("cannot build the tree: {}", describe(&e)));
         let mut editor = repo.edit_tree(base.tree()).map_err(err)?;
         for edit in edits {
             match edit {
@@ -199,7 +199,7 @@ impl GitSource {
         self.repo
             .write_object(&commit)
             .map(|id| id.detach())
-            .map_err(|e| self.push_err(format!("cannot write the commit: {e:#}")))
+            .map_err(|e| self.push_err(format!("cannot write the commit: {}", describe(&e))))
     }
 
     /// `git push --porcelain --force-with-lease=refs/heads/B:EXPECTED URL NEW:refs/heads/B`
@@ -273,7 +273,7 @@ impl GitSource {
                     gix::refs::transaction::PreviousValue::Any,
                     "flotilla: pushed",
                 )
-                .map_err(|e| self.push_err(format!("cannot update {local}: {e:#}")))?;
+                .map_err(|e| self.push_err(format!("cannot update {local}: {}", describe(&e))))?;
         }
         self.current = Some(self.snapshot_of(commit)?);
         Ok(())

@@ -79,10 +79,15 @@ impl Snapshot {
         &self.repo
     }
 
-    fn io(&self, path: &RepoPath, e: impl std::fmt::Display) -> RepoError {
+    fn io(&self, path: &RepoPath, e: gix::Error) -> RepoError {
         RepoError::Io {
             path: path.to_string(),
-            message: format!("{} at {}: {e:#}", self.repo_name, self.commit),
+            message: format!(
+                "{} at {}: {}",
+                self.repo_name,
+                self.commit,
+                super::describe(&e)
+            ),
         }
     }
 
