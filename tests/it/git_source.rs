@@ -42,7 +42,7 @@ fn peer(t: Transport) -> Peer {
             (Some(s), url)
         }
         Transport::Http => {
-            let s = upstream.http("bot", PASSWORD);
+            let s = upstream.http("bot", PASSWORD, false);
             let url = format!("http://127.0.0.1:{}/git/fleet.git", s.port);
             (Some(s), url)
         }
@@ -521,4 +521,55 @@ fn cli_validates_a_fleet_from_a_git_url_at_a_revision() {
         "{}",
         stderr(&out)
     );
+}
+
+#[test]
+fn a_private_http_remote_needs_the_right_credentials_to_fetch() {
+    let up = Upstream::new();
+    let server = up.http("bot", PASSWORD, true);
+    let c1 = up.commit(&[("fleet.yaml", "v: 1\n")], "first");
+    up.push();
+    let url = format!("http://127.0.0.1:{}/git/fleet.git", server.port);
+    let open = |credentials: Option<Credentials>, cache: &str| {
+        let remote = Remote::parse(&url, credentials).expect("valid URL");
+        GitSource::open(remote, Rev::parse("main").expect("rev"), up.scratch(cache))
+            .expect("cache opens")
+    };
+    let err = open(None, "anonymous")
+        .poll()
+        .expect_err("anonymous fetch is refused");
+    assert!(matches!(err, GitError::Remote { .. }), "{err}");
+    let wrong = "not-the-pa55word";
+    let mut source = open(Some(Credentials::new("bot", wrong)), "wrong");
+    let err = source.poll().expect_err("a wrong password is refused");
+    let text = format!("{err} {err:?} {source:?}");
+    assert!(text.contains(&url) && text.contains("(main)"), "{text}");
+    assert!(!text.contains(wrong), "{text}");
+    assert!(source.current().is_none());
+    let mut source = open(Some(Credentials::new("bot", PASSWORD)), "right");
+    source.poll().expect("the right password fetches");
+    assert_eq!(commit_of(&source), c1);
+}
+
+#[test]
+fn an_interrupted_fetch_leaves_the_last_snapshot() {
+    let p = peer(Transport::Daemon);
+    let c1 = p.upstream.commit(&[("fleet.yaml", "v: 1\n")], "first");
+    p.upstream.push();
+    let mut source = p.source("main", None);
+    source.poll().expect("initial fetch");
+    let c2 = p.upstream.commit(&[("fleet.yaml", "v: 2\n")], "second");
+    p.upstream.push();
+    let interrupted = std::sync::atomic::AtomicBool::new(true);
+    let err = source
+        .poll_with_interrupt(&interrupted)
+        .expect_err("the fetch is interrupted");
+    assert!(matches!(err, GitError::Remote { .. }), "{err}");
+    assert_eq!(commit_of(&source), c1);
+    // A restart still finds the last good snapshot; the next poll completes the fetch.
+    drop(source);
+    let mut source = p.source("main", None);
+    assert_eq!(commit_of(&source), c1);
+    assert!(matches!(source.poll(), Ok(Poll::Changed { .. })));
+    assert_eq!(commit_of(&source), c2);
 }

@@ -169,8 +169,9 @@ impl Upstream {
         Server { child, port }
     }
 
-    /// lighttpd + git http-backend serving this upstream; pushes need `user:password`.
-    pub fn http(&self, user: &str, password: &str) -> Server {
+    /// lighttpd + git http-backend serving this upstream; pushes need `user:password`, and
+    /// so do fetches if `private`.
+    pub fn http(&self, user: &str, password: &str, private: bool) -> Server {
         let port = free_port();
         let repos = self.repos();
         let repos = repos.to_str().expect("utf-8");
@@ -193,7 +194,13 @@ auth.backend = "plain"
 auth.backend.plain.userfile = "{users}"
 $HTTP["querystring"] =~ "service=git-receive-pack" {{ auth.require = ("" => ("method" => "basic", "realm" => "git", "require" => "valid-user")) }}
 $HTTP["url"] =~ "/git-receive-pack$" {{ auth.require = ("" => ("method" => "basic", "realm" => "git", "require" => "valid-user")) }}
+{private}
 "#,
+            private = if private {
+                r#"$HTTP["url"] =~ "^/git/" { auth.require = ("" => ("method" => "basic", "realm" => "git", "require" => "valid-user")) }"#
+            } else {
+                ""
+            },
             log = self.dir.path().join("lighttpd.log").display(),
             users = users.display(),
         );

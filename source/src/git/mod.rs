@@ -241,10 +241,19 @@ impl Remote {
             Some((user, password)) => Credentials::new(user, password),
             None => Credentials::token(u),
         });
+        let credentials = credentials.or(embedded);
+        if scheme == "http" && credentials.is_some() && !is_loopback(host) {
+            return Err(GitError::Url {
+                url: display,
+                message: "will not send credentials in clear text over http to a host other \
+                          than loopback; use https"
+                    .into(),
+            });
+        }
         Ok(Remote {
             url,
             display,
-            credentials: credentials.or(embedded),
+            credentials,
         })
     }
 
@@ -286,6 +295,19 @@ impl Remote {
         }
         name
     }
+}
+
+/// `host[:port]` names this machine (credentials may travel over plain http to it).
+fn is_loopback(authority: &str) -> bool {
+    let host = if let Some(rest) = authority.strip_prefix('[') {
+        rest.split(']').next().unwrap_or("")
+    } else {
+        authority.split(':').next().unwrap_or("")
+    };
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// Which revision a source follows.
@@ -714,6 +736,13 @@ mod tests {
         assert_eq!(explicit.credentials(), Some(&Credentials::token("t0k")));
         assert!(!format!("{explicit:?}").contains("t0k"));
         assert!(Remote::parse("ftp://example.com/x", None).is_err());
+        // Credentials travel over plain http to loopback only.
+        assert!(Remote::parse("http://bot:pw@example.com/x", None).is_err());
+        assert!(Remote::parse("http://example.com/x", Some(Credentials::token("t"))).is_err());
+        assert!(Remote::parse("http://example.com/x", None).is_ok());
+        assert!(Remote::parse("http://bot:pw@127.0.0.1:8080/x", None).is_ok());
+        assert!(Remote::parse("http://bot:pw@[::1]:8080/x", None).is_ok());
+        assert!(Remote::parse("http://bot:pw@localhost/x", None).is_ok());
         let local = Remote::parse("some/dir", None)?;
         assert!(Path::new(local.url()).is_absolute());
         Ok(())
