@@ -11,7 +11,7 @@ use flotilla_source::git::{
 use flotilla_spec::types::RepoPath;
 use flotilla_spec::{PathKind, RepoError, RepoFiles};
 
-use crate::git_support::{Server, Upstream, free_port, git};
+use crate::git_support::{Hang, Server, Upstream, free_port, git};
 
 const PASSWORD: &str = "pw-s3cret-42";
 
@@ -572,4 +572,33 @@ fn an_interrupted_fetch_leaves_the_last_snapshot() {
     assert_eq!(commit_of(&source), c1);
     assert!(matches!(source.poll(), Ok(Poll::Changed { .. })));
     assert_eq!(commit_of(&source), c2);
+}
+
+#[test]
+fn a_hanging_remote_times_out_and_keeps_the_last_snapshot() {
+    let p = peer(Transport::Daemon);
+    let c1 = p.upstream.commit(&[("fleet.yaml", "v: 1\n")], "first");
+    p.upstream.push();
+    p.source("main", None).poll().expect("initial fetch");
+    let hang = Hang::start();
+    for url in [
+        format!("git://127.0.0.1:{}/fleet.git", hang.port),
+        format!("http://127.0.0.1:{}/git/fleet.git", hang.port),
+    ] {
+        // The same cache: the snapshot fetched from the real server is the last good one.
+        let remote = Remote::parse(&url, None).expect("valid URL");
+        let mut source = GitSource::open(
+            remote,
+            Rev::Name("main".into()),
+            p.upstream.scratch("cache"),
+        )
+        .expect("cache opens");
+        assert_eq!(commit_of(&source), c1);
+        source.set_timeout(Duration::from_millis(500));
+        let started = Instant::now();
+        let err = source.poll().expect_err("the server never answers");
+        assert!(started.elapsed() < Duration::from_secs(5), "{url}: {err}");
+        assert!(err.to_string().contains(&url), "{err}");
+        assert_eq!(commit_of(&source), c1);
+    }
 }

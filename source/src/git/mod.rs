@@ -13,8 +13,11 @@
 mod push;
 mod snapshot;
 
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use gix::ObjectId;
 use gix::bstr::ByteSlice;
@@ -310,6 +313,49 @@ fn is_loopback(authority: &str) -> bool {
             .is_ok_and(|ip| ip.is_loopback())
 }
 
+/// Where a `git://` URL points.
+struct GitDaemonTarget {
+    host: String,
+    port: Option<u16>,
+    path: String,
+}
+
+fn git_daemon_target(url: &str) -> Option<GitDaemonTarget> {
+    let rest = url.strip_prefix("git://")?;
+    let (authority, path) = rest.split_at(rest.find('/')?);
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((h, p)) if !authority.ends_with(']') => (h, Some(p.parse().ok()?)),
+        _ => (authority, None),
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    Some(GitDaemonTarget {
+        host: host.to_string(),
+        port,
+        path: path.to_string(),
+    })
+}
+
+/// HTTP transport options: every request (the ref listing, the pack) must finish within
+/// `timeout`.
+fn http_options(timeout: Duration) -> gix_transport::client::blocking_io::http::Options {
+    let backend = gix_transport::client::blocking_io::http::reqwest::Options {
+        configure_client: None,
+        configure_request: Some(Box::new(move |request| {
+            *request.timeout_mut() = Some(timeout);
+            Ok(())
+        })),
+    };
+    gix_transport::client::blocking_io::http::Options {
+        connect_timeout: Some(timeout.min(Duration::from_secs(10))),
+        user_agent: Some(concat!("flotilla/", env!("CARGO_PKG_VERSION")).to_string()),
+        backend: Some(Arc::new(Mutex::new(backend))),
+        ..Default::default()
+    }
+}
+
+/// How long a network operation may stall (git://) or take per request (HTTP) by default.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(120);
+
 /// Which revision a source follows.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Rev {
@@ -419,6 +465,7 @@ pub struct GitSource {
     cache: PathBuf,
     repo: gix::Repository,
     current: Option<Snapshot>,
+    timeout: Duration,
 }
 
 impl std::fmt::Debug for GitSource {
@@ -461,12 +508,19 @@ impl GitSource {
             cache,
             repo,
             current: None,
+            timeout: DEFAULT_TIMEOUT,
         };
         source.current = source.load_cached().unwrap_or_else(|e| {
             tracing::warn!(error = %e, "ignoring the cached revision");
             None
         });
         Ok(source)
+    }
+
+    /// Bounds network operations: a git:// server that sends nothing for `timeout`, or an
+    /// HTTP request that takes longer, fails the poll. Default [`DEFAULT_TIMEOUT`].
+    pub fn set_timeout(&mut self, timeout: Duration) {
+        self.timeout = timeout;
     }
 
     pub fn remote(&self) -> &Remote {
@@ -645,9 +699,63 @@ impl GitSource {
                 gix::remote::Direction::Fetch,
             )
             .map_err(|e| self.remote_err(describe(&e)))?;
-        let connection = remote
+        if let Some(daemon) = git_daemon_target(&self.remote.url) {
+            // Our own socket, so that a server that stops answering cannot hang the poll.
+            let transport = self.git_daemon_transport(&daemon)?;
+            let connection = remote.to_connection_with_transport(transport);
+            return self.fetch_over(connection, &candidates, interrupt);
+        }
+        let mut connection = remote
             .connect(gix::remote::Direction::Fetch)
             .map_err(|e| self.remote_err(format!("cannot connect: {}", describe(&e))))?;
+        if self.remote.url.starts_with("http://") || self.remote.url.starts_with("https://") {
+            connection = connection.with_transport_options(Box::new(http_options(self.timeout)));
+        }
+        self.fetch_over(connection, &candidates, interrupt)
+    }
+
+    /// A git:// connection with connect, read and write timeouts.
+    fn git_daemon_transport(
+        &self,
+        target: &GitDaemonTarget,
+    ) -> Result<gix_transport::client::git::blocking_io::Connection<TcpStream, TcpStream>, GitError>
+    {
+        use std::net::ToSocketAddrs;
+        let port = target.port.unwrap_or(9418);
+        let addr = (target.host.as_str(), port)
+            .to_socket_addrs()
+            .map_err(|e| self.remote_err(format!("cannot resolve {}: {e}", target.host)))?
+            .next()
+            .ok_or_else(|| self.remote_err(format!("cannot resolve {}", target.host)))?;
+        let timeout = self.timeout;
+        let read = TcpStream::connect_timeout(&addr, timeout.min(Duration::from_secs(10)))
+            .map_err(|e| self.remote_err(format!("cannot connect: {e}")))?;
+        read.set_read_timeout(Some(timeout))
+            .and_then(|()| read.set_write_timeout(Some(timeout)))
+            .map_err(|e| self.remote_err(format!("cannot set timeouts: {e}")))?;
+        let write = read
+            .try_clone()
+            .map_err(|e| self.remote_err(format!("cannot connect: {e}")))?;
+        Ok(gix_transport::client::git::blocking_io::Connection::new(
+            read,
+            write,
+            gix_transport::Protocol::V2,
+            target.path.as_str(),
+            Some((target.host.clone(), target.port)),
+            gix_transport::client::git::ConnectMode::Daemon,
+            false,
+        ))
+    }
+
+    fn fetch_over<T>(
+        &self,
+        connection: gix::remote::Connection<'_, '_, '_, T>,
+        candidates: &[(String, String)],
+        interrupt: &AtomicBool,
+    ) -> Result<Option<ObjectId>, GitError>
+    where
+        T: gix_transport::client::blocking_io::Transport,
+    {
         let credentials = self.remote.credentials.clone();
         let connection = connection.with_credentials(move |action| match action {
             gix::credentials::helper::Action::Get(ctx) => match &credentials {
@@ -746,6 +854,23 @@ mod tests {
         let local = Remote::parse("some/dir", None)?;
         assert!(Path::new(local.url()).is_absolute());
         Ok(())
+    }
+
+    #[test]
+    fn git_daemon_targets() {
+        let t = git_daemon_target("git://127.0.0.1:9000/fleet.git").expect("target");
+        assert_eq!(
+            (t.host.as_str(), t.port, t.path.as_str()),
+            ("127.0.0.1", Some(9000), "/fleet.git")
+        );
+        let t = git_daemon_target("git://[::1]/a/b.git").expect("target");
+        assert_eq!(
+            (t.host.as_str(), t.port, t.path.as_str()),
+            ("::1", None, "/a/b.git")
+        );
+        let t = git_daemon_target("git://[::1]:9/x").expect("target");
+        assert_eq!((t.host.as_str(), t.port), ("::1", Some(9)));
+        assert!(git_daemon_target("http://h/x").is_none());
     }
 
     #[test]
