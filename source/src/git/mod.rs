@@ -730,8 +730,11 @@ impl GitSource {
         let timeout = self.timeout;
         let read = TcpStream::connect_timeout(&addr, timeout.min(Duration::from_secs(10)))
             .map_err(|e| self.remote_err(format!("cannot connect: {e}")))?;
+        // No Nagle: the protocol is a few small writes per round trip, and waiting for the
+        // server's delayed ACK costs ~40 ms each.
         read.set_read_timeout(Some(timeout))
             .and_then(|()| read.set_write_timeout(Some(timeout)))
+            .and_then(|()| read.set_nodelay(true))
             .map_err(|e| self.remote_err(format!("cannot set timeouts: {e}")))?;
         let write = read
             .try_clone()

@@ -107,6 +107,17 @@ impl GitSource {
         let mut backoff = options.initial_backoff;
         for attempt in 1..=attempts {
             self.poll()?;
+            if self
+                .tracking_tip(&format!("refs/flotilla/heads/{branch}"))?
+                .is_none()
+            {
+                // The name resolved to a tag, not a branch.
+                return Err(GitError::NotABranch {
+                    repo: self.remote.display.clone(),
+                    rev: self.rev.to_string(),
+                    what: "a tag",
+                });
+            }
             let Some(tip) = self.current.clone() else {
                 return Err(GitError::RefNotFound {
                     repo: self.remote.display.clone(),

@@ -1,5 +1,8 @@
 //! An immutable view of one commit's tree, read straight from the object database.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
 use gix::ObjectId;
 use gix::bstr::ByteSlice;
 use gix::objs::tree::EntryKind;
@@ -12,6 +15,13 @@ use crate::MAX_FILE_BYTES;
 /// How many symbolic links one lookup may follow (as Linux's `MAXSYMLINKS`).
 const MAX_LINKS: usize = 40;
 
+/// Decoded trees kept per snapshot (shared by its clones): a path lookup walks from the root,
+/// and without it every lookup would inflate and scan each tree on the way again.
+const TREE_CACHE_LIMIT: usize = 50_000;
+
+/// One decoded tree: entry name -> (kind, id).
+type Entries = HashMap<Vec<u8>, (EntryKind, ObjectId)>;
+
 /// The files of one commit. Cheap to clone; `Send`, so each thread can hold its own clone.
 #[derive(Clone)]
 pub struct Snapshot {
@@ -20,6 +30,7 @@ pub struct Snapshot {
     tree: ObjectId,
     repo_name: String,
     rev: String,
+    trees: Arc<Mutex<HashMap<ObjectId, Arc<Entries>>>>,
 }
 
 impl std::fmt::Debug for Snapshot {
@@ -52,7 +63,34 @@ impl Snapshot {
             tree,
             repo_name,
             rev,
+            trees: Arc::default(),
         }
+    }
+
+    /// The entries of tree `id`, decoded once.
+    fn entries(&self, path: &RepoPath, id: ObjectId) -> Result<Arc<Entries>, RepoError> {
+        if let Ok(cache) = self.trees.lock()
+            && let Some(entries) = cache.get(&id)
+        {
+            return Ok(entries.clone());
+        }
+        let tree = self.repo.find_tree(id).map_err(|e| self.io(path, e))?;
+        let mut entries = Entries::new();
+        for entry in tree.iter() {
+            let entry = entry.map_err(|e| self.io(path, e))?;
+            entries.insert(
+                entry.filename().to_vec(),
+                (entry.mode().kind(), entry.object_id()),
+            );
+        }
+        let entries = Arc::new(entries);
+        if let Ok(mut cache) = self.trees.lock() {
+            if cache.len() >= TREE_CACHE_LIMIT {
+                cache.clear();
+            }
+            cache.insert(id, entries.clone());
+        }
+        Ok(entries)
     }
 
     /// The commit this snapshot shows.
@@ -114,12 +152,11 @@ impl Snapshot {
                 _ => {}
             }
             let dir = stack.last().copied().unwrap_or(self.tree);
-            let tree = self.repo.find_tree(dir).map_err(|e| self.io(path, e))?;
-            let Some(entry) = tree.find_entry(part.as_str()) else {
+            let entries = self.entries(path, dir)?;
+            let Some(&(kind, id)) = entries.get(part.as_bytes()) else {
                 return Err(RepoError::NotFound(path.to_string()));
             };
-            let id = entry.object_id();
-            match entry.mode().kind() {
+            match kind {
                 EntryKind::Tree => stack.push(id),
                 EntryKind::Blob | EntryKind::BlobExecutable => {
                     if pending.is_empty() {
@@ -185,12 +222,11 @@ impl RepoFiles for Snapshot {
             Target::Dir(id) => id,
             Target::File(_) => return Err(RepoError::NotADirectory(dir.to_string())),
         };
-        let tree = self.repo.find_tree(id).map_err(|e| self.io(dir, e))?;
+        let entries = self.entries(dir, id)?;
         let mut names = Vec::new();
-        for entry in tree.iter() {
-            let entry = entry.map_err(|e| self.io(dir, e))?;
+        for name in entries.keys() {
             // Names that are not UTF-8 cannot be named from fleet.yaml: skip them.
-            if let Ok(name) = entry.filename().to_str()
+            if let Ok(name) = name.to_str()
                 && name != ".git"
             {
                 names.push(name.to_string());
