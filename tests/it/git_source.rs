@@ -409,6 +409,15 @@ fn snapshots_read_like_a_local_tree_and_refuse_links_out() {
     let mut tag = p.source("v1", None);
     tag.poll().expect("tag");
     assert_eq!(commit_of(&tag), c1);
+    let err = tag
+        .commit_and_push(&bot(), &fast_retries(), |_| Ok(Vec::new()))
+        .expect_err("a tag cannot be written back");
+    assert!(matches!(err, GitError::NotABranch { .. }), "{err}");
+    let err = p
+        .source(&c1, None)
+        .commit_and_push(&bot(), &fast_retries(), |_| Ok(Vec::new()))
+        .expect_err("a commit cannot be written back");
+    assert!(matches!(err, GitError::NotABranch { .. }), "{err}");
     let mut pinned = p.source(&c1, None);
     pinned.poll().expect("commit");
     assert_eq!(commit_of(&pinned), c1);
