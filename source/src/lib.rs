@@ -7,10 +7,13 @@
 //!   immutable [`git::Snapshot`]s read straight from the object database, with polling and
 //!   write-back (commit and push).
 //!
+//! [`watch::LocalWatcher`] reports debounced changes to a local work tree.
+//!
 //! Every read is confined to the repository: paths are [`RepoPath`]s (which cannot name a
 //! place outside the root), and symbolic links that resolve outside the root are refused.
 
 pub mod git;
+pub mod watch;
 
 use std::io;
 use std::path::{Path, PathBuf};
