@@ -30,6 +30,9 @@ enum Command {
         fleet: FleetArgs,
         #[arg(short, long, value_enum, default_value_t = Output::Text)]
         output: Output,
+        /// Keep running: validate again whenever a file of the (local) repository changes.
+        #[arg(long)]
+        watch: bool,
     },
     /// Show, per placement, the clusters it selects, their rollout batches and their bundles.
     Plan {
@@ -123,7 +126,16 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Validate { fleet, output } => validate(&fleet, output),
+        Command::Validate {
+            fleet,
+            output,
+            watch: false,
+        } => validate(&fleet, output),
+        Command::Validate {
+            fleet,
+            output,
+            watch: true,
+        } => watch_validate(&fleet, output),
         Command::Plan { fleet, output } => plan(&fleet, output),
         Command::Schema => {
             let schema = serde_json::to_string_pretty(&flotilla_spec::json_schema())?;
@@ -319,6 +331,37 @@ fn validate(args: &FleetArgs, output: Output) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::from(INVALID)
     })
+}
+
+/// `validate --watch`: validates, then again after every debounced batch of changes. I/O
+/// errors (a fleet file briefly missing while an editor saves) are reported, not fatal.
+fn watch_validate(args: &FleetArgs, output: Output) -> anyhow::Result<ExitCode> {
+    if git::is_url(&args.repo) || args.rev.is_some() {
+        anyhow::bail!("--watch needs a local directory as --repo (no URL, no --rev)");
+    }
+    let watcher = flotilla_source::watch::LocalWatcher::new(
+        std::path::Path::new(&args.repo),
+        std::time::Duration::from_millis(300),
+    )
+    .with_context(|| format!("cannot watch --repo {}", args.repo))?;
+    loop {
+        if let Err(e) = validate(args, output) {
+            if e.downcast_ref::<std::io::Error>()
+                .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+            {
+                return Err(e);
+            }
+            eprintln!("flotilla: error: {e:#}");
+        }
+        eprintln!(
+            "flotilla: watching {} for changes",
+            watcher.root().display()
+        );
+        while watcher
+            .wait(std::time::Duration::from_secs(3600))?
+            .is_none()
+        {}
+    }
 }
 
 fn plan(args: &FleetArgs, output: Output) -> anyhow::Result<ExitCode> {
