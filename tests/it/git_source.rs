@@ -5,8 +5,8 @@
 use std::time::{Duration, Instant};
 
 use flotilla_source::git::{
-    CommitMessage, Credentials, FileChange, GitError, GitSource, Identity, Poll, PushOptions,
-    Pushed, Remote, Rev,
+    CommitMessage, Credentials, FileChange, GitError, GitSource, Identity, Poll, Poller,
+    PushOptions, Pushed, Remote, Rev,
 };
 use flotilla_spec::types::RepoPath;
 use flotilla_spec::{PathKind, RepoError, RepoFiles};
@@ -610,4 +610,43 @@ fn a_hanging_remote_times_out_and_keeps_the_last_snapshot() {
         assert!(err.to_string().contains(&url), "{err}");
         assert_eq!(commit_of(&source), c1);
     }
+}
+
+#[test]
+fn a_trigger_polls_at_once_and_failures_back_off() {
+    let p = peer(Transport::Daemon);
+    let c1 = p.upstream.commit(&[("fleet.yaml", "v: 1\n")], "first");
+    p.upstream.push();
+    let hour = Duration::from_secs(3600);
+    let mut poller = Poller::new(p.source("main", None), hour, 4 * hour);
+    assert!(
+        matches!(poller.wait_and_poll(), Ok(Poll::Changed { .. })),
+        "the first poll is at once"
+    );
+    assert_eq!(commit_of(poller.source()), c1);
+
+    // A webhook: push, fire the trigger, and the poller fetches without waiting an hour.
+    let c2 = p.upstream.commit(&[("fleet.yaml", "v: 2\n")], "second");
+    p.upstream.push();
+    let trigger = poller.trigger();
+    std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(50));
+        trigger.fire();
+        trigger.fire();
+    });
+    let started = Instant::now();
+    assert!(matches!(poller.wait_and_poll(), Ok(Poll::Changed { .. })));
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert_eq!(commit_of(poller.source()), c2);
+
+    // The server goes away: errors back off, the snapshot stays.
+    let Peer {
+        upstream, _server, ..
+    } = p;
+    drop(_server);
+    poller.trigger().fire();
+    assert!(poller.wait_and_poll().is_err());
+    assert_eq!(poller.delay(), 2 * hour);
+    assert_eq!(commit_of(poller.source()), c2);
+    drop(upstream);
 }

@@ -10,6 +10,7 @@
 //! user information replaced by `***`, and every message that leaves this module passes
 //! through [`Remote::redact`].
 
+mod poller;
 mod push;
 mod snapshot;
 
@@ -22,6 +23,7 @@ use std::time::Duration;
 use gix::ObjectId;
 use gix::bstr::ByteSlice;
 
+pub use poller::{Poller, Trigger, backoff};
 pub use push::{CommitMessage, FileChange, Identity, PushOptions, Pushed};
 pub use snapshot::Snapshot;
 
