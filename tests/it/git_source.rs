@@ -523,6 +523,19 @@ fn cli_validates_a_fleet_from_a_git_url_at_a_revision() {
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(stderr(&out).contains("***@127.0.0.1"), "{}", stderr(&out));
     assert!(!stderr(&out).contains("hunter22"), "{}", stderr(&out));
+    // A repository without the fleet file is a clear error naming the repository and rev.
+    let out = flotilla(&[
+        "validate", "--repo", &p.url, "--rev", &good, "--cache", cache,
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&format!(
+            "fleet.yaml not found in repository {} at {good}",
+            p.url
+        )),
+        "{}",
+        stderr(&out)
+    );
     let out = run("no-such-branch");
     assert_eq!(out.status.code(), Some(2));
     assert!(
