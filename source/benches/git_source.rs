@@ -7,7 +7,8 @@
 //!
 //!     cargo bench -p flotilla-source --bench git_source
 //!
-//! Over file:// and git:// (a `git-daemon` on loopback). Prints min / median; results and
+//! Over file://, git:// (a `git-daemon` on loopback) and smart HTTP (git http-backend behind
+//! lighttpd, if installed). Prints min / median; results and
 //! machine notes go to docs/benchmarks.md (`## Git source`).
 
 use std::io::Write;
@@ -128,6 +129,54 @@ fn daemon(repos: &Path) -> (Daemon, u16) {
     (daemon, port)
 }
 
+fn wait_port(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "nothing listens on {port}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// lighttpd + git http-backend (anonymous fetch), if lighttpd is installed.
+fn http(dir: &Path, repos: &Path) -> Option<(Daemon, u16)> {
+    let lighttpd = ["/usr/sbin/lighttpd", "/usr/bin/lighttpd"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())?;
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port")
+        .port();
+    let exec = git(repos, &["--exec-path"]);
+    let repos = repos.display();
+    let conf = dir.join("lighttpd.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            r#"server.document-root = "{repos}"
+server.bind = "127.0.0.1"
+server.port = {port}
+server.modules = ("mod_alias", "mod_setenv", "mod_cgi")
+alias.url = ("/git" => "{exec}/git-http-backend")
+$HTTP["url"] =~ "^/git" {{
+  cgi.assign = ("" => "")
+  setenv.add-environment = ("GIT_PROJECT_ROOT" => "{repos}", "GIT_HTTP_EXPORT_ALL" => "1")
+}}
+"#
+        ),
+    )
+    .expect("write lighttpd.conf");
+    let child = Command::new(lighttpd)
+        .arg("-D")
+        .arg("-f")
+        .arg(&conf)
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("lighttpd");
+    let server = Daemon(child);
+    wait_port(port);
+    Some((server, port))
+}
+
 fn stats(mut times: Vec<Duration>) -> String {
     times.sort();
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
@@ -206,10 +255,15 @@ fn main() {
             .unwrap_or("size-pack: ?")
     );
     let (_daemon, port) = daemon(&repos);
-    let urls = [
+    let http = http(tmp.path(), &repos);
+    let mut urls = vec![
         ("file", format!("file://{}", bare.display())),
         ("git", format!("git://127.0.0.1:{port}/fleet.git")),
     ];
+    match &http {
+        Some((_, port)) => urls.push(("http", format!("http://127.0.0.1:{port}/git/fleet.git"))),
+        None => println!("(lighttpd not installed: no smart HTTP numbers)"),
+    }
     let mut commit = 1;
     for (name, url) in &urls {
         println!("\n== {name}://");
