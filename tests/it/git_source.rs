@@ -663,3 +663,52 @@ fn a_trigger_polls_at_once_and_failures_back_off() {
     assert_eq!(commit_of(poller.source()), c2);
     drop(upstream);
 }
+
+#[test]
+fn a_shallow_first_fetch_then_incremental_fetches_and_write_back() {
+    let p = peer(Transport::Daemon);
+    let up = &p.upstream;
+    for i in 1..=3 {
+        up.commit(&[("fleet.yaml", &format!("v: {i}\n"))], &format!("c{i}"));
+    }
+    up.push();
+    let mut source = p.source("main", None);
+    source.set_shallow_depth(std::num::NonZeroU32::new(1));
+    source.poll().expect("shallow fetch");
+    let cache = up.scratch("cache");
+    let count = || git(&cache, &["rev-list", "--count", "refs/flotilla/heads/main"]);
+    assert_eq!(count(), "1", "only the tip was fetched");
+    assert_eq!(read(&source, "fleet.yaml"), "v: 3\n");
+
+    let c4 = up.commit(&[("fleet.yaml", "v: 4\n")], "c4");
+    up.push();
+    match source.poll().expect("incremental fetch") {
+        Poll::Changed { to, rewritten, .. } => {
+            assert_eq!(to.to_string(), c4);
+            assert!(
+                !rewritten,
+                "a fast-forward on a shallow cache is no rewrite"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(count(), "2");
+
+    let pushed = source
+        .commit_and_push(&bot(), &fast_retries(), |_| {
+            Ok(vec![FileChange::Write {
+                path: rp("fleet.yaml"),
+                content: b"v: 5\n".to_vec(),
+            }])
+        })
+        .expect("write-back from a shallow cache");
+    assert!(
+        matches!(pushed, Pushed::Commit { attempts: 1, .. }),
+        "{pushed:?}"
+    );
+    assert_eq!(
+        git(&up.bare(), &["rev-list", "--count", "main"]),
+        "5",
+        "the remote keeps its full history"
+    );
+}

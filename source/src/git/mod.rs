@@ -468,6 +468,7 @@ pub struct GitSource {
     repo: gix::Repository,
     current: Option<Snapshot>,
     timeout: Duration,
+    shallow: Option<std::num::NonZeroU32>,
 }
 
 impl std::fmt::Debug for GitSource {
@@ -511,6 +512,7 @@ impl GitSource {
             repo,
             current: None,
             timeout: DEFAULT_TIMEOUT,
+            shallow: None,
         };
         source.current = source.load_cached().unwrap_or_else(|e| {
             tracing::warn!(error = %e, "ignoring the cached revision");
@@ -523,6 +525,13 @@ impl GitSource {
     /// HTTP request that takes longer, fails the poll. Default [`DEFAULT_TIMEOUT`].
     pub fn set_timeout(&mut self, timeout: Duration) {
         self.timeout = timeout;
+    }
+
+    /// Makes the first fetch of a branch or tag shallow: only `depth` commits of history
+    /// (1 = just the tip). Later fetches bring the new commits only. Commit revisions always
+    /// fetch full history (the commit may be anywhere in it).
+    pub fn set_shallow_depth(&mut self, depth: Option<std::num::NonZeroU32>) {
+        self.shallow = depth;
     }
 
     pub fn remote(&self) -> &Remote {
@@ -815,6 +824,14 @@ impl GitSource {
             Some((local, remote_id))
         };
         tracing::debug!(repo = %self.remote, rev = %self.rev, "fetching");
+        let mut prepare = prepare;
+        if let (Some(depth), Some((local, _))) = (self.shallow, &wanted)
+            && self.tracking_tip(local)?.is_none()
+        {
+            // Only the first fetch is shallow: later ones bring just the new commits, and the
+            // old tip stays an ancestor so fast-forwards are not mistaken for rewrites.
+            prepare = prepare.with_shallow(gix::remote::fetch::Shallow::DepthAtRemote(depth));
+        }
         prepare
             .receive(gix::progress::Discard, interrupt)
             .map_err(|e| self.remote_err(format!("fetch failed: {}", describe(&e))))?;
