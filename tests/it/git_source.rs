@@ -712,3 +712,32 @@ fn a_shallow_first_fetch_then_incremental_fetches_and_write_back() {
         "the remote keeps its full history"
     );
 }
+
+#[test]
+fn a_corrupt_object_on_the_server_fails_the_fetch_and_keeps_the_last_snapshot() {
+    let p = peer(Transport::File);
+    let up = &p.upstream;
+    let c1 = up.commit(&[("fleet.yaml", "v: 1\n")], "first");
+    up.push();
+    let mut source = p.source("main", None);
+    source.poll().expect("initial fetch");
+    let c2 = up.commit(&[("fleet.yaml", "v: 2\n")], "second");
+    up.push();
+    // Small pushes arrive as loose objects: garble the new commit's.
+    let loose = up.bare().join("objects").join(&c2[..2]).join(&c2[2..]);
+    let mut perms = std::fs::metadata(&loose)
+        .expect("loose object")
+        .permissions();
+    #[allow(clippy::permissions_set_readonly_false)]
+    perms.set_readonly(false);
+    std::fs::set_permissions(&loose, perms).expect("writable");
+    std::fs::write(&loose, b"not a zlib stream").expect("corrupt");
+    let err = source
+        .poll()
+        .expect_err("the server cannot send the commit");
+    assert!(matches!(err, GitError::Remote { .. }), "{err}");
+    assert!(err.to_string().contains("(main)"), "{err}");
+    assert_eq!(commit_of(&source), c1);
+    let cache = up.scratch("cache");
+    assert_eq!(git(&cache, &["rev-parse", "refs/flotilla/heads/main"]), c1);
+}
