@@ -741,3 +741,78 @@ fn a_corrupt_object_on_the_server_fails_the_fetch_and_keeps_the_last_snapshot() 
     let cache = up.scratch("cache");
     assert_eq!(git(&cache, &["rev-parse", "refs/flotilla/heads/main"]), c1);
 }
+
+#[test]
+fn cli_reads_http_credentials_from_a_file_or_the_environment() {
+    use crate::support::{stderr, stdout};
+    let up = Upstream::new();
+    let server = up.http("bot", PASSWORD, true);
+    up.commit(
+        &[(
+            "fleet.yaml",
+            &format!("{}clusters: [{{name: c}}]\n", crate::support::HEADER),
+        )],
+        "first",
+    );
+    up.push();
+    let url = format!("http://127.0.0.1:{}/git/fleet.git", server.port);
+    let cache = up.scratch("cli-cache");
+    let run = |extra: &[&str], env: &[(&str, &str)]| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_flotilla"));
+        cmd.args(["validate", "--repo", &url, "--rev", "main", "--cache"])
+            .arg(&cache)
+            .args(extra)
+            .env_remove("FLOTILLA_LOG");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.output().expect("flotilla runs")
+    };
+    let out = run(&[], &[]);
+    assert_eq!(out.status.code(), Some(2), "anonymous: {}", stderr(&out));
+
+    let file = up.scratch("credentials");
+    std::fs::write(&file, format!("bot:{PASSWORD}\n")).expect("write");
+    let out = run(&["--credentials-file", file.to_str().expect("utf-8")], &[]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    assert!(
+        stdout(&out).starts_with("fleet.yaml: valid"),
+        "{}",
+        stdout(&out)
+    );
+
+    let out = run(
+        &[
+            "--username-env",
+            "FLEET_USER",
+            "--password-env",
+            "FLEET_PASSWORD",
+        ],
+        &[("FLEET_USER", "bot"), ("FLEET_PASSWORD", "wrong-0ne")],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(!stderr(&out).contains("wrong-0ne"), "{}", stderr(&out));
+    let out = run(
+        &[
+            "--username-env",
+            "FLEET_USER",
+            "--password-env",
+            "FLEET_PASSWORD",
+        ],
+        &[("FLEET_USER", "bot"), ("FLEET_PASSWORD", PASSWORD)],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let out = run(&["--password-env", "FLEET_UNSET_VARIABLE"], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("FLEET_UNSET_VARIABLE is not set"),
+        "{}",
+        stderr(&out)
+    );
+}
