@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
-use flotilla_source::LocalTree;
+use flotilla_source::{LocalTree, git};
 use flotilla_spec::types::RepoPath;
 use flotilla_spec::{Checked, Diagnostic, Limits, RepoFiles};
 
@@ -30,6 +30,9 @@ enum Command {
         fleet: FleetArgs,
         #[arg(short, long, value_enum, default_value_t = Output::Text)]
         output: Output,
+        /// Keep running: validate again whenever a file of the (local) repository changes.
+        #[arg(long)]
+        watch: bool,
     },
     /// Show, per placement, the clusters it selects, their rollout batches and their bundles.
     Plan {
@@ -89,9 +92,28 @@ struct SimArgs {
 
 #[derive(clap::Args)]
 struct FleetArgs {
-    /// The fleet repository: a local directory (uncommitted changes included).
+    /// The fleet repository: a local directory (uncommitted changes included), or a Git URL
+    /// (file://, git://, http(s)://) fetched into the cache. With --rev, a local directory is
+    /// read as a Git repository at that revision instead.
     #[arg(long, default_value = ".")]
-    repo: PathBuf,
+    repo: String,
+    /// The branch, tag or commit to read from a Git repository (default: the remote's HEAD).
+    #[arg(long)]
+    rev: Option<String>,
+    /// The cache of fetched repositories [default: $XDG_CACHE_HOME/flotilla, else
+    /// ~/.cache/flotilla]. It survives runs: the next fetch only brings what is new.
+    #[arg(long)]
+    cache: Option<PathBuf>,
+    /// Smart HTTP credentials: a file holding `user:password`, or a token.
+    #[arg(long, value_name = "FILE", conflicts_with = "password_env")]
+    credentials_file: Option<PathBuf>,
+    /// Smart HTTP credentials: the environment variable holding the password or token.
+    #[arg(long, value_name = "VAR")]
+    password_env: Option<String>,
+    /// Smart HTTP credentials: the environment variable holding the username [default
+    /// username: x-access-token].
+    #[arg(long, value_name = "VAR", requires = "password_env")]
+    username_env: Option<String>,
     /// The fleet file, relative to the repository root.
     #[arg(long, default_value = "fleet.yaml")]
     fleet: String,
@@ -149,7 +171,16 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Validate { fleet, output } => validate(&fleet, output),
+        Command::Validate {
+            fleet,
+            output,
+            watch: false,
+        } => validate(&fleet, output),
+        Command::Validate {
+            fleet,
+            output,
+            watch: true,
+        } => watch_validate(&fleet, output),
         Command::Plan { fleet, output } => plan(&fleet, output),
         Command::Render {
             fleet,
@@ -188,9 +219,104 @@ fn sim(args: SimArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// Reads and checks the fleet file. I/O problems are errors (exit 2); an invalid fleet is not.
-fn load(args: &FleetArgs) -> anyhow::Result<(String, Checked)> {
-    let tree = LocalTree::open(&args.repo)
-        .with_context(|| format!("cannot open --repo {}", args.repo.display()))?;
+/// The fleet file's name, what checking it found, and the repository revision it came from
+/// (a local directory or a Git snapshot), for commands that read more of it.
+type Loaded = (String, Checked, Box<dyn RepoFiles>);
+
+fn load(args: &FleetArgs) -> anyhow::Result<Loaded> {
+    if git::is_url(&args.repo) || args.rev.is_some() {
+        load_git(args)
+    } else {
+        load_local(args)
+    }
+}
+
+/// The cache directory for Git repositories.
+fn cache_root(args: &FleetArgs) -> anyhow::Result<PathBuf> {
+    if let Some(dir) = &args.cache {
+        return Ok(dir.clone());
+    }
+    let non_empty = |var: &str| std::env::var_os(var).filter(|v| !v.is_empty());
+    if let Some(xdg) = non_empty("XDG_CACHE_HOME") {
+        return Ok(PathBuf::from(xdg).join("flotilla"));
+    }
+    if let Some(home) = non_empty("HOME") {
+        return Ok(PathBuf::from(home).join(".cache").join("flotilla"));
+    }
+    anyhow::bail!("no cache directory: pass --cache, or set XDG_CACHE_HOME or HOME")
+}
+
+/// Fetches the revision into the cache and checks the fleet file of that commit.
+fn load_git(args: &FleetArgs) -> anyhow::Result<Loaded> {
+    let credentials = match (&args.credentials_file, &args.password_env) {
+        (Some(file), _) => Some(git::Credentials::from_file(file)?),
+        (None, Some(var)) => Some(git::Credentials::from_env(
+            args.username_env.as_deref(),
+            var,
+        )?),
+        (None, None) => None,
+    };
+    let remote = git::Remote::parse(&args.repo, credentials)?;
+    let rev = git::Rev::parse(args.rev.as_deref().unwrap_or("HEAD"))?;
+    let cache = cache_root(args)?.join("git").join(remote.cache_name());
+    let mut source = git::GitSource::open(remote, rev, cache)?;
+    source.poll()?;
+    let snapshot = source
+        .current()
+        .context("the fetch brought no snapshot")?
+        .clone();
+    eprintln!(
+        "{} ({}): commit {}",
+        snapshot.repo_name(),
+        snapshot.rev(),
+        snapshot.commit()
+    );
+    let fleet_path = RepoPath::parse(&args.fleet).map_err(|e| anyhow::anyhow!("--fleet: {e}"))?;
+    let file = fleet_path.as_str().to_string();
+    let limits = Limits::default();
+    match snapshot.kind(&fleet_path) {
+        flotilla_spec::PathKind::File => {}
+        flotilla_spec::PathKind::Dir => {
+            anyhow::bail!("{file} is a directory, expected the fleet file")
+        }
+        flotilla_spec::PathKind::Missing => anyhow::bail!(
+            "{file} not found in repository {} at {}",
+            snapshot.repo_name(),
+            snapshot.rev()
+        ),
+        flotilla_spec::PathKind::Escapes => anyhow::bail!("{file} leads outside the repository"),
+    }
+    let (text, size) = match snapshot.read(&fleet_path) {
+        Ok(bytes) if bytes.len() > limits.max_bytes => {
+            (" ".repeat(limits.max_bytes + 1), bytes.len() as u64)
+        }
+        Ok(bytes) => {
+            let size = bytes.len() as u64;
+            let text = String::from_utf8(bytes)
+                .map_err(|_| anyhow::anyhow!("cannot read {file}: it is not valid UTF-8"))?;
+            (text, size)
+        }
+        Err(flotilla_spec::RepoError::TooLarge { size, .. }) => {
+            (" ".repeat(limits.max_bytes + 1), size)
+        }
+        Err(e) => return Err(e).with_context(|| format!("cannot read {file}")),
+    };
+    let mut checked = flotilla_spec::check_with(&file, &text, &snapshot, &limits);
+    if size > limits.max_bytes as u64 {
+        for d in &mut checked.diagnostics {
+            d.message = format!(
+                "the file is {size} bytes, over the limit of {} bytes",
+                limits.max_bytes
+            );
+        }
+    }
+    Ok((file, checked, Box::new(snapshot)))
+}
+
+/// Checks the fleet file of a local directory (uncommitted changes included).
+fn load_local(args: &FleetArgs) -> anyhow::Result<Loaded> {
+    let tree =
+        LocalTree::open(&args.repo).with_context(|| format!("cannot open --repo {}", args.repo))?;
     let fleet_path = RepoPath::parse(&args.fleet).map_err(|e| anyhow::anyhow!("--fleet: {e}"))?;
     let file = fleet_path.as_str().to_string();
     let limits = Limits::default();
@@ -200,7 +326,7 @@ fn load(args: &FleetArgs) -> anyhow::Result<(String, Checked)> {
             anyhow::bail!("{file} is a directory, expected the fleet file")
         }
         flotilla_spec::PathKind::Missing => {
-            anyhow::bail!("{file} not found in repository {}", args.repo.display())
+            anyhow::bail!("{file} not found in repository {}", args.repo)
         }
         flotilla_spec::PathKind::Escapes => anyhow::bail!("{file} leads outside the repository"),
     }
@@ -223,7 +349,7 @@ fn load(args: &FleetArgs) -> anyhow::Result<(String, Checked)> {
             );
         }
     }
-    Ok((file, checked))
+    Ok((file, checked, Box::new(tree)))
 }
 
 fn summary(file: &str, checked: &Checked) -> String {
@@ -260,7 +386,7 @@ fn print_diagnostics(diags: &[Diagnostic]) -> std::io::Result<()> {
 }
 
 fn validate(args: &FleetArgs, output: Output) -> anyhow::Result<ExitCode> {
-    let (file, checked) = load(args)?;
+    let (file, checked, _) = load(args)?;
     match output {
         Output::Text => {
             print_diagnostics(&checked.diagnostics)?;
@@ -284,8 +410,39 @@ fn validate(args: &FleetArgs, output: Output) -> anyhow::Result<ExitCode> {
     })
 }
 
+/// `validate --watch`: validates, then again after every debounced batch of changes. I/O
+/// errors (a fleet file briefly missing while an editor saves) are reported, not fatal.
+fn watch_validate(args: &FleetArgs, output: Output) -> anyhow::Result<ExitCode> {
+    if git::is_url(&args.repo) || args.rev.is_some() {
+        anyhow::bail!("--watch needs a local directory as --repo (no URL, no --rev)");
+    }
+    let watcher = flotilla_source::watch::LocalWatcher::new(
+        std::path::Path::new(&args.repo),
+        std::time::Duration::from_millis(300),
+    )
+    .with_context(|| format!("cannot watch --repo {}", args.repo))?;
+    loop {
+        if let Err(e) = validate(args, output) {
+            if e.downcast_ref::<std::io::Error>()
+                .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+            {
+                return Err(e);
+            }
+            eprintln!("flotilla: error: {e:#}");
+        }
+        eprintln!(
+            "flotilla: watching {} for changes",
+            watcher.root().display()
+        );
+        while watcher
+            .wait(std::time::Duration::from_secs(3600))?
+            .is_none()
+        {}
+    }
+}
+
 fn plan(args: &FleetArgs, output: Output) -> anyhow::Result<ExitCode> {
-    let (file, checked) = load(args)?;
+    let (file, checked, _) = load(args)?;
     let Some(fleet) = &checked.fleet else {
         print_diagnostics(&checked.diagnostics)?;
         eprintln!("{}", summary(&file, &checked));
@@ -308,7 +465,7 @@ fn render(
     only_placement: Option<&str>,
     out_dir: Option<&std::path::Path>,
 ) -> anyhow::Result<ExitCode> {
-    let (file, checked) = load(args)?;
+    let (file, checked, tree) = load(args)?;
     let Some(fleet) = &checked.fleet else {
         for d in &checked.diagnostics {
             eprintln!("{d}");
@@ -329,8 +486,6 @@ fn render(
     {
         anyhow::bail!("--placement {p}: no such placement in {file}");
     }
-    let tree = LocalTree::open(&args.repo)
-        .with_context(|| format!("cannot open --repo {}", args.repo.display()))?;
     let selection = flotilla_spec::Selection::new(fleet);
     let mut clusters: Vec<&flotilla_spec::Cluster> = fleet
         .clusters
@@ -341,7 +496,7 @@ fn render(
     let options = flotilla_renderers::RenderOptions::default();
     // One pass over the tree: a bundle's renderer runs once per distinct input, not per cluster.
     let mut cache = flotilla_renderers::cache::Cache::new();
-    let mut pass = cache.pass(&tree);
+    let mut pass = cache.pass(tree.as_ref());
     let mut failed = 0usize;
     for cluster in clusters {
         let Some(ci) = selection.index.position(&cluster.name) else {

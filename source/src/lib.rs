@@ -1,12 +1,19 @@
 //! Where a fleet repository's files come from.
 //!
-//! Today: [`LocalTree`], a directory on disk (a work tree with uncommitted changes, for
-//! `flotilla validate`, `plan` and `render` on a developer's machine). Git remotes, polling
-//! and snapshots read from the object database come with the Git source issue; they will
-//! implement the same read interface.
+//! Two kinds of source, one read interface ([`RepoFiles`]):
+//! - [`LocalTree`], a directory on disk (a work tree with uncommitted changes, for
+//!   `flotilla validate`, `plan` and `render` on a developer's machine);
+//! - [`git::GitSource`], a remote repository and revision fetched into a bare cache, yielding
+//!   immutable [`git::Snapshot`]s read straight from the object database, with polling and
+//!   write-back (commit and push).
+//!
+//! [`watch::LocalWatcher`] reports debounced changes to a local work tree.
 //!
 //! Every read is confined to the repository: paths are [`RepoPath`]s (which cannot name a
 //! place outside the root), and symbolic links that resolve outside the root are refused.
+
+pub mod git;
+pub mod watch;
 
 use std::io;
 use std::path::{Path, PathBuf};

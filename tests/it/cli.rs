@@ -280,3 +280,49 @@ fn schema_describes_every_section() {
     }
     assert_eq!(schema["additionalProperties"], false);
 }
+
+#[test]
+fn validate_watch_revalidates_after_a_change() {
+    use std::io::BufRead;
+    use std::time::Duration;
+    let repo = TempRepo::new().file("fleet.yaml", &format!("{HEADER}clusters: [{{name: c}}]\n"));
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_flotilla"))
+        .args(["validate", "--watch", "--repo", repo.path_str()])
+        .env_remove("FLOTILLA_LOG")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("flotilla starts");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let next_summary = || loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(15))
+            .expect("a summary within 15 s");
+        if line.starts_with("fleet.yaml: ") {
+            return line;
+        }
+    };
+    let first = next_summary();
+    assert!(first.starts_with("fleet.yaml: valid"), "{first}");
+    std::fs::write(
+        repo.path().join("fleet.yaml"),
+        format!("{HEADER}clustrs: []\n"),
+    )
+    .expect("write");
+    let second = next_summary();
+    assert!(second.starts_with("fleet.yaml: invalid"), "{second}");
+    child.kill().expect("kill by PID");
+    child.wait().expect("reaped");
+    reader.join().expect("reader ends with the child");
+}

@@ -3,9 +3,11 @@
 //! Data-driven cases live in `fixtures/<area>/<case>/`; set `UPDATE_EXPECT=1` to rewrite the
 //! expected outputs after a deliberate change (then review the diff).
 
+mod git_support;
 mod support;
 
 mod cli;
+mod git_source;
 mod render_fixtures;
 mod sim;
 mod spec_fixtures;
