@@ -271,84 +271,74 @@ fn load_git(args: &FleetArgs) -> anyhow::Result<Loaded> {
         snapshot.rev(),
         snapshot.commit()
     );
+    let where_ = format!("repository {} at {}", snapshot.repo_name(), snapshot.rev());
+    let (file, checked) = check_fleet_file(args, &snapshot, None, &where_)?;
+    Ok((file, checked, Box::new(snapshot)))
+}
+
+/// Reads `--fleet` from a repository view and checks it. A file over the size limit becomes a
+/// diagnostic (exit 1), not an I/O error; other read problems are I/O errors (exit 2).
+fn check_fleet_file(
+    args: &FleetArgs,
+    repo: &dyn RepoFiles,
+    known_size: Option<u64>,
+    where_: &str,
+) -> anyhow::Result<(String, Checked)> {
     let fleet_path = RepoPath::parse(&args.fleet).map_err(|e| anyhow::anyhow!("--fleet: {e}"))?;
     let file = fleet_path.as_str().to_string();
     let limits = Limits::default();
-    match snapshot.kind(&fleet_path) {
+    match repo.kind(&fleet_path) {
         flotilla_spec::PathKind::File => {}
         flotilla_spec::PathKind::Dir => {
             anyhow::bail!("{file} is a directory, expected the fleet file")
         }
-        flotilla_spec::PathKind::Missing => anyhow::bail!(
-            "{file} not found in repository {} at {}",
-            snapshot.repo_name(),
-            snapshot.rev()
-        ),
+        flotilla_spec::PathKind::Missing => anyhow::bail!("{file} not found in {where_}"),
         flotilla_spec::PathKind::Escapes => anyhow::bail!("{file} leads outside the repository"),
     }
-    let (text, size) = match snapshot.read(&fleet_path) {
-        Ok(bytes) if bytes.len() > limits.max_bytes => {
-            (" ".repeat(limits.max_bytes + 1), bytes.len() as u64)
-        }
-        Ok(bytes) => {
-            let size = bytes.len() as u64;
-            let text = String::from_utf8(bytes)
-                .map_err(|_| anyhow::anyhow!("cannot read {file}: it is not valid UTF-8"))?;
-            (text, size)
-        }
-        Err(flotilla_spec::RepoError::TooLarge { size, .. }) => {
-            (" ".repeat(limits.max_bytes + 1), size)
-        }
-        Err(e) => return Err(e).with_context(|| format!("cannot read {file}")),
+    let over = |size: u64| size > limits.max_bytes as u64;
+    let (text, size) = match known_size {
+        Some(size) if over(size) => (None, size),
+        _ => match repo.read(&fleet_path) {
+            Ok(bytes) if over(bytes.len() as u64) => (None, bytes.len() as u64),
+            Ok(bytes) => {
+                let size = bytes.len() as u64;
+                let text = String::from_utf8(bytes)
+                    .map_err(|_| anyhow::anyhow!("cannot read {file}: it is not valid UTF-8"))?;
+                (Some(text), size)
+            }
+            Err(flotilla_spec::RepoError::TooLarge { size, .. }) => (None, size),
+            Err(e) => return Err(e).with_context(|| format!("cannot read {file}")),
+        },
     };
-    let mut checked = flotilla_spec::check_with(&file, &text, &snapshot, &limits);
-    if size > limits.max_bytes as u64 {
-        for d in &mut checked.diagnostics {
-            d.message = format!(
-                "the file is {size} bytes, over the limit of {} bytes",
-                limits.max_bytes
-            );
+    let checked = match text {
+        Some(text) => flotilla_spec::check_with(&file, &text, repo, &limits),
+        None => {
+            // Let the spec report it as a diagnostic, then name the real size.
+            let mut checked =
+                flotilla_spec::check_with(&file, &" ".repeat(limits.max_bytes + 1), repo, &limits);
+            for d in &mut checked.diagnostics {
+                d.message = format!(
+                    "the file is {size} bytes, over the limit of {} bytes",
+                    limits.max_bytes
+                );
+            }
+            checked
         }
-    }
-    Ok((file, checked, Box::new(snapshot)))
+    };
+    Ok((file, checked))
 }
 
 /// Checks the fleet file of a local directory (uncommitted changes included).
 fn load_local(args: &FleetArgs) -> anyhow::Result<Loaded> {
     let tree =
         LocalTree::open(&args.repo).with_context(|| format!("cannot open --repo {}", args.repo))?;
-    let fleet_path = RepoPath::parse(&args.fleet).map_err(|e| anyhow::anyhow!("--fleet: {e}"))?;
-    let file = fleet_path.as_str().to_string();
-    let limits = Limits::default();
-    match tree.kind(&fleet_path) {
-        flotilla_spec::PathKind::File => {}
-        flotilla_spec::PathKind::Dir => {
-            anyhow::bail!("{file} is a directory, expected the fleet file")
-        }
-        flotilla_spec::PathKind::Missing => {
-            anyhow::bail!("{file} not found in repository {}", args.repo)
-        }
-        flotilla_spec::PathKind::Escapes => anyhow::bail!("{file} leads outside the repository"),
-    }
-    let size = std::fs::metadata(tree.root().join(fleet_path.as_str()))
-        .map(|m| m.len())
-        .unwrap_or(0);
-    let text = if size > limits.max_bytes as u64 {
-        // Let the spec report it as a diagnostic without reading the whole file.
-        " ".repeat(limits.max_bytes + 1)
-    } else {
-        tree.read_text(&fleet_path)
-            .with_context(|| format!("cannot read {file}"))?
-    };
-    let mut checked = flotilla_spec::check_with(&file, &text, &tree, &limits);
-    if size > limits.max_bytes as u64 {
-        for d in &mut checked.diagnostics {
-            d.message = format!(
-                "the file is {size} bytes, over the limit of {} bytes",
-                limits.max_bytes
-            );
-        }
-    }
+    // A local file's size is known without reading it: an oversized one is never read.
+    let size = RepoPath::parse(&args.fleet)
+        .ok()
+        .and_then(|p| std::fs::metadata(tree.root().join(p.as_str())).ok())
+        .map(|m| m.len());
+    let where_ = format!("repository {}", args.repo);
+    let (file, checked) = check_fleet_file(args, &tree, size, &where_)?;
     Ok((file, checked, Box::new(tree)))
 }
 

@@ -2,83 +2,16 @@
 
 use serde_json::Value;
 
-#[derive(Debug, Clone, PartialEq)]
-enum Req {
-    Eq(String, String),
-    Ne(String, String),
-    In(String, Vec<String>),
-    NotIn(String, Vec<String>),
-    Exists(String),
-    NotExists(String),
-}
+use flotilla_spec::selector::{LabelRequirement, parse_label_selector};
 
-/// A parsed label selector; the empty selector matches everything.
+/// A parsed label selector (kubectl syntax, the parser fleet.yaml uses too); the empty
+/// selector matches everything.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct LabelSelector(Vec<Req>);
-
-/// Splits on commas that are not inside parentheses.
-fn split_top(s: &str) -> Vec<&str> {
-    let mut out = Vec::new();
-    let (mut depth, mut start) = (0i32, 0usize);
-    for (i, c) in s.char_indices() {
-        match c {
-            '(' => depth += 1,
-            ')' => depth -= 1,
-            ',' if depth == 0 => {
-                out.push(&s[start..i]);
-                start = i + 1;
-            }
-            _ => {}
-        }
-    }
-    out.push(&s[start..]);
-    out
-}
-
-fn values(s: &str) -> Result<Vec<String>, String> {
-    let inner = s
-        .trim()
-        .strip_prefix('(')
-        .and_then(|r| r.strip_suffix(')'))
-        .ok_or_else(|| format!("expected a parenthesised value list, got {s:?}"))?;
-    Ok(inner
-        .split(',')
-        .map(|v| v.trim().to_string())
-        .filter(|v| !v.is_empty())
-        .collect())
-}
+pub struct LabelSelector(Vec<LabelRequirement>);
 
 impl LabelSelector {
     pub fn parse(s: &str) -> Result<LabelSelector, String> {
-        let mut reqs = Vec::new();
-        for part in split_top(s) {
-            let p = part.trim();
-            if p.is_empty() {
-                continue;
-            }
-            let req = if let Some(k) = p.strip_prefix('!') {
-                Req::NotExists(k.trim().to_string())
-            } else if let Some((k, v)) = p.split_once("!=") {
-                Req::Ne(k.trim().into(), v.trim().into())
-            } else if let Some((k, v)) = p.split_once("==") {
-                Req::Eq(k.trim().into(), v.trim().into())
-            } else if let Some((k, v)) = p.split_once('=') {
-                Req::Eq(k.trim().into(), v.trim().into())
-            } else if let Some((k, v)) = p.split_once(" notin ") {
-                Req::NotIn(k.trim().into(), values(v)?)
-            } else if let Some((k, v)) = p.split_once(" in ") {
-                Req::In(k.trim().into(), values(v)?)
-            } else if p
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c))
-            {
-                Req::Exists(p.to_string())
-            } else {
-                return Err(format!("unable to parse requirement: {p:?}"));
-            };
-            reqs.push(req);
-        }
-        Ok(LabelSelector(reqs))
+        parse_label_selector(s).map(LabelSelector)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -86,15 +19,9 @@ impl LabelSelector {
     }
 
     pub fn matches(&self, labels: &Value) -> bool {
-        let get = |k: &str| labels.get(k).and_then(Value::as_str);
-        self.0.iter().all(|r| match r {
-            Req::Eq(k, v) => get(k) == Some(v),
-            Req::Ne(k, v) => get(k) != Some(v),
-            Req::In(k, vs) => get(k).is_some_and(|l| vs.iter().any(|v| v == l)),
-            Req::NotIn(k, vs) => get(k).is_none_or(|l| vs.iter().all(|v| v != l)),
-            Req::Exists(k) => get(k).is_some(),
-            Req::NotExists(k) => get(k).is_none(),
-        })
+        self.0
+            .iter()
+            .all(|r| r.matches_with(|k| labels.get(k).and_then(Value::as_str)))
     }
 }
 

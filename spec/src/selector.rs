@@ -237,13 +237,18 @@ pub enum LabelRequirement {
 
 impl LabelRequirement {
     pub fn matches(&self, labels: &Labels) -> bool {
+        self.matches_with(|k| labels.get(k).map(String::as_str))
+    }
+
+    /// Matches against labels held in any form, through a lookup function.
+    pub fn matches_with<'a>(&self, get: impl Fn(&str) -> Option<&'a str>) -> bool {
         match self {
-            LabelRequirement::Equals(k, v) => labels.get(k) == Some(v),
-            LabelRequirement::NotEquals(k, v) => labels.get(k) != Some(v),
-            LabelRequirement::In(k, vs) => labels.get(k).is_some_and(|v| vs.contains(v)),
-            LabelRequirement::NotIn(k, vs) => labels.get(k).is_none_or(|v| !vs.contains(v)),
-            LabelRequirement::Exists(k) => labels.contains_key(k),
-            LabelRequirement::DoesNotExist(k) => !labels.contains_key(k),
+            LabelRequirement::Equals(k, v) => get(k) == Some(v.as_str()),
+            LabelRequirement::NotEquals(k, v) => get(k) != Some(v.as_str()),
+            LabelRequirement::In(k, vs) => get(k).is_some_and(|v| vs.iter().any(|x| x == v)),
+            LabelRequirement::NotIn(k, vs) => get(k).is_none_or(|v| vs.iter().all(|x| x != v)),
+            LabelRequirement::Exists(k) => get(k).is_some(),
+            LabelRequirement::DoesNotExist(k) => get(k).is_none(),
         }
     }
 }
