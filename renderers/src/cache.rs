@@ -152,8 +152,9 @@ impl Cache {
     /// repository accesses are remembered (so replaying the accesses of 20,000 cached
     /// renders reads each file once), and a bundle's renderer output is shared by every
     /// cluster with the same renderer inputs (the same bundle; for Jsonnet, the same expanded
-    /// ext vars and arguments); only the per-cluster steps (namespace, overrides, labels,
-    /// order, hash) run per cluster.
+    /// ext vars and arguments); the per-cluster steps (namespace, overrides, labels, order,
+    /// hash) run once per distinct renderer input, applicable overrides and replica count,
+    /// and clusters with the same ones share the result (they read nothing else).
     pub fn pass<'c, 'r>(&'c mut self, repo: &'r dyn RepoFiles) -> Pass<'c, 'r> {
         Pass {
             cache: self,
