@@ -8,9 +8,10 @@
 //! Results and machine notes go to docs/benchmarks.md.
 
 use std::fmt::Write;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use flotilla_renderers::{RenderOptions, cache::Cache};
+use flotilla_renderers::{RenderOptions, Rendered, cache::Cache};
 use flotilla_spec::{Fleet, MemRepo};
 
 #[global_allocator]
@@ -147,20 +148,21 @@ fn repo(files: &[(String, String)], fleet: &str) -> MemRepo {
     r
 }
 
-fn render_all(cache: &mut Cache, repo: &MemRepo, fleet: &Fleet) -> usize {
+/// Every (cluster, bundle) result, clusters outer, in fleet order.
+fn render_all(cache: &mut Cache, repo: &MemRepo, fleet: &Fleet) -> Vec<Arc<Rendered>> {
     let opts = RenderOptions::default();
     let p = &fleet.placements[0];
-    let mut objects = 0;
+    let mut out = Vec::with_capacity(fleet.clusters.len() * fleet.bundles.len());
     let mut pass = cache.pass(repo);
     for c in &fleet.clusters {
         for b in &fleet.bundles {
             match pass.render(fleet, p, b, c, &opts) {
-                Ok(r) => objects += r.objects.len(),
+                Ok(r) => out.push(r),
                 Err(e) => panic!("{e}"),
             }
         }
     }
-    objects
+    out
 }
 
 fn time<T>(runs: usize, mut f: impl FnMut() -> T) -> (Duration, Duration, T) {
@@ -216,7 +218,8 @@ fn main() {
     };
     let renders = clusters * fleet.bundles.len();
 
-    let (min, median, objects) = time(runs, || render_all(&mut Cache::new(), &base, &fleet));
+    let (min, median, cold) = time(runs, || render_all(&mut Cache::new(), &base, &fleet));
+    let objects: usize = cold.iter().map(|r| r.objects.len()).sum();
     println!(
         "cold render, {clusters} clusters x 20 bundles ({renders} renders, {objects} objects): min {min:.2?}, median {median:.2?}"
     );
@@ -227,19 +230,62 @@ fn main() {
         }
     }
     let changed = repo(&files, &text);
+    // The changed output, rendered cold, to check the incremental one; and a sample of it
+    // (every bundle on clusters 0, 1, 50, 51, ..., including the override's region r01)
+    // against renders that bypass the cache altogether.
+    let fresh = render_all(&mut Cache::new(), &changed, &fleet);
+    let nb = fleet.bundles.len();
+    for (ci, c) in fleet
+        .clusters
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| i % 50 < 2)
+    {
+        for (bi, b) in fleet.bundles.iter().enumerate() {
+            let r = flotilla_renderers::render(
+                &changed,
+                &fleet,
+                &fleet.placements[0],
+                b,
+                c,
+                &RenderOptions::default(),
+            )
+            .unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(
+                r,
+                *fresh[ci * nb + bi],
+                "{}/{}: uncached render",
+                c.name,
+                b.name
+            );
+        }
+    }
     let mut incr = Vec::new();
     for _ in 0..runs {
         let mut c = Cache::new();
-        render_all(&mut c, &base, &fleet);
+        let before = render_all(&mut c, &base, &fleet);
         let (h0, m0) = (c.hits, c.misses);
         let t = Instant::now();
-        render_all(&mut c, &changed, &fleet);
+        let after = render_all(&mut c, &changed, &fleet);
         incr.push((t.elapsed(), c.hits - h0, c.misses - m0));
+        // Outside the timing: the changed bundle's output changed on every cluster, the
+        // others' stayed byte-identical, and all of it equals a render from scratch.
+        for (i, ((b, a), f)) in before.iter().zip(&after).zip(&fresh).enumerate() {
+            let bundle = &fleet.bundles[i % fleet.bundles.len()].name;
+            if bundle == "app02" {
+                assert_ne!(b.hash, a.hash, "render {i} ({bundle}) changed");
+                assert!(a.yaml.contains("minReadySeconds: 5"), "render {i}");
+            } else {
+                assert_eq!(b.yaml, a.yaml, "render {i} ({bundle}) unchanged");
+            }
+            assert_eq!(**a, **f, "render {i} ({bundle}) equals a fresh render");
+        }
     }
     incr.sort();
+    let (dmin, _, _) = incr[0];
     let (d, hits, misses) = incr[incr.len() / 2];
     println!(
-        "after a one-file change (cached): median {d:.2?} ({misses} re-rendered, {hits} reused)"
+        "after a one-file change (cached): min {dmin:.2?}, median {d:.2?} ({misses} re-rendered, {hits} reused; output checked)"
     );
 
     // One bundle, in-process versus the reference tools.

@@ -152,14 +152,16 @@ impl Cache {
     /// repository accesses are remembered (so replaying the accesses of 20,000 cached
     /// renders reads each file once), and a bundle's renderer output is shared by every
     /// cluster with the same renderer inputs (the same bundle; for Jsonnet, the same expanded
-    /// ext vars and arguments); only the per-cluster steps (namespace, overrides, labels,
-    /// order, hash) run per cluster.
+    /// ext vars and arguments); the per-cluster steps (namespace, overrides, labels, order,
+    /// hash) run once per distinct renderer input, applicable overrides and replica count,
+    /// and clusters with the same ones share the result (they read nothing else).
     pub fn pass<'c, 'r>(&'c mut self, repo: &'r dyn RepoFiles) -> Pass<'c, 'r> {
         Pass {
             cache: self,
             repo,
             answers: HashMap::new(),
             bases: HashMap::new(),
+            finished: HashMap::new(),
         }
     }
 
@@ -185,18 +187,26 @@ type Base = (Result<Vec<Object>, Cause>, Vec<Access>);
 pub struct Pass<'c, 'r> {
     cache: &'c mut Cache,
     repo: &'r dyn RepoFiles,
-    answers: HashMap<(Op, RepoPath), Hash>,
+    /// Per path, the digest of each kind of answer (looked up without cloning the path).
+    answers: HashMap<RepoPath, [Option<Hash>; 3]>,
     bases: HashMap<Hash, Base>,
+    /// Per-cluster steps already run in this pass, by [`finish_key`]: clusters whose
+    /// applicable overrides and replica count are the same share one result.
+    finished: HashMap<Hash, Result<Arc<Rendered>, Cause>>,
 }
 
 fn memo_answer(
-    answers: &mut HashMap<(Op, RepoPath), Hash>,
+    answers: &mut HashMap<RepoPath, [Option<Hash>; 3]>,
     repo: &dyn RepoFiles,
     a: &Access,
 ) -> Hash {
-    *answers
-        .entry((a.op, a.path.clone()))
-        .or_insert_with(|| answer(repo, a.op, &a.path))
+    let i = a.op as usize;
+    if let Some(h) = answers.get(&a.path).and_then(|slots| slots[i]) {
+        return h;
+    }
+    let h = answer(repo, a.op, &a.path);
+    answers.entry(a.path.clone()).or_default()[i] = Some(h);
+    h
 }
 
 impl Pass<'_, '_> {
@@ -241,9 +251,10 @@ impl Pass<'_, '_> {
                 });
                 accesses.dedup();
                 for a in &accesses {
-                    self.answers
-                        .entry((a.op, a.path.clone()))
-                        .or_insert(a.digest);
+                    let slot = &mut self.answers.entry(a.path.clone()).or_default()[a.op as usize];
+                    if slot.is_none() {
+                        *slot = Some(a.digest);
+                    }
                 }
                 if let Some(k) = bkey {
                     self.bases.insert(k, (objects.clone(), accesses.clone()));
@@ -251,15 +262,23 @@ impl Pass<'_, '_> {
                 (objects, accesses)
             }
         };
-        let result = objects
-            .and_then(|o| crate::complete(&cx, o))
-            .map(Arc::new)
-            .map_err(|cause| RenderError {
-                placement: placement.name.clone(),
-                bundle: bundle.name.clone(),
-                cluster: cluster.name.clone(),
-                cause: Box::new(cause),
-            });
+        let fkey = bkey.map(|k| finish_key(&k, &cx));
+        let finished = match fkey.and_then(|k| self.finished.get(&k)) {
+            Some(r) => r.clone(),
+            None => {
+                let r = objects.and_then(|o| crate::complete(&cx, o)).map(Arc::new);
+                if let Some(k) = fkey {
+                    self.finished.insert(k, r.clone());
+                }
+                r
+            }
+        };
+        let result = finished.map_err(|cause| RenderError {
+            placement: placement.name.clone(),
+            bundle: bundle.name.clone(),
+            cluster: cluster.name.clone(),
+            cause: Box::new(cause),
+        });
         let timed_out = matches!(
             &result,
             Err(e) if matches!(*e.cause, Cause::Jsonnet(crate::jsonnet::JsonnetError::Timeout { .. }))
@@ -268,6 +287,9 @@ impl Pass<'_, '_> {
             // Not a property of the inputs: the next render tries again.
             if let Some(k) = bkey {
                 self.bases.remove(&k);
+            }
+            if let Some(k) = fkey {
+                self.finished.remove(&k);
             }
         } else {
             self.cache.entries.insert(
@@ -288,6 +310,45 @@ fn base_key(cx: &Context<'_>) -> Option<Hash> {
     let mut h = HashWriter(Sha256::new());
     serde_json::to_writer(&mut h, &(cx.bundle, ext_vars, tlas)).ok()?;
     Some(h.0.finalize().into())
+}
+
+/// What the per-cluster steps ([`crate::complete`]) read besides the renderer output, which
+/// within a pass is determined by `base_key`: the bundle, fleet and placement names, the
+/// overrides that apply (by index and content: they hold no cluster templates), whether they
+/// are strict (the placement's bundle count) and the replica count. The cluster itself only
+/// selects overrides, so two clusters with the same key get the same result.
+fn finish_key(base_key: &Hash, cx: &Context<'_>) -> Hash {
+    let labels = cx.cluster.selector_labels();
+    let overrides: Vec<_> = cx
+        .placement
+        .overrides
+        .iter()
+        .enumerate()
+        .filter(|(_, o)| {
+            o.clusters.matches(&cx.cluster.name, &labels)
+                && o.bundle.as_ref().is_none_or(|b| b == &cx.bundle.name)
+        })
+        .collect();
+    let replicas = cx
+        .placement
+        .replicas
+        .as_ref()
+        .filter(|r| r.bundle == cx.bundle.name)
+        .map(|r| (r, cx.options.replicas));
+    let mut h = HashWriter(Sha256::new());
+    h.0.update(base_key);
+    let parts = (
+        &cx.fleet.metadata.name,
+        &cx.placement.name,
+        flotilla_spec::placement_bundles(cx.fleet, cx.placement).len(),
+        cx.bundle,
+        &overrides,
+        replicas,
+    );
+    if serde_json::to_writer(&mut h, &parts).is_err() {
+        h.0.update(b"unserializable");
+    }
+    h.0.finalize().into()
 }
 
 /// Everything besides the repository that a render reads.

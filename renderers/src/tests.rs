@@ -400,3 +400,83 @@ placements: [{name: main, bundles: [jn], clusters: {}}]
     }
     assert_eq!((cache.hits, cache.misses, cache.len()), (0, 2, 0));
 }
+
+#[test]
+fn a_pass_shares_per_cluster_steps_only_between_equal_overrides() {
+    // Same bundle for every cluster; an override selects `us` clusters, a template reads
+    // the region label: clusters share a result only when nothing they read differs.
+    let text = |tag: &str, region_b: &str| {
+        format!(
+            "apiVersion: flotilla.dev/v1alpha1
+kind: Fleet
+metadata: {{name: acme}}
+clusters:
+  - {{name: a, labels: {{region: eu}}}}
+  - {{name: b, labels: {{region: {region_b}}}}}
+  - {{name: c, labels: {{region: us}}}}
+bundles:
+  - {{name: web, path: web, namespace: shop}}
+  - name: jn
+    path: j/main.jsonnet
+    jsonnet: {{extVars: {{region: \"${{cluster.labels.region}}\"}}}}
+placements:
+  - name: main
+    bundles: [web, jn]
+    clusters: {{}}
+    overrides:
+      - clusters: {{matchLabels: {{region: us}}}}
+        bundle: web
+        images:
+          - {{name: nginx, tag: \"{tag}\"}}
+"
+        )
+    };
+    let files = |fleet: &str| {
+        MemRepo::new()
+            .with("fleet.yaml", fleet)
+            .with("web/deploy.yaml", DEPLOY)
+            .with(
+                "j/main.jsonnet",
+                "{apiVersion: 'v1', kind: 'ConfigMap', metadata: {name: 'r-' + std.extVar('region')}}\n",
+            )
+    };
+    let opts = RenderOptions::default();
+    let mut cache = cache::Cache::new();
+    // Every result of a pass equals a fresh render; returns (cluster, bundle) -> YAML.
+    let all = |cache: &mut cache::Cache, fleet_text: &str| -> Vec<String> {
+        let repo = files(fleet_text);
+        let fleet = flotilla_spec::check("fleet.yaml", fleet_text, &repo)
+            .fleet
+            .expect("valid");
+        let p = &fleet.placements[0];
+        let mut pass = cache.pass(&repo);
+        let mut out = Vec::new();
+        for c in &fleet.clusters {
+            for b in &fleet.bundles {
+                let r = pass.render(&fleet, p, b, c, &opts).expect("renders");
+                let fresh = render(&repo, &fleet, p, b, c, &opts).expect("renders");
+                assert_eq!(*r, fresh, "{}/{}: same as a fresh render", b.name, c.name);
+                out.push(r.yaml.clone());
+            }
+        }
+        out
+    };
+    let image = |yaml: &str| yaml.contains("image: nginx:1.25");
+    // [a/web, a/jn, b/web, b/jn, c/web, c/jn]
+    let first = all(&mut cache, &text("2.0", "eu"));
+    assert_eq!(first[0], first[2], "a and b: no override, same region");
+    assert_ne!(first[0], first[4], "c gets the override");
+    assert!(image(&first[0]) && !image(&first[4]) && first[4].contains("nginx:2.0"));
+    assert_eq!(first[1], first[3]);
+    assert_ne!(first[1], first[5]);
+    // A change in the override's content re-renders the cluster it selects.
+    let second = all(&mut cache, &text("3.0", "eu"));
+    assert!(second[4].contains("nginx:3.0"));
+    assert_eq!(second[0], first[0]);
+    // A changed label that selects the override and feeds the template re-renders b only.
+    let third = all(&mut cache, &text("3.0", "us"));
+    assert_eq!(third[2], second[4], "b now gets c's override");
+    assert_eq!(third[3], second[5], "b's template reads its new region");
+    assert_ne!(third[3], second[3]);
+    assert_eq!(third[0], second[0]);
+}
