@@ -25,7 +25,7 @@ use sha2::{Digest, Sha256};
 
 use crate::kinds::{is_cluster_scoped, str_at};
 use crate::overrides::{Matcher, set_images};
-use crate::plain::{self, PlainError, join};
+use crate::plain::{self, PlainError};
 use crate::{Context, Object, Renderer};
 
 /// Nested kustomizations deeper than this are refused (a cycle would otherwise recurse).
@@ -85,8 +85,6 @@ impl Res {
         str_at(&self.obj.value, &["metadata", "namespace"]).unwrap_or("")
     }
 }
-
-const FILES: [&str; 3] = ["kustomization.yaml", "kustomization.yml", "Kustomization"];
 
 const SUPPORTED: &[&str] = &[
     "apiVersion",
@@ -203,22 +201,12 @@ impl Kust<'_> {
     }
 }
 
-fn find_file(repo: &dyn RepoFiles, dir: &RepoPath) -> Result<Option<RepoPath>, KustomizeError> {
-    for f in FILES {
-        let p = join(dir, f)?;
-        if repo.kind(&p) == PathKind::File {
-            return Ok(Some(p));
-        }
-    }
-    Ok(None)
-}
-
 fn accumulate(
     repo: &dyn RepoFiles,
     dir: &RepoPath,
     depth: usize,
 ) -> Result<Vec<Res>, KustomizeError> {
-    let Some(path) = find_file(repo, dir)? else {
+    let Some(path) = flotilla_spec::kustomization_file(repo, dir) else {
         return Err(KustomizeError::NoKustomization(dir.to_string()));
     };
     let file = path.to_string();
@@ -497,33 +485,7 @@ fn add_labels(v: &mut Value, labels: &Map<String, Value>, selectors: bool, templ
         }
     }
     if templates {
-        if WORKLOADS.contains(&k) || k == "Job" {
-            merge_into(
-                map_at(v, &["spec", "template", "metadata", "labels"], true),
-                labels,
-            );
-        }
-        if k == "CronJob" {
-            merge_into(
-                map_at(v, &["spec", "jobTemplate", "metadata", "labels"], true),
-                labels,
-            );
-            merge_into(
-                map_at(
-                    v,
-                    &[
-                        "spec",
-                        "jobTemplate",
-                        "spec",
-                        "template",
-                        "metadata",
-                        "labels",
-                    ],
-                    true,
-                ),
-                labels,
-            );
-        }
+        merge_into_templates(v, k, "labels", labels);
         if k == "StatefulSet"
             && let Some(Value::Array(vcts)) = v
                 .get_mut("spec")
@@ -539,33 +501,25 @@ fn add_labels(v: &mut Value, labels: &Map<String, Value>, selectors: bool, templ
 fn add_annotations(v: &mut Value, annotations: &Map<String, Value>) {
     merge_into(map_at(v, &["metadata", "annotations"], true), annotations);
     let kind = str_at(v, &["kind"]).unwrap_or("").to_string();
-    let k = kind.as_str();
-    if WORKLOADS.contains(&k) || k == "Job" {
-        merge_into(
-            map_at(v, &["spec", "template", "metadata", "annotations"], true),
-            annotations,
-        );
-    }
-    if k == "CronJob" {
-        merge_into(
-            map_at(v, &["spec", "jobTemplate", "metadata", "annotations"], true),
-            annotations,
-        );
-        merge_into(
-            map_at(
-                v,
-                &[
-                    "spec",
-                    "jobTemplate",
-                    "spec",
-                    "template",
-                    "metadata",
-                    "annotations",
-                ],
-                true,
-            ),
-            annotations,
-        );
+    merge_into_templates(v, &kind, "annotations", annotations);
+}
+
+/// Merges into `field` (labels or annotations) of the pod templates a kind carries (and a
+/// CronJob's job template), as kustomize's commonLabels/commonAnnotations do.
+fn merge_into_templates(v: &mut Value, kind: &str, field: &str, add: &Map<String, Value>) {
+    let paths: &[&[&str]] = if WORKLOADS.contains(&kind) || kind == "Job" {
+        &[&["spec", "template", "metadata"]]
+    } else if kind == "CronJob" {
+        &[
+            &["spec", "jobTemplate", "metadata"],
+            &["spec", "jobTemplate", "spec", "template", "metadata"],
+        ]
+    } else {
+        &[]
+    };
+    for path in paths {
+        let full: Vec<&str> = path.iter().copied().chain([field]).collect();
+        merge_into(map_at(v, &full, true), add);
     }
 }
 

@@ -286,30 +286,16 @@ impl Matcher {
                 return false;
             }
         }
-        let map_of = |key: &str| -> flotilla_spec::Labels {
-            v.get("metadata")
+        // Look labels up in place: no copy of the object's maps per candidate.
+        let all_match = |reqs: &[LabelRequirement], key: &str| {
+            let map = v
+                .get("metadata")
                 .and_then(|m| m.get(key))
-                .and_then(Value::as_object)
-                .map(|m| {
-                    m.iter()
-                        .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
-                        .collect()
-                })
-                .unwrap_or_default()
+                .and_then(Value::as_object);
+            reqs.iter()
+                .all(|r| r.matches_with(|k| map.and_then(|m| m.get(k)).and_then(Value::as_str)))
         };
-        if !self.labels.is_empty() {
-            let labels = map_of("labels");
-            if !self.labels.iter().all(|r| r.matches(&labels)) {
-                return false;
-            }
-        }
-        if !self.annotations.is_empty() {
-            let annotations = map_of("annotations");
-            if !self.annotations.iter().all(|r| r.matches(&annotations)) {
-                return false;
-            }
-        }
-        true
+        all_match(&self.labels, "labels") && all_match(&self.annotations, "annotations")
     }
 }
 

@@ -81,14 +81,13 @@ fn walk(
 }
 
 pub(crate) fn join(dir: &RepoPath, name: &str) -> Result<RepoPath, RepoError> {
-    let text = if dir.as_str() == "." {
-        name.to_string()
-    } else {
-        format!("{}/{name}", dir.as_str())
-    };
-    RepoPath::parse(&text).map_err(|e| RepoError::Io {
-        path: text.clone(),
-        message: e,
+    dir.join(name).map_err(|message| RepoError::Io {
+        path: if dir.as_str() == "." {
+            name.to_string()
+        } else {
+            format!("{dir}/{name}")
+        },
+        message,
     })
 }
 

@@ -42,13 +42,7 @@ impl Body for ChanBody {
 }
 
 fn json_response(code: u16, v: &Value) -> Resp {
-    let body = serde_json::to_vec(v).unwrap_or_default();
-    Response::builder()
-        .status(StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR))
-        .header("content-type", "application/json")
-        .header("cache-control", "no-cache, private")
-        .body(Full::new(Bytes::from(body)).boxed())
-        .unwrap_or_else(|_| Response::new(Full::new(Bytes::new()).boxed()))
+    text_response(code, serde_json::to_string(v).unwrap_or_default())
 }
 
 fn text_response(code: u16, body: String) -> Resp {

@@ -199,12 +199,7 @@ fn runs(f: &mut dyn FnMut()) -> Vec<Duration> {
 
 fn read_all(s: &Snapshot, dir: &RepoPath, bytes: &mut usize, files: &mut usize) {
     for name in s.list(dir).expect("list") {
-        let path = if dir.as_str() == "." {
-            RepoPath::parse(&name)
-        } else {
-            RepoPath::parse(&format!("{}/{name}", dir.as_str()))
-        }
-        .expect("path");
+        let path = dir.join(&name).expect("path");
         match s.kind(&path) {
             flotilla_spec::PathKind::Dir => read_all(s, &path, bytes, files),
             _ => {

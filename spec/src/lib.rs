@@ -26,7 +26,7 @@ pub mod yaml;
 pub use diag::{Diagnostic, Severity};
 pub use model::*;
 pub use repo::{MemRepo, NoRepo, PathKind, RepoError, RepoFiles};
-pub use validate::{Selection, placement_bundles, render_kind};
+pub use validate::{Selection, kustomization_file, placement_bundles, render_kind};
 pub use yaml::Limits;
 
 /// The result of checking a fleet file.

@@ -333,6 +333,15 @@ impl RepoPath {
     pub fn as_str(&self) -> &str {
         &self.text
     }
+
+    /// `rel` resolved against this directory (`..` allowed while it stays inside the root).
+    pub fn join(&self, rel: &str) -> Result<RepoPath, String> {
+        if self.text == "." {
+            RepoPath::parse(rel)
+        } else {
+            RepoPath::parse(&format!("{}/{rel}", self.text))
+        }
+    }
 }
 
 /// A Kubernetes resource quantity such as `500m`, `64`, `256Gi`.

@@ -560,17 +560,19 @@ pub fn render_kind(bundle: &Bundle, repo: &dyn RepoFiles) -> RenderKind {
     if p.ends_with(".jsonnet") || p.ends_with(".libsonnet") {
         return RenderKind::Jsonnet;
     }
-    if repo.kind(&bundle.path) == PathKind::Dir && kustomization(repo, &bundle.path).is_some() {
+    if repo.kind(&bundle.path) == PathKind::Dir && kustomization_file(repo, &bundle.path).is_some()
+    {
         return RenderKind::Kustomize;
     }
     RenderKind::Yaml
 }
 
-fn kustomization(repo: &dyn RepoFiles, dir: &RepoPath) -> Option<RepoPath> {
+/// The kustomization file of a directory, as kustomize looks for it.
+pub fn kustomization_file(repo: &dyn RepoFiles, dir: &RepoPath) -> Option<RepoPath> {
     ["kustomization.yaml", "kustomization.yml", "Kustomization"]
         .iter()
         .find_map(|f| {
-            let p = RepoPath::parse(&format!("{}/{f}", dir.as_str())).ok()?;
+            let p = dir.join(f).ok()?;
             (repo.kind(&p) == PathKind::File).then_some(p)
         })
 }
@@ -621,7 +623,7 @@ fn bundle(v: &mut V<'_>, repo: &dyn RepoFiles, path: &str, b: &Bundle) {
                 ),
             );
         }
-        RenderKind::Kustomize if kustomization(repo, &b.path).is_none() => {
+        RenderKind::Kustomize if kustomization_file(repo, &b.path).is_none() => {
             v.error(
                 &ppath,
                 format!("directory {:?} has no kustomization.yaml", b.path.as_str()),
