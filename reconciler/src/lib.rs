@@ -1,4 +1,8 @@
-//! The reconciler: what should run where, and (in later work) diff, health, inventory and the
-//! rollout state machine. Everything here is pure: clusters are reached only through traits.
+//! The reconciler: what should run where (`plan`), and how live clusters compare with it
+//! (`diff`, `health`, `inventory`, `sync`, `report`). Clusters are reached only through the
+//! [`cluster::Cluster`] trait; everything but `sync` is pure.
 
+pub mod cluster;
+pub mod health;
 pub mod plan;
+pub mod report;
