@@ -3,6 +3,10 @@
 //! [`cluster::Cluster`] trait; everything but `sync` is pure.
 
 pub mod cluster;
+pub mod desired;
+pub mod diff;
 pub mod health;
+pub mod inventory;
 pub mod plan;
 pub mod report;
+pub mod sync;
