@@ -10,6 +10,8 @@ use flotilla_source::{LocalTree, git};
 use flotilla_spec::types::RepoPath;
 use flotilla_spec::{Checked, Diagnostic, Limits, RepoFiles};
 
+mod live;
+
 // mimalloc: parsing a large fleet is allocation-bound, and glibc malloc is ~25% of it.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -62,6 +64,50 @@ enum Command {
     /// Serve simulated Kubernetes clusters (one port, one path prefix per cluster) until
     /// Ctrl-C or SIGTERM. See docs/sim.md.
     Sim(SimArgs),
+    /// Desired (rendered from Git) versus live clusters, computed with server-side apply
+    /// dry-runs so server defaults do not show. Exit 0 no change, 1 changes, 2 errors.
+    Diff {
+        #[command(flatten)]
+        fleet: FleetArgs,
+        #[command(flatten)]
+        clusters: live::ClusterArgs,
+        /// Compare with live clusters (the only mode for now).
+        #[arg(long, required = true)]
+        live: bool,
+        #[arg(long, value_enum, default_value_t = live::ReportFormat::Text)]
+        format: live::ReportFormat,
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
+    /// One-shot reconcile: staged server-side apply of every placement to the selected
+    /// clusters, optionally pruning what left Git. Exit 0 done, 1 something failed.
+    Apply {
+        #[command(flatten)]
+        fleet: FleetArgs,
+        #[command(flatten)]
+        clusters: live::ClusterArgs,
+        /// Ask the servers what would change; store nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Delete objects flotilla applied earlier that are no longer in Git (placements
+        /// whose `prune` setting is off are left alone).
+        #[arg(long)]
+        prune: bool,
+        #[arg(short, long, value_enum, default_value_t = Output::Text)]
+        output: Output,
+    },
+    /// Read-only drift report: live clusters versus Git. Sends only get and list requests.
+    /// Exit 0 in sync, 1 drift, 2 a cluster or object could not be read.
+    Drift {
+        #[command(flatten)]
+        fleet: FleetArgs,
+        #[command(flatten)]
+        clusters: live::ClusterArgs,
+        #[arg(long, value_enum, default_value_t = live::ReportFormat::Text)]
+        format: live::ReportFormat,
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
 }
 
 #[derive(clap::Args)]
@@ -194,6 +240,38 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Sim(args) => sim(args),
+        Command::Diff {
+            fleet,
+            clusters,
+            live: _,
+            format,
+            out,
+        } => live::compare(
+            &fleet,
+            &clusters,
+            flotilla_reconciler::report::ReportKind::Diff,
+            format,
+            out.as_deref(),
+        ),
+        Command::Apply {
+            fleet,
+            clusters,
+            dry_run,
+            prune,
+            output,
+        } => live::apply(&fleet, &clusters, dry_run, prune, output == Output::Json),
+        Command::Drift {
+            fleet,
+            clusters,
+            format,
+            out,
+        } => live::compare(
+            &fleet,
+            &clusters,
+            flotilla_reconciler::report::ReportKind::Drift,
+            format,
+            out.as_deref(),
+        ),
     }
 }
 
@@ -221,7 +299,8 @@ fn sim(args: SimArgs) -> anyhow::Result<ExitCode> {
 /// Reads and checks the fleet file. I/O problems are errors (exit 2); an invalid fleet is not.
 /// The fleet file's name, what checking it found, and the repository revision it came from
 /// (a local directory or a Git snapshot), for commands that read more of it.
-type Loaded = (String, Checked, Box<dyn RepoFiles>);
+/// The last element names the revision: a commit id, or `work tree DIR`.
+type Loaded = (String, Checked, Box<dyn RepoFiles>, String);
 
 fn load(args: &FleetArgs) -> anyhow::Result<Loaded> {
     if git::is_url(&args.repo) || args.rev.is_some() {
@@ -273,7 +352,8 @@ fn load_git(args: &FleetArgs) -> anyhow::Result<Loaded> {
     );
     let where_ = format!("repository {} at {}", snapshot.repo_name(), snapshot.rev());
     let (file, checked) = check_fleet_file(args, &snapshot, None, &where_)?;
-    Ok((file, checked, Box::new(snapshot)))
+    let revision = snapshot.commit().to_string();
+    Ok((file, checked, Box::new(snapshot), revision))
 }
 
 /// Reads `--fleet` from a repository view and checks it. A file over the size limit becomes a
@@ -339,7 +419,7 @@ fn load_local(args: &FleetArgs) -> anyhow::Result<Loaded> {
         .map(|m| m.len());
     let where_ = format!("repository {}", args.repo);
     let (file, checked) = check_fleet_file(args, &tree, size, &where_)?;
-    Ok((file, checked, Box::new(tree)))
+    Ok((file, checked, Box::new(tree), format!("work tree {}", args.repo)))
 }
 
 fn summary(file: &str, checked: &Checked) -> String {
@@ -376,7 +456,7 @@ fn print_diagnostics(diags: &[Diagnostic]) -> std::io::Result<()> {
 }
 
 fn validate(args: &FleetArgs, output: Output) -> anyhow::Result<ExitCode> {
-    let (file, checked, _) = load(args)?;
+    let (file, checked, _, _) = load(args)?;
     match output {
         Output::Text => {
             print_diagnostics(&checked.diagnostics)?;
@@ -432,7 +512,7 @@ fn watch_validate(args: &FleetArgs, output: Output) -> anyhow::Result<ExitCode> 
 }
 
 fn plan(args: &FleetArgs, output: Output) -> anyhow::Result<ExitCode> {
-    let (file, checked, _) = load(args)?;
+    let (file, checked, _, _) = load(args)?;
     let Some(fleet) = &checked.fleet else {
         print_diagnostics(&checked.diagnostics)?;
         eprintln!("{}", summary(&file, &checked));
@@ -455,7 +535,7 @@ fn render(
     only_placement: Option<&str>,
     out_dir: Option<&std::path::Path>,
 ) -> anyhow::Result<ExitCode> {
-    let (file, checked, tree) = load(args)?;
+    let (file, checked, tree, _) = load(args)?;
     let Some(fleet) = &checked.fleet else {
         for d in &checked.diagnostics {
             eprintln!("{d}");
