@@ -1,0 +1,176 @@
+//! [`Connector`]: one loaded kubeconfig and the client settings, making one [`KubeCluster`]
+//! per fleet cluster from its kubeconfig context.
+
+use std::path::Path;
+use std::time::Duration;
+
+use kube::config::KubeConfigOptions;
+
+use crate::budget::RetryPolicy;
+use crate::kube_cluster::KubeCluster;
+use crate::kubeconfig::{Kubeconfig, KubeconfigError, Paths};
+
+/// Why a fleet cluster could not be connected. Messages name the fleet cluster, the
+/// context and the kubeconfig files; never credentials.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error(
+        "fleet cluster {cluster:?}: no context {context:?} in kubeconfig {} (contexts: {})",
+        Paths(paths),
+        if known.is_empty() { "none".to_string() } else { known.join(", ") }
+    )]
+    UnknownContext {
+        cluster: String,
+        context: String,
+        paths: Vec<std::path::PathBuf>,
+        known: Vec<String>,
+    },
+    #[error(
+        "fleet cluster {cluster:?}: context {context:?} in kubeconfig {}: {message}",
+        Paths(paths)
+    )]
+    Config {
+        cluster: String,
+        context: String,
+        paths: Vec<std::path::PathBuf>,
+        message: String,
+    },
+    #[error("fleet cluster {cluster:?}: cannot build a client for context {context:?}: {message}")]
+    Client {
+        cluster: String,
+        context: String,
+        message: String,
+    },
+}
+
+/// How every [`KubeCluster`] made by a [`Connector`] talks to its API server.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClientSettings {
+    /// Sustained requests per second per cluster (a value that is not positive: no limit).
+    pub qps: f64,
+    /// Requests allowed at once above `qps`.
+    pub burst: u32,
+    /// Time to establish a connection.
+    pub connect_timeout: Duration,
+    /// Time to wait for a response; each attempt is also bounded by
+    /// `connect_timeout + read_timeout` in all.
+    pub read_timeout: Duration,
+    pub retry: RetryPolicy,
+    /// Objects per page when listing (`limit`, then `continue`).
+    pub list_page_size: u32,
+}
+
+impl Default for ClientSettings {
+    fn default() -> ClientSettings {
+        ClientSettings {
+            qps: 50.0,
+            burst: 100,
+            connect_timeout: Duration::from_secs(10),
+            read_timeout: Duration::from_secs(30),
+            retry: RetryPolicy::default(),
+            list_page_size: 500,
+        }
+    }
+}
+
+/// Makes [`KubeCluster`]s from one kubeconfig.
+///
+/// ```no_run
+/// # async fn f() -> Result<(), Box<dyn std::error::Error>> {
+/// use flotilla_cluster::Connector;
+/// let connector = Connector::load(None)?; // like kubectl: KUBECONFIG, else ~/.kube/config
+/// let prod = connector.connect("prod-eu", "gke_prod_eu", false).await?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct Connector {
+    kubeconfig: Kubeconfig,
+    settings: ClientSettings,
+}
+
+impl Connector {
+    pub fn new(kubeconfig: Kubeconfig) -> Connector {
+        Connector {
+            kubeconfig,
+            settings: ClientSettings::default(),
+        }
+    }
+
+    /// [`Kubeconfig::load`] then [`Connector::new`].
+    pub fn load(path: Option<&Path>) -> Result<Connector, KubeconfigError> {
+        Ok(Connector::new(Kubeconfig::load(path)?))
+    }
+
+    pub fn with_settings(mut self, settings: ClientSettings) -> Connector {
+        self.settings = settings;
+        self
+    }
+
+    pub fn settings(&self) -> &ClientSettings {
+        &self.settings
+    }
+
+    pub fn kubeconfig(&self) -> &Kubeconfig {
+        &self.kubeconfig
+    }
+
+    /// The fleet cluster `cluster` reached through kubeconfig context `context`. With
+    /// `read_only`, every mutation (dry-runs included) is refused before it is sent.
+    ///
+    /// Nothing is sent to the cluster here (discovery is lazy); exec credential plugins may
+    /// run.
+    pub async fn connect(
+        &self,
+        cluster: &str,
+        context: &str,
+        read_only: bool,
+    ) -> Result<KubeCluster, ConnectError> {
+        if !self.kubeconfig.has_context(context) {
+            return Err(ConnectError::UnknownContext {
+                cluster: cluster.into(),
+                context: context.into(),
+                paths: self.kubeconfig.paths().to_vec(),
+                known: self
+                    .kubeconfig
+                    .contexts()
+                    .into_iter()
+                    .map(str::to_string)
+                    .collect(),
+            });
+        }
+        let options = KubeConfigOptions {
+            context: Some(context.to_string()),
+            cluster: None,
+            user: None,
+        };
+        let mut config =
+            kube::Config::from_custom_kubeconfig(self.kubeconfig.raw().clone(), &options)
+                .await
+                .map_err(|e| ConnectError::Config {
+                    cluster: cluster.into(),
+                    context: context.into(),
+                    paths: self.kubeconfig.paths().to_vec(),
+                    message: e.to_string(),
+                })?;
+        config.connect_timeout = Some(self.settings.connect_timeout);
+        config.read_timeout = Some(self.settings.read_timeout);
+        // Time a response from when its request was written, not from when the pooled
+        // connection went idle.
+        config.reset_reader_on_write = true;
+        // Retries are ours (budget::RetryPolicy), counted against the token bucket.
+        config.default_retry = false;
+        let client = kube::Client::try_from(config).map_err(|e| ConnectError::Client {
+            cluster: cluster.into(),
+            context: context.into(),
+            message: e.to_string(),
+        })?;
+        tracing::debug!(cluster, context, read_only, "cluster client ready");
+        Ok(KubeCluster::new(
+            cluster,
+            context,
+            read_only,
+            client,
+            &self.settings,
+        ))
+    }
+}
