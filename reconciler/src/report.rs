@@ -530,11 +530,14 @@ fn text_object(out: &mut String, o: &ObjectReport, color: bool) {
 
 /// Diff lines shown per object in Markdown; the rest are cut with a note.
 const MD_DIFF_LINES: usize = 60;
-/// Characters of diff text in the whole Markdown report (GitHub comments hold 65,536
-/// characters); once spent, further diffs are left out with a note.
-const MD_DIFF_BUDGET: usize = 40_000;
-/// Objects listed in the whole Markdown report; the rest are counted.
-const MD_OBJECTS: usize = 300;
+/// GitHub comments hold 65,536 characters. Diffs are shown while the report is shorter than
+/// this; later ones are left out with a note.
+const MD_DIFF_UNTIL: usize = 48_000;
+/// Objects are listed while the report is shorter than this; the rest are counted. (The
+/// summary table is never cut: a fleet of hundreds of clusters can still exceed a comment.)
+const MD_LIST_UNTIL: usize = 60_000;
+/// Changed fields listed per object.
+const MD_FIELDS: usize = 20;
 /// Degraded objects listed at the top of the Markdown report.
 const MD_DEGRADED: usize = 10;
 
@@ -709,8 +712,6 @@ pub fn markdown(report: &Report) -> String {
         out.push('\n');
     }
 
-    let mut budget = MD_DIFF_BUDGET;
-    let mut listed = 0;
     let mut unlisted = 0;
     for c in &report.clusters {
         let state = Cell::of_cluster(c);
@@ -747,12 +748,11 @@ pub fn markdown(report: &Report) -> String {
                 out.push('\n');
             }
             for o in p.objects.iter().filter(|o| o.state != ObjectState::InSync) {
-                if listed >= MD_OBJECTS {
+                if out.len() >= MD_LIST_UNTIL {
                     unlisted += 1;
                     continue;
                 }
-                listed += 1;
-                md_object(&mut out, o, &mut budget);
+                md_object(&mut out, o);
             }
         }
         out.push_str("</details>\n\n");
@@ -767,7 +767,7 @@ pub fn markdown(report: &Report) -> String {
     out
 }
 
-fn md_object(out: &mut String, o: &ObjectReport, budget: &mut usize) {
+fn md_object(out: &mut String, o: &ObjectReport) {
     out.push_str(&format!(
         "- **{}** {} · bundle {}",
         o.state.label(),
@@ -782,7 +782,15 @@ fn md_object(out: &mut String, o: &ObjectReport, budget: &mut usize) {
         out.push_str(&format!("  - error: {}\n", md(e)));
     }
     if !o.fields.is_empty() {
-        let fields: Vec<String> = o.fields.iter().map(|f| md_code(f)).collect();
+        let mut fields: Vec<String> = o
+            .fields
+            .iter()
+            .take(MD_FIELDS)
+            .map(|f| md_code(f))
+            .collect();
+        if o.fields.len() > MD_FIELDS {
+            fields.push(format!("and {} more", o.fields.len() - MD_FIELDS));
+        }
         out.push_str(&format!("  - fields: {}\n", fields.join(", ")));
     }
     out.push('\n');
@@ -790,26 +798,18 @@ fn md_object(out: &mut String, o: &ObjectReport, budget: &mut usize) {
         return;
     }
     let lines: Vec<&str> = o.diff.lines().collect();
-    if *budget == 0 {
-        out.push_str(&format!(
-            "  _Diff of {} left out: the report is too long._\n\n",
-            plural(lines.len(), "line", "lines")
-        ));
-        return;
-    }
+    let room = MD_DIFF_UNTIL.saturating_sub(out.len());
     let mut body = String::new();
     let mut shown = 0;
     for line in &lines {
-        if shown == MD_DIFF_LINES || body.len() + line.len() + 1 > *budget {
+        if shown == MD_DIFF_LINES || body.len() + line.len() + 1 > room {
             break;
         }
         body.push_str(line);
         body.push('\n');
         shown += 1;
     }
-    *budget = budget.saturating_sub(body.len());
     if shown == 0 {
-        *budget = 0;
         out.push_str(&format!(
             "  _Diff of {} left out: the report is too long._\n\n",
             plural(lines.len(), "line", "lines")

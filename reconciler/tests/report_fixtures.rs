@@ -496,7 +496,7 @@ fn markdown_stays_under_a_comment_sized_budget() {
     let mut r = long_diff();
     let template = r.clusters[0].placements[0].objects[0].clone();
     let objects = &mut r.clusters[0].placements[0].objects;
-    for i in 0..40 {
+    for i in 0..400 {
         let mut o = template.clone();
         o.id = format!("ConfigMap/shop/big-{i}");
         objects.push(o);
@@ -504,4 +504,5 @@ fn markdown_stays_under_a_comment_sized_budget() {
     let md = report::markdown(&r);
     assert!(md.len() < 65_536, "{} characters", md.len());
     assert!(md.contains("left out: the report is too long"), "{md}");
+    assert!(md.contains("not listed: the report is too long"), "{md}");
 }
