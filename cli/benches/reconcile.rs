@@ -120,14 +120,24 @@ fn main() {
             assert!(!r.failed(), "{r:?}");
         });
         time("1 cluster x 200 objects: diff --live", 5, || {
-            let r = rt.block_on(sync::compare(&cluster as &dyn Cluster, "bench", &d, CompareMode::DryRun));
+            let r = rt.block_on(sync::compare(
+                &cluster as &dyn Cluster,
+                "bench",
+                &d,
+                CompareMode::DryRun,
+            ));
             assert!(r.error.is_none());
         });
         time("1 cluster x 200 objects: apply (no change)", 5, || {
             rt.block_on(sync::apply(&cluster as &dyn Cluster, "bench", &d, opts))
         });
         time("1 cluster x 200 objects: drift (read-only)", 5, || {
-            rt.block_on(sync::compare(&ro as &dyn Cluster, "bench", &d, CompareMode::ReadOnly))
+            rt.block_on(sync::compare(
+                &ro as &dyn Cluster,
+                "bench",
+                &d,
+                CompareMode::ReadOnly,
+            ))
         });
         sim.shutdown();
     }

@@ -50,7 +50,10 @@ struct Prepared {
 }
 
 /// Loads and renders; `Err(code)` when the fleet is invalid (diagnostics printed).
-fn prepare(args: &FleetArgs, cluster_args: &ClusterArgs) -> anyhow::Result<Result<Prepared, ExitCode>> {
+fn prepare(
+    args: &FleetArgs,
+    cluster_args: &ClusterArgs,
+) -> anyhow::Result<Result<Prepared, ExitCode>> {
     let (file, checked, tree, revision) = load(args)?;
     let Some(fleet) = checked.fleet.clone() else {
         for d in &checked.diagnostics {
@@ -82,7 +85,10 @@ fn prepare(args: &FleetArgs, cluster_args: &ClusterArgs) -> anyhow::Result<Resul
         let d = desired::for_cluster(&mut pass, &fleet, &selection, c, &options);
         for p in &d {
             if let Err(e) = &p.objects {
-                eprintln!("flotilla: error: cluster {:?}: placement {:?}: {e}", c.name, p.placement);
+                eprintln!(
+                    "flotilla: error: cluster {:?}: placement {:?}: {e}",
+                    c.name, p.placement
+                );
             }
         }
         targets.push((c.name.clone(), c.context().to_string(), d));
@@ -215,8 +221,9 @@ pub fn apply(
                 async move {
                     match connector.connect(name, context, false).await {
                         Ok(cluster) => {
-                            let r = sync::apply(&cluster as &dyn Cluster, fleet_name, desired, options)
-                                .await;
+                            let r =
+                                sync::apply(&cluster as &dyn Cluster, fleet_name, desired, options)
+                                    .await;
                             if !json {
                                 print_apply(&r);
                             }

@@ -198,6 +198,9 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
+    // kube's TLS uses ring, gix's HTTP client aws-lc-rs: with both linked, rustls needs to be
+    // told which one serves the process.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => code,
@@ -419,7 +422,12 @@ fn load_local(args: &FleetArgs) -> anyhow::Result<Loaded> {
         .map(|m| m.len());
     let where_ = format!("repository {}", args.repo);
     let (file, checked) = check_fleet_file(args, &tree, size, &where_)?;
-    Ok((file, checked, Box::new(tree), format!("work tree {}", args.repo)))
+    Ok((
+        file,
+        checked,
+        Box::new(tree),
+        format!("work tree {}", args.repo),
+    ))
 }
 
 fn summary(file: &str, checked: &Checked) -> String {

@@ -8,6 +8,7 @@ mod support;
 
 mod cli;
 mod git_source;
+mod reconcile;
 mod render_fixtures;
 mod sim;
 mod spec_fixtures;

@@ -168,8 +168,11 @@ fn reconcile_apply_diff_drift_and_prune_against_the_sim() {
     let cm_line = out.find("sim-1: ConfigMap/shop/settings").unwrap_or(0);
     assert!(ns_line < cm_line, "namespaces go first:\n{out}");
     assert!(
-        live.kubectl_ok("sim-1", &["get", "cm", "settings", "-n", "shop", "-o", "yaml"])
-            .contains("flotilla.dev/placement: shop"),
+        live.kubectl_ok(
+            "sim-1",
+            &["get", "cm", "settings", "-n", "shop", "-o", "yaml"]
+        )
+        .contains("flotilla.dev/placement: shop"),
         "tracking labels are applied"
     );
     // The inventory is readable with kubectl.
@@ -210,8 +213,14 @@ fn reconcile_apply_diff_drift_and_prune_against_the_sim() {
     assert_eq!(code(&o), 1, "{}", show(&o));
     let out = stdout(&o);
     assert!(out.contains("ConfigMap/shop/settings"), "{out}");
-    assert!(out.contains("-  color: blue") && out.contains("+  color: green"), "{out}");
-    assert!(!out.contains("Deployment.apps/shop/web"), "only the change:\n{out}");
+    assert!(
+        out.contains("-  color: blue") && out.contains("+  color: green"),
+        "{out}"
+    );
+    assert!(
+        !out.contains("Deployment.apps/shop/web"),
+        "only the change:\n{out}"
+    );
     let o = live.flotilla(r, &["diff", "--live", "--format", "json"]);
     let json: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON report");
     let changed: Vec<String> = json["clusters"]
@@ -263,7 +272,17 @@ fn reconcile_apply_diff_drift_and_prune_against_the_sim() {
         .expect("kubectl edit runs");
     assert!(edit.status.success(), "{}", show(&edit));
     assert_eq!(
-        live.kubectl_ok("sim-1", &["get", "deploy/web", "-n", "shop", "-o", "jsonpath={.spec.replicas}"]),
+        live.kubectl_ok(
+            "sim-1",
+            &[
+                "get",
+                "deploy/web",
+                "-n",
+                "shop",
+                "-o",
+                "jsonpath={.spec.replicas}"
+            ]
+        ),
         "5"
     );
     let before = live.sim.audit().len();
@@ -281,12 +300,16 @@ fn reconcile_apply_diff_drift_and_prune_against_the_sim() {
         .unwrap_or_default();
     assert_eq!(web["state"], "modified", "{web}");
     assert_eq!(web["fields"], serde_json::json!(["spec.replicas"]), "{web}");
-    assert_eq!(json["clusters"][1]["placements"][0]["objects"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|o| o["state"] != "inSync")
-        .count(), 0, "sim-2 is in sync");
+    assert_eq!(
+        json["clusters"][1]["placements"][0]["objects"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|o| o["state"] != "inSync")
+            .count(),
+        0,
+        "sim-2 is in sync"
+    );
 
     // Read-only proof: drift sent nothing but get/list/watch.
     let audit = live.sim.audit();
@@ -309,11 +332,49 @@ fn reconcile_apply_diff_drift_and_prune_against_the_sim() {
         "{out}"
     );
     let o = live.flotilla(r, &["apply", "--cluster", "sim-1"]);
+    assert!(
+        stdout(&o).contains("sim-1: ConfigMap/shop/settings created"),
+        "{}",
+        show(&o)
+    );
+    // The hand edit made kubectl the owner of spec.replicas: apply reports the conflict
+    // (cluster, object, manager, field) instead of taking the field silently ...
+    assert_eq!(code(&o), 1, "{}", show(&o));
+    assert!(
+        stdout(&o).contains("sim-1: Deployment.apps/shop/web failed: cluster \"sim-1\": conflict with other field managers")
+            && stdout(&o).contains("kubectl-edit")
+            && stdout(&o).contains(".spec.replicas"),
+        "{}",
+        show(&o)
+    );
+    // ... until the placement says Git wins (`forceConflicts`), and the hand edit is undone.
+    std::fs::write(
+        r.join("fleet.yaml"),
+        FLEET.replace(
+            "    clusters: {}\n",
+            "    clusters: {}\n    forceConflicts: true\n",
+        ),
+    )
+    .expect("edit fleet");
+    let o = live.flotilla(r, &["apply", "--cluster", "sim-1"]);
     assert_eq!(code(&o), 0, "{}", show(&o));
-    assert!(stdout(&o).contains("sim-1: ConfigMap/shop/settings created"), "{}", show(&o));
-    // ... and the hand edit is undone by apply too.
+    assert!(
+        stdout(&o).contains("sim-1: Deployment.apps/shop/web configured"),
+        "{}",
+        show(&o)
+    );
     assert_eq!(
-        live.kubectl_ok("sim-1", &["get", "deploy/web", "-n", "shop", "-o", "jsonpath={.spec.replicas}"]),
+        live.kubectl_ok(
+            "sim-1",
+            &[
+                "get",
+                "deploy/web",
+                "-n",
+                "shop",
+                "-o",
+                "jsonpath={.spec.replicas}"
+            ]
+        ),
         "2"
     );
 
@@ -387,16 +448,34 @@ spec:
     // Dry run first: the custom resource would be created with its CRD, nothing is stored.
     let o = live.flotilla(repo.path(), &["apply", "--dry-run"]);
     assert_eq!(code(&o), 0, "{}", show(&o));
-    assert!(stdout(&o).contains("Widget.example.com/default/w1 created (dry run)"), "{}", show(&o));
-    assert!(!live.kubectl("sim-1", &["get", "crd", "widgets.example.com"]).status.success());
+    assert!(
+        stdout(&o).contains("Widget.example.com/default/w1 created (dry run)"),
+        "{}",
+        show(&o)
+    );
+    assert!(
+        !live
+            .kubectl("sim-1", &["get", "crd", "widgets.example.com"])
+            .status
+            .success()
+    );
 
     let o = live.flotilla(repo.path(), &["apply"]);
     assert_eq!(code(&o), 0, "{}", show(&o));
     let out = stdout(&o);
-    assert!(out.contains("CustomResourceDefinition.apiextensions.k8s.io/widgets.example.com created"), "{out}");
-    assert!(out.contains("Widget.example.com/default/w1 created"), "{out}");
+    assert!(
+        out.contains("CustomResourceDefinition.apiextensions.k8s.io/widgets.example.com created"),
+        "{out}"
+    );
+    assert!(
+        out.contains("Widget.example.com/default/w1 created"),
+        "{out}"
+    );
     assert_eq!(
-        live.kubectl_ok("sim-1", &["get", "widgets", "w1", "-o", "jsonpath={.spec.size}"]),
+        live.kubectl_ok(
+            "sim-1",
+            &["get", "widgets", "w1", "-o", "jsonpath={.spec.size}"]
+        ),
         "3"
     );
     let o = live.flotilla(repo.path(), &["diff", "--live"]);
@@ -431,12 +510,20 @@ fn reconcile_rejected_objects_and_unavailable_clusters_are_reported_and_containe
         lost.starts_with("sim-1: ConfigMap/nowhere/lost failed") && lost.contains("nowhere"),
         "the error names cluster, object and the server's message:\n{out}"
     );
-    assert!(out.contains("sim-1: ConfigMap/shop/settings created"), "{out}");
     assert!(
-        out.lines().any(|l| l.starts_with("sim-2: error:") && l.contains("unavailable")),
+        out.contains("sim-1: ConfigMap/shop/settings created"),
         "{out}"
     );
-    assert!(stderr(&o).contains("failed clusters: sim-1, sim-2"), "{}", show(&o));
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("sim-2: error:") && l.contains("unavailable")),
+        "{out}"
+    );
+    assert!(
+        stderr(&o).contains("failed clusters: sim-1, sim-2"),
+        "{}",
+        show(&o)
+    );
     live.kubectl_ok("sim-1", &["get", "deploy", "web", "-n", "shop"]);
 
     // A drift report still covers the healthy cluster and names the broken one.
