@@ -177,19 +177,24 @@ async fn compare_object(
             return Ok(report);
         }
     };
-    let desired_side = match mode {
-        CompareMode::ReadOnly => normalize(&o.value),
+    let (desired_side, mode) = match mode {
+        CompareMode::ReadOnly => (normalize(&o.value), mode),
         CompareMode::DryRun => {
             let options = ApplyOptions {
                 dry_run: true,
                 force,
             };
             match cluster.apply(&o.value, options).await {
-                Ok(v) => normalize(&v),
+                Ok(v) => (normalize(&v), mode),
                 Err(e) if e.is_unavailable() => return Err(e),
-                Err(e) if live.is_none() && created_here(&o.object, creates) => {
-                    let _ = e;
-                    normalize(&o.value)
+                Err(_) if live.is_none() && created_here(&o.object, creates) => {
+                    (normalize(&o.value), mode)
+                }
+                // Another manager owns fields Git sets: show the difference the read-only
+                // way, and say that apply will stop on it (unless the placement forces).
+                Err(e @ ClusterError::Conflict { .. }) if live.is_some() => {
+                    report.error = Some(format!("apply would fail: {e}"));
+                    (normalize(&o.value), CompareMode::ReadOnly)
                 }
                 Err(e) => {
                     report.state = ObjectState::Error;
