@@ -198,6 +198,7 @@ pub fn apply(
     cluster_args: &ClusterArgs,
     dry_run: bool,
     prune: bool,
+    wait: Option<std::time::Duration>,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
     let prepared = match prepare(args, cluster_args)? {
@@ -221,9 +222,15 @@ pub fn apply(
                 async move {
                     match connector.connect(name, context, false).await {
                         Ok(cluster) => {
-                            let r =
+                            let mut r =
                                 sync::apply(&cluster as &dyn Cluster, fleet_name, desired, options)
                                     .await;
+                            if let Some(deadline) = wait
+                                && !dry_run
+                                && r.error.is_none()
+                            {
+                                wait_for_health(&cluster, desired, deadline, &mut r).await;
+                            }
                             if !json {
                                 print_apply(&r);
                             }
@@ -318,6 +325,62 @@ fn print_apply(r: &ApplyResult) {
     }
     let mut stdout = std::io::stdout().lock();
     let _ = stdout.write_all(out.as_bytes());
+}
+
+/// Waits until what was applied is healthy; objects still unhealthy at the deadline become
+/// failures of the cluster (with their health as the message).
+async fn wait_for_health(
+    cluster: &flotilla_cluster::KubeCluster,
+    desired: &[Desired],
+    deadline: std::time::Duration,
+    result: &mut ApplyResult,
+) {
+    let failed: std::collections::BTreeSet<&str> = result
+        .objects
+        .iter()
+        .filter(|o| o.action == Action::Failed)
+        .map(|o| o.object.as_str())
+        .collect();
+    let mut refs = Vec::new();
+    let mut origin = std::collections::BTreeMap::new();
+    for d in desired {
+        for o in d.objects.iter().flatten() {
+            let id = o.object.to_string();
+            if !failed.contains(id.as_str()) {
+                origin.insert(id, (d.placement.clone(), o.bundle.clone()));
+                refs.push(o.object.clone());
+            }
+        }
+    }
+    let interval = std::time::Duration::from_millis(500);
+    match sync::wait_healthy(cluster as &dyn Cluster, &refs, deadline, interval).await {
+        Ok(healths) => {
+            for (r, h) in healths {
+                if h.status == flotilla_reconciler::health::HealthStatus::Healthy {
+                    continue;
+                }
+                let id = r.to_string();
+                let (placement, bundle) = origin.get(&id).cloned().unwrap_or_default();
+                result.objects.push(sync::ObjectResult {
+                    placement,
+                    bundle,
+                    object: id,
+                    action: Action::Failed,
+                    message: Some(format!("not healthy after {}: {h}", humantime(deadline))),
+                });
+            }
+        }
+        Err(e) => result.error = Some(e.to_string()),
+    }
+}
+
+fn humantime(d: std::time::Duration) -> String {
+    let s = d.as_secs();
+    if s >= 60 && s % 60 == 0 {
+        format!("{}m", s / 60)
+    } else {
+        format!("{s}s")
+    }
 }
 
 fn now_rfc3339() -> String {

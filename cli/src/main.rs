@@ -93,6 +93,10 @@ enum Command {
         /// whose `prune` setting is off are left alone).
         #[arg(long)]
         prune: bool,
+        /// After applying, wait until every applied object is healthy (kstatus-like rules);
+        /// objects still unhealthy after this long are failures (e.g. 90s, 5m).
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+        wait: Option<std::time::Duration>,
         #[arg(short, long, value_enum, default_value_t = Output::Text)]
         output: Output,
     },
@@ -261,8 +265,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             clusters,
             dry_run,
             prune,
+            wait,
             output,
-        } => live::apply(&fleet, &clusters, dry_run, prune, output == Output::Json),
+        } => live::apply(
+            &fleet,
+            &clusters,
+            dry_run,
+            prune,
+            wait,
+            output == Output::Json,
+        ),
         Command::Drift {
             fleet,
             clusters,
@@ -276,6 +288,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             out.as_deref(),
         ),
     }
+}
+
+/// `90s`, `5m`, `1h30m`: the fleet's duration syntax.
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    flotilla_spec::types::Duration::parse(s).map(|d| d.value)
 }
 
 fn sim(args: SimArgs) -> anyhow::Result<ExitCode> {

@@ -19,7 +19,7 @@ use flotilla_renderers::to_yaml;
 use crate::cluster::{ApplyOptions, Cluster, ClusterError, Gvk, ObjectRef};
 use crate::desired::{Desired, DesiredObject};
 use crate::diff::{changed_fields, mask_secrets, normalize, project, unified};
-use crate::health::assess;
+use crate::health::{Health, HealthStatus, assess};
 use crate::inventory::{self, Entry, Inventory, prune_disabled};
 use crate::report::{ClusterReport, ObjectReport, ObjectState, PlacementReport};
 
@@ -735,14 +735,14 @@ async fn prune_entries(
         };
         if !owned_by(&live, placement) {
             r.message = Some("no longer labelled with this placement: left alone".into());
+        } else if !prune {
+            r.message = Some("no longer in Git; prune is off".into());
+            keep.entries.insert(e.clone());
         } else if prune_disabled(&live) {
             r.message = Some(format!(
                 "annotated {}: disabled: left alone",
                 inventory::ANNOTATION_PRUNE
             ));
-        } else if !prune {
-            r.message = Some("no longer in Git; prune is off".into());
-            keep.entries.insert(e.clone());
         } else {
             match cluster.delete(&e.object, dry_run).await {
                 Ok(()) => r.action = Action::Pruned,
@@ -757,4 +757,37 @@ async fn prune_entries(
         result.objects.push(r);
     }
     Ok(())
+}
+
+/// Polls the objects until every one is Healthy or the deadline passes; returns the last
+/// health of each (Missing for objects that are gone). Only an unavailable cluster is an
+/// `Err`.
+pub async fn wait_healthy(
+    cluster: &dyn Cluster,
+    objects: &[ObjectRef],
+    deadline: Duration,
+    interval: Duration,
+) -> Result<Vec<(ObjectRef, Health)>, ClusterError> {
+    let until = tokio::time::Instant::now() + deadline;
+    loop {
+        let mut out = Vec::with_capacity(objects.len());
+        for r in objects {
+            let h = match cluster.get(r).await {
+                Ok(Some(live)) => assess(&live),
+                Ok(None) => crate::health::missing(),
+                Err(e) if e.is_unavailable() => return Err(e),
+                Err(e) => Health {
+                    status: HealthStatus::Unknown,
+                    reason: e.to_string(),
+                },
+            };
+            out.push((r.clone(), h));
+        }
+        if out.iter().all(|(_, h)| h.status == HealthStatus::Healthy)
+            || tokio::time::Instant::now() >= until
+        {
+            return Ok(out);
+        }
+        tokio::time::sleep(interval.min(until - tokio::time::Instant::now())).await;
+    }
 }

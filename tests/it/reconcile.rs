@@ -117,6 +117,14 @@ metadata: {name: extra}
 data: {a: '1'}
 ";
 
+const KEEP: &str = "apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: keep
+  annotations: {flotilla.dev/prune: disabled}
+data: {a: '1'}
+";
+
 const SECRET: &str = "apiVersion: v1
 kind: Secret
 metadata: {name: creds}
@@ -145,6 +153,7 @@ fn repo() -> TempRepo {
         .file("apps/app/namespace.yaml", NAMESPACE)
         .file("apps/app/settings.yaml", SETTINGS)
         .file("apps/app/extra.yaml", EXTRA)
+        .file("apps/app/keep.yaml", KEEP)
         .file("apps/app/secret.yaml", SECRET)
         .file("apps/app/web.yaml", WEB)
 }
@@ -196,7 +205,7 @@ fn reconcile_apply_diff_drift_and_prune_against_the_sim() {
     let o = live.flotilla(r, &["apply"]);
     assert_eq!(code(&o), 0, "{}", show(&o));
     assert!(
-        stderr(&o).contains("0 created, 0 configured, 10 unchanged"),
+        stderr(&o).contains("0 created, 0 configured, 12 unchanged"),
         "{}",
         show(&o)
     );
@@ -387,6 +396,7 @@ fn reconcile_apply_diff_drift_and_prune_against_the_sim() {
     .expect("write");
     live.kubectl_ok("sim-1", &["apply", "-f", hand.to_str().expect("UTF-8")]);
     std::fs::remove_file(r.join("apps/app/extra.yaml")).expect("remove");
+    std::fs::remove_file(r.join("apps/app/keep.yaml")).expect("remove");
     let o = live.flotilla(r, &["diff", "--live", "--cluster", "sim-1"]);
     assert_eq!(code(&o), 1, "{}", show(&o));
     assert!(
@@ -409,8 +419,16 @@ fn reconcile_apply_diff_drift_and_prune_against_the_sim() {
         "{}",
         show(&o)
     );
+    assert!(
+        stdout(&o).contains(
+            "sim-1: ConfigMap/shop/keep kept: annotated flotilla.dev/prune: disabled: left alone"
+        ),
+        "{}",
+        show(&o)
+    );
     let o = live.kubectl("sim-1", &["get", "cm", "extra", "-n", "shop"]);
     assert!(!o.status.success(), "extra is gone");
+    live.kubectl_ok("sim-1", &["get", "cm", "keep", "-n", "shop"]);
     live.kubectl_ok("sim-1", &["get", "cm", "hand", "-n", "shop"]);
     let o = live.flotilla(r, &["diff", "--live", "--cluster", "sim-1"]);
     assert_eq!(code(&o), 0, "in sync after prune:\n{}", show(&o));
@@ -530,4 +548,51 @@ fn reconcile_rejected_objects_and_unavailable_clusters_are_reported_and_containe
     let o = live.flotilla(repo.path(), &["drift", "--format", "markdown"]);
     assert_eq!(code(&o), 2, "{}", show(&o));
     assert!(stdout(&o).contains("sim-2"), "{}", show(&o));
+}
+
+#[test]
+fn reconcile_apply_wait_reports_workloads_that_never_become_healthy() {
+    let sim = flotilla_sim::start(
+        SimConfig {
+            clusters: 1,
+            ready_delay: std::time::Duration::from_millis(100),
+            ..Default::default()
+        }
+        .unready_images("^broken/")
+        .expect("regex"),
+    )
+    .expect("the sim starts");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(&kubeconfig, sim.kubeconfig()).expect("write kubeconfig");
+    let live = Live {
+        dir,
+        kubeconfig,
+        sim,
+    };
+    let fleet = FLEET.replace("  - {name: sim-2, labels: {env: prod}}\n", "");
+    let repo = TempRepo::new()
+        .file("fleet.yaml", &fleet)
+        .file("apps/app/namespace.yaml", NAMESPACE)
+        .file("apps/app/web.yaml", WEB);
+    let o = live.flotilla(repo.path(), &["apply", "--wait", "30s"]);
+    assert_eq!(code(&o), 0, "healthy in time:\n{}", show(&o));
+
+    std::fs::write(
+        repo.path().join("apps/app/web.yaml"),
+        WEB.replace("nginx:1.27", "broken/nginx:2"),
+    )
+    .expect("edit");
+    let o = live.flotilla(repo.path(), &["apply", "--wait", "2s"]);
+    assert_eq!(code(&o), 1, "{}", show(&o));
+    let line = stdout(&o)
+        .lines()
+        .find(|l| l.contains("Deployment.apps/shop/web failed: not healthy after 2s"))
+        .map(str::to_string);
+    assert!(
+        line.as_deref()
+            .is_some_and(|l| l.contains("Progressing") || l.contains("Degraded")),
+        "{}",
+        show(&o)
+    );
 }
