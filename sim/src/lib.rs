@@ -287,7 +287,8 @@ fn build_shared(config: &SimConfig) -> Arc<Shared> {
     })
 }
 
-/// Starts the sim on its own runtime (two worker threads) and returns once it listens.
+/// Starts the sim on its own runtime (two worker threads) and returns once it listens. It
+/// may be called from synchronous or asynchronous code.
 pub fn start(config: SimConfig) -> Result<SimHandle, SimError> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -295,12 +296,18 @@ pub fn start(config: SimConfig) -> Result<SimHandle, SimError> {
         .enable_all()
         .build()
         .map_err(SimError::Runtime)?;
-    let listener = runtime
-        .block_on(TcpListener::bind(config.listen))
-        .map_err(|source| SimError::Bind {
-            addr: config.listen,
-            source,
-        })?;
+    // Bound with std and handed to tokio (no `block_on`), so that async code (a
+    // `#[tokio::test]`) can start a sim too.
+    let bind_err = |source| SimError::Bind {
+        addr: config.listen,
+        source,
+    };
+    let std_listener = std::net::TcpListener::bind(config.listen).map_err(bind_err)?;
+    std_listener.set_nonblocking(true).map_err(bind_err)?;
+    let listener = {
+        let _guard = runtime.enter();
+        TcpListener::from_std(std_listener).map_err(bind_err)?
+    };
     let addr = listener.local_addr().map_err(|source| SimError::Bind {
         addr: config.listen,
         source,

@@ -10,4 +10,5 @@ mod cli;
 mod git_source;
 mod render_fixtures;
 mod sim;
+mod sim_kube;
 mod spec_fixtures;
