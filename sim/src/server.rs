@@ -156,6 +156,7 @@ pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Resp,
     let method = req.method().clone();
     let content_type = header(&req, "content-type");
     let user_agent = header(&req, "user-agent");
+    let accept = header(&req, "accept");
     let body = if method == Method::POST
         || method == Method::PUT
         || method == Method::PATCH
@@ -195,6 +196,7 @@ pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Resp,
         query: &query,
         content_type: &content_type,
         user_agent: &user_agent,
+        accept: &accept,
         body: &body,
     };
     Ok(match route(&ctx, &rest) {
@@ -289,6 +291,7 @@ struct Ctx<'a> {
     query: &'a Query,
     content_type: &'a str,
     user_agent: &'a str,
+    accept: &'a str,
     body: &'a Bytes,
 }
 
@@ -296,6 +299,15 @@ fn route(ctx: &Ctx, rest: &[&str]) -> Result<Resp, ApiError> {
     let get = ctx.method == Method::GET;
     match rest {
         ["version"] if get => Ok(json_response(200, &discovery::version())),
+        ["api" | "apis"] if get && discovery::wants_aggregated(ctx.accept) => {
+            let doc = discovery::aggregated(&ctx.cluster.defs(), rest == ["api"]);
+            let mut r = json_response(200, &doc);
+            r.headers_mut().insert(
+                "content-type",
+                hyper::header::HeaderValue::from_static(discovery::AGGREGATED),
+            );
+            Ok(r)
+        }
         ["api"] if get => Ok(json_response(200, &discovery::api_versions())),
         ["api", "v1"] if get => Ok(json_response(
             200,

@@ -115,6 +115,22 @@ async fn kube_discovery_resolves_builtin_kinds_and_crds() {
     assert_eq!(ar.plural, "widgets");
     assert_eq!(caps.scope, Scope::Namespaced);
     assert!(discovery.has_group("example.com"));
+    // Aggregated discovery (two requests) finds the same.
+    let aggregated = Discovery::new(client.clone())
+        .run_aggregated()
+        .await
+        .expect("aggregated discovery runs");
+    for (g, k, plural) in [
+        ("apps", "Deployment", "deployments"),
+        ("", "ConfigMap", "configmaps"),
+        ("example.com", "Widget", "widgets"),
+    ] {
+        let (ar, caps) = aggregated
+            .resolve_gvk(&GroupVersionKind::gvk(g, "v1", k))
+            .unwrap_or_else(|| panic!("{k} in aggregated discovery"));
+        assert_eq!(ar.plural, plural);
+        assert_eq!(caps.scope, Scope::Namespaced);
+    }
     // The other cluster has no such CRD.
     let other = Discovery::new(client_for_other(&sim).await)
         .run()
