@@ -329,7 +329,7 @@ impl Cluster {
     /// Stores `new` (or, for `new == Null`, deletes) with server-set metadata and an event.
     /// Returns the stored object. Nothing changes on a dry run.
     #[allow(clippy::too_many_arguments)]
-    fn commit(
+    pub(crate) fn commit(
         &self,
         st: &mut State,
         def: &ResourceDef,

@@ -3,12 +3,14 @@
 //! the four patch types with server-side apply) so that kubectl and kube-rs work against it.
 //! What it models and what it does not: docs/sim.md.
 
+pub mod capacity;
 pub mod cluster;
 pub mod discovery;
 pub mod error;
 pub mod faults;
 pub mod fields;
 pub mod openapi;
+pub mod pods;
 pub mod select;
 mod server;
 pub mod workload;
@@ -21,6 +23,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+pub use capacity::{NodeCapacity, Resources};
 pub use cluster::Cluster;
 pub use error::ApiError;
 pub use faults::Faults;
@@ -232,6 +235,12 @@ impl SimHandle {
             }
             None => false,
         }
+    }
+
+    /// Per node of one cluster: allocatable capacity, the requests of the simulated Pods on
+    /// it, and the free remainder (`None` if there is no such cluster).
+    pub fn free_capacity(&self, cluster: &str) -> Option<Vec<NodeCapacity>> {
+        self.cluster(cluster).map(|c| c.free_capacity())
     }
 
     /// A copy of the audit log so far.
