@@ -13,6 +13,7 @@ pub mod openapi;
 pub mod pods;
 pub mod select;
 mod server;
+pub mod table;
 pub mod workload;
 
 use std::net::SocketAddr;

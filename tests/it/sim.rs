@@ -1006,3 +1006,71 @@ fn sim_deployments_own_replicasets_and_pods_and_nodes_report_free_capacity() {
     let free = k.sim.free_capacity("sim-1").expect("sim-1");
     assert!(free.iter().all(|n| n.free == n.allocatable), "{free:?}");
 }
+
+/// The header and the row starting with `name` of `kubectl get` output, split on spaces.
+fn table_row(out: &str, name: &str) -> (Vec<String>, Vec<String>) {
+    let split = |l: &str| l.split_whitespace().map(str::to_string).collect::<Vec<_>>();
+    let header = split(out.lines().next().unwrap_or(""));
+    let row = out
+        .lines()
+        .find(|l| l.starts_with(name))
+        .map(split)
+        .unwrap_or_default();
+    (header, row)
+}
+
+#[test]
+fn sim_kubectl_get_prints_server_side_table_columns() {
+    let k = Kube::start(SimConfig {
+        ready_delay: Duration::from_millis(200),
+        ..Default::default()
+    });
+    let f = k.file("d.yaml", &DEPLOY.replace("IMAGE", "nginx:1.27"));
+    k.ok(&["apply", "--server-side", "-f", &f]);
+    k.ok(&["rollout", "status", "deployment/web", "--timeout=20s"]);
+    let (header, row) = table_row(&k.ok(&["get", "deployments"]), "web");
+    assert_eq!(header, ["NAME", "READY", "UP-TO-DATE", "AVAILABLE", "AGE"]);
+    assert_eq!(row[..4], ["web", "2/2", "2", "2"]);
+    assert!(row[4].ends_with('s'), "an age: {row:?}");
+    let (header, row) = table_row(&k.ok(&["get", "deployment", "web", "-o", "wide"]), "web");
+    assert_eq!(header[5..], ["CONTAINERS", "IMAGES", "SELECTOR"]);
+    assert_eq!(row[5..], ["web", "nginx:1.27", "app=web"]);
+
+    let pods = eventually(&k, &["get", "pods"], |o| o.lines().count() == 3);
+    let (header, row) = table_row(&pods, "web-");
+    assert_eq!(header, ["NAME", "READY", "STATUS", "RESTARTS", "AGE"]);
+    assert_eq!(row[1..4], ["1/1", "Running", "0"]);
+    let (header, row) = table_row(&k.ok(&["get", "pods", "-o", "wide"]), "web-");
+    assert_eq!(header[5..7], ["IP", "NODE"]);
+    assert!(row[6].starts_with("sim-1-node-"), "{row:?}");
+    let (header, row) = table_row(&k.ok(&["get", "nodes"]), "sim-1-node-1");
+    assert_eq!(header, ["NAME", "STATUS", "ROLES", "AGE", "VERSION"]);
+    assert_eq!(row[1..3], ["Ready", "worker"]);
+    let (header, row) = table_row(&k.ok(&["get", "rs"]), "web-");
+    assert_eq!(header, ["NAME", "DESIRED", "CURRENT", "READY", "AGE"]);
+    assert_eq!(row[1..4], ["2", "2", "2"]);
+
+    let cm = k.file("cm.yaml", CM);
+    k.ok(&["apply", "-f", &cm]);
+    let (header, row) = table_row(&k.ok(&["get", "configmap", "app"]), "app");
+    assert_eq!(header, ["NAME", "DATA", "AGE"]);
+    assert_eq!(row[1], "2");
+    // --show-labels and label columns need the row's object metadata.
+    let (header, row) = table_row(&k.ok(&["get", "cm", "app", "--show-labels"]), "app");
+    assert_eq!(header.last().map(String::as_str), Some("LABELS"));
+    assert_eq!(row.last().map(String::as_str), Some("team=a"));
+    let (header, row) = table_row(&k.ok(&["get", "cm", "-L", "team"]), "app");
+    assert_eq!(header.last().map(String::as_str), Some("TEAM"));
+    assert_eq!(row.last().map(String::as_str), Some("a"));
+    // All namespaces: kubectl adds the NAMESPACE column from the row metadata.
+    let (header, row) = table_row(&k.ok(&["get", "ns"]), "default");
+    assert_eq!(header, ["NAME", "STATUS", "AGE"]);
+    assert_eq!(row[1], "Active");
+    let all = k.ok(&["get", "cm", "-A"]);
+    assert!(all.starts_with("NAMESPACE"), "{all}");
+    assert!(
+        all.lines()
+            .any(|l| l.starts_with("default") && l.contains(" app ")),
+        "{all}"
+    );
+}
