@@ -113,6 +113,8 @@ pub fn sync_deployment(
         if rs["metadata"]["name"] != rs_name.as_str() && rs["spec"]["replicas"] != 0 {
             let mut new = rs.clone();
             new["spec"]["replicas"] = json!(0);
+            new["status"] = json!({"replicas": 0,
+                "observedGeneration": rs["metadata"]["generation"].as_i64().unwrap_or(1) + 1});
             let rs_n = rs["metadata"]["name"].as_str().unwrap_or("").to_string();
             let stored = c.commit(st, &rs_def, ns, &rs_n, Some(rs), new, false);
             sync_replicaset(c, st, &stored, held, crashed);
@@ -127,12 +129,28 @@ pub fn sync_deployment(
     rs_template["metadata"]["labels"] = labels.clone();
     let selector = json!({"matchLabels": with_label(
         &deploy["spec"]["selector"]["matchLabels"], "pod-template-hash", &hash)});
+    // The ReplicaSet is written with its status at once (its Pods are created right after):
+    // one version instead of two keeps the watch history small at fleet scale.
+    let with_status = |mut rs: Value, generation: i64| {
+        rs["metadata"]["generation"] = json!(generation);
+        rs["status"] = crate::workload::status_for("replicasets", &rs, held, crashed, false, 0);
+        rs
+    };
     let stored = match current {
         Some(rs) if rs["spec"]["replicas"] == replicas => rs.clone(),
         Some(rs) => {
             let mut new = rs.clone();
             new["spec"]["replicas"] = json!(replicas);
-            c.commit(st, &rs_def, ns, &rs_name, Some(rs), new, false)
+            let generation = rs["metadata"]["generation"].as_i64().unwrap_or(1) + 1;
+            c.commit(
+                st,
+                &rs_def,
+                ns,
+                &rs_name,
+                Some(rs),
+                with_status(new, generation),
+                false,
+            )
         }
         None => {
             let new = json!({"apiVersion": "apps/v1", "kind": "ReplicaSet",
@@ -140,7 +158,7 @@ pub fn sync_deployment(
                     "annotations": {"deployment.kubernetes.io/revision": (revision + 1).to_string()},
                     "ownerReferences": [owner_ref("Deployment", deploy)]},
                 "spec": {"replicas": replicas, "selector": selector, "template": rs_template}});
-            c.commit(st, &rs_def, ns, &rs_name, None, new, false)
+            c.commit(st, &rs_def, ns, &rs_name, None, with_status(new, 1), false)
         }
     };
     sync_replicaset(c, st, &stored, held, crashed);

@@ -106,7 +106,7 @@ impl Simulation {
 }
 
 /// The status a controller would report.
-fn status_for(
+pub(crate) fn status_for(
     plural: &str,
     obj: &Value,
     held: bool,
