@@ -126,8 +126,30 @@ fn main() {
         writes.as_secs_f64(),
         n / writes.as_secs_f64()
     );
-    std::thread::sleep(Duration::from_millis(400)); // let the workload status land
-    println!("after apply and rollout status: RSS {:.0} MiB", rss_mib());
+    // Let the simulated controllers land the status, ReplicaSets and Pods (2 per Deployment).
+    let waited = Instant::now();
+    let pods = |name: &str| {
+        sim.cluster(name).map_or(0, |c| {
+            c.lock()
+                .objects
+                .get(&(String::new(), "v1".to_string(), "pods".to_string()))
+                .map_or(0, |m| m.len())
+        })
+    };
+    while sim.cluster_names().iter().any(|n| pods(n) < objects * 2) {
+        assert!(
+            waited.elapsed() < Duration::from_secs(120),
+            "pods never appeared"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(400)); // the ReplicaSets' status
+    let total: usize = sim.cluster_names().iter().map(|n| pods(n)).sum();
+    println!(
+        "after apply and rollout status ({total} pods after {:.1} s): RSS {:.0} MiB",
+        waited.elapsed().as_secs_f64(),
+        rss_mib()
+    );
     let reads = run(addr, clusters, 2, |conn, c| {
         for i in 0..objects {
             let path = format!(
@@ -167,4 +189,19 @@ fn main() {
         clusters as f64 / all.as_secs_f64()
     );
     sim.shutdown();
+    println!("peak RSS {:.0} MiB", peak_mib());
+}
+
+fn peak_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .and_then(|k| k.parse::<f64>().ok())
+            })
+        })
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(0.0)
 }

@@ -62,7 +62,8 @@ pub struct Event {
     pub res: ResKey,
     pub namespace: String,
     pub name: String,
-    pub labels: Value,
+    /// Shared with the stored object's parsed labels.
+    pub labels: Arc<Value>,
     pub kind: &'static str,
     /// The object as JSON text.
     pub object: Stored,
@@ -82,7 +83,7 @@ impl Event {
             res: res.clone(),
             namespace: ns.to_string(),
             name: obj["metadata"]["name"].as_str().unwrap_or("").to_string(),
-            labels: obj["metadata"]["labels"].clone(),
+            labels: text.labels.clone(),
             kind,
             object: text,
         }
@@ -329,7 +330,7 @@ impl Cluster {
     /// Stores `new` (or, for `new == Null`, deletes) with server-set metadata and an event.
     /// Returns the stored object. Nothing changes on a dry run.
     #[allow(clippy::too_many_arguments)]
-    fn commit(
+    pub(crate) fn commit(
         &self,
         st: &mut State,
         def: &ResourceDef,

@@ -332,6 +332,80 @@ pub fn group(defs: &[ResourceDef], name: &str) -> Option<Value> {
     })
 }
 
+/// The media type of aggregated discovery documents (`apidiscovery.k8s.io/v2`).
+pub const AGGREGATED: &str = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList";
+
+/// Whether an Accept header asks for aggregated discovery (v2; v2beta1 is not served).
+pub fn wants_aggregated(accept: &str) -> bool {
+    accept.split(',').any(|part| {
+        let params: Vec<&str> = part.split(';').map(str::trim).collect();
+        params.contains(&"g=apidiscovery.k8s.io")
+            && params.contains(&"v=v2")
+            && params.contains(&"as=APIGroupDiscoveryList")
+    })
+}
+
+fn aggregated_resource(d: &ResourceDef) -> Value {
+    let kind = json!({"group": d.group, "version": d.version, "kind": d.kind});
+    let mut subresources = Vec::new();
+    if d.status {
+        subresources.push(json!({"subresource": "status", "responseKind": kind,
+            "verbs": ["get", "patch", "update"]}));
+    }
+    if d.has_scale() {
+        subresources.push(json!({"subresource": "scale",
+            "responseKind": {"group": "autoscaling", "version": "v1", "kind": "Scale"},
+            "verbs": ["get", "patch", "update"]}));
+    }
+    let mut r = json!({
+        "resource": d.plural,
+        "responseKind": kind,
+        "scope": if d.namespaced { "Namespaced" } else { "Cluster" },
+        "singularResource": d.singular,
+        "verbs": VERBS,
+    });
+    if !d.short_names.is_empty() {
+        r["shortNames"] = json!(d.short_names);
+    }
+    if !subresources.is_empty() {
+        r["subresources"] = json!(subresources);
+    }
+    r
+}
+
+/// Aggregated discovery (`apidiscovery.k8s.io/v2` APIGroupDiscoveryList): the core group for
+/// `/api` (`core` true), every other group with all its resources for `/apis`.
+pub fn aggregated(defs: &[ResourceDef], core: bool) -> Value {
+    let group_names: Vec<(String, Vec<String>)> = if core {
+        vec![(String::new(), vec!["v1".to_string()])]
+    } else {
+        groups(defs)
+    };
+    let items: Vec<Value> = group_names
+        .iter()
+        .map(|(g, versions)| {
+            let vs: Vec<Value> = versions
+                .iter()
+                .map(|v| {
+                    let resources: Vec<Value> = defs
+                        .iter()
+                        .filter(|d| d.group == *g && d.version == *v)
+                        .map(aggregated_resource)
+                        .collect();
+                    json!({"version": v, "resources": resources, "freshness": "Current"})
+                })
+                .collect();
+            let mut meta = json!({"creationTimestamp": null});
+            if !g.is_empty() {
+                meta["name"] = json!(g);
+            }
+            json!({"metadata": meta, "versions": vs})
+        })
+        .collect();
+    json!({"kind": "APIGroupDiscoveryList", "apiVersion": "apidiscovery.k8s.io/v2",
+        "metadata": {}, "items": items})
+}
+
 /// `/api`: the core APIVersions.
 pub fn api_versions() -> Value {
     json!({
@@ -368,6 +442,25 @@ mod tests {
         assert_eq!(cm["shortNames"], json!(["cm"]));
         assert!(rs.iter().any(|r| r["name"] == "pods/status"));
         assert_eq!(l["groupVersion"], "v1");
+    }
+
+    #[test]
+    fn aggregated_discovery_lists_groups_with_resources() {
+        assert!(wants_aggregated(
+            "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList,application/json"
+        ));
+        assert!(!wants_aggregated("application/json"));
+        let core = aggregated(&builtin(), true);
+        assert_eq!(core["items"].as_array().map(Vec::len), Some(1));
+        let apis = aggregated(&builtin(), false);
+        let apps = apis["items"]
+            .as_array()
+            .and_then(|i| i.iter().find(|g| g["metadata"]["name"] == "apps"))
+            .expect("apps");
+        let deploy = &apps["versions"][0]["resources"][0];
+        assert_eq!(deploy["resource"], "deployments");
+        assert_eq!(deploy["scope"], "Namespaced");
+        assert_eq!(deploy["subresources"][1]["subresource"], "scale");
     }
 
     #[test]

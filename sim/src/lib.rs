@@ -3,14 +3,17 @@
 //! the four patch types with server-side apply) so that kubectl and kube-rs work against it.
 //! What it models and what it does not: docs/sim.md.
 
+pub mod capacity;
 pub mod cluster;
 pub mod discovery;
 pub mod error;
 pub mod faults;
 pub mod fields;
 pub mod openapi;
+pub mod pods;
 pub mod select;
 mod server;
+pub mod table;
 pub mod workload;
 
 use std::net::SocketAddr;
@@ -21,6 +24,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+pub use capacity::{NodeCapacity, Resources};
 pub use cluster::Cluster;
 pub use error::ApiError;
 pub use faults::Faults;
@@ -234,6 +238,12 @@ impl SimHandle {
         }
     }
 
+    /// Per node of one cluster: allocatable capacity, the requests of the simulated Pods on
+    /// it, and the free remainder (`None` if there is no such cluster).
+    pub fn free_capacity(&self, cluster: &str) -> Option<Vec<NodeCapacity>> {
+        self.cluster(cluster).map(|c| c.free_capacity())
+    }
+
     /// A copy of the audit log so far.
     pub fn audit(&self) -> Vec<AuditRecord> {
         self.shared
@@ -287,7 +297,8 @@ fn build_shared(config: &SimConfig) -> Arc<Shared> {
     })
 }
 
-/// Starts the sim on its own runtime (two worker threads) and returns once it listens.
+/// Starts the sim on its own runtime (two worker threads) and returns once it listens. It
+/// may be called from synchronous or asynchronous code.
 pub fn start(config: SimConfig) -> Result<SimHandle, SimError> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -295,12 +306,18 @@ pub fn start(config: SimConfig) -> Result<SimHandle, SimError> {
         .enable_all()
         .build()
         .map_err(SimError::Runtime)?;
-    let listener = runtime
-        .block_on(TcpListener::bind(config.listen))
-        .map_err(|source| SimError::Bind {
-            addr: config.listen,
-            source,
-        })?;
+    // Bound with std and handed to tokio (no `block_on`), so that async code (a
+    // `#[tokio::test]`) can start a sim too.
+    let bind_err = |source| SimError::Bind {
+        addr: config.listen,
+        source,
+    };
+    let std_listener = std::net::TcpListener::bind(config.listen).map_err(bind_err)?;
+    std_listener.set_nonblocking(true).map_err(bind_err)?;
+    let listener = {
+        let _guard = runtime.enter();
+        TcpListener::from_std(std_listener).map_err(bind_err)?
+    };
     let addr = listener.local_addr().map_err(|source| SimError::Bind {
         addr: config.listen,
         source,

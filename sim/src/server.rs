@@ -17,6 +17,7 @@ use tokio::sync::{broadcast, mpsc};
 use crate::cluster::{Cluster, Event, Query, flag};
 use crate::discovery::{self, ResourceDef};
 use crate::error::ApiError;
+use crate::table::Include;
 use crate::{AuditRecord, Shared};
 
 pub type Resp = Response<BoxBody<Bytes, Infallible>>;
@@ -156,6 +157,7 @@ pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Resp,
     let method = req.method().clone();
     let content_type = header(&req, "content-type");
     let user_agent = header(&req, "user-agent");
+    let accept = header(&req, "accept");
     let body = if method == Method::POST
         || method == Method::PUT
         || method == Method::PATCH
@@ -195,6 +197,7 @@ pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Resp,
         query: &query,
         content_type: &content_type,
         user_agent: &user_agent,
+        accept: &accept,
         body: &body,
     };
     Ok(match route(&ctx, &rest) {
@@ -289,6 +292,7 @@ struct Ctx<'a> {
     query: &'a Query,
     content_type: &'a str,
     user_agent: &'a str,
+    accept: &'a str,
     body: &'a Bytes,
 }
 
@@ -296,6 +300,15 @@ fn route(ctx: &Ctx, rest: &[&str]) -> Result<Resp, ApiError> {
     let get = ctx.method == Method::GET;
     match rest {
         ["version"] if get => Ok(json_response(200, &discovery::version())),
+        ["api" | "apis"] if get && discovery::wants_aggregated(ctx.accept) => {
+            let doc = discovery::aggregated(&ctx.cluster.defs(), rest == ["api"]);
+            let mut r = json_response(200, &doc);
+            r.headers_mut().insert(
+                "content-type",
+                hyper::header::HeaderValue::from_static(discovery::AGGREGATED),
+            );
+            Ok(r)
+        }
         ["api"] if get => Ok(json_response(200, &discovery::api_versions())),
         ["api", "v1"] if get => Ok(json_response(
             200,
@@ -368,11 +381,41 @@ fn resource(ctx: &Ctx, group: &str, version: &str, tail: &[&str]) -> Result<Resp
     }
     let ns_str = if def.namespaced { ns.unwrap_or("") } else { "" };
     let q = ctx.query;
+    // Server-side printing, for GETs that ask for a Table.
+    let table =
+        if crate::table::wants_table(ctx.accept) && ctx.method == Method::GET && sub.is_none() {
+            Some(
+                Include::from_query(q.get("includeObject").map(String::as_str))
+                    .map_err(ApiError::bad_request)?,
+            )
+        } else {
+            None
+        };
     let verb;
     let result: Result<(u16, Value), ApiError> = match (ctx.method.clone(), name) {
         (Method::GET, None) if flag(q, "watch") => {
             audit(ctx, "watch", &def, ns_str, "");
-            return watch(ctx, &def, ns);
+            return watch(ctx, &def, ns, table);
+        }
+        (Method::GET, None) if table.is_some() => {
+            let r = c.list(&def, ns, q);
+            audit_code(
+                ctx,
+                "list",
+                &def,
+                ns_str,
+                "",
+                r.as_ref().map_or_else(|e| e.code, |_| 200),
+            );
+            let list = r?;
+            let items = list["items"].as_array().map(Vec::as_slice).unwrap_or(&[]);
+            let t = crate::table::table(
+                &def,
+                items,
+                list["metadata"].clone(),
+                table.unwrap_or(Include::Metadata),
+            );
+            return Ok(table_response(&t));
         }
         (Method::GET, None) => {
             let r = c.list_text(&def, ns, q);
@@ -463,7 +506,25 @@ fn resource(ctx: &Ctx, group: &str, version: &str, tail: &[&str]) -> Result<Resp
     };
     audit_code(ctx, verb, &def, ns_str, name, code);
     let (code, v) = result?;
+    if let Some(include) = table {
+        let meta = json!({"resourceVersion": v["metadata"]["resourceVersion"]});
+        return Ok(table_response(&crate::table::table(
+            &def,
+            std::slice::from_ref(&v),
+            meta,
+            include,
+        )));
+    }
     Ok(json_response(code, &v))
+}
+
+fn table_response(t: &Value) -> Resp {
+    let mut r = json_response(200, t);
+    r.headers_mut().insert(
+        "content-type",
+        hyper::header::HeaderValue::from_static(crate::table::TABLE),
+    );
+    r
 }
 
 fn audit(ctx: &Ctx, verb: &str, def: &ResourceDef, ns: &str, name: &str) {
@@ -490,7 +551,22 @@ fn event_line(ev: &Event) -> Bytes {
     Bytes::from(ev.line())
 }
 
-fn watch(ctx: &Ctx, def: &ResourceDef, ns: Option<&str>) -> Result<Resp, ApiError> {
+/// A watch event whose object is printed as a one-row Table.
+fn table_event_line(def: &ResourceDef, ev: &Event, include: Include) -> Bytes {
+    let obj = crate::cluster::load(&ev.object);
+    let meta = json!({"resourceVersion": obj["metadata"]["resourceVersion"]});
+    let t = crate::table::table(def, std::slice::from_ref(&obj), meta, include);
+    let mut line = serde_json::to_vec(&json!({"type": ev.kind, "object": t})).unwrap_or_default();
+    line.push(b'\n');
+    Bytes::from(line)
+}
+
+fn watch(
+    ctx: &Ctx,
+    def: &ResourceDef,
+    ns: Option<&str>,
+    table: Option<Include>,
+) -> Result<Resp, ApiError> {
     let q = ctx.query;
     let labels = crate::select::LabelSelector::parse(
         q.get("labelSelector").map(String::as_str).unwrap_or(""),
@@ -512,6 +588,11 @@ fn watch(ctx: &Ctx, def: &ResourceDef, ns: Option<&str>) -> Result<Resp, ApiErro
     let ns = ns.map(str::to_string);
     let api_version = def.api_version();
     let kind = def.kind.clone();
+    let table_def = def.clone();
+    let line_of = move |ev: &Event| match table {
+        Some(include) => table_event_line(&table_def, ev, include),
+        None => event_line(ev),
+    };
     let bookmark_every = ctx.shared.bookmark_interval;
     let (tx, body_rx) = mpsc::channel::<Bytes>(64);
     let cluster = ctx.cluster.clone();
@@ -533,7 +614,7 @@ fn watch(ctx: &Ctx, def: &ResourceDef, ns: Option<&str>) -> Result<Resp, ApiErro
             }
         };
         for ev in &initial {
-            if matches(ev) && !send(event_line(ev)).await {
+            if matches(ev) && !send(line_of(ev)).await {
                 return;
             }
         }
@@ -566,7 +647,7 @@ fn watch(ctx: &Ctx, def: &ResourceDef, ns: Option<&str>) -> Result<Resp, ApiErro
                 r = rx.recv() => match r {
                     Ok(ev) => {
                         last_rv = ev.rv;
-                        if matches(&ev) && !send(event_line(&ev)).await {
+                        if matches(&ev) && !send(line_of(&ev)).await {
                             return;
                         }
                     }

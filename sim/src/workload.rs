@@ -88,6 +88,15 @@ impl Simulation {
             );
             let expired = held && now.duration_since(since) >= deadline;
             let status = status_for(p, &obj, held, crashed, expired, nodes);
+            match p.as_str() {
+                "deployments" => {
+                    crate::pods::sync_deployment(cluster, &mut st, &obj, held, crashed);
+                }
+                "replicasets" => {
+                    crate::pods::sync_replicaset(cluster, &mut st, &obj, held, crashed);
+                }
+                _ => {}
+            }
             if !held || expired || (crashed && p == "jobs") {
                 st.pending.remove(&key);
             }
@@ -97,7 +106,7 @@ impl Simulation {
 }
 
 /// The status a controller would report.
-fn status_for(
+pub(crate) fn status_for(
     plural: &str,
     obj: &Value,
     held: bool,

@@ -11,4 +11,5 @@ mod git_source;
 mod reconcile;
 mod render_fixtures;
 mod sim;
+mod sim_kube;
 mod spec_fixtures;

@@ -892,3 +892,185 @@ fn sim_jobs_statefulsets_daemonsets_and_crash_images() {
         "one pod per simulated node"
     );
 }
+
+/// Polls kubectl until `f` accepts its output (20 s at most).
+fn eventually(k: &Kube, args: &[&str], f: impl Fn(&str) -> bool) -> String {
+    let started = Instant::now();
+    loop {
+        let out = k.ok(args);
+        if f(&out) {
+            return out;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "kubectl {args:?} never satisfied the test: {out}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn sim_deployments_own_replicasets_and_pods_and_nodes_report_free_capacity() {
+    let k = Kube::start(
+        SimConfig {
+            ready_delay: Duration::from_millis(200),
+            nodes: 2,
+            ..Default::default()
+        }
+        .crash_images("crashy")
+        .expect("regex"),
+    );
+    let manifest = DEPLOY.replace("IMAGE", "nginx:1.27").replace(
+        "ports: [{containerPort: 80}]",
+        "ports: [{containerPort: 80}]\n        resources: {requests: {cpu: 250m, memory: 512Mi}}",
+    );
+    let file = k.file("web.yaml", &manifest);
+    k.ok(&["apply", "--server-side", "-f", &file]);
+    k.ok(&["rollout", "status", "deployment/web", "--timeout=20s"]);
+    let pods = |k: &Kube| {
+        k.ok(&["get", "pods", "-l", "app=web", "-o", "name"])
+            .lines()
+            .count()
+    };
+    eventually(&k, &["get", "pods", "-l", "app=web", "-o", "name"], |o| {
+        o.lines().count() == 2
+    });
+    let rs = k.ok(&[
+        "get",
+        "rs",
+        "-o",
+        "jsonpath={.items[0].metadata.name} {.items[0].metadata.ownerReferences[0].kind}/{.items[0].metadata.ownerReferences[0].name} {.items[0].status.readyReplicas}",
+    ]);
+    let parts: Vec<&str> = rs.split(' ').collect();
+    assert_eq!(parts[1..], ["Deployment/web", "2"], "{rs}");
+    let hash = parts[0]
+        .strip_prefix("web-")
+        .expect("RS named after the Deployment");
+    let pod = k.ok(&[
+        "get",
+        "pods",
+        "-l",
+        &format!("pod-template-hash={hash}"),
+        "-o",
+        "jsonpath={.items[0].metadata.ownerReferences[0].name} {.items[0].status.phase} {.items[0].status.conditions[?(@.type==\"Ready\")].status} {.items[0].spec.nodeName}",
+    ]);
+    assert!(
+        pod.starts_with(&format!("{} Running True sim-1-node-", parts[0])),
+        "{pod}"
+    );
+    // Nodes report capacity; free capacity accounts for the pods' requests.
+    let alloc = k.ok(&[
+        "get",
+        "nodes",
+        "-o",
+        "jsonpath={.items[*].status.allocatable.cpu}",
+    ]);
+    assert_eq!(alloc, "8 8");
+    let free = k.sim.free_capacity("sim-1").expect("sim-1");
+    assert_eq!(free.len(), 2);
+    let sum = |f: fn(&flotilla_sim::NodeCapacity) -> i64| free.iter().map(f).sum::<i64>();
+    assert_eq!(sum(|n| n.requested.cpu_millis), 500);
+    assert_eq!(sum(|n| n.free.cpu_millis), 16_000 - 500);
+    assert_eq!(sum(|n| n.free.memory_bytes), 2 * (32 << 30) - (1 << 30));
+    assert_eq!(sum(|n| n.free.pods), 220 - 2);
+
+    // Scaling changes the pod count.
+    k.ok(&["scale", "deployment/web", "--replicas=5"]);
+    eventually(&k, &["get", "pods", "-l", "app=web", "-o", "name"], |o| {
+        o.lines().count() == 5
+    });
+    // A crash-looping image: a new ReplicaSet whose pods are not ready.
+    k.ok(&["set", "image", "deployment/web", "web=example/crashy:2"]);
+    let reason = eventually(
+        &k,
+        &[
+            "get",
+            "pods",
+            "-o",
+            "jsonpath={.items[*].status.containerStatuses[0].state.waiting.reason}",
+        ],
+        |o| o.split(' ').filter(|r| *r == "CrashLoopBackOff").count() == 5,
+    );
+    assert_eq!(pods(&k), 5, "the old ReplicaSet scaled to zero: {reason}");
+    assert_eq!(
+        k.ok(&["get", "rs", "-o", "jsonpath={.items[*].spec.replicas}"])
+            .split(' ')
+            .filter(|r| *r == "0")
+            .count(),
+        1
+    );
+    // Deleting the Deployment deletes its ReplicaSets and Pods.
+    k.ok(&["delete", "deployment", "web"]);
+    assert_eq!(pods(&k), 0);
+    assert_eq!(k.ok(&["get", "rs", "-o", "name"]), "");
+    let free = k.sim.free_capacity("sim-1").expect("sim-1");
+    assert!(free.iter().all(|n| n.free == n.allocatable), "{free:?}");
+}
+
+/// The header and the row starting with `name` of `kubectl get` output, split on spaces.
+fn table_row(out: &str, name: &str) -> (Vec<String>, Vec<String>) {
+    let split = |l: &str| l.split_whitespace().map(str::to_string).collect::<Vec<_>>();
+    let header = split(out.lines().next().unwrap_or(""));
+    let row = out
+        .lines()
+        .find(|l| l.starts_with(name))
+        .map(split)
+        .unwrap_or_default();
+    (header, row)
+}
+
+#[test]
+fn sim_kubectl_get_prints_server_side_table_columns() {
+    let k = Kube::start(SimConfig {
+        ready_delay: Duration::from_millis(200),
+        ..Default::default()
+    });
+    let f = k.file("d.yaml", &DEPLOY.replace("IMAGE", "nginx:1.27"));
+    k.ok(&["apply", "--server-side", "-f", &f]);
+    k.ok(&["rollout", "status", "deployment/web", "--timeout=20s"]);
+    let (header, row) = table_row(&k.ok(&["get", "deployments"]), "web");
+    assert_eq!(header, ["NAME", "READY", "UP-TO-DATE", "AVAILABLE", "AGE"]);
+    assert_eq!(row[..4], ["web", "2/2", "2", "2"]);
+    assert!(row[4].ends_with('s'), "an age: {row:?}");
+    let (header, row) = table_row(&k.ok(&["get", "deployment", "web", "-o", "wide"]), "web");
+    assert_eq!(header[5..], ["CONTAINERS", "IMAGES", "SELECTOR"]);
+    assert_eq!(row[5..], ["web", "nginx:1.27", "app=web"]);
+
+    let pods = eventually(&k, &["get", "pods"], |o| o.lines().count() == 3);
+    let (header, row) = table_row(&pods, "web-");
+    assert_eq!(header, ["NAME", "READY", "STATUS", "RESTARTS", "AGE"]);
+    assert_eq!(row[1..4], ["1/1", "Running", "0"]);
+    let (header, row) = table_row(&k.ok(&["get", "pods", "-o", "wide"]), "web-");
+    assert_eq!(header[5..7], ["IP", "NODE"]);
+    assert!(row[6].starts_with("sim-1-node-"), "{row:?}");
+    let (header, row) = table_row(&k.ok(&["get", "nodes"]), "sim-1-node-1");
+    assert_eq!(header, ["NAME", "STATUS", "ROLES", "AGE", "VERSION"]);
+    assert_eq!(row[1..3], ["Ready", "worker"]);
+    let (header, row) = table_row(&k.ok(&["get", "rs"]), "web-");
+    assert_eq!(header, ["NAME", "DESIRED", "CURRENT", "READY", "AGE"]);
+    assert_eq!(row[1..4], ["2", "2", "2"]);
+
+    let cm = k.file("cm.yaml", CM);
+    k.ok(&["apply", "-f", &cm]);
+    let (header, row) = table_row(&k.ok(&["get", "configmap", "app"]), "app");
+    assert_eq!(header, ["NAME", "DATA", "AGE"]);
+    assert_eq!(row[1], "2");
+    // --show-labels and label columns need the row's object metadata.
+    let (header, row) = table_row(&k.ok(&["get", "cm", "app", "--show-labels"]), "app");
+    assert_eq!(header.last().map(String::as_str), Some("LABELS"));
+    assert_eq!(row.last().map(String::as_str), Some("team=a"));
+    let (header, row) = table_row(&k.ok(&["get", "cm", "-L", "team"]), "app");
+    assert_eq!(header.last().map(String::as_str), Some("TEAM"));
+    assert_eq!(row.last().map(String::as_str), Some("a"));
+    // All namespaces: kubectl adds the NAMESPACE column from the row metadata.
+    let (header, row) = table_row(&k.ok(&["get", "ns"]), "default");
+    assert_eq!(header, ["NAME", "STATUS", "AGE"]);
+    assert_eq!(row[1], "Active");
+    let all = k.ok(&["get", "cm", "-A"]);
+    assert!(all.starts_with("NAMESPACE"), "{all}");
+    assert!(
+        all.lines()
+            .any(|l| l.starts_with("default") && l.contains(" app ")),
+        "{all}"
+    );
+}
