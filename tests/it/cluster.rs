@@ -693,3 +693,87 @@ fn cluster_unknown_context_names_the_context_and_the_kubeconfig() {
         assert!(e.to_string().contains("absent"), "{e}");
     });
 }
+
+/// A tracing writer into a shared buffer.
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn cluster_audit_lines_name_mutations_without_bodies() {
+    let env = Env::start();
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .with_env_filter("flotilla::audit=info")
+        .finish();
+    // A current-thread runtime, so every poll sees this thread's subscriber.
+    // tracing-core caches a callsite's interest when the callsite is first hit. While exactly
+    // one dispatcher is registered, a callsite first hit by another thread (another test) is
+    // cached as that thread's interest, "never", and this test would miss the line. A second
+    // registered dispatcher makes registration consult every live dispatcher.
+    let _second = tracing::Dispatch::new(tracing::subscriber::NoSubscriber::default());
+    tracing::subscriber::with_default(subscriber, || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("tokio runtime")
+            .block_on(async {
+                let secret = json!({
+                    "apiVersion": "v1",
+                    "kind": "Secret",
+                    "metadata": {"name": "s", "namespace": "default"},
+                    "stringData": {"password": "hunter2-do-not-log"},
+                });
+                let rw = env.cluster(false).await;
+                rw.apply(
+                    &secret,
+                    ApplyOptions {
+                        dry_run: true,
+                        force: true,
+                    },
+                )
+                .await
+                .expect("dry-run apply");
+                rw.delete(&cm_ref("gone", "default"), false)
+                    .await
+                    .expect("delete");
+                let ro = env.cluster(true).await;
+                ro.apply(&secret, APPLY).await.expect_err("read-only");
+            })
+    });
+    let text =
+        String::from_utf8_lossy(&captured.0.lock().unwrap_or_else(|e| e.into_inner())).into_owned();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 3, "{text}");
+    assert!(
+        lines[0].contains("flotilla::audit")
+            && lines[0].contains("cluster=fleet-a")
+            && lines[0].contains("verb=\"apply\"")
+            && lines[0].contains("object=Secret/default/s")
+            && lines[0].contains("dry_run=true")
+            && lines[0].contains("force=true"),
+        "{text}"
+    );
+    assert!(
+        lines[1].contains("verb=\"delete\"") && lines[1].contains("ConfigMap/default/gone"),
+        "{text}"
+    );
+    assert!(lines[2].contains("read-only"), "{text}");
+    assert!(!text.contains("hunter2"), "{text}");
+}
