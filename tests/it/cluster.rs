@@ -691,6 +691,28 @@ fn cluster_unknown_context_names_the_context_and_the_kubeconfig() {
         );
         let e = Connector::load(Some(&env.dir.path().join("absent"))).expect_err("no file");
         assert!(e.to_string().contains("absent"), "{e}");
+
+        // A server URL that is not an API server: core/v1 discovery fails loudly instead of
+        // every object looking absent.
+        let wrong = env.file(
+            "wrong",
+            &std::fs::read_to_string(&env.kubeconfig)
+                .expect("read kubeconfig")
+                .replace("/clusters/sim-1", "/clusters/no-such-cluster"),
+        );
+        let c = Connector::load(Some(std::path::Path::new(&wrong)))
+            .expect("loads")
+            .connect("fleet-a", "sim-1", false)
+            .await
+            .expect("connects");
+        match c.get(&cm_ref("app", "default")).await {
+            Err(ClusterError::Rejected {
+                code: 404, message, ..
+            }) => {
+                assert!(message.contains("no-such-cluster"), "{message}")
+            }
+            other => panic!("expected Rejected, got {other:?}"),
+        }
     });
 }
 
