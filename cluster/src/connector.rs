@@ -138,6 +138,7 @@ impl Connector {
                     .collect(),
             });
         }
+        install_crypto_provider();
         let options = KubeConfigOptions {
             context: Some(context.to_string()),
             cluster: None,
@@ -173,4 +174,17 @@ impl Connector {
             &self.settings,
         ))
     }
+}
+
+/// rustls needs a process-wide crypto provider when more than one is compiled in (kube asks
+/// for ring, other dependencies bring aws-lc-rs). Installs ring unless the process already
+/// chose one.
+fn install_crypto_provider() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        if rustls::crypto::CryptoProvider::get_default().is_none() {
+            // Err only when another thread installed one in between: that one is kept.
+            let _ = rustls::crypto::ring::default_provider().install_default();
+        }
+    });
 }

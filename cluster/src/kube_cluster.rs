@@ -259,6 +259,11 @@ impl KubeCluster {
                 ar,
                 namespaced: caps.scope == Scope::Namespaced,
             }),
+            // Every API server serves core/v1: a 404 there means the URL is not an API
+            // server (a wrong path in the kubeconfig), not that nothing exists.
+            Err(f) if f.is_not_found() && gvk.group.is_empty() && gvk.version == "v1" => {
+                return Err(self.error(f, false));
+            }
             // The group/version is not served, or it is and the kind is not in it.
             Err(f) if f.is_not_found() => None,
             Err(Failure::Kube {

@@ -206,7 +206,7 @@ mod tests {
         let env = Some(OsString::from(dir.path().join("b")));
         let k = Kubeconfig::load_with(Some(&a), env.clone(), None).expect("loads");
         assert_eq!(k.contexts(), vec!["a"]);
-        assert_eq!(k.paths(), &[a.clone()]);
+        assert_eq!(k.paths(), std::slice::from_ref(&a));
         let missing = dir.path().join("missing");
         let e = Kubeconfig::load_with(Some(&missing), env, None).expect_err("missing");
         assert!(e.to_string().contains("missing"), "{e}");

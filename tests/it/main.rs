@@ -7,6 +7,7 @@ mod git_support;
 mod support;
 
 mod cli;
+mod cluster;
 mod git_source;
 mod reconcile;
 mod render_fixtures;
