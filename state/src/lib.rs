@@ -123,7 +123,8 @@ impl std::fmt::Debug for Store {
 impl Store {
     /// Opens or creates `DIR/state.redb` (creating DIR). A second open of the same store, from
     /// this process or another, fails with [`StateError::Locked`] instead of waiting. After a
-    /// crash redb recovers the last committed transaction on open.
+    /// crash redb recovers the last committed transaction on open. The whole file's checksums
+    /// are verified on open, so a damaged file is an error rather than a panic.
     pub fn open(dir: &Path) -> Result<Store, StateError> {
         std::fs::create_dir_all(dir).map_err(|source| StateError::CreateDir {
             path: dir.to_path_buf(),
@@ -132,6 +133,10 @@ impl Store {
         let path = dir.join(FILE_NAME);
         let db = Database::builder()
             .set_cache_size(CACHE_BYTES)
+            // Verify every page's checksum on open: a file damaged outside redb is then an
+            // error, where a plain open trusts it and can panic. The daemon opens once, so
+            // reading the whole file then is affordable.
+            .set_check_integrity_on_open(true)
             .create(&path)
             .map_err(|e| match e {
                 DatabaseError::DatabaseAlreadyOpen | DatabaseError::LockProtocolMismatch => {
@@ -190,7 +195,8 @@ impl Store {
 
     /// One ACID write transaction. When this returns `Ok` the changes are durable (committed
     /// with redb's default `Durability::Immediate`, i.e. fsync'd). If `f` returns `Err` (or
-    /// panics), nothing is written.
+    /// panics), nothing is written. Only one write transaction runs at a time: calling
+    /// `write` again from inside `f` would wait for itself forever.
     pub fn write<T>(
         &self,
         f: impl FnOnce(&mut WriteTx<'_>) -> Result<T, StateError>,

@@ -569,3 +569,43 @@ fn a_second_process_is_refused_clearly() {
     // Killed, the child's lock is gone.
     Store::open(tmp.path()).unwrap();
 }
+
+#[test]
+fn a_damaged_file_is_an_error_or_readable_never_a_panic() {
+    // Flip one byte at a spread of fixed offsets of a small store, one copy per offset.
+    let tmp = tempfile::tempdir().unwrap();
+    let pristine = {
+        let store = Store::open(tmp.path()).unwrap();
+        store
+            .write(|tx| {
+                for i in 0..50 {
+                    tx.put_rollout(&format!("p{i}"), &"x".repeat(300))?;
+                }
+                Ok(())
+            })
+            .unwrap();
+        let path = store.path().to_path_buf();
+        drop(store);
+        std::fs::read(path).unwrap()
+    };
+    let mut detected = 0;
+    for (i, offset) in (0..pristine.len()).step_by(1999).enumerate() {
+        let dir = tmp.path().join(format!("copy{i}"));
+        std::fs::create_dir(&dir).unwrap();
+        let mut bytes = pristine.clone();
+        bytes[offset] ^= 0x55;
+        std::fs::write(dir.join("state.redb"), &bytes).unwrap();
+        let outcome = std::panic::catch_unwind(|| {
+            Store::open(&dir).and_then(|s| s.read(|tx| tx.rollouts::<String>()).map(|_| ()))
+        });
+        match outcome {
+            Err(_) => panic!("flipping byte {offset} made the store panic"),
+            Ok(Err(e)) => {
+                assert!(e.to_string().contains("state.redb"), "{e}");
+                detected += 1;
+            }
+            Ok(Ok(())) => {}
+        }
+    }
+    assert!(detected > 0, "no damage was detected");
+}
