@@ -1,0 +1,611 @@
+//! Behaviour of the state store through its public API.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use flotilla_state::{StateError, Store};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Rollout {
+    revision: String,
+    step: u32,
+    paused: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Revision {
+    current: String,
+    last_good: Option<String>,
+}
+
+fn rollout(revision: &str, step: u32) -> Rollout {
+    Rollout {
+        revision: revision.to_string(),
+        step,
+        paused: false,
+    }
+}
+
+fn rev(current: &str) -> Revision {
+    Revision {
+        current: current.to_string(),
+        last_good: None,
+    }
+}
+
+#[test]
+fn open_creates_the_directory_and_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("deep/er/state");
+    let store = Store::open(&dir).unwrap();
+    assert_eq!(store.path(), dir.join("state.redb"));
+    assert!(store.path().is_file());
+    assert_eq!(store.read(|tx| tx.last_event_seq()).unwrap(), 0);
+}
+
+#[test]
+fn round_trips_every_table_and_survives_reopen() {
+    let tmp = tempfile::tempdir().unwrap();
+    {
+        let store = Store::open(tmp.path()).unwrap();
+        store
+            .write(|tx| {
+                tx.put_rollout("web", &rollout("abc", 2))?;
+                tx.put_rollout("api", &rollout("def", 0))?;
+                tx.put_revision("web", "prod-eu", &rev("h1"))?;
+                tx.put_revision("web", "prod-us", &rev("h2"))?;
+                tx.put_manifests("h1", "kind: ConfigMap\n")?;
+                tx.mark_failed("web", "bad", &"health check failed")?;
+                // A write transaction reads its own writes.
+                assert_eq!(tx.rollout::<Rollout>("web")?, Some(rollout("abc", 2)));
+                Ok(())
+            })
+            .unwrap();
+    }
+    let store = Store::open(tmp.path()).unwrap();
+    store
+        .read(|tx| {
+            assert_eq!(tx.rollout::<Rollout>("web")?, Some(rollout("abc", 2)));
+            assert_eq!(tx.rollout::<Rollout>("nope")?, None);
+            assert_eq!(
+                tx.rollouts::<Rollout>()?,
+                vec![
+                    ("api".to_string(), rollout("def", 0)),
+                    ("web".to_string(), rollout("abc", 2)),
+                ]
+            );
+            assert_eq!(tx.revision::<Revision>("web", "prod-eu")?, Some(rev("h1")));
+            assert_eq!(tx.revision::<Revision>("web", "nope")?, None);
+            assert_eq!(
+                tx.revisions::<Revision>("web")?,
+                vec![
+                    ("prod-eu".to_string(), rev("h1")),
+                    ("prod-us".to_string(), rev("h2")),
+                ]
+            );
+            assert_eq!(tx.manifests("h1")?.as_deref(), Some("kind: ConfigMap\n"));
+            assert_eq!(tx.manifests("h2")?, None);
+            assert_eq!(
+                tx.failed::<String>("web", "bad")?.as_deref(),
+                Some("health check failed")
+            );
+            assert_eq!(tx.failed::<String>("web", "good")?, None);
+            Ok(())
+        })
+        .unwrap();
+
+    // Overwrite and remove.
+    store
+        .write(|tx| {
+            tx.put_rollout("web", &rollout("abc", 3))?;
+            assert!(tx.remove_rollout("api")?);
+            assert!(!tx.remove_rollout("api")?);
+            assert!(tx.remove_revision("web", "prod-us")?);
+            Ok(())
+        })
+        .unwrap();
+    store
+        .read(|tx| {
+            assert_eq!(
+                tx.rollouts::<Rollout>()?,
+                vec![("web".to_string(), rollout("abc", 3))]
+            );
+            assert_eq!(tx.revisions::<Revision>("web")?.len(), 1);
+            Ok(())
+        })
+        .unwrap();
+}
+
+#[test]
+fn a_failed_closure_writes_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Store::open(tmp.path()).unwrap();
+    store
+        .write(|tx| tx.put_rollout("web", &rollout("old", 1)))
+        .unwrap();
+
+    let err = store
+        .write(|tx| {
+            tx.put_rollout("web", &rollout("new", 2))?;
+            tx.put_rollout("api", &rollout("new", 0))?;
+            tx.put_revision("web", "c1", &rev("h"))?;
+            tx.put_manifests("h", "x")?;
+            tx.mark_failed("web", "r", &"why")?;
+            tx.append_event(&"e1")?;
+            Err::<(), _>(tx.abort("changed my mind"))
+        })
+        .unwrap_err();
+    assert!(matches!(err, StateError::Aborted { .. }), "{err}");
+    assert!(err.to_string().contains("changed my mind"), "{err}");
+    assert!(err.to_string().contains("state.redb"), "{err}");
+
+    store
+        .read(|tx| {
+            assert_eq!(
+                tx.rollouts::<Rollout>()?,
+                vec![("web".to_string(), rollout("old", 1))]
+            );
+            assert!(tx.revisions::<Revision>("web")?.is_empty());
+            assert_eq!(tx.manifests("h")?, None);
+            assert_eq!(tx.failed::<String>("web", "r")?, None);
+            assert_eq!(tx.last_event_seq()?, 0);
+            assert!(tx.events::<String>(0, 10)?.is_empty());
+            Ok(())
+        })
+        .unwrap();
+
+    // The next append gets 1: the rolled-back number was never visible.
+    let seq = store.write(|tx| tx.append_event(&"e1")).unwrap();
+    assert_eq!(seq, 1);
+}
+
+#[test]
+fn a_panicking_closure_writes_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Store::open(tmp.path()).unwrap();
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let _ = store.write(|tx| -> Result<(), StateError> {
+            tx.put_rollout("web", &rollout("new", 2))?;
+            panic!("boom");
+        });
+    }));
+    assert!(result.is_err());
+    assert_eq!(store.read(|tx| tx.rollout::<Rollout>("web")).unwrap(), None);
+    // The store is still usable.
+    store
+        .write(|tx| tx.put_rollout("web", &rollout("x", 0)))
+        .unwrap();
+}
+
+#[test]
+fn events_are_numbered_from_one_and_continue_after_reopen() {
+    let tmp = tempfile::tempdir().unwrap();
+    {
+        let store = Store::open(tmp.path()).unwrap();
+        let seqs = store
+            .write(|tx| {
+                Ok(vec![
+                    tx.append_event(&"a")?,
+                    tx.append_event(&"b")?,
+                    tx.append_event(&"c")?,
+                ])
+            })
+            .unwrap();
+        assert_eq!(seqs, vec![1, 2, 3]);
+        assert_eq!(store.write(|tx| tx.append_event(&"d")).unwrap(), 4);
+    }
+    let store = Store::open(tmp.path()).unwrap();
+    assert_eq!(store.read(|tx| tx.last_event_seq()).unwrap(), 4);
+    assert_eq!(store.write(|tx| tx.append_event(&"e")).unwrap(), 5);
+    store
+        .read(|tx| {
+            let all: Vec<(u64, String)> = tx.events(0, 100)?;
+            let want: Vec<(u64, String)> = ["a", "b", "c", "d", "e"]
+                .iter()
+                .enumerate()
+                .map(|(i, s)| (i as u64 + 1, s.to_string()))
+                .collect();
+            assert_eq!(all, want);
+            assert_eq!(
+                tx.events::<String>(2, 2)?,
+                vec![(3, "c".to_string()), (4, "d".to_string())]
+            );
+            assert!(tx.events::<String>(5, 10)?.is_empty());
+            assert!(tx.events::<String>(0, 0)?.is_empty());
+            assert!(tx.events::<String>(u64::MAX, 10)?.is_empty());
+            Ok(())
+        })
+        .unwrap();
+}
+
+#[test]
+fn a_placement_does_not_see_one_whose_name_it_prefixes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Store::open(tmp.path()).unwrap();
+    store
+        .write(|tx| {
+            tx.put_revision("a", "c1", &rev("a-c1"))?;
+            tx.put_revision("a", "c2", &rev("a-c2"))?;
+            tx.put_revision("ab", "c1", &rev("ab-c1"))?;
+            tx.put_revision("a\0", "c1", &rev("a0-c1"))?;
+            tx.put_revision("", "c1", &rev("empty-c1"))?;
+            tx.mark_failed("a", "r1", &"a-r1")?;
+            tx.mark_failed("ab", "r1", &"ab-r1")?;
+            tx.mark_failed("ab", "r2", &"ab-r2")?;
+            Ok(())
+        })
+        .unwrap();
+    store
+        .read(|tx| {
+            let a: Vec<(String, Revision)> = tx.revisions("a")?;
+            assert_eq!(
+                a,
+                vec![("c1".into(), rev("a-c1")), ("c2".into(), rev("a-c2"))]
+            );
+            assert_eq!(
+                tx.revisions::<Revision>("ab")?,
+                vec![("c1".into(), rev("ab-c1"))]
+            );
+            assert_eq!(
+                tx.revisions::<Revision>("")?,
+                vec![("c1".into(), rev("empty-c1"))]
+            );
+            assert!(tx.revisions::<Revision>("b")?.is_empty());
+            assert_eq!(
+                tx.failed_revisions::<String>("a")?,
+                vec![("r1".into(), "a-r1".into())]
+            );
+            Ok(())
+        })
+        .unwrap();
+
+    store.write(|tx| tx.clear_failed("a")).unwrap();
+    store
+        .read(|tx| {
+            assert_eq!(tx.failed::<String>("a", "r1")?, None);
+            assert_eq!(
+                tx.failed_revisions::<String>("ab")?,
+                vec![("r1".into(), "ab-r1".into()), ("r2".into(), "ab-r2".into())]
+            );
+            Ok(())
+        })
+        .unwrap();
+    store.write(|tx| tx.clear_failed("ab")).unwrap();
+    assert!(
+        store
+            .read(|tx| tx.failed_revisions::<String>("ab"))
+            .unwrap()
+            .is_empty()
+    );
+}
+
+#[test]
+fn manifests_are_stored_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Store::open(tmp.path()).unwrap();
+    store
+        .write(|tx| {
+            tx.put_manifests("h1", "first\n")?;
+            tx.put_manifests("h1", "first\n")?;
+            // Same hash, other text: the stored text stays (the hash is the caller's promise).
+            tx.put_manifests("h1", "second\n")?;
+            Ok(())
+        })
+        .unwrap();
+    store.write(|tx| tx.put_manifests("h1", "third\n")).unwrap();
+    store
+        .read(|tx| {
+            assert_eq!(tx.manifests("h1")?.as_deref(), Some("first\n"));
+            assert_eq!(tx.manifest_hashes()?, vec!["h1".to_string()]);
+            Ok(())
+        })
+        .unwrap();
+}
+
+#[test]
+fn retain_manifests_deletes_the_unreferenced() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Store::open(tmp.path()).unwrap();
+    store
+        .write(|tx| {
+            for h in ["h1", "h2", "h3", "h4"] {
+                tx.put_manifests(h, &format!("text of {h}"))?;
+            }
+            Ok(())
+        })
+        .unwrap();
+    let keep: BTreeSet<String> = ["h2", "h4", "not-stored"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    assert_eq!(store.write(|tx| tx.retain_manifests(&keep)).unwrap(), 2);
+    assert_eq!(store.write(|tx| tx.retain_manifests(&keep)).unwrap(), 0);
+    store
+        .read(|tx| {
+            assert_eq!(tx.manifest_hashes()?, vec!["h2", "h4"]);
+            assert_eq!(tx.manifests("h2")?.as_deref(), Some("text of h2"));
+            assert_eq!(tx.manifests("h1")?, None);
+            Ok(())
+        })
+        .unwrap();
+    assert_eq!(
+        store
+            .write(|tx| tx.retain_manifests(&BTreeSet::new()))
+            .unwrap(),
+        2
+    );
+    assert!(store.read(|tx| tx.manifest_hashes()).unwrap().is_empty());
+}
+
+#[test]
+fn a_read_snapshot_does_not_see_later_commits() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Store::open(tmp.path()).unwrap();
+    store
+        .write(|tx| tx.put_rollout("web", &rollout("v1", 0)))
+        .unwrap();
+    store
+        .read(|tx| {
+            store
+                .write(|w| w.put_rollout("web", &rollout("v2", 0)))
+                .unwrap();
+            assert_eq!(tx.rollout::<Rollout>("web")?, Some(rollout("v1", 0)));
+            Ok(())
+        })
+        .unwrap();
+    assert_eq!(
+        store.read(|tx| tx.rollout::<Rollout>("web")).unwrap(),
+        Some(rollout("v2", 0))
+    );
+}
+
+/// Writes raw bytes into a table of a closed store, behind the crate's back.
+fn poke_raw(dir: &Path, f: impl FnOnce(&redb::WriteTransaction)) {
+    let db = redb::Database::create(dir.join("state.redb")).unwrap();
+    let tx = db.begin_write().unwrap();
+    f(&tx);
+    tx.commit().unwrap();
+}
+
+#[test]
+fn corrupt_json_is_an_error_naming_table_and_key() {
+    const ROLLOUTS: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("rollouts");
+    const REVISIONS: redb::TableDefinition<(&str, &str), &[u8]> =
+        redb::TableDefinition::new("revisions");
+    const EVENTS: redb::TableDefinition<u64, &[u8]> = redb::TableDefinition::new("events");
+    let tmp = tempfile::tempdir().unwrap();
+    drop(Store::open(tmp.path()).unwrap());
+    poke_raw(tmp.path(), |tx| {
+        tx.open_table(ROLLOUTS)
+            .unwrap()
+            .insert("web", b"{not json".as_slice())
+            .unwrap();
+        tx.open_table(REVISIONS)
+            .unwrap()
+            .insert(("web", "c1"), b"\xff\xfe".as_slice())
+            .unwrap();
+        tx.open_table(EVENTS)
+            .unwrap()
+            .insert(1, b"[1,".as_slice())
+            .unwrap();
+    });
+    let store = Store::open(tmp.path()).unwrap();
+
+    let err = store.read(|tx| tx.rollout::<Rollout>("web")).unwrap_err();
+    match &err {
+        StateError::Corrupt { table, key, .. } => {
+            assert_eq!(*table, "rollouts");
+            assert_eq!(key, "\"web\"");
+        }
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+    let msg = err.to_string();
+    assert!(
+        msg.contains("state.redb") && msg.contains("rollouts") && msg.contains("web"),
+        "{msg}"
+    );
+    assert!(matches!(
+        store.read(|tx| tx.rollouts::<Rollout>()).unwrap_err(),
+        StateError::Corrupt { .. }
+    ));
+
+    // A value of the wrong shape is corrupt too.
+    store
+        .write(|tx| tx.put_rollout("api", &"just a string"))
+        .unwrap();
+    assert!(matches!(
+        store.read(|tx| tx.rollout::<Rollout>("api")).unwrap_err(),
+        StateError::Corrupt {
+            table: "rollouts",
+            ..
+        }
+    ));
+
+    let err = store
+        .read(|tx| tx.revisions::<Revision>("web"))
+        .unwrap_err();
+    assert!(
+        matches!(&err, StateError::Corrupt { table: "revisions", key, .. } if key.contains("web") && key.contains("c1")),
+        "{err:?}"
+    );
+    let err = store.read(|tx| tx.events::<String>(0, 10)).unwrap_err();
+    assert!(
+        matches!(&err, StateError::Corrupt { table: "events", key, .. } if key == "1"),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn an_unencodable_value_is_an_error_and_writes_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Store::open(tmp.path()).unwrap();
+    // JSON object keys must be strings.
+    let bad: BTreeMap<Vec<u8>, u8> = [(vec![1u8], 1u8)].into_iter().collect();
+    let err = store
+        .write(|tx| {
+            tx.put_rollout("ok", &1)?;
+            tx.put_rollout("web", &bad)
+        })
+        .unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            StateError::Encode {
+                table: "rollouts",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert_eq!(store.read(|tx| tx.rollout::<u32>("ok")).unwrap(), None);
+}
+
+#[test]
+fn a_newer_schema_version_is_refused_and_left_alone() {
+    const META: redb::TableDefinition<&str, u64> = redb::TableDefinition::new("meta");
+    let tmp = tempfile::tempdir().unwrap();
+    drop(Store::open(tmp.path()).unwrap());
+    poke_raw(tmp.path(), |tx| {
+        tx.open_table(META)
+            .unwrap()
+            .insert("schema_version", 99)
+            .unwrap();
+    });
+    let err = Store::open(tmp.path()).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StateError::Schema {
+                found: 99,
+                supported: 1,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    let msg = err.to_string();
+    assert!(msg.contains("newer") && msg.contains("state.redb"), "{msg}");
+
+    let db = redb::Database::create(tmp.path().join("state.redb")).unwrap();
+    let tx = redb::ReadableDatabase::begin_read(&db).unwrap();
+    let meta = tx.open_table(META).unwrap();
+    assert_eq!(meta.get("schema_version").unwrap().unwrap().value(), 99);
+}
+
+#[test]
+fn a_file_that_is_not_a_store_is_an_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(
+        tmp.path().join("state.redb"),
+        b"this is not a redb file at all",
+    )
+    .unwrap();
+    let err = Store::open(tmp.path()).unwrap_err();
+    assert!(err.to_string().contains("state.redb"), "{err}");
+}
+
+#[test]
+fn a_second_store_in_the_same_process_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Store::open(tmp.path()).unwrap();
+    let err = Store::open(tmp.path()).unwrap_err();
+    assert!(matches!(err, StateError::Locked { .. }), "{err:?}");
+    assert!(err.to_string().contains("already open"), "{err}");
+    drop(store);
+    Store::open(tmp.path()).unwrap();
+}
+
+const HOLDER_ENV: &str = "FLOTILLA_STATE_TEST_HOLD_DIR";
+
+/// Not a test on its own: when re-executed with `HOLDER_ENV` set, opens that store, says so
+/// on stdout and holds it until killed.
+#[test]
+fn lock_holder_child() {
+    let Some(dir) = std::env::var_os(HOLDER_ENV) else {
+        return;
+    };
+    let _store = Store::open(Path::new(&dir)).unwrap();
+    println!("HOLDING");
+    std::thread::sleep(std::time::Duration::from_secs(60));
+}
+
+#[test]
+fn a_second_process_is_refused_clearly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "lock_holder_child",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(HOLDER_ENV, tmp.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut holding = false;
+    for line in BufReader::new(stdout).lines() {
+        if line.unwrap().contains("HOLDING") {
+            holding = true;
+            break;
+        }
+    }
+    assert!(holding, "the child never opened the store");
+
+    let started = std::time::Instant::now();
+    let err = Store::open(tmp.path()).unwrap_err();
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(matches!(err, StateError::Locked { .. }), "{err:?}");
+    assert!(err.to_string().contains("already open"), "{err}");
+
+    // Killed, the child's lock is gone.
+    Store::open(tmp.path()).unwrap();
+}
+
+#[test]
+fn a_damaged_file_is_an_error_or_readable_never_a_panic() {
+    // Flip one byte at a spread of fixed offsets of a small store, one copy per offset.
+    let tmp = tempfile::tempdir().unwrap();
+    let pristine = {
+        let store = Store::open(tmp.path()).unwrap();
+        store
+            .write(|tx| {
+                for i in 0..50 {
+                    tx.put_rollout(&format!("p{i}"), &"x".repeat(300))?;
+                }
+                Ok(())
+            })
+            .unwrap();
+        let path = store.path().to_path_buf();
+        drop(store);
+        std::fs::read(path).unwrap()
+    };
+    let mut detected = 0;
+    for (i, offset) in (0..pristine.len()).step_by(1999).enumerate() {
+        let dir = tmp.path().join(format!("copy{i}"));
+        std::fs::create_dir(&dir).unwrap();
+        let mut bytes = pristine.clone();
+        bytes[offset] ^= 0x55;
+        std::fs::write(dir.join("state.redb"), &bytes).unwrap();
+        let outcome = std::panic::catch_unwind(|| {
+            Store::open(&dir).and_then(|s| s.read(|tx| tx.rollouts::<String>()).map(|_| ()))
+        });
+        match outcome {
+            Err(_) => panic!("flipping byte {offset} made the store panic"),
+            Ok(Err(e)) => {
+                assert!(e.to_string().contains("state.redb"), "{e}");
+                detected += 1;
+            }
+            Ok(Ok(())) => {}
+        }
+    }
+    assert!(detected > 0, "no damage was detected");
+}
