@@ -42,15 +42,15 @@ pub enum ReportFormat {
 }
 
 /// Everything a live command needs before it contacts a cluster.
-struct Prepared {
-    fleet: Fleet,
-    revision: String,
+pub(crate) struct Prepared {
+    pub fleet: Fleet,
+    pub revision: String,
     /// (fleet cluster name, kubeconfig context, desired placements)
-    targets: Vec<(String, String, Vec<Desired>)>,
+    pub targets: Vec<(String, String, Vec<Desired>)>,
 }
 
 /// Loads and renders; `Err(code)` when the fleet is invalid (diagnostics printed).
-fn prepare(
+pub(crate) fn prepare(
     args: &FleetArgs,
     cluster_args: &ClusterArgs,
 ) -> anyhow::Result<Result<Prepared, ExitCode>> {
@@ -101,7 +101,7 @@ fn prepare(
     }))
 }
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -11,6 +11,7 @@ use flotilla_spec::types::RepoPath;
 use flotilla_spec::{Checked, Diagnostic, Limits, RepoFiles};
 
 mod live;
+mod rollouts;
 
 // mimalloc: parsing a large fleet is allocation-bound, and glibc malloc is ~25% of it.
 #[global_allocator]
@@ -79,14 +80,23 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         out: Option<PathBuf>,
     },
-    /// One-shot reconcile: staged server-side apply of every placement to the selected
-    /// clusters, optionally pruning what left Git. Exit 0 done, 1 something failed.
+    /// Roll every placement out to the fleet's current revision, batch by batch (health,
+    /// gates, soak; rollback or pause on failure), recording progress in the state store.
+    /// With --no-rollout: a one-shot staged server-side apply of every placement to the
+    /// selected clusters. Exit 0 done, 1 failed or rolled back.
     Apply {
         #[command(flatten)]
         fleet: FleetArgs,
         #[command(flatten)]
         clusters: live::ClusterArgs,
-        /// Ask the servers what would change; store nothing.
+        /// One-shot apply to every selected cluster at once, without batches.
+        #[arg(long)]
+        no_rollout: bool,
+        /// The state store (default $XDG_STATE_HOME/flotilla/FLEET or
+        /// ~/.local/state/flotilla/FLEET).
+        #[arg(long, value_name = "DIR")]
+        state: Option<PathBuf>,
+        /// Ask the servers what would change; store nothing (implies --no-rollout).
         #[arg(long)]
         dry_run: bool,
         /// Delete objects flotilla applied earlier that are no longer in Git (placements
@@ -99,6 +109,16 @@ enum Command {
         wait: Option<std::time::Duration>,
         #[arg(short, long, value_enum, default_value_t = Output::Text)]
         output: Output,
+    },
+    /// Rollout control and status, against the state store.
+    Rollout {
+        #[arg(value_enum)]
+        command: rollouts::RolloutCommand,
+        placement: String,
+        #[arg(long, value_name = "DIR")]
+        state: Option<PathBuf>,
+        #[command(flatten)]
+        fleet: FleetArgs,
     },
     /// Read-only drift report: live clusters versus Git. Sends only get and list requests.
     /// Exit 0 in sync, 1 drift, 2 a cluster or object could not be read.
@@ -263,18 +283,51 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Apply {
             fleet,
             clusters,
+            no_rollout,
+            state,
             dry_run,
             prune,
             wait,
             output,
-        } => live::apply(
-            &fleet,
-            &clusters,
-            dry_run,
-            prune,
-            wait,
-            output == Output::Json,
-        ),
+        } => {
+            if no_rollout || dry_run {
+                live::apply(
+                    &fleet,
+                    &clusters,
+                    dry_run,
+                    prune,
+                    wait,
+                    output == Output::Json,
+                )
+            } else {
+                if wait.is_some() || prune || output == Output::Json {
+                    anyhow::bail!(
+                        "--wait, --prune and --output json belong to --no-rollout (rollouts wait for health and prune as the placement says)"
+                    );
+                }
+                rollouts::apply(&fleet, &clusters, state.as_deref())
+            }
+        }
+        Command::Rollout {
+            command,
+            placement,
+            state,
+            fleet,
+        } => {
+            let name = match &state {
+                Some(_) => String::new(),
+                None => {
+                    let (file, checked, _, _) = load(&fleet)?;
+                    match checked.fleet {
+                        Some(f) => f.metadata.name,
+                        None => anyhow::bail!(
+                            "{file} is invalid: run flotilla validate, or pass --state DIR"
+                        ),
+                    }
+                }
+            };
+            rollouts::control(command, &placement, &name, state.as_deref())
+        }
         Command::Drift {
             fleet,
             clusters,

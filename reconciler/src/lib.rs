@@ -9,4 +9,5 @@ pub mod health;
 pub mod inventory;
 pub mod plan;
 pub mod report;
+pub mod rollout;
 pub mod sync;

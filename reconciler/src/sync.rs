@@ -415,6 +415,9 @@ pub struct ApplyOptionsRun {
     pub prune_removed_placements: bool,
     /// How long to wait for applied CRDs to become established.
     pub crd_timeout: Duration,
+    /// Only the placements passed in: inventories of other placements are not looked at
+    /// (the rollout engine applies one placement at a time).
+    pub only_listed: bool,
 }
 
 impl Default for ApplyOptionsRun {
@@ -424,6 +427,7 @@ impl Default for ApplyOptionsRun {
             prune: false,
             prune_removed_placements: false,
             crd_timeout: Duration::from_secs(30),
+            only_listed: false,
         }
     }
 }
@@ -577,7 +581,7 @@ async fn apply_inner(
         }
     }
     for (placement, inv) in &inventories {
-        if desired.iter().any(|d| &d.placement == placement) {
+        if options.only_listed || desired.iter().any(|d| &d.placement == placement) {
             continue;
         }
         let Ok(old) = inv else {

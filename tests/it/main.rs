@@ -11,6 +11,7 @@ mod cluster;
 mod git_source;
 mod reconcile;
 mod render_fixtures;
+mod rollout;
 mod sim;
 mod sim_kube;
 mod spec_fixtures;

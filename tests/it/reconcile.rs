@@ -165,7 +165,7 @@ fn reconcile_apply_diff_drift_and_prune_against_the_sim() {
     let r = repo.path();
 
     // First apply creates everything on both clusters, namespace first.
-    let o = live.flotilla(r, &["apply"]);
+    let o = live.flotilla(r, &["apply", "--no-rollout"]);
     assert_eq!(code(&o), 0, "{}", show(&o));
     let out = stdout(&o);
     assert!(out.contains("sim-1: Namespace/shop created"), "{out}");
@@ -202,7 +202,7 @@ fn reconcile_apply_diff_drift_and_prune_against_the_sim() {
     // Nothing changed: diff is quiet (server defaults do not show), apply changes nothing.
     let o = live.flotilla(r, &["diff", "--live"]);
     assert_eq!(code(&o), 0, "{}", show(&o));
-    let o = live.flotilla(r, &["apply"]);
+    let o = live.flotilla(r, &["apply", "--no-rollout"]);
     assert_eq!(code(&o), 0, "{}", show(&o));
     assert!(
         stderr(&o).contains("0 created, 0 configured, 12 unchanged"),
@@ -262,7 +262,7 @@ fn reconcile_apply_diff_drift_and_prune_against_the_sim() {
     for leak in ["hunter2", "hunter3", "aHVudGVyMg", "aHVudGVyMw"] {
         assert!(!out.contains(leak), "secret leaked ({leak}):\n{out}");
     }
-    let o = live.flotilla(r, &["apply"]);
+    let o = live.flotilla(r, &["apply", "--no-rollout"]);
     assert_eq!(code(&o), 0, "{}", show(&o));
     assert!(
         stdout(&o).contains("sim-1: ConfigMap/shop/settings configured"),
@@ -340,7 +340,7 @@ fn reconcile_apply_diff_drift_and_prune_against_the_sim() {
             .any(|l| l.contains("ConfigMap/shop/settings") && l.contains("missing")),
         "{out}"
     );
-    let o = live.flotilla(r, &["apply", "--cluster", "sim-1"]);
+    let o = live.flotilla(r, &["apply", "--no-rollout", "--cluster", "sim-1"]);
     assert!(
         stdout(&o).contains("sim-1: ConfigMap/shop/settings created"),
         "{}",
@@ -365,7 +365,7 @@ fn reconcile_apply_diff_drift_and_prune_against_the_sim() {
         ),
     )
     .expect("edit fleet");
-    let o = live.flotilla(r, &["apply", "--cluster", "sim-1"]);
+    let o = live.flotilla(r, &["apply", "--no-rollout", "--cluster", "sim-1"]);
     assert_eq!(code(&o), 0, "{}", show(&o));
     assert!(
         stdout(&o).contains("sim-1: Deployment.apps/shop/web configured"),
@@ -406,13 +406,16 @@ fn reconcile_apply_diff_drift_and_prune_against_the_sim() {
         "{}",
         show(&o)
     );
-    let o = live.flotilla(r, &["apply", "--cluster", "sim-1"]);
+    let o = live.flotilla(r, &["apply", "--no-rollout", "--cluster", "sim-1"]);
     assert!(
         stdout(&o).contains("sim-1: ConfigMap/shop/extra kept: no longer in Git; prune is off"),
         "without --prune nothing is deleted:\n{}",
         show(&o)
     );
-    let o = live.flotilla(r, &["apply", "--cluster", "sim-1", "--prune"]);
+    let o = live.flotilla(
+        r,
+        &["apply", "--no-rollout", "--cluster", "sim-1", "--prune"],
+    );
     assert_eq!(code(&o), 0, "{}", show(&o));
     assert!(
         stdout(&o).contains("sim-1: ConfigMap/shop/extra pruned"),
@@ -478,7 +481,7 @@ spec:
             .success()
     );
 
-    let o = live.flotilla(repo.path(), &["apply"]);
+    let o = live.flotilla(repo.path(), &["apply", "--no-rollout"]);
     assert_eq!(code(&o), 0, "{}", show(&o));
     let out = stdout(&o);
     assert!(
@@ -517,7 +520,7 @@ fn reconcile_rejected_objects_and_unavailable_clusters_are_reported_and_containe
             ..Default::default()
         }
     ));
-    let o = live.flotilla(repo.path(), &["apply"]);
+    let o = live.flotilla(repo.path(), &["apply", "--no-rollout"]);
     assert_eq!(code(&o), 1, "{}", show(&o));
     let out = stdout(&o);
     let lost = out
@@ -575,7 +578,7 @@ fn reconcile_apply_wait_reports_workloads_that_never_become_healthy() {
         .file("fleet.yaml", &fleet)
         .file("apps/app/namespace.yaml", NAMESPACE)
         .file("apps/app/web.yaml", WEB);
-    let o = live.flotilla(repo.path(), &["apply", "--wait", "30s"]);
+    let o = live.flotilla(repo.path(), &["apply", "--no-rollout", "--wait", "30s"]);
     assert_eq!(code(&o), 0, "healthy in time:\n{}", show(&o));
 
     std::fs::write(
@@ -583,7 +586,7 @@ fn reconcile_apply_wait_reports_workloads_that_never_become_healthy() {
         WEB.replace("nginx:1.27", "broken/nginx:2"),
     )
     .expect("edit");
-    let o = live.flotilla(repo.path(), &["apply", "--wait", "2s"]);
+    let o = live.flotilla(repo.path(), &["apply", "--no-rollout", "--wait", "2s"]);
     assert_eq!(code(&o), 1, "{}", show(&o));
     let line = stdout(&o)
         .lines()

@@ -1,0 +1,786 @@
+//! The rollout engine: walks one placement's rollout through its batches, recording every
+//! step in the state store **before** the action it announces, so a process killed at any
+//! instant resumes the same rollout: a recorded `Applying` re-applies (server-side apply is
+//! idempotent), `Healthy` and gates are checked again, a soak continues until its recorded
+//! end. Clusters, gates, the store and the clock are reached through the traits below.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use futures::StreamExt;
+use serde_json::{Value, json};
+
+use flotilla_spec::{Cluster as ClusterSpec, Gate, Placement};
+use flotilla_state::{StateError, Store};
+
+use crate::cluster::{Cluster, ObjectRef};
+use crate::desired::{Desired, DesiredObject};
+use crate::health::HealthStatus;
+use crate::plan::PlacementPlan;
+use crate::sync::{self, ApplyOptionsRun};
+
+use super::model::{
+    Batch, ClusterRevision, ClusterState, Event, Phase, Rollout, Step, StopRequest, plan_rollout,
+};
+use super::windows;
+
+/// How the engine reaches a cluster by its fleet name.
+#[async_trait::async_trait]
+pub trait Clusters: Send + Sync {
+    async fn cluster(&self, name: &str) -> Result<Arc<dyn Cluster>, String>;
+}
+
+/// Evaluates one metric gate for one cluster: `Ok(detail)` passes; `Err(reason)` fails (a
+/// gate that cannot be evaluated is a failure, never a pass).
+#[async_trait::async_trait]
+pub trait Gates: Send + Sync {
+    async fn check(
+        &self,
+        gate: &Gate,
+        cluster: &ClusterSpec,
+        placement: &str,
+        fleet: &str,
+    ) -> Result<String, String>;
+}
+
+/// Wall-clock time (the engine persists deadlines, so monotonic time is not enough).
+pub trait Clock: Send + Sync {
+    fn now(&self) -> DateTime<Utc>;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error("rollout {rollout}: stored manifests {hash} are missing or unreadable")]
+    Manifests { rollout: String, hash: String },
+}
+
+/// What the engine needs to roll one placement out.
+pub struct PlacementInput<'a> {
+    pub fleet: &'a str,
+    pub commit: &'a str,
+    pub placement: &'a Placement,
+    pub plan: &'a PlacementPlan,
+    /// Every selected cluster's spec (for gates' templates), by name.
+    pub clusters: BTreeMap<String, &'a ClusterSpec>,
+    /// Rendered objects and manifest hash per selected cluster.
+    pub desired: BTreeMap<String, (String, Vec<DesiredObject>)>,
+    pub prune: bool,
+}
+
+/// The engine's collaborators.
+pub struct Engine<'a> {
+    pub store: &'a Store,
+    pub clusters: &'a dyn Clusters,
+    pub gates: &'a dyn Gates,
+    pub clock: &'a dyn Clock,
+    /// Called with every event after it is recorded (progress output).
+    pub on_event: &'a (dyn Fn(&Event) + Send + Sync),
+    /// How often health is polled while waiting.
+    pub poll: Duration,
+}
+
+/// What happened to a placement.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// Every cluster already runs this revision.
+    UpToDate,
+    /// This revision failed before and waits for a new commit.
+    FailedBefore { rollout: String },
+    /// The rollout stopped in this state (final, or paused / waiting for a person).
+    Stopped(Box<Rollout>),
+}
+
+fn rfc3339(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+fn parse_time(s: &str) -> Option<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(s)
+        .ok()
+        .map(|t| t.with_timezone(&Utc))
+}
+
+/// Objects as stored for rollback: `[{"bundle": .., "object": {..}}, ..]`.
+fn manifests_json(objects: &[DesiredObject]) -> String {
+    let v: Vec<Value> = objects
+        .iter()
+        .map(|o| json!({"bundle": o.bundle, "object": o.value}))
+        .collect();
+    serde_json::to_string(&v).unwrap_or_default()
+}
+
+fn manifests_from_json(text: &str) -> Option<Vec<DesiredObject>> {
+    let v: Vec<Value> = serde_json::from_str(text).ok()?;
+    v.into_iter()
+        .map(|e| {
+            let bundle = e.get("bundle")?.as_str()?.to_string();
+            let value = e.get("object")?.clone();
+            Some(DesiredObject {
+                bundle,
+                object: ObjectRef::of(&value)?,
+                value,
+            })
+        })
+        .collect()
+}
+
+impl Engine<'_> {
+    fn event(
+        &self,
+        r: &Rollout,
+        kind: &str,
+        batch: Option<usize>,
+        cluster: Option<&str>,
+        message: String,
+    ) -> Event {
+        Event {
+            at: rfc3339(self.clock.now()),
+            placement: r.placement.clone(),
+            rollout: r.id.clone(),
+            kind: kind.into(),
+            batch,
+            cluster: cluster.map(str::to_string),
+            message,
+        }
+    }
+
+    /// Records the rollout and its events in one transaction, then reports the events.
+    fn record(&self, r: &mut Rollout, events: Vec<Event>) -> Result<(), EngineError> {
+        r.updated_at = rfc3339(self.clock.now());
+        // A person's pause/abort/rollback request may have arrived since we read it.
+        let stored: Option<Rollout> = self.store.read(|tx| tx.rollout(&r.placement))?;
+        if let Some(s) = stored.filter(|s| s.id == r.id) {
+            r.pause_requested |= s.pause_requested;
+            if r.stop_requested.is_none() {
+                r.stop_requested = s.stop_requested;
+            }
+        }
+        self.store.write(|tx| {
+            tx.put_rollout(&r.placement, &*r)?;
+            for e in &events {
+                tx.append_event(e)?;
+            }
+            Ok(())
+        })?;
+        for e in &events {
+            (self.on_event)(e);
+        }
+        Ok(())
+    }
+
+    /// Rolls `input` out to its end (or until it pauses or waits for a person).
+    pub async fn run(&self, input: &PlacementInput<'_>) -> Result<Outcome, EngineError> {
+        let hashes: BTreeMap<String, String> = input
+            .desired
+            .iter()
+            .map(|(c, (h, _))| (c.clone(), h.clone()))
+            .collect();
+        let revision = super::model::placement_revision(&hashes);
+        // The rendered manifests, stored before anything can refer to them.
+        self.store.write(|tx| {
+            for (hash, objects) in input.desired.values() {
+                if tx.manifests(hash)?.is_none() {
+                    tx.put_manifests(hash, &manifests_json(objects))?;
+                }
+            }
+            Ok(())
+        })?;
+        let existing: Option<Rollout> = self.store.read(|tx| tx.rollout(&input.placement.name))?;
+        let mut rollout = match existing {
+            Some(r) if r.revision == revision && !r.phase.is_final() => r,
+            Some(r) if r.revision == revision && r.phase != Phase::Succeeded => {
+                return Ok(Outcome::FailedBefore { rollout: r.id });
+            }
+            other => {
+                if let Some(mut old) = other.filter(|o| !o.phase.is_final()) {
+                    old.phase = Phase::Superseded;
+                    let e = self.event(
+                        &old,
+                        "superseded",
+                        None,
+                        None,
+                        format!("a newer revision of the placement ({})", input.commit),
+                    );
+                    self.record(&mut old, vec![e])?;
+                }
+                let failed: Option<String> = self
+                    .store
+                    .read(|tx| tx.failed(&input.placement.name, &revision))?;
+                if let Some(id) = failed {
+                    return Ok(Outcome::FailedBefore { rollout: id });
+                }
+                let current: BTreeMap<String, ClusterRevision> = self
+                    .store
+                    .read(|tx| tx.revisions(&input.placement.name))?
+                    .into_iter()
+                    .collect();
+                let now = rfc3339(self.clock.now());
+                let Some(mut r) = plan_rollout(
+                    input.plan,
+                    input.commit,
+                    &hashes,
+                    &current,
+                    input.placement.rollout.max_failures,
+                    &now,
+                ) else {
+                    return Ok(Outcome::UpToDate);
+                };
+                let summary: Vec<String> = r
+                    .batches
+                    .iter()
+                    .map(|b| {
+                        let names: Vec<&str> =
+                            b.clusters.iter().map(|c| c.cluster.as_str()).collect();
+                        format!("batch {}: {}", b.number, names.join(", "))
+                    })
+                    .collect();
+                let e = self.event(&r, "started", None, None, summary.join("; "));
+                self.record(&mut r, vec![e])?;
+                r
+            }
+        };
+        self.drive(input, &mut rollout).await?;
+        Ok(Outcome::Stopped(Box::new(rollout)))
+    }
+
+    async fn drive(&self, input: &PlacementInput<'_>, r: &mut Rollout) -> Result<(), EngineError> {
+        let spec = &input.placement.rollout;
+        loop {
+            if r.phase.is_final() {
+                return Ok(());
+            }
+            // Requests from a person, recorded by `flotilla rollout ...`.
+            let stored: Option<Rollout> = self.store.read(|tx| tx.rollout(&r.placement))?;
+            if let Some(s) = stored.filter(|s| s.id == r.id) {
+                r.pause_requested = s.pause_requested;
+                r.stop_requested = s.stop_requested;
+                if s.phase == Phase::Progressing && r.phase == Phase::Paused {
+                    r.phase = Phase::Progressing;
+                }
+            }
+            match (r.stop_requested, r.phase) {
+                (Some(StopRequest::Abort), p) if p != Phase::RollingBack => {
+                    r.phase = Phase::Aborted;
+                    let e = self.event(r, "aborted", None, None, "aborted by request".into());
+                    self.record(r, vec![e])?;
+                    return Ok(());
+                }
+                (Some(StopRequest::Rollback), p) if p != Phase::RollingBack => {
+                    self.fail(r, "rollback requested".into(), true)?;
+                    continue;
+                }
+                _ => {}
+            }
+            match r.phase {
+                Phase::Paused => return Ok(()),
+                Phase::RollingBack => {
+                    self.rollback(input, r).await?;
+                    return Ok(());
+                }
+                Phase::Progressing | Phase::Waiting => {}
+                _ => return Ok(()),
+            }
+            if r.pause_requested {
+                r.phase = Phase::Paused;
+                let e = self.event(r, "paused", None, None, "paused by request".into());
+                self.record(r, vec![e])?;
+                return Ok(());
+            }
+            let now = self.clock.now();
+            if !windows::is_open(&spec.windows, now) {
+                if r.phase != Phase::Waiting {
+                    r.phase = Phase::Waiting;
+                    let next = windows::next_open(&spec.windows, now)
+                        .map(rfc3339)
+                        .unwrap_or_else(|| "never".into());
+                    let e = self.event(
+                        r,
+                        "waiting",
+                        None,
+                        None,
+                        format!("outside the maintenance windows; next opens {next}"),
+                    );
+                    self.record(r, vec![e])?;
+                }
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                continue;
+            }
+            if r.phase == Phase::Waiting {
+                r.phase = Phase::Progressing;
+                let e = self.event(r, "window-open", None, None, String::new());
+                self.record(r, vec![e])?;
+            }
+            self.step(input, r).await?;
+            if r.failures > r.max_failures && r.phase == Phase::Progressing {
+                let rollback = spec.on_failure == flotilla_spec::OnFailure::Rollback;
+                let msg = format!(
+                    "{} failure(s), more than maxFailures {}",
+                    r.failures, r.max_failures
+                );
+                if rollback {
+                    self.fail(r, msg, true)?;
+                } else {
+                    r.phase = Phase::Paused;
+                    r.message = msg.clone();
+                    let e =
+                        self.event(r, "paused", None, None, format!("{msg}: held for a person"));
+                    self.record(r, vec![e])?;
+                }
+            }
+        }
+    }
+
+    /// Marks the revision failed (it is not retried until the placement changes) and starts
+    /// rolling back.
+    fn fail(&self, r: &mut Rollout, message: String, rollback: bool) -> Result<(), EngineError> {
+        r.phase = if rollback {
+            Phase::RollingBack
+        } else {
+            Phase::Failed
+        };
+        r.message = message.clone();
+        let e = self.event(r, "failed", None, None, message);
+        let events = if rollback {
+            vec![
+                e,
+                self.event(
+                    r,
+                    "rolling-back",
+                    None,
+                    None,
+                    "to the last good revision".into(),
+                ),
+            ]
+        } else {
+            vec![e]
+        };
+        let (placement, revision, id) = (r.placement.clone(), r.revision.clone(), r.id.clone());
+        self.store
+            .write(|tx| tx.mark_failed(&placement, &revision, &id))?;
+        self.record(r, events)
+    }
+
+    async fn step(&self, input: &PlacementInput<'_>, r: &mut Rollout) -> Result<(), EngineError> {
+        let spec = &input.placement.rollout;
+        let Some(batch) = r.batches.get(r.current).cloned() else {
+            r.phase = Phase::Succeeded;
+            let e = self.event(r, "succeeded", None, None, String::new());
+            return self.record(r, vec![e]);
+        };
+        let n = batch.number;
+        match batch.step {
+            Step::Pending => {
+                r.batches[r.current].step = Step::Applying;
+                let names: Vec<&str> = batch.clusters.iter().map(|c| c.cluster.as_str()).collect();
+                let e = self.event(r, "batch-applying", Some(n), None, names.join(", "));
+                self.record(r, vec![e])
+            }
+            Step::Applying => {
+                // The new revision is recorded for each cluster before it is sent.
+                let placement = r.placement.clone();
+                self.store.write(|tx| {
+                    for c in &batch.clusters {
+                        if c.state == ClusterState::Pending {
+                            let mut rev: ClusterRevision =
+                                tx.revision(&placement, &c.cluster)?.unwrap_or_default();
+                            rev.applied = Some(c.hash.clone());
+                            tx.put_revision(&placement, &c.cluster, &rev)?;
+                        }
+                    }
+                    Ok(())
+                })?;
+                let pending: Vec<String> = batch
+                    .clusters
+                    .iter()
+                    .filter(|c| c.state == ClusterState::Pending)
+                    .map(|c| c.cluster.clone())
+                    .collect();
+                let limit = usize::try_from(spec.max_concurrent.max(1)).unwrap_or(1);
+                let mut results = futures::stream::iter(pending)
+                    .map(|c| async move {
+                        let res = self.apply_to(input, &c, None).await;
+                        (c, res)
+                    })
+                    .buffer_unordered(limit);
+                while let Some((c, res)) = results.next().await {
+                    let mut events = Vec::new();
+                    if let Some(cs) = r.batches[r.current]
+                        .clusters
+                        .iter_mut()
+                        .find(|x| x.cluster == c)
+                    {
+                        match res {
+                            Ok(()) => {
+                                cs.state = ClusterState::Applied;
+                                events.push(self.event(
+                                    r,
+                                    "applied",
+                                    Some(n),
+                                    Some(&c),
+                                    String::new(),
+                                ));
+                            }
+                            Err(msg) => {
+                                cs.state = ClusterState::Failed;
+                                cs.message = msg.clone();
+                                r.failures += 1;
+                                events.push(self.event(r, "apply-failed", Some(n), Some(&c), msg));
+                            }
+                        }
+                    }
+                    self.record(r, events)?;
+                }
+                let deadline = self.clock.now()
+                    + chrono::Duration::from_std(spec.health_deadline.value)
+                        .unwrap_or(chrono::Duration::minutes(10));
+                r.batches[r.current].step = Step::Healthy {
+                    deadline: rfc3339(deadline),
+                };
+                let e = self.event(
+                    r,
+                    "waiting-healthy",
+                    Some(n),
+                    None,
+                    format!("until {}", rfc3339(deadline)),
+                );
+                self.record(r, vec![e])
+            }
+            Step::Healthy { deadline } => {
+                let deadline = parse_time(&deadline).unwrap_or_else(|| self.clock.now());
+                let left = (deadline - self.clock.now())
+                    .to_std()
+                    .unwrap_or(Duration::ZERO);
+                let applied: Vec<String> = batch
+                    .clusters
+                    .iter()
+                    .filter(|c| c.state == ClusterState::Applied)
+                    .map(|c| c.cluster.clone())
+                    .collect();
+                let mut results = futures::stream::iter(applied)
+                    .map(|c| async move {
+                        let res = self.wait_healthy(input, &c, left).await;
+                        (c, res)
+                    })
+                    .buffer_unordered(16);
+                while let Some((c, res)) = results.next().await {
+                    let mut events = Vec::new();
+                    if let Some(cs) = r.batches[r.current]
+                        .clusters
+                        .iter_mut()
+                        .find(|x| x.cluster == c)
+                    {
+                        match res {
+                            Ok(()) => {
+                                cs.state = ClusterState::Healthy;
+                                events.push(self.event(
+                                    r,
+                                    "healthy",
+                                    Some(n),
+                                    Some(&c),
+                                    String::new(),
+                                ));
+                            }
+                            Err(msg) => {
+                                cs.state = ClusterState::Failed;
+                                cs.message = msg.clone();
+                                r.failures += 1;
+                                events.push(self.event(r, "unhealthy", Some(n), Some(&c), msg));
+                            }
+                        }
+                    }
+                    self.record(r, events)?;
+                }
+                r.batches[r.current].step = Step::Gates;
+                let e = self.event(r, "gates", Some(n), None, String::new());
+                self.record(r, vec![e])
+            }
+            Step::Gates | Step::FinalGates => {
+                let final_round = batch.step == Step::FinalGates;
+                if !self.within_budget(r) {
+                    return Ok(());
+                }
+                for c in batch
+                    .clusters
+                    .iter()
+                    .filter(|c| matches!(c.state, ClusterState::Healthy | ClusterState::Passed))
+                {
+                    let Some(spec_c) = input.clusters.get(&c.cluster) else {
+                        continue;
+                    };
+                    for gate in &input.placement.rollout.gates {
+                        let res = self
+                            .gates
+                            .check(gate, spec_c, &input.placement.name, input.fleet)
+                            .await;
+                        let mut events = Vec::new();
+                        match res {
+                            Ok(detail) => events.push(self.event(
+                                r,
+                                "gate-passed",
+                                Some(n),
+                                Some(&c.cluster),
+                                detail,
+                            )),
+                            Err(reason) => {
+                                if let Some(cs) = r.batches[r.current]
+                                    .clusters
+                                    .iter_mut()
+                                    .find(|x| x.cluster == c.cluster)
+                                    && cs.state != ClusterState::Failed
+                                {
+                                    cs.state = ClusterState::Failed;
+                                    cs.message = reason.clone();
+                                    r.failures += 1;
+                                }
+                                events.push(self.event(
+                                    r,
+                                    "gate-failed",
+                                    Some(n),
+                                    Some(&c.cluster),
+                                    reason,
+                                ));
+                            }
+                        }
+                        self.record(r, events)?;
+                    }
+                }
+                if !self.within_budget(r) {
+                    return Ok(());
+                }
+                if final_round || (batch.soak_secs == 0 && input.placement.rollout.gates.is_empty())
+                {
+                    self.finish_batch(r)
+                } else if batch.soak_secs == 0 {
+                    // Gates already ran after health; with no soak there is nothing to re-check.
+                    self.finish_batch(r)
+                } else {
+                    let until = self.clock.now()
+                        + chrono::Duration::seconds(i64::try_from(batch.soak_secs).unwrap_or(0));
+                    r.batches[r.current].step = Step::Soaking {
+                        until: rfc3339(until),
+                    };
+                    let e = self.event(
+                        r,
+                        "soaking",
+                        Some(n),
+                        None,
+                        format!("{} s, until {}", batch.soak_secs, rfc3339(until)),
+                    );
+                    self.record(r, vec![e])
+                }
+            }
+            Step::Soaking { until } => {
+                let until = parse_time(&until).unwrap_or_else(|| self.clock.now());
+                let left = (until - self.clock.now())
+                    .to_std()
+                    .unwrap_or(Duration::ZERO);
+                // Sleep in slices so pause/abort requests are seen during long soaks.
+                tokio::time::sleep(left.min(Duration::from_secs(2))).await;
+                if self.clock.now() < until {
+                    return Ok(());
+                }
+                r.batches[r.current].step = if input.placement.rollout.gates.is_empty() {
+                    Step::Done
+                } else {
+                    Step::FinalGates
+                };
+                if r.batches[r.current].step == Step::Done {
+                    return self.finish_batch(r);
+                }
+                let e = self.event(r, "soak-done", Some(n), None, "gates again".into());
+                self.record(r, vec![e])
+            }
+            Step::Done => {
+                r.current += 1;
+                self.record(r, Vec::new())
+            }
+        }
+    }
+
+    /// False when the failure budget is spent (the caller's loop then fails the rollout).
+    fn within_budget(&self, r: &Rollout) -> bool {
+        r.failures <= r.max_failures
+    }
+
+    /// The batch passed: its clusters' revisions become their last good ones.
+    fn finish_batch(&self, r: &mut Rollout) -> Result<(), EngineError> {
+        let placement = r.placement.clone();
+        let b: &mut Batch = &mut r.batches[r.current];
+        for c in b.clusters.iter_mut() {
+            if matches!(c.state, ClusterState::Healthy | ClusterState::Passed) {
+                c.state = ClusterState::Passed;
+            }
+        }
+        let passed: Vec<(String, String)> = b
+            .clusters
+            .iter()
+            .filter(|c| c.state == ClusterState::Passed)
+            .map(|c| (c.cluster.clone(), c.hash.clone()))
+            .collect();
+        b.step = Step::Done;
+        let n = b.number;
+        self.store.write(|tx| {
+            for (c, h) in &passed {
+                let mut rev: ClusterRevision = tx.revision(&placement, c)?.unwrap_or_default();
+                rev.good = Some(h.clone());
+                rev.applied = Some(h.clone());
+                tx.put_revision(&placement, c, &rev)?;
+            }
+            Ok(())
+        })?;
+        let e = self.event(r, "batch-passed", Some(n), None, String::new());
+        self.record(r, vec![e])
+    }
+
+    /// Puts every cluster that took (or may have taken) the new revision back on its last
+    /// good one, from the stored manifests.
+    async fn rollback(
+        &self,
+        input: &PlacementInput<'_>,
+        r: &mut Rollout,
+    ) -> Result<(), EngineError> {
+        for bi in 0..r.batches.len() {
+            if r.batches[bi].step == Step::Pending {
+                continue;
+            }
+            let n = r.batches[bi].number;
+            for ci in 0..r.batches[bi].clusters.len() {
+                let c = r.batches[bi].clusters[ci].clone();
+                if matches!(c.state, ClusterState::RolledBack)
+                    || (c.state == ClusterState::Pending && r.batches[bi].step != Step::Applying)
+                {
+                    continue;
+                }
+                let (kind, message) = match &c.previous {
+                    Some(h) => {
+                        let text: Option<String> = self.store.read(|tx| tx.manifests(h))?;
+                        let objects =
+                            text.as_deref()
+                                .and_then(manifests_from_json)
+                                .ok_or_else(|| EngineError::Manifests {
+                                    rollout: r.id.clone(),
+                                    hash: h.clone(),
+                                })?;
+                        match self.apply_to(input, &c.cluster, Some(objects)).await {
+                            Ok(()) => {
+                                let placement = r.placement.clone();
+                                self.store.write(|tx| {
+                                    let mut rev: ClusterRevision =
+                                        tx.revision(&placement, &c.cluster)?.unwrap_or_default();
+                                    rev.applied = Some(h.clone());
+                                    tx.put_revision(&placement, &c.cluster, &rev)?;
+                                    Ok(())
+                                })?;
+                                ("rolled-back", format!("restored {}", &h[..h.len().min(12)]))
+                            }
+                            Err(msg) => {
+                                // Keep trying on the next run; report now.
+                                let e = self.event(
+                                    r,
+                                    "rollback-failed",
+                                    Some(n),
+                                    Some(&c.cluster),
+                                    msg.clone(),
+                                );
+                                self.record(r, vec![e])?;
+                                continue;
+                            }
+                        }
+                    }
+                    None => (
+                        "rolled-back",
+                        "no earlier good revision: the new objects stay until the next commit"
+                            .into(),
+                    ),
+                };
+                r.batches[bi].clusters[ci].state = ClusterState::RolledBack;
+                let e = self.event(r, kind, Some(n), Some(&c.cluster), message);
+                self.record(r, vec![e])?;
+            }
+        }
+        let left = r
+            .batches
+            .iter()
+            .flat_map(|b| &b.clusters)
+            .any(|c| !matches!(c.state, ClusterState::RolledBack | ClusterState::Pending));
+        if left {
+            return Ok(());
+        }
+        r.phase = Phase::RolledBack;
+        let e = self.event(r, "rolled-back-all", None, None, r.message.clone());
+        self.record(r, vec![e])
+    }
+
+    /// Applies the placement's objects (`objects`, or the new revision's) to one cluster.
+    async fn apply_to(
+        &self,
+        input: &PlacementInput<'_>,
+        cluster: &str,
+        objects: Option<Vec<DesiredObject>>,
+    ) -> Result<(), String> {
+        let objects = match objects {
+            Some(o) => o,
+            None => match input.desired.get(cluster) {
+                Some((_, o)) => o.clone(),
+                None => return Err(format!("cluster {cluster:?} has no rendered objects")),
+            },
+        };
+        let handle = self.clusters.cluster(cluster).await?;
+        let desired = [Desired {
+            placement: input.placement.name.clone(),
+            prune: input.prune,
+            force: input.placement.force_conflicts,
+            objects: Ok(objects),
+        }];
+        let options = ApplyOptionsRun {
+            prune: input.prune,
+            only_listed: true,
+            ..Default::default()
+        };
+        let result = sync::apply(handle.as_ref(), input.fleet, &desired, options).await;
+        if let Some(e) = &result.error {
+            return Err(e.clone());
+        }
+        let failed: Vec<String> = result
+            .objects
+            .iter()
+            .filter(|o| o.action == sync::Action::Failed)
+            .map(|o| format!("{}: {}", o.object, o.message.clone().unwrap_or_default()))
+            .collect();
+        if failed.is_empty() {
+            Ok(())
+        } else {
+            Err(failed.join("; "))
+        }
+    }
+
+    async fn wait_healthy(
+        &self,
+        input: &PlacementInput<'_>,
+        cluster: &str,
+        left: Duration,
+    ) -> Result<(), String> {
+        let Some((_, objects)) = input.desired.get(cluster) else {
+            return Err(format!("cluster {cluster:?} has no rendered objects"));
+        };
+        let handle = self.clusters.cluster(cluster).await?;
+        let refs: Vec<ObjectRef> = objects.iter().map(|o| o.object.clone()).collect();
+        let healths = sync::wait_healthy(handle.as_ref(), &refs, left, self.poll)
+            .await
+            .map_err(|e| e.to_string())?;
+        let bad: Vec<String> = healths
+            .iter()
+            .filter(|(_, h)| h.status != HealthStatus::Healthy)
+            .map(|(r, h)| format!("{r}: {h}"))
+            .collect();
+        if bad.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("not healthy by the deadline: {}", bad.join("; ")))
+        }
+    }
+}

@@ -1,0 +1,13 @@
+//! Fleet rollouts: canary batches across clusters with health and metric gates, soaks,
+//! maintenance windows, and automatic rollback to the last good revision.
+//!
+//! `model` holds the records kept in the state store and the pure planner; `windows` the
+//! maintenance-window arithmetic; `engine` the driver that walks a rollout step by step,
+//! recording each step before acting (see DESIGN "Rollout semantics").
+
+pub mod engine;
+pub mod model;
+pub mod windows;
+
+pub use engine::{Clock, Clusters, Engine, EngineError, Gates, Outcome, PlacementInput};
+pub use model::{ClusterRevision, ClusterState, Event, Phase, Rollout, Step, StopRequest};

@@ -1,0 +1,293 @@
+//! Fleet rollouts driven by real Git commits against six in-process sim clusters: canary
+//! first, rollback on failure, failed revisions remembered, state store inspected with
+//! `flotilla rollout status`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use flotilla_sim::{SimConfig, SimHandle};
+
+use crate::support::{stderr, stdout};
+
+struct Fleet {
+    _dir: tempfile::TempDir,
+    repo: PathBuf,
+    state: PathBuf,
+    kubeconfig: PathBuf,
+    sim: SimHandle,
+}
+
+const WEB: &str = "apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      containers:
+      - {name: web, image: IMAGE}
+";
+
+fn fleet_yaml(extra_rollout: &str) -> String {
+    format!(
+        "apiVersion: flotilla.dev/v1alpha1
+kind: Fleet
+metadata: {{name: rt}}
+clusters:
+  - {{name: sim-1}}
+  - {{name: sim-2}}
+  - {{name: sim-3}}
+  - {{name: sim-4}}
+  - {{name: sim-5}}
+  - {{name: sim-6}}
+bundles:
+  - {{name: app, path: app, namespace: shop}}
+placements:
+  - name: web
+    bundles: [app]
+    clusters: {{}}
+    rollout:
+      batches:
+        - clusters: {{names: [sim-1]}}
+        - percent: 50
+        - percent: 100
+      maxConcurrent: 3
+      healthDeadline: 3s
+      soak: 1s
+{extra_rollout}"
+    )
+}
+
+fn git(repo: &Path, args: &[&str]) {
+    let o = Command::new("git")
+        .arg("-C")
+        .arg(repo)
+        .args(["-c", "user.name=t", "-c", "user.email=t@example.com"])
+        .args(args)
+        .output()
+        .expect("git runs");
+    assert!(o.status.success(), "git {args:?}: {}", stderr(&o));
+}
+
+impl Fleet {
+    fn new(sim: SimConfig) -> Fleet {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let repo = dir.path().join("repo");
+        std::fs::create_dir_all(repo.join("app")).expect("mkdir");
+        git(&repo, &["init", "-q", "-b", "main"]);
+        let sim = flotilla_sim::start(sim).expect("the sim starts");
+        let kubeconfig = dir.path().join("kubeconfig");
+        std::fs::write(&kubeconfig, sim.kubeconfig()).expect("kubeconfig");
+        Fleet {
+            state: dir.path().join("state"),
+            _dir: dir,
+            repo,
+            kubeconfig,
+            sim,
+        }
+    }
+
+    /// Writes fleet.yaml and the Deployment with `image`, and commits.
+    fn commit(&self, image: &str, message: &str) {
+        std::fs::write(self.repo.join("fleet.yaml"), fleet_yaml("")).expect("write");
+        std::fs::write(self.repo.join("app/web.yaml"), WEB.replace("IMAGE", image)).expect("write");
+        std::fs::write(
+            self.repo.join("app/ns.yaml"),
+            "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop}\n",
+        )
+        .expect("write");
+        git(&self.repo, &["add", "-A"]);
+        git(&self.repo, &["commit", "-q", "-m", message]);
+    }
+
+    fn flotilla(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_flotilla"))
+            .args(args)
+            .arg("--repo")
+            .arg(&self.repo)
+            .args(["--rev", "main", "--cache"])
+            .arg(self.repo.parent().expect("parent").join("cache"))
+            .arg("--state")
+            .arg(&self.state)
+            .env_remove("FLOTILLA_LOG")
+            .env_remove("KUBECONFIG")
+            .output()
+            .expect("flotilla runs")
+    }
+
+    fn apply(&self) -> Output {
+        self.flotilla(&[
+            "apply",
+            "--kubeconfig",
+            self.kubeconfig.to_str().expect("UTF-8"),
+        ])
+    }
+
+    fn status(&self) -> String {
+        stdout(&self.flotilla(&["rollout", "status", "web"]))
+    }
+
+    /// The image each cluster's Deployment runs (`-` when absent).
+    fn images(&self) -> Vec<String> {
+        (1..=6)
+            .map(|i| {
+                let o = Command::new("kubectl")
+                    .arg("--kubeconfig")
+                    .arg(&self.kubeconfig)
+                    .args([
+                        "--context",
+                        &format!("sim-{i}"),
+                        "get",
+                        "deploy",
+                        "web",
+                        "-n",
+                        "shop",
+                    ])
+                    .args(["-o", "jsonpath={.spec.template.spec.containers[0].image}"])
+                    .env_remove("KUBECONFIG")
+                    .output()
+                    .expect("kubectl runs");
+                if o.status.success() {
+                    stdout(&o)
+                } else {
+                    "-".into()
+                }
+            })
+            .collect()
+    }
+}
+
+fn show(o: &Output) -> String {
+    format!(
+        "exit {:?}\n--- stdout\n{}--- stderr\n{}",
+        o.status.code(),
+        stdout(o),
+        stderr(o)
+    )
+}
+
+/// The (kind, batch, cluster) of each event line printed by apply, in order.
+fn events(out: &str) -> Vec<String> {
+    out.lines()
+        .filter_map(|l| l.split_once(' ').map(|(_, rest)| rest.to_string()))
+        .collect()
+}
+
+#[test]
+fn rollout_canary_first_rollback_and_remembered_failure() {
+    let f = Fleet::new(
+        SimConfig {
+            clusters: 6,
+            ready_delay: std::time::Duration::from_millis(200),
+            ..Default::default()
+        }
+        .unready_images("^broken/")
+        .expect("regex"),
+    );
+
+    // A good commit converges batch by batch: canary, then 3 of the other 5, then the rest.
+    f.commit("nginx:1.27", "first");
+    let o = f.apply();
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    let ev = events(&stdout(&o));
+    let applying: Vec<&String> = ev.iter().filter(|e| e.contains("batch-applying")).collect();
+    assert_eq!(
+        applying
+            .iter()
+            .map(|e| e
+                .split_once(": batch-applying: ")
+                .map(|(_, c)| c)
+                .unwrap_or(""))
+            .collect::<Vec<_>>(),
+        vec!["sim-1", "sim-2, sim-3, sim-4", "sim-5, sim-6"],
+        "{}",
+        show(&o)
+    );
+    // Each batch soaks and passes before the next one starts.
+    let pos = |needle: &str| {
+        ev.iter()
+            .position(|e| e.contains(needle))
+            .unwrap_or(usize::MAX)
+    };
+    assert!(pos("web batch 1: soaking") < pos("web batch 1: batch-passed"));
+    assert!(pos("web batch 1: batch-passed") < pos("web batch 2: batch-applying"));
+    assert!(pos("web batch 2: batch-passed") < pos("web batch 3: batch-applying"));
+    assert!(stderr(&o).contains("Succeeded"), "{}", show(&o));
+    assert_eq!(f.images(), vec!["nginx:1.27"; 6]);
+    let status = f.status();
+    assert!(status.contains("Succeeded"), "{status}");
+
+    // Nothing new: no rollout, no request that changes anything.
+    let before = f.sim.audit().len();
+    let o = f.apply();
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    assert!(
+        stderr(&o).contains("placement web: up to date"),
+        "{}",
+        show(&o)
+    );
+    assert!(!f.sim.audit()[before..].iter().any(|a| a.is_mutation()));
+
+    // A bad image fails in the canary, is rolled back there, never reaches the others.
+    f.commit("broken/nginx:2", "bad");
+    let o = f.apply();
+    assert_eq!(o.status.code(), Some(1), "{}", show(&o));
+    let out = stdout(&o);
+    assert!(out.contains("web batch 1 sim-1: unhealthy"), "{out}");
+    assert!(out.contains("web batch 1 sim-1: rolled-back"), "{out}");
+    assert!(
+        !out.contains("web batch 2"),
+        "the bad revision never leaves the canary:\n{out}"
+    );
+    assert!(stderr(&o).contains("RolledBack"), "{}", show(&o));
+    assert_eq!(f.images(), vec!["nginx:1.27"; 6]);
+
+    // The failed revision is not retried.
+    let before = f.sim.audit().len();
+    let o = f.apply();
+    assert_eq!(o.status.code(), Some(1), "{}", show(&o));
+    assert!(stderr(&o).contains("failed before"), "{}", show(&o));
+    assert!(!f.sim.audit()[before..].iter().any(|a| a.is_mutation()));
+
+    // The next good commit rolls out normally.
+    f.commit("nginx:1.28", "fix");
+    let o = f.apply();
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    assert_eq!(f.images(), vec!["nginx:1.28"; 6]);
+}
+
+#[test]
+fn rollout_failure_in_the_second_batch_rolls_back_the_canary_too() {
+    let f = Fleet::new(SimConfig {
+        clusters: 6,
+        ready_delay: std::time::Duration::from_millis(200),
+        ..Default::default()
+    });
+    f.commit("nginx:1.27", "first");
+    let o = f.apply();
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+
+    // Only sim-3 (second batch) cannot run the new image.
+    let re = regex::Regex::new("^nginx:1.28$").expect("regex");
+    assert!(f.sim.set_unready_images("sim-3", Some(re)));
+    f.commit("nginx:1.28", "new");
+    let o = f.apply();
+    assert_eq!(o.status.code(), Some(1), "{}", show(&o));
+    let out = stdout(&o);
+    assert!(out.contains("web batch 1: batch-passed"), "{out}");
+    assert!(out.contains("web batch 2 sim-3: unhealthy"), "{out}");
+    for c in ["sim-1", "sim-2", "sim-3", "sim-4"] {
+        assert!(
+            out.lines()
+                .any(|l| l.contains(&format!(" {c}: rolled-back"))),
+            "{c} rolled back:\n{out}"
+        );
+    }
+    assert!(!out.contains("web batch 3"), "{out}");
+    assert_eq!(f.images(), vec!["nginx:1.27"; 6]);
+    let status = f.status();
+    assert!(status.contains("RolledBack"), "{status}");
+    assert!(status.contains("unhealthy batch 2 sim-3"), "{status}");
+}
