@@ -291,3 +291,146 @@ fn rollout_failure_in_the_second_batch_rolls_back_the_canary_too() {
     assert!(status.contains("RolledBack"), "{status}");
     assert!(status.contains("unhealthy batch 2 sim-3"), "{status}");
 }
+
+/// Runs `flotilla apply` again and again, killing it with SIGKILL (by PID) after a
+/// pseudo-random delay, `kills` times (a run that finishes first counts as no kill and is
+/// simply started again), then lets one run finish; returns that run's output.
+fn apply_with_kills(
+    f: &Fleet,
+    seed: &mut u64,
+    max_delay_ms: u64,
+    kills_wanted: usize,
+) -> (usize, Output) {
+    let mut kills = 0;
+    loop {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_flotilla"))
+            .args(["apply", "--kubeconfig"])
+            .arg(&f.kubeconfig)
+            .arg("--repo")
+            .arg(&f.repo)
+            .args(["--rev", "main", "--cache"])
+            .arg(f.repo.parent().expect("parent").join("cache"))
+            .arg("--state")
+            .arg(&f.state)
+            .env_remove("FLOTILLA_LOG")
+            .env_remove("KUBECONFIG")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("flotilla starts");
+        // xorshift: reproducible from the printed seed.
+        *seed ^= *seed << 13;
+        *seed ^= *seed >> 7;
+        *seed ^= *seed << 17;
+        let delay = std::time::Duration::from_millis(20 + *seed % max_delay_ms);
+        let started = std::time::Instant::now();
+        loop {
+            if let Some(_status) = child.try_wait().expect("wait") {
+                let out = child.wait_with_output().expect("output");
+                if kills >= kills_wanted {
+                    return (kills, out);
+                }
+                break;
+            }
+            if kills < kills_wanted && started.elapsed() >= delay {
+                child.kill().expect("kill -9");
+                let _ = child.wait();
+                kills += 1;
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+}
+
+/// Every batch of the rollout with this id, as the store's history tells it: each cluster
+/// applied and healthy before the batch soaked, and the soak before the batch passed.
+fn check_history(status: &str, batches: &[&[&str]]) {
+    let lines: Vec<&str> = status
+        .lines()
+        .skip_while(|l| !l.starts_with("events:"))
+        .collect();
+    let last = |needle: &str| lines.iter().rposition(|l| l.contains(needle));
+    let first = |needle: &str| lines.iter().position(|l| l.contains(needle));
+    for (i, clusters) in batches.iter().enumerate() {
+        let n = i + 1;
+        let soak = first(&format!("soaking batch {n}"))
+            .unwrap_or_else(|| panic!("batch {n} soaked:\n{status}"));
+        let passed = first(&format!("batch-passed batch {n}"))
+            .unwrap_or_else(|| panic!("batch {n} passed:\n{status}"));
+        assert!(soak < passed, "batch {n}: soak before pass:\n{status}");
+        for c in *clusters {
+            let healthy = last(&format!("healthy batch {n} {c}"))
+                .unwrap_or_else(|| panic!("{c} healthy in batch {n}:\n{status}"));
+            let applied = first(&format!("applied batch {n} {c}"))
+                .unwrap_or_else(|| panic!("{c} applied in batch {n}:\n{status}"));
+            assert!(
+                applied < healthy && healthy < soak,
+                "batch {n} {c}: applied, healthy, then soak:\n{status}"
+            );
+        }
+        if n > 1 {
+            let prev_passed = first(&format!("batch-passed batch {}", n - 1)).unwrap_or(usize::MAX);
+            let applying = first(&format!("batch-applying batch {n}")).unwrap_or(0);
+            assert!(
+                prev_passed < applying,
+                "batch {n} opened only after batch {} passed:\n{status}",
+                n - 1
+            );
+        }
+    }
+}
+
+#[test]
+fn rollout_survives_kill_9_at_random_points() {
+    let f = Fleet::new(
+        SimConfig {
+            clusters: 6,
+            ready_delay: std::time::Duration::from_millis(150),
+            ..Default::default()
+        }
+        .unready_images("^broken/")
+        .expect("regex"),
+    );
+    let mut seed: u64 = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(1)
+        | 1;
+    println!("kill seed: {seed}");
+    f.commit("nginx:1.27", "first");
+    let o = f.apply();
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+
+    // A good commit, killed again and again: it still ends Succeeded everywhere.
+    f.commit("nginx:1.28", "good");
+    let mut kills = 0;
+    let (k, o) = apply_with_kills(&f, &mut seed, 900, 12);
+    kills += k;
+    assert_eq!(o.status.code(), Some(0), "after {k} kills:\n{}", show(&o));
+    assert_eq!(f.images(), vec!["nginx:1.28"; 6]);
+    let status = f.status();
+    assert!(status.contains("Succeeded"), "{status}");
+    check_history(
+        &status,
+        &[
+            &["sim-1"],
+            &["sim-2", "sim-3", "sim-4"],
+            &["sim-5", "sim-6"],
+        ],
+    );
+
+    // A bad commit, killed too: rolled back in the canary, the others untouched.
+    f.commit("broken/nginx:3", "bad");
+    let (k, o) = apply_with_kills(&f, &mut seed, 1500, 10);
+    kills += k;
+    assert_eq!(o.status.code(), Some(1), "after {k} kills:\n{}", show(&o));
+    assert_eq!(f.images(), vec!["nginx:1.28"; 6]);
+    let status = f.status();
+    assert!(status.contains("RolledBack"), "{status}");
+    assert!(!status.contains("batch-applying batch 2"), "{status}");
+    assert!(
+        kills >= 20,
+        "only {kills} kills: the rollouts were too quick for the test"
+    );
+}

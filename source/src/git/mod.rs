@@ -469,6 +469,95 @@ pub struct GitSource {
     current: Option<Snapshot>,
     timeout: Duration,
     shallow: Option<std::num::NonZeroU32>,
+    /// Held (an exclusive advisory lock on `CACHE.lock`, beside the cache) for as long as this source
+    /// lives: one process per cache, so lock files found on open are stale.
+    _lock: Arc<std::fs::File>,
+}
+
+/// Cache locks this process holds: a second `GitSource` on the same cache in this process
+/// shares the lock (flock would otherwise make it wait for itself).
+static HELD_LOCKS: Mutex<Vec<(PathBuf, std::sync::Weak<std::fs::File>)>> = Mutex::new(Vec::new());
+
+/// How long `open` waits for another process to release the cache.
+const CACHE_LOCK_WAIT: Duration = Duration::from_secs(60);
+
+/// Takes the cache's process lock, then removes lock files a killed process left behind
+/// (gix refuses to update a ref whose `.lock` exists).
+fn lock_cache(cache: &Path) -> Result<Arc<std::fs::File>, String> {
+    let mut held = HELD_LOCKS.lock().unwrap_or_else(|e| e.into_inner());
+    held.retain(|(_, w)| w.strong_count() > 0);
+    if let Some(file) = held
+        .iter()
+        .find(|(p, _)| p == cache)
+        .and_then(|(_, w)| w.upgrade())
+    {
+        return Ok(file);
+    }
+    let file = Arc::new(lock_cache_file(cache)?);
+    held.push((cache.to_path_buf(), Arc::downgrade(&file)));
+    Ok(file)
+}
+
+fn lock_cache_file(cache: &Path) -> Result<std::fs::File, String> {
+    let mut name = cache.file_name().unwrap_or_default().to_os_string();
+    name.push(".lock");
+    let path = cache.with_file_name(name);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    let started = std::time::Instant::now();
+    loop {
+        match file.try_lock() {
+            Ok(()) => break,
+            Err(std::fs::TryLockError::WouldBlock) if started.elapsed() < CACHE_LOCK_WAIT => {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(format!(
+                    "in use by another flotilla process (waited {} s for {})",
+                    CACHE_LOCK_WAIT.as_secs(),
+                    path.display()
+                ));
+            }
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(format!("cannot lock {}: {e}", path.display()));
+            }
+        }
+    }
+    let mut stale = Vec::new();
+    for name in [
+        "packed-refs.lock",
+        "shallow.lock",
+        "config.lock",
+        "HEAD.lock",
+    ] {
+        let p = cache.join(name);
+        if p.is_file() {
+            stale.push(p);
+        }
+    }
+    let mut dirs = vec![cache.join("refs")];
+    while let Some(dir) = dirs.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let p = entry.path();
+            match entry.file_type() {
+                Ok(t) if t.is_dir() => dirs.push(p),
+                Ok(t) if t.is_file() && p.extension().is_some_and(|e| e == "lock") => stale.push(p),
+                _ => {}
+            }
+        }
+    }
+    for p in stale {
+        tracing::warn!(path = %p.display(), "removing a lock file left by an interrupted run");
+        std::fs::remove_file(&p).map_err(|e| format!("cannot remove {}: {e}", p.display()))?;
+    }
+    Ok(file)
 }
 
 impl std::fmt::Debug for GitSource {
@@ -499,6 +588,10 @@ impl GitSource {
             path: cache.clone(),
             message,
         };
+        if let Some(parent) = cache.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| cache_err(e.to_string()))?;
+        }
+        let lock = lock_cache(&cache).map_err(cache_err)?;
         if !cache.join("objects").is_dir() {
             std::fs::create_dir_all(&cache).map_err(|e| cache_err(e.to_string()))?;
             gix::init_bare(&cache).map_err(|e| cache_err(describe(&e)))?;
@@ -513,6 +606,7 @@ impl GitSource {
             current: None,
             timeout: DEFAULT_TIMEOUT,
             shallow: None,
+            _lock: lock,
         };
         source.current = source.load_cached().unwrap_or_else(|e| {
             tracing::warn!(error = %e, "ignoring the cached revision");
