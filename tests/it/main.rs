@@ -4,9 +4,11 @@
 //! expected outputs after a deliberate change (then review the diff).
 
 mod git_support;
+mod prometheus_support;
 mod support;
 
 mod cli;
+mod gates;
 mod git_source;
 mod reconcile;
 mod render_fixtures;
