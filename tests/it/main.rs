@@ -4,10 +4,12 @@
 //! expected outputs after a deliberate change (then review the diff).
 
 mod git_support;
+mod prometheus_support;
 mod support;
 
 mod cli;
 mod cluster;
+mod gates;
 mod git_source;
 mod reconcile;
 mod render_fixtures;
