@@ -91,7 +91,12 @@ impl Fleet {
 
     /// Writes fleet.yaml and the Deployment with `image`, and commits.
     fn commit(&self, image: &str, message: &str) {
-        std::fs::write(self.repo.join("fleet.yaml"), fleet_yaml("")).expect("write");
+        self.commit_with(image, "", message);
+    }
+
+    /// Like `commit`, with extra lines under the placement's `rollout:`.
+    fn commit_with(&self, image: &str, extra_rollout: &str, message: &str) {
+        std::fs::write(self.repo.join("fleet.yaml"), fleet_yaml(extra_rollout)).expect("write");
         std::fs::write(self.repo.join("app/web.yaml"), WEB.replace("IMAGE", image)).expect("write");
         std::fs::write(
             self.repo.join("app/ns.yaml"),
@@ -433,4 +438,58 @@ fn rollout_survives_kill_9_at_random_points() {
         kills >= 20,
         "only {kills} kills: the rollouts were too quick for the test"
     );
+}
+
+#[test]
+fn rollout_a_failing_metric_gate_in_the_second_batch_rolls_back() {
+    let prom = crate::prometheus_support::PromServer::start(
+        &(1..=6)
+            .map(|i| {
+                (
+                    format!("flotilla_test_error_rate{{cluster=\"sim-{i}\"}}"),
+                    0.001,
+                )
+            })
+            .collect::<Vec<_>>()
+            .iter()
+            .map(|(s, v)| (s.as_str(), *v))
+            .collect::<Vec<_>>(),
+    );
+    let f = Fleet::new(SimConfig {
+        clusters: 6,
+        ready_delay: std::time::Duration::from_millis(150),
+        ..Default::default()
+    });
+    let gates = format!(
+        "      gates:\n        - prometheus:\n            url: {}\n            query: 'flotilla_test_error_rate{{cluster=\"${{cluster.name}}\"}}'\n            max: 0.01\n",
+        prom.url()
+    );
+    f.commit_with("nginx:1.27", &gates, "first");
+    let o = f.apply();
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    let out = stdout(&o);
+    // Gates run after health and again after the soak, for every cluster.
+    assert_eq!(
+        out.lines()
+            .filter(|l| l.contains(" sim-1: gate-passed"))
+            .count(),
+        2,
+        "{out}"
+    );
+
+    // sim-3's error rate goes bad: its batch fails the gate and everything rolls back.
+    prom.exporter
+        .set(r#"flotilla_test_error_rate{cluster="sim-3"}"#, 0.25);
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    f.commit_with("nginx:1.28", &gates, "new");
+    let o = f.apply();
+    assert_eq!(o.status.code(), Some(1), "{}", show(&o));
+    let out = stdout(&o);
+    let failed = out
+        .lines()
+        .find(|l| l.contains("web batch 2 sim-3: gate-failed"))
+        .unwrap_or_default();
+    assert!(failed.contains("0.25") && failed.contains("0.01"), "{out}");
+    assert!(out.contains("web batch 1 sim-1: rolled-back"), "{out}");
+    assert_eq!(f.images(), vec!["nginx:1.27"; 6]);
 }
