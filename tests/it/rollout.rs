@@ -493,3 +493,49 @@ fn rollout_a_failing_metric_gate_in_the_second_batch_rolls_back() {
     assert!(out.contains("web batch 1 sim-1: rolled-back"), "{out}");
     assert_eq!(f.images(), vec!["nginx:1.27"; 6]);
 }
+
+#[test]
+fn rollout_on_failure_pause_holds_for_a_person_who_rolls_back() {
+    let f = Fleet::new(
+        SimConfig {
+            clusters: 6,
+            ready_delay: std::time::Duration::from_millis(150),
+            ..Default::default()
+        }
+        .unready_images("^broken/")
+        .expect("regex"),
+    );
+    f.commit_with("nginx:1.27", "      onFailure: pause\n", "first");
+    let o = f.apply();
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+
+    f.commit_with("broken/nginx:2", "      onFailure: pause\n", "bad");
+    let o = f.apply();
+    assert_eq!(o.status.code(), Some(1), "{}", show(&o));
+    assert!(stdout(&o).contains("held for a person"), "{}", show(&o));
+    let status = f.status();
+    assert!(status.contains(": Paused"), "{status}");
+    assert_eq!(f.images()[0], "broken/nginx:2", "paused, not rolled back");
+
+    // Running apply again keeps holding; a person asks for the rollback.
+    let o = f.apply();
+    assert_eq!(o.status.code(), Some(1), "{}", show(&o));
+    let o = f.flotilla(&["rollout", "rollback", "web"]);
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    let o = f.apply();
+    assert_eq!(o.status.code(), Some(1), "{}", show(&o));
+    assert!(
+        stdout(&o).contains("web batch 1 sim-1: rolled-back"),
+        "{}",
+        show(&o)
+    );
+    assert_eq!(f.images(), vec!["nginx:1.27"; 6]);
+    let status = f.status();
+    assert!(
+        status.contains("RolledBack") && status.contains("rollback requested"),
+        "{status}"
+    );
+    // Nothing left to control.
+    let o = f.flotilla(&["rollout", "abort", "web"]);
+    assert_eq!(o.status.code(), Some(1), "{}", show(&o));
+}
