@@ -58,6 +58,23 @@ pub enum EngineError {
     Manifests { rollout: String, hash: String },
 }
 
+/// Why an apply to one cluster did not go through.
+#[derive(Debug)]
+enum ApplyError {
+    /// The cluster could not be reached (after the client's own retries): worth retrying.
+    Unavailable(String),
+    /// The cluster answered and refused something, or cannot be addressed at all.
+    Failed(String),
+}
+
+impl std::fmt::Display for ApplyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ApplyError::Unavailable(m) | ApplyError::Failed(m) => f.write_str(m),
+        }
+    }
+}
+
 /// What the engine needs to roll one placement out.
 pub struct PlacementInput<'a> {
     pub fleet: &'a str,
@@ -400,9 +417,24 @@ impl Engine<'_> {
                     .map(|c| c.cluster.clone())
                     .collect();
                 let limit = usize::try_from(spec.max_concurrent.max(1)).unwrap_or(1);
+                // An unreachable cluster is retried until the health deadline: transient
+                // errors alone never fail a batch.
+                let patience = self.clock.now()
+                    + chrono::Duration::from_std(spec.health_deadline.value)
+                        .unwrap_or(chrono::Duration::minutes(10));
                 let mut results = futures::stream::iter(pending)
                     .map(|c| async move {
-                        let res = self.apply_to(input, &c, None).await;
+                        let mut delay = Duration::from_millis(500);
+                        let res = loop {
+                            match self.apply_to(input, &c, None).await {
+                                Err(ApplyError::Unavailable(msg)) if self.clock.now() < patience => {
+                                    tracing::warn!(cluster = %c, error = %msg, "cluster unavailable; retrying");
+                                    tokio::time::sleep(delay).await;
+                                    delay = (delay * 2).min(Duration::from_secs(10));
+                                }
+                                other => break other.map_err(|e| e.to_string()),
+                            }
+                        };
                         (c, res)
                     })
                     .buffer_unordered(limit);
@@ -665,7 +697,11 @@ impl Engine<'_> {
                                     rollout: r.id.clone(),
                                     hash: h.clone(),
                                 })?;
-                        match self.apply_to(input, &c.cluster, Some(objects)).await {
+                        match self
+                            .apply_to(input, &c.cluster, Some(objects))
+                            .await
+                            .map_err(|e| e.to_string())
+                        {
                             Ok(()) => {
                                 let placement = r.placement.clone();
                                 self.store.write(|tx| {
@@ -721,15 +757,23 @@ impl Engine<'_> {
         input: &PlacementInput<'_>,
         cluster: &str,
         objects: Option<Vec<DesiredObject>>,
-    ) -> Result<(), String> {
+    ) -> Result<(), ApplyError> {
         let objects = match objects {
             Some(o) => o,
             None => match input.desired.get(cluster) {
                 Some((_, o)) => o.clone(),
-                None => return Err(format!("cluster {cluster:?} has no rendered objects")),
+                None => {
+                    return Err(ApplyError::Failed(format!(
+                        "cluster {cluster:?} has no rendered objects"
+                    )));
+                }
             },
         };
-        let handle = self.clusters.cluster(cluster).await?;
+        let handle = self
+            .clusters
+            .cluster(cluster)
+            .await
+            .map_err(ApplyError::Failed)?;
         let desired = [Desired {
             placement: input.placement.name.clone(),
             prune: input.prune,
@@ -743,7 +787,7 @@ impl Engine<'_> {
         };
         let result = sync::apply(handle.as_ref(), input.fleet, &desired, options).await;
         if let Some(e) = &result.error {
-            return Err(e.clone());
+            return Err(ApplyError::Unavailable(e.clone()));
         }
         let failed: Vec<String> = result
             .objects
@@ -754,7 +798,7 @@ impl Engine<'_> {
         if failed.is_empty() {
             Ok(())
         } else {
-            Err(failed.join("; "))
+            Err(ApplyError::Failed(failed.join("; ")))
         }
     }
 

@@ -297,7 +297,8 @@ mod tests {
             },
         );
         let r = plan_rollout(&placement(), "c1", &hashes, &current, 0, "t").expect("a rollout");
-        let shape: Vec<(usize, Vec<(&str, Option<&str>)>)> = r
+        type Shape<'a> = Vec<(usize, Vec<(&'a str, Option<&'a str>)>)>;
+        let shape: Shape = r
             .batches
             .iter()
             .map(|b| {
