@@ -373,6 +373,20 @@ fn check_history(status: &str, batches: &[&[&str]]) {
                 applied < healthy && healthy < soak,
                 "batch {n} {c}: applied, healthy, then soak:\n{status}"
             );
+            // Gates after health (before the soak) and again after it (before the pass).
+            let gate = |from: usize, to: usize| {
+                lines[from..to]
+                    .iter()
+                    .any(|l| l.contains(&format!("gate-passed batch {n} {c}")))
+            };
+            assert!(
+                gate(healthy, soak),
+                "batch {n} {c}: gate after health:\n{status}"
+            );
+            assert!(
+                gate(soak, passed),
+                "batch {n} {c}: gate after the soak:\n{status}"
+            );
         }
         if n > 1 {
             let prev_passed = first(&format!("batch-passed batch {}", n - 1)).unwrap_or(usize::MAX);
@@ -403,12 +417,30 @@ fn rollout_survives_kill_9_at_random_points() {
         .unwrap_or(1)
         | 1;
     println!("kill seed: {seed}");
-    f.commit("nginx:1.27", "first");
+    let prom = crate::prometheus_support::PromServer::start(
+        &(1..=6)
+            .map(|i| {
+                (
+                    format!("flotilla_test_error_rate{{cluster=\"sim-{i}\"}}"),
+                    0.001,
+                )
+            })
+            .collect::<Vec<_>>()
+            .iter()
+            .map(|(s, v)| (s.as_str(), *v))
+            .collect::<Vec<_>>(),
+    );
+    let gates = format!(
+        "      gates:\n        - prometheus:\n            url: {}\n            query: 'flotilla_test_error_rate{{cluster=\"${{cluster.name}}\"}}'\n            max: 0.01\n",
+        prom.url()
+    );
+    f.commit_with("nginx:1.27", &gates, "first");
     let o = f.apply();
     assert_eq!(o.status.code(), Some(0), "{}", show(&o));
 
-    // A good commit, killed again and again: it still ends Succeeded everywhere.
-    f.commit("nginx:1.28", "good");
+    // A good commit, killed again and again: it still ends Succeeded everywhere, and no
+    // batch passed without its gates.
+    f.commit_with("nginx:1.28", &gates, "good");
     let mut kills = 0;
     let (k, o) = apply_with_kills(&f, &mut seed, 900, 12);
     kills += k;
@@ -426,7 +458,7 @@ fn rollout_survives_kill_9_at_random_points() {
     );
 
     // A bad commit, killed too: rolled back in the canary, the others untouched.
-    f.commit("broken/nginx:3", "bad");
+    f.commit_with("broken/nginx:3", &gates, "bad");
     let (k, o) = apply_with_kills(&f, &mut seed, 1500, 10);
     kills += k;
     assert_eq!(o.status.code(), Some(1), "after {k} kills:\n{}", show(&o));
