@@ -31,6 +31,16 @@ spec:
 ";
 
 fn fleet_yaml(extra_rollout: &str) -> String {
+    let default_batches = "      batches:\n        - clusters: {names: [sim-1]}\n        - percent: 50\n        - percent: 100\n";
+    let text = fleet_yaml_with(extra_rollout);
+    if extra_rollout.contains("batches:") {
+        text.replacen(default_batches, "", 1)
+    } else {
+        text
+    }
+}
+
+fn fleet_yaml_with(extra_rollout: &str) -> String {
     format!(
         "apiVersion: flotilla.dev/v1alpha1
 kind: Fleet
@@ -570,4 +580,53 @@ fn rollout_on_failure_pause_holds_for_a_person_who_rolls_back() {
     // Nothing left to control.
     let o = f.flotilla(&["rollout", "abort", "web"]);
     assert_eq!(o.status.code(), Some(1), "{}", show(&o));
+}
+
+#[test]
+fn rollout_a_newer_commit_supersedes_one_in_progress() {
+    let f = Fleet::new(SimConfig {
+        clusters: 6,
+        ready_delay: std::time::Duration::from_millis(150),
+        ..Default::default()
+    });
+    f.commit("nginx:1.27", "first");
+    let o = f.apply();
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+
+    // A rollout that soaks its canary for a long time is interrupted there ...
+    f.commit_with("nginx:1.28", "      batches:\n        - {clusters: {names: [sim-1]}, soak: 1h}\n        - percent: 100\n", "slow");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_flotilla"))
+        .args(["apply", "--kubeconfig"])
+        .arg(&f.kubeconfig)
+        .arg("--repo")
+        .arg(&f.repo)
+        .args(["--rev", "main", "--cache"])
+        .arg(f.repo.parent().expect("parent").join("cache"))
+        .arg("--state")
+        .arg(&f.state)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("flotilla starts");
+    let mut reader = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    loop {
+        line.clear();
+        let n = std::io::BufRead::read_line(&mut reader, &mut line).expect("read");
+        assert!(n > 0, "apply ended before soaking");
+        if line.contains("batch 1: soaking") {
+            break;
+        }
+    }
+    child.kill().expect("kill");
+    let _ = child.wait();
+    assert_eq!(f.images()[0], "nginx:1.28");
+
+    // ... and a newer commit supersedes it: every cluster ends on the newest revision,
+    // the canary included, and the old rollout says it was superseded.
+    f.commit("nginx:1.29", "newer");
+    let o = f.apply();
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    assert!(stdout(&o).contains("web: superseded"), "{}", show(&o));
+    assert_eq!(f.images(), vec!["nginx:1.29"; 6]);
 }
