@@ -97,8 +97,21 @@ fn main() {
         .expect("runtime");
     let dir = tempfile::tempdir().expect("temp dir");
 
-    // 1. One cluster, 200 objects.
-    {
+    // 1. One cluster, 200 objects: with the default per-cluster budget (50 requests/s,
+    //    burst 100, like Flux) and without a budget (what flotilla and the sim cost).
+    for (label, settings) in [
+        (
+            "default budget",
+            flotilla_cluster::ClientSettings::default(),
+        ),
+        (
+            "no budget",
+            flotilla_cluster::ClientSettings {
+                qps: 0.0,
+                ..Default::default()
+            },
+        ),
+    ] {
         let sim = flotilla_sim::start(flotilla_sim::SimConfig {
             clusters: 1,
             ..Default::default()
@@ -106,7 +119,9 @@ fn main() {
         .expect("sim");
         let path = dir.path().join("one.kubeconfig");
         std::fs::write(&path, sim.kubeconfig()).expect("kubeconfig");
-        let connector = flotilla_cluster::Connector::load(Some(&path)).expect("connector");
+        let connector = flotilla_cluster::Connector::load(Some(&path))
+            .expect("connector")
+            .with_settings(settings);
         let cluster = rt
             .block_on(connector.connect("sim-1", "sim-1", false))
             .expect("connect");
@@ -115,6 +130,7 @@ fn main() {
             .expect("connect");
         let d = desired(200);
         let opts = ApplyOptionsRun::default();
+        println!("-- {label}");
         time("1 cluster x 200 objects: first apply", 1, || {
             let r = rt.block_on(sync::apply(&cluster as &dyn Cluster, "bench", &d, opts));
             assert!(!r.failed(), "{r:?}");

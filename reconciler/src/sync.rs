@@ -23,6 +23,61 @@ use crate::health::{Health, HealthStatus, assess};
 use crate::inventory::{self, Entry, Inventory, prune_disabled};
 use crate::report::{ClusterReport, ObjectReport, ObjectState, PlacementReport};
 
+/// Live objects fetched in bulk (one list per kind and placement) before the per-object
+/// work, keyed by identity; objects not found there are fetched one by one (they may have
+/// lost their labels by hand, or not exist).
+#[derive(Default)]
+struct LiveCache {
+    objects: BTreeMap<(String, String, String, String), Value>,
+}
+
+impl LiveCache {
+    fn key(r: &ObjectRef) -> (String, String, String, String) {
+        let (g, k, ns, n) = r.identity();
+        (g.into(), k.into(), ns.into(), n.into())
+    }
+
+    /// Lists every kind of `objects` labelled with `placement` (unserved kinds are skipped;
+    /// an unavailable cluster is an error).
+    async fn fetch<'a>(
+        cluster: &dyn Cluster,
+        placement: &str,
+        objects: impl IntoIterator<Item = &'a DesiredObject>,
+    ) -> Result<LiveCache, ClusterError> {
+        let mut kinds: BTreeSet<Gvk> = BTreeSet::new();
+        for o in objects {
+            kinds.insert(o.object.gvk.clone());
+        }
+        let selector = format!("{}={placement}", flotilla_renderers::LABEL_PLACEMENT);
+        let mut cache = LiveCache::default();
+        for gvk in kinds {
+            match cluster.list(&gvk, &selector).await {
+                Ok(items) => {
+                    for v in items {
+                        if let Some(r) = ObjectRef::of(&v) {
+                            cache.objects.insert(Self::key(&r), v);
+                        }
+                    }
+                }
+                Err(e) if e.is_unavailable() => return Err(e),
+                Err(_) => {}
+            }
+        }
+        Ok(cache)
+    }
+
+    async fn get(
+        &self,
+        cluster: &dyn Cluster,
+        r: &ObjectRef,
+    ) -> Result<Option<Value>, ClusterError> {
+        match self.objects.get(&Self::key(r)) {
+            Some(v) => Ok(Some(v.clone())),
+            None => cluster.get(r).await,
+        }
+    }
+}
+
 /// How desired and live are compared.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CompareMode {
@@ -85,9 +140,10 @@ async fn compare_inner(
             }
         };
         let new_ns = creates(objects);
+        let live = LiveCache::fetch(cluster, &d.placement, objects.iter()).await?;
         for o in staged(objects) {
             pr.objects
-                .push(compare_object(cluster, o, d.force, mode, &new_ns).await?);
+                .push(compare_object(cluster, &live, o, d.force, mode, &new_ns).await?);
         }
         match inventories.get(&d.placement) {
             Some(Ok(inv)) => {
@@ -162,13 +218,14 @@ fn creates<'a>(objects: impl IntoIterator<Item = &'a DesiredObject>) -> Creates 
 
 async fn compare_object(
     cluster: &dyn Cluster,
+    cache: &LiveCache,
     o: &DesiredObject,
     force: bool,
     mode: CompareMode,
     creates: &Creates,
 ) -> Result<ObjectReport, ClusterError> {
     let mut report = object_report(&o.object, &o.bundle);
-    let live = match cluster.get(&o.object).await {
+    let live = match cache.get(cluster, &o.object).await {
         Ok(l) => l,
         Err(e) if e.is_unavailable() => return Err(e),
         Err(e) => {
@@ -518,11 +575,16 @@ async fn apply_inner(
     }
     all.sort_by_key(|(_, o)| stage(&o.object));
     let creates = creates(all.iter().map(|(_, o)| *o));
+    let mut cache = LiveCache::default();
+    for (d, objects, _) in &work {
+        let c = LiveCache::fetch(cluster, &d.placement, objects.iter()).await?;
+        cache.objects.extend(c.objects);
+    }
     let mut failed: BTreeSet<ObjectRef> = BTreeSet::new();
     for s in [0u8, 1] {
         let mut crds = Vec::new();
         for (d, o) in all.iter().filter(|(_, o)| stage(&o.object) == s) {
-            let r = apply_object(cluster, o, d.force, dry_run, &creates).await?;
+            let r = apply_object(cluster, &cache, o, d.force, dry_run, &creates).await?;
             if r.action == Action::Failed {
                 failed.insert(o.object.clone());
             } else if o.object.gvk.kind == "CustomResourceDefinition" {
@@ -632,6 +694,7 @@ async fn write_inventory(
 /// message). Only an unavailable cluster is an `Err`.
 async fn apply_object(
     cluster: &dyn Cluster,
+    cache: &LiveCache,
     o: &DesiredObject,
     force: bool,
     dry_run: bool,
@@ -644,7 +707,7 @@ async fn apply_object(
         action: Action::Failed,
         message: None,
     };
-    let live = match cluster.get(&o.object).await {
+    let live = match cache.get(cluster, &o.object).await {
         Ok(l) => l,
         Err(e) if e.is_unavailable() => return Err(e),
         Err(e) => {
