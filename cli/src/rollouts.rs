@@ -304,7 +304,14 @@ pub fn control(
     if !dir.join("state.redb").exists() {
         anyhow::bail!("no state store in {} (pass --state DIR)", dir.display());
     }
-    let store = Store::open(&dir).with_context(|| format!("state store {}", dir.display()))?;
+    let store = match Store::open(&dir) {
+        Ok(s) => s,
+        Err(flotilla_state::StateError::Locked { .. }) => anyhow::bail!(
+            "state store {} is in use: a flotilla apply is driving its rollouts; stop it (Ctrl-C is safe: the rollout resumes where it stopped) and run this again",
+            dir.display()
+        ),
+        Err(e) => return Err(e).with_context(|| format!("state store {}", dir.display())),
+    };
     let Some(mut r) = store.read(|tx| tx.rollout::<Rollout>(placement))? else {
         eprintln!(
             "placement {placement}: no rollout recorded in {}",
