@@ -993,7 +993,8 @@ fn wrap70(s: &str) -> String {
     out
 }
 
-fn base64(bytes: &[u8]) -> String {
+/// Standard base64 with padding (what Kubernetes stores in `Secret.data`).
+pub fn base64(bytes: &[u8]) -> String {
     const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
     for chunk in bytes.chunks(3) {

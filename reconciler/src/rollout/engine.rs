@@ -439,32 +439,15 @@ impl Engine<'_> {
                     })
                     .buffer_unordered(limit);
                 while let Some((c, res)) = results.next().await {
-                    let mut events = Vec::new();
-                    if let Some(cs) = r.batches[r.current]
-                        .clusters
-                        .iter_mut()
-                        .find(|x| x.cluster == c)
-                    {
-                        match res {
-                            Ok(()) => {
-                                cs.state = ClusterState::Applied;
-                                events.push(self.event(
-                                    r,
-                                    "applied",
-                                    Some(n),
-                                    Some(&c),
-                                    String::new(),
-                                ));
-                            }
-                            Err(msg) => {
-                                cs.state = ClusterState::Failed;
-                                cs.message = msg.clone();
-                                r.failures += 1;
-                                events.push(self.event(r, "apply-failed", Some(n), Some(&c), msg));
-                            }
-                        }
-                    }
-                    self.record(r, events)?;
+                    self.settle(
+                        r,
+                        n,
+                        &c,
+                        res,
+                        ClusterState::Applied,
+                        "applied",
+                        "apply-failed",
+                    )?;
                 }
                 let deadline = self.clock.now()
                     + chrono::Duration::from_std(spec.health_deadline.value)
@@ -499,32 +482,7 @@ impl Engine<'_> {
                     })
                     .buffer_unordered(16);
                 while let Some((c, res)) = results.next().await {
-                    let mut events = Vec::new();
-                    if let Some(cs) = r.batches[r.current]
-                        .clusters
-                        .iter_mut()
-                        .find(|x| x.cluster == c)
-                    {
-                        match res {
-                            Ok(()) => {
-                                cs.state = ClusterState::Healthy;
-                                events.push(self.event(
-                                    r,
-                                    "healthy",
-                                    Some(n),
-                                    Some(&c),
-                                    String::new(),
-                                ));
-                            }
-                            Err(msg) => {
-                                cs.state = ClusterState::Failed;
-                                cs.message = msg.clone();
-                                r.failures += 1;
-                                events.push(self.event(r, "unhealthy", Some(n), Some(&c), msg));
-                            }
-                        }
-                    }
-                    self.record(r, events)?;
+                    self.settle(r, n, &c, res, ClusterState::Healthy, "healthy", "unhealthy")?;
                 }
                 r.batches[r.current].step = Step::Gates;
                 let e = self.event(r, "gates", Some(n), None, String::new());
@@ -631,6 +589,41 @@ impl Engine<'_> {
                 self.record(r, Vec::new())
             }
         }
+    }
+
+    /// Records one cluster's result in the current batch: `ok` state and event, or a failure
+    /// (counted against the budget) with the `bad` event.
+    #[allow(clippy::too_many_arguments)]
+    fn settle(
+        &self,
+        r: &mut Rollout,
+        n: usize,
+        cluster: &str,
+        res: Result<(), String>,
+        ok: ClusterState,
+        ok_kind: &str,
+        bad_kind: &str,
+    ) -> Result<(), EngineError> {
+        let mut events = Vec::new();
+        if let Some(cs) = r.batches[r.current]
+            .clusters
+            .iter_mut()
+            .find(|x| x.cluster == cluster)
+        {
+            match res {
+                Ok(()) => {
+                    cs.state = ok;
+                    events.push(self.event(r, ok_kind, Some(n), Some(cluster), String::new()));
+                }
+                Err(msg) => {
+                    cs.state = ClusterState::Failed;
+                    cs.message = msg.clone();
+                    r.failures += 1;
+                    events.push(self.event(r, bad_kind, Some(n), Some(cluster), msg));
+                }
+            }
+        }
+        self.record(r, events)
     }
 
     /// False when the failure budget is spent (the caller's loop then fails the rollout).
