@@ -8,10 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use sha2::{Digest, Sha256};
 
 use flotilla_reconciler::cluster::Cluster;
-use flotilla_reconciler::desired::DesiredObject;
 use flotilla_reconciler::rollout::{
     Clock, Clusters, Engine, Event, Gates, Outcome, Phase, PlacementInput, Rollout, StopRequest,
 };
@@ -139,18 +137,6 @@ fn print_event(e: &Event) {
     let _ = writeln!(out, "{line}");
 }
 
-/// The manifest hash of one (placement, cluster): SHA-256 of the stored manifests text.
-fn manifest_hash(objects: &[DesiredObject]) -> String {
-    let mut h = Sha256::new();
-    for o in objects {
-        h.update(o.bundle.as_bytes());
-        h.update(b"\0");
-        h.update(serde_json::to_vec(&o.value).unwrap_or_default());
-        h.update(b"\n");
-    }
-    format!("{:x}", h.finalize())
-}
-
 /// `flotilla apply` with rollouts: every placement's rollout runs to its end.
 pub fn apply(
     args: &FleetArgs,
@@ -207,7 +193,13 @@ pub fn apply(
                 prune = d.prune;
                 match &d.objects {
                     Ok(objects) => {
-                        desired.insert(cluster.clone(), (manifest_hash(objects), objects.clone()));
+                        desired.insert(
+                            cluster.clone(),
+                            (
+                                flotilla_reconciler::rollout::model::manifest_hash(objects),
+                                objects.clone(),
+                            ),
+                        );
                     }
                     Err(e) => errors.push(format!("cluster {cluster}: {e}")),
                 }

@@ -169,6 +169,19 @@ pub struct Event {
     pub message: String,
 }
 
+/// The manifest hash of one (placement, cluster): SHA-256 over every object's bundle and
+/// JSON, in render order. What a rollout records as the cluster's revision.
+pub fn manifest_hash(objects: &[crate::desired::DesiredObject]) -> String {
+    let mut h = Sha256::new();
+    for o in objects {
+        h.update(o.bundle.as_bytes());
+        h.update(b"\0");
+        h.update(serde_json::to_vec(&o.value).unwrap_or_default());
+        h.update(b"\n");
+    }
+    format!("{:x}", h.finalize())
+}
+
 /// The revision of a placement: SHA-256 over `cluster=hash` lines in cluster order.
 pub fn placement_revision(hashes: &BTreeMap<String, String>) -> String {
     let mut h = Sha256::new();
