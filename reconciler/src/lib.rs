@@ -9,5 +9,6 @@ pub mod health;
 pub mod inventory;
 pub mod plan;
 pub mod report;
+pub mod review;
 pub mod rollout;
 pub mod sync;

@@ -228,7 +228,7 @@ impl std::fmt::Display for Summary {
     }
 }
 
-fn plural(n: usize, one: &str, many: &str) -> String {
+pub(crate) fn plural(n: usize, one: &str, many: &str) -> String {
     format!("{n} {}", if n == 1 { one } else { many })
 }
 
@@ -390,7 +390,7 @@ fn paint(color: bool, style: &str, s: &str) -> String {
 
 /// Control characters from the cluster (names, messages, diffs) are shown escaped, so they
 /// cannot move the cursor or recolour the terminal.
-fn clean(s: &str) -> String {
+pub(crate) fn clean(s: &str) -> String {
     if !s.chars().any(|c| c.is_control() && c != '\t') {
         return s.to_string();
     }
@@ -543,7 +543,7 @@ const MD_DEGRADED: usize = 10;
 
 /// Escapes text for Markdown (and the HTML GitHub lets through): table pipes, emphasis,
 /// links, code spans, tags.
-fn md(s: &str) -> String {
+pub(crate) fn md(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         match c {
@@ -563,7 +563,7 @@ fn md(s: &str) -> String {
 }
 
 /// A code span that holds `s` whatever backticks it contains.
-fn md_code(s: &str) -> String {
+pub(crate) fn md_code(s: &str) -> String {
     let s: String = clean(s)
         .chars()
         .map(|c| if c == '\n' || c == '\r' { ' ' } else { c })
@@ -590,7 +590,7 @@ fn longest_run(s: &str, c: char) -> usize {
 }
 
 /// A fenced block of `lang` holding `body` whatever it contains.
-fn md_fence(out: &mut String, lang: &str, body: &str) {
+pub(crate) fn md_fence(out: &mut String, lang: &str, body: &str) {
     let body: String = body.lines().map(|l| clean(l) + "\n").collect();
     let body = body.as_str();
     let fence = "`".repeat(longest_run(body, '`').max(2) + 1);
@@ -846,7 +846,7 @@ const HTML_DIFF_LINES: usize = 2_000;
 const HTML_OPEN_DIFF_LINES: usize = 40;
 
 /// Escapes text for HTML element content and quoted attribute values.
-fn esc(s: &str) -> String {
+pub(crate) fn esc(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         match c {

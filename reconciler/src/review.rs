@@ -1,0 +1,646 @@
+//! Pull-request review diffs: two rendered revisions of a fleet (base and head) compared per
+//! cluster and placement, without any cluster. Pure: the caller renders both sides (see
+//! [`crate::desired::for_cluster`]) and prints what [`text`], [`markdown`] or [`json`] return.
+//!
+//! Objects are compared after [`normalize`]; Secrets go through [`mask_secrets`] before any
+//! diff is made, so their values never reach the output (only which keys changed). The
+//! rollout plan is what [`plan_rollout`] would start for the head revision when every cluster
+//! runs the base revision.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::desired::{Desired, DesiredObject};
+use crate::diff::{changed_fields, mask_secrets, normalize, unified};
+use crate::plan::{BatchKind, Plan};
+use crate::report::{clean, esc, md, md_code, md_fence, plural};
+use crate::rollout::model::{ClusterRevision, manifest_hash, plan_rollout};
+
+/// One side of the comparison: the rendered placements of every cluster (by cluster name).
+pub type Rendered = BTreeMap<String, Vec<Desired>>;
+
+/// What to compare.
+pub struct Input<'a> {
+    pub fleet: String,
+    /// The base and head revisions (commit ids), for the headings.
+    pub base_rev: String,
+    pub head_rev: String,
+    pub base: &'a Rendered,
+    pub head: &'a Rendered,
+    /// The head fleet's plan (placements, batches); `None` when the head is invalid.
+    pub head_plan: Option<&'a Plan>,
+    /// Errors found before rendering (the head's validation diagnostics, `file:line:col: ...`).
+    pub errors: Vec<String>,
+    /// Things worth saying that are not errors (e.g. an invalid base, compared as empty).
+    pub notes: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Review {
+    pub fleet: String,
+    pub base: String,
+    pub head: String,
+    /// Clusters with at least one change or render error, by name.
+    pub clusters: Vec<ClusterReview>,
+    /// Per placement of the head, the rollout its change would start.
+    pub rollouts: Vec<PlacementRollout>,
+    /// Validation errors of the head and render failures: the change cannot be applied.
+    pub errors: Vec<String>,
+    pub notes: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterReview {
+    pub name: String,
+    pub placements: Vec<PlacementReview>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PlacementReview {
+    pub name: String,
+    pub added: usize,
+    pub changed: usize,
+    pub removed: usize,
+    pub objects: Vec<ObjectChange>,
+    /// Why the head could not be rendered for this cluster.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Change {
+    Added,
+    Changed,
+    Removed,
+}
+
+impl Change {
+    pub fn sign(self) -> char {
+        match self {
+            Change::Added => '+',
+            Change::Changed => '~',
+            Change::Removed => '-',
+        }
+    }
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Change::Added => "added",
+            Change::Changed => "changed",
+            Change::Removed => "removed",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ObjectChange {
+    /// `Kind.group/namespace/name`.
+    pub id: String,
+    pub bundle: String,
+    pub change: Change,
+    /// Changed field paths (for `changed`); Secret values show as their key only.
+    pub fields: Vec<String>,
+    /// Unified YAML diff, base `-`, head `+`; Secret values masked.
+    pub diff: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PlacementRollout {
+    pub placement: String,
+    pub batches: Vec<RolloutBatch>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutBatch {
+    pub number: usize,
+    /// `canary` (a batch of named clusters) or `N%`.
+    pub label: String,
+    pub clusters: Vec<String>,
+}
+
+impl Review {
+    /// Exit status: 2 errors, 1 changes, 0 nothing changes.
+    pub fn exit_code(&self) -> u8 {
+        if !self.errors.is_empty() {
+            2
+        } else if self.clusters.iter().any(|c| !c.placements.is_empty()) {
+            1
+        } else {
+            0
+        }
+    }
+
+    /// (added, changed, removed) over the whole fleet.
+    pub fn totals(&self) -> (usize, usize, usize) {
+        let mut t = (0, 0, 0);
+        for p in self.clusters.iter().flat_map(|c| &c.placements) {
+            t.0 += p.added;
+            t.1 += p.changed;
+            t.2 += p.removed;
+        }
+        t
+    }
+
+    fn summary_line(&self) -> String {
+        let (a, c, r) = self.totals();
+        let clusters = self
+            .clusters
+            .iter()
+            .filter(|c| c.placements.iter().any(|p| !p.objects.is_empty()))
+            .count();
+        let mut s = if a + c + r == 0 {
+            "no changes".to_string()
+        } else {
+            format!(
+                "{} added, {} changed, {} removed in {}",
+                a,
+                c,
+                r,
+                plural(clusters, "cluster", "clusters")
+            )
+        };
+        if !self.errors.is_empty() {
+            s.push_str(&format!(
+                "; {}",
+                plural(self.errors.len(), "error", "errors")
+            ));
+        }
+        s
+    }
+}
+
+/// Object id (identity without the API version) to the object.
+fn by_id(objects: &[DesiredObject]) -> BTreeMap<String, &DesiredObject> {
+    objects.iter().map(|o| (o.object.to_string(), o)).collect()
+}
+
+fn yaml(v: &Value) -> String {
+    flotilla_renderers::to_yaml(v)
+}
+
+/// `unified` labels its sides live/desired; here they are base/head.
+fn relabel(diff: String) -> String {
+    match diff.strip_prefix("--- live\n+++ desired\n") {
+        Some(rest) => format!("--- base\n+++ head\n{rest}"),
+        None => diff,
+    }
+}
+
+fn compare_objects(base: &[DesiredObject], head: &[DesiredObject]) -> Vec<ObjectChange> {
+    let (b, h) = (by_id(base), by_id(head));
+    let ids: BTreeSet<&String> = b.keys().chain(h.keys()).collect();
+    let mut out = Vec::new();
+    for id in ids {
+        let (old, new) = (b.get(id), h.get(id));
+        let mut ov = old.map(|o| normalize(&o.value));
+        let mut nv = new.map(|o| normalize(&o.value));
+        if ov == nv {
+            continue;
+        }
+        let change = match (&ov, &nv) {
+            (None, _) => Change::Added,
+            (_, None) => Change::Removed,
+            _ => Change::Changed,
+        };
+        let fields = match (&ov, &nv) {
+            (Some(o), Some(n)) => changed_fields(o, n),
+            _ => Vec::new(),
+        };
+        mask_secrets(ov.as_mut(), nv.as_mut());
+        let text = |v: &Option<Value>| v.as_ref().map(yaml).unwrap_or_default();
+        let diff = relabel(unified(&text(&ov), &text(&nv)));
+        let bundle = new.or(old).map(|o| o.bundle.clone()).unwrap_or_default();
+        out.push(ObjectChange {
+            id: id.clone(),
+            bundle,
+            change,
+            fields,
+            diff,
+        });
+    }
+    out
+}
+
+/// Compares the two sides.
+pub fn compare(input: Input<'_>) -> Review {
+    let mut errors = input.errors;
+    let empty = Vec::new();
+    let names: BTreeSet<&String> = input.base.keys().chain(input.head.keys()).collect();
+    let mut clusters = Vec::new();
+    // placement -> cluster -> manifest hash, for the rollout plan.
+    let mut head_hashes: BTreeMap<&str, BTreeMap<String, String>> = BTreeMap::new();
+    let mut base_hashes: BTreeMap<&str, BTreeMap<String, String>> = BTreeMap::new();
+    let mut broken: BTreeSet<&str> = BTreeSet::new();
+    for name in names {
+        let base = input.base.get(name).unwrap_or(&empty);
+        let head = input.head.get(name).unwrap_or(&empty);
+        let mut placements: Vec<&str> = Vec::new();
+        for d in head.iter().chain(base) {
+            if !placements.contains(&d.placement.as_str()) {
+                placements.push(&d.placement);
+            }
+        }
+        let mut reviews = Vec::new();
+        for p in placements {
+            let b = base.iter().find(|d| d.placement == p);
+            let h = head.iter().find(|d| d.placement == p);
+            if let Some(Ok(objects)) = b.map(|d| &d.objects) {
+                base_hashes
+                    .entry(p)
+                    .or_default()
+                    .insert(name.clone(), manifest_hash(objects));
+            }
+            let head_objects = match h.map(|d| &d.objects) {
+                Some(Err(e)) => {
+                    broken.insert(p);
+                    errors.push(format!("cluster {name}, placement {p}: render failed: {e}"));
+                    reviews.push(PlacementReview {
+                        name: p.to_string(),
+                        added: 0,
+                        changed: 0,
+                        removed: 0,
+                        objects: Vec::new(),
+                        error: Some(e.clone()),
+                    });
+                    continue;
+                }
+                Some(Ok(objects)) => {
+                    head_hashes
+                        .entry(p)
+                        .or_default()
+                        .insert(name.clone(), manifest_hash(objects));
+                    objects.as_slice()
+                }
+                None => &[],
+            };
+            // A base that failed to render compares as empty.
+            let base_objects = match b.map(|d| &d.objects) {
+                Some(Ok(objects)) => objects.as_slice(),
+                _ => &[],
+            };
+            let objects = compare_objects(base_objects, head_objects);
+            if objects.is_empty() {
+                continue;
+            }
+            let count = |c: Change| objects.iter().filter(|o| o.change == c).count();
+            reviews.push(PlacementReview {
+                name: p.to_string(),
+                added: count(Change::Added),
+                changed: count(Change::Changed),
+                removed: count(Change::Removed),
+                objects,
+                error: None,
+            });
+        }
+        if !reviews.is_empty() {
+            clusters.push(ClusterReview {
+                name: name.clone(),
+                placements: reviews,
+            });
+        }
+    }
+
+    let mut rollouts = Vec::new();
+    for pp in input.head_plan.iter().flat_map(|p| &p.placements) {
+        if broken.contains(pp.name.as_str()) {
+            continue;
+        }
+        let Some(hashes) = head_hashes.get(pp.name.as_str()) else {
+            continue;
+        };
+        let current: BTreeMap<String, ClusterRevision> = base_hashes
+            .get(pp.name.as_str())
+            .into_iter()
+            .flatten()
+            .map(|(c, h)| {
+                let rev = ClusterRevision {
+                    applied: Some(h.clone()),
+                    good: Some(h.clone()),
+                };
+                (c.clone(), rev)
+            })
+            .collect();
+        let Some(r) = plan_rollout(pp, &input.head_rev, hashes, &current, 0, "") else {
+            continue;
+        };
+        let batches = r
+            .batches
+            .iter()
+            .map(|b| {
+                let label = match pp.batches.iter().find(|x| x.number == b.number) {
+                    Some(x) if x.kind == BatchKind::Named => "canary".to_string(),
+                    Some(x) => x.percent.map(|p| format!("{p}%")).unwrap_or_default(),
+                    None => String::new(),
+                };
+                RolloutBatch {
+                    number: b.number,
+                    label,
+                    clusters: b.clusters.iter().map(|c| c.cluster.clone()).collect(),
+                }
+            })
+            .collect();
+        rollouts.push(PlacementRollout {
+            placement: pp.name.clone(),
+            batches,
+        });
+    }
+
+    Review {
+        fleet: input.fleet,
+        base: input.base_rev,
+        head: input.head_rev,
+        clusters,
+        rollouts,
+        errors,
+        notes: input.notes,
+    }
+}
+
+pub fn json(review: &Review) -> String {
+    serde_json::to_string_pretty(review).unwrap_or_default() + "\n"
+}
+
+fn short(rev: &str) -> &str {
+    if rev.len() == 40 && rev.bytes().all(|b| b.is_ascii_hexdigit()) {
+        &rev[..12]
+    } else {
+        rev
+    }
+}
+
+fn batch_text(b: &RolloutBatch) -> String {
+    let label = if b.label.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", b.label)
+    };
+    format!("batch {}{}: {}", b.number, label, b.clusters.join(", "))
+}
+
+/// Plain text, for terminals and CI logs.
+pub fn text(review: &Review) -> String {
+    let mut out = format!(
+        "fleet {}: base {} -> head {}\n",
+        clean(&review.fleet),
+        clean(short(&review.base)),
+        clean(short(&review.head))
+    );
+    for n in &review.notes {
+        out.push_str(&format!("note: {}\n", clean(n)));
+    }
+    for c in &review.clusters {
+        out.push_str(&format!("\ncluster {}\n", clean(&c.name)));
+        for p in &c.placements {
+            out.push_str(&format!(
+                "  placement {}: +{} ~{} -{}\n",
+                clean(&p.name),
+                p.added,
+                p.changed,
+                p.removed
+            ));
+            if let Some(e) = &p.error {
+                out.push_str(&format!("    render failed: {}\n", clean(e)));
+            }
+            for o in &p.objects {
+                out.push_str(&format!(
+                    "    {} {} (bundle {})\n",
+                    o.change.sign(),
+                    clean(&o.id),
+                    clean(&o.bundle)
+                ));
+                if !o.fields.is_empty() {
+                    out.push_str(&format!("      fields: {}\n", clean(&o.fields.join(", "))));
+                }
+                for line in o.diff.lines() {
+                    out.push_str(&format!("      {}\n", clean(line)));
+                }
+            }
+        }
+    }
+    if !review.rollouts.is_empty() {
+        out.push_str("\nrollout plan:\n");
+        for r in &review.rollouts {
+            out.push_str(&format!("  placement {}\n", clean(&r.placement)));
+            for b in &r.batches {
+                out.push_str(&format!("    {}\n", clean(&batch_text(b))));
+            }
+        }
+    }
+    if !review.errors.is_empty() {
+        out.push_str("\nerrors:\n");
+        for e in &review.errors {
+            out.push_str(&format!("  {}\n", clean(e)));
+        }
+    }
+    out.push_str(&format!("\n{}\n", review.summary_line()));
+    out
+}
+
+/// Diff lines shown per object in Markdown; the rest are cut with a note.
+const MD_DIFF_LINES: usize = 80;
+/// GitHub comments hold 65,536 characters: diffs are shown while the comment is shorter
+/// than this, objects listed while it is shorter than [`MD_LIST_UNTIL`]; the rest is counted.
+const MD_DIFF_UNTIL: usize = 50_000;
+const MD_LIST_UNTIL: usize = 60_000;
+/// Rows of the summary table; more clusters are counted.
+const MD_ROWS: usize = 200;
+/// Errors listed in full.
+const MD_ERRORS: usize = 30;
+
+/// For a pull-request comment: a summary table (changed clusters by placements), the
+/// rollout plan, errors, then a collapsed `<details>` per cluster with its diffs.
+pub fn markdown(review: &Review) -> String {
+    let mut out = String::new();
+    let emoji = match review.exit_code() {
+        0 => "✅",
+        1 => "📝",
+        _ => "❌",
+    };
+    out.push_str(&format!(
+        "### {} Fleet diff: {}\n\nBase {} → head {}\n\n**{}**\n\n",
+        emoji,
+        md_code(&review.fleet),
+        md_code(short(&review.base)),
+        md_code(short(&review.head)),
+        md(&review.summary_line())
+    ));
+    for n in &review.notes {
+        out.push_str(&format!("> {}\n\n", md(n)));
+    }
+    if !review.errors.is_empty() {
+        out.push_str("#### Errors\n\n");
+        let mut body = String::new();
+        for e in review.errors.iter().take(MD_ERRORS) {
+            body.push_str(e);
+            body.push('\n');
+        }
+        md_fence(&mut out, "text", &body);
+        if review.errors.len() > MD_ERRORS {
+            out.push_str(&format!(
+                "_and {} more errors_\n",
+                review.errors.len() - MD_ERRORS
+            ));
+        }
+        out.push('\n');
+    }
+
+    let mut names: Vec<&str> = Vec::new();
+    for p in review.clusters.iter().flat_map(|c| &c.placements) {
+        if !names.contains(&p.name.as_str()) {
+            names.push(&p.name);
+        }
+    }
+    if !review.clusters.is_empty() {
+        out.push_str("| Cluster |");
+        for n in &names {
+            out.push_str(&format!(" {} |", md(n)));
+        }
+        out.push_str("\n| --- |");
+        for _ in &names {
+            out.push_str(" --- |");
+        }
+        out.push('\n');
+        for c in review.clusters.iter().take(MD_ROWS) {
+            out.push_str(&format!("| **{}** |", md(&c.name)));
+            for n in &names {
+                match c.placements.iter().find(|p| p.name == *n) {
+                    None => out.push_str(" — |"),
+                    Some(p) if p.error.is_some() => out.push_str(" ❌ render failed |"),
+                    Some(p) => {
+                        out.push_str(&format!(" +{} ~{} -{} |", p.added, p.changed, p.removed))
+                    }
+                }
+            }
+            out.push('\n');
+        }
+        if review.clusters.len() > MD_ROWS {
+            out.push_str(&format!(
+                "\n_{} more changed clusters not in the table._\n",
+                review.clusters.len() - MD_ROWS
+            ));
+        }
+        out.push('\n');
+    }
+
+    if !review.rollouts.is_empty() {
+        out.push_str("#### Rollout plan\n\n");
+        for r in &review.rollouts {
+            let batches: Vec<String> = r.batches.iter().map(|b| md(&batch_text(b))).collect();
+            out.push_str(&format!(
+                "- {}: {}\n",
+                md_code(&r.placement),
+                batches.join(" → ")
+            ));
+        }
+        out.push('\n');
+    }
+
+    let (mut unlisted, mut cut_diffs) = (0usize, 0usize);
+    for c in &review.clusters {
+        if out.len() >= MD_LIST_UNTIL {
+            unlisted += c.placements.iter().map(|p| p.objects.len()).sum::<usize>();
+            continue;
+        }
+        let (a, ch, r) = c.placements.iter().fold((0, 0, 0), |t, p| {
+            (t.0 + p.added, t.1 + p.changed, t.2 + p.removed)
+        });
+        out.push_str(&format!(
+            "<details>\n<summary><b>{}</b>: +{} ~{} -{}</summary>\n\n",
+            esc(&c.name),
+            a,
+            ch,
+            r
+        ));
+        for p in &c.placements {
+            out.push_str(&format!("#### Placement {}\n\n", md_code(&p.name)));
+            if let Some(e) = &p.error {
+                out.push_str("The head could not be rendered:\n\n");
+                md_fence(&mut out, "text", e);
+                out.push('\n');
+            }
+            for o in &p.objects {
+                if out.len() >= MD_LIST_UNTIL {
+                    unlisted += 1;
+                    continue;
+                }
+                out.push_str(&format!(
+                    "- **{}** {} · bundle {}\n",
+                    o.change.label(),
+                    md_code(&o.id),
+                    md_code(&o.bundle)
+                ));
+                if !o.fields.is_empty() {
+                    let mut fields: Vec<String> =
+                        o.fields.iter().take(20).map(|f| md_code(f)).collect();
+                    if o.fields.len() > 20 {
+                        fields.push(format!("and {} more", o.fields.len() - 20));
+                    }
+                    out.push_str(&format!("  - fields: {}\n", fields.join(", ")));
+                }
+                out.push('\n');
+                if !md_diff(&mut out, &o.diff) {
+                    cut_diffs += 1;
+                }
+            }
+        }
+        out.push_str("</details>\n\n");
+    }
+    if cut_diffs > 0 {
+        out.push_str(&format!(
+            "_{} left out: the comment would be too long. Run `flotilla diff` locally for everything._\n",
+            plural(cut_diffs, "diff", "diffs")
+        ));
+    }
+    if unlisted > 0 {
+        out.push_str(&format!(
+            "_{} not listed: the comment would be too long._\n",
+            plural(unlisted, "more object", "more objects")
+        ));
+    }
+    out
+}
+
+/// Appends a diff block, cut to fit; false when none of it fit.
+fn md_diff(out: &mut String, diff: &str) -> bool {
+    if diff.is_empty() {
+        return true;
+    }
+    let lines: Vec<&str> = diff.lines().collect();
+    let room = MD_DIFF_UNTIL.saturating_sub(out.len());
+    let mut body = String::new();
+    let mut shown = 0;
+    for line in &lines {
+        if shown == MD_DIFF_LINES || body.len() + line.len() + 1 > room {
+            break;
+        }
+        body.push_str(line);
+        body.push('\n');
+        shown += 1;
+    }
+    if shown == 0 {
+        out.push_str(&format!(
+            "  _Diff of {} left out: the comment would be too long._\n\n",
+            plural(lines.len(), "line", "lines")
+        ));
+        return false;
+    }
+    md_fence(out, "diff", &body);
+    if shown < lines.len() {
+        out.push_str(&format!(
+            "_{} of {} diff lines not shown._\n",
+            lines.len() - shown,
+            lines.len()
+        ));
+    }
+    out.push('\n');
+    true
+}
