@@ -11,6 +11,7 @@ use flotilla_spec::types::RepoPath;
 use flotilla_spec::{Checked, Diagnostic, Limits, RepoFiles};
 
 mod live;
+mod review;
 mod rollouts;
 
 // mimalloc: parsing a large fleet is allocation-bound, and glibc malloc is ~25% of it.
@@ -65,16 +66,26 @@ enum Command {
     /// Serve simulated Kubernetes clusters (one port, one path prefix per cluster) until
     /// Ctrl-C or SIGTERM. See docs/sim.md.
     Sim(SimArgs),
-    /// Desired (rendered from Git) versus live clusters, computed with server-side apply
-    /// dry-runs so server defaults do not show. Exit 0 no change, 1 changes, 2 errors.
+    /// With --live: desired (rendered from Git) versus live clusters, computed with
+    /// server-side apply dry-runs so server defaults do not show. With --base/--head: two Git
+    /// revisions of the fleet rendered and compared for a pull-request review (no cluster is
+    /// contacted), with the rollout plan the change would start and the head's errors.
+    /// Exit 0 no change, 1 changes, 2 errors.
     Diff {
         #[command(flatten)]
         fleet: FleetArgs,
         #[command(flatten)]
         clusters: live::ClusterArgs,
-        /// Compare with live clusters (the only mode for now).
-        #[arg(long, required = true)]
+        /// Compare with live clusters.
+        #[arg(long, required_unless_present = "base", conflicts_with_all = ["base", "head"])]
         live: bool,
+        /// Review mode: the revision the change starts from (branch, tag, commit, or a
+        /// remote-tracking branch such as origin/main).
+        #[arg(long, value_name = "REF", requires = "head")]
+        base: Option<String>,
+        /// Review mode: the revision with the change.
+        #[arg(long, value_name = "REF", requires = "base")]
+        head: Option<String>,
         #[arg(long, value_enum, default_value_t = live::ReportFormat::Text)]
         format: live::ReportFormat,
         #[arg(long, value_name = "FILE")]
@@ -160,7 +171,7 @@ struct SimArgs {
     crash_images: Option<String>,
 }
 
-#[derive(clap::Args)]
+#[derive(Clone, clap::Args)]
 struct FleetArgs {
     /// The fleet repository: a local directory (uncommitted changes included), or a Git URL
     /// (file://, git://, http(s)://) fetched into the cache. With --rev, a local directory is
@@ -270,9 +281,25 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Diff {
             fleet,
             clusters,
-            live: _,
+            live: false,
+            base: Some(base),
+            head: Some(head),
             format,
             out,
+        } => review::diff(
+            &fleet,
+            &clusters.clusters,
+            &base,
+            &head,
+            format,
+            out.as_deref(),
+        ),
+        Command::Diff {
+            fleet,
+            clusters,
+            format,
+            out,
+            ..
         } => live::compare(
             &fleet,
             &clusters,

@@ -11,6 +11,7 @@ mod cli;
 mod cluster;
 mod gates;
 mod git_source;
+mod prdiff;
 mod reconcile;
 mod render_fixtures;
 mod rollout;

@@ -1,0 +1,245 @@
+//! `flotilla diff --base REF --head REF`: review diffs of two Git revisions, no clusters.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use crate::support::{stderr, stdout};
+
+const SECRET_OLD: &str = "hunter2-plain";
+const SECRET_NEW: &str = "s3cret-rotated";
+
+fn fleet(web_clusters: &str) -> String {
+    format!(
+        "apiVersion: flotilla.dev/v1alpha1
+kind: Fleet
+metadata: {{name: pr}}
+clusters:
+  - {{name: c1}}
+  - {{name: c2}}
+  - {{name: c3}}
+bundles:
+  - {{name: app, path: app, namespace: shop}}
+  - {{name: sec, path: sec, namespace: shop}}
+placements:
+  - name: web
+    bundles: [app]
+    clusters: {{names: [{web_clusters}]}}
+    rollout:
+      batches:
+        - clusters: {{names: [c1]}}
+        - percent: 100
+  - name: creds
+    bundles: [sec]
+    clusters: {{}}
+"
+    )
+}
+
+fn configmap(name: &str, color: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: {name}}}\ndata: {{color: {color}}}\n"
+    )
+}
+
+fn secret(value: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{name: db}}\nstringData: {{password: {value}}}\n"
+    )
+}
+
+fn base64(s: &str) -> String {
+    const T: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let b = s.as_bytes();
+    let mut out = String::new();
+    for chunk in b.chunks(3) {
+        let n = chunk.len();
+        let v = (u32::from(chunk[0]) << 16)
+            | (u32::from(*chunk.get(1).unwrap_or(&0)) << 8)
+            | u32::from(*chunk.get(2).unwrap_or(&0));
+        for i in 0..4 {
+            if i <= n {
+                out.push(T[((v >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+struct Repo {
+    dir: tempfile::TempDir,
+}
+
+impl Repo {
+    fn path(&self) -> PathBuf {
+        self.dir.path().join("repo")
+    }
+
+    fn git(&self, args: &[&str]) {
+        let o = Command::new("git")
+            .arg("-C")
+            .arg(self.path())
+            .args(["-c", "user.name=t", "-c", "user.email=t@example.com"])
+            .args(args)
+            .output()
+            .expect("git runs");
+        assert!(o.status.success(), "git {args:?}: {}", stderr(&o));
+    }
+
+    fn write(&self, rel: &str, text: &str) {
+        let p = self.path().join(rel);
+        std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+        std::fs::write(p, text).expect("write");
+    }
+
+    fn remove(&self, rel: &str) {
+        std::fs::remove_file(self.path().join(rel)).expect("remove");
+    }
+
+    fn commit(&self, tag: &str) {
+        self.git(&["add", "-A"]);
+        self.git(&["commit", "-q", "-m", tag]);
+        self.git(&["tag", tag]);
+    }
+
+    fn diff(&self, base: &str, head: &str, extra: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_flotilla"))
+            .args(["diff", "--base", base, "--head", head])
+            .args(extra)
+            .arg("--repo")
+            .arg(self.path())
+            .arg("--cache")
+            .arg(self.dir.path().join("cache"))
+            .env_remove("FLOTILLA_LOG")
+            .output()
+            .expect("flotilla runs")
+    }
+}
+
+/// Tags: v1 (base), same (README only), v2 (web's ConfigMap changed, one object added, one
+/// removed), v3 (Secret rotated), bad (invalid fleet.yaml).
+fn repo() -> Repo {
+    let r = Repo {
+        dir: tempfile::tempdir().expect("temp dir"),
+    };
+    std::fs::create_dir_all(r.path()).expect("mkdir");
+    r.git(&["init", "-q", "-b", "main"]);
+    r.write("fleet.yaml", &fleet("c1, c2"));
+    r.write("app/settings.yaml", &configmap("settings", "blue"));
+    r.write("app/old.yaml", &configmap("old", "grey"));
+    r.write("sec/db.yaml", &secret(SECRET_OLD));
+    r.commit("v1");
+    r.write("README.md", "docs only\n");
+    r.commit("same");
+    r.write("app/settings.yaml", &configmap("settings", "green"));
+    r.write("app/extra.yaml", &configmap("extra", "red"));
+    r.remove("app/old.yaml");
+    r.commit("v2");
+    r.write("sec/db.yaml", &secret(SECRET_NEW));
+    r.commit("v3");
+    r.write(
+        "fleet.yaml",
+        &fleet("c1, c2").replace("percent: 100", "percent: many"),
+    );
+    r.commit("bad");
+    r
+}
+
+fn code(o: &Output) -> Option<i32> {
+    o.status.code()
+}
+
+#[test]
+fn prdiff_review_of_revisions() {
+    let r = repo();
+
+    // No change to any rendered object.
+    let o = r.diff("v1", "same", &[]);
+    assert_eq!(code(&o), Some(0), "{}{}", stdout(&o), stderr(&o));
+    assert!(stdout(&o).contains("no changes"), "{}", stdout(&o));
+
+    // A changed ConfigMap on a placement of 2 of 3 clusters, an added and a removed object.
+    let o = r.diff("v1", "v2", &[]);
+    let out = stdout(&o);
+    assert_eq!(code(&o), Some(1), "{out}{}", stderr(&o));
+    assert!(out.contains("cluster c1\n"), "{out}");
+    assert!(out.contains("cluster c2\n"), "{out}");
+    assert!(!out.contains("cluster c3"), "{out}");
+    assert!(out.contains("~ ConfigMap/shop/settings"), "{out}");
+    assert!(out.contains("fields: data.color"), "{out}");
+    assert!(
+        out.contains("-  color: blue") || out.contains("- color: blue"),
+        "{out}"
+    );
+    assert!(out.contains("+ ConfigMap/shop/extra"), "{out}");
+    assert!(out.contains("- ConfigMap/shop/old"), "{out}");
+    let canary = out.find("batch 1 (canary): c1").expect(&out);
+    let rest = out.find("batch 2 (100%): c2").expect(&out);
+    assert!(canary < rest, "{out}");
+
+    // A remote-tracking branch as the base (what CI passes: origin/main).
+    r.git(&["update-ref", "refs/remotes/origin/main", "v1"]);
+    let o = r.diff("origin/main", "v2", &[]);
+    assert_eq!(code(&o), Some(1), "{}{}", stdout(&o), stderr(&o));
+
+    // Secrets: only markers, never the values, plain or base64.
+    for format in ["text", "markdown", "json"] {
+        let o = r.diff("v2", "v3", &["--format", format]);
+        let out = stdout(&o);
+        assert_eq!(code(&o), Some(1), "{out}{}", stderr(&o));
+        assert!(out.contains("Secret/shop/db"), "{out}");
+        assert!(out.contains("(secret value, changed)"), "{out}");
+        for v in [SECRET_OLD, SECRET_NEW] {
+            assert!(!out.contains(v), "{format} shows {v}: {out}");
+            assert!(
+                !out.contains(&base64(v)),
+                "{format} shows base64 of {v}: {out}"
+            );
+        }
+    }
+
+    // An invalid head: exit 2 with file:line:col.
+    let o = r.diff("v3", "bad", &[]);
+    let out = stdout(&o);
+    assert_eq!(code(&o), Some(2), "{out}{}", stderr(&o));
+    let re = regex::Regex::new(r"fleet\.yaml:\d+:\d+: error").expect("regex");
+    assert!(re.is_match(&out), "{out}");
+
+    // An unknown ref: exit 2.
+    let o = r.diff("v1", "no-such-ref", &[]);
+    assert_eq!(code(&o), Some(2), "{}{}", stdout(&o), stderr(&o));
+
+    // Markdown for a PR comment: the summary table first, then <details> per cluster.
+    let o = r.diff("v1", "v2", &["--format", "markdown"]);
+    let out = stdout(&o);
+    assert_eq!(code(&o), Some(1), "{out}");
+    let table = out.find("| Cluster | web |").expect(&out);
+    let details = out.find("<details>").expect(&out);
+    assert!(table < details, "{out}");
+    assert!(out.contains("| **c1** | +1 ~1 -1 |"), "{out}");
+    assert!(out.contains("```diff"), "{out}");
+    assert!(out.len() < 65_536);
+
+    // JSON parses, written with --out.
+    let file = r.dir.path().join("review.json");
+    let file_str = file.to_str().expect("utf-8");
+    let o = r.diff("v1", "v2", &["--format", "json", "--out", file_str]);
+    assert_eq!(code(&o), Some(1), "{}", stderr(&o));
+    let text = std::fs::read_to_string(Path::new(&file)).expect("written");
+    let v: serde_json::Value = serde_json::from_str(&text).expect("JSON");
+    let clusters = v["clusters"].as_array().expect("clusters");
+    let names: Vec<&str> = clusters.iter().filter_map(|c| c["name"].as_str()).collect();
+    assert_eq!(names, ["c1", "c2"]);
+    assert_eq!(v["rollouts"][0]["batches"][0]["label"], "canary");
+}
+
+#[test]
+fn prdiff_modes_are_exclusive() {
+    let o = crate::support::flotilla(&["diff", "--live", "--base", "a", "--head", "b"]);
+    assert_eq!(code(&o), Some(2), "{}", stderr(&o));
+    let o = crate::support::flotilla(&["diff"]);
+    assert_eq!(code(&o), Some(2), "{}", stderr(&o));
+    let o = crate::support::flotilla(&["diff", "--base", "a"]);
+    assert_eq!(code(&o), Some(2), "{}", stderr(&o));
+}
