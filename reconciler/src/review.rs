@@ -644,3 +644,79 @@ fn md_diff(out: &mut String, diff: &str) -> bool {
     out.push('\n');
     true
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::ObjectRef;
+    use serde_json::json;
+
+    fn object(name: &str, lines: usize, tag: &str) -> DesiredObject {
+        let data: serde_json::Map<String, Value> = (0..lines)
+            .map(|i| (format!("k{i:05}"), json!(format!("{tag}-{i}"))))
+            .collect();
+        let value = json!({"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": name, "namespace": "ns"}, "data": data});
+        DesiredObject {
+            bundle: "b".into(),
+            object: ObjectRef::of(&value).expect("a reference"),
+            value,
+        }
+    }
+
+    fn side(tag: &str) -> Rendered {
+        (0..30)
+            .map(|c| {
+                let objects = (0..5).map(|o| object(&format!("o{o}"), 400, tag)).collect();
+                let d = Desired {
+                    placement: "p".into(),
+                    prune: true,
+                    force: false,
+                    objects: Ok(objects),
+                };
+                (format!("cluster-{c:02}"), vec![d])
+            })
+            .collect()
+    }
+
+    #[test]
+    fn huge_reviews_fit_a_github_comment_and_say_what_was_cut() {
+        let (base, head) = (side("old"), side("new"));
+        let review = compare(Input {
+            fleet: "f".into(),
+            base_rev: "a".into(),
+            head_rev: "b".into(),
+            base: &base,
+            head: &head,
+            head_plan: None,
+            errors: Vec::new(),
+            notes: Vec::new(),
+        });
+        assert_eq!(review.exit_code(), 1);
+        assert_eq!(review.totals(), (0, 150, 0));
+        let md = markdown(&review);
+        assert!(md.len() < 65_536, "{}", md.len());
+        assert!(md.starts_with("### "));
+        assert!(md.contains("| **cluster-29** | +0 ~5 -0 |"));
+        assert!(md.contains("diff lines not shown"));
+        assert!(md.contains("the comment would be too long"));
+    }
+
+    #[test]
+    fn identical_sides_have_no_changes() {
+        let s = side("same");
+        let review = compare(Input {
+            fleet: "f".into(),
+            base_rev: "a".into(),
+            head_rev: "a".into(),
+            base: &s,
+            head: &s,
+            head_plan: None,
+            errors: Vec::new(),
+            notes: Vec::new(),
+        });
+        assert_eq!(review.exit_code(), 0);
+        assert!(review.clusters.is_empty());
+        assert!(text(&review).contains("no changes"));
+    }
+}
