@@ -154,7 +154,9 @@ pub fn apply(
     };
     let fleet = &prepared.fleet;
     let dir = state_dir(state, &fleet.metadata.name)?;
-    let store = Store::open(&dir).with_context(|| format!("state store {}", dir.display()))?;
+    // Shared: `flotilla rollout ...` can read and edit the store while this runs.
+    let store =
+        Store::open_shared(&dir).with_context(|| format!("state store {}", dir.display()))?;
     eprintln!("state: {}", dir.display());
     let plan = flotilla_reconciler::plan::plan(fleet);
     let connector = flotilla_cluster::Connector::load(cluster_args.kubeconfig.as_deref())
@@ -296,79 +298,92 @@ pub fn control(
     if !dir.join("state.redb").exists() {
         anyhow::bail!("no state store in {} (pass --state DIR)", dir.display());
     }
-    let store = match Store::open(&dir) {
+    let store = match Store::open_shared(&dir) {
         Ok(s) => s,
         Err(flotilla_state::StateError::Locked { .. }) => anyhow::bail!(
-            "state store {} is in use: a flotilla apply is driving its rollouts; stop it (Ctrl-C is safe: the rollout resumes where it stopped) and run this again",
+            "state store {} stayed busy for 30 s; try again",
             dir.display()
         ),
         Err(e) => return Err(e).with_context(|| format!("state store {}", dir.display())),
     };
-    let Some(mut r) = store.read(|tx| tx.rollout::<Rollout>(placement))? else {
+    let Some(r) = store.read(|tx| tx.rollout::<Rollout>(placement))? else {
         eprintln!(
             "placement {placement}: no rollout recorded in {}",
             dir.display()
         );
         return Ok(ExitCode::from(INVALID));
     };
-    let note = match command {
-        RolloutCommand::Status => {
-            print_status(&store, &r)?;
-            return Ok(
-                if matches!(
-                    r.phase,
-                    Phase::Succeeded | Phase::Progressing | Phase::Waiting
-                ) {
-                    ExitCode::SUCCESS
-                } else {
-                    ExitCode::from(INVALID)
-                },
-            );
+    if command == RolloutCommand::Status {
+        print_status(&store, &r)?;
+        return Ok(
+            if matches!(
+                r.phase,
+                Phase::Succeeded | Phase::Progressing | Phase::Waiting
+            ) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(INVALID)
+            },
+        );
+    }
+    // Read, change and write in one transaction: a running engine merges requests the same
+    // way, so neither side loses the other's write.
+    let outcome = store.write(|tx| {
+        let Some(mut r) = tx.rollout::<Rollout>(placement)? else {
+            return Ok(Err("no rollout recorded".to_string()));
+        };
+        if r.phase.is_final() {
+            return Ok(Err(format!("rollout {} is {}: nothing to do", r.id, r.phase.label())));
         }
-        _ if r.phase.is_final() => {
-            eprintln!("rollout {} is {}: nothing to do", r.id, r.phase.label());
-            return Ok(ExitCode::from(INVALID));
-        }
-        RolloutCommand::Pause => {
-            r.pause_requested = true;
-            "pause requested: a running apply pauses after its current step"
-        }
-        RolloutCommand::Resume => {
-            r.pause_requested = false;
-            if r.phase == Phase::Paused {
-                r.phase = Phase::Progressing;
+        let note = match command {
+            RolloutCommand::Status => "",
+            RolloutCommand::Pause => {
+                r.pause_requested = true;
+                "pause requested: a running apply pauses after its current step (a soak within 2 s)"
             }
-            "resumed: run `flotilla apply` (or let the daemon) continue it"
-        }
-        RolloutCommand::Abort => {
-            r.stop_requested = Some(StopRequest::Abort);
-            "abort requested: clusters stay as they are"
-        }
-        RolloutCommand::Rollback => {
-            r.stop_requested = Some(StopRequest::Rollback);
-            r.pause_requested = false;
-            if r.phase == Phase::Paused {
-                r.phase = Phase::Progressing;
+            RolloutCommand::Resume => {
+                r.pause_requested = false;
+                if r.phase == Phase::Paused {
+                    r.phase = Phase::Progressing;
+                }
+                "resumed: run `flotilla apply` (or let the daemon) continue it"
             }
-            "rollback requested: the next step puts every touched cluster back on its last good revision"
-        }
-    };
-    let event = Event {
-        at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-        placement: r.placement.clone(),
-        rollout: r.id.clone(),
-        kind: "request".into(),
-        batch: None,
-        cluster: None,
-        message: note.into(),
-    };
-    store.write(|tx| {
+            RolloutCommand::Abort => {
+                r.stop_requested = Some(StopRequest::Abort);
+                "abort requested: clusters stay as they are"
+            }
+            RolloutCommand::Rollback => {
+                r.stop_requested = Some(StopRequest::Rollback);
+                r.pause_requested = false;
+                if r.phase == Phase::Paused {
+                    r.phase = Phase::Progressing;
+                }
+                "rollback requested: the next step puts every touched cluster back on its last good revision"
+            }
+        };
+        let event = Event {
+            at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            placement: r.placement.clone(),
+            rollout: r.id.clone(),
+            kind: "request".into(),
+            batch: None,
+            cluster: None,
+            message: note.into(),
+        };
         tx.put_rollout(placement, &r)?;
         tx.append_event(&event)?;
-        Ok(())
+        Ok(Ok(format!("rollout {}: {note}", r.id)))
     })?;
-    eprintln!("rollout {}: {note}", r.id);
-    Ok(ExitCode::SUCCESS)
+    match outcome {
+        Ok(line) => {
+            eprintln!("{line}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(why) => {
+            eprintln!("placement {placement}: {why}");
+            Ok(ExitCode::from(INVALID))
+        }
+    }
 }
 
 fn print_status(store: &Store, r: &Rollout) -> anyhow::Result<()> {

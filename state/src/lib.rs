@@ -110,9 +110,13 @@ fn db_err<E: Into<redb::Error>>(path: &Path, op: &'static str) -> impl FnOnce(E)
 
 /// The embedded state store: one redb database file, exclusively locked while open.
 pub struct Store {
-    db: Database,
+    /// `None` in shared mode: the file is opened for each transaction and closed after it.
+    db: Option<Database>,
     path: PathBuf,
 }
+
+/// How long a shared store waits for another process's transaction.
+const SHARED_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -131,23 +135,45 @@ impl Store {
             source,
         })?;
         let path = dir.join(FILE_NAME);
-        let db = Database::builder()
-            .set_cache_size(CACHE_BYTES)
-            // Verify every page's checksum on open: a file damaged outside redb is then an
-            // error, where a plain open trusts it and can panic. The daemon opens once, so
-            // reading the whole file then is affordable.
-            .set_check_integrity_on_open(true)
-            .create(&path)
-            .map_err(|e| match e {
-                DatabaseError::DatabaseAlreadyOpen | DatabaseError::LockProtocolMismatch => {
-                    StateError::Locked { path: path.clone() }
-                }
-                other => db_err(&path, "open")(other),
-            })?;
-        let store = Store { db, path };
+        let db = open_db(&path)?;
+        let store = Store { db: Some(db), path };
         store.init_schema()?;
         tracing::debug!(path = %store.path.display(), "state store open");
         Ok(store)
+    }
+
+    /// Opens the store in shared mode: the file is opened (and its lock taken) for each
+    /// transaction only, so several processes can use it in turn — `flotilla rollout pause`
+    /// while an `apply` drives the rollout. A transaction waits up to 30 s for the lock.
+    pub fn open_shared(dir: &Path) -> Result<Store, StateError> {
+        std::fs::create_dir_all(dir).map_err(|source| StateError::CreateDir {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        let path = dir.join(FILE_NAME);
+        let store = Store {
+            db: Some(open_db_waiting(&path)?),
+            path,
+        };
+        store.init_schema()?;
+        Ok(Store {
+            db: None,
+            path: store.path.clone(),
+        })
+    }
+
+    /// Runs `f` on the open database, or opens it for `f` in shared mode.
+    fn with_db<T>(
+        &self,
+        f: impl FnOnce(&Database) -> Result<T, StateError>,
+    ) -> Result<T, StateError> {
+        match &self.db {
+            Some(db) => f(db),
+            None => {
+                let db = open_db_waiting(&self.path)?;
+                f(&db)
+            }
+        }
     }
 
     /// The database file (`DIR/state.redb`).
@@ -160,7 +186,11 @@ impl Store {
     fn init_schema(&self) -> Result<(), StateError> {
         let path = &self.path;
         let recorded = {
-            let tx = self.db.begin_read().map_err(db_err(path, "begin read"))?;
+            let db = self
+                .db
+                .as_ref()
+                .ok_or_else(|| StateError::Locked { path: path.clone() })?;
+            let tx = db.begin_read().map_err(db_err(path, "begin read"))?;
             match tx.open_table(META) {
                 Ok(meta) => meta
                     .get(META_SCHEMA_VERSION)
@@ -202,20 +232,22 @@ impl Store {
         f: impl FnOnce(&mut WriteTx<'_>) -> Result<T, StateError>,
     ) -> Result<T, StateError> {
         let path = &self.path;
-        let tx = self.db.begin_write().map_err(db_err(path, "begin write"))?;
-        let result = f(&mut WriteTx { tx: &tx, path });
-        match result {
-            Ok(value) => {
-                tx.commit().map_err(db_err(path, "commit"))?;
-                Ok(value)
-            }
-            Err(e) => {
-                if let Err(abort) = tx.abort() {
-                    tracing::warn!(path = %path.display(), error = %abort, "state store: abort failed");
+        self.with_db(|db| {
+            let tx = db.begin_write().map_err(db_err(path, "begin write"))?;
+            let result = f(&mut WriteTx { tx: &tx, path });
+            match result {
+                Ok(value) => {
+                    tx.commit().map_err(db_err(path, "commit"))?;
+                    Ok(value)
                 }
-                Err(e)
+                Err(e) => {
+                    if let Err(abort) = tx.abort() {
+                        tracing::warn!(path = %path.display(), error = %abort, "state store: abort failed");
+                    }
+                    Err(e)
+                }
             }
-        }
+        })
     }
 
     /// A consistent read snapshot: `f` sees every transaction committed before this call and
@@ -224,14 +256,44 @@ impl Store {
         &self,
         f: impl FnOnce(&ReadTx<'_>) -> Result<T, StateError>,
     ) -> Result<T, StateError> {
-        let tx = self
-            .db
-            .begin_read()
-            .map_err(db_err(&self.path, "begin read"))?;
-        f(&ReadTx {
-            tx: &tx,
-            path: &self.path,
+        self.with_db(|db| {
+            let tx = db.begin_read().map_err(db_err(&self.path, "begin read"))?;
+            f(&ReadTx {
+                tx: &tx,
+                path: &self.path,
+            })
         })
+    }
+}
+
+fn open_db(path: &Path) -> Result<Database, StateError> {
+    Database::builder()
+        .set_cache_size(CACHE_BYTES)
+        // Verify every page's checksum on open: a file damaged outside redb is then an
+        // error, where a plain open trusts it and can panic. Reading the whole file is
+        // affordable at the sizes a fleet's rollout state reaches.
+        .set_check_integrity_on_open(true)
+        .create(path)
+        .map_err(|e| match e {
+            DatabaseError::DatabaseAlreadyOpen | DatabaseError::LockProtocolMismatch => {
+                StateError::Locked {
+                    path: path.to_path_buf(),
+                }
+            }
+            other => db_err(path, "open")(other),
+        })
+}
+
+/// `open_db`, waiting (up to [`SHARED_WAIT`]) while another process holds the file.
+fn open_db_waiting(path: &Path) -> Result<Database, StateError> {
+    let started = std::time::Instant::now();
+    loop {
+        match open_db(path) {
+            Err(StateError::Locked { .. }) if started.elapsed() < SHARED_WAIT => {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            other => return other,
+        }
     }
 }
 

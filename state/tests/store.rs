@@ -609,3 +609,24 @@ fn a_damaged_file_is_an_error_or_readable_never_a_panic() {
     }
     assert!(detected > 0, "no damage was detected");
 }
+
+#[test]
+fn shared_stores_take_turns_on_one_file() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let a = flotilla_state::Store::open_shared(dir.path()).expect("a opens");
+    let b = flotilla_state::Store::open_shared(dir.path()).expect("b opens too");
+    a.write(|tx| tx.put_rollout("web", &serde_json::json!({"phase": "progressing"})))
+        .expect("a writes");
+    let seen: Option<serde_json::Value> = b.read(|tx| tx.rollout("web")).expect("b reads");
+    assert_eq!(seen, Some(serde_json::json!({"phase": "progressing"})));
+    b.write(|tx| {
+        tx.append_event(&serde_json::json!({"kind": "request"}))
+            .map(|_| ())
+    })
+    .expect("b writes");
+    let events: Vec<(u64, serde_json::Value)> =
+        a.read(|tx| tx.events(0, 10)).expect("a reads b's event");
+    assert_eq!(events.len(), 1);
+    // Between transactions a shared store holds nothing: an exclusive open succeeds.
+    let _x = flotilla_state::Store::open(dir.path()).expect("exclusive open while shared idle");
+}

@@ -630,3 +630,62 @@ fn rollout_a_newer_commit_supersedes_one_in_progress() {
     assert!(stdout(&o).contains("web: superseded"), "{}", show(&o));
     assert_eq!(f.images(), vec!["nginx:1.29"; 6]);
 }
+
+#[test]
+fn rollout_status_and_pause_work_while_apply_runs() {
+    let f = Fleet::new(SimConfig {
+        clusters: 6,
+        ready_delay: std::time::Duration::from_millis(150),
+        ..Default::default()
+    });
+    f.commit("nginx:1.27", "first");
+    let o = f.apply();
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+
+    // A long soak on the canary; while apply waits in it, another process reads the status
+    // and asks for a pause, which the running apply honours.
+    f.commit_with(
+        "nginx:1.28",
+        "      batches:\n        - {clusters: {names: [sim-1]}, soak: 1h}\n        - percent: 100\n",
+        "slow",
+    );
+    let mut child = Command::new(env!("CARGO_BIN_EXE_flotilla"))
+        .args(["apply", "--kubeconfig"])
+        .arg(&f.kubeconfig)
+        .arg("--repo")
+        .arg(&f.repo)
+        .args(["--rev", "main", "--cache"])
+        .arg(f.repo.parent().expect("parent").join("cache"))
+        .arg("--state")
+        .arg(&f.state)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("flotilla starts");
+    let mut reader = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    loop {
+        line.clear();
+        let n = std::io::BufRead::read_line(&mut reader, &mut line).expect("read");
+        assert!(n > 0, "apply ended before soaking");
+        if line.contains("batch 1: soaking") {
+            break;
+        }
+    }
+    let status = f.status();
+    assert!(status.contains("Soaking"), "{status}");
+    let o = f.flotilla(&["rollout", "pause", "web"]);
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut reader, &mut rest).expect("read");
+    let status_code = child.wait().expect("apply ends");
+    assert_eq!(
+        status_code.code(),
+        Some(1),
+        "paused is not success:\n{rest}"
+    );
+    assert!(rest.contains("web: paused: paused by request"), "{rest}");
+    assert!(f.status().contains(": Paused"));
+    assert_eq!(f.images()[0], "nginx:1.28");
+    assert_eq!(f.images()[1], "nginx:1.27", "the next batch never opened");
+}

@@ -168,21 +168,26 @@ impl Engine<'_> {
     /// Records the rollout and its events in one transaction, then reports the events.
     fn record(&self, r: &mut Rollout, events: Vec<Event>) -> Result<(), EngineError> {
         r.updated_at = rfc3339(self.clock.now());
-        // A person's pause/abort/rollback request may have arrived since we read it.
-        let stored: Option<Rollout> = self.store.read(|tx| tx.rollout(&r.placement))?;
-        if let Some(s) = stored.filter(|s| s.id == r.id) {
-            r.pause_requested |= s.pause_requested;
-            if r.stop_requested.is_none() {
-                r.stop_requested = s.stop_requested;
+        // A person's pause/abort/rollback request may have arrived since we read it: merged
+        // in the same transaction that writes, so none is lost.
+        let merged = self.store.write(|tx| {
+            let mut next = r.clone();
+            if let Some(s) = tx
+                .rollout::<Rollout>(&next.placement)?
+                .filter(|s| s.id == next.id)
+            {
+                next.pause_requested |= s.pause_requested;
+                if next.stop_requested.is_none() {
+                    next.stop_requested = s.stop_requested;
+                }
             }
-        }
-        self.store.write(|tx| {
-            tx.put_rollout(&r.placement, &*r)?;
+            tx.put_rollout(&next.placement, &next)?;
             for e in &events {
                 tx.append_event(e)?;
             }
-            Ok(())
+            Ok(next)
         })?;
+        *r = merged;
         for e in &events {
             (self.on_event)(e);
         }
