@@ -530,6 +530,23 @@ fn text_object(out: &mut String, o: &ObjectReport, color: bool) {
 
 /// Diff lines shown per object in Markdown; the rest are cut with a note.
 const MD_DIFF_LINES: usize = 60;
+
+/// The first lines of `diff` that fit: at most `max_lines` and `room` bytes. Returns the
+/// kept text, how many lines it has and how many the diff had.
+pub(crate) fn cut_diff(diff: &str, max_lines: usize, room: usize) -> (String, usize, usize) {
+    let mut body = String::new();
+    let mut shown = 0;
+    let mut total = 0;
+    for line in diff.lines() {
+        total += 1;
+        if shown == total - 1 && shown < max_lines && body.len() + line.len() < room {
+            body.push_str(line);
+            body.push('\n');
+            shown += 1;
+        }
+    }
+    (body, shown, total)
+}
 /// GitHub comments hold 65,536 characters. Diffs are shown while the report is shorter than
 /// this; later ones are left out with a note.
 const MD_DIFF_UNTIL: usize = 48_000;
@@ -797,22 +814,15 @@ fn md_object(out: &mut String, o: &ObjectReport) {
     if o.diff.is_empty() {
         return;
     }
-    let lines: Vec<&str> = o.diff.lines().collect();
-    let room = MD_DIFF_UNTIL.saturating_sub(out.len());
-    let mut body = String::new();
-    let mut shown = 0;
-    for line in &lines {
-        if shown == MD_DIFF_LINES || body.len() + line.len() + 1 > room {
-            break;
-        }
-        body.push_str(line);
-        body.push('\n');
-        shown += 1;
-    }
+    let (body, shown, total) = cut_diff(
+        &o.diff,
+        MD_DIFF_LINES,
+        MD_DIFF_UNTIL.saturating_sub(out.len()),
+    );
     if shown == 0 {
         out.push_str(&format!(
             "  _Diff of {} left out: the report is too long._\n\n",
-            plural(lines.len(), "line", "lines")
+            plural(total, "line", "lines")
         ));
         return;
     }
@@ -827,11 +837,11 @@ fn md_object(out: &mut String, o: &ObjectReport) {
             out.push('\n');
         }
     }
-    if shown < lines.len() {
+    if shown < total {
         out.push_str(&format!(
             "  _{} of {} diff lines not shown._\n",
-            lines.len() - shown,
-            lines.len()
+            total - shown,
+            total
         ));
     }
     out.push('\n');

@@ -614,31 +614,21 @@ fn md_diff(out: &mut String, diff: &str) -> bool {
     if diff.is_empty() {
         return true;
     }
-    let lines: Vec<&str> = diff.lines().collect();
-    let room = MD_DIFF_UNTIL.saturating_sub(out.len());
-    let mut body = String::new();
-    let mut shown = 0;
-    for line in &lines {
-        if shown == MD_DIFF_LINES || body.len() + line.len() + 1 > room {
-            break;
-        }
-        body.push_str(line);
-        body.push('\n');
-        shown += 1;
-    }
+    let (body, shown, total) =
+        crate::report::cut_diff(diff, MD_DIFF_LINES, MD_DIFF_UNTIL.saturating_sub(out.len()));
     if shown == 0 {
         out.push_str(&format!(
             "  _Diff of {} left out: the comment would be too long._\n\n",
-            plural(lines.len(), "line", "lines")
+            plural(total, "line", "lines")
         ));
         return false;
     }
     md_fence(out, "diff", &body);
-    if shown < lines.len() {
+    if shown < total {
         out.push_str(&format!(
             "_{} of {} diff lines not shown._\n",
-            lines.len() - shown,
-            lines.len()
+            total - shown,
+            total
         ));
     }
     out.push('\n');

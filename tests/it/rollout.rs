@@ -132,6 +132,25 @@ impl Fleet {
             .expect("flotilla runs")
     }
 
+    /// `flotilla apply` started in the background, stdout and stderr piped.
+    fn spawn_apply(&self) -> std::process::Child {
+        Command::new(env!("CARGO_BIN_EXE_flotilla"))
+            .args(["apply", "--kubeconfig"])
+            .arg(&self.kubeconfig)
+            .arg("--repo")
+            .arg(&self.repo)
+            .args(["--rev", "main", "--cache"])
+            .arg(self.repo.parent().expect("parent").join("cache"))
+            .arg("--state")
+            .arg(&self.state)
+            .env_remove("FLOTILLA_LOG")
+            .env_remove("KUBECONFIG")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("flotilla starts")
+    }
+
     fn apply(&self) -> Output {
         self.flotilla(&[
             "apply",
@@ -307,6 +326,23 @@ fn rollout_failure_in_the_second_batch_rolls_back_the_canary_too() {
     assert!(status.contains("unhealthy batch 2 sim-3"), "{status}");
 }
 
+/// Reads the child's stdout until a line contains `needle`; returns the reader for the rest.
+fn read_until(
+    child: &mut std::process::Child,
+    needle: &str,
+) -> std::io::BufReader<std::process::ChildStdout> {
+    let mut reader = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    loop {
+        line.clear();
+        let n = std::io::BufRead::read_line(&mut reader, &mut line).expect("read");
+        assert!(n > 0, "apply ended before printing {needle:?}");
+        if line.contains(needle) {
+            return reader;
+        }
+    }
+}
+
 /// Runs `flotilla apply` again and again, killing it with SIGKILL (by PID) after a
 /// pseudo-random delay, `kills` times (a run that finishes first counts as no kill and is
 /// simply started again), then lets one run finish; returns that run's output.
@@ -318,21 +354,7 @@ fn apply_with_kills(
 ) -> (usize, Output) {
     let mut kills = 0;
     loop {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_flotilla"))
-            .args(["apply", "--kubeconfig"])
-            .arg(&f.kubeconfig)
-            .arg("--repo")
-            .arg(&f.repo)
-            .args(["--rev", "main", "--cache"])
-            .arg(f.repo.parent().expect("parent").join("cache"))
-            .arg("--state")
-            .arg(&f.state)
-            .env_remove("FLOTILLA_LOG")
-            .env_remove("KUBECONFIG")
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("flotilla starts");
+        let mut child = f.spawn_apply();
         // xorshift: reproducible from the printed seed.
         *seed ^= *seed << 13;
         *seed ^= *seed >> 7;
@@ -595,29 +617,8 @@ fn rollout_a_newer_commit_supersedes_one_in_progress() {
 
     // A rollout that soaks its canary for a long time is interrupted there ...
     f.commit_with("nginx:1.28", "      batches:\n        - {clusters: {names: [sim-1]}, soak: 1h}\n        - percent: 100\n", "slow");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_flotilla"))
-        .args(["apply", "--kubeconfig"])
-        .arg(&f.kubeconfig)
-        .arg("--repo")
-        .arg(&f.repo)
-        .args(["--rev", "main", "--cache"])
-        .arg(f.repo.parent().expect("parent").join("cache"))
-        .arg("--state")
-        .arg(&f.state)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("flotilla starts");
-    let mut reader = std::io::BufReader::new(child.stdout.take().expect("stdout"));
-    let mut line = String::new();
-    loop {
-        line.clear();
-        let n = std::io::BufRead::read_line(&mut reader, &mut line).expect("read");
-        assert!(n > 0, "apply ended before soaking");
-        if line.contains("batch 1: soaking") {
-            break;
-        }
-    }
+    let mut child = f.spawn_apply();
+    let _reader = read_until(&mut child, "batch 1: soaking");
     child.kill().expect("kill");
     let _ = child.wait();
     assert_eq!(f.images()[0], "nginx:1.28");
@@ -649,29 +650,8 @@ fn rollout_status_and_pause_work_while_apply_runs() {
         "      batches:\n        - {clusters: {names: [sim-1]}, soak: 1h}\n        - percent: 100\n",
         "slow",
     );
-    let mut child = Command::new(env!("CARGO_BIN_EXE_flotilla"))
-        .args(["apply", "--kubeconfig"])
-        .arg(&f.kubeconfig)
-        .arg("--repo")
-        .arg(&f.repo)
-        .args(["--rev", "main", "--cache"])
-        .arg(f.repo.parent().expect("parent").join("cache"))
-        .arg("--state")
-        .arg(&f.state)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("flotilla starts");
-    let mut reader = std::io::BufReader::new(child.stdout.take().expect("stdout"));
-    let mut line = String::new();
-    loop {
-        line.clear();
-        let n = std::io::BufRead::read_line(&mut reader, &mut line).expect("read");
-        assert!(n > 0, "apply ended before soaking");
-        if line.contains("batch 1: soaking") {
-            break;
-        }
-    }
+    let mut child = f.spawn_apply();
+    let mut reader = read_until(&mut child, "batch 1: soaking");
     let status = f.status();
     assert!(status.contains("Soaking"), "{status}");
     let o = f.flotilla(&["rollout", "pause", "web"]);
