@@ -121,7 +121,7 @@ impl Gates for PrometheusGates {
     }
 }
 
-fn print_event(e: &Event) {
+fn event_line(e: &Event) -> String {
     let mut line = format!("{} {}", e.at, e.placement);
     if let Some(b) = e.batch {
         line.push_str(&format!(" batch {b}"));
@@ -133,8 +133,115 @@ fn print_event(e: &Event) {
     if !e.message.is_empty() {
         line.push_str(&format!(": {}", e.message));
     }
-    let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "{line}");
+    line
+}
+
+/// What the live view knows of one placement, built from its events.
+#[derive(Default)]
+struct PlacementView {
+    phase: String,
+    batch: Option<usize>,
+    /// cluster → (batch, state)
+    clusters: BTreeMap<String, (usize, String)>,
+}
+
+/// The live progress view: on a terminal, a table of placements and their clusters redrawn
+/// after every event (with the latest event under it); elsewhere, one line per event.
+struct Progress {
+    terminal: bool,
+    state: std::sync::Mutex<(BTreeMap<String, PlacementView>, usize)>,
+}
+
+impl Progress {
+    fn new() -> Progress {
+        Progress {
+            terminal: std::io::IsTerminal::is_terminal(&std::io::stdout()),
+            state: std::sync::Mutex::new((BTreeMap::new(), 0)),
+        }
+    }
+
+    fn on_event(&self, e: &Event) {
+        let line = event_line(e);
+        let mut out = std::io::stdout().lock();
+        if !self.terminal {
+            let _ = writeln!(out, "{line}");
+            return;
+        }
+        let mut guard = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let (views, drawn) = &mut *guard;
+        apply_event(views, e);
+        let table = render_views(views);
+        // Move up over the previous drawing, clear it, draw again.
+        if *drawn > 0 {
+            let _ = write!(out, "\x1b[{}A\x1b[J", *drawn);
+        }
+        // One screen row for the event (a wrapped line would break the redraw).
+        let short: String = line.chars().take(100).collect();
+        let _ = writeln!(out, "{table}{short}");
+        *drawn = table.lines().count() + 1;
+    }
+}
+
+fn apply_event(views: &mut BTreeMap<String, PlacementView>, e: &Event) {
+    let v = views.entry(e.placement.clone()).or_default();
+    let phase = match e.kind.as_str() {
+        "started" | "batch-applying" | "window-open" => Some("Progressing"),
+        "waiting" => Some("Waiting"),
+        "soaking" => Some("Soaking"),
+        "paused" => Some("Paused"),
+        "rolling-back" => Some("RollingBack"),
+        "rolled-back-all" => Some("RolledBack"),
+        "succeeded" => Some("Succeeded"),
+        "superseded" => Some("Superseded"),
+        "aborted" => Some("Aborted"),
+        _ => None,
+    };
+    if let Some(p) = phase {
+        v.phase = p.into();
+    }
+    if e.kind == "started" {
+        v.clusters.clear();
+        for part in e.message.split("; ") {
+            if let Some((b, names)) = part.strip_prefix("batch ").and_then(|r| r.split_once(": ")) {
+                let n = b.parse().unwrap_or(0);
+                for c in names.split(", ") {
+                    v.clusters.insert(c.to_string(), (n, "pending".into()));
+                }
+            }
+        }
+    }
+    if let Some(b) = e.batch {
+        v.batch = Some(b);
+    }
+    if let (Some(c), Some(b)) = (&e.cluster, e.batch) {
+        v.clusters.insert(c.clone(), (b, e.kind.clone()));
+    }
+    if let ("batch-passed", Some(b)) = (e.kind.as_str(), e.batch) {
+        for (batch, state) in v.clusters.values_mut() {
+            if *batch == b && matches!(state.as_str(), "healthy" | "gate-passed") {
+                *state = "passed".into();
+            }
+        }
+    }
+}
+
+fn render_views(views: &BTreeMap<String, PlacementView>) -> String {
+    let mut out = String::new();
+    for (name, v) in views {
+        out.push_str(&format!(
+            "{name}: {}{}\n",
+            if v.phase.is_empty() {
+                "Pending"
+            } else {
+                &v.phase
+            },
+            v.batch.map(|b| format!(", batch {b}")).unwrap_or_default()
+        ));
+        for (c, (b, state)) in &v.clusters {
+            out.push_str(&format!("  {c:<24} batch {b}  {state}\n"));
+        }
+    }
+    out
 }
 
 /// `flotilla apply` with rollouts: every placement's rollout runs to its end.
@@ -174,12 +281,13 @@ pub fn apply(
         prometheus: flotilla_gates::Prometheus::new(Duration::from_secs(10)),
     };
     let clock = SystemClock;
+    let progress = Progress::new();
     let engine = Engine {
         store: &store,
         clusters: &clusters,
         gates: &gates,
         clock: &clock,
-        on_event: &print_event,
+        on_event: &|e: &Event| progress.on_event(e),
         poll: Duration::from_millis(500),
     };
 
@@ -433,4 +541,49 @@ fn print_status(store: &Store, r: &Rollout) -> anyhow::Result<()> {
     let mut stdout = std::io::stdout().lock();
     stdout.write_all(out.as_bytes())?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(kind: &str, batch: Option<usize>, cluster: Option<&str>, message: &str) -> Event {
+        Event {
+            at: "t".into(),
+            placement: "web".into(),
+            rollout: "web@1".into(),
+            kind: kind.into(),
+            batch,
+            cluster: cluster.map(str::to_string),
+            message: message.into(),
+        }
+    }
+
+    #[test]
+    fn the_live_view_follows_the_events() {
+        let mut views = BTreeMap::new();
+        for e in [
+            ev("started", None, None, "batch 1: a; batch 2: b, c"),
+            ev("batch-applying", Some(1), None, "a"),
+            ev("applied", Some(1), Some("a"), ""),
+            ev("healthy", Some(1), Some("a"), ""),
+            ev("soaking", Some(1), None, "60 s"),
+        ] {
+            apply_event(&mut views, &e);
+        }
+        assert_eq!(
+            render_views(&views),
+            "web: Soaking, batch 1\n  a                        batch 1  healthy\n  b                        batch 2  pending\n  c                        batch 2  pending\n"
+        );
+        apply_event(&mut views, &ev("batch-passed", Some(1), None, ""));
+        apply_event(
+            &mut views,
+            &ev("unhealthy", Some(2), Some("b"), "Progressing"),
+        );
+        apply_event(&mut views, &ev("rolling-back", None, None, ""));
+        assert_eq!(
+            render_views(&views),
+            "web: RollingBack, batch 2\n  a                        batch 1  passed\n  b                        batch 2  unhealthy\n  c                        batch 2  pending\n"
+        );
+    }
 }
