@@ -220,7 +220,7 @@ pub fn apply(
                 let connector = &connector;
                 let fleet_name = &fleet_name;
                 async move {
-                    match connector.connect(name, context, false).await {
+                    let r = match connector.connect(name, context, false).await {
                         Ok(cluster) => {
                             let mut r =
                                 sync::apply(&cluster as &dyn Cluster, fleet_name, desired, options)
@@ -229,27 +229,23 @@ pub fn apply(
                                 && !dry_run
                                 && r.error.is_none()
                             {
-                                wait_for_health(&cluster, desired, deadline, &mut r).await;
-                            }
-                            if !json {
-                                print_apply(&r);
+                                wait_for_health(&cluster, fleet_name, desired, deadline, &mut r)
+                                    .await;
                             }
                             r
                         }
-                        Err(e) => {
-                            let r = ApplyResult {
-                                cluster: name.clone(),
-                                dry_run,
-                                error: Some(e.to_string()),
-                                placement_errors: Default::default(),
-                                objects: Vec::new(),
-                            };
-                            if !json {
-                                print_apply(&r);
-                            }
-                            r
-                        }
+                        Err(e) => ApplyResult {
+                            cluster: name.clone(),
+                            dry_run,
+                            error: Some(e.to_string()),
+                            placement_errors: Default::default(),
+                            objects: Vec::new(),
+                        },
+                    };
+                    if !json {
+                        print_apply(&r);
                     }
+                    r
                 }
             })
             .buffer_unordered(usize::from(cluster_args.concurrency))
@@ -331,6 +327,7 @@ fn print_apply(r: &ApplyResult) {
 /// failures of the cluster (with their health as the message).
 async fn wait_for_health(
     cluster: &flotilla_cluster::KubeCluster,
+    fleet: &str,
     desired: &[Desired],
     deadline: std::time::Duration,
     result: &mut ApplyResult,
@@ -353,7 +350,17 @@ async fn wait_for_health(
         }
     }
     let interval = std::time::Duration::from_millis(500);
-    match sync::wait_healthy(cluster as &dyn Cluster, &refs, deadline, interval).await {
+    // Every object this run applied carries the fleet's label.
+    let selector = format!("{}={fleet}", flotilla_renderers::LABEL_FLEET);
+    match sync::wait_healthy(
+        cluster as &dyn Cluster,
+        &refs,
+        &selector,
+        deadline,
+        interval,
+    )
+    .await
+    {
         Ok(healths) => {
             for (r, h) in healths {
                 if h.status == flotilla_reconciler::health::HealthStatus::Healthy {

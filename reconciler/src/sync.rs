@@ -37,21 +37,17 @@ impl LiveCache {
         (g.into(), k.into(), ns.into(), n.into())
     }
 
-    /// Lists every kind of `objects` labelled with `placement` (unserved kinds are skipped;
-    /// an unavailable cluster is an error).
+    /// Lists every kind of `objects` matching `selector` (unserved kinds are skipped; an
+    /// unavailable cluster is an error).
     async fn fetch<'a>(
         cluster: &dyn Cluster,
-        placement: &str,
-        objects: impl IntoIterator<Item = &'a DesiredObject>,
+        selector: &str,
+        objects: impl IntoIterator<Item = &'a ObjectRef>,
     ) -> Result<LiveCache, ClusterError> {
-        let mut kinds: BTreeSet<Gvk> = BTreeSet::new();
-        for o in objects {
-            kinds.insert(o.object.gvk.clone());
-        }
-        let selector = format!("{}={placement}", flotilla_renderers::LABEL_PLACEMENT);
+        let kinds: BTreeSet<&Gvk> = objects.into_iter().map(|r| &r.gvk).collect();
         let mut cache = LiveCache::default();
         for gvk in kinds {
-            match cluster.list(&gvk, &selector).await {
+            match cluster.list(gvk, selector).await {
                 Ok(items) => {
                     for v in items {
                         if let Some(r) = ObjectRef::of(&v) {
@@ -76,6 +72,11 @@ impl LiveCache {
             None => cluster.get(r).await,
         }
     }
+}
+
+/// The label selector of the objects flotilla applied for `placement`.
+pub fn placement_selector(placement: &str) -> String {
+    format!("{}={placement}", flotilla_renderers::LABEL_PLACEMENT)
 }
 
 /// How desired and live are compared.
@@ -140,7 +141,12 @@ async fn compare_inner(
             }
         };
         let new_ns = creates(objects);
-        let live = LiveCache::fetch(cluster, &d.placement, objects.iter()).await?;
+        let live = LiveCache::fetch(
+            cluster,
+            &placement_selector(&d.placement),
+            objects.iter().map(|o| &o.object),
+        )
+        .await?;
         for o in staged(objects) {
             pr.objects
                 .push(compare_object(cluster, &live, o, d.force, mode, &new_ns).await?);
@@ -577,7 +583,12 @@ async fn apply_inner(
     let creates = creates(all.iter().map(|(_, o)| *o));
     let mut cache = LiveCache::default();
     for (d, objects, _) in &work {
-        let c = LiveCache::fetch(cluster, &d.placement, objects.iter()).await?;
+        let c = LiveCache::fetch(
+            cluster,
+            &placement_selector(&d.placement),
+            objects.iter().map(|o| &o.object),
+        )
+        .await?;
         cache.objects.extend(c.objects);
     }
     let mut failed: BTreeSet<ObjectRef> = BTreeSet::new();
@@ -827,19 +838,22 @@ async fn prune_entries(
 }
 
 /// Polls the objects until every one is Healthy or the deadline passes; returns the last
-/// health of each (Missing for objects that are gone). Only an unavailable cluster is an
-/// `Err`.
+/// health of each (Missing for objects that are gone). Each poll lists the objects' kinds by
+/// `selector` (the labels flotilla applies) and gets only what the lists miss. Only an
+/// unavailable cluster is an `Err`.
 pub async fn wait_healthy(
     cluster: &dyn Cluster,
     objects: &[ObjectRef],
+    selector: &str,
     deadline: Duration,
     interval: Duration,
 ) -> Result<Vec<(ObjectRef, Health)>, ClusterError> {
     let until = tokio::time::Instant::now() + deadline;
     loop {
+        let live = LiveCache::fetch(cluster, selector, objects).await?;
         let mut out = Vec::with_capacity(objects.len());
         for r in objects {
-            let h = match cluster.get(r).await {
+            let h = match live.get(cluster, r).await {
                 Ok(Some(live)) => assess(&live),
                 Ok(None) => crate::health::missing(),
                 Err(e) if e.is_unavailable() => return Err(e),

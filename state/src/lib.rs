@@ -135,7 +135,7 @@ impl Store {
             source,
         })?;
         let path = dir.join(FILE_NAME);
-        let db = open_db(&path)?;
+        let db = open_db(&path, true)?;
         let store = Store { db: Some(db), path };
         store.init_schema()?;
         tracing::debug!(path = %store.path.display(), "state store open");
@@ -152,7 +152,7 @@ impl Store {
         })?;
         let path = dir.join(FILE_NAME);
         let store = Store {
-            db: Some(open_db_waiting(&path)?),
+            db: Some(open_db_waiting(&path, true)?),
             path,
         };
         store.init_schema()?;
@@ -170,7 +170,7 @@ impl Store {
         match &self.db {
             Some(db) => f(db),
             None => {
-                let db = open_db_waiting(&self.path)?;
+                let db = open_db_waiting(&self.path, false)?;
                 f(&db)
             }
         }
@@ -266,13 +266,13 @@ impl Store {
     }
 }
 
-fn open_db(path: &Path) -> Result<Database, StateError> {
+/// Opens the file. `verify`: check every page's checksum first, so a file damaged outside
+/// redb is an error where a plain open trusts it and can panic. That reads the whole file,
+/// so it is done once per store, not for every transaction of a shared one.
+fn open_db(path: &Path, verify: bool) -> Result<Database, StateError> {
     Database::builder()
         .set_cache_size(CACHE_BYTES)
-        // Verify every page's checksum on open: a file damaged outside redb is then an
-        // error, where a plain open trusts it and can panic. Reading the whole file is
-        // affordable at the sizes a fleet's rollout state reaches.
-        .set_check_integrity_on_open(true)
+        .set_check_integrity_on_open(verify)
         .create(path)
         .map_err(|e| match e {
             DatabaseError::DatabaseAlreadyOpen | DatabaseError::LockProtocolMismatch => {
@@ -285,10 +285,10 @@ fn open_db(path: &Path) -> Result<Database, StateError> {
 }
 
 /// `open_db`, waiting (up to [`SHARED_WAIT`]) while another process holds the file.
-fn open_db_waiting(path: &Path) -> Result<Database, StateError> {
+fn open_db_waiting(path: &Path, verify: bool) -> Result<Database, StateError> {
     let started = std::time::Instant::now();
     loop {
-        match open_db(path) {
+        match open_db(path, verify) {
             Err(StateError::Locked { .. }) if started.elapsed() < SHARED_WAIT => {
                 std::thread::sleep(std::time::Duration::from_millis(10));
             }

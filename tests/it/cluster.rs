@@ -2,13 +2,11 @@
 //! conflicts, CRDs and discovery, get/list/delete, errors, read-only mode, faults and
 //! retries. kubectl (with `--kubeconfig` in a temp dir) checks what the crate wrote.
 
-use std::path::PathBuf;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use flotilla_cluster::{ClientSettings, ConnectError, Connector, KubeCluster, RetryPolicy};
 use flotilla_reconciler::cluster::{ApplyOptions, Cluster, ClusterError, Gvk, ObjectRef};
-use flotilla_sim::{Faults, SimConfig, SimHandle};
+use flotilla_sim::{Faults, SimConfig};
 use serde_json::{Value, json};
 
 /// The sim runs its own runtime (and blocks while starting), so tests start it first and
@@ -22,23 +20,18 @@ fn block_on<F: std::future::Future>(f: F) -> F::Output {
         .block_on(f)
 }
 
-struct Env {
-    dir: tempfile::TempDir,
-    kubeconfig: PathBuf,
-    sim: SimHandle,
+struct Env(crate::support::SimKube);
+
+impl std::ops::Deref for Env {
+    type Target = crate::support::SimKube;
+    fn deref(&self) -> &crate::support::SimKube {
+        &self.0
+    }
 }
 
 impl Env {
     fn start() -> Env {
-        let sim = flotilla_sim::start(SimConfig::default()).expect("the sim starts");
-        let dir = tempfile::tempdir().expect("temp dir");
-        let kubeconfig = dir.path().join("kubeconfig");
-        std::fs::write(&kubeconfig, sim.kubeconfig()).expect("write kubeconfig");
-        Env {
-            dir,
-            kubeconfig,
-            sim,
-        }
+        Env(crate::support::SimKube::start(SimConfig::default()))
     }
 
     /// Fast retries so that fault tests stay short.
@@ -63,32 +56,11 @@ impl Env {
     }
 
     fn kubectl(&self, args: &[&str]) -> std::process::Output {
-        Command::new("kubectl")
-            .arg("--kubeconfig")
-            .arg(&self.kubeconfig)
-            .arg("--cache-dir")
-            .arg(self.dir.path().join("cache"))
-            .args(["--request-timeout", "20s", "--context", "sim-1"])
-            .args(args)
-            .env_remove("KUBECONFIG")
-            .output()
-            .expect("kubectl runs")
+        self.run(&[&["--context", "sim-1"], args].concat())
     }
 
     fn kubectl_ok(&self, args: &[&str]) -> String {
-        let o = self.kubectl(args);
-        assert!(
-            o.status.success(),
-            "kubectl {args:?} failed: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
-        String::from_utf8_lossy(&o.stdout).into_owned()
-    }
-
-    fn file(&self, name: &str, text: &str) -> String {
-        let p = self.dir.path().join(name);
-        std::fs::write(&p, text).expect("write manifest");
-        p.to_str().expect("UTF-8 temp path").to_string()
+        self.ok(&[&["--context", "sim-1"], args].concat())
     }
 }
 

@@ -1,36 +1,34 @@
 //! Reconciling clusters: `flotilla apply`, `diff --live` and `drift` against in-process sims,
 //! with the real kubectl reading and editing what flotilla did.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 
-use flotilla_sim::{SimConfig, SimHandle};
+use flotilla_sim::SimConfig;
 
 use crate::support::{TempRepo, stderr, stdout};
 
 /// A sim, its kubeconfig on disk, and kubectl pointed at it.
-struct Live {
-    dir: tempfile::TempDir,
-    kubeconfig: PathBuf,
-    sim: SimHandle,
+struct Live(crate::support::SimKube);
+
+impl std::ops::Deref for Live {
+    type Target = crate::support::SimKube;
+    fn deref(&self) -> &crate::support::SimKube {
+        &self.0
+    }
 }
 
 impl Live {
     fn start(clusters: usize) -> Live {
-        let sim = flotilla_sim::start(SimConfig {
+        Live::with(SimConfig {
             clusters,
             ready_delay: std::time::Duration::from_millis(50),
             ..Default::default()
         })
-        .expect("the sim starts");
-        let dir = tempfile::tempdir().expect("temp dir");
-        let kubeconfig = dir.path().join("kubeconfig");
-        std::fs::write(&kubeconfig, sim.kubeconfig()).expect("write kubeconfig");
-        Live {
-            dir,
-            kubeconfig,
-            sim,
-        }
+    }
+
+    fn with(config: SimConfig) -> Live {
+        Live(crate::support::SimKube::start(config))
     }
 
     fn kubeconfig(&self) -> &str {
@@ -38,27 +36,11 @@ impl Live {
     }
 
     fn kubectl(&self, context: &str, args: &[&str]) -> Output {
-        Command::new("kubectl")
-            .arg("--kubeconfig")
-            .arg(&self.kubeconfig)
-            .arg("--cache-dir")
-            .arg(self.dir.path().join("cache"))
-            .args(["--request-timeout", "20s", "--context", context])
-            .args(args)
-            .env_remove("KUBECONFIG")
-            .output()
-            .expect("kubectl runs")
+        self.run(&[&["--context", context], args].concat())
     }
 
     fn kubectl_ok(&self, context: &str, args: &[&str]) -> String {
-        let o = self.kubectl(context, args);
-        assert!(
-            o.status.success(),
-            "kubectl {args:?}: {}{}",
-            stdout(&o),
-            stderr(&o)
-        );
-        stdout(&o)
+        self.ok(&[&["--context", context], args].concat())
     }
 
     /// Runs flotilla against `repo` and this sim's kubeconfig.
@@ -555,7 +537,7 @@ fn reconcile_rejected_objects_and_unavailable_clusters_are_reported_and_containe
 
 #[test]
 fn reconcile_apply_wait_reports_workloads_that_never_become_healthy() {
-    let sim = flotilla_sim::start(
+    let live = Live::with(
         SimConfig {
             clusters: 1,
             ready_delay: std::time::Duration::from_millis(100),
@@ -563,16 +545,7 @@ fn reconcile_apply_wait_reports_workloads_that_never_become_healthy() {
         }
         .unready_images("^broken/")
         .expect("regex"),
-    )
-    .expect("the sim starts");
-    let dir = tempfile::tempdir().expect("temp dir");
-    let kubeconfig = dir.path().join("kubeconfig");
-    std::fs::write(&kubeconfig, sim.kubeconfig()).expect("write kubeconfig");
-    let live = Live {
-        dir,
-        kubeconfig,
-        sim,
-    };
+    );
     let fleet = FLEET.replace("  - {name: sim-2, labels: {env: prod}}\n", "");
     let repo = TempRepo::new()
         .file("fleet.yaml", &fleet)

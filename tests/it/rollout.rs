@@ -5,16 +5,21 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use flotilla_sim::{SimConfig, SimHandle};
+use flotilla_sim::SimConfig;
 
 use crate::support::{stderr, stdout};
 
 struct Fleet {
-    _dir: tempfile::TempDir,
+    k: crate::support::SimKube,
     repo: PathBuf,
     state: PathBuf,
-    kubeconfig: PathBuf,
-    sim: SimHandle,
+}
+
+impl std::ops::Deref for Fleet {
+    type Target = crate::support::SimKube;
+    fn deref(&self) -> &crate::support::SimKube {
+        &self.k
+    }
 }
 
 const WEB: &str = "apiVersion: apps/v1
@@ -83,19 +88,14 @@ fn git(repo: &Path, args: &[&str]) {
 
 impl Fleet {
     fn new(sim: SimConfig) -> Fleet {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let repo = dir.path().join("repo");
+        let k = crate::support::SimKube::start(sim);
+        let repo = k.dir.path().join("repo");
         std::fs::create_dir_all(repo.join("app")).expect("mkdir");
         git(&repo, &["init", "-q", "-b", "main"]);
-        let sim = flotilla_sim::start(sim).expect("the sim starts");
-        let kubeconfig = dir.path().join("kubeconfig");
-        std::fs::write(&kubeconfig, sim.kubeconfig()).expect("kubeconfig");
         Fleet {
-            state: dir.path().join("state"),
-            _dir: dir,
+            state: k.dir.path().join("state"),
             repo,
-            kubeconfig,
-            sim,
+            k,
         }
     }
 
@@ -167,22 +167,17 @@ impl Fleet {
     fn images(&self) -> Vec<String> {
         (1..=6)
             .map(|i| {
-                let o = Command::new("kubectl")
-                    .arg("--kubeconfig")
-                    .arg(&self.kubeconfig)
-                    .args([
-                        "--context",
-                        &format!("sim-{i}"),
-                        "get",
-                        "deploy",
-                        "web",
-                        "-n",
-                        "shop",
-                    ])
-                    .args(["-o", "jsonpath={.spec.template.spec.containers[0].image}"])
-                    .env_remove("KUBECONFIG")
-                    .output()
-                    .expect("kubectl runs");
+                let o = self.run(&[
+                    "--context",
+                    &format!("sim-{i}"),
+                    "get",
+                    "deploy",
+                    "web",
+                    "-n",
+                    "shop",
+                    "-o",
+                    "jsonpath={.spec.template.spec.containers[0].image}",
+                ]);
                 if o.status.success() {
                     stdout(&o)
                 } else {

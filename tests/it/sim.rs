@@ -2,80 +2,15 @@
 //! one `flotilla sim` child process). kubectl always gets `--kubeconfig` and `--cache-dir` in a
 //! temp dir: ~/.kube is never touched.
 
-use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
-use std::sync::Once;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use flotilla_sim::{SimConfig, SimHandle};
+use flotilla_sim::SimConfig;
 
-static VERSION: Once = Once::new();
+use crate::support::stderr;
 
 /// A sim and a kubectl pointed at it.
-struct Kube {
-    dir: tempfile::TempDir,
-    kubeconfig: PathBuf,
-    sim: SimHandle,
-}
-
-impl Kube {
-    fn start(config: SimConfig) -> Kube {
-        VERSION.call_once(|| {
-            let v = Command::new("kubectl")
-                .args(["version", "--client"])
-                .output()
-                .expect("kubectl is installed (.ci/run installs kubernetes-client if missing)");
-            println!(
-                "kubectl version --client:\n{}",
-                String::from_utf8_lossy(&v.stdout)
-            );
-        });
-        let sim = flotilla_sim::start(config).expect("the sim starts");
-        let dir = tempfile::tempdir().expect("temp dir");
-        let kubeconfig = dir.path().join("kubeconfig");
-        std::fs::write(&kubeconfig, sim.kubeconfig()).expect("write kubeconfig");
-        Kube {
-            dir,
-            kubeconfig,
-            sim,
-        }
-    }
-
-    fn command(&self, args: &[&str]) -> Command {
-        let mut c = Command::new("kubectl");
-        c.arg("--kubeconfig")
-            .arg(&self.kubeconfig)
-            .arg("--cache-dir")
-            .arg(self.dir.path().join("cache"))
-            .args(["--request-timeout", "20s"])
-            .args(args)
-            .env_remove("KUBECONFIG");
-        c
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        self.command(args).output().expect("kubectl runs")
-    }
-
-    /// Runs kubectl and returns stdout, failing the test if it fails.
-    fn ok(&self, args: &[&str]) -> String {
-        let o = self.run(args);
-        assert!(
-            o.status.success(),
-            "kubectl {args:?} failed: {}\n{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        );
-        String::from_utf8_lossy(&o.stdout).into_owned()
-    }
-
-    /// Writes a manifest into the temp dir and returns its path.
-    fn file(&self, name: &str, text: &str) -> String {
-        let p = self.dir.path().join(name);
-        std::fs::write(&p, text).expect("write manifest");
-        p.to_str().expect("UTF-8 temp path").to_string()
-    }
-}
+type Kube = crate::support::SimKube;
 
 /// A child process killed (by its PID) if the test fails before stopping it.
 struct KillOnDrop(std::process::Child);
@@ -87,10 +22,6 @@ impl Drop for KillOnDrop {
             let _ = self.0.wait();
         }
     }
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
 const CM: &str = "apiVersion: v1

@@ -77,3 +77,70 @@ impl TempRepo {
 }
 
 pub const HEADER: &str = "apiVersion: flotilla.dev/v1alpha1\nkind: Fleet\nmetadata: {name: t}\n";
+
+static KUBECTL_VERSION: std::sync::Once = std::sync::Once::new();
+
+/// An in-process `flotilla sim`, its kubeconfig in a temp dir, and the real kubectl pointed
+/// at it (always with `--kubeconfig` and `--cache-dir` in that dir: ~/.kube is never used).
+pub struct SimKube {
+    pub dir: tempfile::TempDir,
+    pub kubeconfig: PathBuf,
+    pub sim: flotilla_sim::SimHandle,
+}
+
+impl SimKube {
+    pub fn start(config: flotilla_sim::SimConfig) -> SimKube {
+        KUBECTL_VERSION.call_once(|| {
+            let v = Command::new("kubectl")
+                .args(["version", "--client"])
+                .output()
+                .expect("kubectl is installed (.ci/run installs kubernetes-client if missing)");
+            println!("kubectl version --client:\n{}", stdout(&v));
+        });
+        let sim = flotilla_sim::start(config).expect("the sim starts");
+        let dir = tempfile::tempdir().expect("temp dir");
+        let kubeconfig = dir.path().join("kubeconfig");
+        std::fs::write(&kubeconfig, sim.kubeconfig()).expect("write kubeconfig");
+        SimKube {
+            dir,
+            kubeconfig,
+            sim,
+        }
+    }
+
+    /// kubectl with this sim's kubeconfig and `args`, not yet run.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new("kubectl");
+        c.arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .arg("--cache-dir")
+            .arg(self.dir.path().join("cache"))
+            .args(["--request-timeout", "20s"])
+            .args(args)
+            .env_remove("KUBECONFIG");
+        c
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.command(args).output().expect("kubectl runs")
+    }
+
+    /// Runs kubectl and returns stdout, failing the test if it fails.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let o = self.run(args);
+        assert!(
+            o.status.success(),
+            "kubectl {args:?} failed: {}\n{}",
+            stdout(&o),
+            stderr(&o)
+        );
+        stdout(&o)
+    }
+
+    /// Writes a file into the temp dir and returns its path.
+    pub fn file(&self, name: &str, text: &str) -> String {
+        let p = self.dir.path().join(name);
+        std::fs::write(&p, text).expect("write file");
+        p.to_str().expect("UTF-8 temp path").to_string()
+    }
+}

@@ -211,7 +211,15 @@ impl Engine<'_> {
             }
             Ok(())
         })?;
-        let existing: Option<Rollout> = self.store.read(|tx| tx.rollout(&input.placement.name))?;
+        // What the store knows of this placement, in one snapshot.
+        let name = &input.placement.name;
+        let (existing, failed, current) = self.store.read(|tx| {
+            let existing: Option<Rollout> = tx.rollout(name)?;
+            let failed: Option<String> = tx.failed(name, &revision)?;
+            let current: BTreeMap<String, ClusterRevision> =
+                tx.revisions(name)?.into_iter().collect();
+            Ok((existing, failed, current))
+        })?;
         let mut rollout = match existing {
             Some(r) if r.revision == revision && !r.phase.is_final() => r,
             Some(r) if r.revision == revision && r.phase != Phase::Succeeded => {
@@ -229,17 +237,9 @@ impl Engine<'_> {
                     );
                     self.record(&mut old, vec![e])?;
                 }
-                let failed: Option<String> = self
-                    .store
-                    .read(|tx| tx.failed(&input.placement.name, &revision))?;
                 if let Some(id) = failed {
                     return Ok(Outcome::FailedBefore { rollout: id });
                 }
-                let current: BTreeMap<String, ClusterRevision> = self
-                    .store
-                    .read(|tx| tx.revisions(&input.placement.name))?
-                    .into_iter()
-                    .collect();
                 let now = rfc3339(self.clock.now());
                 let Some(mut r) = plan_rollout(
                     input.plan,
@@ -811,7 +811,8 @@ impl Engine<'_> {
         };
         let handle = self.clusters.cluster(cluster).await?;
         let refs: Vec<ObjectRef> = objects.iter().map(|o| o.object.clone()).collect();
-        let healths = sync::wait_healthy(handle.as_ref(), &refs, left, self.poll)
+        let selector = sync::placement_selector(&input.placement.name);
+        let healths = sync::wait_healthy(handle.as_ref(), &refs, &selector, left, self.poll)
             .await
             .map_err(|e| e.to_string())?;
         let bad: Vec<String> = healths
