@@ -13,6 +13,7 @@ use flotilla_spec::{Checked, Diagnostic, Limits, RepoFiles};
 mod live;
 mod review;
 mod rollouts;
+mod serve;
 
 // mimalloc: parsing a large fleet is allocation-bound, and glibc malloc is ~25% of it.
 #[global_allocator]
@@ -121,15 +122,28 @@ enum Command {
         #[arg(short, long, value_enum, default_value_t = Output::Text)]
         output: Output,
     },
-    /// Rollout control and status, against the state store.
+    /// Rollout control and status: through a running daemon with --server (or
+    /// $FLOTILLA_SERVER), else directly against the state store.
     Rollout {
         #[arg(value_enum)]
         command: rollouts::RolloutCommand,
         placement: String,
-        #[arg(long, value_name = "DIR")]
+        #[arg(long, value_name = "DIR", conflicts_with = "server")]
         state: Option<PathBuf>,
         #[command(flatten)]
+        server: serve::ServerArgs,
+        #[command(flatten)]
         fleet: FleetArgs,
+    },
+    /// Run the daemon: follow the fleet repository (polling, webhooks), roll out every new
+    /// commit, check drift, serve /metrics, /healthz, /readyz and the status API. See
+    /// docs/daemon.md.
+    Serve(Box<serve::ServeArgs>),
+    /// A running daemon's state: revision, rejected commits, placements, drift. Exit 0 all
+    /// well, 1 something failed or was rejected, 2 the daemon cannot be reached.
+    Status {
+        #[command(flatten)]
+        server: serve::ServerArgs,
     },
     /// Read-only drift report: live clusters versus Git. Sends only get and list requests.
     /// Exit 0 in sync, 1 drift, 2 a cluster or object could not be read.
@@ -225,19 +239,36 @@ macro_rules! outln {
 const INVALID: u8 = 1;
 const USAGE_OR_IO: u8 = 2;
 
+/// Logs to stderr, filtered by $FLOTILLA_LOG (default `warn`, `info` for the daemon).
+fn init_logging(default: &str, json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("FLOTILLA_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("FLOTILLA_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     // kube's TLS uses ring, gix's HTTP client aws-lc-rs: with both linked, rustls needs to be
     // told which one serves the process.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
-    match run(cli) {
+    let result = match cli.command {
+        Command::Serve(args) => serve::resolve(*args).and_then(|(config, format)| {
+            init_logging("info", format == serve::LogFormat::Json);
+            serve::serve(config)
+        }),
+        command => {
+            init_logging("warn", false);
+            run(Cli { command })
+        }
+    };
+    match result {
         Ok(code) => code,
         Err(e)
             if e.downcast_ref::<std::io::Error>()
@@ -339,8 +370,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             command,
             placement,
             state,
+            server,
             fleet,
         } => {
+            if let Some(base) = server.url().filter(|_| state.is_none()) {
+                return rollouts::control_remote(&server, &base, command, &placement);
+            }
             let name = match &state {
                 Some(_) => String::new(),
                 None => {
@@ -355,6 +390,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             rollouts::control(command, &placement, &name, state.as_deref())
         }
+        Command::Serve(args) => {
+            let (config, _) = serve::resolve(*args)?;
+            serve::serve(config)
+        }
+        Command::Status { server } => serve::status(&server),
         Command::Drift {
             fleet,
             clusters,
@@ -464,48 +504,13 @@ fn check_fleet_file(
     known_size: Option<u64>,
     where_: &str,
 ) -> anyhow::Result<(String, Checked)> {
-    let fleet_path = RepoPath::parse(&args.fleet).map_err(|e| anyhow::anyhow!("--fleet: {e}"))?;
-    let file = fleet_path.as_str().to_string();
-    let limits = Limits::default();
-    match repo.kind(&fleet_path) {
-        flotilla_spec::PathKind::File => {}
-        flotilla_spec::PathKind::Dir => {
-            anyhow::bail!("{file} is a directory, expected the fleet file")
-        }
-        flotilla_spec::PathKind::Missing => anyhow::bail!("{file} not found in {where_}"),
-        flotilla_spec::PathKind::Escapes => anyhow::bail!("{file} leads outside the repository"),
-    }
-    let over = |size: u64| size > limits.max_bytes as u64;
-    let (text, size) = match known_size {
-        Some(size) if over(size) => (None, size),
-        _ => match repo.read(&fleet_path) {
-            Ok(bytes) if over(bytes.len() as u64) => (None, bytes.len() as u64),
-            Ok(bytes) => {
-                let size = bytes.len() as u64;
-                let text = String::from_utf8(bytes)
-                    .map_err(|_| anyhow::anyhow!("cannot read {file}: it is not valid UTF-8"))?;
-                (Some(text), size)
-            }
-            Err(flotilla_spec::RepoError::TooLarge { size, .. }) => (None, size),
-            Err(e) => return Err(e).with_context(|| format!("cannot read {file}")),
-        },
-    };
-    let checked = match text {
-        Some(text) => flotilla_spec::check_with(&file, &text, repo, &limits),
-        None => {
-            // Let the spec report it as a diagnostic, then name the real size.
-            let mut checked =
-                flotilla_spec::check_with(&file, &" ".repeat(limits.max_bytes + 1), repo, &limits);
-            for d in &mut checked.diagnostics {
-                d.message = format!(
-                    "the file is {size} bytes, over the limit of {} bytes",
-                    limits.max_bytes
-                );
-            }
-            checked
-        }
-    };
-    Ok((file, checked))
+    Ok(flotilla_spec::check_repo_file(
+        repo,
+        &args.fleet,
+        known_size,
+        where_,
+        &Limits::default(),
+    )?)
 }
 
 /// Checks the fleet file of a local directory (uncommitted changes included).

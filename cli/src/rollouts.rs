@@ -4,17 +4,16 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 
-use flotilla_reconciler::cluster::Cluster;
 use flotilla_reconciler::rollout::{
-    Clock, Clusters, Engine, Event, Gates, Outcome, Phase, PlacementInput, Rollout, StopRequest,
+    ControlError, Engine, Event, Outcome, Phase, Request, Rollout, phase_after, placement_inputs,
 };
-use flotilla_spec::{Cluster as ClusterSpec, Gate};
 use flotilla_state::Store;
+
+use flotilla_daemon::adapters::{ConnectedClusters, PrometheusGates, SystemClock};
 
 use crate::live::{ClusterArgs, Prepared, prepare, runtime};
 use crate::{FleetArgs, INVALID};
@@ -33,92 +32,6 @@ pub fn state_dir(explicit: Option<&Path>, fleet: &str) -> anyhow::Result<PathBuf
         return Ok(PathBuf::from(h).join(".local/state/flotilla").join(fleet));
     }
     anyhow::bail!("no state directory: pass --state DIR, or set XDG_STATE_HOME or HOME")
-}
-
-struct SystemClock;
-
-impl Clock for SystemClock {
-    fn now(&self) -> chrono::DateTime<chrono::Utc> {
-        chrono::Utc::now()
-    }
-}
-
-/// Clusters by fleet name, connected on first use.
-struct ConnectedClusters {
-    connector: flotilla_cluster::Connector,
-    contexts: BTreeMap<String, String>,
-    cache: tokio::sync::Mutex<BTreeMap<String, Arc<dyn Cluster>>>,
-}
-
-#[async_trait::async_trait]
-impl Clusters for ConnectedClusters {
-    async fn cluster(&self, name: &str) -> Result<Arc<dyn Cluster>, String> {
-        let mut cache = self.cache.lock().await;
-        if let Some(c) = cache.get(name) {
-            return Ok(c.clone());
-        }
-        let context = self
-            .contexts
-            .get(name)
-            .ok_or_else(|| format!("cluster {name:?} is not in the fleet"))?;
-        let c: Arc<dyn Cluster> = Arc::new(
-            self.connector
-                .connect(name, context, false)
-                .await
-                .map_err(|e| e.to_string())?,
-        );
-        cache.insert(name.to_string(), c.clone());
-        Ok(c)
-    }
-}
-
-/// Prometheus gates through flotilla-gates.
-struct PrometheusGates {
-    prometheus: flotilla_gates::Prometheus,
-}
-
-#[async_trait::async_trait]
-impl Gates for PrometheusGates {
-    async fn check(
-        &self,
-        gate: &Gate,
-        cluster: &ClusterSpec,
-        placement: &str,
-        fleet: &str,
-    ) -> Result<String, String> {
-        let p = &gate.prometheus;
-        let scope = flotilla_spec::template::Scope {
-            cluster,
-            placement,
-            bundle: "",
-            fleet,
-        };
-        let query = flotilla_spec::template::Template::parse(&p.query)
-            .and_then(|t| t.expand(&scope))
-            .map_err(|e| format!("gate query {:?}: {e}", p.query))?;
-        let check = flotilla_gates::Check {
-            name: format!("prometheus {query}"),
-            url: p.url.clone(),
-            query,
-            min: p.min,
-            max: p.max,
-        };
-        match flotilla_gates::evaluate(&self.prometheus, &check, Default::default()).await {
-            flotilla_gates::Outcome::Pass { samples } => Ok(format!(
-                "{}: {}",
-                check.query,
-                samples
-                    .iter()
-                    .map(|s| s.to_string())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )),
-            flotilla_gates::Outcome::Fail { reason } => Err(reason),
-            flotilla_gates::Outcome::Error { reason } => {
-                Err(format!("gate could not be evaluated: {reason}"))
-            }
-        }
-    }
 }
 
 fn event_line(e: &Event) -> String {
@@ -184,17 +97,10 @@ impl Progress {
 
 fn apply_event(views: &mut BTreeMap<String, PlacementView>, e: &Event) {
     let v = views.entry(e.placement.clone()).or_default();
+    // Soaking is a step of Progressing, worth showing here.
     let phase = match e.kind.as_str() {
-        "started" | "batch-applying" | "window-open" => Some("Progressing"),
-        "waiting" => Some("Waiting"),
         "soaking" => Some("Soaking"),
-        "paused" => Some("Paused"),
-        "rolling-back" => Some("RollingBack"),
-        "rolled-back-all" => Some("RolledBack"),
-        "succeeded" => Some("Succeeded"),
-        "superseded" => Some("Superseded"),
-        "aborted" => Some("Aborted"),
-        _ => None,
+        kind => phase_after(kind).map(Phase::label),
     };
     if let Some(p) = phase {
         v.phase = p.into();
@@ -268,18 +174,8 @@ pub fn apply(
     let plan = flotilla_reconciler::plan::plan(fleet);
     let connector = flotilla_cluster::Connector::load(cluster_args.kubeconfig.as_deref())
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let clusters = ConnectedClusters {
-        connector,
-        contexts: fleet
-            .clusters
-            .iter()
-            .map(|c| (c.name.clone(), c.context().to_string()))
-            .collect(),
-        cache: tokio::sync::Mutex::new(BTreeMap::new()),
-    };
-    let gates = PrometheusGates {
-        prometheus: flotilla_gates::Prometheus::new(Duration::from_secs(10)),
-    };
+    let clusters = ConnectedClusters::new(connector, fleet, false);
+    let gates = PrometheusGates::new(Duration::from_secs(10));
     let clock = SystemClock;
     let progress = Progress::new();
     let engine = Engine {
@@ -289,56 +185,29 @@ pub fn apply(
         clock: &clock,
         on_event: &|e: &Event| progress.on_event(e),
         poll: Duration::from_millis(500),
+        stop: None,
     };
 
     // Inputs per placement; a placement that failed to render anywhere does not roll out.
+    let targets: BTreeMap<String, Vec<flotilla_reconciler::desired::Desired>> = prepared
+        .targets
+        .iter()
+        .map(|(cluster, _, d)| (cluster.clone(), d.clone()))
+        .collect();
     let mut inputs = Vec::new();
     let mut failed = false;
-    for (pp, placement) in plan.placements.iter().zip(&fleet.placements) {
-        let mut desired = BTreeMap::new();
-        let mut errors = Vec::new();
-        let mut prune = true;
-        for (cluster, _, per_cluster) in &prepared.targets {
-            for d in per_cluster.iter().filter(|d| d.placement == placement.name) {
-                prune = d.prune;
-                match &d.objects {
-                    Ok(objects) => {
-                        desired.insert(
-                            cluster.clone(),
-                            (
-                                flotilla_reconciler::rollout::model::manifest_hash(objects),
-                                objects.clone(),
-                            ),
-                        );
-                    }
-                    Err(e) => errors.push(format!("cluster {cluster}: {e}")),
-                }
+    for input in placement_inputs(fleet, &plan, &prepared.revision, &targets, None) {
+        match input {
+            Ok(i) => inputs.push(i),
+            Err(f) => {
+                failed = true;
+                eprintln!(
+                    "flotilla: error: placement {}: not rolled out (render failed): {}",
+                    f.placement,
+                    f.errors.join("; ")
+                );
             }
         }
-        if !errors.is_empty() {
-            failed = true;
-            eprintln!(
-                "flotilla: error: placement {}: not rolled out (render failed): {}",
-                placement.name,
-                errors.join("; ")
-            );
-            continue;
-        }
-        let specs: BTreeMap<String, &ClusterSpec> = fleet
-            .clusters
-            .iter()
-            .filter(|c| desired.contains_key(&c.name))
-            .map(|c| (c.name.clone(), c))
-            .collect();
-        inputs.push(PlacementInput {
-            fleet: &fleet.metadata.name,
-            commit: &prepared.revision,
-            placement,
-            plan: pp,
-            clusters: specs,
-            desired,
-            prune,
-        });
     }
 
     let rt = runtime()?;
@@ -421,72 +290,23 @@ pub fn control(
         );
         return Ok(ExitCode::from(INVALID));
     };
-    if command == RolloutCommand::Status {
-        print_status(&store, &r)?;
-        return Ok(
-            if matches!(
-                r.phase,
-                Phase::Succeeded | Phase::Progressing | Phase::Waiting
-            ) {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(INVALID)
-            },
-        );
-    }
-    // Read, change and write in one transaction: a running engine merges requests the same
-    // way, so neither side loses the other's write.
-    let outcome = store.write(|tx| {
-        let Some(mut r) = tx.rollout::<Rollout>(placement)? else {
-            return Ok(Err("no rollout recorded".to_string()));
-        };
-        if r.phase.is_final() {
-            return Ok(Err(format!("rollout {} is {}: nothing to do", r.id, r.phase.label())));
+    let request = match command {
+        RolloutCommand::Status => {
+            print_status(&store, &r)?;
+            return Ok(status_exit(&r));
         }
-        let note = match command {
-            RolloutCommand::Status => "",
-            RolloutCommand::Pause => {
-                r.pause_requested = true;
-                "pause requested: a running apply pauses after its current step (a soak within 2 s)"
-            }
-            RolloutCommand::Resume => {
-                r.pause_requested = false;
-                if r.phase == Phase::Paused {
-                    r.phase = Phase::Progressing;
-                }
-                "resumed: run `flotilla apply` (or let the daemon) continue it"
-            }
-            RolloutCommand::Abort => {
-                r.stop_requested = Some(StopRequest::Abort);
-                "abort requested: clusters stay as they are"
-            }
-            RolloutCommand::Rollback => {
-                r.stop_requested = Some(StopRequest::Rollback);
-                r.pause_requested = false;
-                if r.phase == Phase::Paused {
-                    r.phase = Phase::Progressing;
-                }
-                "rollback requested: the next step puts every touched cluster back on its last good revision"
-            }
-        };
-        let event = Event {
-            at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-            placement: r.placement.clone(),
-            rollout: r.id.clone(),
-            kind: "request".into(),
-            batch: None,
-            cluster: None,
-            message: note.into(),
-        };
-        tx.put_rollout(placement, &r)?;
-        tx.append_event(&event)?;
-        Ok(Ok(format!("rollout {}: {note}", r.id)))
-    })?;
-    match outcome {
+        RolloutCommand::Pause => Request::Pause,
+        RolloutCommand::Resume => Request::Resume,
+        RolloutCommand::Abort => Request::Abort,
+        RolloutCommand::Rollback => Request::Rollback,
+    };
+    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    match flotilla_reconciler::rollout::control::request(&store, placement, request, &now) {
         Ok(line) => {
             eprintln!("{line}");
             Ok(ExitCode::SUCCESS)
         }
+        Err(ControlError::State(e)) => Err(e.into()),
         Err(why) => {
             eprintln!("placement {placement}: {why}");
             Ok(ExitCode::from(INVALID))
@@ -495,6 +315,19 @@ pub fn control(
 }
 
 fn print_status(store: &Store, r: &Rollout) -> anyhow::Result<()> {
+    let events: Vec<(u64, Event)> = store.read(|tx| tx.events(0, usize::MAX))?;
+    let events: Vec<Event> = events
+        .into_iter()
+        .map(|(_, e)| e)
+        .filter(|e| e.rollout == r.id)
+        .collect();
+    let mut stdout = std::io::stdout().lock();
+    stdout.write_all(status_text(r, &events).as_bytes())?;
+    Ok(())
+}
+
+/// A rollout, its batches and its events, as `flotilla rollout status` prints them.
+fn status_text(r: &Rollout, events: &[Event]) -> String {
     let mut out = String::new();
     out.push_str(&format!(
         "rollout {} ({}): {}\n  commit {}, started {}, updated {}, failures {}/{}\n",
@@ -523,8 +356,7 @@ fn print_status(store: &Store, r: &Rollout) -> anyhow::Result<()> {
         }
     }
     out.push_str("events:\n");
-    let events: Vec<(u64, Event)> = store.read(|tx| tx.events(0, usize::MAX))?;
-    for (_, e) in events.iter().filter(|(_, e)| e.rollout == r.id) {
+    for e in events {
         let mut line = format!("  {} {}", e.at, e.kind);
         if let Some(b) = e.batch {
             line.push_str(&format!(" batch {b}"));
@@ -538,9 +370,63 @@ fn print_status(store: &Store, r: &Rollout) -> anyhow::Result<()> {
         out.push_str(&line);
         out.push('\n');
     }
-    let mut stdout = std::io::stdout().lock();
-    stdout.write_all(out.as_bytes())?;
-    Ok(())
+    out
+}
+
+fn status_exit(r: &Rollout) -> ExitCode {
+    if matches!(
+        r.phase,
+        Phase::Succeeded | Phase::Progressing | Phase::Waiting
+    ) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(INVALID)
+    }
+}
+
+/// `flotilla rollout ... --server URL`: the same, through a running daemon's API.
+pub fn control_remote(
+    server: &crate::serve::ServerArgs,
+    base: &str,
+    command: RolloutCommand,
+    placement: &str,
+) -> anyhow::Result<ExitCode> {
+    let action = match command {
+        RolloutCommand::Status => None,
+        RolloutCommand::Pause => Some("pause"),
+        RolloutCommand::Resume => Some("resume"),
+        RolloutCommand::Abort => Some("abort"),
+        RolloutCommand::Rollback => Some("rollback"),
+    };
+    let (method, path) = match action {
+        None => ("GET", format!("/api/v1/rollouts/{placement}")),
+        Some(a) => ("POST", format!("/api/v1/rollouts/{placement}/{a}")),
+    };
+    let (code, v) = crate::serve::call(server, base, method, &path)?;
+    let message = v
+        .get("error")
+        .or_else(|| v.get("message"))
+        .and_then(|m| m.as_str())
+        .unwrap_or_default()
+        .to_string();
+    if code != 200 {
+        eprintln!("placement {placement}: {message} (HTTP {code})");
+        return Ok(ExitCode::from(if code == 401 || code >= 500 {
+            crate::USAGE_OR_IO
+        } else {
+            INVALID
+        }));
+    }
+    if action.is_some() {
+        eprintln!("{message}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let r: Rollout = serde_json::from_value(v.get("rollout").cloned().unwrap_or_default())
+        .context("the daemon's answer has no rollout")?;
+    let events: Vec<Event> =
+        serde_json::from_value(v.get("events").cloned().unwrap_or_default()).unwrap_or_default();
+    print!("{}", status_text(&r, &events));
+    Ok(status_exit(&r))
 }
 
 #[cfg(test)]

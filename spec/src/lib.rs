@@ -56,6 +56,78 @@ impl Checked {
     }
 }
 
+/// Why the fleet file could not be read at all (an oversized file is a diagnostic instead).
+#[derive(Debug, thiserror::Error)]
+pub enum FileError {
+    #[error("--fleet: {0}")]
+    BadPath(String),
+    #[error("{file} is a directory, expected the fleet file")]
+    Directory { file: String },
+    #[error("{file} not found in {place}")]
+    Missing { file: String, place: String },
+    #[error("{file} leads outside the repository")]
+    Escapes { file: String },
+    #[error("cannot read {file}: it is not valid UTF-8")]
+    NotUtf8 { file: String },
+    #[error("cannot read {file}: {source}")]
+    Read { file: String, source: RepoError },
+}
+
+/// Reads the fleet file `file` from a repository view and checks it. `place` names the
+/// repository in messages; `known_size`, when the caller knows it, keeps an oversized file
+/// from being read. A file over the size limit is a diagnostic, not an error.
+pub fn check_repo_file(
+    repo: &dyn RepoFiles,
+    file: &str,
+    known_size: Option<u64>,
+    place: &str,
+    limits: &Limits,
+) -> Result<(String, Checked), FileError> {
+    let path = types::RepoPath::parse(file).map_err(|e| FileError::BadPath(e.to_string()))?;
+    let file = path.as_str().to_string();
+    match repo.kind(&path) {
+        PathKind::File => {}
+        PathKind::Dir => return Err(FileError::Directory { file }),
+        PathKind::Missing => {
+            return Err(FileError::Missing {
+                file,
+                place: place.to_string(),
+            });
+        }
+        PathKind::Escapes => return Err(FileError::Escapes { file }),
+    }
+    let over = |size: u64| size > limits.max_bytes as u64;
+    let (text, size) = match known_size {
+        Some(size) if over(size) => (None, size),
+        _ => match repo.read(&path) {
+            Ok(bytes) if over(bytes.len() as u64) => (None, bytes.len() as u64),
+            Ok(bytes) => {
+                let size = bytes.len() as u64;
+                let text = String::from_utf8(bytes)
+                    .map_err(|_| FileError::NotUtf8 { file: file.clone() })?;
+                (Some(text), size)
+            }
+            Err(RepoError::TooLarge { size, .. }) => (None, size),
+            Err(source) => return Err(FileError::Read { file, source }),
+        },
+    };
+    let checked = match text {
+        Some(text) => check_with(&file, &text, repo, limits),
+        None => {
+            // Let the parser report it as a diagnostic, then name the real size.
+            let mut checked = check_with(&file, &" ".repeat(limits.max_bytes + 1), repo, limits);
+            for d in &mut checked.diagnostics {
+                d.message = format!(
+                    "the file is {size} bytes, over the limit of {} bytes",
+                    limits.max_bytes
+                );
+            }
+            checked
+        }
+    };
+    Ok((file, checked))
+}
+
 /// Parses, decodes and validates a fleet file with the default [`Limits`].
 pub fn check(file: &str, text: &str, repo: &dyn RepoFiles) -> Checked {
     check_with(file, text, repo, &Limits::default())

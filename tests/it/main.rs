@@ -9,6 +9,7 @@ mod support;
 
 mod cli;
 mod cluster;
+mod daemon;
 mod gates;
 mod git_source;
 mod prdiff;

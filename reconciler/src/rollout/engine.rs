@@ -98,6 +98,9 @@ pub struct Engine<'a> {
     pub on_event: &'a (dyn Fn(&Event) + Send + Sync),
     /// How often health is polled while waiting.
     pub poll: Duration,
+    /// Set to make [`Engine::run`] return at the next step boundary, leaving the rollout in
+    /// its recorded state (a daemon draining on SIGTERM); the next run resumes it.
+    pub stop: Option<&'a std::sync::atomic::AtomicBool>,
 }
 
 /// What happened to a placement.
@@ -273,6 +276,12 @@ impl Engine<'_> {
         let spec = &input.placement.rollout;
         loop {
             if r.phase.is_final() {
+                return Ok(());
+            }
+            if self
+                .stop
+                .is_some_and(|s| s.load(std::sync::atomic::Ordering::SeqCst))
+            {
                 return Ok(());
             }
             // Requests from a person, recorded by `flotilla rollout ...`.

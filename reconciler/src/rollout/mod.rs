@@ -5,9 +5,13 @@
 //! maintenance-window arithmetic; `engine` the driver that walks a rollout step by step,
 //! recording each step before acting (see DESIGN "Rollout semantics").
 
+pub mod control;
 pub mod engine;
+pub mod inputs;
 pub mod model;
 pub mod windows;
 
+pub use control::{ControlError, Request, phase_after};
 pub use engine::{Clock, Clusters, Engine, EngineError, Gates, Outcome, PlacementInput};
+pub use inputs::{RenderFailed, placement_inputs};
 pub use model::{ClusterRevision, ClusterState, Event, Phase, Rollout, Step, StopRequest};

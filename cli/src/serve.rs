@@ -1,0 +1,468 @@
+//! `flotilla serve` (settings from flags, environment variables and an optional YAML config
+//! file, in that order of precedence) and `flotilla status` (the daemon's status API).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use serde_json::Value;
+
+use flotilla_daemon::Config;
+
+use crate::INVALID;
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Settings of `flotilla serve`. Each flag can also come from its environment variable or
+/// from the config file (keys are the flag names: `poll-interval: 30s`).
+#[derive(clap::Args)]
+pub struct ServeArgs {
+    /// YAML file with any of the settings below.
+    #[arg(long, env = "FLOTILLA_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// The fleet repository: a Git URL (file://, git://, http(s)://) or a local repository.
+    #[arg(long, env = "FLOTILLA_REPO")]
+    pub repo: Option<String>,
+    /// The branch (or tag, or full ref) to follow [default: main].
+    #[arg(long = "ref", env = "FLOTILLA_REF", value_name = "REF")]
+    pub rev: Option<String>,
+    /// The fleet file, relative to the repository root [default: fleet.yaml].
+    #[arg(long, env = "FLOTILLA_FLEET", value_name = "PATH")]
+    pub fleet: Option<String>,
+    /// kubeconfig naming the clusters' contexts [default: $KUBECONFIG, ~/.kube/config].
+    #[arg(long, value_name = "FILE")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Rollout state [default: $XDG_STATE_HOME/flotilla/serve, ~/.local/state/flotilla/serve].
+    #[arg(long, env = "FLOTILLA_STATE", value_name = "DIR")]
+    pub state: Option<PathBuf>,
+    /// Fetched repositories [default: $XDG_CACHE_HOME/flotilla, ~/.cache/flotilla].
+    #[arg(long, env = "FLOTILLA_CACHE", value_name = "DIR")]
+    pub cache: Option<PathBuf>,
+    /// Address of the HTTP server (webhooks, /metrics, status API) [default: 127.0.0.1:9410].
+    #[arg(long, env = "FLOTILLA_LISTEN", value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+    /// How often the repository is polled [default: 1m].
+    #[arg(long, env = "FLOTILLA_POLL_INTERVAL", value_name = "DURATION", value_parser = crate::parse_duration)]
+    pub poll_interval: Option<Duration>,
+    /// File holding the webhook secret (GitHub/generic HMAC key, GitLab token). Without it,
+    /// /hooks/git refuses every request.
+    #[arg(long, env = "FLOTILLA_WEBHOOK_SECRET_FILE", value_name = "FILE")]
+    pub webhook_secret_file: Option<PathBuf>,
+    /// File holding the bearer token the control API (POST /api/v1/...) requires. Needed
+    /// when --listen is not a loopback address.
+    #[arg(long, env = "FLOTILLA_API_TOKEN_FILE", value_name = "FILE")]
+    pub api_token_file: Option<PathBuf>,
+    /// Smart HTTP credentials for the repository: a file holding `user:password` or a token.
+    #[arg(long, env = "FLOTILLA_CREDENTIALS_FILE", value_name = "FILE")]
+    pub credentials_file: Option<PathBuf>,
+    /// Report only: no rollouts, no self-heal; cluster connections refuse every mutating
+    /// request.
+    #[arg(long, env = "FLOTILLA_READ_ONLY", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub read_only: Option<bool>,
+    /// Overrides the fleet's settings.driftInterval.
+    #[arg(long, env = "FLOTILLA_DRIFT_INTERVAL", value_name = "DURATION", value_parser = crate::parse_duration)]
+    pub drift_interval: Option<Duration>,
+    /// Clusters read at the same time by a drift check [default: 16].
+    #[arg(long, env = "FLOTILLA_CONCURRENCY")]
+    pub concurrency: Option<usize>,
+    /// How long SIGTERM waits for rollouts to reach a step boundary [default: 30s].
+    #[arg(long, env = "FLOTILLA_DRAIN_GRACE", value_name = "DURATION", value_parser = crate::parse_duration)]
+    pub drain_grace: Option<Duration>,
+    /// Log lines as text or JSON objects (one per line) [default: text].
+    #[arg(long, env = "FLOTILLA_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+}
+
+/// The settings a config file may hold, by key.
+const KEYS: &[&str] = &[
+    "repo",
+    "ref",
+    "fleet",
+    "kubeconfig",
+    "state",
+    "cache",
+    "listen",
+    "poll-interval",
+    "webhook-secret-file",
+    "api-token-file",
+    "credentials-file",
+    "read-only",
+    "drift-interval",
+    "concurrency",
+    "drain-grace",
+    "log-format",
+];
+
+/// Fills every setting the flags and environment left unset from the config file.
+fn merge_file(args: &mut ServeArgs, path: &Path) -> anyhow::Result<()> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("--config {}", path.display()))?;
+    let file = path.display().to_string();
+    let root =
+        flotilla_spec::yaml::parse(&text, &flotilla_spec::Limits::default()).map_err(|e| {
+            let pos = e.pos().map(|p| format!("{}:{}:", p.line, p.column));
+            anyhow::anyhow!("{file}:{} {}", pos.unwrap_or_default(), e.message())
+        })?;
+    let flotilla_spec::yaml::Value::Map(entries) = &root.value else {
+        if matches!(root.value, flotilla_spec::yaml::Value::Null) {
+            return Ok(());
+        }
+        anyhow::bail!(
+            "{file}:{}:{}: expected a mapping of settings",
+            root.pos.line,
+            root.pos.column
+        );
+    };
+    for (key, node) in entries {
+        let at = format!("{file}:{}:{}", key.pos.line, key.pos.column);
+        let value = node.to_json();
+        let text = || -> anyhow::Result<String> {
+            match &value {
+                Value::String(s) => Ok(s.clone()),
+                Value::Number(n) => Ok(n.to_string()),
+                Value::Bool(b) => Ok(b.to_string()),
+                _ => anyhow::bail!("{at}: {} must be a string", key.name),
+            }
+        };
+        let duration = || -> anyhow::Result<Duration> {
+            crate::parse_duration(&text()?).map_err(|e| anyhow::anyhow!("{at}: {}: {e}", key.name))
+        };
+        match key.name.as_str() {
+            "repo" => {
+                args.repo.get_or_insert(text()?);
+            }
+            "ref" => {
+                args.rev.get_or_insert(text()?);
+            }
+            "fleet" => {
+                args.fleet.get_or_insert(text()?);
+            }
+            "kubeconfig" => {
+                args.kubeconfig.get_or_insert(text()?.into());
+            }
+            "state" => {
+                args.state.get_or_insert(text()?.into());
+            }
+            "cache" => {
+                args.cache.get_or_insert(text()?.into());
+            }
+            "listen" => {
+                let addr = text()?
+                    .parse()
+                    .map_err(|e| anyhow::anyhow!("{at}: listen: {e}"))?;
+                args.listen.get_or_insert(addr);
+            }
+            "poll-interval" => {
+                let d = duration()?;
+                args.poll_interval.get_or_insert(d);
+            }
+            "webhook-secret-file" => {
+                args.webhook_secret_file.get_or_insert(text()?.into());
+            }
+            "api-token-file" => {
+                args.api_token_file.get_or_insert(text()?.into());
+            }
+            "credentials-file" => {
+                args.credentials_file.get_or_insert(text()?.into());
+            }
+            "read-only" => {
+                let Value::Bool(b) = value else {
+                    anyhow::bail!("{at}: read-only must be true or false");
+                };
+                args.read_only.get_or_insert(b);
+            }
+            "drift-interval" => {
+                let d = duration()?;
+                args.drift_interval.get_or_insert(d);
+            }
+            "concurrency" => {
+                let n = value.as_u64().filter(|n| *n > 0).ok_or_else(|| {
+                    anyhow::anyhow!("{at}: concurrency must be a positive number")
+                })?;
+                args.concurrency.get_or_insert(n as usize);
+            }
+            "drain-grace" => {
+                let d = duration()?;
+                args.drain_grace.get_or_insert(d);
+            }
+            "log-format" => {
+                let f = match text()?.as_str() {
+                    "text" => LogFormat::Text,
+                    "json" => LogFormat::Json,
+                    other => anyhow::bail!("{at}: log-format {other:?}: text or json"),
+                };
+                args.log_format.get_or_insert(f);
+            }
+            other => {
+                let hint = KEYS
+                    .iter()
+                    .map(|k| (strsim::jaro_winkler(k, other), k))
+                    .filter(|(s, _)| *s > 0.8)
+                    .max_by(|a, b| a.0.total_cmp(&b.0))
+                    .map(|(_, k)| format!("; did you mean {k:?}?"))
+                    .unwrap_or_default();
+                anyhow::bail!("{at}: unknown setting {other:?}{hint}");
+            }
+        }
+    }
+    Ok(())
+}
+
+fn default_dir(xdg: &str, home_sub: &str, leaf: &str) -> anyhow::Result<PathBuf> {
+    let non_empty = |var: &str| std::env::var_os(var).filter(|v| !v.is_empty());
+    if let Some(x) = non_empty(xdg) {
+        return Ok(PathBuf::from(x).join("flotilla").join(leaf));
+    }
+    if let Some(h) = non_empty("HOME") {
+        return Ok(PathBuf::from(h).join(home_sub).join("flotilla").join(leaf));
+    }
+    anyhow::bail!("no {xdg} or HOME: pass the directory explicitly")
+}
+
+/// Resolves flags, environment and config file into the daemon's config.
+pub fn resolve(mut args: ServeArgs) -> anyhow::Result<(Config, LogFormat)> {
+    if let Some(path) = args.config.clone() {
+        merge_file(&mut args, &path)?;
+    }
+    let repo = args
+        .repo
+        .context("--repo is required (or FLOTILLA_REPO, or `repo:` in --config)")?;
+    let state = match args.state {
+        Some(s) => s,
+        None => default_dir("XDG_STATE_HOME", ".local/state", "serve")?,
+    };
+    let cache = match args.cache {
+        Some(c) => c,
+        None => default_dir("XDG_CACHE_HOME", ".cache", "")?,
+    };
+    let mut config = Config::new(repo, state, cache);
+    if let Some(r) = args.rev {
+        config.rev = r;
+    }
+    if let Some(f) = args.fleet {
+        config.fleet_file = f;
+    }
+    config.kubeconfig = args.kubeconfig;
+    if let Some(l) = args.listen {
+        config.listen = l;
+    }
+    if let Some(p) = args.poll_interval {
+        config.poll_interval = p;
+    }
+    config.webhook_secret_file = args.webhook_secret_file;
+    config.api_token_file = args.api_token_file;
+    if let Some(f) = &args.credentials_file {
+        config.credentials = Some(flotilla_source::git::Credentials::from_file(f)?);
+    }
+    config.read_only = args.read_only.unwrap_or(false);
+    config.drift_interval = args.drift_interval;
+    if let Some(c) = args.concurrency {
+        config.concurrency = c;
+    }
+    if let Some(g) = args.drain_grace {
+        config.drain_grace = g;
+    }
+    Ok((config, args.log_format.unwrap_or(LogFormat::Text)))
+}
+
+/// Runs the daemon until SIGTERM or Ctrl-C, then drains.
+pub fn serve(config: Config) -> anyhow::Result<ExitCode> {
+    let rt = crate::live::runtime()?;
+    rt.block_on(async move {
+        let running = flotilla_daemon::start(config).await?;
+        eprintln!("flotilla serve: listening on http://{}", running.addr);
+        wait_for_signal().await;
+        tracing::info!("signal received: draining");
+        running.shutdown();
+        running.wait().await?;
+        Ok::<_, anyhow::Error>(())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+/// The daemon to talk to: `--server`, else $FLOTILLA_SERVER.
+#[derive(clap::Args, Clone)]
+pub struct ServerArgs {
+    /// The daemon's address (http://HOST:PORT) [env: FLOTILLA_SERVER].
+    #[arg(long, value_name = "URL")]
+    pub server: Option<String>,
+    /// File holding the daemon's API token (for pause, resume, abort, rollback).
+    #[arg(long, env = "FLOTILLA_API_TOKEN_FILE", value_name = "FILE")]
+    pub api_token_file: Option<PathBuf>,
+}
+
+impl ServerArgs {
+    pub fn url(&self) -> Option<String> {
+        self.server
+            .clone()
+            .or_else(|| {
+                std::env::var("FLOTILLA_SERVER")
+                    .ok()
+                    .filter(|s| !s.is_empty())
+            })
+            .map(|s| s.trim_end_matches('/').to_string())
+    }
+}
+
+/// A JSON request to the daemon: (HTTP status, body).
+pub fn call(
+    server: &ServerArgs,
+    base: &str,
+    method: &str,
+    path: &str,
+) -> anyhow::Result<(u16, Value)> {
+    let token = match &server.api_token_file {
+        Some(f) => Some(
+            std::fs::read_to_string(f)
+                .with_context(|| format!("--api-token-file {}", f.display()))?
+                .trim()
+                .to_string(),
+        ),
+        None => None,
+    };
+    let url = format!("{base}{path}");
+    let rt = crate::live::runtime()?;
+    rt.block_on(async {
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()?;
+        let mut req = match method {
+            "POST" => client.post(&url),
+            _ => client.get(&url),
+        };
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        let resp = req
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the daemon at {base}"))?;
+        let status = resp.status().as_u16();
+        let body = resp.text().await?;
+        let value = serde_json::from_str(&body).unwrap_or(Value::String(body));
+        Ok((status, value))
+    })
+}
+
+fn s<'v>(v: &'v Value, pointer: &str) -> &'v str {
+    v.pointer(pointer).and_then(Value::as_str).unwrap_or("-")
+}
+
+/// `flotilla status`: what the daemon runs and how its placements stand. Exit 0 when it runs
+/// a valid revision and nothing is failing, 1 otherwise, 2 when it cannot be reached.
+pub fn status(server: &ServerArgs) -> anyhow::Result<ExitCode> {
+    let base = server
+        .url()
+        .unwrap_or_else(|| "http://127.0.0.1:9410".to_string());
+    let (code, v) = call(server, &base, "GET", "/api/v1/fleet")?;
+    if code != 200 {
+        anyhow::bail!("{base}/api/v1/fleet answered {code}: {v}");
+    }
+    let mut out = String::new();
+    let mut healthy = v.get("ready").and_then(Value::as_bool) == Some(true);
+    out.push_str(&format!(
+        "fleet {} from {} ({}){}\n",
+        s(&v, "/fleet"),
+        s(&v, "/repo"),
+        s(&v, "/ref"),
+        if v.get("readOnly").and_then(Value::as_bool) == Some(true) {
+            ", read-only"
+        } else {
+            ""
+        }
+    ));
+    out.push_str(&format!(
+        "  running commit {} (fetched {}, last fetch {} {})\n",
+        s(&v, "/revision/commit"),
+        s(&v, "/source/fetchedCommit"),
+        s(&v, "/source/lastFetchAt"),
+        if v.pointer("/source/lastFetchOk").and_then(Value::as_bool) == Some(true) {
+            "ok".to_string()
+        } else {
+            format!("failed: {}", s(&v, "/source/lastError"))
+        }
+    ));
+    if let Some(r) = v.get("rejected").filter(|r| !r.is_null()) {
+        healthy = false;
+        out.push_str(&format!(
+            "  commit {} rejected; the last good revision keeps running:\n",
+            s(r, "/commit")
+        ));
+        for e in r
+            .get("errors")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            out.push_str(&format!("    {}\n", s(e, "/text")));
+        }
+    }
+    if let Some(placements) = v.get("placements").and_then(Value::as_object) {
+        out.push_str("placements:\n");
+        for (name, p) in placements {
+            let phase = s(p, "/phase");
+            if matches!(phase, "Failed" | "RolledBack" | "Aborted" | "Paused")
+                || p.get("error").is_some_and(|e| !e.is_null())
+            {
+                healthy = false;
+            }
+            out.push_str(&format!(
+                "  {name:<24} {phase:<12} {}{}\n",
+                s(p, "/lastOutcome"),
+                p.get("error")
+                    .and_then(Value::as_str)
+                    .map(|e| format!(" ({e})"))
+                    .unwrap_or_default()
+            ));
+        }
+    }
+    if let Some(d) = v.get("drift").filter(|d| !d.is_null()) {
+        let drifted = d
+            .get("driftedClusters")
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(Value::as_str)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            })
+            .unwrap_or_default();
+        out.push_str(&format!(
+            "drift at {}: {} objects differ{}\n",
+            s(d, "/at"),
+            d.get("driftedObjects").and_then(Value::as_u64).unwrap_or(0),
+            if drifted.is_empty() {
+                String::new()
+            } else {
+                format!(" on {drifted}")
+            }
+        ));
+    }
+    print!("{out}");
+    Ok(if healthy {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(INVALID)
+    })
+}

@@ -1,0 +1,150 @@
+//! The rollout engine's collaborators for real clusters, real Prometheus and the wall clock.
+//! Used by `flotilla apply` and by the daemon.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use flotilla_reconciler::cluster::Cluster;
+use flotilla_reconciler::rollout::{Clock, Clusters, Gates};
+use flotilla_spec::{Cluster as ClusterSpec, Fleet, Gate};
+
+/// The wall clock.
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> chrono::DateTime<chrono::Utc> {
+        chrono::Utc::now()
+    }
+}
+
+type Connections = BTreeMap<String, Arc<dyn Cluster>>;
+
+/// Clusters by fleet name, connected on first use (read-only connections refuse every
+/// mutating request, dry runs included).
+pub struct ConnectedClusters {
+    connector: flotilla_cluster::Connector,
+    read_only: bool,
+    /// kubeconfig context per cluster, and the connections made so far.
+    state: tokio::sync::Mutex<(BTreeMap<String, String>, Connections)>,
+}
+
+impl ConnectedClusters {
+    pub fn new(
+        connector: flotilla_cluster::Connector,
+        fleet: &Fleet,
+        read_only: bool,
+    ) -> ConnectedClusters {
+        ConnectedClusters {
+            connector,
+            read_only,
+            state: tokio::sync::Mutex::new((contexts(fleet), BTreeMap::new())),
+        }
+    }
+
+    /// No clusters yet: [`ConnectedClusters::update`] brings them.
+    pub fn empty(connector: flotilla_cluster::Connector, read_only: bool) -> ConnectedClusters {
+        ConnectedClusters {
+            connector,
+            read_only,
+            state: tokio::sync::Mutex::new((BTreeMap::new(), BTreeMap::new())),
+        }
+    }
+
+    /// Follows a new fleet revision: clusters whose context changed (or that left the fleet)
+    /// are connected afresh on next use.
+    pub async fn update(&self, fleet: &Fleet) {
+        let fresh = contexts(fleet);
+        let mut state = self.state.lock().await;
+        let (old, cache) = &mut *state;
+        cache.retain(|name, _| fresh.contains_key(name) && fresh.get(name) == old.get(name));
+        *old = fresh;
+    }
+}
+
+fn contexts(fleet: &Fleet) -> BTreeMap<String, String> {
+    fleet
+        .clusters
+        .iter()
+        .map(|c| (c.name.clone(), c.context().to_string()))
+        .collect()
+}
+
+#[async_trait::async_trait]
+impl Clusters for ConnectedClusters {
+    async fn cluster(&self, name: &str) -> Result<Arc<dyn Cluster>, String> {
+        let mut state = self.state.lock().await;
+        let (contexts, cache) = &mut *state;
+        if let Some(c) = cache.get(name) {
+            return Ok(c.clone());
+        }
+        let context = contexts
+            .get(name)
+            .ok_or_else(|| format!("cluster {name:?} is not in the fleet"))?;
+        let c: Arc<dyn Cluster> = Arc::new(
+            self.connector
+                .connect(name, context, self.read_only)
+                .await
+                .map_err(|e| e.to_string())?,
+        );
+        cache.insert(name.to_string(), c.clone());
+        Ok(c)
+    }
+}
+
+/// Prometheus gates through flotilla-gates.
+pub struct PrometheusGates {
+    prometheus: flotilla_gates::Prometheus,
+}
+
+impl PrometheusGates {
+    pub fn new(timeout: Duration) -> PrometheusGates {
+        PrometheusGates {
+            prometheus: flotilla_gates::Prometheus::new(timeout),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Gates for PrometheusGates {
+    async fn check(
+        &self,
+        gate: &Gate,
+        cluster: &ClusterSpec,
+        placement: &str,
+        fleet: &str,
+    ) -> Result<String, String> {
+        let p = &gate.prometheus;
+        let scope = flotilla_spec::template::Scope {
+            cluster,
+            placement,
+            bundle: "",
+            fleet,
+        };
+        let query = flotilla_spec::template::Template::parse(&p.query)
+            .and_then(|t| t.expand(&scope))
+            .map_err(|e| format!("gate query {:?}: {e}", p.query))?;
+        let check = flotilla_gates::Check {
+            name: format!("prometheus {query}"),
+            url: p.url.clone(),
+            query,
+            min: p.min,
+            max: p.max,
+        };
+        match flotilla_gates::evaluate(&self.prometheus, &check, Default::default()).await {
+            flotilla_gates::Outcome::Pass { samples } => Ok(format!(
+                "{}: {}",
+                check.query,
+                samples
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
+            flotilla_gates::Outcome::Fail { reason } => Err(reason),
+            flotilla_gates::Outcome::Error { reason } => {
+                Err(format!("gate could not be evaluated: {reason}"))
+            }
+        }
+    }
+}

@@ -1,0 +1,190 @@
+//! The daemon's settings, and their validation before anything is bound or started.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use flotilla_source::git::{Credentials, Remote, Rev};
+
+use crate::webhook::Secret;
+
+/// Everything `flotilla serve` is told (flags, environment, config file), resolved.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The fleet repository URL (file://, git://, http(s)://) or a local repository path.
+    pub repo: String,
+    /// The branch (or tag, full ref) to follow.
+    pub rev: String,
+    /// The fleet file, relative to the repository root.
+    pub fleet_file: String,
+    pub kubeconfig: Option<PathBuf>,
+    /// Rollout state (redb).
+    pub state_dir: PathBuf,
+    /// Fetched repositories.
+    pub cache_dir: PathBuf,
+    pub listen: SocketAddr,
+    pub poll_interval: Duration,
+    /// The longest wait between polls while the remote keeps failing.
+    pub max_backoff: Duration,
+    pub webhook_secret_file: Option<PathBuf>,
+    /// Bearer token required by the mutating API (`POST /api/v1/...`).
+    pub api_token_file: Option<PathBuf>,
+    pub credentials: Option<Credentials>,
+    /// Report only: no rollouts, no self-heal, and every cluster connection refuses
+    /// mutating requests.
+    pub read_only: bool,
+    /// Overrides the fleet's `settings.driftInterval`.
+    pub drift_interval: Option<Duration>,
+    /// Clusters read at the same time by a drift check.
+    pub concurrency: usize,
+    /// How long SIGTERM waits for rollouts to reach a step boundary.
+    pub drain_grace: Duration,
+    /// How often rollouts poll health while waiting.
+    pub health_poll: Duration,
+}
+
+impl Config {
+    /// Defaults for everything but the repository and the directories.
+    pub fn new(repo: impl Into<String>, state_dir: PathBuf, cache_dir: PathBuf) -> Config {
+        Config {
+            repo: repo.into(),
+            rev: "main".into(),
+            fleet_file: "fleet.yaml".into(),
+            kubeconfig: None,
+            state_dir,
+            cache_dir,
+            listen: SocketAddr::from(([127, 0, 0, 1], 9410)),
+            poll_interval: Duration::from_secs(60),
+            max_backoff: Duration::from_secs(600),
+            webhook_secret_file: None,
+            api_token_file: None,
+            credentials: None,
+            read_only: false,
+            drift_interval: None,
+            concurrency: 16,
+            drain_grace: Duration::from_secs(30),
+            health_poll: Duration::from_millis(500),
+        }
+    }
+}
+
+/// A setting that cannot work.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("--repo {repo}: {message}")]
+    Repo { repo: String, message: String },
+    #[error("--ref {rev}: {message}")]
+    Rev { rev: String, message: String },
+    #[error("--{flag} {}: {message}", .path.display())]
+    File {
+        flag: &'static str,
+        path: PathBuf,
+        message: String,
+    },
+    #[error("--kubeconfig: {0}")]
+    Kubeconfig(String),
+    #[error("--state {}: {message}", .path.display())]
+    State { path: PathBuf, message: String },
+    #[error(
+        "--listen {0}: the control API would be reachable from other hosts without a token; pass --api-token-file (or listen on 127.0.0.1)"
+    )]
+    ExposedWithoutToken(SocketAddr),
+    #[error("--{flag}: {message}")]
+    Value { flag: &'static str, message: String },
+}
+
+/// What validation produced: parsed and read, ready to run.
+pub struct Validated {
+    pub config: Config,
+    pub remote: Remote,
+    pub rev: Rev,
+    pub webhook_secret: Option<Secret>,
+    pub api_token: Option<Secret>,
+    pub connector: flotilla_cluster::Connector,
+    pub store: flotilla_state::Store,
+}
+
+fn read_secret(flag: &'static str, path: &Path) -> Result<Secret, ConfigError> {
+    let bytes = std::fs::read(path).map_err(|e| ConfigError::File {
+        flag,
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    Secret::from_file_contents(&bytes).ok_or_else(|| ConfigError::File {
+        flag,
+        path: path.to_path_buf(),
+        message: "the file is empty".into(),
+    })
+}
+
+impl Config {
+    /// Checks every setting and opens what the daemon will use; nothing is bound yet.
+    pub fn validate(self) -> Result<Validated, ConfigError> {
+        let remote =
+            Remote::parse(&self.repo, self.credentials.clone()).map_err(|e| ConfigError::Repo {
+                repo: self.repo.clone(),
+                message: e.to_string(),
+            })?;
+        let rev = Rev::parse(&self.rev).map_err(|e| ConfigError::Rev {
+            rev: self.rev.clone(),
+            message: e.to_string(),
+        })?;
+        if flotilla_spec::types::RepoPath::parse(&self.fleet_file).is_err() {
+            return Err(ConfigError::Value {
+                flag: "fleet",
+                message: format!("{:?} is not a path inside the repository", self.fleet_file),
+            });
+        }
+        if self.poll_interval < Duration::from_millis(100) {
+            return Err(ConfigError::Value {
+                flag: "poll-interval",
+                message: "at least 100ms".into(),
+            });
+        }
+        if self.concurrency == 0 {
+            return Err(ConfigError::Value {
+                flag: "concurrency",
+                message: "at least 1".into(),
+            });
+        }
+        let webhook_secret = self
+            .webhook_secret_file
+            .as_deref()
+            .map(|p| read_secret("webhook-secret-file", p))
+            .transpose()?;
+        let api_token = self
+            .api_token_file
+            .as_deref()
+            .map(|p| read_secret("api-token-file", p))
+            .transpose()?;
+        if api_token.is_none() && !self.read_only && !self.listen.ip().is_loopback() {
+            return Err(ConfigError::ExposedWithoutToken(self.listen));
+        }
+        let connector = flotilla_cluster::Connector::load(self.kubeconfig.as_deref())
+            .map_err(|e| ConfigError::Kubeconfig(e.to_string()))?;
+        std::fs::create_dir_all(&self.state_dir).map_err(|e| ConfigError::State {
+            path: self.state_dir.clone(),
+            message: e.to_string(),
+        })?;
+        let store = flotilla_state::Store::open_shared(&self.state_dir).map_err(|e| {
+            ConfigError::State {
+                path: self.state_dir.clone(),
+                message: e.to_string(),
+            }
+        })?;
+        std::fs::create_dir_all(&self.cache_dir).map_err(|e| ConfigError::File {
+            flag: "cache",
+            path: self.cache_dir.clone(),
+            message: e.to_string(),
+        })?;
+        Ok(Validated {
+            config: self,
+            remote,
+            rev,
+            webhook_secret,
+            api_token,
+            connector,
+            store,
+        })
+    }
+}

@@ -1,0 +1,346 @@
+//! The daemon's HTTP surface: `/healthz`, `/readyz`, `/metrics`, `POST /hooks/git`, and the
+//! JSON status API under `/api/v1`.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde_json::{Value, json};
+
+use flotilla_reconciler::rollout::model::ClusterRevision;
+use flotilla_reconciler::rollout::{Event, Request as RolloutRequest, Rollout};
+
+use crate::metrics::labels;
+use crate::run::{Shared, Trigger};
+use crate::webhook::{self, MAX_BODY, Verdict};
+
+type AppState = Arc<Shared>;
+
+pub(crate) fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/hooks/git", post(hook))
+        .route("/api/v1/fleet", get(fleet))
+        .route("/api/v1/rollouts", get(rollouts))
+        .route("/api/v1/rollouts/{placement}", get(rollout))
+        .route("/api/v1/rollouts/{placement}/{action}", post(control))
+        .route("/api/v1/clusters", get(clusters))
+        .route("/api/v1/clusters/{name}", get(cluster))
+        .route("/api/v1/drift", get(drift))
+        .with_state(shared)
+}
+
+fn json_response(status: StatusCode, value: Value) -> Response {
+    (status, axum::Json(value)).into_response()
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    json_response(status, json!({"error": message.into()}))
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn readyz(State(s): State<AppState>) -> Response {
+    let status = s.status();
+    if status.ready && !status.draining {
+        (StatusCode::OK, "ready\n").into_response()
+    } else if status.draining {
+        (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: no valid revision loaded yet\n",
+        )
+            .into_response()
+    }
+}
+
+async fn metrics(State(s): State<AppState>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        s.metrics.render(),
+    )
+        .into_response()
+}
+
+/// Reads at most `MAX_BODY` bytes; `None` when the body is larger.
+async fn limited_body(body: Body) -> Result<Option<Bytes>, Response> {
+    match axum::body::to_bytes(body, MAX_BODY).await {
+        Ok(b) => Ok(Some(b)),
+        Err(e) => {
+            let inner = e.into_inner();
+            if inner
+                .downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some()
+            {
+                Ok(None)
+            } else {
+                Err(error(StatusCode::BAD_REQUEST, inner.to_string()))
+            }
+        }
+    }
+}
+
+async fn hook(State(s): State<AppState>, req: Request) -> Response {
+    let count = |style: &str, result: &str| {
+        s.metrics
+            .webhooks
+            .get_or_create(&labels(&[("style", style), ("result", result)]))
+            .inc();
+    };
+    let Some(secret) = &s.webhook_secret else {
+        count("none", "disabled");
+        return error(
+            StatusCode::FORBIDDEN,
+            "webhooks are disabled: start flotilla serve with --webhook-secret-file",
+        );
+    };
+    let headers: HeaderMap = req.headers().clone();
+    let too_large = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok())
+        .is_some_and(|n| n > MAX_BODY);
+    if too_large {
+        count("unknown", "too_large");
+        return error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("body over {MAX_BODY} bytes"),
+        );
+    }
+    let body = match limited_body(req.into_body()).await {
+        Ok(Some(b)) => b,
+        Ok(None) => {
+            count("unknown", "too_large");
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("body over {MAX_BODY} bytes"),
+            );
+        }
+        Err(r) => return r,
+    };
+    match webhook::judge(&headers, &body, secret, &s.config.rev) {
+        Ok(Verdict::Fetch { style, git_ref }) => {
+            count(style.label(), "triggered");
+            let _ = s.triggers.send(Trigger::Webhook {
+                style: style.label(),
+            });
+            json_response(
+                StatusCode::ACCEPTED,
+                json!({"triggered": true, "ref": git_ref}),
+            )
+        }
+        Ok(Verdict::Ignore { style, reason }) => {
+            count(style.label(), "ignored");
+            tracing::info!(style = style.label(), %reason, "webhook ignored");
+            json_response(
+                StatusCode::ACCEPTED,
+                json!({"triggered": false, "reason": reason}),
+            )
+        }
+        Err(refusal) => {
+            let (style, result, status) = match &refusal {
+                webhook::Refusal::Unsigned => ("unknown", "unauthorized", StatusCode::UNAUTHORIZED),
+                webhook::Refusal::BadSignature(st) => {
+                    (st.label(), "unauthorized", StatusCode::UNAUTHORIZED)
+                }
+                webhook::Refusal::Malformed(st, _) => {
+                    (st.label(), "bad_request", StatusCode::BAD_REQUEST)
+                }
+            };
+            count(style, result);
+            tracing::warn!(style, error = %refusal, "webhook refused");
+            error(status, refusal.to_string())
+        }
+    }
+}
+
+async fn fleet(State(s): State<AppState>) -> Response {
+    json_response(
+        StatusCode::OK,
+        serde_json::to_value(s.status()).unwrap_or(Value::Null),
+    )
+}
+
+fn store_error(e: impl std::fmt::Display) -> Response {
+    error(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        format!("state store: {e}"),
+    )
+}
+
+async fn rollouts(State(s): State<AppState>) -> Response {
+    match s.store.read(|tx| tx.rollouts::<Rollout>()) {
+        Ok(list) => {
+            let list: Vec<Rollout> = list.into_iter().map(|(_, r)| r).collect();
+            json_response(StatusCode::OK, json!({"rollouts": list}))
+        }
+        Err(e) => store_error(e),
+    }
+}
+
+async fn rollout(State(s): State<AppState>, Path(placement): Path<String>) -> Response {
+    let read = s.store.read(|tx| {
+        let r: Option<Rollout> = tx.rollout(&placement)?;
+        let events: Vec<(u64, Event)> = tx.events(0, usize::MAX)?;
+        Ok((r, events))
+    });
+    match read {
+        Ok((Some(r), events)) => {
+            let events: Vec<Event> = events
+                .into_iter()
+                .map(|(_, e)| e)
+                .filter(|e| e.rollout == r.id)
+                .collect();
+            json_response(StatusCode::OK, json!({"rollout": r, "events": events}))
+        }
+        Ok((None, _)) => error(
+            StatusCode::NOT_FOUND,
+            format!("placement {placement}: no rollout recorded"),
+        ),
+        Err(e) => store_error(e),
+    }
+}
+
+fn authorized(s: &Shared, headers: &HeaderMap) -> bool {
+    let Some(token) = &s.api_token else {
+        return true;
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    token.matches(given.as_bytes())
+}
+
+async fn control(
+    State(s): State<AppState>,
+    Path((placement, action)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    if !authorized(&s, &headers) {
+        return error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
+    }
+    if s.config.read_only {
+        return error(
+            StatusCode::FORBIDDEN,
+            "read-only daemon: rollouts are not run here",
+        );
+    }
+    let Some(request) = RolloutRequest::parse(&action) else {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("unknown action {action:?} (pause, resume, abort, rollback)"),
+        );
+    };
+    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    match flotilla_reconciler::rollout::control::request(&s.store, &placement, request, &now) {
+        Ok(message) => {
+            let _ = s.triggers.send(Trigger::Control {
+                placement: placement.clone(),
+            });
+            json_response(StatusCode::OK, json!({"message": message}))
+        }
+        Err(flotilla_reconciler::rollout::ControlError::State(e)) => store_error(e),
+        Err(e @ flotilla_reconciler::rollout::ControlError::NoRollout(_)) => {
+            error(StatusCode::NOT_FOUND, e.to_string())
+        }
+        Err(e) => error(StatusCode::CONFLICT, e.to_string()),
+    }
+}
+
+async fn clusters(State(s): State<AppState>) -> Response {
+    let Some(rev) = s.current() else {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no valid revision loaded yet",
+        );
+    };
+    let names: Vec<&str> = rev.fleet.clusters.iter().map(|c| c.name.as_str()).collect();
+    json_response(StatusCode::OK, json!({"clusters": names}))
+}
+
+async fn cluster(State(s): State<AppState>, Path(name): Path<String>) -> Response {
+    let Some(rev) = s.current() else {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no valid revision loaded yet",
+        );
+    };
+    let Some(spec) = rev.fleet.clusters.iter().find(|c| c.name == name) else {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("cluster {name:?} is not in the fleet"),
+        );
+    };
+    let desired = rev.targets.get(&name).cloned().unwrap_or_default();
+    let mut placements = Vec::new();
+    for d in &desired {
+        let revisions = s
+            .store
+            .read(|tx| tx.revisions::<ClusterRevision>(&d.placement));
+        let recorded = match revisions {
+            Ok(r) => r.into_iter().find(|(c, _)| *c == name).map(|(_, r)| r),
+            Err(e) => return store_error(e),
+        };
+        let (hash, error) = match &d.objects {
+            Ok(objects) => (
+                Some(flotilla_reconciler::rollout::model::manifest_hash(objects)),
+                None,
+            ),
+            Err(e) => (None, Some(e.clone())),
+        };
+        let applied = recorded.as_ref().and_then(|r| r.applied.clone());
+        let good = recorded.as_ref().and_then(|r| r.good.clone());
+        placements.push(json!({
+            "name": d.placement,
+            "desired": hash,
+            "applied": applied,
+            "good": good,
+            "upToDate": hash.is_some() && applied == hash && good == hash,
+            "renderError": error,
+        }));
+    }
+    let drift = s
+        .drift
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .as_ref()
+        .and_then(|r| r.clusters.iter().find(|c| c.name == name).cloned());
+    json_response(
+        StatusCode::OK,
+        json!({
+            "name": spec.name,
+            "labels": spec.labels,
+            "context": spec.context(),
+            "commit": rev.commit,
+            "placements": placements,
+            "drift": drift,
+        }),
+    )
+}
+
+async fn drift(State(s): State<AppState>) -> Response {
+    match &*s.drift.read().unwrap_or_else(|p| p.into_inner()) {
+        Some(report) => json_response(
+            StatusCode::OK,
+            serde_json::to_value(report).unwrap_or(Value::Null),
+        ),
+        None => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no drift check has run yet",
+        ),
+    }
+}

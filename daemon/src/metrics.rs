@@ -1,0 +1,134 @@
+//! The daemon's Prometheus metrics (OpenMetrics text at `/metrics`).
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+type Labels = Vec<(String, String)>;
+
+fn seconds_histogram() -> Histogram {
+    // 5 ms .. ~160 s
+    Histogram::new(exponential_buckets(0.005, 2.0, 16))
+}
+
+/// Every metric the daemon exports.
+pub struct Metrics {
+    registry: Registry,
+    /// Git fetches (polls), by result.
+    pub fetch_seconds: Family<Labels, Histogram, fn() -> Histogram>,
+    /// Render of one commit for every cluster; rollout runs per placement; drift checks.
+    pub reconcile_seconds: Family<Labels, Histogram, fn() -> Histogram>,
+    /// 1 for the phase each placement's latest rollout is in, 0 for the others it was in.
+    pub rollout_phase: Family<Labels, Gauge>,
+    /// Failed applies per cluster (rollouts, rollbacks and self-heal).
+    pub apply_errors: Family<Labels, Counter>,
+    /// Objects that differ from Git, per cluster, at the last drift check.
+    pub drift_objects: Family<Labels, Gauge>,
+    /// Clusters the last drift check could not read.
+    pub drift_unreachable: Gauge,
+    /// Webhook requests by style and result.
+    pub webhooks: Family<Labels, Counter>,
+    /// 1 when the newest fetched commit has a valid fleet file.
+    pub fleet_valid: Gauge,
+    /// Errors in the newest fetched commit's fleet file.
+    pub fleet_errors: Gauge,
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("flotilla");
+        let fetch_seconds =
+            Family::<Labels, Histogram, fn() -> Histogram>::new_with_constructor(seconds_histogram);
+        let reconcile_seconds =
+            Family::<Labels, Histogram, fn() -> Histogram>::new_with_constructor(seconds_histogram);
+        let rollout_phase = Family::<Labels, Gauge>::default();
+        let apply_errors = Family::<Labels, Counter>::default();
+        let drift_objects = Family::<Labels, Gauge>::default();
+        let drift_unreachable = Gauge::default();
+        let webhooks = Family::<Labels, Counter>::default();
+        let fleet_valid = Gauge::default();
+        let fleet_errors = Gauge::default();
+        registry.register(
+            "git_fetch_seconds",
+            "Duration of Git fetches, by result",
+            fetch_seconds.clone(),
+        );
+        registry.register(
+            "reconcile_seconds",
+            "Duration of renders (stage=render), rollout runs (stage=rollout) and drift checks (stage=drift)",
+            reconcile_seconds.clone(),
+        );
+        registry.register(
+            "rollout_phase",
+            "1 for the phase each placement's rollout is in",
+            rollout_phase.clone(),
+        );
+        registry.register(
+            "apply_errors",
+            "Failed applies per cluster",
+            apply_errors.clone(),
+        );
+        registry.register(
+            "drift_objects",
+            "Objects that differ from Git at the last drift check, per cluster",
+            drift_objects.clone(),
+        );
+        registry.register(
+            "drift_unreachable_clusters",
+            "Clusters the last drift check could not read",
+            drift_unreachable.clone(),
+        );
+        registry.register(
+            "webhook_requests",
+            "Webhook requests by style and result",
+            webhooks.clone(),
+        );
+        registry.register(
+            "fleet_valid",
+            "1 when the newest fetched commit has a valid fleet file",
+            fleet_valid.clone(),
+        );
+        registry.register(
+            "fleet_errors",
+            "Errors in the newest fetched commit's fleet file",
+            fleet_errors.clone(),
+        );
+        Metrics {
+            registry,
+            fetch_seconds,
+            reconcile_seconds,
+            rollout_phase,
+            apply_errors,
+            drift_objects,
+            drift_unreachable,
+            webhooks,
+            fleet_valid,
+            fleet_errors,
+        }
+    }
+
+    /// The OpenMetrics text.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+/// A label set.
+pub fn labels(pairs: &[(&str, &str)]) -> Labels {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}

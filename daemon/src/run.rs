@@ -1,0 +1,964 @@
+//! The daemon's loop. One task per concern — the Git thread (poll, check, render), one worker
+//! per placement (its rollout engine), drift checks, the HTTP server — and one loop that
+//! receives every trigger as a [`Trigger`], so what made the daemon act is visible in one
+//! place (the `trigger` field of its logs).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use tokio::sync::{Notify, mpsc, watch};
+
+use flotilla_reconciler::report::{ObjectState, Report, ReportKind};
+use flotilla_reconciler::rollout::model::manifest_hash;
+use flotilla_reconciler::rollout::{
+    ClusterRevision, Clusters, Engine, Event, Outcome, Rollout, phase_after, placement_inputs,
+};
+use flotilla_reconciler::sync::{self, ApplyOptionsRun, CompareMode};
+use flotilla_source::git::{self, GitSource, Poll};
+use flotilla_state::Store;
+
+use crate::adapters::{ConnectedClusters, PrometheusGates, SystemClock};
+use crate::config::Validated;
+use crate::metrics::{Metrics, labels};
+use crate::revision::{Loaded, Loader, Revision};
+use crate::status::{DiagnosticJson, DriftSummary, FleetStatus, Rejected, RevisionStatus};
+use crate::webhook::Secret;
+
+/// Why the daemon stopped or could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error("--listen {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("git source: {0}")]
+    Git(String),
+    #[error("the HTTP server failed: {0}")]
+    Serve(std::io::Error),
+}
+
+fn now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// Everything the loop sees happen. A closed set: each is handled in [`Daemon::handle`].
+#[derive(Debug)]
+pub(crate) enum Trigger {
+    /// The Git thread polled (on its interval, or woken by a webhook).
+    Fetched { took: Duration, fetch: Fetch },
+    /// A verified webhook asked for a fetch.
+    Webhook { style: &'static str },
+    /// The drift interval elapsed.
+    DriftDue,
+    /// A drift check finished.
+    DriftDone(Box<Report>, Vec<String>),
+    /// A person asked something of a placement's rollout through the API.
+    Control { placement: String },
+    /// SIGTERM (or the embedding program) asked to stop.
+    Shutdown,
+}
+
+#[derive(Debug)]
+pub(crate) enum Fetch {
+    Unchanged { commit: Option<String> },
+    Changed(Loaded),
+    Failed(String),
+}
+
+/// State shared by the loop, the workers and the HTTP handlers.
+pub(crate) struct Shared {
+    pub config: crate::config::Config,
+    pub store: Store,
+    pub metrics: Metrics,
+    pub status: RwLock<FleetStatus>,
+    pub drift: RwLock<Option<Report>>,
+    pub current: RwLock<Option<Arc<Revision>>>,
+    pub webhook_secret: Option<Secret>,
+    pub api_token: Option<Secret>,
+    pub triggers: mpsc::UnboundedSender<Trigger>,
+    /// Wakes the Git thread.
+    pub wake: std::sync::mpsc::Sender<()>,
+    /// Rollout engines return at their next step boundary once set.
+    pub stop: AtomicBool,
+    clusters: ConnectedClusters,
+    readers: ConnectedClusters,
+    gates: PrometheusGates,
+}
+
+impl Shared {
+    pub fn status_mut(&self) -> std::sync::RwLockWriteGuard<'_, FleetStatus> {
+        self.status.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn status(&self) -> FleetStatus {
+        self.status
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub fn current(&self) -> Option<Arc<Revision>> {
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Every rollout event: logged, counted, and reflected in the status.
+    fn on_event(&self, e: &Event) {
+        tracing::info!(
+            target: "flotilla::rollout",
+            placement = %e.placement,
+            rollout = %e.rollout,
+            batch = e.batch,
+            cluster = e.cluster.as_deref(),
+            kind = %e.kind,
+            "{}",
+            e.message
+        );
+        if matches!(e.kind.as_str(), "apply-failed" | "rollback-failed")
+            && let Some(c) = &e.cluster
+        {
+            self.metrics
+                .apply_errors
+                .get_or_create(&labels(&[("cluster", c)]))
+                .inc();
+        }
+        if let Some(phase) = phase_after(&e.kind) {
+            let mut status = self.status_mut();
+            let p = status.placements.entry(e.placement.clone()).or_default();
+            if let Some(old) = p.phase.take() {
+                self.metrics
+                    .rollout_phase
+                    .get_or_create(&labels(&[("placement", &e.placement), ("phase", &old)]))
+                    .set(0);
+            }
+            p.phase = Some(phase.label().to_string());
+            p.rollout = Some(e.rollout.clone());
+            self.metrics
+                .rollout_phase
+                .get_or_create(&labels(&[
+                    ("placement", &e.placement),
+                    ("phase", phase.label()),
+                ]))
+                .set(1);
+        }
+    }
+}
+
+/// A running daemon.
+pub struct Running {
+    pub addr: SocketAddr,
+    shared: Arc<Shared>,
+    task: tokio::task::JoinHandle<()>,
+    server: tokio::task::JoinHandle<Result<(), std::io::Error>>,
+}
+
+impl Running {
+    /// Asks the daemon to drain and stop (as SIGTERM does).
+    pub fn shutdown(&self) {
+        let _ = self.shared.triggers.send(Trigger::Shutdown);
+    }
+
+    /// Asks for a fetch now (as a webhook does).
+    pub fn fetch_now(&self) {
+        let _ = self.shared.wake.send(());
+    }
+
+    pub fn status(&self) -> FleetStatus {
+        self.shared.status()
+    }
+
+    /// Waits until the daemon has stopped.
+    pub async fn wait(self) -> Result<(), DaemonError> {
+        let _ = self.task.await;
+        self.server.abort();
+        match self.server.await {
+            Ok(Err(e)) => Err(DaemonError::Serve(e)),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Validates `config`, binds the listener, and starts every task. Returns once the HTTP
+/// server accepts connections; the first fetch runs in the background.
+pub async fn start(config: crate::config::Config) -> Result<Running, DaemonError> {
+    let v: Validated = config.validate()?;
+    let listener = tokio::net::TcpListener::bind(v.config.listen)
+        .await
+        .map_err(|source| DaemonError::Bind {
+            addr: v.config.listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| DaemonError::Bind {
+        addr: v.config.listen,
+        source,
+    })?;
+    let cache = v.config.cache_dir.join("git").join(v.remote.cache_name());
+    let source = GitSource::open(v.remote.clone(), v.rev.clone(), cache)
+        .map_err(|e| DaemonError::Git(e.to_string()))?;
+    let (triggers, rx) = mpsc::unbounded_channel();
+    let (wake, wake_rx) = std::sync::mpsc::channel();
+    let status = FleetStatus {
+        repo: v.remote.to_string(),
+        rev: v.config.rev.clone(),
+        read_only: v.config.read_only,
+        ..FleetStatus::default()
+    };
+    let shared = Arc::new(Shared {
+        store: v.store,
+        metrics: Metrics::new(),
+        status: RwLock::new(status),
+        drift: RwLock::new(None),
+        current: RwLock::new(None),
+        webhook_secret: v.webhook_secret,
+        api_token: v.api_token,
+        triggers: triggers.clone(),
+        wake,
+        stop: AtomicBool::new(false),
+        clusters: ConnectedClusters::empty(v.connector.clone(), v.config.read_only),
+        readers: ConnectedClusters::empty(v.connector, true),
+        gates: PrometheusGates::new(Duration::from_secs(10)),
+        config: v.config,
+    });
+    tracing::info!(
+        repo = %shared.config.repo,
+        rev = %shared.config.rev,
+        listen = %addr,
+        read_only = shared.config.read_only,
+        "flotilla serve starting"
+    );
+    spawn_git_thread(shared.clone(), source, wake_rx);
+    let router = crate::http::router(shared.clone());
+    let server = tokio::spawn(async move { axum::serve(listener, router).await });
+    let daemon = Daemon {
+        shared: shared.clone(),
+        workers: BTreeMap::new(),
+        drift_running: Arc::new(AtomicBool::new(false)),
+        next_drift: None,
+    };
+    let task = tokio::spawn(daemon.run(rx));
+    Ok(Running {
+        addr,
+        shared,
+        task,
+        server,
+    })
+}
+
+/// Polls on the interval (or when woken), checks and renders new commits, and hands the
+/// result to the loop. Blocking Git I/O and the `!Send` render cache stay on this thread.
+fn spawn_git_thread(
+    shared: Arc<Shared>,
+    mut source: GitSource,
+    wake: std::sync::mpsc::Receiver<()>,
+) {
+    let interval = shared.config.poll_interval;
+    let max_backoff = shared.config.max_backoff;
+    let mut loader = Loader::new(&shared.config.fleet_file);
+    let spawned = std::thread::Builder::new()
+        .name("flotilla-git".into())
+        .spawn(move || {
+            let mut failures = 0u32;
+            loop {
+                if shared.stop.load(Ordering::SeqCst) {
+                    return;
+                }
+                let started = Instant::now();
+                let polled = source.poll();
+                let took = started.elapsed();
+                let fetch = match polled {
+                    Ok(Poll::Unchanged) => {
+                        failures = 0;
+                        Fetch::Unchanged {
+                            commit: source.current().map(|s| s.commit().to_string()),
+                        }
+                    }
+                    Ok(Poll::Changed { .. }) => {
+                        failures = 0;
+                        match source.current() {
+                            Some(snapshot) => Fetch::Changed(loader.load(snapshot)),
+                            None => Fetch::Failed("the fetch brought no snapshot".into()),
+                        }
+                    }
+                    Err(e) => {
+                        failures = failures.saturating_add(1);
+                        Fetch::Failed(e.to_string())
+                    }
+                };
+                if shared
+                    .triggers
+                    .send(Trigger::Fetched { took, fetch })
+                    .is_err()
+                {
+                    return;
+                }
+                let delay = git::backoff(interval, max_backoff, failures);
+                match wake.recv_timeout(delay) {
+                    Ok(()) => while wake.try_recv().is_ok() {},
+                    Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                    Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::error!(error = %e, "cannot start the Git thread");
+    }
+}
+
+struct Worker {
+    revision: watch::Sender<Option<Arc<Revision>>>,
+    nudge: Arc<Notify>,
+    handle: tokio::task::JoinHandle<()>,
+}
+
+struct Daemon {
+    shared: Arc<Shared>,
+    workers: BTreeMap<String, Worker>,
+    drift_running: Arc<AtomicBool>,
+    next_drift: Option<tokio::time::Instant>,
+}
+
+impl Daemon {
+    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Trigger>) {
+        loop {
+            let due = self.next_drift;
+            let trigger = tokio::select! {
+                t = rx.recv() => match t {
+                    Some(t) => t,
+                    None => Trigger::Shutdown,
+                },
+                () = async {
+                    match due {
+                        Some(at) => tokio::time::sleep_until(at).await,
+                        None => std::future::pending().await,
+                    }
+                } => Trigger::DriftDue,
+            };
+            if matches!(trigger, Trigger::Shutdown) {
+                self.drain().await;
+                return;
+            }
+            self.handle(trigger).await;
+        }
+    }
+
+    async fn handle(&mut self, trigger: Trigger) {
+        let shared = self.shared.clone();
+        match trigger {
+            Trigger::Fetched { took, fetch } => {
+                let result = if matches!(fetch, Fetch::Failed(_)) {
+                    "error"
+                } else {
+                    "ok"
+                };
+                shared
+                    .metrics
+                    .fetch_seconds
+                    .get_or_create(&labels(&[("result", result)]))
+                    .observe(took.as_secs_f64());
+                self.fetched(fetch).await;
+            }
+            Trigger::Webhook { style } => {
+                tracing::info!(trigger = "webhook", style, "push received: fetching now");
+                shared.status_mut().source.webhook_triggers += 1;
+                let _ = shared.wake.send(());
+            }
+            Trigger::DriftDue => {
+                self.schedule_drift();
+                self.start_drift();
+            }
+            Trigger::DriftDone(report, healed) => self.drift_done(*report, healed),
+            Trigger::Control { placement } => {
+                tracing::info!(trigger = "api", placement = %placement, "rollout request");
+                if let Some(w) = self.workers.get(&placement) {
+                    w.nudge.notify_one();
+                }
+            }
+            Trigger::Shutdown => {}
+        }
+    }
+
+    async fn fetched(&mut self, fetch: Fetch) {
+        let shared = self.shared.clone();
+        let at = now();
+        match fetch {
+            Fetch::Failed(message) => {
+                tracing::warn!(trigger = "poll", error = %message, "fetch failed; the last good revision keeps running");
+                let mut s = shared.status_mut();
+                s.source.last_fetch_at = Some(at);
+                s.source.last_fetch_ok = false;
+                s.source.last_error = Some(message);
+                s.source.consecutive_failures += 1;
+                s.source.fetches += 1;
+            }
+            Fetch::Unchanged { commit } => {
+                let mut s = shared.status_mut();
+                s.source.last_fetch_at = Some(at);
+                s.source.last_fetch_ok = true;
+                s.source.last_error = None;
+                s.source.consecutive_failures = 0;
+                s.source.fetched_commit = commit;
+                s.source.fetches += 1;
+                drop(s);
+                // Paused rollouts resumed from the command line, cluster retries: every
+                // worker looks again.
+                for w in self.workers.values() {
+                    w.nudge.notify_one();
+                }
+            }
+            Fetch::Changed(loaded) => {
+                {
+                    let mut s = shared.status_mut();
+                    s.source.last_fetch_at = Some(at.clone());
+                    s.source.last_fetch_ok = true;
+                    s.source.last_error = None;
+                    s.source.consecutive_failures = 0;
+                    s.source.fetches += 1;
+                }
+                match loaded {
+                    Loaded::Valid(rev) => self.new_revision(rev, at).await,
+                    Loaded::Invalid {
+                        commit,
+                        diagnostics,
+                    } => {
+                        for d in &diagnostics {
+                            tracing::error!(trigger = "poll", commit = %commit, "{d}");
+                        }
+                        tracing::error!(
+                            commit = %commit,
+                            errors = diagnostics.len(),
+                            "fleet file rejected; the last good revision keeps running"
+                        );
+                        shared.metrics.fleet_valid.set(0);
+                        shared.metrics.fleet_errors.set(diagnostics.len() as i64);
+                        let mut s = shared.status_mut();
+                        s.source.fetched_commit = Some(commit.clone());
+                        s.rejected = Some(Rejected {
+                            commit,
+                            at,
+                            errors: diagnostics.iter().map(DiagnosticJson::from).collect(),
+                        });
+                    }
+                    Loaded::Unreadable { commit, message } => {
+                        tracing::error!(commit = %commit, error = %message, "fleet file unreadable; the last good revision keeps running");
+                        shared.metrics.fleet_valid.set(0);
+                        shared.metrics.fleet_errors.set(1);
+                        let mut s = shared.status_mut();
+                        s.source.fetched_commit = Some(commit.clone());
+                        s.rejected = Some(Rejected {
+                            commit,
+                            at,
+                            errors: vec![DiagnosticJson {
+                                file: shared.config.fleet_file.clone(),
+                                line: 0,
+                                column: 0,
+                                message: message.clone(),
+                                text: message,
+                            }],
+                        });
+                    }
+                }
+            }
+        }
+    }
+
+    async fn new_revision(&mut self, rev: Arc<Revision>, at: String) {
+        let shared = self.shared.clone();
+        tracing::info!(
+            trigger = "poll",
+            commit = %rev.commit,
+            clusters = rev.fleet.clusters.len(),
+            placements = rev.fleet.placements.len(),
+            render_ms = rev.render_took.as_millis() as u64,
+            "new revision"
+        );
+        for e in &rev.render_errors {
+            tracing::error!(commit = %rev.commit, "render failed: {e}");
+        }
+        shared
+            .metrics
+            .reconcile_seconds
+            .get_or_create(&labels(&[("stage", "render")]))
+            .observe(rev.render_took.as_secs_f64());
+        shared.metrics.fleet_valid.set(1);
+        shared.metrics.fleet_errors.set(0);
+        shared.clusters.update(&rev.fleet).await;
+        shared.readers.update(&rev.fleet).await;
+        *shared.current.write().unwrap_or_else(|p| p.into_inner()) = Some(rev.clone());
+        {
+            let mut s = shared.status_mut();
+            s.fleet = Some(rev.fleet.metadata.name.clone());
+            s.source.fetched_commit = Some(rev.commit.clone());
+            s.rejected = None;
+            s.revision = Some(RevisionStatus {
+                commit: rev.commit.clone(),
+                loaded_at: at,
+                render_seconds: rev.render_took.as_secs_f64(),
+                clusters: rev.fleet.clusters.len(),
+                placements: rev.fleet.placements.len(),
+                render_errors: rev.render_errors.clone(),
+                warnings: rev.warnings.iter().map(DiagnosticJson::from).collect(),
+            });
+            s.ready = true;
+            let names: Vec<&str> = rev
+                .fleet
+                .placements
+                .iter()
+                .map(|p| p.name.as_str())
+                .collect();
+            s.placements.retain(|k, _| names.contains(&k.as_str()));
+        }
+        if !shared.config.read_only {
+            // Placements that left the fleet: their workers stop.
+            let names: Vec<String> = rev
+                .fleet
+                .placements
+                .iter()
+                .map(|p| p.name.clone())
+                .collect();
+            let gone: Vec<String> = self
+                .workers
+                .keys()
+                .filter(|k| !names.contains(k))
+                .cloned()
+                .collect();
+            for name in gone {
+                if let Some(w) = self.workers.remove(&name) {
+                    w.handle.abort();
+                }
+            }
+            for name in names {
+                match self.workers.get(&name) {
+                    Some(w) => {
+                        let _ = w.revision.send(Some(rev.clone()));
+                    }
+                    None => {
+                        let (tx, rx) = watch::channel(Some(rev.clone()));
+                        let nudge = Arc::new(Notify::new());
+                        let handle = tokio::spawn(placement_worker(
+                            shared.clone(),
+                            name.clone(),
+                            rx,
+                            nudge.clone(),
+                        ));
+                        self.workers.insert(
+                            name,
+                            Worker {
+                                revision: tx,
+                                nudge,
+                                handle,
+                            },
+                        );
+                    }
+                }
+            }
+        }
+        if self.next_drift.is_none() {
+            self.schedule_drift();
+        }
+    }
+
+    fn drift_interval(&self) -> Option<Duration> {
+        if let Some(d) = self.shared.config.drift_interval {
+            return Some(d);
+        }
+        self.shared
+            .current()
+            .map(|r| r.fleet.settings.drift_interval.value)
+            .filter(|d| !d.is_zero())
+    }
+
+    fn schedule_drift(&mut self) {
+        self.next_drift = self
+            .drift_interval()
+            .map(|d| tokio::time::Instant::now() + d);
+    }
+
+    fn start_drift(&mut self) {
+        let Some(rev) = self.shared.current() else {
+            return;
+        };
+        if self.drift_running.swap(true, Ordering::SeqCst) {
+            tracing::debug!("drift check still running; skipped");
+            return;
+        }
+        let shared = self.shared.clone();
+        let running = self.drift_running.clone();
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let (report, healed) = drift_check(&shared, &rev).await;
+            shared
+                .metrics
+                .reconcile_seconds
+                .get_or_create(&labels(&[("stage", "drift")]))
+                .observe(started.elapsed().as_secs_f64());
+            running.store(false, Ordering::SeqCst);
+            let _ = shared
+                .triggers
+                .send(Trigger::DriftDone(Box::new(report), healed));
+        });
+    }
+
+    fn drift_done(&mut self, report: Report, healed: Vec<String>) {
+        let shared = &self.shared;
+        let mut drifted = Vec::new();
+        let mut unreachable = Vec::new();
+        let mut objects = 0;
+        for c in &report.clusters {
+            if c.error.is_some() {
+                unreachable.push(c.name.clone());
+                continue;
+            }
+            let n = c
+                .placements
+                .iter()
+                .flat_map(|p| &p.objects)
+                .filter(|o| o.state != ObjectState::InSync)
+                .count();
+            shared
+                .metrics
+                .drift_objects
+                .get_or_create(&labels(&[("cluster", &c.name)]))
+                .set(n as i64);
+            if n > 0 {
+                drifted.push(c.name.clone());
+                objects += n;
+            }
+        }
+        shared
+            .metrics
+            .drift_unreachable
+            .set(unreachable.len() as i64);
+        tracing::info!(
+            trigger = "drift",
+            commit = %report.revision,
+            drifted = drifted.len(),
+            objects,
+            unreachable = unreachable.len(),
+            self_healed = healed.len(),
+            "drift check done"
+        );
+        shared.status_mut().drift = Some(DriftSummary {
+            at: report.generated_at.clone(),
+            commit: report.revision.clone(),
+            clusters: report.clusters.len(),
+            drifted_clusters: drifted,
+            unreachable_clusters: unreachable,
+            drifted_objects: objects,
+            self_healed: healed,
+        });
+        *shared.drift.write().unwrap_or_else(|p| p.into_inner()) = Some(report);
+    }
+
+    /// Stops taking work, lets rollouts reach a step boundary (within the grace period),
+    /// and returns. Every step is already in the store, so whatever is cut off resumes.
+    async fn drain(&mut self) {
+        let shared = &self.shared;
+        tracing::info!(
+            grace_secs = shared.config.drain_grace.as_secs(),
+            "draining: rollouts stop at their next step"
+        );
+        shared.status_mut().draining = true;
+        shared.stop.store(true, Ordering::SeqCst);
+        let _ = shared.wake.send(());
+        for w in self.workers.values() {
+            w.nudge.notify_one();
+        }
+        let deadline = tokio::time::Instant::now() + shared.config.drain_grace;
+        for (name, w) in std::mem::take(&mut self.workers) {
+            let mut handle = w.handle;
+            match tokio::time::timeout_at(deadline, &mut handle).await {
+                Ok(_) => {}
+                Err(_) => {
+                    tracing::warn!(placement = %name, "still busy after the grace period; stopped (it resumes from the state store)");
+                    handle.abort();
+                }
+            }
+        }
+        tracing::info!("drained");
+    }
+}
+
+/// One placement: runs its rollout engine whenever the revision changes or it is nudged
+/// (API request, every poll), and drops a run that a newer revision supersedes.
+async fn placement_worker(
+    shared: Arc<Shared>,
+    name: String,
+    mut revisions: watch::Receiver<Option<Arc<Revision>>>,
+    nudge: Arc<Notify>,
+) {
+    loop {
+        if shared.stop.load(Ordering::SeqCst) {
+            return;
+        }
+        let rev = revisions.borrow_and_update().clone();
+        if let Some(rev) = rev {
+            let inputs = placement_inputs(
+                &rev.fleet,
+                &rev.plan,
+                &rev.commit,
+                &rev.targets,
+                Some(&name),
+            );
+            match inputs.into_iter().next() {
+                None => return,
+                Some(Err(failed)) => {
+                    let why = format!(
+                        "not rolled out (render failed): {}",
+                        failed.errors.join("; ")
+                    );
+                    tracing::error!(placement = %name, commit = %rev.commit, "{why}");
+                    let mut s = shared.status_mut();
+                    let p = s.placements.entry(name.clone()).or_default();
+                    p.error = Some(why);
+                    p.running = false;
+                }
+                Some(Ok(input)) => {
+                    {
+                        let mut s = shared.status_mut();
+                        let p = s.placements.entry(name.clone()).or_default();
+                        p.error = None;
+                        p.running = true;
+                    }
+                    let clock = SystemClock;
+                    let on_event = |e: &Event| shared.on_event(e);
+                    let engine = Engine {
+                        store: &shared.store,
+                        clusters: &shared.clusters as &dyn Clusters,
+                        gates: &shared.gates,
+                        clock: &clock,
+                        on_event: &on_event,
+                        poll: shared.config.health_poll,
+                        stop: Some(&shared.stop),
+                    };
+                    let started = Instant::now();
+                    let outcome = tokio::select! {
+                        biased;
+                        changed = revisions.changed() => {
+                            if changed.is_err() {
+                                return;
+                            }
+                            tracing::info!(placement = %name, "a newer revision arrived during the rollout; superseding it");
+                            None
+                        }
+                        out = engine.run(&input) => Some(out),
+                    };
+                    shared
+                        .metrics
+                        .reconcile_seconds
+                        .get_or_create(&labels(&[("stage", "rollout")]))
+                        .observe(started.elapsed().as_secs_f64());
+                    let mut s = shared.status_mut();
+                    let p = s.placements.entry(name.clone()).or_default();
+                    p.running = false;
+                    match outcome {
+                        // Superseded: go round again with the new revision at once.
+                        None => continue,
+                        Some(Ok(Outcome::UpToDate)) => {
+                            p.last_outcome = Some(format!("up to date at {}", short(&rev.commit)))
+                        }
+                        Some(Ok(Outcome::FailedBefore { rollout })) => {
+                            p.last_outcome = Some(format!(
+                                "revision failed before ({rollout}); waiting for a new commit"
+                            ))
+                        }
+                        Some(Ok(Outcome::Stopped(r))) => {
+                            p.rollout = Some(r.id.clone());
+                            p.phase = Some(r.phase.label().to_string());
+                            p.last_outcome = Some(if r.message.is_empty() {
+                                r.phase.label().to_string()
+                            } else {
+                                format!("{}: {}", r.phase.label(), r.message)
+                            });
+                        }
+                        Some(Err(e)) => {
+                            tracing::error!(placement = %name, error = %e, "rollout engine error");
+                            p.last_outcome = Some(format!("error: {e}"));
+                        }
+                    }
+                }
+            }
+        }
+        tokio::select! {
+            changed = revisions.changed() => if changed.is_err() { return },
+            () = nudge.notified() => {}
+        }
+    }
+}
+
+fn short(commit: &str) -> &str {
+    commit.get(..12).unwrap_or(commit)
+}
+
+/// Compares every cluster with the revision through read-only connections; with
+/// `settings.selfHeal` (and not read-only), re-applies drifted placements of clusters that
+/// run the revision as their last good one and have no rollout in progress — a revision that
+/// failed is never re-applied this way.
+async fn drift_check(shared: &Arc<Shared>, rev: &Arc<Revision>) -> (Report, Vec<String>) {
+    let fleet_name = rev.fleet.metadata.name.clone();
+    let names: Vec<String> = rev.targets.keys().cloned().collect();
+    let mut clusters: Vec<_> = futures::stream::iter(names)
+        .map(|name| compare_one(shared.clone(), rev.clone(), name))
+        .buffer_unordered(shared.config.concurrency)
+        .collect()
+        .await;
+    clusters.sort_by(|a, b| a.name.cmp(&b.name));
+    let report = Report {
+        kind: ReportKind::Drift,
+        fleet: fleet_name.clone(),
+        revision: rev.commit.clone(),
+        generated_at: now(),
+        clusters,
+    };
+    let mut healed = Vec::new();
+    if rev.fleet.settings.self_heal && !shared.config.read_only {
+        for c in &report.clusters {
+            for p in &c.placements {
+                if p.error.is_some() || p.objects.iter().all(|o| o.state == ObjectState::InSync) {
+                    continue;
+                }
+                if let Some(what) = self_heal(shared, rev, &c.name, &p.name).await {
+                    healed.push(what);
+                }
+            }
+        }
+    }
+    (report, healed)
+}
+
+async fn compare_one(
+    shared: Arc<Shared>,
+    rev: Arc<Revision>,
+    name: String,
+) -> flotilla_reconciler::report::ClusterReport {
+    let desired = rev
+        .targets
+        .get(&name)
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    match shared.readers.cluster(&name).await {
+        Ok(c) => {
+            sync::compare(
+                c.as_ref(),
+                &rev.fleet.metadata.name,
+                desired,
+                CompareMode::ReadOnly,
+            )
+            .await
+        }
+        Err(e) => flotilla_reconciler::report::ClusterReport {
+            name,
+            error: Some(e),
+            placements: Vec::new(),
+        },
+    }
+}
+
+async fn self_heal(
+    shared: &Arc<Shared>,
+    rev: &Arc<Revision>,
+    cluster: &str,
+    placement: &str,
+) -> Option<String> {
+    let desired = rev
+        .targets
+        .get(cluster)?
+        .iter()
+        .find(|d| d.placement == placement)?;
+    let objects = desired.objects.as_ref().ok()?;
+    let hash = manifest_hash(objects);
+    let (rollout, revisions) = shared
+        .store
+        .read(|tx| {
+            let r: Option<Rollout> = tx.rollout(placement)?;
+            let revs: Vec<(String, ClusterRevision)> = tx.revisions(placement)?;
+            Ok((r, revs))
+        })
+        .ok()?;
+    let good = revisions
+        .iter()
+        .find(|(c, _)| c == cluster)
+        .and_then(|(_, r)| r.good.clone());
+    if good.as_deref() != Some(hash.as_str()) {
+        tracing::info!(
+            cluster,
+            placement,
+            "drifted, not self-healed: the cluster's last good revision is not this commit's"
+        );
+        return None;
+    }
+    if rollout.as_ref().is_some_and(|r| !r.phase.is_final()) {
+        tracing::info!(
+            cluster,
+            placement,
+            "drifted, not self-healed: a rollout is in progress"
+        );
+        return None;
+    }
+    let c = shared.clusters.cluster(cluster).await.ok()?;
+    let result = sync::apply(
+        c.as_ref(),
+        &rev.fleet.metadata.name,
+        std::slice::from_ref(desired),
+        ApplyOptionsRun {
+            prune: desired.prune,
+            only_listed: true,
+            ..ApplyOptionsRun::default()
+        },
+    )
+    .await;
+    let failed = result.failed();
+    let message = if failed {
+        shared
+            .metrics
+            .apply_errors
+            .get_or_create(&labels(&[("cluster", cluster)]))
+            .inc();
+        let why: Vec<String> = result
+            .error
+            .iter()
+            .cloned()
+            .chain(
+                result
+                    .objects
+                    .iter()
+                    .filter(|o| o.message.is_some())
+                    .map(|o| format!("{}: {}", o.object, o.message.clone().unwrap_or_default())),
+            )
+            .collect();
+        format!("self-heal failed: {}", why.join("; "))
+    } else {
+        let changed: Vec<String> = result
+            .objects
+            .iter()
+            .filter(|o| o.action != sync::Action::Unchanged)
+            .map(|o| format!("{} {}", o.object, o.action.label(false)))
+            .collect();
+        format!("self-healed: {}", changed.join(", "))
+    };
+    let event = Event {
+        at: now(),
+        placement: placement.to_string(),
+        rollout: rollout.map(|r| r.id).unwrap_or_default(),
+        kind: if failed {
+            "self-heal-failed"
+        } else {
+            "self-healed"
+        }
+        .into(),
+        batch: None,
+        cluster: Some(cluster.to_string()),
+        message,
+    };
+    let _ = shared.store.write(|tx| tx.append_event(&event).map(|_| ()));
+    shared.on_event(&event);
+    (!failed).then(|| format!("{cluster}/{placement}"))
+}

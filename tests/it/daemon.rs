@@ -1,0 +1,684 @@
+//! `flotilla serve` end to end: a real Git server (`git daemon`) on loopback, the real
+//! `flotilla` binary as the daemon, six in-process sim clusters. Pushes are picked up by
+//! webhook or by polling, invalid commits are reported and change nothing, a newer push
+//! supersedes a rollout in progress, read-only mode sends no mutating request, and SIGTERM
+//! drains.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use flotilla_sim::SimConfig;
+use hmac::Mac;
+use serde_json::Value;
+
+use crate::git_support::{Server, Upstream, free_port};
+use crate::support::SimKube;
+
+const SECRET: &str = "webhook-secret-for-tests";
+
+fn deployment(image: &str) -> String {
+    format!(
+        "apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: web}}
+spec:
+  replicas: 1
+  selector: {{matchLabels: {{app: web}}}}
+  template:
+    metadata: {{labels: {{app: web}}}}
+    spec:
+      containers:
+      - {{name: web, image: {image}}}
+"
+    )
+}
+
+fn fleet(clusters: usize, soak: &str, extra_settings: &str) -> String {
+    let names: String = (1..=clusters)
+        .map(|i| format!("  - {{name: sim-{i}}}\n"))
+        .collect();
+    format!(
+        "apiVersion: flotilla.dev/v1alpha1
+kind: Fleet
+metadata: {{name: e2e}}
+settings:
+  driftInterval: 1s
+{extra_settings}clusters:
+{names}bundles:
+  - {{name: app, path: app, namespace: shop}}
+placements:
+  - name: web
+    bundles: [app]
+    clusters: {{}}
+    rollout:
+      batches:
+        - clusters: {{names: [sim-1]}}
+        - percent: 100
+      healthDeadline: 10s
+      soak: {soak}
+"
+    )
+}
+
+const NAMESPACE: &str = "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop}\n";
+
+/// A running `flotilla serve`; SIGTERM'd (by PID) and reaped when dropped.
+struct Daemon {
+    child: Child,
+    port: u16,
+    log: Arc<Mutex<String>>,
+}
+
+impl Daemon {
+    fn start(k: &SimKube, upstream: &Upstream, git: &Server, extra: &[&str]) -> Daemon {
+        let port = free_port();
+        let secret = upstream.scratch("secret");
+        std::fs::write(&secret, format!("{SECRET}\n")).expect("write secret");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_flotilla"))
+            .arg("serve")
+            .arg("--repo")
+            .arg(format!("git://127.0.0.1:{}/fleet.git", git.port))
+            .args(["--ref", "main", "--kubeconfig"])
+            .arg(&k.kubeconfig)
+            .arg("--state")
+            .arg(upstream.scratch("state"))
+            .arg("--cache")
+            .arg(upstream.scratch("cache"))
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .arg("--webhook-secret-file")
+            .arg(&secret)
+            .args(extra)
+            .env_remove("KUBECONFIG")
+            .env_remove("FLOTILLA_SERVER")
+            .env("FLOTILLA_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("flotilla serve starts");
+        let log = Arc::new(Mutex::new(String::new()));
+        let stderr = child.stderr.take().expect("stderr");
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let mut l = sink.lock().unwrap_or_else(|p| p.into_inner());
+                l.push_str(&line);
+                l.push('\n');
+            }
+        });
+        let d = Daemon { child, port, log };
+        d.wait_for("the HTTP server", Duration::from_secs(20), || {
+            d.get("/healthz").is_some_and(|(c, _)| c == 200)
+        });
+        d
+    }
+
+    fn log(&self) -> String {
+        self.log.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn request(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Option<(u16, String)> {
+        http(self.port, method, path, headers, body)
+    }
+
+    fn get(&self, path: &str) -> Option<(u16, String)> {
+        self.request("GET", path, &[], b"")
+    }
+
+    fn json(&self, path: &str) -> Value {
+        let (code, body) = self.get(path).expect("the daemon answers");
+        assert_eq!(code, 200, "GET {path}: {body}");
+        serde_json::from_str(&body).expect("JSON")
+    }
+
+    fn github_push(&self, git_ref: &str) -> (u16, String) {
+        let body = format!(r#"{{"ref": "{git_ref}", "after": "0000"}}"#);
+        let sig = format!("sha256={}", sign(body.as_bytes()));
+        self.request(
+            "POST",
+            "/hooks/git",
+            &[
+                ("X-Hub-Signature-256", &sig),
+                ("X-GitHub-Event", "push"),
+                ("Content-Type", "application/json"),
+            ],
+            body.as_bytes(),
+        )
+        .expect("the daemon answers")
+    }
+
+    fn wait_for(&self, what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        panic!(
+            "{what}: not within {timeout:?}\n--- daemon log\n{}",
+            self.log()
+        );
+    }
+
+    /// SIGTERM and wait for the exit; returns its status code.
+    fn terminate(&mut self) -> Option<i32> {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let deadline = Instant::now() + Duration::from_secs(40);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.child.kill();
+        panic!(
+            "the daemon did not exit within 40 s of SIGTERM\n{}",
+            self.log()
+        );
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn sign(body: &[u8]) -> String {
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(SECRET.as_bytes()).expect("key");
+    mac.update(body);
+    mac.finalize()
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// A minimal HTTP/1.1 exchange on 127.0.0.1 (`Connection: close`): (status, body).
+fn http(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).ok()?;
+    // An oversized body is refused on its Content-Length, before it is read: not sending it
+    // keeps the server's early close from resetting the connection under the answer.
+    if body.len() <= 1024 * 1024 {
+        s.write_all(body).ok()?;
+    }
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw);
+    let text = String::from_utf8_lossy(&raw).to_string();
+    let (head, rest) = text.split_once("\r\n\r\n")?;
+    let code = head.split_whitespace().nth(1)?.parse().ok()?;
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(rest)
+    } else {
+        rest.to_string()
+    };
+    Some((code, body))
+}
+
+fn dechunk(mut text: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = text.split_once("\r\n") {
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        text = rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+/// The image of Deployment shop/web in each sim cluster (`-` when absent), read from the
+/// sims directly.
+fn images(k: &SimKube, n: usize) -> Vec<String> {
+    (1..=n)
+        .map(|i| {
+            let c = k.sim.cluster(&format!("sim-{i}")).expect("cluster");
+            let def = c
+                .resource("apps", "v1", "deployments")
+                .expect("deployments");
+            c.get(&def, "shop", "web")
+                .ok()
+                .and_then(|d| {
+                    d.pointer("/spec/template/spec/containers/0/image")
+                        .and_then(Value::as_str)
+                        .map(str::to_string)
+                })
+                .unwrap_or_else(|| "-".into())
+        })
+        .collect()
+}
+
+fn all(n: usize, image: &str) -> Vec<String> {
+    vec![image.to_string(); n]
+}
+
+fn commit_fleet(up: &Upstream, clusters: usize, image: &str, soak: &str, message: &str) -> String {
+    let id = up.commit(
+        &[
+            ("fleet.yaml", &fleet(clusters, soak, "")),
+            ("app/ns.yaml", NAMESPACE),
+            ("app/web.yaml", &deployment(image)),
+        ],
+        message,
+    );
+    up.push();
+    id
+}
+
+fn sim(clusters: usize) -> SimConfig {
+    SimConfig {
+        clusters,
+        ready_delay: Duration::from_millis(100),
+        ..Default::default()
+    }
+    .crash_images("broken")
+    .expect("regex")
+}
+
+#[test]
+fn daemon_follows_webhooks_rejects_invalid_commits_and_supersedes() {
+    let k = SimKube::start(sim(6));
+    let up = Upstream::new();
+    let first = commit_fleet(&up, 6, "web:1", "1s", "web 1");
+    let git = up.daemon();
+    // Polling every hour: after the first fetch, only webhooks make the daemon fetch.
+    let mut d = Daemon::start(&k, &up, &git, &["--poll-interval", "1h"]);
+    d.wait_for("first revision rolled out", Duration::from_secs(60), || {
+        images(&k, 6) == all(6, "web:1")
+    });
+    let status = d.json("/api/v1/fleet");
+    assert_eq!(status["revision"]["commit"], first.as_str());
+    assert_eq!(d.get("/readyz").map(|(c, _)| c), Some(200));
+
+    // A push and its webhook: converges without waiting for a poll.
+    let second = commit_fleet(&up, 6, "web:2", "1s", "web 2");
+    let (code, body) = d.github_push("refs/heads/main");
+    assert_eq!(code, 202, "{body}");
+    assert!(body.contains("\"triggered\":true"), "{body}");
+    d.wait_for("webhook push rolled out", Duration::from_secs(60), || {
+        images(&k, 6) == all(6, "web:2")
+    });
+    assert_eq!(
+        d.json("/api/v1/fleet")["revision"]["commit"],
+        second.as_str()
+    );
+    d.wait_for("web:2 rollout succeeded", Duration::from_secs(30), || {
+        d.json("/api/v1/rollouts/web")["rollout"]["phase"] == "succeeded"
+    });
+    let rollout = d.json("/api/v1/rollouts/web");
+    assert_eq!(rollout["rollout"]["commit"], second.as_str());
+    // Canary first: sim-1 was applied before any other cluster.
+    let applied: Vec<&str> = rollout["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter(|e| e["kind"] == "applied")
+        .filter_map(|e| e["cluster"].as_str())
+        .collect();
+    assert_eq!(applied.first(), Some(&"sim-1"), "{rollout}");
+    assert_eq!(applied.len(), 6, "{rollout}");
+
+    // An invalid fleet file: reported with file:line, nothing changes in the clusters.
+    let bad = up.commit(
+        &[("fleet.yaml", &fleet(6, "1s", "  selfHeel: true\n"))],
+        "typo",
+    );
+    up.push();
+    d.github_push("refs/heads/main");
+    d.wait_for(
+        "the invalid commit reported",
+        Duration::from_secs(30),
+        || d.json("/api/v1/fleet")["rejected"]["commit"] == bad.as_str(),
+    );
+    let status = d.json("/api/v1/fleet");
+    let text = status["rejected"]["errors"][0]["text"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(text.starts_with("fleet.yaml:6:3: error:"), "{status}");
+    assert!(text.contains("selfHeel"), "{text}");
+    assert_eq!(
+        status["revision"]["commit"],
+        second.as_str(),
+        "the last good revision keeps running"
+    );
+    let (_, metrics) = d.get("/metrics").expect("metrics");
+    assert!(metrics.contains("flotilla_fleet_valid 0"), "{metrics}");
+    assert!(
+        metrics.contains("flotilla_webhook_requests_total{style=\"github\",result=\"triggered\"}"),
+        "{metrics}"
+    );
+    assert!(
+        d.log().contains("fleet.yaml:6:3: error:"),
+        "the log names file and line"
+    );
+    // `flotilla status` says so too, and exits 1.
+    let o = Command::new(env!("CARGO_BIN_EXE_flotilla"))
+        .args([
+            "status",
+            "--server",
+            &format!("http://127.0.0.1:{}", d.port),
+        ])
+        .output()
+        .expect("flotilla status runs");
+    let out = crate::support::stdout(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert!(out.contains(&format!("commit {bad} rejected")), "{out}");
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(images(&k, 6), all(6, "web:2"));
+
+    // A push during a rollout supersedes it: the long soak of web:3 is cut short by web:4.
+    commit_fleet(&up, 6, "web:3", "5m", "web 3, long soak");
+    d.github_push("refs/heads/main");
+    d.wait_for(
+        "web:3 soaking in the canary",
+        Duration::from_secs(60),
+        || {
+            d.json("/api/v1/rollouts/web")["events"]
+                .as_array()
+                .is_some_and(|ev| ev.iter().any(|e| e["kind"] == "soaking"))
+                && images(&k, 6)[0] == "web:3"
+        },
+    );
+    assert_eq!(
+        images(&k, 6)[1..],
+        all(5, "web:2")[..],
+        "only the canary has web:3"
+    );
+    let fourth = commit_fleet(&up, 6, "web:4", "1s", "web 4");
+    d.github_push("refs/heads/main");
+    d.wait_for("web:4 everywhere", Duration::from_secs(60), || {
+        images(&k, 6) == all(6, "web:4")
+    });
+    let rollout = d.json("/api/v1/rollouts/web");
+    assert_eq!(rollout["rollout"]["commit"], fourth.as_str());
+    d.wait_for("web:4 rollout succeeded", Duration::from_secs(30), || {
+        d.json("/api/v1/rollouts/web")["rollout"]["phase"] == "succeeded"
+    });
+    assert!(d.log().contains("superseding"), "{}", d.log());
+    // `flotilla rollout status` through the API.
+    let o = Command::new(env!("CARGO_BIN_EXE_flotilla"))
+        .args([
+            "rollout",
+            "status",
+            "web",
+            "--server",
+            &format!("http://127.0.0.1:{}", d.port),
+        ])
+        .output()
+        .expect("flotilla rollout runs");
+    assert_eq!(o.status.code(), Some(0), "{}", crate::support::stderr(&o));
+    assert!(crate::support::stdout(&o).contains(&format!("commit {fourth}")));
+
+    // SIGTERM: drains and exits 0.
+    assert_eq!(d.terminate(), Some(0), "{}", d.log());
+    assert!(d.log().contains("drained"), "{}", d.log());
+}
+
+#[test]
+fn daemon_polls_without_webhooks_and_checks_webhook_signatures() {
+    let k = SimKube::start(sim(2));
+    let up = Upstream::new();
+    commit_fleet(&up, 2, "web:1", "0s", "web 1");
+    let git = up.daemon();
+    let d = Daemon::start(&k, &up, &git, &["--poll-interval", "1s"]);
+    d.wait_for("first revision", Duration::from_secs(60), || {
+        images(&k, 2) == all(2, "web:1")
+    });
+    // No webhook: the next poll finds the push.
+    commit_fleet(&up, 2, "web:2", "0s", "web 2");
+    d.wait_for("converged by polling", Duration::from_secs(30), || {
+        images(&k, 2) == all(2, "web:2")
+    });
+
+    let push = br#"{"ref": "refs/heads/main"}"#;
+    let hook = |headers: &[(&str, &str)], body: &[u8]| {
+        d.request("POST", "/hooks/git", headers, body)
+            .expect("answer")
+            .0
+    };
+    let good = format!("sha256={}", sign(push));
+    let wrong = format!("sha256={}", "0".repeat(64));
+    // GitHub style.
+    assert_eq!(
+        hook(
+            &[("X-Hub-Signature-256", &good), ("X-GitHub-Event", "push")],
+            push
+        ),
+        202
+    );
+    assert_eq!(
+        hook(
+            &[("X-Hub-Signature-256", &wrong), ("X-GitHub-Event", "push")],
+            push
+        ),
+        401
+    );
+    // GitLab style.
+    assert_eq!(
+        hook(
+            &[("X-Gitlab-Token", SECRET), ("X-Gitlab-Event", "Push Hook")],
+            push
+        ),
+        202
+    );
+    assert_eq!(
+        hook(
+            &[("X-Gitlab-Token", "nope"), ("X-Gitlab-Event", "Push Hook")],
+            push
+        ),
+        401
+    );
+    // Generic HMAC.
+    assert_eq!(hook(&[("X-Flotilla-Signature", &good)], push), 202);
+    assert_eq!(hook(&[("X-Flotilla-Signature", &wrong)], push), 401);
+    // Unsigned, oversized, wrong ref.
+    assert_eq!(hook(&[], push), 401);
+    let big = vec![b' '; 2 * 1024 * 1024];
+    assert_eq!(hook(&[("X-Flotilla-Signature", &good)], &big), 413);
+    let other = br#"{"ref": "refs/heads/feature"}"#;
+    let sig = format!("sha256={}", sign(other));
+    let (code, body) = d
+        .request(
+            "POST",
+            "/hooks/git",
+            &[("X-Hub-Signature-256", &sig), ("X-GitHub-Event", "push")],
+            other,
+        )
+        .expect("answer");
+    assert_eq!(code, 202);
+    assert!(
+        body.contains("\"triggered\":false") && body.contains("refs/heads/feature"),
+        "{body}"
+    );
+    let (_, metrics) = d.get("/metrics").expect("metrics");
+    for (style, result, n) in [
+        ("github", "triggered", 1),
+        ("github", "unauthorized", 1),
+        ("github", "ignored", 1),
+        ("gitlab", "triggered", 1),
+        ("gitlab", "unauthorized", 1),
+        ("generic", "triggered", 1),
+        ("generic", "unauthorized", 1),
+        ("unknown", "unauthorized", 1),
+        ("unknown", "too_large", 1),
+    ] {
+        let line =
+            format!("flotilla_webhook_requests_total{{style=\"{style}\",result=\"{result}\"}} {n}");
+        assert!(metrics.contains(&line), "{line} in\n{metrics}");
+    }
+    assert!(
+        metrics.contains("flotilla_git_fetch_seconds_count{result=\"ok\"}"),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn daemon_read_only_reports_drift_and_sends_no_mutating_request() {
+    let k = SimKube::start(sim(2));
+    // Something for the drift check to find: web runs web:0 on sim-2, by hand.
+    let ns = k.file("ns.yaml", NAMESPACE);
+    let dep = k.file("web.yaml", &deployment("web:0"));
+    k.ok(&["--context", "sim-2", "apply", "-f", &ns]);
+    k.ok(&["--context", "sim-2", "apply", "-n", "shop", "-f", &dep]);
+    let up = Upstream::new();
+    let commit = commit_fleet(&up, 2, "web:1", "0s", "web 1");
+    let git = up.daemon();
+    let before = k.sim.audit().len();
+    let mut d = Daemon::start(&k, &up, &git, &["--read-only", "--poll-interval", "1s"]);
+    d.wait_for("a drift report", Duration::from_secs(30), || {
+        d.get("/api/v1/drift").is_some_and(|(c, _)| c == 200)
+    });
+    let report = d.json("/api/v1/drift");
+    assert_eq!(report["revision"], commit.as_str());
+    let states = |cluster: &str| -> Vec<String> {
+        report["clusters"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|c| c["name"] == cluster)
+            .flat_map(|c| c["placements"].as_array().into_iter().flatten())
+            .flat_map(|p| p["objects"].as_array().into_iter().flatten())
+            .map(|o| {
+                format!(
+                    "{} {}",
+                    o["kind"].as_str().unwrap_or("?"),
+                    o["state"].as_str().unwrap_or("?")
+                )
+            })
+            .collect()
+    };
+    assert_eq!(
+        states("sim-1"),
+        ["Namespace missing", "Deployment missing"],
+        "{report}"
+    );
+    assert_eq!(
+        states("sim-2"),
+        ["Namespace modified", "Deployment modified"],
+        "{report}"
+    );
+    let cluster = d.json("/api/v1/clusters/sim-2");
+    assert_eq!(cluster["drift"]["name"], "sim-2");
+    let status = d.json("/api/v1/fleet");
+    assert_eq!(status["readOnly"], true);
+    assert_eq!(
+        status["drift"]["driftedClusters"],
+        serde_json::json!(["sim-1", "sim-2"])
+    );
+    // The control API refuses in read-only mode.
+    assert_eq!(
+        d.request("POST", "/api/v1/rollouts/web/pause", &[], b"")
+            .map(|(c, _)| c),
+        Some(403)
+    );
+    assert_eq!(d.terminate(), Some(0));
+    // Not one mutating request (dry runs included) reached a cluster.
+    let audit = k.sim.audit();
+    let sent = &audit[before..];
+    assert!(!sent.is_empty(), "the daemon read the clusters");
+    let mutating: Vec<_> = sent
+        .iter()
+        .filter(|r| !matches!(r.verb.as_str(), "get" | "list" | "watch"))
+        .collect();
+    assert!(
+        mutating.is_empty(),
+        "mutating requests in read-only mode: {mutating:?}"
+    );
+    assert_eq!(images(&k, 2), ["-", "web:0"]);
+}
+
+#[test]
+fn daemon_refuses_bad_settings_before_binding() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let port = free_port();
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_flotilla"))
+            .arg("serve")
+            .args(args)
+            .env_remove("FLOTILLA_REPO")
+            .env("HOME", dir.path())
+            .env_remove("XDG_STATE_HOME")
+            .env_remove("XDG_CACHE_HOME")
+            .output()
+            .expect("runs")
+    };
+    let listen = format!("127.0.0.1:{port}");
+    let empty = dir.path().join("empty");
+    std::fs::write(&empty, "\n").expect("write");
+    let o = run(&[
+        "--repo",
+        "file:///nonexistent",
+        "--listen",
+        &listen,
+        "--webhook-secret-file",
+        path(&empty),
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        crate::support::stderr(&o).contains("--webhook-secret-file"),
+        "{}",
+        crate::support::stderr(&o)
+    );
+    let o = run(&["--repo", "file:///nonexistent", "--listen", "0.0.0.0:0"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        crate::support::stderr(&o).contains("--api-token-file"),
+        "{}",
+        crate::support::stderr(&o)
+    );
+    let config = dir.path().join("serve.yaml");
+    std::fs::write(&config, "repo: file:///x\npoll-intervall: 5s\n").expect("write");
+    let o = run(&["--config", path(&config)]);
+    assert_eq!(o.status.code(), Some(2));
+    let err = crate::support::stderr(&o);
+    assert!(
+        err.contains(
+            "serve.yaml:2:1: unknown setting \"poll-intervall\"; did you mean \"poll-interval\"?"
+        ),
+        "{err}"
+    );
+    // Nothing was bound: the port is still free.
+    assert!(std::net::TcpListener::bind(("127.0.0.1", port)).is_ok());
+}
+
+fn path(p: &Path) -> &str {
+    p.to_str().expect("utf-8")
+}
