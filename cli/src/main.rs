@@ -10,6 +10,7 @@ use flotilla_source::{LocalTree, git};
 use flotilla_spec::types::RepoPath;
 use flotilla_spec::{Checked, Diagnostic, Limits, RepoFiles};
 
+mod demo;
 mod live;
 mod review;
 mod rollouts;
@@ -139,6 +140,10 @@ enum Command {
     /// commit, check drift, serve /metrics, /healthz, /readyz and the status API. See
     /// docs/daemon.md.
     Serve(Box<serve::ServeArgs>),
+    /// The tour: six simulated clusters, a local fleet repository and the daemon; a good
+    /// change rolls out canary first, a bad image is rolled back, a hand edit shows up in the
+    /// drift report. Needs git; no network.
+    Demo(demo::DemoArgs),
     /// A running daemon's state: revision, rejected commits, placements, drift. Exit 0 all
     /// well, 1 something failed or was rejected, 2 the daemon cannot be reached.
     Status {
@@ -395,6 +400,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             serve::serve(config)
         }
         Command::Status { server } => serve::status(&server),
+        Command::Demo(args) => demo::demo(args),
         Command::Drift {
             fleet,
             clusters,

@@ -176,6 +176,15 @@ impl Running {
         self.shared.status()
     }
 
+    /// The last drift check's report.
+    pub fn drift_report(&self) -> Option<Report> {
+        self.shared
+            .drift
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
     /// Waits until the daemon has stopped.
     pub async fn wait(self) -> Result<(), DaemonError> {
         let _ = self.task.await;

@@ -10,6 +10,7 @@ mod support;
 mod cli;
 mod cluster;
 mod daemon;
+mod demo;
 mod gates;
 mod git_source;
 mod prdiff;
