@@ -913,10 +913,14 @@ async fn self_heal(
         return None;
     }
     let c = shared.clusters.cluster(cluster).await.ok()?;
+    // Git wins: fields another manager took (kubectl edit, scale) are taken back, as Flux's
+    // server-side apply does with ForceOwnership.
+    let mut forced = desired.clone();
+    forced.force = true;
     let result = sync::apply(
         c.as_ref(),
         &rev.fleet.metadata.name,
-        std::slice::from_ref(desired),
+        std::slice::from_ref(&forced),
         ApplyOptionsRun {
             prune: desired.prune,
             only_listed: true,

@@ -290,9 +290,20 @@ fn all(n: usize, image: &str) -> Vec<String> {
 }
 
 fn commit_fleet(up: &Upstream, clusters: usize, image: &str, soak: &str, message: &str) -> String {
+    commit_fleet_with(up, clusters, image, soak, "", message)
+}
+
+fn commit_fleet_with(
+    up: &Upstream,
+    clusters: usize,
+    image: &str,
+    soak: &str,
+    settings: &str,
+    message: &str,
+) -> String {
     let id = up.commit(
         &[
-            ("fleet.yaml", &fleet(clusters, soak, "")),
+            ("fleet.yaml", &fleet(clusters, soak, settings)),
             ("app/ns.yaml", NAMESPACE),
             ("app/web.yaml", &deployment(image)),
         ],
@@ -681,4 +692,91 @@ fn daemon_refuses_bad_settings_before_binding() {
 
 fn path(p: &Path) -> &str {
     p.to_str().expect("utf-8")
+}
+
+fn replicas(k: &SimKube, cluster: &str) -> Option<u64> {
+    let c = k.sim.cluster(cluster)?;
+    let def = c.resource("apps", "v1", "deployments")?;
+    c.get(&def, "shop", "web")
+        .ok()?
+        .pointer("/spec/replicas")
+        .and_then(Value::as_u64)
+}
+
+#[test]
+fn daemon_self_heals_drift_and_rides_out_a_git_outage() {
+    let k = SimKube::start(sim(2));
+    let up = Upstream::new();
+    commit_fleet_with(&up, 2, "web:1", "0s", "  selfHeal: true\n", "web 1");
+    let git = up.daemon();
+    let port = git.port;
+    let d = Daemon::start(&k, &up, &git, &["--poll-interval", "1s"]);
+    d.wait_for("rolled out", Duration::from_secs(60), || {
+        images(&k, 2) == all(2, "web:1")
+            && d.json("/api/v1/rollouts/web")["rollout"]["phase"] == "succeeded"
+    });
+    // A hand edit (kubectl scale): the next drift check puts Git's value back.
+    let c = k.sim.cluster("sim-2").expect("sim-2");
+    let def = c
+        .resource("apps", "v1", "deployments")
+        .expect("deployments");
+    let query = flotilla_sim::cluster::Query::from([(
+        "fieldManager".to_string(),
+        "kubectl-scale".to_string(),
+    )]);
+    c.patch(
+        &def,
+        "shop",
+        "web",
+        None,
+        "application/merge-patch+json",
+        br#"{"spec":{"replicas":4}}"#,
+        &query,
+        "kubectl",
+    )
+    .expect("scaled by hand");
+    assert_eq!(replicas(&k, "sim-2"), Some(4));
+    d.wait_for("self-healed", Duration::from_secs(30), || {
+        replicas(&k, "sim-2") == Some(1)
+    });
+    let events = d.json("/api/v1/rollouts/web")["events"].clone();
+    assert!(
+        events.as_array().is_some_and(|ev| ev
+            .iter()
+            .any(|e| e["kind"] == "self-healed" && e["cluster"] == "sim-2")),
+        "{events}"
+    );
+    assert_eq!(replicas(&k, "sim-1"), Some(1));
+
+    // The Git server goes away: fetches fail, are reported, and the clusters keep running.
+    drop(git);
+    d.wait_for("the outage reported", Duration::from_secs(30), || {
+        let s = d.json("/api/v1/fleet");
+        s["source"]["lastFetchOk"] == false
+            && s["source"]["consecutiveFailures"].as_u64() >= Some(2)
+            && s["source"]["lastError"]
+                .as_str()
+                .is_some_and(|e| !e.is_empty())
+    });
+    assert_eq!(
+        d.get("/readyz").map(|(c, _)| c),
+        Some(200),
+        "still serving the last good revision"
+    );
+    assert_eq!(images(&k, 2), all(2, "web:1"));
+    let (_, metrics) = d.get("/metrics").expect("metrics");
+    assert!(
+        metrics.contains("flotilla_git_fetch_seconds_count{result=\"error\"}"),
+        "{metrics}"
+    );
+    // Back on the same port, with a new commit; the webhook cuts the backoff short.
+    let _git = up.daemon_on(port);
+    commit_fleet_with(&up, 2, "web:2", "0s", "  selfHeal: true\n", "web 2");
+    d.github_push("refs/heads/main");
+    d.wait_for(
+        "converged after the outage",
+        Duration::from_secs(60),
+        || images(&k, 2) == all(2, "web:2"),
+    );
+    assert_eq!(d.json("/api/v1/fleet")["source"]["lastFetchOk"], true);
 }

@@ -144,7 +144,11 @@ impl Upstream {
 
     /// `git daemon` serving this upstream (pushes allowed).
     pub fn daemon(&self) -> Server {
-        let port = free_port();
+        self.daemon_on(free_port())
+    }
+
+    /// `git daemon` on a given port (to bring a stopped server back where clients expect it).
+    pub fn daemon_on(&self, port: u16) -> Server {
         let repos = self.repos();
         let repos = repos.to_str().expect("utf-8");
         // `git daemon` would run `git-daemon` as a child that outlives a kill of its parent:
