@@ -252,6 +252,7 @@ pub async fn start(config: crate::config::Config) -> Result<Running, DaemonError
         workers: BTreeMap::new(),
         drift_running: Arc::new(AtomicBool::new(false)),
         next_drift: None,
+        drift_every: None,
     };
     let task = tokio::spawn(daemon.run(rx));
     Ok(Running {
@@ -333,6 +334,8 @@ struct Daemon {
     workers: BTreeMap<String, Worker>,
     drift_running: Arc<AtomicBool>,
     next_drift: Option<tokio::time::Instant>,
+    /// The interval `next_drift` was scheduled with.
+    drift_every: Option<Duration>,
 }
 
 impl Daemon {
@@ -570,7 +573,9 @@ impl Daemon {
                 }
             }
         }
-        if self.next_drift.is_none() {
+        // A new interval (or the first revision) takes effect now, not after the old one.
+        let every = self.drift_interval();
+        if self.next_drift.is_none() || every != self.drift_every {
             self.schedule_drift();
         }
     }
@@ -586,9 +591,8 @@ impl Daemon {
     }
 
     fn schedule_drift(&mut self) {
-        self.next_drift = self
-            .drift_interval()
-            .map(|d| tokio::time::Instant::now() + d);
+        self.drift_every = self.drift_interval();
+        self.next_drift = self.drift_every.map(|d| tokio::time::Instant::now() + d);
     }
 
     fn start_drift(&mut self) {
