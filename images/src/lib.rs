@@ -466,9 +466,14 @@ pub fn commit_batch(
         (Err(_), Some(f)) => return Err(f),
         (r, _) => r?,
     };
-    let (plan, message) = last.unwrap_or_default();
+    let (mut plan, message) = last.unwrap_or_default();
     let committed = match pushed {
-        Pushed::NothingToDo { .. } => Committed::NothingToDo,
+        Pushed::NothingToDo { .. } => {
+            // Nothing new was written (in pull-request mode, the branch already holds it).
+            plan.changes.clear();
+            plan.files.clear();
+            Committed::NothingToDo
+        }
         Pushed::Commit { commit, attempts } => Committed::Pushed {
             commit: commit.to_string(),
             attempts,

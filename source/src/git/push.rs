@@ -160,11 +160,19 @@ impl GitSource {
             if tree == tip.tree() {
                 return Ok(Pushed::NothingToDo { tip: tip.commit() });
             }
-            let commit = self.write_commit(&message, tree, tip.commit())?;
             let (dest, expected) = match &target {
                 None => (branch.clone(), Some(tip.commit())),
                 Some(t) => (t.clone(), self.remote_tip(t)?),
             };
+            if target.is_some()
+                && let Some(existing) = expected
+                && self.is_same_change(existing, tree, tip.commit())
+            {
+                // The target branch already holds this change on this tip (pushed by an
+                // earlier run through this cache): do not replace it with an equal commit.
+                return Ok(Pushed::NothingToDo { tip: existing });
+            }
+            let commit = self.write_commit(&message, tree, tip.commit())?;
             match self.git_push(&dest, expected, commit)? {
                 PushResult::Ok => {
                     tracing::info!(repo = %self.remote, branch = %dest, %commit, attempt, "pushed");
@@ -193,6 +201,18 @@ impl GitSource {
             rev: self.rev.to_string(),
             attempts,
         })
+    }
+
+    /// True if `commit` is in the cache, has `tree` and has exactly `parent` as its parent.
+    fn is_same_change(&self, commit: ObjectId, tree: ObjectId, parent: ObjectId) -> bool {
+        let Ok(object) = self.repo.find_object(commit) else {
+            return false;
+        };
+        let Ok(c) = object.try_into_commit() else {
+            return false;
+        };
+        let parents: Vec<ObjectId> = c.parent_ids().map(|p| p.detach()).collect();
+        c.tree_id().is_ok_and(|t| t.detach() == tree) && parents == [parent]
     }
 
     /// Where `branch` points on the remote now (`git ls-remote`), `None` if it does not exist.
