@@ -5,12 +5,14 @@
 
 mod git_support;
 mod prometheus_support;
+mod registry_support;
 mod support;
 
 mod cli;
 mod cluster;
 mod gates;
 mod git_source;
+mod images;
 mod prdiff;
 mod reconcile;
 mod render_fixtures;
