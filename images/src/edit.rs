@@ -376,6 +376,8 @@ pub fn find(file: &str, text: &str, images: &[(String, String)]) -> Result<Found
             continue;
         };
         match value_span(text, s) {
+            // The "marker" is inside the value (a quoted string that quotes a marker).
+            Ok((span, _)) if span.1 > m.start() => continue,
             Ok((span, style)) => found.fields.push(Field {
                 policy: Some(policy.into()),
                 image: None,
@@ -802,6 +804,21 @@ mod tests {
         .expect("edit");
         assert_eq!(e.text, text.replace("sha256:aaaa", "sha256:bbbb"));
         assert_eq!(e.changes.len(), 2);
+    }
+
+    #[test]
+    fn crlf_name_markers_quoted_markers_and_aliases() {
+        let text = "a: r/x:1 # {\"$imagepolicy\": \"x\"}\r\nn: old/name # {\"$imagepolicy\": \"x:name\"}\r\nq: '# {\"$imagepolicy\": \"x\"}'\r\nb: &anchor r/x:1\r\nc: *anchor # {\"$imagepolicy\": \"x\"}\r\n";
+        let e = apply("c.yaml", text, &[d("x", "r/x", "2")]).expect("edit");
+        assert_eq!(
+            e.text,
+            text.replacen("r/x:1", "r/x:2", 1)
+                .replace("old/name", "r/x")
+        );
+        assert_eq!(e.changes.len(), 2);
+        // The alias line has a marker but no scalar value of its own.
+        assert_eq!(e.problems.len(), 1, "{:?}", e.problems);
+        assert_eq!(e.problems[0].line, Some(5));
     }
 
     #[test]
