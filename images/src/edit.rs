@@ -340,6 +340,9 @@ fn line_starts(text: &str) -> Vec<usize> {
 /// Finds the image fields of `text` (the file `file`). `images` maps image repositories to
 /// the policies that track them (for `images:` entries).
 pub fn find(file: &str, text: &str, images: &[(String, String)]) -> Result<Found, EditError> {
+    if !is_yaml(file) {
+        return Ok(find_in_text(file, text));
+    }
     let docs = parse(file, text)?;
     let mut found = Found::default();
     let starts = line_starts(text);
@@ -494,6 +497,86 @@ pub fn find(file: &str, text: &str, images: &[(String, String)]) -> Result<Found
     Ok(found)
 }
 
+/// YAML files are parsed; other files (Jsonnet, for one) are read line by line.
+fn is_yaml(file: &str) -> bool {
+    file.ends_with(".yaml") || file.ends_with(".yml")
+}
+
+/// Setter markers in a file that is not YAML (Jsonnet: `image: 'r/x:1',  # {"$imagepolicy":
+/// "x"}`): the value is the last string literal before the marker on its line, edited only
+/// when it has no escapes.
+fn find_in_text(file: &str, text: &str) -> Found {
+    let mut found = Found::default();
+    let starts = line_starts(text);
+    for caps in SETTER.captures_iter(text) {
+        let Some(m) = caps.get(0) else { continue };
+        let marker = caps.get(1).map(|c| c.as_str()).unwrap_or("");
+        let line = starts.partition_point(|&s| s <= m.start());
+        let line_start = starts.get(line.saturating_sub(1)).copied().unwrap_or(0);
+        let (policy, kind) = match marker.rsplit_once(':') {
+            Some((p, "tag")) => (p, FieldKind::Tag),
+            Some((p, "name")) => (p, FieldKind::Name),
+            Some((p, "digest")) => (p, FieldKind::Digest),
+            _ => (marker, FieldKind::Reference),
+        };
+        let before = &text[line_start..m.start()];
+        // String literals on the line, in order: (start, end exclusive, quote).
+        let mut literals = Vec::new();
+        let bytes = before.as_bytes();
+        let mut i = 0;
+        while i < bytes.len() {
+            let q = bytes[i];
+            if q == b'"' || q == b'\'' {
+                let mut j = i + 1;
+                while j < bytes.len() && bytes[j] != q {
+                    if bytes[j] == b'\\' {
+                        j += 1;
+                    }
+                    j += 1;
+                }
+                if j < bytes.len() {
+                    literals.push((i, j + 1, q));
+                }
+                i = j + 1;
+            } else {
+                i += 1;
+            }
+        }
+        let problem = |message: String| Problem {
+            file: file.into(),
+            line: Some(line),
+            policy: Some(policy.into()),
+            message,
+        };
+        match literals.last() {
+            None => found.problems.push(problem(format!(
+                "the marker {:?} is on a line without a quoted value (was the field removed or moved?)",
+                m.as_str()
+            ))),
+            Some(&(a, b, q)) => {
+                let inner = &before[a + 1..b - 1];
+                if inner.contains('\\') {
+                    found
+                        .problems
+                        .push(problem("a value with escapes is not edited".into()));
+                    continue;
+                }
+                found.fields.push(Field {
+                    policy: Some(policy.into()),
+                    image: None,
+                    kind,
+                    line,
+                    column: a + 1,
+                    current: inner.to_string(),
+                    span: (line_start + a, line_start + b),
+                    style: if q == b'"' { Style::Double } else { Style::Single },
+                });
+            }
+        }
+    }
+    found
+}
+
 /// What a field should hold for `d`, or why it cannot be set.
 fn desired_value(kind: FieldKind, d: &Desired) -> Result<Option<String>, String> {
     let at_digest = |s: String| match &d.digest {
@@ -591,6 +674,15 @@ pub fn apply(file: &str, text: &str, desired: &[Desired]) -> Result<Edited, Edit
         if to == f.current {
             continue;
         }
+        if !is_yaml(file) && (to.contains('\'') || to.contains('"') || to.contains('\\')) {
+            problems.push(Problem {
+                file: file.into(),
+                line: Some(f.line),
+                policy: Some(policy.clone()),
+                message: format!("{to:?} has quotes or backslashes; not written"),
+            });
+            continue;
+        }
         let (bytes, _) = render(f.style, &to);
         splices.push((f.span, bytes, to.clone()));
         changes.push(Change {
@@ -645,6 +737,9 @@ fn guard(
     }
     if new.as_bytes().get(n..) != Some(&old.as_bytes()[o..]) {
         return Err(fail("bytes after the last value changed".into()));
+    }
+    if !is_yaml(file) {
+        return Ok(());
     }
     let parsed_old = parse(file, old)?;
     let parsed_new =
@@ -819,6 +914,16 @@ mod tests {
         // The alias line has a marker but no scalar value of its own.
         assert_eq!(e.problems.len(), 1, "{:?}", e.problems);
         assert_eq!(e.problems[0].line, Some(5));
+    }
+
+    #[test]
+    fn jsonnet_files_are_edited_line_by_line() {
+        let text = "local img = 'r/api:main-9';  # {\"$imagepolicy\": \"api\"}\n{\n  tag: \"main-9\", // x # {\"$imagepolicy\": \"api:tag\"}\n  # {\"$imagepolicy\": \"api\"}\n}\n";
+        let e = apply("main.jsonnet", text, &[d("api", "r/api", "main-10")]).expect("edit");
+        assert_eq!(e.text, text.replace("main-9", "main-10"));
+        assert_eq!(e.changes.len(), 2);
+        assert_eq!(e.problems.len(), 1);
+        assert_eq!(e.problems[0].line, Some(4));
     }
 
     #[test]

@@ -197,7 +197,21 @@ pub fn plan(fleet: &Fleet, repo: &dyn RepoFiles, desired: &[Desired]) -> Result<
             .iter()
             .map(|d| (d.image.clone(), d.policy.clone()))
             .collect();
-        let found = edit::find(path.as_str(), &text, &images)?;
+        let found = match edit::find(path.as_str(), &text, &images) {
+            Ok(f) => f,
+            Err(e) => {
+                // One unreadable file stops its policies, not the whole run.
+                for d in ds {
+                    out.problems.push(Problem {
+                        file: path.as_str().into(),
+                        line: None,
+                        policy: Some(d.policy.clone()),
+                        message: e.to_string(),
+                    });
+                }
+                continue;
+            }
+        };
         for f in found.fields {
             if let Some(p) = &f.policy
                 && ds.iter().any(|d| &d.policy == p)
@@ -256,12 +270,36 @@ pub fn plan(fleet: &Fleet, repo: &dyn RepoFiles, desired: &[Desired]) -> Result<
 }
 
 /// Fills a commit message template: `{{image}}`, `{{from}}`, `{{to}}`, `{{policy}}`.
+/// Spaces inside the braces are allowed (`{{ image }}`), as the spec's validation allows.
 pub fn render_template(template: &str, policy: &str, image: &str, from: &str, to: &str) -> String {
-    template
-        .replace("{{image}}", image)
-        .replace("{{from}}", from)
-        .replace("{{to}}", to)
-        .replace("{{policy}}", policy)
+    static PLACEHOLDER: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+        regex::Regex::new(r"\{\{\s*(image|from|to|policy)\s*\}\}").expect("a valid regex")
+    });
+    PLACEHOLDER
+        .replace_all(template, |c: &regex::Captures<'_>| match &c[1] {
+            "image" => image.to_string(),
+            "from" => from.to_string(),
+            "to" => to.to_string(),
+            _ => policy.to_string(),
+        })
+        .into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn templates() {
+        assert_eq!(
+            super::render_template(
+                "{{image}} {{ from }} -> {{to}} ({{policy}}) {{other}}",
+                "p",
+                "r/x",
+                "1",
+                "2"
+            ),
+            "r/x 1 -> 2 (p) {{other}}"
+        );
+    }
 }
 
 /// The commit message of a batch: one change is its policy's template; several are a
