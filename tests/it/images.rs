@@ -141,13 +141,23 @@ fn golden_cases_against_registry_and_git_daemon() {
             .to_string_lossy()
             .into_owned();
         let tags = std::fs::read_to_string(case.join("tags")).expect("tags file");
+        let original = files(&case.join("original"));
+        // The repositories the policies track (`image: REGISTRY/...` lines of fleet.yaml).
+        let fleet = original
+            .iter()
+            .find(|(p, _)| p == "fleet.yaml")
+            .map(|(_, b)| String::from_utf8_lossy(b).into_owned())
+            .expect("fleet.yaml");
+        let repos: Vec<&str> = fleet
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("image: REGISTRY/"))
+            .collect();
+        assert!(!repos.is_empty(), "{name}: no policy image");
         for tag in tags.lines().filter(|l| !l.trim().is_empty()) {
-            // Every repository of the case gets the tags.
-            for repo in ["frontend", "api", "web"] {
-                registry.push(&format!("{name}/{repo}"), tag.trim());
+            for repo in &repos {
+                registry.push(repo, tag.trim());
             }
         }
-        let original = files(&case.join("original"));
         let up = upstream_with(&original, &host);
         let daemon = up.daemon();
         let url = format!("git://127.0.0.1:{}/fleet.git", daemon.port);
