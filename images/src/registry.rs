@@ -324,26 +324,22 @@ impl Registries {
                     });
                 }
                 OciDistributionError::RegistryError { envelope, .. } => {
-                    let codes: Vec<String> = envelope
-                        .errors
-                        .iter()
-                        .map(|e| format!("{:?}", e.code))
-                        .collect();
-                    let text = codes.join(",");
-                    if text.contains("Unauthorized") || text.contains("Denied") {
+                    use oci_client::errors::OciErrorCode as C;
+                    let any = |f: fn(&C) -> bool| envelope.errors.iter().any(|e| f(&e.code));
+                    if any(|c| matches!(c, C::Unauthorized | C::Denied)) {
                         return Err(RegistryError::Unauthorized {
                             registry: host,
                             image,
                             hint: self.auth_hint(r),
                         });
                     }
-                    if text.contains("NameUnknown") || text.contains("ManifestUnknown") {
+                    if any(|c| matches!(c, C::NameUnknown | C::ManifestUnknown | C::NotFound)) {
                         return Err(RegistryError::NotFound {
                             registry: host,
                             image,
                         });
                     }
-                    text.contains("TooManyRequests")
+                    any(|c| matches!(c, C::Toomanyrequests))
                 }
                 _ => false,
             };

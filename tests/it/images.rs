@@ -6,7 +6,7 @@ use std::process::Output;
 use std::time::Duration;
 
 use crate::git_support::{Upstream, free_port, git};
-use crate::registry_support::Registry;
+use crate::registry_support::{FaultProxy, Registry};
 use crate::support::{flotilla, stderr, stdout, workspace};
 
 fn cases_dir() -> PathBuf {
@@ -606,4 +606,37 @@ fn a_marker_without_its_field_is_reported_with_file_and_line() {
         stderr(&out)
     );
     assert!(show(&up, "main", "fleet.yaml").contains("tag: \"1.1.0\""));
+}
+
+#[test]
+fn registry_429_and_5xx_are_retried_with_backoff() {
+    let registry = Registry::start();
+    registry.push_all("shop/web", &["1.0.0", "1.2.0"]);
+    // Two attempts fail (each: the /v2/ probe and the tag list), the third goes through.
+    let proxy = FaultProxy::start(registry.port, &[503, 503, 429, 429]);
+    let host = format!("127.0.0.1:{}", proxy.port);
+    let up = simple_upstream(&host, "^1.0");
+    let work = up.work();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_flotilla"))
+        .args(["images", "scan", "--repo", work.to_str().expect("utf-8")])
+        .arg("--docker-config")
+        .arg(up.scratch("none.json"))
+        .env("FLOTILLA_LOG", "flotilla_images=info")
+        .output()
+        .expect("flotilla runs");
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    assert!(stdout(&out).contains("chosen: 1.2.0"), "{}", stdout(&out));
+    let err = stderr(&out);
+    assert_eq!(err.matches("backing off").count(), 2, "{err}");
+    assert!(
+        err.contains("code: 503") && err.contains("code: 429"),
+        "{err}"
+    );
+    assert_eq!(proxy.faulted.load(std::sync::atomic::Ordering::SeqCst), 4);
 }
