@@ -640,3 +640,57 @@ fn registry_429_and_5xx_are_retried_with_backoff() {
     );
     assert_eq!(proxy.faulted.load(std::sync::atomic::Ordering::SeqCst), 4);
 }
+
+#[test]
+fn digest_policy_pins_the_digest_behind_a_mutable_tag() {
+    let registry = Registry::start();
+    let host = registry.host();
+    let first = registry.push("shop/web", "stable");
+    registry.push("shop/web", "1.0.0");
+    let fleet = FLEET
+        .replace("{semver: \"POLICY\"}", "{digest: {tag: stable}}")
+        .replace("fleet.yaml]", "app.yaml]");
+    let up = upstream_with(
+        &[
+            ("fleet.yaml".into(), fleet.into_bytes()),
+            ("web.yaml".into(), b"kind: ConfigMap\n".to_vec()),
+            (
+                "app.yaml".into(),
+                b"image: REGISTRY/shop/web:stable # {\"$imagepolicy\": \"web\"}\ntag: stable # {\"$imagepolicy\": \"web:tag\"}\n".to_vec(),
+            ),
+        ],
+        &host,
+    );
+    let work = up.work();
+    let repo = work.to_str().expect("utf-8");
+    let out = images(&up, &["update", "--repo", repo], None);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    let text = std::fs::read_to_string(work.join("app.yaml")).expect("read");
+    assert_eq!(
+        text,
+        format!(
+            "image: {host}/shop/web:stable@{first} # {{\"$imagepolicy\": \"web\"}}\ntag: stable@{first} # {{\"$imagepolicy\": \"web:tag\"}}\n"
+        )
+    );
+    // The tag moves: the next update follows it.
+    let second = registry.push("shop/web", "stable");
+    assert_ne!(first, second);
+    let out = images(&up, &["scan", "--repo", repo], None);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stdout(&out).contains(&format!("digest: {second}")),
+        "{}",
+        stdout(&out)
+    );
+    let out = images(&up, &["update", "--repo", repo], None);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let text = std::fs::read_to_string(work.join("app.yaml")).expect("read");
+    assert!(text.contains(&format!("stable@{second} #")), "{text}");
+    assert!(!text.contains(&first));
+}
