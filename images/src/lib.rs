@@ -189,10 +189,17 @@ pub fn plan(fleet: &Fleet, repo: &dyn RepoFiles, desired: &[Desired]) -> Result<
                 continue;
             }
         };
-        let text = String::from_utf8(bytes).map_err(|_| ImagesError::File {
-            path: path.as_str().into(),
-            message: "not valid UTF-8".into(),
-        })?;
+        let Ok(text) = String::from_utf8(bytes) else {
+            for d in ds {
+                out.problems.push(Problem {
+                    file: path.as_str().into(),
+                    line: None,
+                    policy: Some(d.policy.clone()),
+                    message: "the file is not valid UTF-8".into(),
+                });
+            }
+            continue;
+        };
         let images: Vec<(String, String)> = ds
             .iter()
             .map(|d| (d.image.clone(), d.policy.clone()))
