@@ -189,6 +189,14 @@ fn golden_cases_against_registry_and_git_daemon() {
             "{name}: one commit per update, none without a change"
         );
         if changed {
+            let chosen = std::fs::read_to_string(case.join("chosen")).expect("chosen");
+            assert!(
+                stdout(&out).lines().any(|l| l.contains(" -> ")
+                    && (l.ends_with(&format!(" {}", chosen.trim()))
+                        || l.ends_with(&format!(":{}", chosen.trim())))),
+                "{name}: {}",
+                stdout(&out)
+            );
             assert_eq!(
                 after[1..],
                 before[..],
