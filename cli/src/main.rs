@@ -11,6 +11,7 @@ use flotilla_spec::types::RepoPath;
 use flotilla_spec::{Checked, Diagnostic, Limits, RepoFiles};
 
 mod demo;
+mod images;
 mod live;
 mod review;
 mod rollouts;
@@ -161,6 +162,11 @@ enum Command {
         format: live::ReportFormat,
         #[arg(long, value_name = "FILE")]
         out: Option<PathBuf>,
+    },
+    /// Image policies: scan registries for tags, write the chosen ones back to Git.
+    Images {
+        #[command(subcommand)]
+        command: images::ImagesCommand,
     },
 }
 
@@ -314,6 +320,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Sim(args) => sim(args),
+        Command::Images { command } => images::run(command),
         Command::Diff {
             fleet,
             clusters,

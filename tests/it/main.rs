@@ -5,6 +5,7 @@
 
 mod git_support;
 mod prometheus_support;
+mod registry_support;
 mod support;
 
 mod cli;
@@ -13,6 +14,7 @@ mod daemon;
 mod demo;
 mod gates;
 mod git_source;
+mod images;
 mod prdiff;
 mod reconcile;
 mod render_fixtures;

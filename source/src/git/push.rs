@@ -93,6 +93,26 @@ impl GitSource {
     where
         F: FnMut(&Snapshot) -> Result<Vec<FileChange>, String>,
     {
+        self.commit_and_push_to(None, options, |tip| {
+            changes(tip).map(|c| (c, message.clone()))
+        })
+    }
+
+    /// Like [`Self::commit_and_push`], with the message computed with the changes (per
+    /// attempt), and optionally pushing to `target`, a branch other than the tracked one
+    /// (e.g. `image-updates/frontend` for a pull request). The target branch is created from
+    /// the tracked tip, or replaced by a commit on the tracked tip if it exists (with a lease
+    /// on the value seen just before, so a concurrent update of it is retried, never
+    /// overwritten blindly); the tracked branch and the current snapshot stay as they were.
+    pub fn commit_and_push_to<F>(
+        &mut self,
+        target: Option<&str>,
+        options: &PushOptions,
+        mut changes: F,
+    ) -> Result<Pushed, GitError>
+    where
+        F: FnMut(&Snapshot) -> Result<(Vec<FileChange>, CommitMessage), String>,
+    {
         let Some(branch) = self.rev.branch().map(str::to_string) else {
             return Err(GitError::NotABranch {
                 repo: self.remote.display.clone(),
@@ -102,6 +122,13 @@ impl GitSource {
                     _ => "the remote HEAD (name the branch)",
                 },
             });
+        };
+        let target = match target {
+            Some(t) if t != branch => {
+                super::Rev::parse(t).map_err(|e| self.push_err(format!("target branch: {e}")))?;
+                Some(t.to_string())
+            }
+            _ => None,
         };
         let attempts = options.max_attempts.max(1);
         let mut backoff = options.initial_backoff;
@@ -124,7 +151,7 @@ impl GitSource {
                     rev: self.rev.to_string(),
                 });
             };
-            let edits = changes(&tip).map_err(|e| GitError::Change {
+            let (edits, message) = changes(&tip).map_err(|e| GitError::Change {
                 repo: self.remote.display.clone(),
                 rev: self.rev.to_string(),
                 message: e,
@@ -133,11 +160,25 @@ impl GitSource {
             if tree == tip.tree() {
                 return Ok(Pushed::NothingToDo { tip: tip.commit() });
             }
-            let commit = self.write_commit(message, tree, tip.commit())?;
-            match self.git_push(&branch, tip.commit(), commit)? {
+            let (dest, expected) = match &target {
+                None => (branch.clone(), Some(tip.commit())),
+                Some(t) => (t.clone(), self.remote_tip(t)?),
+            };
+            if target.is_some()
+                && let Some(existing) = expected
+                && self.is_same_change(existing, tree, tip.commit())
+            {
+                // The target branch already holds this change on this tip (pushed by an
+                // earlier run through this cache): do not replace it with an equal commit.
+                return Ok(Pushed::NothingToDo { tip: existing });
+            }
+            let commit = self.write_commit(&message, tree, tip.commit())?;
+            match self.git_push(&dest, expected, commit)? {
                 PushResult::Ok => {
-                    tracing::info!(repo = %self.remote, branch = %branch, %commit, attempt, "pushed");
-                    self.record_push(commit)?;
+                    tracing::info!(repo = %self.remote, branch = %dest, %commit, attempt, "pushed");
+                    if target.is_none() {
+                        self.record_push(commit)?;
+                    }
                     return Ok(Pushed::Commit {
                         commit,
                         attempts: attempt,
@@ -145,7 +186,7 @@ impl GitSource {
                 }
                 PushResult::Rejected(why) => {
                     tracing::info!(
-                        repo = %self.remote, branch = %branch, attempt, reason = %why,
+                        repo = %self.remote, branch = %dest, attempt, reason = %why,
                         "push rejected: the branch moved; fetching and re-applying"
                     );
                     if attempt < attempts {
@@ -160,6 +201,48 @@ impl GitSource {
             rev: self.rev.to_string(),
             attempts,
         })
+    }
+
+    /// True if `commit` is in the cache, has `tree` and has exactly `parent` as its parent.
+    fn is_same_change(&self, commit: ObjectId, tree: ObjectId, parent: ObjectId) -> bool {
+        let Ok(object) = self.repo.find_object(commit) else {
+            return false;
+        };
+        let Ok(c) = object.try_into_commit() else {
+            return false;
+        };
+        let parents: Vec<ObjectId> = c.parent_ids().map(|p| p.detach()).collect();
+        c.tree_id().is_ok_and(|t| t.detach() == tree) && parents == [parent]
+    }
+
+    /// Where `branch` points on the remote now (`git ls-remote`), `None` if it does not exist.
+    fn remote_tip(&self, branch: &str) -> Result<Option<ObjectId>, GitError> {
+        let dst = format!("refs/heads/{branch}");
+        let out = self
+            .git_command()
+            .args(["ls-remote", "--heads"])
+            .arg(&self.remote.url)
+            .arg(&dst)
+            .output()
+            .map_err(|e| self.push_err(format!("cannot run git: {e}")))?;
+        if !out.status.success() {
+            return Err(self.push_err(format!(
+                "git ls-remote exited with {}: {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        for line in stdout.lines() {
+            if let Some((id, name)) = line.split_once('\t')
+                && name == dst
+            {
+                return ObjectId::from_hex(id.as_bytes())
+                    .map(Some)
+                    .map_err(|e| self.push_err(format!("git ls-remote: {e}")));
+            }
+        }
+        Ok(None)
     }
 
     /// Writes the blobs and trees of `edits` on top of `base`'s tree.
@@ -213,16 +296,10 @@ impl GitSource {
             .map_err(|e| self.push_err(format!("cannot write the commit: {}", describe(&e))))
     }
 
-    /// `git push --porcelain --force-with-lease=refs/heads/B:EXPECTED URL NEW:refs/heads/B`
-    /// from the cache repository. Credentials reach git through a one-off credential helper
-    /// that reads them from the child's environment (never the command line).
-    fn git_push(
-        &self,
-        branch: &str,
-        expected: ObjectId,
-        new: ObjectId,
-    ) -> Result<PushResult, GitError> {
-        let dst = format!("refs/heads/{branch}");
+    /// `git` run against the cache repository, with credentials supplied by a one-off
+    /// credential helper that reads them from the child's environment (never the command
+    /// line) and interactive prompts disabled.
+    fn git_command(&self) -> Command {
         let mut cmd = Command::new("git");
         cmd.arg("--git-dir")
             .arg(&self.cache)
@@ -231,10 +308,6 @@ impl GitSource {
                 "-c",
                 "credential.helper=!f() { test \"$1\" = get || exit 0; echo username=\"$FLOTILLA_GIT_USERNAME\"; echo password=\"$FLOTILLA_GIT_PASSWORD\"; }; f",
             ])
-            .args(["push", "--porcelain"])
-            .arg(format!("--force-with-lease={dst}:{expected}"))
-            .arg(&self.remote.url)
-            .arg(format!("{new}:{dst}"))
             .env("GIT_TERMINAL_PROMPT", "0")
             .env_remove("GIT_ASKPASS")
             .env_remove("SSH_ASKPASS")
@@ -244,6 +317,26 @@ impl GitSource {
             cmd.env("FLOTILLA_GIT_USERNAME", &c.username)
                 .env("FLOTILLA_GIT_PASSWORD", c.password());
         }
+        cmd
+    }
+
+    /// `git push --porcelain --force-with-lease=refs/heads/B:EXPECTED URL NEW:refs/heads/B`
+    /// from the cache repository; `expected: None` means the branch must not exist yet.
+    fn git_push(
+        &self,
+        branch: &str,
+        expected: Option<ObjectId>,
+        new: ObjectId,
+    ) -> Result<PushResult, GitError> {
+        let dst = format!("refs/heads/{branch}");
+        let mut cmd = self.git_command();
+        cmd.args(["push", "--porcelain"])
+            .arg(format!(
+                "--force-with-lease={dst}:{}",
+                expected.map(|e| e.to_string()).unwrap_or_default()
+            ))
+            .arg(&self.remote.url)
+            .arg(format!("{new}:{dst}"));
         let out = cmd
             .output()
             .map_err(|e| self.push_err(format!("cannot run git: {e}")))?;
