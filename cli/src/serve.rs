@@ -74,6 +74,18 @@ pub struct ServeArgs {
     /// How long SIGTERM waits for rollouts to reach a step boundary [default: 30s].
     #[arg(long, env = "FLOTILLA_DRAIN_GRACE", value_name = "DURATION", value_parser = crate::parse_duration)]
     pub drain_grace: Option<Duration>,
+    /// How often image policies are scanned and chosen tags written back to Git; 0s: only on
+    /// POST /api/v1/images/scan [default: 5m].
+    #[arg(long, env = "FLOTILLA_IMAGE_SCAN_INTERVAL", value_name = "DURATION", value_parser = crate::parse_duration)]
+    pub image_scan_interval: Option<Duration>,
+    /// Registry credentials (docker config.json `auths`) [default: $DOCKER_CONFIG/config.json,
+    /// else ~/.docker/config.json, when it exists].
+    #[arg(long, env = "FLOTILLA_DOCKER_CONFIG", value_name = "FILE")]
+    pub docker_config: Option<PathBuf>,
+    /// Reach this registry (host[:port]) over plain HTTP; loopback ones always are
+    /// (repeatable).
+    #[arg(long = "insecure-registry", value_name = "HOST")]
+    pub insecure_registries: Vec<String>,
     /// Log lines as text or JSON objects (one per line) [default: text].
     #[arg(long, env = "FLOTILLA_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
@@ -96,6 +108,9 @@ const KEYS: &[&str] = &[
     "drift-interval",
     "concurrency",
     "drain-grace",
+    "image-scan-interval",
+    "docker-config",
+    "insecure-registries",
     "log-format",
 ];
 
@@ -191,6 +206,28 @@ fn merge_file(args: &mut ServeArgs, path: &Path) -> anyhow::Result<()> {
                 let d = duration()?;
                 args.drain_grace.get_or_insert(d);
             }
+            "image-scan-interval" => {
+                let d = duration()?;
+                args.image_scan_interval.get_or_insert(d);
+            }
+            "docker-config" => {
+                args.docker_config.get_or_insert(text()?.into());
+            }
+            "insecure-registries" => {
+                let Value::Array(items) = &value else {
+                    anyhow::bail!("{at}: insecure-registries must be a list of host[:port]");
+                };
+                if args.insecure_registries.is_empty() {
+                    for item in items {
+                        let Some(h) = item.as_str() else {
+                            anyhow::bail!(
+                                "{at}: insecure-registries must be a list of host[:port]"
+                            );
+                        };
+                        args.insecure_registries.push(h.to_string());
+                    }
+                }
+            }
             "log-format" => {
                 let f = match text()?.as_str() {
                     "text" => LogFormat::Text,
@@ -268,6 +305,11 @@ pub fn resolve(mut args: ServeArgs) -> anyhow::Result<(Config, LogFormat)> {
     if let Some(g) = args.drain_grace {
         config.drain_grace = g;
     }
+    if let Some(i) = args.image_scan_interval {
+        config.image_scan_interval = (!i.is_zero()).then_some(i);
+    }
+    config.docker_config = args.docker_config;
+    config.insecure_registries = args.insecure_registries;
     Ok((config, args.log_format.unwrap_or(LogFormat::Text)))
 }
 

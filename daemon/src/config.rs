@@ -41,6 +41,13 @@ pub struct Config {
     pub drain_grace: Duration,
     /// How often rollouts poll health while waiting.
     pub health_poll: Duration,
+    /// How often image policies are scanned (`None`: only on `POST /api/v1/images/scan`).
+    pub image_scan_interval: Option<Duration>,
+    /// Registry credentials: a docker config.json (default: $DOCKER_CONFIG/config.json, else
+    /// ~/.docker/config.json, when it exists).
+    pub docker_config: Option<PathBuf>,
+    /// Registries (host[:port]) reached over plain HTTP besides loopback ones.
+    pub insecure_registries: Vec<String>,
 }
 
 impl Config {
@@ -64,6 +71,9 @@ impl Config {
             concurrency: 16,
             drain_grace: Duration::from_secs(30),
             health_poll: Duration::from_millis(500),
+            image_scan_interval: Some(Duration::from_secs(300)),
+            docker_config: None,
+            insecure_registries: Vec::new(),
         }
     }
 }
@@ -102,6 +112,7 @@ pub struct Validated {
     pub api_token: Option<Secret>,
     pub connector: flotilla_cluster::Connector,
     pub store: flotilla_state::Store,
+    pub registry_logins: flotilla_images::Logins,
 }
 
 fn read_secret(flag: &'static str, path: &Path) -> Result<Secret, ConfigError> {
@@ -172,6 +183,25 @@ impl Config {
                 message: e.to_string(),
             }
         })?;
+        let registry_logins = match &self.docker_config {
+            Some(p) => {
+                flotilla_images::Logins::from_docker_config(p).map_err(|e| ConfigError::File {
+                    flag: "docker-config",
+                    path: p.clone(),
+                    message: e.to_string(),
+                })?
+            }
+            None => match default_docker_config().filter(|p| p.exists()) {
+                Some(p) => flotilla_images::Logins::from_docker_config(&p).map_err(|e| {
+                    ConfigError::File {
+                        flag: "docker-config",
+                        path: p.clone(),
+                        message: e.to_string(),
+                    }
+                })?,
+                None => flotilla_images::Logins::default(),
+            },
+        };
         std::fs::create_dir_all(&self.cache_dir).map_err(|e| ConfigError::File {
             flag: "cache",
             path: self.cache_dir.clone(),
@@ -185,6 +215,15 @@ impl Config {
             api_token,
             connector,
             store,
+            registry_logins,
         })
     }
+}
+
+fn default_docker_config() -> Option<PathBuf> {
+    let non_empty = |var: &str| std::env::var_os(var).filter(|v| !v.is_empty());
+    if let Some(dir) = non_empty("DOCKER_CONFIG") {
+        return Some(PathBuf::from(dir).join("config.json"));
+    }
+    non_empty("HOME").map(|h| PathBuf::from(h).join(".docker").join("config.json"))
 }

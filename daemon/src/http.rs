@@ -33,6 +33,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/api/v1/clusters", get(clusters))
         .route("/api/v1/clusters/{name}", get(cluster))
         .route("/api/v1/drift", get(drift))
+        .route("/api/v1/images/scan", post(images_scan))
         .with_state(shared)
 }
 
@@ -343,4 +344,21 @@ async fn drift(State(s): State<AppState>) -> Response {
             "no drift check has run yet",
         ),
     }
+}
+
+async fn images_scan(State(s): State<AppState>, headers: HeaderMap) -> Response {
+    if !authorized(&s, &headers) {
+        return error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
+    }
+    if s.config.read_only {
+        return error(
+            StatusCode::FORBIDDEN,
+            "read-only daemon: image updates are not written here",
+        );
+    }
+    let _ = s.triggers.send(Trigger::ImagesDue { requested: true });
+    json_response(
+        StatusCode::ACCEPTED,
+        json!({"message": "image scan requested: see `images` in /api/v1/fleet"}),
+    )
 }

@@ -10,6 +10,7 @@
 pub mod adapters;
 pub mod config;
 mod http;
+pub mod images;
 pub mod metrics;
 pub mod revision;
 mod run;

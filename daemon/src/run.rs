@@ -44,7 +44,7 @@ pub enum DaemonError {
     Serve(std::io::Error),
 }
 
-fn now() -> String {
+pub(crate) fn now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
@@ -59,6 +59,10 @@ pub(crate) enum Trigger {
     DriftDue,
     /// A drift check finished.
     DriftDone(Box<Report>, Vec<String>),
+    /// The image scan interval elapsed, or `POST /api/v1/images/scan` asked for a scan.
+    ImagesDue { requested: bool },
+    /// An image scan (and its write-back) finished; `pushed` when a commit went out.
+    ImagesDone(Box<crate::images::ImagesStatus>, bool),
     /// A person asked something of a placement's rollout through the API.
     Control { placement: String },
     /// SIGTERM (or the embedding program) asked to stop.
@@ -90,6 +94,7 @@ pub(crate) struct Shared {
     clusters: ConnectedClusters,
     readers: ConnectedClusters,
     gates: PrometheusGates,
+    images: crate::images::ImageSettings,
 }
 
 impl Shared {
@@ -235,6 +240,19 @@ pub async fn start(config: crate::config::Config) -> Result<Running, DaemonError
         clusters: ConnectedClusters::empty(v.connector.clone(), v.config.read_only),
         readers: ConnectedClusters::empty(v.connector, true),
         gates: PrometheusGates::new(Duration::from_secs(10)),
+        images: crate::images::ImageSettings {
+            registries: flotilla_images::Settings {
+                logins: v.registry_logins,
+                insecure: v.config.insecure_registries.clone(),
+                ..flotilla_images::Settings::default()
+            },
+            remote: v.remote.clone(),
+            cache: v
+                .config
+                .cache_dir
+                .join("git-write-back")
+                .join(v.remote.cache_name()),
+        },
         config: v.config,
     });
     tracing::info!(
@@ -253,6 +271,8 @@ pub async fn start(config: crate::config::Config) -> Result<Running, DaemonError
         drift_running: Arc::new(AtomicBool::new(false)),
         next_drift: None,
         drift_every: None,
+        images_running: false,
+        next_images: None,
     };
     let task = tokio::spawn(daemon.run(rx));
     Ok(Running {
@@ -336,23 +356,21 @@ struct Daemon {
     next_drift: Option<tokio::time::Instant>,
     /// The interval `next_drift` was scheduled with.
     drift_every: Option<Duration>,
+    images_running: bool,
+    next_images: Option<tokio::time::Instant>,
 }
 
 impl Daemon {
     async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Trigger>) {
         loop {
-            let due = self.next_drift;
+            let (drift_at, images_at) = (self.next_drift, self.next_images);
             let trigger = tokio::select! {
                 t = rx.recv() => match t {
                     Some(t) => t,
                     None => Trigger::Shutdown,
                 },
-                () = async {
-                    match due {
-                        Some(at) => tokio::time::sleep_until(at).await,
-                        None => std::future::pending().await,
-                    }
-                } => Trigger::DriftDue,
+                () = sleep_until(drift_at) => Trigger::DriftDue,
+                () = sleep_until(images_at) => Trigger::ImagesDue { requested: false },
             };
             if matches!(trigger, Trigger::Shutdown) {
                 self.drain().await;
@@ -388,6 +406,23 @@ impl Daemon {
                 self.start_drift();
             }
             Trigger::DriftDone(report, healed) => self.drift_done(*report, healed),
+            Trigger::ImagesDue { requested } => {
+                if !requested {
+                    self.schedule_images();
+                }
+                self.start_images(requested);
+            }
+            Trigger::ImagesDone(mut status, pushed) => {
+                self.images_running = false;
+                let mut s = shared.status_mut();
+                status.scans = s.images.as_ref().map(|i| i.scans).unwrap_or(0) + 1;
+                s.images = Some(*status);
+                drop(s);
+                if pushed {
+                    // The write-back commit rolls out without waiting for the next poll.
+                    let _ = shared.wake.send(());
+                }
+            }
             Trigger::Control { placement } => {
                 tracing::info!(trigger = "api", placement = %placement, "rollout request");
                 if let Some(w) = self.workers.get(&placement) {
@@ -573,6 +608,9 @@ impl Daemon {
                 }
             }
         }
+        if self.next_images.is_none() {
+            self.schedule_images();
+        }
         // A new interval (or the first revision) takes effect now, not after the old one.
         let every = self.drift_interval();
         if self.next_drift.is_none() || every != self.drift_every {
@@ -593,6 +631,47 @@ impl Daemon {
     fn schedule_drift(&mut self) {
         self.drift_every = self.drift_interval();
         self.next_drift = self.drift_every.map(|d| tokio::time::Instant::now() + d);
+    }
+
+    /// Image scans run on their interval once a revision with image policies is loaded
+    /// (never in read-only mode: they push to Git).
+    fn schedule_images(&mut self) {
+        let has_policies = self
+            .shared
+            .current()
+            .is_some_and(|r| !r.fleet.image_policies.is_empty());
+        self.next_images = match self.shared.config.image_scan_interval {
+            Some(every) if has_policies && !self.shared.config.read_only => {
+                Some(tokio::time::Instant::now() + every)
+            }
+            _ => None,
+        };
+    }
+
+    fn start_images(&mut self, requested: bool) {
+        let Some(rev) = self.shared.current() else {
+            return;
+        };
+        if self.shared.config.read_only || rev.fleet.image_policies.is_empty() {
+            return;
+        }
+        if self.images_running {
+            tracing::debug!("image scan still running; skipped");
+            return;
+        }
+        self.images_running = true;
+        tracing::info!(
+            trigger = if requested { "api" } else { "images" },
+            policies = rev.fleet.image_policies.len(),
+            "image scan"
+        );
+        let shared = self.shared.clone();
+        tokio::spawn(async move {
+            let (status, pushed) = crate::images::run(&shared.images, &rev).await;
+            let _ = shared
+                .triggers
+                .send(Trigger::ImagesDone(Box::new(status), pushed));
+        });
     }
 
     fn start_drift(&mut self) {
@@ -697,6 +776,13 @@ impl Daemon {
             }
         }
         tracing::info!("drained");
+    }
+}
+
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 

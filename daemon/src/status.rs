@@ -27,6 +27,8 @@ pub struct FleetStatus {
     pub rejected: Option<Rejected>,
     pub placements: BTreeMap<String, PlacementStatus>,
     pub drift: Option<DriftSummary>,
+    /// The last image policy scan and write-back.
+    pub images: Option<crate::images::ImagesStatus>,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]

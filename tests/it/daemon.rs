@@ -780,3 +780,94 @@ fn daemon_self_heals_drift_and_rides_out_a_git_outage() {
     );
     assert_eq!(d.json("/api/v1/fleet")["source"]["lastFetchOk"], true);
 }
+
+#[test]
+fn daemon_image_update_goes_through_git_and_a_canary_rollout() {
+    let registry = crate::registry_support::Registry::start();
+    let host = registry.host();
+    registry.push_all("shop/web", &["1.0.0", "1.1.0-rc.1"]);
+    let k = SimKube::start(sim(3));
+    let up = Upstream::new();
+    let web = deployment(&format!("{host}/shop/web:1.0.0"));
+    // A setter comment marks the field the policy owns (block style, so the comment fits).
+    let web = web.replace(
+        &format!("      - {{name: web, image: {host}/shop/web:1.0.0}}\n"),
+        &format!(
+            "      - name: web\n        image: {host}/shop/web:1.0.0 # {{\"$imagepolicy\": \"web\"}}\n"
+        ),
+    );
+    assert!(web.contains("$imagepolicy"), "{web}");
+    let policies = format!(
+        "imagePolicies:\n  - name: web\n    image: {host}/shop/web\n    policy: {{semver: \">=1.0.0\"}}\n    writeBack: {{files: [app/web.yaml], commitMessage: \"images: {{{{image}}}} {{{{from}}}} -> {{{{to}}}}\"}}\n"
+    );
+    up.commit(
+        &[
+            ("fleet.yaml", &format!("{}{policies}", fleet(3, "0s", ""))),
+            ("app/ns.yaml", NAMESPACE),
+            ("app/web.yaml", &web),
+        ],
+        "web 1.0.0 with an image policy",
+    );
+    up.push();
+    let git = up.daemon();
+    // Scans only on request here, so the test decides when the new tag appears.
+    let d = Daemon::start(
+        &k,
+        &up,
+        &git,
+        &["--poll-interval", "1h", "--image-scan-interval", "0s"],
+    );
+    let image = |tag: &str| format!("{host}/shop/web:{tag}");
+    d.wait_for("1.0.0 rolled out", Duration::from_secs(60), || {
+        images(&k, 3) == all(3, &image("1.0.0"))
+    });
+    // A build publishes 1.1.0 (the pre-release stays ignored); a scan is requested.
+    registry.push("shop/web", "1.1.0");
+    let (code, body) = d
+        .request("POST", "/api/v1/images/scan", &[], b"")
+        .expect("answer");
+    assert_eq!(code, 202, "{body}");
+    d.wait_for(
+        "1.1.0 rolled out through Git",
+        Duration::from_secs(60),
+        || images(&k, 3) == all(3, &image("1.1.0")),
+    );
+    // One commit by flotilla, changing only the tag bytes.
+    let log = crate::git_support::git(&up.bare(), &["log", "--format=%an|%s", "-n", "2"]);
+    let newest = log.lines().next().unwrap_or_default().to_string();
+    assert!(
+        newest.starts_with("flotilla|images: ")
+            && newest.ends_with(&format!("web:1.0.0 -> {host}/shop/web:1.1.0")),
+        "{log}"
+    );
+    let diff = crate::git_support::git(&up.bare(), &["show", "--format=", "--unified=0", "HEAD"]);
+    let changed: Vec<&str> = diff
+        .lines()
+        .filter(|l| {
+            (l.starts_with('+') || l.starts_with('-'))
+                && !l.starts_with("+++")
+                && !l.starts_with("---")
+        })
+        .collect();
+    assert_eq!(
+        changed,
+        [
+            format!("-        image: {host}/shop/web:1.0.0 # {{\"$imagepolicy\": \"web\"}}"),
+            format!("+        image: {host}/shop/web:1.1.0 # {{\"$imagepolicy\": \"web\"}}"),
+        ],
+        "{diff}"
+    );
+    // Rolled out canary first, and reported.
+    d.wait_for("the rollout succeeded", Duration::from_secs(30), || {
+        d.json("/api/v1/rollouts/web")["rollout"]["phase"] == "succeeded"
+    });
+    let rollout = d.json("/api/v1/rollouts/web");
+    let first_applied = rollout["events"]
+        .as_array()
+        .and_then(|ev| ev.iter().find(|e| e["kind"] == "applied"))
+        .map(|e| e["cluster"].clone());
+    assert_eq!(first_applied, Some(Value::from("sim-1")), "{rollout}");
+    let status = d.json("/api/v1/fleet");
+    let results = status["images"]["results"].to_string();
+    assert!(results.contains("pushed"), "{status}");
+}
