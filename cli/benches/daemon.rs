@@ -83,6 +83,24 @@ async fn get(client: &reqwest::Client, url: &str) -> Option<Value> {
     serde_json::from_str(&r.text().await.ok()?).ok()
 }
 
+/// What a Git host sends after a push: a signed webhook.
+async fn webhook(client: &reqwest::Client, base: &str) {
+    let body = br#"{"ref": "refs/heads/main"}"#;
+    let secret =
+        flotilla_daemon::webhook::Secret::from_file_contents(SECRET.as_bytes()).expect("secret");
+    let r = client
+        .post(format!("{base}/hooks/git"))
+        .header(
+            "X-Flotilla-Signature",
+            format!("sha256={}", secret.sign(body)),
+        )
+        .body(body.to_vec())
+        .send()
+        .await
+        .expect("webhook");
+    assert_eq!(r.status().as_u16(), 202);
+}
+
 fn value_everywhere(sim: &flotilla_sim::SimHandle, clusters: usize, value: &str) -> bool {
     (1..=clusters).all(|i| {
         sim.cluster(&format!("sim-{i}"))
@@ -194,17 +212,7 @@ fn run(clusters: usize) {
         git(&work, &["commit", "-q", "-am", "one line"]);
         let t0 = Instant::now();
         git(&work, &["push", "-q", "origin", "main"]);
-        let body = br#"{"ref": "refs/heads/main"}"#;
-        let secret = flotilla_daemon::webhook::Secret::from_file_contents(SECRET.as_bytes())
-            .expect("secret");
-        let r = client
-            .post(format!("{base}/hooks/git"))
-            .header("X-Flotilla-Signature", format!("sha256={}", secret.sign(body)))
-            .body(body.to_vec())
-            .send()
-            .await
-            .expect("webhook");
-        assert_eq!(r.status().as_u16(), 202);
+        webhook(&client, &base).await;
         while !value_everywhere(&sim, clusters, "v2") {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -220,14 +228,7 @@ fn run(clusters: usize) {
         std::fs::write(work.join("fleet.yaml"), text).expect("write");
         git(&work, &["commit", "-q", "-am", "drift every 2s"]);
         git(&work, &["push", "-q", "origin", "main"]);
-        let r = client
-            .post(format!("{base}/hooks/git"))
-            .header("X-Flotilla-Signature", format!("sha256={}", secret.sign(body)))
-            .body(body.to_vec())
-            .send()
-            .await
-            .expect("webhook");
-        assert_eq!(r.status().as_u16(), 202);
+        webhook(&client, &base).await;
         let t1 = Instant::now();
         loop {
             let drift = get(&client, &format!("{base}/api/v1/fleet")).await;

@@ -395,24 +395,14 @@ fn scale_by_hand(
     cluster: &str,
     replicas: u32,
 ) -> anyhow::Result<()> {
-    let c = sim.cluster(cluster).context("no such sim cluster")?;
-    let def = c
-        .resource("apps", "v1", "deployments")
-        .context("deployments")?;
     let body = format!(r#"{{"spec":{{"replicas":{replicas}}}}}"#);
-    let query = flotilla_sim::cluster::Query::from([(
-        "fieldManager".to_string(),
-        "kubectl-scale".to_string(),
-    )]);
-    c.patch(
-        &def,
+    sim.edit(
+        cluster,
+        "apps/v1/deployments",
         "shop",
         "web",
-        None,
-        "application/merge-patch+json",
-        body.as_bytes(),
-        &query,
-        "kubectl/v1.33",
+        &body,
+        "kubectl-scale",
     )
     .map_err(|e| anyhow::anyhow!("scale: {e:?}"))?;
     Ok(())

@@ -305,15 +305,7 @@ fn update(
         eprintln!("flotilla: a Git repository without --push: showing what would be committed");
     }
     let dry_run = dry_run || !push;
-    let credentials = match (&args.credentials_file, &args.password_env) {
-        (Some(file), _) => Some(git::Credentials::from_file(file)?),
-        (None, Some(var)) => Some(git::Credentials::from_env(
-            args.username_env.as_deref(),
-            var,
-        )?),
-        (None, None) => None,
-    };
-    let remote = git::Remote::parse(&args.repo, credentials)?;
+    let remote = super::remote(args)?;
     let cache = super::cache_root(args)?
         .join("git")
         .join(remote.cache_name());

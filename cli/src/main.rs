@@ -478,8 +478,8 @@ fn cache_root(args: &FleetArgs) -> anyhow::Result<PathBuf> {
     anyhow::bail!("no cache directory: pass --cache, or set XDG_CACHE_HOME or HOME")
 }
 
-/// Fetches the revision into the cache and checks the fleet file of that commit.
-fn load_git(args: &FleetArgs) -> anyhow::Result<Loaded> {
+/// `--repo` as a Git remote, with the credentials the flags name.
+fn remote(args: &FleetArgs) -> anyhow::Result<git::Remote> {
     let credentials = match (&args.credentials_file, &args.password_env) {
         (Some(file), _) => Some(git::Credentials::from_file(file)?),
         (None, Some(var)) => Some(git::Credentials::from_env(
@@ -488,7 +488,12 @@ fn load_git(args: &FleetArgs) -> anyhow::Result<Loaded> {
         )?),
         (None, None) => None,
     };
-    let remote = git::Remote::parse(&args.repo, credentials)?;
+    Ok(git::Remote::parse(&args.repo, credentials)?)
+}
+
+/// Fetches the revision into the cache and checks the fleet file of that commit.
+fn load_git(args: &FleetArgs) -> anyhow::Result<Loaded> {
+    let remote = remote(args)?;
     let rev = git::Rev::parse(args.rev.as_deref().unwrap_or("HEAD"))?;
     let cache = cache_root(args)?.join("git").join(remote.cache_name());
     let mut source = git::GitSource::open(remote, rev, cache)?;

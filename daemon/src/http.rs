@@ -226,19 +226,30 @@ fn authorized(s: &Shared, headers: &HeaderMap) -> bool {
     token.matches(given.as_bytes())
 }
 
+/// The checks every mutating API request passes: the bearer token (when one is set), and
+/// not a read-only daemon.
+fn refuse_mutation(s: &Shared, headers: &HeaderMap, what: &str) -> Option<Response> {
+    if !authorized(s, headers) {
+        return Some(error(
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong bearer token",
+        ));
+    }
+    s.config.read_only.then(|| {
+        error(
+            StatusCode::FORBIDDEN,
+            format!("read-only daemon: {what} not done here"),
+        )
+    })
+}
+
 async fn control(
     State(s): State<AppState>,
     Path((placement, action)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Response {
-    if !authorized(&s, &headers) {
-        return error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
-    }
-    if s.config.read_only {
-        return error(
-            StatusCode::FORBIDDEN,
-            "read-only daemon: rollouts are not run here",
-        );
+    if let Some(refused) = refuse_mutation(&s, &headers, "rollouts are") {
+        return refused;
     }
     let Some(request) = RolloutRequest::parse(&action) else {
         return error(
@@ -347,14 +358,8 @@ async fn drift(State(s): State<AppState>) -> Response {
 }
 
 async fn images_scan(State(s): State<AppState>, headers: HeaderMap) -> Response {
-    if !authorized(&s, &headers) {
-        return error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
-    }
-    if s.config.read_only {
-        return error(
-            StatusCode::FORBIDDEN,
-            "read-only daemon: image updates are not written here",
-        );
+    if let Some(refused) = refuse_mutation(&s, &headers, "image updates are") {
+        return refused;
     }
     let _ = s.triggers.send(Trigger::ImagesDue { requested: true });
     json_response(

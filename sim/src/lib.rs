@@ -211,6 +211,44 @@ impl SimHandle {
             .cloned()
     }
 
+    /// A JSON merge patch of one object by `manager`, as `kubectl edit`/`scale` would send
+    /// it (demos and tests make hand edits with it). `resource` is `group/version/plural`
+    /// (`apps/v1/deployments`; core: `v1/configmaps`).
+    pub fn edit(
+        &self,
+        cluster: &str,
+        resource: &str,
+        namespace: &str,
+        name: &str,
+        merge_patch: &str,
+        manager: &str,
+    ) -> Result<serde_json::Value, ApiError> {
+        let parts: Vec<&str> = resource.split('/').collect();
+        let (group, version, plural) = match parts.as_slice() {
+            [v, p] => ("", *v, *p),
+            [g, v, p] => (*g, *v, *p),
+            _ => return Err(ApiError::bad_request("resource is group/version/plural")),
+        };
+        let c = self
+            .cluster(cluster)
+            .ok_or_else(|| ApiError::bad_request("no such cluster"))?;
+        let def = c
+            .resource(group, version, plural)
+            .ok_or_else(|| ApiError::bad_request("no such resource"))?;
+        let query = cluster::Query::from([("fieldManager".to_string(), manager.to_string())]);
+        c.patch(
+            &def,
+            namespace,
+            name,
+            None,
+            "application/merge-patch+json",
+            merge_patch.as_bytes(),
+            &query,
+            manager,
+        )
+        .map(|(_, v)| v)
+    }
+
     /// The kubeconfig text for this sim.
     pub fn kubeconfig(&self) -> String {
         kubeconfig(self.addr, &self.cluster_names())

@@ -716,25 +716,16 @@ fn daemon_self_heals_drift_and_rides_out_a_git_outage() {
             && d.json("/api/v1/rollouts/web")["rollout"]["phase"] == "succeeded"
     });
     // A hand edit (kubectl scale): the next drift check puts Git's value back.
-    let c = k.sim.cluster("sim-2").expect("sim-2");
-    let def = c
-        .resource("apps", "v1", "deployments")
-        .expect("deployments");
-    let query = flotilla_sim::cluster::Query::from([(
-        "fieldManager".to_string(),
-        "kubectl-scale".to_string(),
-    )]);
-    c.patch(
-        &def,
-        "shop",
-        "web",
-        None,
-        "application/merge-patch+json",
-        br#"{"spec":{"replicas":4}}"#,
-        &query,
-        "kubectl",
-    )
-    .expect("scaled by hand");
+    k.sim
+        .edit(
+            "sim-2",
+            "apps/v1/deployments",
+            "shop",
+            "web",
+            r#"{"spec":{"replicas":4}}"#,
+            "kubectl-scale",
+        )
+        .expect("scaled by hand");
     assert_eq!(replicas(&k, "sim-2"), Some(4));
     d.wait_for("self-healed", Duration::from_secs(30), || {
         replicas(&k, "sim-2") == Some(1)
