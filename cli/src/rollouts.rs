@@ -167,6 +167,16 @@ pub fn apply(
     };
     let fleet = &prepared.fleet;
     let dir = state_dir(state, &fleet.metadata.name)?;
+    std::fs::create_dir_all(&dir).with_context(|| format!("state store {}", dir.display()))?;
+    // A daemon drives the rollouts of its state store: two drivers would fight.
+    let Some(lock) = flotilla_daemon::config::lock_state_dir(&dir)
+        .with_context(|| format!("state store {}", dir.display()))?
+    else {
+        anyhow::bail!(
+            "flotilla serve runs on {}: it rolls out what is pushed (see `flotilla status --server URL`)",
+            dir.display()
+        );
+    };
     // Shared: `flotilla rollout ...` can read and edit the store while this runs.
     let store =
         Store::open_shared(&dir).with_context(|| format!("state store {}", dir.display()))?;
@@ -211,6 +221,7 @@ pub fn apply(
     }
 
     let rt = runtime()?;
+    let _lock = lock;
     let outcomes: Vec<(String, Result<Outcome, String>)> = rt.block_on(async {
         let runs = inputs.iter().map(|i| {
             let engine = &engine;

@@ -113,6 +113,25 @@ pub struct Validated {
     pub connector: flotilla_cluster::Connector,
     pub store: flotilla_state::Store,
     pub registry_logins: flotilla_images::Logins,
+    /// `STATE/daemon.lock`, locked for the daemon's lifetime: one daemon per state store.
+    pub lock: std::fs::File,
+}
+
+/// The file a running daemon keeps locked in its state directory.
+pub const DAEMON_LOCK: &str = "daemon.lock";
+
+/// Locks `dir/daemon.lock` (created if missing); `Ok(None)` when another process holds it.
+pub fn lock_state_dir(dir: &Path) -> std::io::Result<Option<std::fs::File>> {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join(DAEMON_LOCK))?;
+    match file.try_lock() {
+        Ok(()) => Ok(Some(file)),
+        Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+        Err(std::fs::TryLockError::Error(e)) => Err(e),
+    }
 }
 
 fn read_secret(flag: &'static str, path: &Path) -> Result<Secret, ConfigError> {
@@ -177,6 +196,21 @@ impl Config {
             path: self.state_dir.clone(),
             message: e.to_string(),
         })?;
+        let lock = match lock_state_dir(&self.state_dir) {
+            Ok(Some(lock)) => lock,
+            Ok(None) => {
+                return Err(ConfigError::State {
+                    path: self.state_dir.clone(),
+                    message: "another flotilla serve uses this state directory".into(),
+                });
+            }
+            Err(e) => {
+                return Err(ConfigError::State {
+                    path: self.state_dir.clone(),
+                    message: e.to_string(),
+                });
+            }
+        };
         let store = flotilla_state::Store::open_shared(&self.state_dir).map_err(|e| {
             ConfigError::State {
                 path: self.state_dir.clone(),
@@ -216,6 +250,7 @@ impl Config {
             connector,
             store,
             registry_logins,
+            lock,
         })
     }
 }

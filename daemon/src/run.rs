@@ -95,6 +95,8 @@ pub(crate) struct Shared {
     readers: ConnectedClusters,
     gates: PrometheusGates,
     images: crate::images::ImageSettings,
+    /// Held (locked) while the daemon runs.
+    _lock: std::fs::File,
 }
 
 impl Shared {
@@ -253,6 +255,7 @@ pub async fn start(config: crate::config::Config) -> Result<Running, DaemonError
                 .join("git-write-back")
                 .join(v.remote.cache_name()),
         },
+        _lock: v.lock,
         config: v.config,
     });
     tracing::info!(

@@ -559,6 +559,46 @@ fn daemon_polls_without_webhooks_and_checks_webhook_signatures() {
         metrics.contains("flotilla_git_fetch_seconds_count{result=\"ok\"}"),
         "{metrics}"
     );
+    // One driver per state store: a second daemon and `flotilla apply` are refused.
+    let state = up.scratch("state");
+    let second = Command::new(env!("CARGO_BIN_EXE_flotilla"))
+        .args([
+            "serve",
+            "--repo",
+            "file:///nowhere",
+            "--listen",
+            "127.0.0.1:0",
+            "--state",
+        ])
+        .arg(&state)
+        .arg("--cache")
+        .arg(up.scratch("cache2"))
+        .arg("--kubeconfig")
+        .arg(&k.kubeconfig)
+        .output()
+        .expect("runs");
+    assert_eq!(second.status.code(), Some(2));
+    assert!(
+        crate::support::stderr(&second)
+            .contains("another flotilla serve uses this state directory"),
+        "{}",
+        crate::support::stderr(&second)
+    );
+    let apply = Command::new(env!("CARGO_BIN_EXE_flotilla"))
+        .args(["apply", "--repo"])
+        .arg(up.work())
+        .arg("--state")
+        .arg(&state)
+        .arg("--kubeconfig")
+        .arg(&k.kubeconfig)
+        .output()
+        .expect("runs");
+    assert_eq!(apply.status.code(), Some(2));
+    assert!(
+        crate::support::stderr(&apply).contains("flotilla serve runs on"),
+        "{}",
+        crate::support::stderr(&apply)
+    );
 }
 
 #[test]
