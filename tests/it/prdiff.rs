@@ -243,3 +243,111 @@ fn prdiff_modes_are_exclusive() {
     let o = crate::support::flotilla(&["diff", "--base", "a"]);
     assert_eq!(code(&o), Some(2), "{}", stderr(&o));
 }
+
+/// Copies `from` (a directory tree) into `to`, replacing what `to` held (but `.git`).
+fn replace_tree(from: &Path, to: &Path) {
+    for entry in std::fs::read_dir(to).expect("read repo") {
+        let p = entry.expect("entry").path();
+        if p.file_name().is_some_and(|n| n == ".git") {
+            continue;
+        }
+        if p.is_dir() {
+            std::fs::remove_dir_all(&p).expect("rm");
+        } else {
+            std::fs::remove_file(&p).expect("rm");
+        }
+    }
+    copy_tree(from, to);
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for entry in std::fs::read_dir(from).expect("read fixture") {
+        let p = entry.expect("entry").path();
+        let dest = to.join(p.file_name().expect("name"));
+        if p.is_dir() {
+            copy_tree(&p, &dest);
+        } else {
+            std::fs::copy(&p, &dest).expect("copy");
+        }
+    }
+}
+
+/// `fixtures/prdiff/<case>/`: base/ and head/ committed with fixed identities and dates (the
+/// same commit ids everywhere), then `flotilla diff` in each format against expected.*.
+#[test]
+fn prdiff_golden_cases() {
+    let root = crate::support::workspace().join("fixtures/prdiff");
+    let mut cases: Vec<PathBuf> = std::fs::read_dir(&root)
+        .expect("fixtures/prdiff")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.join("base").is_dir())
+        .collect();
+    cases.sort();
+    assert!(cases.len() >= 5, "{cases:?}");
+    let update = std::env::var_os("UPDATE_EXPECT").is_some();
+    let mut failures = Vec::new();
+    for case in &cases {
+        let dir = tempfile::tempdir().expect("tmp");
+        let repo = dir.path().join("repo");
+        std::fs::create_dir_all(&repo).expect("mkdir");
+        let git = |args: &[&str]| {
+            let o = Command::new("git")
+                .arg("-C")
+                .arg(&repo)
+                .args(args)
+                .env("GIT_CONFIG_GLOBAL", "/dev/null")
+                .env("GIT_CONFIG_NOSYSTEM", "1")
+                .env("GIT_AUTHOR_NAME", "Fixture")
+                .env("GIT_AUTHOR_EMAIL", "fixture@example.com")
+                .env("GIT_COMMITTER_NAME", "Fixture")
+                .env("GIT_COMMITTER_EMAIL", "fixture@example.com")
+                .env("GIT_AUTHOR_DATE", "2026-01-01T00:00:00Z")
+                .env("GIT_COMMITTER_DATE", "2026-01-01T00:00:00Z")
+                .output()
+                .expect("git runs");
+            assert!(o.status.success(), "git {args:?}: {}", stderr(&o));
+        };
+        git(&["init", "-q", "-b", "main"]);
+        for side in ["base", "head"] {
+            replace_tree(&case.join(side), &repo);
+            git(&["add", "-A"]);
+            git(&["commit", "-q", "--allow-empty", "-m", side]);
+            git(&["tag", side]);
+        }
+        for (format, file) in [
+            ("text", "expected.txt"),
+            ("markdown", "expected.md"),
+            ("json", "expected.json"),
+        ] {
+            let o = Command::new(env!("CARGO_BIN_EXE_flotilla"))
+                .args(["diff", "--repo"])
+                .arg(&repo)
+                .args([
+                    "--base", "base", "--head", "head", "--format", format, "--cache",
+                ])
+                .arg(dir.path().join("cache"))
+                .env_remove("FLOTILLA_LOG")
+                .output()
+                .expect("flotilla runs");
+            let out = stdout(&o);
+            let code = o.status.code().map(|c| c.to_string()).unwrap_or_default();
+            if update {
+                std::fs::write(case.join(file), &out).expect("write expected");
+                std::fs::write(case.join("exit"), format!("{code}\n")).expect("write exit");
+                continue;
+            }
+            let want = std::fs::read_to_string(case.join(file)).unwrap_or_default();
+            let want_code = std::fs::read_to_string(case.join("exit")).unwrap_or_default();
+            if out != want || code != want_code.trim() {
+                failures.push(format!(
+                    "{} ({format}): exit {code} (want {}), stdout:\n{out}\n--- want:\n{want}\n--- stderr:\n{}",
+                    case.display(),
+                    want_code.trim(),
+                    stderr(&o)
+                ));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
