@@ -318,7 +318,8 @@ pub fn serve(config: Config) -> anyhow::Result<ExitCode> {
     let rt = crate::live::runtime()?;
     rt.block_on(async move {
         let running = flotilla_daemon::start(config).await?;
-        eprintln!("flotilla serve: listening on http://{}", running.addr);
+        // Through the log, so that `--log-format json` keeps stderr one JSON object a line.
+        tracing::info!(url = %format!("http://{}", running.addr), "listening");
         wait_for_signal().await;
         tracing::info!("signal received: draining");
         running.shutdown();

@@ -18,7 +18,7 @@ use flotilla_reconciler::rollout::{
     ClusterRevision, Clusters, Engine, Event, Outcome, Rollout, phase_after, placement_inputs,
 };
 use flotilla_reconciler::sync::{self, ApplyOptionsRun, CompareMode};
-use flotilla_source::git::{self, GitSource, Poll};
+use flotilla_source::git::{self, GitSource};
 use flotilla_state::Store;
 
 use crate::adapters::{ConnectedClusters, PrometheusGates, SystemClock};
@@ -300,6 +300,7 @@ fn spawn_git_thread(
         .name("flotilla-git".into())
         .spawn(move || {
             let mut failures = 0u32;
+            let mut loaded = None;
             loop {
                 if shared.stop.load(Ordering::SeqCst) {
                     return;
@@ -307,17 +308,20 @@ fn spawn_git_thread(
                 let started = Instant::now();
                 let polled = source.poll();
                 let took = started.elapsed();
+                // What counts is the snapshot, not what the poll says: after a restart the
+                // cache already holds the tip, so the first poll is "unchanged" but nothing
+                // is loaded yet.
                 let fetch = match polled {
-                    Ok(Poll::Unchanged) => {
-                        failures = 0;
-                        Fetch::Unchanged {
-                            commit: source.current().map(|s| s.commit().to_string()),
-                        }
-                    }
-                    Ok(Poll::Changed { .. }) => {
+                    Ok(_) => {
                         failures = 0;
                         match source.current() {
-                            Some(snapshot) => Fetch::Changed(loader.load(snapshot)),
+                            Some(snapshot) if loaded != Some(snapshot.commit()) => {
+                                loaded = Some(snapshot.commit());
+                                Fetch::Changed(loader.load(snapshot))
+                            }
+                            Some(snapshot) => Fetch::Unchanged {
+                                commit: Some(snapshot.commit().to_string()),
+                            },
                             None => Fetch::Failed("the fetch brought no snapshot".into()),
                         }
                     }

@@ -613,7 +613,18 @@ fn daemon_read_only_reports_drift_and_sends_no_mutating_request() {
     let commit = commit_fleet(&up, 2, "web:1", "0s", "web 1");
     let git = up.daemon();
     let before = k.sim.audit().len();
-    let mut d = Daemon::start(&k, &up, &git, &["--read-only", "--poll-interval", "1s"]);
+    let mut d = Daemon::start(
+        &k,
+        &up,
+        &git,
+        &[
+            "--read-only",
+            "--poll-interval",
+            "1s",
+            "--log-format",
+            "json",
+        ],
+    );
     d.wait_for("a drift report", Duration::from_secs(30), || {
         d.get("/api/v1/drift").is_some_and(|(c, _)| c == 200)
     });
@@ -674,6 +685,14 @@ fn daemon_read_only_reports_drift_and_sends_no_mutating_request() {
         "mutating requests in read-only mode: {mutating:?}"
     );
     assert_eq!(images(&k, 2), ["-", "web:0"]);
+    // --log-format json: every line of stderr is one JSON object.
+    let log = d.log();
+    assert!(log.lines().count() >= 3, "{log}");
+    for line in log.lines() {
+        let v: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(v["level"].is_string() && v["fields"].is_object(), "{line}");
+    }
+    assert!(log.contains("\"message\":\"drift check done\""), "{log}");
 }
 
 #[test]
@@ -767,16 +786,16 @@ fn daemon_self_heals_drift_and_rides_out_a_git_outage() {
         )
         .expect("scaled by hand");
     assert_eq!(replicas(&k, "sim-2"), Some(4));
+    // Healed, and the heal recorded in the placement's history.
     d.wait_for("self-healed", Duration::from_secs(30), || {
         replicas(&k, "sim-2") == Some(1)
+            && d.json("/api/v1/rollouts/web")["events"]
+                .as_array()
+                .is_some_and(|ev| {
+                    ev.iter()
+                        .any(|e| e["kind"] == "self-healed" && e["cluster"] == "sim-2")
+                })
     });
-    let events = d.json("/api/v1/rollouts/web")["events"].clone();
-    assert!(
-        events.as_array().is_some_and(|ev| ev
-            .iter()
-            .any(|e| e["kind"] == "self-healed" && e["cluster"] == "sim-2")),
-        "{events}"
-    );
     assert_eq!(replicas(&k, "sim-1"), Some(1));
 
     // The Git server goes away: fetches fail, are reported, and the clusters keep running.
@@ -901,4 +920,54 @@ fn daemon_image_update_goes_through_git_and_a_canary_rollout() {
     let status = d.json("/api/v1/fleet");
     let results = status["images"]["results"].to_string();
     assert!(results.contains("pushed"), "{status}");
+}
+
+#[test]
+fn daemon_drains_on_sigterm_and_resumes_the_rollout_on_restart() {
+    let k = SimKube::start(sim(2));
+    let up = Upstream::new();
+    commit_fleet(&up, 2, "web:1", "0s", "web 1");
+    let git = up.daemon();
+    let mut d = Daemon::start(&k, &up, &git, &["--poll-interval", "1h"]);
+    d.wait_for("web:1", Duration::from_secs(60), || {
+        images(&k, 2) == all(2, "web:1")
+            && d.json("/api/v1/rollouts/web")["rollout"]["phase"] == "succeeded"
+    });
+    // web:2 soaks 6 s in the canary; SIGTERM arrives during the soak.
+    commit_fleet(&up, 2, "web:2", "6s", "web 2");
+    d.github_push("refs/heads/main");
+    d.wait_for(
+        "web:2 soaking in the canary",
+        Duration::from_secs(60),
+        || {
+            d.json("/api/v1/rollouts/web")["events"]
+                .as_array()
+                .is_some_and(|ev| ev.iter().any(|e| e["kind"] == "soaking"))
+        },
+    );
+    let id = d.json("/api/v1/rollouts/web")["rollout"]["id"].clone();
+    let stopped = Instant::now();
+    assert_eq!(d.terminate(), Some(0), "{}", d.log());
+    assert!(
+        stopped.elapsed() < Duration::from_secs(10),
+        "drained at the next step, not after the grace period"
+    );
+    assert_eq!(images(&k, 2), ["web:2", "web:1"], "stopped inside batch 1");
+    drop(d);
+    // A new daemon on the same state resumes that rollout (same id) and finishes it.
+    let d = Daemon::start(&k, &up, &git, &["--poll-interval", "1h"]);
+    d.wait_for(
+        "web:2 everywhere after the restart",
+        Duration::from_secs(60),
+        || {
+            images(&k, 2) == all(2, "web:2")
+                && d.json("/api/v1/rollouts/web")["rollout"]["phase"] == "succeeded"
+        },
+    );
+    let rollout = d.json("/api/v1/rollouts/web");
+    assert_eq!(rollout["rollout"]["id"], id, "resumed, not restarted");
+    let started = rollout["events"]
+        .as_array()
+        .map(|ev| ev.iter().filter(|e| e["kind"] == "started").count());
+    assert_eq!(started, Some(1), "{rollout}");
 }
