@@ -71,9 +71,14 @@ pub(crate) enum Trigger {
 
 #[derive(Debug)]
 pub(crate) enum Fetch {
-    Unchanged { commit: Option<String> },
+    Unchanged {
+        commit: Option<String>,
+    },
     Changed(Loaded),
     Failed(String),
+    /// The fetch failed, but the cache holds a snapshot not loaded yet (a restart while the
+    /// remote is down): loaded, and the failure reported.
+    Cached(Loaded, String),
 }
 
 /// State shared by the loop, the workers and the HTTP handlers.
@@ -327,7 +332,15 @@ fn spawn_git_thread(
                     }
                     Err(e) => {
                         failures = failures.saturating_add(1);
-                        Fetch::Failed(e.to_string())
+                        match source.current() {
+                            // Git is down at start: run what the cache held before the
+                            // restart rather than nothing.
+                            Some(snapshot) if loaded != Some(snapshot.commit()) => {
+                                loaded = Some(snapshot.commit());
+                                Fetch::Cached(loader.load(snapshot), e.to_string())
+                            }
+                            _ => Fetch::Failed(e.to_string()),
+                        }
                     }
                 };
                 if shared
@@ -391,7 +404,7 @@ impl Daemon {
         let shared = self.shared.clone();
         match trigger {
             Trigger::Fetched { took, fetch } => {
-                let result = if matches!(fetch, Fetch::Failed(_)) {
+                let result = if matches!(fetch, Fetch::Failed(_) | Fetch::Cached(..)) {
                     "error"
                 } else {
                     "ok"
@@ -443,15 +456,21 @@ impl Daemon {
     async fn fetched(&mut self, fetch: Fetch) {
         let shared = self.shared.clone();
         let at = now();
+        let failed = |message: String| {
+            tracing::warn!(trigger = "poll", error = %message, "fetch failed; the last good revision keeps running");
+            let mut s = shared.status_mut();
+            s.source.last_fetch_at = Some(at.clone());
+            s.source.last_fetch_ok = false;
+            s.source.last_error = Some(message);
+            s.source.consecutive_failures += 1;
+            s.source.fetches += 1;
+        };
         match fetch {
-            Fetch::Failed(message) => {
-                tracing::warn!(trigger = "poll", error = %message, "fetch failed; the last good revision keeps running");
-                let mut s = shared.status_mut();
-                s.source.last_fetch_at = Some(at);
-                s.source.last_fetch_ok = false;
-                s.source.last_error = Some(message);
-                s.source.consecutive_failures += 1;
-                s.source.fetches += 1;
+            Fetch::Failed(message) => failed(message),
+            Fetch::Cached(loaded, message) => {
+                failed(message);
+                tracing::warn!("running the cached snapshot until the remote answers");
+                self.loaded(loaded, at).await;
             }
             Fetch::Unchanged { commit } => {
                 let mut s = shared.status_mut();
@@ -477,49 +496,55 @@ impl Daemon {
                     s.source.consecutive_failures = 0;
                     s.source.fetches += 1;
                 }
-                match loaded {
-                    Loaded::Valid(rev) => self.new_revision(rev, at).await,
-                    Loaded::Invalid {
-                        commit,
-                        diagnostics,
-                    } => {
-                        for d in &diagnostics {
-                            tracing::error!(trigger = "poll", commit = %commit, "{d}");
-                        }
-                        tracing::error!(
-                            commit = %commit,
-                            errors = diagnostics.len(),
-                            "fleet file rejected; the last good revision keeps running"
-                        );
-                        shared.metrics.fleet_valid.set(0);
-                        shared.metrics.fleet_errors.set(diagnostics.len() as i64);
-                        let mut s = shared.status_mut();
-                        s.source.fetched_commit = Some(commit.clone());
-                        s.rejected = Some(Rejected {
-                            commit,
-                            at,
-                            errors: diagnostics.iter().map(DiagnosticJson::from).collect(),
-                        });
-                    }
-                    Loaded::Unreadable { commit, message } => {
-                        tracing::error!(commit = %commit, error = %message, "fleet file unreadable; the last good revision keeps running");
-                        shared.metrics.fleet_valid.set(0);
-                        shared.metrics.fleet_errors.set(1);
-                        let mut s = shared.status_mut();
-                        s.source.fetched_commit = Some(commit.clone());
-                        s.rejected = Some(Rejected {
-                            commit,
-                            at,
-                            errors: vec![DiagnosticJson {
-                                file: shared.config.fleet_file.clone(),
-                                line: 0,
-                                column: 0,
-                                message: message.clone(),
-                                text: message,
-                            }],
-                        });
-                    }
+                self.loaded(loaded, at).await;
+            }
+        }
+    }
+
+    /// A commit checked and rendered: run it, or report why not.
+    async fn loaded(&mut self, loaded: Loaded, at: String) {
+        let shared = self.shared.clone();
+        match loaded {
+            Loaded::Valid(rev) => self.new_revision(rev, at).await,
+            Loaded::Invalid {
+                commit,
+                diagnostics,
+            } => {
+                for d in &diagnostics {
+                    tracing::error!(trigger = "poll", commit = %commit, "{d}");
                 }
+                tracing::error!(
+                    commit = %commit,
+                    errors = diagnostics.len(),
+                    "fleet file rejected; the last good revision keeps running"
+                );
+                shared.metrics.fleet_valid.set(0);
+                shared.metrics.fleet_errors.set(diagnostics.len() as i64);
+                let mut s = shared.status_mut();
+                s.source.fetched_commit = Some(commit.clone());
+                s.rejected = Some(Rejected {
+                    commit,
+                    at,
+                    errors: diagnostics.iter().map(DiagnosticJson::from).collect(),
+                });
+            }
+            Loaded::Unreadable { commit, message } => {
+                tracing::error!(commit = %commit, error = %message, "fleet file unreadable; the last good revision keeps running");
+                shared.metrics.fleet_valid.set(0);
+                shared.metrics.fleet_errors.set(1);
+                let mut s = shared.status_mut();
+                s.source.fetched_commit = Some(commit.clone());
+                s.rejected = Some(Rejected {
+                    commit,
+                    at,
+                    errors: vec![DiagnosticJson {
+                        file: shared.config.fleet_file.clone(),
+                        line: 0,
+                        column: 0,
+                        message: message.clone(),
+                        text: message,
+                    }],
+                });
             }
         }
     }

@@ -15,7 +15,7 @@ use flotilla_sim::SimConfig;
 use hmac::Mac;
 use serde_json::Value;
 
-use crate::git_support::{Server, Upstream, free_port};
+use crate::git_support::{Upstream, free_port};
 use crate::support::SimKube;
 
 const SECRET: &str = "webhook-secret-for-tests";
@@ -74,14 +74,14 @@ struct Daemon {
 }
 
 impl Daemon {
-    fn start(k: &SimKube, upstream: &Upstream, git: &Server, extra: &[&str]) -> Daemon {
+    fn start(k: &SimKube, upstream: &Upstream, git_port: u16, extra: &[&str]) -> Daemon {
         let port = free_port();
         let secret = upstream.scratch("secret");
         std::fs::write(&secret, format!("{SECRET}\n")).expect("write secret");
         let mut child = Command::new(env!("CARGO_BIN_EXE_flotilla"))
             .arg("serve")
             .arg("--repo")
-            .arg(format!("git://127.0.0.1:{}/fleet.git", git.port))
+            .arg(format!("git://127.0.0.1:{git_port}/fleet.git"))
             .args(["--ref", "main", "--kubeconfig"])
             .arg(&k.kubeconfig)
             .arg("--state")
@@ -330,7 +330,7 @@ fn daemon_follows_webhooks_rejects_invalid_commits_and_supersedes() {
     let first = commit_fleet(&up, 6, "web:1", "1s", "web 1");
     let git = up.daemon();
     // Polling every hour: after the first fetch, only webhooks make the daemon fetch.
-    let mut d = Daemon::start(&k, &up, &git, &["--poll-interval", "1h"]);
+    let mut d = Daemon::start(&k, &up, git.port, &["--poll-interval", "1h"]);
     d.wait_for("first revision rolled out", Duration::from_secs(60), || {
         images(&k, 6) == all(6, "web:1")
     });
@@ -469,7 +469,7 @@ fn daemon_polls_without_webhooks_and_checks_webhook_signatures() {
     let up = Upstream::new();
     commit_fleet(&up, 2, "web:1", "0s", "web 1");
     let git = up.daemon();
-    let d = Daemon::start(&k, &up, &git, &["--poll-interval", "1s"]);
+    let d = Daemon::start(&k, &up, git.port, &["--poll-interval", "1s"]);
     d.wait_for("first revision", Duration::from_secs(60), || {
         images(&k, 2) == all(2, "web:1")
     });
@@ -616,7 +616,7 @@ fn daemon_read_only_reports_drift_and_sends_no_mutating_request() {
     let mut d = Daemon::start(
         &k,
         &up,
-        &git,
+        git.port,
         &[
             "--read-only",
             "--poll-interval",
@@ -769,7 +769,7 @@ fn daemon_self_heals_drift_and_rides_out_a_git_outage() {
     commit_fleet_with(&up, 2, "web:1", "0s", "  selfHeal: true\n", "web 1");
     let git = up.daemon();
     let port = git.port;
-    let d = Daemon::start(&k, &up, &git, &["--poll-interval", "1s"]);
+    let d = Daemon::start(&k, &up, git.port, &["--poll-interval", "1s"]);
     d.wait_for("rolled out", Duration::from_secs(60), || {
         images(&k, 2) == all(2, "web:1")
             && d.json("/api/v1/rollouts/web")["rollout"]["phase"] == "succeeded"
@@ -864,7 +864,7 @@ fn daemon_image_update_goes_through_git_and_a_canary_rollout() {
     let d = Daemon::start(
         &k,
         &up,
-        &git,
+        git.port,
         &["--poll-interval", "1h", "--image-scan-interval", "0s"],
     );
     let image = |tag: &str| format!("{host}/shop/web:{tag}");
@@ -928,7 +928,7 @@ fn daemon_drains_on_sigterm_and_resumes_the_rollout_on_restart() {
     let up = Upstream::new();
     commit_fleet(&up, 2, "web:1", "0s", "web 1");
     let git = up.daemon();
-    let mut d = Daemon::start(&k, &up, &git, &["--poll-interval", "1h"]);
+    let mut d = Daemon::start(&k, &up, git.port, &["--poll-interval", "1h"]);
     d.wait_for("web:1", Duration::from_secs(60), || {
         images(&k, 2) == all(2, "web:1")
             && d.json("/api/v1/rollouts/web")["rollout"]["phase"] == "succeeded"
@@ -954,8 +954,11 @@ fn daemon_drains_on_sigterm_and_resumes_the_rollout_on_restart() {
     );
     assert_eq!(images(&k, 2), ["web:2", "web:1"], "stopped inside batch 1");
     drop(d);
-    // A new daemon on the same state resumes that rollout (same id) and finishes it.
-    let d = Daemon::start(&k, &up, &git, &["--poll-interval", "1h"]);
+    // A new daemon on the same state resumes that rollout (same id) and finishes it, even
+    // with the Git server down: it runs the snapshot its cache holds.
+    let port = git.port;
+    drop(git);
+    let d = Daemon::start(&k, &up, port, &["--poll-interval", "1h"]);
     d.wait_for(
         "web:2 everywhere after the restart",
         Duration::from_secs(60),
@@ -970,4 +973,11 @@ fn daemon_drains_on_sigterm_and_resumes_the_rollout_on_restart() {
         .as_array()
         .map(|ev| ev.iter().filter(|e| e["kind"] == "started").count());
     assert_eq!(started, Some(1), "{rollout}");
+    let status = d.json("/api/v1/fleet");
+    assert_eq!(status["source"]["lastFetchOk"], false, "{status}");
+    assert!(
+        d.log().contains("running the cached snapshot"),
+        "{}",
+        d.log()
+    );
 }
