@@ -277,6 +277,36 @@ fn get<'a>(entries: &'a [(Node, Node)], key: &str) -> Option<&'a Node> {
 }
 
 /// The byte span of a scalar's value text, or why it cannot be edited in place.
+/// Records scalar `s` as a field of `policy`, or why its value cannot be edited.
+fn record(
+    found: &mut Found,
+    file: &str,
+    text: &str,
+    s: &Scalar,
+    policy: &str,
+    image: Option<&str>,
+    kind: FieldKind,
+) {
+    match value_span(text, s) {
+        Ok((span, style)) => found.fields.push(Field {
+            policy: Some(policy.into()),
+            image: image.map(str::to_string),
+            kind,
+            line: s.line,
+            column: s.column,
+            current: s.value.clone(),
+            span,
+            style,
+        }),
+        Err(why) => found.problems.push(Problem {
+            file: file.into(),
+            line: Some(s.line),
+            policy: Some(policy.into()),
+            message: why,
+        }),
+    }
+}
+
 fn value_span(text: &str, s: &Scalar) -> Result<((usize, usize), Style), String> {
     let rest = text.get(s.start..).unwrap_or("");
     match s.style {
@@ -378,26 +408,11 @@ pub fn find(file: &str, text: &str, images: &[(String, String)]) -> Result<Found
             });
             continue;
         };
-        match value_span(text, s) {
-            // The "marker" is inside the value (a quoted string that quotes a marker).
-            Ok((span, _)) if span.1 > m.start() => continue,
-            Ok((span, style)) => found.fields.push(Field {
-                policy: Some(policy.into()),
-                image: None,
-                kind,
-                line: s.line,
-                column: s.column,
-                current: s.value.clone(),
-                span,
-                style,
-            }),
-            Err(why) => found.problems.push(Problem {
-                file: file.into(),
-                line: Some(s.line),
-                policy: Some(policy.into()),
-                message: why,
-            }),
+        // The "marker" inside the value (a quoted string that quotes a marker) is not one.
+        if value_span(text, s).is_ok_and(|(span, _)| span.1 > m.start()) {
+            continue;
         }
+        record(&mut found, file, text, s, policy, None, kind);
     }
     // `images:` entries.
     fn walk(
@@ -455,24 +470,7 @@ pub fn find(file: &str, text: &str, images: &[(String, String)]) -> Result<Found
                 {
                     continue;
                 }
-                match value_span(text, s) {
-                    Ok((span, style)) => found.fields.push(Field {
-                        policy: Some(policy.clone()),
-                        image: Some(image.clone()),
-                        kind,
-                        line: s.line,
-                        column: s.column,
-                        current: s.value.clone(),
-                        span,
-                        style,
-                    }),
-                    Err(why) => found.problems.push(Problem {
-                        file: file.into(),
-                        line: Some(s.line),
-                        policy: Some(policy.clone()),
-                        message: why,
-                    }),
-                }
+                record(found, file, text, s, policy, Some(image), kind);
             }
             if !any {
                 let line = match get(entries, "name") {
