@@ -571,7 +571,14 @@ impl Daemon {
         shared.metrics.fleet_errors.set(0);
         shared.clusters.update(&rev.fleet).await;
         shared.readers.update(&rev.fleet).await;
-        *shared.current.write().unwrap_or_else(|p| p.into_inner()) = Some(rev.clone());
+        let previous = shared
+            .current
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .replace(rev.clone());
+        if let Some(previous) = previous.filter(|_| !shared.config.read_only) {
+            spawn_prune_removed(shared.clone(), &previous, &rev);
+        }
         {
             let mut s = shared.status_mut();
             s.fleet = Some(rev.fleet.metadata.name.clone());
@@ -809,6 +816,69 @@ impl Daemon {
         }
         tracing::info!("drained");
     }
+}
+
+/// Placements the new revision no longer puts on a cluster (removed from the fleet, or no
+/// longer selecting it) are pruned there by their inventories, as `settings.prune` says.
+fn spawn_prune_removed(shared: Arc<Shared>, previous: &Revision, rev: &Arc<Revision>) {
+    let mut work: Vec<(String, Vec<String>)> = Vec::new();
+    for (cluster, old) in &previous.targets {
+        // A cluster that left the fleet has no connection any more: nothing to do there.
+        let Some(new) = rev.targets.get(cluster) else {
+            continue;
+        };
+        let gone: Vec<String> = old
+            .iter()
+            .map(|d| d.placement.clone())
+            .filter(|p| !new.iter().any(|d| &d.placement == p))
+            .collect();
+        if !gone.is_empty() {
+            work.push((cluster.clone(), gone));
+        }
+    }
+    if work.is_empty() {
+        return;
+    }
+    let fleet = rev.fleet.metadata.name.clone();
+    let prune = rev.fleet.settings.prune;
+    tokio::spawn(async move {
+        let concurrency = shared.config.concurrency;
+        futures::stream::iter(work)
+            .for_each_concurrent(concurrency, |(cluster, gone)| {
+                let shared = shared.clone();
+                let fleet = fleet.clone();
+                async move {
+                    let c = match shared.clusters.cluster(&cluster).await {
+                        Ok(c) => c,
+                        Err(e) => {
+                            tracing::warn!(%cluster, error = %e, "removed placements not pruned");
+                            return;
+                        }
+                    };
+                    let result = sync::prune_placements(c.as_ref(), &fleet, &gone, prune).await;
+                    if result.failed() {
+                        shared
+                            .metrics
+                            .apply_errors
+                            .get_or_create(&labels(&[("cluster", &cluster)]))
+                            .inc();
+                    }
+                    let done: Vec<String> = result
+                        .objects
+                        .iter()
+                        .map(|o| format!("{} {}", o.object, o.action.label(false)))
+                        .collect();
+                    tracing::info!(
+                        %cluster,
+                        placements = %gone.join(", "),
+                        error = result.error.as_deref(),
+                        "placements removed from this cluster: {}",
+                        done.join(", ")
+                    );
+                }
+            })
+            .await;
+    });
 }
 
 async fn sleep_until(at: Option<tokio::time::Instant>) {

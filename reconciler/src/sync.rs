@@ -653,8 +653,26 @@ async fn apply_inner(
             write_inventory(cluster, fleet, &d.placement, &keep).await?;
         }
     }
-    for (placement, inv) in &inventories {
-        if options.only_listed || desired.iter().any(|d| &d.placement == placement) {
+    if options.only_listed {
+        return Ok(());
+    }
+    let removed = |placement: &str| !desired.iter().any(|d| d.placement == placement);
+    prune_removed(cluster, fleet, &inventories, &removed, options, result).await
+}
+
+/// Prunes the inventoried objects of placements for which `removed` is true (placements that
+/// left the fleet or no longer select this cluster), and drops or rewrites their inventories.
+async fn prune_removed(
+    cluster: &dyn Cluster,
+    fleet: &str,
+    inventories: &BTreeMap<String, Result<Inventory, String>>,
+    removed: &(dyn Fn(&str) -> bool + Sync),
+    options: ApplyOptionsRun,
+    result: &mut ApplyResult,
+) -> Result<(), ClusterError> {
+    let dry_run = options.dry_run;
+    for (placement, inv) in inventories {
+        if !removed(placement) {
             continue;
         }
         let Ok(old) = inv else {
@@ -681,6 +699,39 @@ async fn apply_inner(
         }
     }
     Ok(())
+}
+
+/// Prunes only the named placements from one cluster (the daemon, after a commit removed
+/// them from the fleet or from this cluster's selection): their inventoried objects still
+/// labelled with the placement are deleted when `prune` is on, and kept (reported `kept`)
+/// otherwise. Nothing else is applied or read beyond the inventories.
+pub async fn prune_placements(
+    cluster: &dyn Cluster,
+    fleet: &str,
+    placements: &[String],
+    prune: bool,
+) -> ApplyResult {
+    let mut result = ApplyResult {
+        cluster: cluster.name().into(),
+        dry_run: false,
+        error: None,
+        placement_errors: BTreeMap::new(),
+        objects: Vec::new(),
+    };
+    let options = ApplyOptionsRun {
+        prune,
+        prune_removed_placements: prune,
+        ..ApplyOptionsRun::default()
+    };
+    let run = async {
+        let inventories = read_inventories(cluster, fleet).await?;
+        let removed = |p: &str| placements.iter().any(|x| x == p);
+        prune_removed(cluster, fleet, &inventories, &removed, options, &mut result).await
+    };
+    if let Err(e) = run.await {
+        result.error = Some(e.to_string());
+    }
+    result
 }
 
 async fn write_inventory(

@@ -981,3 +981,65 @@ fn daemon_drains_on_sigterm_and_resumes_the_rollout_on_restart() {
         d.log()
     );
 }
+
+fn configmap_exists(k: &SimKube, cluster: &str, name: &str) -> bool {
+    k.sim.cluster(cluster).is_some_and(|c| {
+        c.resource("", "v1", "configmaps")
+            .is_some_and(|def| c.get(&def, "default", name).is_ok())
+    })
+}
+
+#[test]
+fn daemon_prunes_placements_that_leave_a_cluster() {
+    let k = SimKube::start(sim(2));
+    let up = Upstream::new();
+    let with_extra = |clusters: &str| {
+        format!(
+            "{}  - name: extra\n    bundles: [extra]\n    clusters: {clusters}\n",
+            fleet(2, "0s", "").replace(
+                "bundles:\n  - {name: app, path: app, namespace: shop}\n",
+                "bundles:\n  - {name: app, path: app, namespace: shop}\n  - {name: extra, path: extra, namespace: default}\n",
+            )
+        )
+    };
+    let extra = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: extra}\ndata: {a: b}\n";
+    up.commit(
+        &[
+            ("fleet.yaml", &with_extra("{}")),
+            ("app/ns.yaml", NAMESPACE),
+            ("app/web.yaml", &deployment("web:1")),
+            ("extra/cm.yaml", extra),
+        ],
+        "web and extra everywhere",
+    );
+    up.push();
+    let git = up.daemon();
+    let d = Daemon::start(&k, &up, git.port, &["--poll-interval", "1s"]);
+    d.wait_for("both placements applied", Duration::from_secs(60), || {
+        images(&k, 2) == all(2, "web:1")
+            && configmap_exists(&k, "sim-1", "extra")
+            && configmap_exists(&k, "sim-2", "extra")
+    });
+    // extra no longer selects sim-2: pruned there only.
+    up.commit(
+        &[("fleet.yaml", &with_extra("{names: [sim-1]}"))],
+        "extra on sim-1 only",
+    );
+    up.push();
+    d.wait_for("extra pruned from sim-2", Duration::from_secs(30), || {
+        !configmap_exists(&k, "sim-2", "extra")
+    });
+    assert!(configmap_exists(&k, "sim-1", "extra"));
+    // extra leaves the fleet: pruned everywhere; web is untouched.
+    up.commit(&[("fleet.yaml", &fleet(2, "0s", ""))], "no more extra");
+    up.push();
+    d.wait_for("extra pruned from sim-1", Duration::from_secs(30), || {
+        !configmap_exists(&k, "sim-1", "extra")
+    });
+    assert_eq!(images(&k, 2), all(2, "web:1"));
+    assert!(
+        d.log().contains("placements removed from this cluster"),
+        "{}",
+        d.log()
+    );
+}
