@@ -235,11 +235,8 @@ pub fn apply(
                             r
                         }
                         Err(e) => ApplyResult {
-                            cluster: name.clone(),
-                            dry_run,
                             error: Some(e.to_string()),
-                            placement_errors: Default::default(),
-                            objects: Vec::new(),
+                            ..ApplyResult::empty(name, dry_run)
                         },
                     };
                     if !json {

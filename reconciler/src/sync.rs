@@ -460,6 +460,17 @@ pub struct ApplyResult {
 }
 
 impl ApplyResult {
+    /// Nothing done yet to `cluster`.
+    pub fn empty(cluster: &str, dry_run: bool) -> ApplyResult {
+        ApplyResult {
+            cluster: cluster.into(),
+            dry_run,
+            error: None,
+            placement_errors: BTreeMap::new(),
+            objects: Vec::new(),
+        }
+    }
+
     pub fn failed(&self) -> bool {
         self.error.is_some()
             || !self.placement_errors.is_empty()
@@ -502,13 +513,7 @@ pub async fn apply(
     desired: &[Desired],
     options: ApplyOptionsRun,
 ) -> ApplyResult {
-    let mut result = ApplyResult {
-        cluster: cluster.name().into(),
-        dry_run: options.dry_run,
-        error: None,
-        placement_errors: BTreeMap::new(),
-        objects: Vec::new(),
-    };
+    let mut result = ApplyResult::empty(cluster.name(), options.dry_run);
     if let Err(e) = apply_inner(cluster, fleet, desired, options, &mut result).await {
         result.error = Some(e.to_string());
     }
@@ -711,13 +716,7 @@ pub async fn prune_placements(
     placements: &[String],
     prune: bool,
 ) -> ApplyResult {
-    let mut result = ApplyResult {
-        cluster: cluster.name().into(),
-        dry_run: false,
-        error: None,
-        placement_errors: BTreeMap::new(),
-        objects: Vec::new(),
-    };
+    let mut result = ApplyResult::empty(cluster.name(), false);
     let options = ApplyOptionsRun {
         prune,
         prune_removed_placements: prune,
