@@ -229,15 +229,42 @@ fn replicas_word(n: i64) -> &'static str {
     if n == 1 { "replica" } else { "replicas" }
 }
 
+fn pods_word(n: i64) -> &'static str {
+    if n == 1 { "pod" } else { "pods" }
+}
+
+type Noun = fn(i64) -> &'static str;
+
+/// "`have` of `want` replicas `what`", e.g. "2 of 3 replicas ready".
+fn of(have: i64, want: i64, noun: Noun, what: &str) -> String {
+    format!("{have} of {want} {} {what}", noun(want))
+}
+
+/// Progressing while `have` is short of `want`.
+fn behind(have: i64, want: i64, noun: Noun, what: &str) -> Option<Health> {
+    (have < want).then(|| Health::progressing(of(have, want, noun, what)))
+}
+
+/// Progressing while more replicas run than asked for.
+fn pending_termination(extra: i64, old: &str) -> Option<Health> {
+    (extra > 0).then(|| {
+        Health::progressing(format!(
+            "{extra} {old}{} pending termination",
+            replicas_word(extra)
+        ))
+    })
+}
+
 fn deployment(v: &Value) -> Health {
     let desired = int(v, "/spec/replicas").unwrap_or(1);
     let replicas = count(v, "/status/replicas");
     let updated = count(v, "/status/updatedReplicas");
     let available = count(v, "/status/availableReplicas");
+    let r: Noun = replicas_word;
     if v.pointer("/spec/paused").and_then(Value::as_bool) == Some(true) {
         return Health::healthy(format!(
-            "rollout paused: {updated} of {desired} {} updated, {available} available",
-            replicas_word(desired)
+            "rollout paused: {}, {available} available",
+            of(updated, desired, r, "updated")
         ));
     }
     if let Some(c) = condition(v, "Progressing")
@@ -248,32 +275,16 @@ fn deployment(v: &Value) -> Health {
             c.text("no progress")
         ));
     }
-    if updated < desired {
-        return Health::progressing(format!(
-            "{updated} of {desired} {} updated",
-            replicas_word(desired)
-        ));
-    }
-    if replicas > updated {
-        let old = replicas - updated;
-        return Health::progressing(format!(
-            "{old} old {} pending termination",
-            replicas_word(old)
-        ));
-    }
-    if available < desired {
-        return Health::progressing(format!(
-            "{available} of {desired} {} available",
-            replicas_word(desired)
-        ));
+    if let Some(h) = behind(updated, desired, r, "updated")
+        .or_else(|| pending_termination(replicas - updated, "old "))
+        .or_else(|| behind(available, desired, r, "available"))
+    {
+        return h;
     }
     if desired == 0 {
         return Health::healthy("scaled to zero");
     }
-    Health::healthy(format!(
-        "{available} of {desired} {} available",
-        replicas_word(desired)
-    ))
+    Health::healthy(of(available, desired, r, "available"))
 }
 
 fn stateful_set(v: &Value) -> Health {
@@ -285,29 +296,19 @@ fn stateful_set(v: &Value) -> Health {
         .pointer("/spec/updateStrategy/type")
         .and_then(Value::as_str)
         .unwrap_or("RollingUpdate");
-    if replicas < desired {
-        return Health::progressing(format!(
-            "{replicas} of {desired} {} created",
-            replicas_word(desired)
-        ));
-    }
-    if ready < desired {
-        return Health::progressing(format!(
-            "{ready} of {desired} {} ready",
-            replicas_word(desired)
-        ));
-    }
-    if replicas > desired {
-        let extra = replicas - desired;
-        return Health::progressing(format!(
-            "{extra} {} pending termination",
-            replicas_word(extra)
-        ));
+    let r: Noun = replicas_word;
+    if let Some(h) = behind(replicas, desired, r, "created")
+        .or_else(|| behind(ready, desired, r, "ready"))
+        .or_else(|| pending_termination(replicas - desired, ""))
+    {
+        return h;
     }
     if strategy == "OnDelete" {
-        return Health::healthy(format!(
-            "{ready} of {desired} {} ready (OnDelete: pods update when deleted)",
-            replicas_word(desired)
+        return Health::healthy(of(
+            ready,
+            desired,
+            r,
+            "ready (OnDelete: pods update when deleted)",
         ));
     }
     if let Some(partition) = int(v, "/spec/updateStrategy/rollingUpdate/partition")
@@ -316,20 +317,17 @@ fn stateful_set(v: &Value) -> Health {
         let expected = (desired - partition).max(0);
         if updated < expected {
             return Health::progressing(format!(
-                "partitioned rollout: {updated} of {expected} {} updated",
-                replicas_word(expected)
+                "partitioned rollout: {}",
+                of(updated, expected, r, "updated")
             ));
         }
         return Health::healthy(format!(
-            "partitioned rollout complete: {updated} of {desired} {} updated (partition {partition})",
-            replicas_word(desired)
+            "partitioned rollout complete: {} (partition {partition})",
+            of(updated, desired, r, "updated")
         ));
     }
-    if updated < desired {
-        return Health::progressing(format!(
-            "{updated} of {desired} {} updated",
-            replicas_word(desired)
-        ));
+    if let Some(h) = behind(updated, desired, r, "updated") {
+        return h;
     }
     let current = str_at(v, "/status/currentRevision");
     let update = str_at(v, "/status/updateRevision");
@@ -338,10 +336,7 @@ fn stateful_set(v: &Value) -> Health {
             "waiting for revision {update} to replace {current}"
         ));
     }
-    Health::healthy(format!(
-        "{ready} of {desired} {} ready",
-        replicas_word(desired)
-    ))
+    Health::healthy(of(ready, desired, r, "ready"))
 }
 
 fn daemon_set(v: &Value) -> Health {
@@ -352,39 +347,25 @@ fn daemon_set(v: &Value) -> Health {
     let ready = count(v, "/status/numberReady");
     let misscheduled = count(v, "/status/numberMisscheduled");
     let on_delete = str_at(v, "/spec/updateStrategy/type") == "OnDelete";
-    let pods = |n: i64| if n == 1 { "pod" } else { "pods" };
-    if current < desired {
-        return Health::progressing(format!(
-            "{current} of {desired} {} scheduled",
-            pods(desired)
-        ));
-    }
-    if !on_delete && updated < desired {
-        return Health::progressing(format!("{updated} of {desired} {} updated", pods(desired)));
-    }
-    if available < desired {
-        return Health::progressing(format!(
-            "{available} of {desired} {} available",
-            pods(desired)
-        ));
-    }
-    if ready < desired {
-        return Health::progressing(format!("{ready} of {desired} {} ready", pods(desired)));
+    let p: Noun = pods_word;
+    if let Some(h) = behind(current, desired, p, "scheduled")
+        .or_else(|| (!on_delete).then(|| behind(updated, desired, p, "updated"))?)
+        .or_else(|| behind(available, desired, p, "available"))
+        .or_else(|| behind(ready, desired, p, "ready"))
+    {
+        return h;
     }
     if misscheduled > 0 {
         return Health::progressing(format!(
             "{misscheduled} {} running where {} should not",
-            pods(misscheduled),
+            pods_word(misscheduled),
             if misscheduled == 1 { "it" } else { "they" }
         ));
     }
     if desired == 0 {
         return Health::healthy("no nodes to run on");
     }
-    Health::healthy(format!(
-        "{available} of {desired} {} available",
-        pods(desired)
-    ))
+    Health::healthy(of(available, desired, p, "available"))
 }
 
 fn replica_set(v: &Value) -> Health {
@@ -400,32 +381,17 @@ fn replica_set(v: &Value) -> Health {
     let replicas = count(v, "/status/replicas");
     let ready = count(v, "/status/readyReplicas");
     let available = count(v, "/status/availableReplicas");
-    if ready < desired {
-        return Health::progressing(format!(
-            "{ready} of {desired} {} ready",
-            replicas_word(desired)
-        ));
-    }
-    if available < desired {
-        return Health::progressing(format!(
-            "{available} of {desired} {} available",
-            replicas_word(desired)
-        ));
-    }
-    if replicas > desired {
-        let extra = replicas - desired;
-        return Health::progressing(format!(
-            "{extra} {} pending termination",
-            replicas_word(extra)
-        ));
+    let r: Noun = replicas_word;
+    if let Some(h) = behind(ready, desired, r, "ready")
+        .or_else(|| behind(available, desired, r, "available"))
+        .or_else(|| pending_termination(replicas - desired, ""))
+    {
+        return h;
     }
     if desired == 0 {
         return Health::healthy("scaled to zero");
     }
-    Health::healthy(format!(
-        "{available} of {desired} {} available",
-        replicas_word(desired)
-    ))
+    Health::healthy(of(available, desired, r, "available"))
 }
 
 fn job(v: &Value) -> Health {
