@@ -96,14 +96,7 @@ pub fn run(command: ImagesCommand) -> anyhow::Result<ExitCode> {
 }
 
 fn docker_config_path(args: &RegistryArgs) -> Option<PathBuf> {
-    if let Some(p) = &args.docker_config {
-        return Some(p.clone());
-    }
-    let non_empty = |var: &str| std::env::var_os(var).filter(|v| !v.is_empty());
-    if let Some(dir) = non_empty("DOCKER_CONFIG") {
-        return Some(PathBuf::from(dir).join("config.json"));
-    }
-    non_empty("HOME").map(|h| PathBuf::from(h).join(".docker").join("config.json"))
+    args.docker_config.clone().or_else(Logins::default_path)
 }
 
 /// Loads and checks the fleet; an invalid fleet is an error here (nothing to scan).

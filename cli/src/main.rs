@@ -269,17 +269,11 @@ fn main() -> ExitCode {
     // told which one serves the process.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
-    let result = match cli.command {
-        Command::Serve(args) => serve::resolve(*args).and_then(|(config, format)| {
-            init_logging("info", format == serve::LogFormat::Json);
-            serve::serve(config)
-        }),
-        command => {
-            init_logging("warn", false);
-            run(Cli { command })
-        }
-    };
-    match result {
+    // The daemon starts its logging once its settings (the log format) are resolved.
+    if !matches!(cli.command, Command::Serve(_)) {
+        init_logging("warn", false);
+    }
+    match run(cli) {
         Ok(code) => code,
         Err(e)
             if e.downcast_ref::<std::io::Error>()
@@ -403,7 +397,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             rollouts::control(command, &placement, &name, state.as_deref())
         }
         Command::Serve(args) => {
-            let (config, _) = serve::resolve(*args)?;
+            let (config, format) = serve::resolve(*args)?;
+            init_logging("info", format == serve::LogFormat::Json);
             serve::serve(config)
         }
         Command::Status { server } => serve::status(&server),
@@ -465,17 +460,22 @@ fn load(args: &FleetArgs) -> anyhow::Result<Loaded> {
 
 /// The cache directory for Git repositories.
 fn cache_root(args: &FleetArgs) -> anyhow::Result<PathBuf> {
-    if let Some(dir) = &args.cache {
-        return Ok(dir.clone());
+    match &args.cache {
+        Some(dir) => Ok(dir.clone()),
+        None => user_dir("XDG_CACHE_HOME", ".cache", "--cache"),
     }
+}
+
+/// `$XDG_VAR/flotilla`, else `~/HOME_SUB/flotilla` (the XDG base directory rule).
+fn user_dir(xdg_var: &str, home_sub: &str, flag: &str) -> anyhow::Result<PathBuf> {
     let non_empty = |var: &str| std::env::var_os(var).filter(|v| !v.is_empty());
-    if let Some(xdg) = non_empty("XDG_CACHE_HOME") {
-        return Ok(PathBuf::from(xdg).join("flotilla"));
+    if let Some(x) = non_empty(xdg_var) {
+        return Ok(PathBuf::from(x).join("flotilla"));
     }
-    if let Some(home) = non_empty("HOME") {
-        return Ok(PathBuf::from(home).join(".cache").join("flotilla"));
+    if let Some(h) = non_empty("HOME") {
+        return Ok(PathBuf::from(h).join(home_sub).join("flotilla"));
     }
-    anyhow::bail!("no cache directory: pass --cache, or set XDG_CACHE_HOME or HOME")
+    anyhow::bail!("no {xdg_var} or HOME: pass {flag}")
 }
 
 /// `--repo` as a Git remote, with the credentials the flags name.

@@ -21,17 +21,10 @@ use crate::{FleetArgs, INVALID};
 /// The state directory: `--state`, else `$XDG_STATE_HOME/flotilla/<fleet>`, else
 /// `~/.local/state/flotilla/<fleet>`.
 pub fn state_dir(explicit: Option<&Path>, fleet: &str) -> anyhow::Result<PathBuf> {
-    if let Some(d) = explicit {
-        return Ok(d.to_path_buf());
+    match explicit {
+        Some(d) => Ok(d.to_path_buf()),
+        None => Ok(crate::user_dir("XDG_STATE_HOME", ".local/state", "--state DIR")?.join(fleet)),
     }
-    let non_empty = |var: &str| std::env::var_os(var).filter(|v| !v.is_empty());
-    if let Some(x) = non_empty("XDG_STATE_HOME") {
-        return Ok(PathBuf::from(x).join("flotilla").join(fleet));
-    }
-    if let Some(h) = non_empty("HOME") {
-        return Ok(PathBuf::from(h).join(".local/state/flotilla").join(fleet));
-    }
-    anyhow::bail!("no state directory: pass --state DIR, or set XDG_STATE_HOME or HOME")
 }
 
 fn event_line(e: &Event) -> String {
@@ -294,7 +287,8 @@ pub fn control(
         ),
         Err(e) => return Err(e).with_context(|| format!("state store {}", dir.display())),
     };
-    let Some(r) = store.read(|tx| tx.rollout::<Rollout>(placement))? else {
+    let Some((r, events)) = flotilla_reconciler::rollout::control::history(&store, placement)?
+    else {
         eprintln!(
             "placement {placement}: no rollout recorded in {}",
             dir.display()
@@ -303,7 +297,9 @@ pub fn control(
     };
     let request = match command {
         RolloutCommand::Status => {
-            print_status(&store, &r)?;
+            std::io::stdout()
+                .lock()
+                .write_all(status_text(&r, &events).as_bytes())?;
             return Ok(status_exit(&r));
         }
         RolloutCommand::Pause => Request::Pause,
@@ -323,18 +319,6 @@ pub fn control(
             Ok(ExitCode::from(INVALID))
         }
     }
-}
-
-fn print_status(store: &Store, r: &Rollout) -> anyhow::Result<()> {
-    let events: Vec<(u64, Event)> = store.read(|tx| tx.events(0, usize::MAX))?;
-    let events: Vec<Event> = events
-        .into_iter()
-        .map(|(_, e)| e)
-        .filter(|e| e.rollout == r.id)
-        .collect();
-    let mut stdout = std::io::stdout().lock();
-    stdout.write_all(status_text(r, &events).as_bytes())?;
-    Ok(())
 }
 
 /// A rollout, its batches and its events, as `flotilla rollout status` prints them.

@@ -251,17 +251,6 @@ fn merge_file(args: &mut ServeArgs, path: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn default_dir(xdg: &str, home_sub: &str, leaf: &str) -> anyhow::Result<PathBuf> {
-    let non_empty = |var: &str| std::env::var_os(var).filter(|v| !v.is_empty());
-    if let Some(x) = non_empty(xdg) {
-        return Ok(PathBuf::from(x).join("flotilla").join(leaf));
-    }
-    if let Some(h) = non_empty("HOME") {
-        return Ok(PathBuf::from(h).join(home_sub).join("flotilla").join(leaf));
-    }
-    anyhow::bail!("no {xdg} or HOME: pass the directory explicitly")
-}
-
 /// Resolves flags, environment and config file into the daemon's config.
 pub fn resolve(mut args: ServeArgs) -> anyhow::Result<(Config, LogFormat)> {
     if let Some(path) = args.config.clone() {
@@ -272,11 +261,11 @@ pub fn resolve(mut args: ServeArgs) -> anyhow::Result<(Config, LogFormat)> {
         .context("--repo is required (or FLOTILLA_REPO, or `repo:` in --config)")?;
     let state = match args.state {
         Some(s) => s,
-        None => default_dir("XDG_STATE_HOME", ".local/state", "serve")?,
+        None => crate::user_dir("XDG_STATE_HOME", ".local/state", "--state")?.join("serve"),
     };
     let cache = match args.cache {
         Some(c) => c,
-        None => default_dir("XDG_CACHE_HOME", ".cache", "")?,
+        None => crate::user_dir("XDG_CACHE_HOME", ".cache", "--cache")?,
     };
     let mut config = Config::new(repo, state, cache);
     if let Some(r) = args.rev {

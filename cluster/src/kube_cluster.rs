@@ -321,22 +321,6 @@ impl KubeCluster {
             }
             Mutation::Delete { r, dry_run } => ("delete", (*r).clone(), *dry_run, false),
         };
-        if self.read_only {
-            tracing::info!(
-                target: AUDIT_TARGET,
-                cluster = %self.name,
-                verb,
-                object = %r,
-                dry_run,
-                force,
-                "refused: read-only"
-            );
-            return Err(ClusterError::ReadOnly {
-                cluster: self.name.clone(),
-                verb: verb.into(),
-                object: r.to_string(),
-            });
-        }
         tracing::info!(
             target: AUDIT_TARGET,
             cluster = %self.name,
@@ -344,8 +328,16 @@ impl KubeCluster {
             object = %r,
             dry_run,
             force,
-            "mutation"
+            "{}",
+            if self.read_only { "refused: read-only" } else { "mutation" }
         );
+        if self.read_only {
+            return Err(ClusterError::ReadOnly {
+                cluster: self.name.clone(),
+                verb: verb.into(),
+                object: r.to_string(),
+            });
+        }
         let Some(d) = self.discover(&r.gvk).await? else {
             return match m {
                 Mutation::Apply { .. } => Err(ClusterError::UnknownKind {

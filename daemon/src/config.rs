@@ -217,24 +217,20 @@ impl Config {
                 message: e.to_string(),
             }
         })?;
-        let registry_logins = match &self.docker_config {
+        // A missing docker config is no logins.
+        let registry_logins = match self
+            .docker_config
+            .clone()
+            .or_else(flotilla_images::Logins::default_path)
+        {
             Some(p) => {
-                flotilla_images::Logins::from_docker_config(p).map_err(|e| ConfigError::File {
+                flotilla_images::Logins::from_docker_config(&p).map_err(|e| ConfigError::File {
                     flag: "docker-config",
                     path: p.clone(),
                     message: e.to_string(),
                 })?
             }
-            None => match default_docker_config().filter(|p| p.exists()) {
-                Some(p) => flotilla_images::Logins::from_docker_config(&p).map_err(|e| {
-                    ConfigError::File {
-                        flag: "docker-config",
-                        path: p.clone(),
-                        message: e.to_string(),
-                    }
-                })?,
-                None => flotilla_images::Logins::default(),
-            },
+            None => flotilla_images::Logins::default(),
         };
         std::fs::create_dir_all(&self.cache_dir).map_err(|e| ConfigError::File {
             flag: "cache",
@@ -253,12 +249,4 @@ impl Config {
             lock,
         })
     }
-}
-
-fn default_docker_config() -> Option<PathBuf> {
-    let non_empty = |var: &str| std::env::var_os(var).filter(|v| !v.is_empty());
-    if let Some(dir) = non_empty("DOCKER_CONFIG") {
-        return Some(PathBuf::from(dir).join("config.json"));
-    }
-    non_empty("HOME").map(|h| PathBuf::from(h).join(".docker").join("config.json"))
 }

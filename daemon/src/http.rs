@@ -12,7 +12,7 @@ use axum::routing::{get, post};
 use serde_json::{Value, json};
 
 use flotilla_reconciler::rollout::model::ClusterRevision;
-use flotilla_reconciler::rollout::{Event, Request as RolloutRequest, Rollout};
+use flotilla_reconciler::rollout::{Request as RolloutRequest, Rollout};
 
 use crate::metrics::labels;
 use crate::run::{Shared, Trigger};
@@ -192,21 +192,11 @@ async fn rollouts(State(s): State<AppState>) -> Response {
 }
 
 async fn rollout(State(s): State<AppState>, Path(placement): Path<String>) -> Response {
-    let read = s.store.read(|tx| {
-        let r: Option<Rollout> = tx.rollout(&placement)?;
-        let events: Vec<(u64, Event)> = tx.events(0, usize::MAX)?;
-        Ok((r, events))
-    });
-    match read {
-        Ok((Some(r), events)) => {
-            let events: Vec<Event> = events
-                .into_iter()
-                .map(|(_, e)| e)
-                .filter(|e| e.rollout == r.id)
-                .collect();
+    match flotilla_reconciler::rollout::control::history(&s.store, &placement) {
+        Ok(Some((r, events))) => {
             json_response(StatusCode::OK, json!({"rollout": r, "events": events}))
         }
-        Ok((None, _)) => error(
+        Ok(None) => error(
             StatusCode::NOT_FOUND,
             format!("placement {placement}: no rollout recorded"),
         ),
@@ -297,16 +287,31 @@ async fn cluster(State(s): State<AppState>, Path(name): Path<String>) -> Respons
             format!("cluster {name:?} is not in the fleet"),
         );
     };
-    let desired = rev.targets.get(&name).cloned().unwrap_or_default();
+    let desired = rev
+        .targets
+        .get(&name)
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    // What the store recorded for this cluster, every placement in one read.
+    let recorded = s.store.read(|tx| {
+        let mut out = Vec::new();
+        for d in desired {
+            let revisions: Vec<(String, ClusterRevision)> = tx.revisions(&d.placement)?;
+            out.push(
+                revisions
+                    .into_iter()
+                    .find(|(c, _)| *c == name)
+                    .map(|(_, r)| r),
+            );
+        }
+        Ok(out)
+    });
+    let recorded = match recorded {
+        Ok(r) => r,
+        Err(e) => return store_error(e),
+    };
     let mut placements = Vec::new();
-    for d in &desired {
-        let revisions = s
-            .store
-            .read(|tx| tx.revisions::<ClusterRevision>(&d.placement));
-        let recorded = match revisions {
-            Ok(r) => r.into_iter().find(|(c, _)| *c == name).map(|(_, r)| r),
-            Err(e) => return store_error(e),
-        };
+    for (d, recorded) in desired.iter().zip(recorded) {
         let (hash, error) = match &d.objects {
             Ok(objects) => (
                 Some(flotilla_reconciler::rollout::model::manifest_hash(objects)),

@@ -748,12 +748,8 @@ impl Daemon {
                 unreachable.push(c.name.clone());
                 continue;
             }
-            let n = c
-                .placements
-                .iter()
-                .flat_map(|p| &p.objects)
-                .filter(|o| o.state != ObjectState::InSync)
-                .count();
+            let summary = c.summary();
+            let n = summary.objects - summary.in_sync;
             shared
                 .metrics
                 .drift_objects

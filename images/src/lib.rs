@@ -175,45 +175,28 @@ pub fn plan(fleet: &Fleet, repo: &dyn RepoFiles, desired: &[Desired]) -> Result<
     let mut out = Plan::default();
     let mut seen: BTreeMap<String, usize> = BTreeMap::new();
     for (path, ds) in &by_file {
-        let bytes = match repo.read(path) {
-            Ok(b) => b,
-            Err(e) => {
-                for d in ds {
-                    out.problems.push(Problem {
-                        file: path.as_str().into(),
-                        line: None,
-                        policy: Some(d.policy.clone()),
-                        message: format!("cannot read the file: {e}"),
-                    });
-                }
-                continue;
-            }
-        };
-        let Ok(text) = String::from_utf8(bytes) else {
-            for d in ds {
-                out.problems.push(Problem {
-                    file: path.as_str().into(),
-                    line: None,
-                    policy: Some(d.policy.clone()),
-                    message: "the file is not valid UTF-8".into(),
-                });
-            }
-            continue;
-        };
         let images: Vec<(String, String)> = ds
             .iter()
             .map(|d| (d.image.clone(), d.policy.clone()))
             .collect();
-        let found = match edit::find(path.as_str(), &text, &images) {
-            Ok(f) => f,
-            Err(e) => {
+        let read = repo
+            .read(path)
+            .map_err(|e| format!("cannot read the file: {e}"))
+            .and_then(|b| String::from_utf8(b).map_err(|_| "the file is not valid UTF-8".into()))
+            .and_then(|text| {
+                let found = edit::find(path.as_str(), &text, &images).map_err(|e| e.to_string())?;
+                Ok((text, found))
+            });
+        let (text, found) = match read {
+            Ok(r) => r,
+            Err(message) => {
                 // One unreadable file stops its policies, not the whole run.
                 for d in ds {
                     out.problems.push(Problem {
                         file: path.as_str().into(),
                         line: None,
                         policy: Some(d.policy.clone()),
-                        message: e.to_string(),
+                        message: message.clone(),
                     });
                 }
                 continue;

@@ -6,7 +6,7 @@
 //! distribution registry sends no ETag for it, so the cache is time based (`cache_ttl`).
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -70,6 +70,16 @@ impl Login {
 pub struct Logins(HashMap<String, Login>);
 
 impl Logins {
+    /// Where docker keeps its config: `$DOCKER_CONFIG/config.json`, else
+    /// `~/.docker/config.json`.
+    pub fn default_path() -> Option<PathBuf> {
+        let non_empty = |var: &str| std::env::var_os(var).filter(|v| !v.is_empty());
+        if let Some(dir) = non_empty("DOCKER_CONFIG") {
+            return Some(PathBuf::from(dir).join("config.json"));
+        }
+        non_empty("HOME").map(|h| PathBuf::from(h).join(".docker").join("config.json"))
+    }
+
     pub fn insert(&mut self, host: &str, login: Login) {
         self.0.insert(normalize_host(host), login);
     }

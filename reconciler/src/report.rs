@@ -232,6 +232,13 @@ pub(crate) fn plural(n: usize, one: &str, many: &str) -> String {
     format!("{n} {}", if n == 1 { one } else { many })
 }
 
+impl ClusterReport {
+    /// Counts over this cluster's placements and objects.
+    pub fn summary(&self) -> Summary {
+        Summary::of_cluster(self)
+    }
+}
+
 impl Report {
     /// Counts over every cluster, placement and object.
     pub fn summary(&self) -> Summary {

@@ -96,6 +96,25 @@ pub fn request(
     })?
 }
 
+/// A placement's rollout record and its own events (oldest first), in one read.
+pub fn history(
+    store: &Store,
+    placement: &str,
+) -> Result<Option<(Rollout, Vec<Event>)>, StateError> {
+    store.read(|tx| {
+        let Some(r) = tx.rollout::<Rollout>(placement)? else {
+            return Ok(None);
+        };
+        let events: Vec<(u64, Event)> = tx.events(0, usize::MAX)?;
+        let events = events
+            .into_iter()
+            .map(|(_, e)| e)
+            .filter(|e| e.rollout == r.id)
+            .collect();
+        Ok(Some((r, events)))
+    })
+}
+
 /// The phase a rollout is in after an event of this kind, when the event says so (progress
 /// views follow rollouts through their events).
 pub fn phase_after(kind: &str) -> Option<Phase> {

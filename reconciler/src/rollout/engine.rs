@@ -205,15 +205,28 @@ impl Engine<'_> {
             .map(|(c, (h, _))| (c.clone(), h.clone()))
             .collect();
         let revision = super::model::placement_revision(&hashes);
-        // The rendered manifests, stored before anything can refer to them.
-        self.store.write(|tx| {
-            for (hash, objects) in input.desired.values() {
-                if tx.manifests(hash)?.is_none() {
-                    tx.put_manifests(hash, &manifests_json(objects))?;
+        // The rendered manifests, stored before anything can refer to them. Usually they are
+        // there already (the daemon runs the engine on every poll): a read finds out, and only
+        // what is missing is written.
+        let missing: Vec<&String> = self.store.read(|tx| {
+            let mut missing = Vec::new();
+            for (hash, _) in input.desired.values() {
+                if tx.manifests(hash)?.is_none() && !missing.contains(&hash) {
+                    missing.push(hash);
                 }
             }
-            Ok(())
+            Ok(missing)
         })?;
+        if !missing.is_empty() {
+            self.store.write(|tx| {
+                for (hash, objects) in input.desired.values() {
+                    if missing.contains(&hash) && tx.manifests(hash)?.is_none() {
+                        tx.put_manifests(hash, &manifests_json(objects))?;
+                    }
+                }
+                Ok(())
+            })?;
+        }
         // What the store knows of this placement, in one snapshot.
         let name = &input.placement.name;
         let (existing, failed, current) = self.store.read(|tx| {
