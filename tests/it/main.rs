@@ -4,6 +4,7 @@
 //! expected outputs after a deliberate change (then review the diff).
 
 mod git_support;
+mod kube_support;
 mod prometheus_support;
 mod registry_support;
 mod support;
