@@ -6,7 +6,7 @@
 //! `../shared/kube` beside the workspace. When neither exists the tests **fail** with a message
 //! saying so; they never skip (CI always runs them, `.ci/run` checks the launcher is there).
 //!
-//! The binaries are unpacked once per test binary into `target/kube-bin` and hard-linked into
+//! The binaries are unpacked once into `target/kube-v*-linux-amd64-SIZE/` and hard-linked into
 //! each control plane's folder (a hard link keeps `/proc/PID/exe` pointing into that folder,
 //! which is how `stop.sh` recognises its processes).
 
@@ -36,7 +36,7 @@ pub fn launcher() -> PathBuf {
     dir
 }
 
-/// The unpacked binaries (etcd, kube-apiserver, kube-controller-manager), once per process.
+/// The unpacked binaries (etcd, kube-apiserver, kube-controller-manager).
 fn binaries() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
@@ -53,15 +53,28 @@ fn binaries() -> &'static Path {
         let target = std::env::var_os("CARGO_TARGET_DIR")
             .map(PathBuf::from)
             .unwrap_or_else(|| workspace().join("target"));
-        // One folder per process: concurrent test binaries never see a half-unpacked file.
-        let bin = target.join(format!("kube-bin-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&bin);
-        std::fs::create_dir_all(&bin).expect("create the kube-bin dir");
+        // One folder per tarball (name and size), shared by every test process: unpacked into
+        // a private folder first and renamed into place, so no process sees a partial one.
+        let size = std::fs::metadata(&tarball).map(|m| m.len()).unwrap_or(0);
+        let stem = tarball
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("kube")
+            .trim_end_matches(".tar.xz");
+        let bin = target.join(format!("{stem}-{size}"));
+        if bin.join("kube-controller-manager").is_file() {
+            return bin;
+        }
+        std::fs::create_dir_all(&target).expect("create the target dir");
+        let partial = tempfile::Builder::new()
+            .prefix("kube-bin-")
+            .tempdir_in(&target)
+            .expect("a temp dir in target");
         let o = Command::new("tar")
             .arg("-xJf")
             .arg(&tarball)
             .arg("-C")
-            .arg(&bin)
+            .arg(partial.path())
             .output()
             .expect("tar runs");
         assert!(
@@ -70,6 +83,11 @@ fn binaries() -> &'static Path {
             tarball.display(),
             stderr(&o)
         );
+        // Another process may have won the race: then its folder is used and ours dropped.
+        let kept = partial.keep();
+        if std::fs::rename(&kept, &bin).is_err() {
+            let _ = std::fs::remove_dir_all(&kept);
+        }
         bin
     })
 }
