@@ -682,7 +682,7 @@ impl Cluster {
             &Self::manager(q, user_agent),
             &def.api_version(),
             &now_rfc3339(),
-            false,
+            "",
         );
         Ok(self.commit(&mut st, def, ns, &name, None, obj, dry))
     }
@@ -730,7 +730,7 @@ impl Cluster {
             &Self::manager(q, user_agent),
             &def.api_version(),
             &now_rfc3339(),
-            status_scope,
+            if status_scope { "status" } else { "" },
         );
         Ok(self.commit(&mut st, def, ns, name, Some(&old), new, dry))
     }
@@ -821,7 +821,7 @@ impl Cluster {
                         .filter(|c| !allowed.contains(&c.path))
                         .collect();
                     if !remaining.is_empty() {
-                        return Err(apply_conflict(def, name, &remaining));
+                        return Err(apply_conflict(&remaining));
                     }
                     fields::apply(
                         old.as_ref(),
@@ -832,7 +832,7 @@ impl Cluster {
                         true,
                         status_scope,
                     )
-                    .map_err(|c| apply_conflict(def, name, &c))?
+                    .map_err(|c| apply_conflict(&c))?
                     .object
                 }
             };
@@ -891,7 +891,7 @@ impl Cluster {
             &Self::manager(q, user_agent),
             &def.api_version(),
             &now,
-            status_scope,
+            if status_scope { "status" } else { "" },
         );
         Ok((
             200,
@@ -984,7 +984,7 @@ impl Cluster {
             &Self::manager(q, user_agent),
             &def.api_version(),
             &now_rfc3339(),
-            false,
+            "scale",
         );
         let stored = self.commit(&mut st, def, ns, name, Some(&old), new, dry);
         Ok(scale_of(&stored))
@@ -999,6 +999,33 @@ impl Cluster {
         body: &[u8],
         q: &Query,
     ) -> Result<Value, ApiError> {
+        let (obj, gone) = self.delete_object(def, ns, name, body, q)?;
+        // As the API server answers: an object that is gone at once comes back as a `Status`
+        // naming it; one that waits for finalizers (namespaces always have one there) comes
+        // back itself, marked for deletion.
+        if !gone || (def.group.is_empty() && def.plural == "namespaces") {
+            return Ok(obj);
+        }
+        let mut details = json!({"name": name, "group": def.group, "kind": def.plural,
+            "uid": obj["metadata"]["uid"]});
+        if def.group.is_empty()
+            && let Some(m) = details.as_object_mut()
+        {
+            m.remove("group");
+        }
+        Ok(json!({"kind": "Status", "apiVersion": "v1", "metadata": {},
+            "status": "Success", "details": details}))
+    }
+
+    /// DELETE of one object: the object as deleted (or marked) and whether it is gone.
+    fn delete_object(
+        &self,
+        def: &ResourceDef,
+        ns: &str,
+        name: &str,
+        body: &[u8],
+        q: &Query,
+    ) -> Result<(Value, bool), ApiError> {
         let mut dry = dry_run(q)?;
         let opts = if body.iter().all(u8::is_ascii_whitespace) {
             Value::Null
@@ -1042,7 +1069,7 @@ impl Cluster {
             .is_some_and(|a| !a.is_empty());
         if has_finalizers {
             if !old["metadata"]["deletionTimestamp"].is_null() {
-                return Ok(old);
+                return Ok((old, false));
             }
             let mut new = old.clone();
             new["metadata"]["deletionTimestamp"] = json!(now_rfc3339());
@@ -1050,7 +1077,10 @@ impl Cluster {
             // commit keeps the old deletionTimestamp: set it through a copy of old.
             let mut marked = old.clone();
             marked["metadata"]["deletionTimestamp"] = new["metadata"]["deletionTimestamp"].clone();
-            return Ok(self.commit(&mut st, def, ns, name, Some(&marked), new, dry));
+            return Ok((
+                self.commit(&mut st, def, ns, name, Some(&marked), new, dry),
+                false,
+            ));
         }
         let uid = old["metadata"]["uid"].as_str().unwrap_or("").to_string();
         let out = self.commit(&mut st, def, ns, name, Some(&old), Value::Null, dry);
@@ -1062,7 +1092,7 @@ impl Cluster {
                 self.delete_dependents(&mut st, &uid);
             }
         }
-        Ok(out)
+        Ok((out, true))
     }
 
     /// DELETE on a collection: every object the selectors match, as a list of what was
@@ -1082,8 +1112,8 @@ impl Cluster {
         for item in listed["items"].as_array().map(Vec::as_slice).unwrap_or(&[]) {
             let ins = item["metadata"]["namespace"].as_str().unwrap_or("");
             let name = item["metadata"]["name"].as_str().unwrap_or("");
-            match self.delete(def, ins, name, body, q) {
-                Ok(v) => deleted.push(v),
+            match self.delete_object(def, ins, name, body, q) {
+                Ok((v, _)) => deleted.push(v),
                 Err(e) if e.code == 404 || e.code == 403 => {}
                 Err(e) => return Err(e),
             }
@@ -1226,7 +1256,7 @@ impl Cluster {
             "kube-controller-manager",
             &def.api_version(),
             &now_rfc3339(),
-            true,
+            "status",
         );
         self.commit(st, &def, ns, name, Some(&old), new, false);
     }
@@ -1328,39 +1358,41 @@ fn scoped(def: &ResourceDef, old: &Value, mut new: Value, status_scope: bool) ->
     new
 }
 
-fn apply_conflict(def: &ResourceDef, name: &str, conflicts: &[fields::Conflict]) -> ApiError {
+fn apply_conflict(conflicts: &[fields::Conflict]) -> ApiError {
+    // The API server's wording (structured-merge-diff's, owners printed by the apiserver):
+    // one conflict on one line; several grouped by owner, owners in order, one field a line.
     let n = conflicts.len();
-    let api_version = def.api_version();
     let message = if n == 1 {
         format!(
-            "Apply failed with 1 conflict: conflict with \"{}\" using {api_version}: {}",
-            conflicts[0].manager,
+            "Apply failed with 1 conflict: conflict with {}: {}",
+            conflicts[0].owner(),
             fields::display(&conflicts[0].path)
         )
     } else {
-        let list: Vec<String> = conflicts
+        let mut owners: Vec<(String, String)> = conflicts
             .iter()
-            .map(|c| {
-                format!(
-                    "- conflict with \"{}\" using {api_version}: {}",
-                    c.manager,
-                    fields::display(&c.path)
-                )
-            })
+            .map(|c| (c.manager.clone(), c.owner()))
             .collect();
-        format!("Apply failed with {n} conflicts:\n{}", list.join("\n"))
+        owners.sort();
+        owners.dedup();
+        let mut lines = Vec::new();
+        for (_, owner) in &owners {
+            lines.push(format!("conflicts with {owner}:"));
+            for c in conflicts.iter().filter(|c| &c.owner() == owner) {
+                lines.push(format!("- {}", fields::display(&c.path)));
+            }
+        }
+        format!("Apply failed with {n} conflicts: {}", lines.join("\n"))
     };
     let causes: Vec<Value> = conflicts
         .iter()
         .map(|c| {
             json!({"reason": "FieldManagerConflict",
-                "message": format!("conflict with \"{}\" using {api_version}", c.manager),
+                "message": format!("conflict with {}", c.owner()),
                 "field": fields::display(&c.path)})
         })
         .collect();
-    ApiError::new(409, "Conflict", message).with_details(
-        json!({"name": name, "group": def.group, "kind": def.plural, "causes": causes}),
-    )
+    ApiError::new(409, "Conflict", message).with_details(json!({"causes": causes}))
 }
 
 /// The API server's defaults that clients depend on (kubectl rollout status needs the update
@@ -1685,6 +1717,97 @@ mod tests {
         assert_eq!(
             c.get(&d, "default", "x").expect("get")["spec"]["replicas"],
             2
+        );
+    }
+
+    /// Parity with kube-apiserver 1.36 (tests/it/real_kube.rs): a DELETE of an object that is
+    /// gone at once answers a `Status` naming it; error details leave the core group out.
+    #[test]
+    fn delete_answers_a_status_and_errors_omit_the_core_group() {
+        let c = Cluster::new("t", 1, 0, 100);
+        let d = cm_def();
+        let q = Query::new();
+        let created = c
+            .create(&d, "default", br#"{"metadata":{"name":"a"}}"#, &q, "t")
+            .expect("create");
+        let del = c.delete(&d, "default", "a", b"", &q).expect("delete");
+        assert_eq!(
+            del,
+            json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
+                "details": {"name": "a", "kind": "configmaps", "uid": created["metadata"]["uid"]}})
+        );
+        assert!(c.get(&d, "default", "a").is_err());
+        let missing = c.delete(&d, "default", "a", b"", &q).expect_err("gone");
+        assert_eq!(
+            missing.status()["details"],
+            json!({"name": "a", "kind": "configmaps"})
+        );
+    }
+
+    /// Parity with kube-apiserver 1.36: a `kubectl scale` (an update through the `scale`
+    /// subresource) owns `.spec.replicas`, so an apply of another value conflicts, and the
+    /// message names owners as the API server does.
+    #[test]
+    fn scale_owner_conflicts_with_apply_worded_like_the_api_server() {
+        let c = Cluster::new("t", 1, 0, 100);
+        let d = discovery::builtin()
+            .into_iter()
+            .find(|d| d.plural == "deployments")
+            .expect("deployments");
+        let mut q = Query::new();
+        q.insert("fieldManager".into(), "flotilla".into());
+        let apply = "application/apply-patch+yaml";
+        let body = b"apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: x, labels: {a: b}}\nspec: {replicas: 2}\n";
+        c.patch(&d, "default", "x", None, apply, body, &q, "t")
+            .expect("apply");
+        c.scale(
+            &d,
+            "default",
+            "x",
+            &hyper::Method::PATCH,
+            "application/merge-patch+json",
+            br#"{"spec":{"replicas":4}}"#,
+            &Query::new(),
+            "kubectl/v1.36",
+        )
+        .expect("scale");
+        let err = c
+            .patch(&d, "default", "x", None, apply, body, &q, "t")
+            .expect_err("conflict");
+        assert_eq!(err.code, 409);
+        assert_eq!(
+            err.message,
+            "Apply failed with 1 conflict: conflict with \"kubectl\" with subresource \"scale\" using apps/v1: .spec.replicas"
+        );
+        assert_eq!(
+            err.details,
+            Some(json!({"causes": [{"reason": "FieldManagerConflict",
+                "message": "conflict with \"kubectl\" with subresource \"scale\" using apps/v1",
+                "field": ".spec.replicas"}]}))
+        );
+        // Another applier: conflicts with appliers name them alone, several grouped by owner.
+        let mut other = Query::new();
+        other.insert("fieldManager".into(), "other".into());
+        let body2 = b"apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: x, labels: {a: c}}\nspec: {replicas: 3}\n";
+        let err = c
+            .patch(&d, "default", "x", None, apply, body2, &other, "t")
+            .expect_err("conflicts");
+        assert_eq!(
+            err.message,
+            "Apply failed with 2 conflicts: conflicts with \"flotilla\":\n- .metadata.labels.a\nconflicts with \"kubectl\" with subresource \"scale\" using apps/v1:\n- .spec.replicas"
+        );
+        // Forced, the field moves: the scale owner no longer holds it.
+        let mut force = q.clone();
+        force.insert("force".into(), "true".into());
+        let (_, obj) = c
+            .patch(&d, "default", "x", None, apply, body, &force, "t")
+            .expect("forced apply");
+        assert_eq!(obj["spec"]["replicas"], 2);
+        assert!(
+            fields::read_managed(&obj)
+                .iter()
+                .all(|m| m.subresource != "scale"),
+            "{obj}"
         );
     }
 

@@ -829,3 +829,141 @@ fn dechunk(mut text: &str) -> String {
     }
     out
 }
+
+/// One HTTP request with curl: (status code, JSON body).
+fn curl(
+    server: &str,
+    token: Option<&str>,
+    method: &str,
+    path: &str,
+    body: Option<(&str, &str)>,
+) -> (u16, Value) {
+    let mut c = Command::new("curl");
+    c.args(["-sS", "-k", "-X", method, "-w", "\n%{http_code}"]);
+    if let Some(t) = token {
+        c.args(["-H", &format!("Authorization: Bearer {t}")]);
+    }
+    if let Some((content_type, data)) = body {
+        c.args([
+            "-H",
+            &format!("Content-Type: {content_type}"),
+            "--data-binary",
+            data,
+        ]);
+    }
+    let o = c
+        .arg(format!("{server}{path}"))
+        .output()
+        .expect("curl runs");
+    let text = stdout(&o);
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", ""));
+    let code = code
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("curl {method} {path}: {}", show(&o)));
+    (code, serde_json::from_str(body).unwrap_or(Value::Null))
+}
+
+/// The same requests to a real API server and to the sim get the same answers: error
+/// `Status` bodies (404, 409 AlreadyExists), a DELETE's `Status`, and server-side apply
+/// conflicts with a `kubectl scale` and a `kubectl label` (owners named the same way).
+#[test]
+fn real_kube_and_sim_answer_errors_deletes_and_conflicts_alike() {
+    let kube = RealKube::start(KubeOptions::default());
+    let entry = kube.kubeconfig_as("real");
+    let sims = crate::support::SimKube::start(flotilla_sim::SimConfig::default());
+    let sim_server = format!("http://{}/clusters/sim-1", sims.sim.addr());
+    let ask = |method: &str, path: &str, body: Option<(&str, &str)>| {
+        let real = curl(&entry.server, Some(&entry.token), method, path, body);
+        let sim = curl(&sim_server, None, method, path, body);
+        (real, sim)
+    };
+    // The uid differs by nature; everything else must not.
+    let without_uid = |mut v: Value| {
+        if let Some(d) = v.pointer_mut("/details").and_then(Value::as_object_mut) {
+            d.remove("uid");
+        }
+        v
+    };
+    let cm = r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"a"},"data":{"x":"1"}}"#;
+    let cms = "/api/v1/namespaces/default/configmaps";
+    let json = Some(("application/json", cm));
+
+    let (real, sim) = ask("GET", &format!("{cms}/a"), None);
+    assert_eq!(real, sim, "404 on a missing object");
+    assert_eq!(real.0, 404);
+    let (real, sim) = ask("POST", cms, json);
+    assert_eq!((real.0, sim.0), (201, 201));
+    let (real, sim) = ask("POST", cms, json);
+    assert_eq!(real, sim, "409 AlreadyExists");
+    let (real, sim) = ask("DELETE", &format!("{cms}/a"), None);
+    assert_eq!(real.0, sim.0);
+    assert!(real.1["details"]["uid"].is_string(), "{}", real.1);
+    assert_eq!(
+        without_uid(real.1),
+        without_uid(sim.1),
+        "DELETE answers a Status"
+    );
+    let (real, sim) = ask("DELETE", &format!("{cms}/a"), None);
+    assert_eq!(real, sim, "404 on a second DELETE");
+
+    // Server-side apply against owners through the scale subresource and by update.
+    let deploy = "/apis/apps/v1/namespaces/default/deployments/web";
+    let apply = |labels: &str, replicas: u32| {
+        format!(
+            r#"{{"apiVersion":"apps/v1","kind":"Deployment","metadata":{{"name":"web","labels":{{{labels}}}}},"spec":{{"replicas":{replicas},"selector":{{"matchLabels":{{"app":"web"}}}},"template":{{"metadata":{{"labels":{{"app":"web"}}}},"spec":{{"containers":[{{"name":"web","image":"nginx:1.27"}}]}}}}}}}}"#
+        )
+    };
+    let ssa = "application/apply-patch+yaml";
+    let first = apply(r#""tier":"web""#, 2);
+    let (real, sim) = ask(
+        "PATCH",
+        &format!("{deploy}?fieldManager=flotilla"),
+        Some((ssa, &first)),
+    );
+    assert_eq!((real.0, sim.0), (201, 201), "{} {}", real.1, sim.1);
+    for args in [
+        vec!["scale", "deploy/web", "-n", "default", "--replicas=4"],
+        vec![
+            "label",
+            "--overwrite",
+            "deploy/web",
+            "-n",
+            "default",
+            "tier=edited",
+        ],
+    ] {
+        kube.ok(&args);
+        sims.ok(&args);
+    }
+    let (real, sim) = ask(
+        "PATCH",
+        &format!("{deploy}?fieldManager=flotilla"),
+        Some((ssa, &first)),
+    );
+    assert_eq!(real.0, 409, "{}", real.1);
+    let causes = |v: &Value| {
+        let mut c: Vec<String> = v["details"]["causes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(Value::to_string)
+            .collect();
+        c.sort();
+        c
+    };
+    assert_eq!(sim.0, 409, "{}", sim.1);
+    assert_eq!(real.1["message"], sim.1["message"]);
+    assert_eq!(causes(&real.1), causes(&sim.1));
+    assert_eq!(real.1["reason"], sim.1["reason"]);
+    // One conflict only (the label agrees): the one-line form.
+    let second = apply(r#""tier":"edited""#, 2);
+    let (real, sim) = ask(
+        "PATCH",
+        &format!("{deploy}?fieldManager=flotilla"),
+        Some((ssa, &second)),
+    );
+    assert_eq!(real.0, 409, "{}", real.1);
+    assert_eq!(real.1["message"], sim.1["message"]);
+    assert_eq!(causes(&real.1), causes(&sim.1));
+}
