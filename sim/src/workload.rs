@@ -87,10 +87,14 @@ impl Simulation {
                     .unwrap_or(600),
             );
             let expired = held && now.duration_since(since) >= deadline;
-            let status = status_for(p, &obj, held, crashed, expired, nodes);
+            let mut status = status_for(p, &obj, held, crashed, expired, nodes);
             match p.as_str() {
                 "deployments" => {
-                    crate::pods::sync_deployment(cluster, &mut st, &obj, held, crashed);
+                    if let Some(stuck) =
+                        crate::pods::sync_deployment(cluster, &mut st, &obj, held, crashed)
+                    {
+                        stuck_status(&mut status, &stuck, expired);
+                    }
                 }
                 "replicasets" => {
                     crate::pods::sync_replicaset(cluster, &mut st, &obj, held, crashed);
@@ -103,6 +107,49 @@ impl Simulation {
             cluster.set_status(&mut st, &key, status);
         }
     }
+}
+
+/// The status of a Deployment whose rollout is stuck with old Pods kept (see
+/// [`crate::pods::Stuck`]), worded as the Deployment controller words it.
+fn stuck_status(status: &mut Value, stuck: &crate::pods::Stuck, expired: bool) {
+    let total = stuck.old + stuck.new;
+    status["replicas"] = json!(total);
+    status["updatedReplicas"] = json!(stuck.new);
+    status["readyReplicas"] = json!(stuck.old);
+    status["availableReplicas"] = json!(stuck.old);
+    status["unavailableReplicas"] = json!(stuck.new);
+    let rs = &stuck.rs_name;
+    let available = if stuck.available {
+        condition(
+            "Available",
+            "True",
+            "MinimumReplicasAvailable",
+            "Deployment has minimum availability.",
+        )
+    } else {
+        condition(
+            "Available",
+            "False",
+            "MinimumReplicasUnavailable",
+            "Deployment does not have minimum availability.",
+        )
+    };
+    let progressing = if expired {
+        condition(
+            "Progressing",
+            "False",
+            "ProgressDeadlineExceeded",
+            &format!("ReplicaSet \"{rs}\" has timed out progressing."),
+        )
+    } else {
+        condition(
+            "Progressing",
+            "True",
+            "ReplicaSetUpdated",
+            &format!("ReplicaSet \"{rs}\" is progressing."),
+        )
+    };
+    status["conditions"] = json!([available, progressing]);
 }
 
 /// The status a controller would report.
