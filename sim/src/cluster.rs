@@ -1303,28 +1303,36 @@ fn check_kind(def: &ResourceDef, obj: &Value) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// Object name rules and messages as kube-apiserver 1.36 words them: namespaces are RFC 1123
+/// labels (63 characters, no dots), other objects RFC 1123 subdomains (253 characters).
 fn validate_name(def: &ResourceDef, name: &str) -> Result<(), ApiError> {
-    let ok = !name.is_empty()
-        && name.len() <= 253
-        && name.chars().all(|c| {
-            c.is_ascii_lowercase()
-                || c.is_ascii_digit()
-                || c == '-'
-                || c == '.'
-                || (c == ':' && def.group.starts_with("rbac"))
-        })
-        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+    let label = def.group.is_empty() && def.plural == "namespaces";
+    let max = if label { 63 } else { 253 };
+    let chars_ok = name.chars().all(|c| {
+        c.is_ascii_lowercase()
+            || c.is_ascii_digit()
+            || c == '-'
+            || (c == '.' && !label)
+            || (c == ':' && def.group.starts_with("rbac"))
+    }) && name.starts_with(|c: char| c.is_ascii_alphanumeric())
         && name.ends_with(|c: char| c.is_ascii_alphanumeric());
-    if ok {
-        Ok(())
+    let problem = if name.len() > max {
+        format!("must be no more than {max} characters")
+    } else if label && name.contains('.') {
+        "must not contain dots".to_string()
+    } else if chars_ok {
+        return Ok(());
+    } else if label {
+        "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')".to_string()
     } else {
-        Err(ApiError::invalid(
-            def,
-            name,
-            "metadata.name",
-            "Invalid value: a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character",
-        ))
-    }
+        "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')".to_string()
+    };
+    Err(ApiError::invalid(
+        def,
+        name,
+        "metadata.name",
+        &format!("Invalid value: {}: {problem}", json!(name)),
+    ))
 }
 
 /// Main-resource writes keep the old status; status writes change only the status.
@@ -1809,6 +1817,65 @@ mod tests {
                 .all(|m| m.subresource != "scale"),
             "{obj}"
         );
+    }
+
+    /// Parity with kube-apiserver 1.36: namespace names are RFC 1123 labels (no dots, 63
+    /// characters), other names subdomains; the 422 quotes the name as the server does.
+    #[test]
+    fn names_are_validated_and_worded_like_the_api_server() {
+        let c = Cluster::new("t", 1, 0, 100);
+        let ns = discovery::builtin()
+            .into_iter()
+            .find(|d| d.plural == "namespaces")
+            .expect("namespaces");
+        let q = Query::new();
+        let err = c
+            .create(&ns, "", br#"{"metadata":{"name":"a.b"}}"#, &q, "t")
+            .expect_err("dots");
+        assert_eq!(err.code, 422);
+        assert_eq!(
+            err.message,
+            "Namespace \"a.b\" is invalid: metadata.name: Invalid value: \"a.b\": must not contain dots"
+        );
+        let long = "a".repeat(64);
+        let err = c
+            .create(
+                &ns,
+                "",
+                format!(r#"{{"metadata":{{"name":"{long}"}}}}"#).as_bytes(),
+                &q,
+                "t",
+            )
+            .expect_err("long");
+        assert!(
+            err.message
+                .ends_with(": must be no more than 63 characters"),
+            "{}",
+            err.message
+        );
+        let err = c
+            .create(
+                &cm_def(),
+                "default",
+                br#"{"metadata":{"name":"A_b"}}"#,
+                &q,
+                "t",
+            )
+            .expect_err("subdomain");
+        assert!(
+            err.message.starts_with("ConfigMap \"A_b\" is invalid: metadata.name: Invalid value: \"A_b\": a lowercase RFC 1123 subdomain")
+                && err.message.ends_with("regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')"),
+            "{}",
+            err.message
+        );
+        c.create(
+            &cm_def(),
+            "default",
+            br#"{"metadata":{"name":"a.b"}}"#,
+            &q,
+            "t",
+        )
+        .expect("dots are fine in other names");
     }
 
     #[test]

@@ -907,6 +907,26 @@ fn real_kube_and_sim_answer_errors_deletes_and_conflicts_alike() {
     let (real, sim) = ask("DELETE", &format!("{cms}/a"), None);
     assert_eq!(real, sim, "404 on a second DELETE");
 
+    // Invalid names: namespaces are labels (no dots), other names subdomains.
+    for (path, body) in [
+        (
+            cms,
+            r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"A_b"}}"#,
+        ),
+        (
+            "/api/v1/namespaces",
+            r#"{"apiVersion":"v1","kind":"Namespace","metadata":{"name":"a.b"}}"#,
+        ),
+        (
+            "/api/v1/namespaces",
+            r#"{"apiVersion":"v1","kind":"Namespace","metadata":{"name":"A_b"}}"#,
+        ),
+    ] {
+        let (real, sim) = ask("POST", path, Some(("application/json", body)));
+        assert_eq!(real.0, 422, "{}", real.1);
+        assert_eq!(real, sim, "422 for {body}");
+    }
+
     // Server-side apply against owners through the scale subresource and by update.
     let deploy = "/apis/apps/v1/namespaces/default/deployments/web";
     let apply = |labels: &str, replicas: u32| {
