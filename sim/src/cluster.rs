@@ -113,6 +113,9 @@ pub struct State {
     history: VecDeque<Arc<Event>>,
     /// Workloads whose spec changed, with when: the workload simulation picks them up.
     pub pending: HashMap<(ResKey, ObjName), Instant>,
+    /// CRDs created and not yet Established: the next tick establishes them (the real
+    /// apiextensions controller takes a moment too; clients must wait for the condition).
+    pub crds_pending: std::collections::BTreeSet<String>,
 }
 
 /// One simulated cluster.
@@ -227,6 +230,7 @@ impl Cluster {
                 objects: HashMap::new(),
                 history: VecDeque::new(),
                 pending: HashMap::new(),
+                crds_pending: std::collections::BTreeSet::new(),
             }),
             events,
             faults: Mutex::new(crate::faults::FaultState::default()),
@@ -418,8 +422,19 @@ impl Cluster {
         if def.plural == "namespaces" && new["status"]["phase"].is_null() {
             new["status"] = json!({"phase": "Active"});
         }
+        // A new CRD is not Established at once: its status says so until the next tick, and
+        // its resources are not served before (as on a real API server).
+        let crd_served = def.plural == "customresourcedefinitions"
+            && (crd_established(&new) || old.is_some_and(crd_established));
         if def.plural == "customresourcedefinitions" {
-            establish_crd(&mut new);
+            if crd_served {
+                establish_crd(&mut new);
+            } else {
+                crd_not_yet_established(&mut new);
+                if !dry {
+                    st.crds_pending.insert(name.to_string());
+                }
+            }
         }
         // A deleting object whose last finalizer is gone is deleted now.
         let finalizers_empty = new["metadata"]["finalizers"]
@@ -453,7 +468,9 @@ impl Cluster {
                 !(d.group == new["spec"]["group"].as_str().unwrap_or("")
                     && d.plural == new["spec"]["names"]["plural"].as_str().unwrap_or(""))
             });
-            st.defs.extend(discovery::from_crd(&new));
+            if crd_served {
+                st.defs.extend(discovery::from_crd(&new));
+            }
         }
         if (def.group == "apps" || def.group == "batch")
             && WORKLOADS.contains(&def.plural.as_str())
@@ -1262,6 +1279,37 @@ impl Cluster {
     }
 }
 
+impl Cluster {
+    /// Establishes the CRDs created since the last tick and starts serving their resources.
+    pub(crate) fn establish_pending_crds(&self, st: &mut State) {
+        if st.crds_pending.is_empty() {
+            return;
+        }
+        let Some(def) = st
+            .def("apiextensions.k8s.io", "v1", "customresourcedefinitions")
+            .cloned()
+        else {
+            return;
+        };
+        for name in std::mem::take(&mut st.crds_pending) {
+            let Some(old) = st.get(&def, "", &name) else {
+                continue;
+            };
+            let mut new = old.clone();
+            establish_crd(&mut new);
+            fields::record_update(
+                Some(&old),
+                &mut new,
+                "kube-apiserver",
+                &def.api_version(),
+                &now_rfc3339(),
+                "status",
+            );
+            self.commit(st, &def, "", &name, Some(&old), new, false);
+        }
+    }
+}
+
 impl State {
     pub fn def(&self, group: &str, version: &str, plural: &str) -> Option<&ResourceDef> {
         self.defs
@@ -1481,10 +1529,44 @@ fn scale_of(obj: &Value) -> Value {
     })
 }
 
+fn crd_established(crd: &Value) -> bool {
+    crd["status"]["conditions"].as_array().is_some_and(|cs| {
+        cs.iter()
+            .any(|c| c["type"] == "Established" && c["status"] == "True")
+    })
+}
+
+/// The status of a CRD the apiextensions controller has not looked at yet (as kube-apiserver
+/// answers the create).
+fn crd_not_yet_established(crd: &mut Value) {
+    crd["status"] = json!({
+        "conditions": null,
+        "acceptedNames": {"plural": "", "kind": ""},
+        "storedVersions": stored_versions(crd),
+    });
+}
+
+fn stored_versions(crd: &Value) -> Vec<Value> {
+    crd["spec"]["versions"]
+        .as_array()
+        .map(|vs| {
+            vs.iter()
+                .filter(|v| v["storage"] == true)
+                .map(|v| v["name"].clone())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// Marks a CRD Established and NamesAccepted, as the real apiextensions controller does.
 fn establish_crd(crd: &mut Value) {
     let now = now_rfc3339();
-    let names = crd["spec"]["names"].clone();
+    let mut names = crd["spec"]["names"].clone();
+    if names["listKind"].is_null()
+        && let Some(kind) = names["kind"].as_str()
+    {
+        names["listKind"] = json!(format!("{kind}List"));
+    }
     crd["status"] = json!({
         "acceptedNames": names,
         "storedVersions": crd["spec"]["versions"].as_array().map(|vs| vs.iter()
@@ -1876,6 +1958,60 @@ mod tests {
             "t",
         )
         .expect("dots are fine in other names");
+    }
+
+    /// Parity with kube-apiserver 1.36: a CRD is not Established in the create's answer and
+    /// its resources are not served until the controller (the next tick) establishes it.
+    #[test]
+    fn crds_are_established_after_the_create_not_in_it() {
+        let c = Cluster::new("t", 1, 0, 100);
+        let crd_def = discovery::builtin()
+            .into_iter()
+            .find(|d| d.plural == "customresourcedefinitions")
+            .expect("crds");
+        let q = Query::new();
+        let crd = br#"{"apiVersion":"apiextensions.k8s.io/v1","kind":"CustomResourceDefinition",
+            "metadata":{"name":"gizmos.ex.io"},"spec":{"group":"ex.io","scope":"Namespaced",
+            "names":{"plural":"gizmos","singular":"gizmo","kind":"Gizmo"},
+            "versions":[{"name":"v1","served":true,"storage":true}]}}"#;
+        let created = c.create(&crd_def, "", crd, &q, "t").expect("create");
+        assert_eq!(
+            created["status"],
+            json!({"conditions": null, "acceptedNames": {"plural": "", "kind": ""},
+                "storedVersions": ["v1"]})
+        );
+        assert!(
+            c.resource("ex.io", "v1", "gizmos").is_none(),
+            "not served yet"
+        );
+        let sim = crate::workload::Simulation {
+            ready_delay: std::time::Duration::ZERO,
+            unready_images: None,
+            crash_images: None,
+        };
+        sim.tick(&c);
+        let got = c.get(&crd_def, "", "gizmos.ex.io").expect("get");
+        assert!(crd_established(&got), "{got}");
+        assert_eq!(got["status"]["acceptedNames"]["listKind"], "GizmoList");
+        let gizmos = c.resource("ex.io", "v1", "gizmos").expect("served now");
+        c.create(&gizmos, "default", br#"{"metadata":{"name":"g"}}"#, &q, "t")
+            .expect("a custom resource");
+        // Later writes keep it established.
+        let mut apply_q = Query::new();
+        apply_q.insert("fieldManager".into(), "t".into());
+        let (_, updated) = c
+            .patch(
+                &crd_def,
+                "",
+                "gizmos.ex.io",
+                None,
+                "application/merge-patch+json",
+                br#"{"metadata":{"labels":{"a":"b"}}}"#,
+                &apply_q,
+                "t",
+            )
+            .expect("patch");
+        assert!(crd_established(&updated), "{updated}");
     }
 
     #[test]

@@ -55,6 +55,7 @@ impl Simulation {
         let now = Instant::now();
         let over = cluster.unready_images();
         let mut st = cluster.lock();
+        cluster.establish_pending_crds(&mut st);
         let due: Vec<_> = st
             .pending
             .iter()
