@@ -987,3 +987,142 @@ fn real_kube_and_sim_answer_errors_deletes_and_conflicts_alike() {
     assert_eq!(real.1["message"], sim.1["message"]);
     assert_eq!(causes(&real.1), causes(&sim.1));
 }
+
+/// flotilla's kube-rs client (cluster/) against a real API server: lists follow the server's
+/// opaque `continue` tokens page by page and fill in the `apiVersion`/`kind` that real list
+/// items lack; a missing object reads as `None`; a conflict, a rejection (422) and a delete
+/// of a missing object come back as the errors the reconciler expects.
+#[test]
+fn real_kube_client_pages_lists_and_maps_errors() {
+    use flotilla_cluster::{ClientSettings, Connector};
+    use flotilla_reconciler::cluster::{ApplyOptions, Cluster, ClusterError, Gvk, ObjectRef};
+
+    let kube = RealKube::start(KubeOptions::default());
+    kube.ok(&["create", "namespace", "shop"]);
+    for (name, ns) in [
+        ("a", "default"),
+        ("b", "default"),
+        ("c", "shop"),
+        ("d", "shop"),
+    ] {
+        let f = kube.dir.path().join(format!("{name}.yaml"));
+        std::fs::write(
+            &f,
+            format!("apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: {name}, namespace: {ns}, labels: {{app: shop}}}}\ndata: {{color: blue}}\n"),
+        )
+        .expect("write");
+        kube.ok(&["apply", "-f", f.to_str().expect("UTF-8")]);
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    runtime.block_on(async {
+        let connector = Connector::load(Some(&kube.kubeconfig)).expect("kubeconfig loads");
+        let settings = ClientSettings {
+            list_page_size: 2,
+            ..connector.settings().clone()
+        };
+        let c = connector
+            .with_settings(settings)
+            .connect("real-1", "kube", false)
+            .await
+            .expect("connects");
+        let before = kube.audit().len();
+        let cms = Gvk::new("", "v1", "ConfigMap");
+        let listed = c.list(&cms, "app=shop").await.expect("list");
+        let mut refs: Vec<String> = listed
+            .iter()
+            .map(|o| {
+                ObjectRef::of(o)
+                    .expect("apiVersion and kind filled in")
+                    .to_string()
+            })
+            .collect();
+        refs.sort();
+        assert_eq!(
+            refs,
+            [
+                "ConfigMap/default/a",
+                "ConfigMap/default/b",
+                "ConfigMap/shop/c",
+                "ConfigMap/shop/d"
+            ]
+        );
+        let pages: Vec<String> = kube.audit()[before..]
+            .iter()
+            .filter(|e| e["verb"] == "list" && e["user"]["username"] == "kube-admin")
+            .filter_map(|e| e["requestURI"].as_str().map(str::to_string))
+            .collect();
+        assert!(
+            pages.len() >= 2 && pages.iter().any(|u| u.contains("continue=")),
+            "pages of 2 followed with the server's continue token: {pages:?}"
+        );
+        let missing = ObjectRef {
+            gvk: cms.clone(),
+            namespace: Some("default".into()),
+            name: "nope".into(),
+        };
+        assert_eq!(c.get(&missing).await.expect("get"), None);
+
+        let bad = json_cm("Bad_Name", "default", "x");
+        match c.apply(&bad, ApplyOptions::default()).await {
+            Err(ClusterError::Rejected {
+                code,
+                reason,
+                message,
+                ..
+            }) => {
+                assert_eq!((code, reason.as_str()), (422, "Invalid"));
+                assert!(message.contains("Bad_Name"), "{message}");
+            }
+            other => panic!("expected a 422 rejection, got {other:?}"),
+        }
+        // kubectl owns data.color of a (client-side apply, an update): an apply of another
+        // value conflicts, and names the owner.
+        match c
+            .apply(&json_cm("a", "default", "red"), ApplyOptions::default())
+            .await
+        {
+            Err(ClusterError::Conflict { message, .. }) => {
+                assert!(
+                    message.contains("conflict with \"kubectl-client-side-apply\" using v1")
+                        && message.contains(".data.color"),
+                    "{message}"
+                );
+            }
+            other => panic!("expected a conflict, got {other:?}"),
+        }
+        let forced = c
+            .apply(
+                &json_cm("a", "default", "red"),
+                ApplyOptions {
+                    dry_run: false,
+                    force: true,
+                },
+            )
+            .await
+            .expect("forced apply");
+        assert_eq!(forced["data"]["color"], "red");
+        c.delete(&missing, false)
+            .await
+            .expect("deleting what is gone is not an error");
+        let a = ObjectRef {
+            gvk: cms.clone(),
+            namespace: Some("default".into()),
+            name: "a".into(),
+        };
+        c.delete(&a, false).await.expect("delete");
+        assert_eq!(c.get(&a).await.expect("get"), None);
+    });
+}
+
+fn json_cm(name: &str, ns: &str, color: &str) -> Value {
+    serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": name, "namespace": ns, "labels": {"app": "shop"}},
+        "data": {"color": color},
+    })
+}
