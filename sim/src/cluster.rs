@@ -608,9 +608,24 @@ impl Cluster {
             }
         }
         let mut meta = json!({"resourceVersion": st.rv.to_string()});
+        // How many matching objects the pages after this one hold (as the real server says
+        // when a list is cut by `limit`).
+        let remaining = match (&next, st.objects.get(&res_key(def)), last) {
+            (Some(_), Some(objs), Some((lns, lname))) => objs
+                .range((lns.clone(), lname.clone())..)
+                .skip(1)
+                .filter(|((ons, oname), text)| {
+                    ns.is_none_or(|n| n == ons)
+                        && fsel.matches_parts(oname, ons)
+                        && labels.matches(&text.labels)
+                })
+                .count(),
+            _ => 0,
+        };
         drop(st);
         if let Some(n) = next {
             meta["continue"] = json!(n);
+            meta["remainingItemCount"] = json!(remaining);
         }
         let mut out = String::with_capacity(items.iter().map(|t| t.len() + 1).sum::<usize>() + 128);
         out.push_str(&format!(
@@ -623,7 +638,8 @@ impl Cluster {
             if i > 0 {
                 out.push(',');
             }
-            out.push_str(t);
+            // A real API server's list items carry no apiVersion or kind (the list says it).
+            out.push_str(&without_type_meta(t));
         }
         out.push_str("]}");
         Ok(out)
@@ -1529,6 +1545,72 @@ fn scale_of(obj: &Value) -> Value {
     })
 }
 
+/// A stored object's JSON text without its top-level `apiVersion` and `kind` members (the
+/// text is scanned, not re-parsed: lists stay cheap at fleet scale).
+fn without_type_meta(text: &str) -> String {
+    let b = text.as_bytes();
+    let mut out = String::with_capacity(text.len());
+    let mut depth = 0usize;
+    let mut i = 0;
+    // Start of the current top-level member (after `{` or `,`), and whether one was kept.
+    let mut member_start = 0;
+    let mut kept_any = false;
+    let mut in_string = false;
+    while i < b.len() {
+        let ch = b[i];
+        if in_string {
+            if ch == b'\\' {
+                i += 2;
+                continue;
+            }
+            if ch == b'"' {
+                in_string = false;
+            }
+            i += 1;
+            continue;
+        }
+        match ch {
+            b'"' => in_string = true,
+            b'{' | b'[' => {
+                depth += 1;
+                if depth == 1 {
+                    out.push('{');
+                    member_start = i + 1;
+                }
+            }
+            b'}' | b']' => {
+                if depth == 1 {
+                    push_member(&mut out, &text[member_start..i], &mut kept_any);
+                    out.push('}');
+                }
+                depth = depth.saturating_sub(1);
+            }
+            b',' if depth == 1 => {
+                push_member(&mut out, &text[member_start..i], &mut kept_any);
+                member_start = i + 1;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    if depth != 0 || !out.starts_with('{') {
+        return text.to_string();
+    }
+    out
+}
+
+fn push_member(out: &mut String, member: &str, kept_any: &mut bool) {
+    let m = member.trim();
+    if m.is_empty() || m.starts_with("\"apiVersion\":") || m.starts_with("\"kind\":") {
+        return;
+    }
+    if *kept_any {
+        out.push(',');
+    }
+    out.push_str(member);
+    *kept_any = true;
+}
+
 fn crd_established(crd: &Value) -> bool {
     crd["status"]["conditions"].as_array().is_some_and(|cs| {
         cs.iter()
@@ -2012,6 +2094,48 @@ mod tests {
             )
             .expect("patch");
         assert!(crd_established(&updated), "{updated}");
+    }
+
+    /// Parity with kube-apiserver 1.36: list items carry no apiVersion/kind, and a list cut
+    /// by `limit` says how many items remain.
+    #[test]
+    fn list_items_have_no_type_meta_and_pages_count_the_rest() {
+        let c = Cluster::new("t", 1, 0, 100);
+        let d = cm_def();
+        let q = Query::new();
+        for n in ["a", "b", "c"] {
+            let body = format!(
+                r#"{{"kind":"ConfigMap","metadata":{{"name":"{n}","ownerReferences":[{{"apiVersion":"v1","kind":"X","name":"o","uid":"u"}}]}},"data":{{"kind":"k, \"q\" {{[","apiVersion":"v"}},"apiVersion":"v1"}}"#
+            );
+            c.create(&d, "default", body.as_bytes(), &q, "t")
+                .expect("create");
+        }
+        let mut page = Query::new();
+        page.insert("limit".into(), "2".into());
+        let list = c.list(&d, Some("default"), &page).expect("list");
+        assert_eq!(list["kind"], "ConfigMapList");
+        assert_eq!(list["metadata"]["remainingItemCount"], 1);
+        let items = list["items"].as_array().expect("items");
+        assert_eq!(items.len(), 2);
+        for item in items {
+            assert!(
+                item.get("kind").is_none() && item.get("apiVersion").is_none(),
+                "{item}"
+            );
+            assert_eq!(item["data"]["kind"], "k, \"q\" {[");
+            assert_eq!(item["data"]["apiVersion"], "v");
+            assert_eq!(item["metadata"]["ownerReferences"][0]["kind"], "X");
+        }
+        // get still answers the whole object.
+        assert_eq!(c.get(&d, "default", "a").expect("get")["kind"], "ConfigMap");
+        let mut rest = Query::new();
+        rest.insert(
+            "continue".into(),
+            list["metadata"]["continue"].as_str().unwrap_or("").into(),
+        );
+        let last = c.list(&d, Some("default"), &rest).expect("next page");
+        assert_eq!(last["items"].as_array().map(Vec::len), Some(1));
+        assert!(last["metadata"]["remainingItemCount"].is_null());
     }
 
     #[test]
