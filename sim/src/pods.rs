@@ -559,6 +559,18 @@ mod tests {
         assert_eq!(d["status"]["updatedReplicas"], 2, "{}", d["status"]);
         assert_eq!(d["status"]["availableReplicas"], 2);
         assert_eq!(c.objects("", "v1", "pods").len(), 2);
+        let current = c
+            .objects("apps", "v1", "replicasets")
+            .into_iter()
+            .find(|r| r["spec"]["replicas"] == 2)
+            .expect("current rs");
+        assert_eq!(
+            d["status"]["conditions"][1]["message"],
+            format!(
+                "ReplicaSet \"{}\" has successfully progressed.",
+                current["metadata"]["name"].as_str().unwrap_or("")
+            )
+        );
     }
 
     #[test]

@@ -167,26 +167,32 @@ pub(crate) fn status_for(
     let ready = if held { 0 } else { replicas };
     match plural {
         "deployments" => {
+            // The controller names the ReplicaSet of the current template.
+            let rs = format!(
+                "{}-{}",
+                obj["metadata"]["name"].as_str().unwrap_or(""),
+                crate::pods::template_hash(&obj["spec"]["template"])
+            );
             let progressing = if expired {
                 condition(
                     "Progressing",
                     "False",
                     "ProgressDeadlineExceeded",
-                    "ReplicaSet has timed out progressing (simulated: image held unready).",
+                    &format!("ReplicaSet \"{rs}\" has timed out progressing."),
                 )
             } else if held {
                 condition(
                     "Progressing",
                     "True",
                     "ReplicaSetUpdated",
-                    "ReplicaSet is progressing.",
+                    &format!("ReplicaSet \"{rs}\" is progressing."),
                 )
             } else {
                 condition(
                     "Progressing",
                     "True",
                     "NewReplicaSetAvailable",
-                    "ReplicaSet has successfully progressed.",
+                    &format!("ReplicaSet \"{rs}\" has successfully progressed."),
                 )
             };
             let available = if crashed {
