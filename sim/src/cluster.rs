@@ -105,6 +105,11 @@ pub type WatchStart = (Vec<Arc<Event>>, broadcast::Receiver<Arc<Event>>, u64);
 pub type Query = HashMap<String, String>;
 
 /// The mutable state of a cluster (behind one lock).
+/// How long a deleted namespace stays Terminating (a real cluster's namespace controller
+/// takes a few seconds; long enough that a client which re-creates content at once sees the
+/// 403 it would see there).
+pub const NAMESPACE_TERMINATION: std::time::Duration = std::time::Duration::from_secs(1);
+
 pub struct State {
     pub rv: u64,
     seq: u64,
@@ -116,6 +121,9 @@ pub struct State {
     /// CRDs created and not yet Established: the next tick establishes them (the real
     /// apiextensions controller takes a moment too; clients must wait for the condition).
     pub crds_pending: std::collections::BTreeSet<String>,
+    /// Namespaces being deleted (phase Terminating), with when: a tick removes them after
+    /// [`NAMESPACE_TERMINATION`].
+    pub ns_terminating: BTreeMap<String, Instant>,
 }
 
 /// One simulated cluster.
@@ -231,6 +239,7 @@ impl Cluster {
                 history: VecDeque::new(),
                 pending: HashMap::new(),
                 crds_pending: std::collections::BTreeSet::new(),
+                ns_terminating: BTreeMap::new(),
             }),
             events,
             faults: Mutex::new(crate::faults::FaultState::default()),
@@ -440,7 +449,13 @@ impl Cluster {
         let finalizers_empty = new["metadata"]["finalizers"]
             .as_array()
             .is_none_or(Vec::is_empty);
-        if !new["metadata"]["deletionTimestamp"].is_null() && finalizers_empty {
+        // A namespace is held by its `spec.finalizers` (the namespace controller's) as well.
+        let ns_held = def.group.is_empty()
+            && def.plural == "namespaces"
+            && new["spec"]["finalizers"]
+                .as_array()
+                .is_some_and(|a| !a.is_empty());
+        if !new["metadata"]["deletionTimestamp"].is_null() && finalizers_empty && !ns_held {
             return self.commit(st, def, ns, name, Some(&new), Value::Null, dry);
         }
         if dry {
@@ -524,20 +539,46 @@ impl Cluster {
         let _ = self.events.send(ev);
     }
 
-    fn check_namespace(st: &State, def: &ResourceDef, ns: &str) -> Result<(), ApiError> {
+    fn check_namespace(
+        st: &State,
+        def: &ResourceDef,
+        ns: &str,
+        name: &str,
+    ) -> Result<(), ApiError> {
         if !def.namespaced {
             return Ok(());
         }
         let key = ("".to_string(), "v1".to_string(), "namespaces".to_string());
-        let exists = st
+        let Some(text) = st
             .objects
             .get(&key)
-            .is_some_and(|m| m.contains_key(&(String::new(), ns.to_string())));
-        if exists {
-            Ok(())
-        } else {
-            Err(ApiError::namespace_not_found(ns))
+            .and_then(|m| m.get(&(String::new(), ns.to_string())))
+        else {
+            return Err(ApiError::namespace_not_found(ns));
+        };
+        if text.contains("\"deletionTimestamp\"")
+            && !load(text)["metadata"]["deletionTimestamp"].is_null()
+        {
+            let mut details = json!({"name": name, "group": def.group, "kind": def.plural,
+                "causes": [{"reason": "NamespaceTerminating",
+                    "message": format!("namespace {ns} is being terminated"),
+                    "field": "metadata.namespace"}]});
+            if def.group.is_empty()
+                && let Some(m) = details.as_object_mut()
+            {
+                m.remove("group");
+            }
+            return Err(ApiError::new(
+                403,
+                "Forbidden",
+                format!(
+                    "{} \"{name}\" is forbidden: unable to create new content in namespace {ns} because it is being terminated",
+                    def.qualified()
+                ),
+            )
+            .with_details(details));
         }
+        Ok(())
     }
 
     pub fn get(&self, def: &ResourceDef, ns: &str, name: &str) -> Result<Value, ApiError> {
@@ -699,7 +740,7 @@ impl Cluster {
                 "the namespace of the provided object does not match the namespace sent on the request",
             ));
         }
-        Self::check_namespace(&st, def, ns)?;
+        Self::check_namespace(&st, def, ns, &name)?;
         if st.get(def, ns, &name).is_some() {
             return Err(ApiError::already_exists(def, &name));
         }
@@ -821,7 +862,7 @@ impl Cluster {
                     return Err(ApiError::not_found(def, name));
                 }
                 validate_name(def, name)?;
-                Self::check_namespace(&st, def, ns)?;
+                Self::check_namespace(&st, def, ns, &name)?;
             }
             let mut applied = applied;
             if !status_scope
@@ -1115,12 +1156,28 @@ impl Cluster {
                 false,
             ));
         }
+        if def.group.is_empty() && def.plural == "namespaces" {
+            // As on a real cluster: the namespace turns Terminating, refuses new content,
+            // its contents go, and it is removed a moment later (the next tick).
+            if !old["metadata"]["deletionTimestamp"].is_null() {
+                return Ok((old, false));
+            }
+            let mut new = old.clone();
+            new["metadata"]["deletionTimestamp"] = json!(now_rfc3339());
+            new["spec"]["finalizers"] = json!(["kubernetes"]);
+            new["status"]["phase"] = json!("Terminating");
+            let mut marked = old.clone();
+            marked["metadata"]["deletionTimestamp"] = new["metadata"]["deletionTimestamp"].clone();
+            let out = self.commit(&mut st, def, ns, name, Some(&marked), new, dry);
+            if !dry {
+                self.delete_namespace_contents(&mut st, name);
+                st.ns_terminating.insert(name.to_string(), Instant::now());
+            }
+            return Ok((out, false));
+        }
         let uid = old["metadata"]["uid"].as_str().unwrap_or("").to_string();
         let out = self.commit(&mut st, def, ns, name, Some(&old), Value::Null, dry);
         if !dry {
-            if def.plural == "namespaces" && def.group.is_empty() {
-                self.delete_namespace_contents(&mut st, name);
-            }
             if propagation != "Orphan" {
                 self.delete_dependents(&mut st, &uid);
             }
@@ -1296,6 +1353,30 @@ impl Cluster {
 }
 
 impl Cluster {
+    /// Removes the namespaces that have been Terminating for [`NAMESPACE_TERMINATION`] (their
+    /// contents, and anything that slipped in, go first).
+    pub(crate) fn finish_terminating_namespaces(&self, st: &mut State) {
+        if st.ns_terminating.is_empty() {
+            return;
+        }
+        let Some(def) = st.def("", "v1", "namespaces").cloned() else {
+            return;
+        };
+        let due: Vec<String> = st
+            .ns_terminating
+            .iter()
+            .filter(|(_, since)| since.elapsed() >= NAMESPACE_TERMINATION)
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in due {
+            st.ns_terminating.remove(&name);
+            self.delete_namespace_contents(st, &name);
+            if let Some(old) = st.get(&def, "", &name) {
+                self.commit(st, &def, "", &name, Some(&old), Value::Null, false);
+            }
+        }
+    }
+
     /// Establishes the CRDs created since the last tick and starts serving their resources.
     pub(crate) fn establish_pending_crds(&self, st: &mut State) {
         if st.crds_pending.is_empty() {
@@ -2136,6 +2217,55 @@ mod tests {
         let last = c.list(&d, Some("default"), &rest).expect("next page");
         assert_eq!(last["items"].as_array().map(Vec::len), Some(1));
         assert!(last["metadata"]["remainingItemCount"].is_null());
+    }
+
+    /// Parity with kube-apiserver 1.36: a deleted namespace is Terminating for a moment and
+    /// refuses new content (403 NamespaceTerminating); the next tick removes it.
+    #[test]
+    fn deleted_namespaces_terminate_before_they_go() {
+        let c = Cluster::new("t", 1, 0, 100);
+        let ns = discovery::builtin()
+            .into_iter()
+            .find(|d| d.plural == "namespaces")
+            .expect("namespaces");
+        let q = Query::new();
+        c.create(&ns, "", br#"{"metadata":{"name":"team"}}"#, &q, "t")
+            .expect("namespace");
+        c.create(&cm_def(), "team", br#"{"metadata":{"name":"a"}}"#, &q, "t")
+            .expect("content");
+        let del = c.delete(&ns, "", "team", b"", &q).expect("delete");
+        assert_eq!(del["status"]["phase"], "Terminating", "{del}");
+        assert_eq!(del["spec"]["finalizers"], json!(["kubernetes"]));
+        assert!(
+            c.get(&cm_def(), "team", "a").is_err(),
+            "contents go at once"
+        );
+        let err = c
+            .create(&cm_def(), "team", br#"{"metadata":{"name":"b"}}"#, &q, "t")
+            .expect_err("terminating");
+        assert_eq!((err.code, err.reason), (403, "Forbidden"));
+        assert_eq!(
+            err.message,
+            "configmaps \"b\" is forbidden: unable to create new content in namespace team because it is being terminated"
+        );
+        assert_eq!(
+            err.status()["details"]["causes"][0]["reason"],
+            "NamespaceTerminating"
+        );
+        let again = c.delete(&ns, "", "team", b"", &q).expect("delete again");
+        assert_eq!(again["status"]["phase"], "Terminating");
+        let sim = crate::workload::Simulation {
+            ready_delay: std::time::Duration::ZERO,
+            unready_images: None,
+            crash_images: None,
+        };
+        sim.tick(&c);
+        assert!(c.get(&ns, "", "team").is_ok(), "still Terminating");
+        std::thread::sleep(NAMESPACE_TERMINATION);
+        sim.tick(&c);
+        assert!(c.get(&ns, "", "team").is_err(), "gone after a while");
+        c.create(&ns, "", br#"{"metadata":{"name":"team"}}"#, &q, "t")
+            .expect("created anew");
     }
 
     #[test]

@@ -56,6 +56,7 @@ impl Simulation {
         let over = cluster.unready_images();
         let mut st = cluster.lock();
         cluster.establish_pending_crds(&mut st);
+        cluster.finish_terminating_namespaces(&mut st);
         let due: Vec<_> = st
             .pending
             .iter()

@@ -927,6 +927,27 @@ fn real_kube_and_sim_answer_errors_deletes_and_conflicts_alike() {
         assert_eq!(real, sim, "422 for {body}");
     }
 
+    // A deleted namespace is Terminating for a while and refuses new content.
+    let team = r#"{"apiVersion":"v1","kind":"Namespace","metadata":{"name":"team"}}"#;
+    let (real, sim) = ask(
+        "POST",
+        "/api/v1/namespaces",
+        Some(("application/json", team)),
+    );
+    assert_eq!((real.0, sim.0), (201, 201));
+    let (real, sim) = ask("DELETE", "/api/v1/namespaces/team", None);
+    assert_eq!(real.0, sim.0);
+    assert_eq!(real.1["status"]["phase"], "Terminating", "{}", real.1);
+    assert_eq!(real.1["status"]["phase"], sim.1["status"]["phase"]);
+    assert_eq!(real.1["spec"], sim.1["spec"]);
+    let (real, sim) = ask(
+        "POST",
+        "/api/v1/namespaces/team/configmaps",
+        Some(("application/json", cm)),
+    );
+    assert_eq!(real.0, 403, "{}", real.1);
+    assert_eq!(real, sim, "403 NamespaceTerminating");
+
     // Server-side apply against owners through the scale subresource and by update.
     let deploy = "/apis/apps/v1/namespaces/default/deployments/web";
     let apply = |labels: &str, replicas: u32| {
