@@ -862,7 +862,7 @@ impl Cluster {
                     return Err(ApiError::not_found(def, name));
                 }
                 validate_name(def, name)?;
-                Self::check_namespace(&st, def, ns, &name)?;
+                Self::check_namespace(&st, def, ns, name)?;
             }
             let mut applied = applied;
             if !status_scope
@@ -1177,10 +1177,8 @@ impl Cluster {
         }
         let uid = old["metadata"]["uid"].as_str().unwrap_or("").to_string();
         let out = self.commit(&mut st, def, ns, name, Some(&old), Value::Null, dry);
-        if !dry {
-            if propagation != "Orphan" {
-                self.delete_dependents(&mut st, &uid);
-            }
+        if !dry && propagation != "Orphan" {
+            self.delete_dependents(&mut st, &uid);
         }
         Ok((out, true))
     }
