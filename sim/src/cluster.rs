@@ -105,6 +105,11 @@ pub type WatchStart = (Vec<Arc<Event>>, broadcast::Receiver<Arc<Event>>, u64);
 pub type Query = HashMap<String, String>;
 
 /// The mutable state of a cluster (behind one lock).
+/// How long a deleted namespace stays Terminating (a real cluster's namespace controller
+/// takes a few seconds; long enough that a client which re-creates content at once sees the
+/// 403 it would see there).
+pub const NAMESPACE_TERMINATION: std::time::Duration = std::time::Duration::from_secs(1);
+
 pub struct State {
     pub rv: u64,
     seq: u64,
@@ -113,6 +118,12 @@ pub struct State {
     history: VecDeque<Arc<Event>>,
     /// Workloads whose spec changed, with when: the workload simulation picks them up.
     pub pending: HashMap<(ResKey, ObjName), Instant>,
+    /// CRDs created and not yet Established: the next tick establishes them (the real
+    /// apiextensions controller takes a moment too; clients must wait for the condition).
+    pub crds_pending: std::collections::BTreeSet<String>,
+    /// Namespaces being deleted (phase Terminating), with when: a tick removes them after
+    /// [`NAMESPACE_TERMINATION`].
+    pub ns_terminating: BTreeMap<String, Instant>,
 }
 
 /// One simulated cluster.
@@ -227,6 +238,8 @@ impl Cluster {
                 objects: HashMap::new(),
                 history: VecDeque::new(),
                 pending: HashMap::new(),
+                crds_pending: std::collections::BTreeSet::new(),
+                ns_terminating: BTreeMap::new(),
             }),
             events,
             faults: Mutex::new(crate::faults::FaultState::default()),
@@ -418,14 +431,31 @@ impl Cluster {
         if def.plural == "namespaces" && new["status"]["phase"].is_null() {
             new["status"] = json!({"phase": "Active"});
         }
+        // A new CRD is not Established at once: its status says so until the next tick, and
+        // its resources are not served before (as on a real API server).
+        let crd_served = def.plural == "customresourcedefinitions"
+            && (crd_established(&new) || old.is_some_and(crd_established));
         if def.plural == "customresourcedefinitions" {
-            establish_crd(&mut new);
+            if crd_served {
+                establish_crd(&mut new);
+            } else {
+                crd_not_yet_established(&mut new);
+                if !dry {
+                    st.crds_pending.insert(name.to_string());
+                }
+            }
         }
         // A deleting object whose last finalizer is gone is deleted now.
         let finalizers_empty = new["metadata"]["finalizers"]
             .as_array()
             .is_none_or(Vec::is_empty);
-        if !new["metadata"]["deletionTimestamp"].is_null() && finalizers_empty {
+        // A namespace is held by its `spec.finalizers` (the namespace controller's) as well.
+        let ns_held = def.group.is_empty()
+            && def.plural == "namespaces"
+            && new["spec"]["finalizers"]
+                .as_array()
+                .is_some_and(|a| !a.is_empty());
+        if !new["metadata"]["deletionTimestamp"].is_null() && finalizers_empty && !ns_held {
             return self.commit(st, def, ns, name, Some(&new), Value::Null, dry);
         }
         if dry {
@@ -453,7 +483,9 @@ impl Cluster {
                 !(d.group == new["spec"]["group"].as_str().unwrap_or("")
                     && d.plural == new["spec"]["names"]["plural"].as_str().unwrap_or(""))
             });
-            st.defs.extend(discovery::from_crd(&new));
+            if crd_served {
+                st.defs.extend(discovery::from_crd(&new));
+            }
         }
         if (def.group == "apps" || def.group == "batch")
             && WORKLOADS.contains(&def.plural.as_str())
@@ -507,20 +539,46 @@ impl Cluster {
         let _ = self.events.send(ev);
     }
 
-    fn check_namespace(st: &State, def: &ResourceDef, ns: &str) -> Result<(), ApiError> {
+    fn check_namespace(
+        st: &State,
+        def: &ResourceDef,
+        ns: &str,
+        name: &str,
+    ) -> Result<(), ApiError> {
         if !def.namespaced {
             return Ok(());
         }
         let key = ("".to_string(), "v1".to_string(), "namespaces".to_string());
-        let exists = st
+        let Some(text) = st
             .objects
             .get(&key)
-            .is_some_and(|m| m.contains_key(&(String::new(), ns.to_string())));
-        if exists {
-            Ok(())
-        } else {
-            Err(ApiError::namespace_not_found(ns))
+            .and_then(|m| m.get(&(String::new(), ns.to_string())))
+        else {
+            return Err(ApiError::namespace_not_found(ns));
+        };
+        if text.contains("\"deletionTimestamp\"")
+            && !load(text)["metadata"]["deletionTimestamp"].is_null()
+        {
+            let mut details = json!({"name": name, "group": def.group, "kind": def.plural,
+                "causes": [{"reason": "NamespaceTerminating",
+                    "message": format!("namespace {ns} is being terminated"),
+                    "field": "metadata.namespace"}]});
+            if def.group.is_empty()
+                && let Some(m) = details.as_object_mut()
+            {
+                m.remove("group");
+            }
+            return Err(ApiError::new(
+                403,
+                "Forbidden",
+                format!(
+                    "{} \"{name}\" is forbidden: unable to create new content in namespace {ns} because it is being terminated",
+                    def.qualified()
+                ),
+            )
+            .with_details(details));
         }
+        Ok(())
     }
 
     pub fn get(&self, def: &ResourceDef, ns: &str, name: &str) -> Result<Value, ApiError> {
@@ -591,9 +649,24 @@ impl Cluster {
             }
         }
         let mut meta = json!({"resourceVersion": st.rv.to_string()});
+        // How many matching objects the pages after this one hold (as the real server says
+        // when a list is cut by `limit`).
+        let remaining = match (&next, st.objects.get(&res_key(def)), last) {
+            (Some(_), Some(objs), Some((lns, lname))) => objs
+                .range((lns.clone(), lname.clone())..)
+                .skip(1)
+                .filter(|((ons, oname), text)| {
+                    ns.is_none_or(|n| n == ons)
+                        && fsel.matches_parts(oname, ons)
+                        && labels.matches(&text.labels)
+                })
+                .count(),
+            _ => 0,
+        };
         drop(st);
         if let Some(n) = next {
             meta["continue"] = json!(n);
+            meta["remainingItemCount"] = json!(remaining);
         }
         let mut out = String::with_capacity(items.iter().map(|t| t.len() + 1).sum::<usize>() + 128);
         out.push_str(&format!(
@@ -606,7 +679,8 @@ impl Cluster {
             if i > 0 {
                 out.push(',');
             }
-            out.push_str(t);
+            // A real API server's list items carry no apiVersion or kind (the list says it).
+            out.push_str(&without_type_meta(t));
         }
         out.push_str("]}");
         Ok(out)
@@ -666,7 +740,7 @@ impl Cluster {
                 "the namespace of the provided object does not match the namespace sent on the request",
             ));
         }
-        Self::check_namespace(&st, def, ns)?;
+        Self::check_namespace(&st, def, ns, &name)?;
         if st.get(def, ns, &name).is_some() {
             return Err(ApiError::already_exists(def, &name));
         }
@@ -682,7 +756,7 @@ impl Cluster {
             &Self::manager(q, user_agent),
             &def.api_version(),
             &now_rfc3339(),
-            false,
+            "",
         );
         Ok(self.commit(&mut st, def, ns, &name, None, obj, dry))
     }
@@ -730,7 +804,7 @@ impl Cluster {
             &Self::manager(q, user_agent),
             &def.api_version(),
             &now_rfc3339(),
-            status_scope,
+            if status_scope { "status" } else { "" },
         );
         Ok(self.commit(&mut st, def, ns, name, Some(&old), new, dry))
     }
@@ -788,7 +862,7 @@ impl Cluster {
                     return Err(ApiError::not_found(def, name));
                 }
                 validate_name(def, name)?;
-                Self::check_namespace(&st, def, ns)?;
+                Self::check_namespace(&st, def, ns, name)?;
             }
             let mut applied = applied;
             if !status_scope
@@ -821,7 +895,7 @@ impl Cluster {
                         .filter(|c| !allowed.contains(&c.path))
                         .collect();
                     if !remaining.is_empty() {
-                        return Err(apply_conflict(def, name, &remaining));
+                        return Err(apply_conflict(&remaining));
                     }
                     fields::apply(
                         old.as_ref(),
@@ -832,7 +906,7 @@ impl Cluster {
                         true,
                         status_scope,
                     )
-                    .map_err(|c| apply_conflict(def, name, &c))?
+                    .map_err(|c| apply_conflict(&c))?
                     .object
                 }
             };
@@ -891,7 +965,7 @@ impl Cluster {
             &Self::manager(q, user_agent),
             &def.api_version(),
             &now,
-            status_scope,
+            if status_scope { "status" } else { "" },
         );
         Ok((
             200,
@@ -984,7 +1058,7 @@ impl Cluster {
             &Self::manager(q, user_agent),
             &def.api_version(),
             &now_rfc3339(),
-            false,
+            "scale",
         );
         let stored = self.commit(&mut st, def, ns, name, Some(&old), new, dry);
         Ok(scale_of(&stored))
@@ -999,6 +1073,33 @@ impl Cluster {
         body: &[u8],
         q: &Query,
     ) -> Result<Value, ApiError> {
+        let (obj, gone) = self.delete_object(def, ns, name, body, q)?;
+        // As the API server answers: an object that is gone at once comes back as a `Status`
+        // naming it; one that waits for finalizers (namespaces always have one there) comes
+        // back itself, marked for deletion.
+        if !gone || (def.group.is_empty() && def.plural == "namespaces") {
+            return Ok(obj);
+        }
+        let mut details = json!({"name": name, "group": def.group, "kind": def.plural,
+            "uid": obj["metadata"]["uid"]});
+        if def.group.is_empty()
+            && let Some(m) = details.as_object_mut()
+        {
+            m.remove("group");
+        }
+        Ok(json!({"kind": "Status", "apiVersion": "v1", "metadata": {},
+            "status": "Success", "details": details}))
+    }
+
+    /// DELETE of one object: the object as deleted (or marked) and whether it is gone.
+    fn delete_object(
+        &self,
+        def: &ResourceDef,
+        ns: &str,
+        name: &str,
+        body: &[u8],
+        q: &Query,
+    ) -> Result<(Value, bool), ApiError> {
         let mut dry = dry_run(q)?;
         let opts = if body.iter().all(u8::is_ascii_whitespace) {
             Value::Null
@@ -1042,7 +1143,7 @@ impl Cluster {
             .is_some_and(|a| !a.is_empty());
         if has_finalizers {
             if !old["metadata"]["deletionTimestamp"].is_null() {
-                return Ok(old);
+                return Ok((old, false));
             }
             let mut new = old.clone();
             new["metadata"]["deletionTimestamp"] = json!(now_rfc3339());
@@ -1050,19 +1151,36 @@ impl Cluster {
             // commit keeps the old deletionTimestamp: set it through a copy of old.
             let mut marked = old.clone();
             marked["metadata"]["deletionTimestamp"] = new["metadata"]["deletionTimestamp"].clone();
-            return Ok(self.commit(&mut st, def, ns, name, Some(&marked), new, dry));
+            return Ok((
+                self.commit(&mut st, def, ns, name, Some(&marked), new, dry),
+                false,
+            ));
+        }
+        if def.group.is_empty() && def.plural == "namespaces" {
+            // As on a real cluster: the namespace turns Terminating, refuses new content,
+            // its contents go, and it is removed a moment later (the next tick).
+            if !old["metadata"]["deletionTimestamp"].is_null() {
+                return Ok((old, false));
+            }
+            let mut new = old.clone();
+            new["metadata"]["deletionTimestamp"] = json!(now_rfc3339());
+            new["spec"]["finalizers"] = json!(["kubernetes"]);
+            new["status"]["phase"] = json!("Terminating");
+            let mut marked = old.clone();
+            marked["metadata"]["deletionTimestamp"] = new["metadata"]["deletionTimestamp"].clone();
+            let out = self.commit(&mut st, def, ns, name, Some(&marked), new, dry);
+            if !dry {
+                self.delete_namespace_contents(&mut st, name);
+                st.ns_terminating.insert(name.to_string(), Instant::now());
+            }
+            return Ok((out, false));
         }
         let uid = old["metadata"]["uid"].as_str().unwrap_or("").to_string();
         let out = self.commit(&mut st, def, ns, name, Some(&old), Value::Null, dry);
-        if !dry {
-            if def.plural == "namespaces" && def.group.is_empty() {
-                self.delete_namespace_contents(&mut st, name);
-            }
-            if propagation != "Orphan" {
-                self.delete_dependents(&mut st, &uid);
-            }
+        if !dry && propagation != "Orphan" {
+            self.delete_dependents(&mut st, &uid);
         }
-        Ok(out)
+        Ok((out, true))
     }
 
     /// DELETE on a collection: every object the selectors match, as a list of what was
@@ -1082,8 +1200,8 @@ impl Cluster {
         for item in listed["items"].as_array().map(Vec::as_slice).unwrap_or(&[]) {
             let ins = item["metadata"]["namespace"].as_str().unwrap_or("");
             let name = item["metadata"]["name"].as_str().unwrap_or("");
-            match self.delete(def, ins, name, body, q) {
-                Ok(v) => deleted.push(v),
+            match self.delete_object(def, ins, name, body, q) {
+                Ok((v, _)) => deleted.push(v),
                 Err(e) if e.code == 404 || e.code == 403 => {}
                 Err(e) => return Err(e),
             }
@@ -1226,9 +1344,64 @@ impl Cluster {
             "kube-controller-manager",
             &def.api_version(),
             &now_rfc3339(),
-            true,
+            "status",
         );
         self.commit(st, &def, ns, name, Some(&old), new, false);
+    }
+}
+
+impl Cluster {
+    /// Removes the namespaces that have been Terminating for [`NAMESPACE_TERMINATION`] (their
+    /// contents, and anything that slipped in, go first).
+    pub(crate) fn finish_terminating_namespaces(&self, st: &mut State) {
+        if st.ns_terminating.is_empty() {
+            return;
+        }
+        let Some(def) = st.def("", "v1", "namespaces").cloned() else {
+            return;
+        };
+        let due: Vec<String> = st
+            .ns_terminating
+            .iter()
+            .filter(|(_, since)| since.elapsed() >= NAMESPACE_TERMINATION)
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in due {
+            st.ns_terminating.remove(&name);
+            self.delete_namespace_contents(st, &name);
+            if let Some(old) = st.get(&def, "", &name) {
+                self.commit(st, &def, "", &name, Some(&old), Value::Null, false);
+            }
+        }
+    }
+
+    /// Establishes the CRDs created since the last tick and starts serving their resources.
+    pub(crate) fn establish_pending_crds(&self, st: &mut State) {
+        if st.crds_pending.is_empty() {
+            return;
+        }
+        let Some(def) = st
+            .def("apiextensions.k8s.io", "v1", "customresourcedefinitions")
+            .cloned()
+        else {
+            return;
+        };
+        for name in std::mem::take(&mut st.crds_pending) {
+            let Some(old) = st.get(&def, "", &name) else {
+                continue;
+            };
+            let mut new = old.clone();
+            establish_crd(&mut new);
+            fields::record_update(
+                Some(&old),
+                &mut new,
+                "kube-apiserver",
+                &def.api_version(),
+                &now_rfc3339(),
+                "status",
+            );
+            self.commit(st, &def, "", &name, Some(&old), new, false);
+        }
     }
 }
 
@@ -1273,28 +1446,36 @@ fn check_kind(def: &ResourceDef, obj: &Value) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// Object name rules and messages as kube-apiserver 1.36 words them: namespaces are RFC 1123
+/// labels (63 characters, no dots), other objects RFC 1123 subdomains (253 characters).
 fn validate_name(def: &ResourceDef, name: &str) -> Result<(), ApiError> {
-    let ok = !name.is_empty()
-        && name.len() <= 253
-        && name.chars().all(|c| {
-            c.is_ascii_lowercase()
-                || c.is_ascii_digit()
-                || c == '-'
-                || c == '.'
-                || (c == ':' && def.group.starts_with("rbac"))
-        })
-        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+    let label = def.group.is_empty() && def.plural == "namespaces";
+    let max = if label { 63 } else { 253 };
+    let chars_ok = name.chars().all(|c| {
+        c.is_ascii_lowercase()
+            || c.is_ascii_digit()
+            || c == '-'
+            || (c == '.' && !label)
+            || (c == ':' && def.group.starts_with("rbac"))
+    }) && name.starts_with(|c: char| c.is_ascii_alphanumeric())
         && name.ends_with(|c: char| c.is_ascii_alphanumeric());
-    if ok {
-        Ok(())
+    let problem = if name.len() > max {
+        format!("must be no more than {max} characters")
+    } else if label && name.contains('.') {
+        "must not contain dots".to_string()
+    } else if chars_ok {
+        return Ok(());
+    } else if label {
+        "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')".to_string()
     } else {
-        Err(ApiError::invalid(
-            def,
-            name,
-            "metadata.name",
-            "Invalid value: a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character",
-        ))
-    }
+        "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')".to_string()
+    };
+    Err(ApiError::invalid(
+        def,
+        name,
+        "metadata.name",
+        &format!("Invalid value: {}: {problem}", json!(name)),
+    ))
 }
 
 /// Main-resource writes keep the old status; status writes change only the status.
@@ -1328,39 +1509,41 @@ fn scoped(def: &ResourceDef, old: &Value, mut new: Value, status_scope: bool) ->
     new
 }
 
-fn apply_conflict(def: &ResourceDef, name: &str, conflicts: &[fields::Conflict]) -> ApiError {
+fn apply_conflict(conflicts: &[fields::Conflict]) -> ApiError {
+    // The API server's wording (structured-merge-diff's, owners printed by the apiserver):
+    // one conflict on one line; several grouped by owner, owners in order, one field a line.
     let n = conflicts.len();
-    let api_version = def.api_version();
     let message = if n == 1 {
         format!(
-            "Apply failed with 1 conflict: conflict with \"{}\" using {api_version}: {}",
-            conflicts[0].manager,
+            "Apply failed with 1 conflict: conflict with {}: {}",
+            conflicts[0].owner(),
             fields::display(&conflicts[0].path)
         )
     } else {
-        let list: Vec<String> = conflicts
+        let mut owners: Vec<(String, String)> = conflicts
             .iter()
-            .map(|c| {
-                format!(
-                    "- conflict with \"{}\" using {api_version}: {}",
-                    c.manager,
-                    fields::display(&c.path)
-                )
-            })
+            .map(|c| (c.manager.clone(), c.owner()))
             .collect();
-        format!("Apply failed with {n} conflicts:\n{}", list.join("\n"))
+        owners.sort();
+        owners.dedup();
+        let mut lines = Vec::new();
+        for (_, owner) in &owners {
+            lines.push(format!("conflicts with {owner}:"));
+            for c in conflicts.iter().filter(|c| &c.owner() == owner) {
+                lines.push(format!("- {}", fields::display(&c.path)));
+            }
+        }
+        format!("Apply failed with {n} conflicts: {}", lines.join("\n"))
     };
     let causes: Vec<Value> = conflicts
         .iter()
         .map(|c| {
             json!({"reason": "FieldManagerConflict",
-                "message": format!("conflict with \"{}\" using {api_version}", c.manager),
+                "message": format!("conflict with {}", c.owner()),
                 "field": fields::display(&c.path)})
         })
         .collect();
-    ApiError::new(409, "Conflict", message).with_details(
-        json!({"name": name, "group": def.group, "kind": def.plural, "causes": causes}),
-    )
+    ApiError::new(409, "Conflict", message).with_details(json!({"causes": causes}))
 }
 
 /// The API server's defaults that clients depend on (kubectl rollout status needs the update
@@ -1441,10 +1624,110 @@ fn scale_of(obj: &Value) -> Value {
     })
 }
 
+/// A stored object's JSON text without its top-level `apiVersion` and `kind` members (the
+/// text is scanned, not re-parsed: lists stay cheap at fleet scale).
+fn without_type_meta(text: &str) -> String {
+    let b = text.as_bytes();
+    let mut out = String::with_capacity(text.len());
+    let mut depth = 0usize;
+    let mut i = 0;
+    // Start of the current top-level member (after `{` or `,`), and whether one was kept.
+    let mut member_start = 0;
+    let mut kept_any = false;
+    let mut in_string = false;
+    while i < b.len() {
+        let ch = b[i];
+        if in_string {
+            if ch == b'\\' {
+                i += 2;
+                continue;
+            }
+            if ch == b'"' {
+                in_string = false;
+            }
+            i += 1;
+            continue;
+        }
+        match ch {
+            b'"' => in_string = true,
+            b'{' | b'[' => {
+                depth += 1;
+                if depth == 1 {
+                    out.push('{');
+                    member_start = i + 1;
+                }
+            }
+            b'}' | b']' => {
+                if depth == 1 {
+                    push_member(&mut out, &text[member_start..i], &mut kept_any);
+                    out.push('}');
+                }
+                depth = depth.saturating_sub(1);
+            }
+            b',' if depth == 1 => {
+                push_member(&mut out, &text[member_start..i], &mut kept_any);
+                member_start = i + 1;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    if depth != 0 || !out.starts_with('{') {
+        return text.to_string();
+    }
+    out
+}
+
+fn push_member(out: &mut String, member: &str, kept_any: &mut bool) {
+    let m = member.trim();
+    if m.is_empty() || m.starts_with("\"apiVersion\":") || m.starts_with("\"kind\":") {
+        return;
+    }
+    if *kept_any {
+        out.push(',');
+    }
+    out.push_str(member);
+    *kept_any = true;
+}
+
+fn crd_established(crd: &Value) -> bool {
+    crd["status"]["conditions"].as_array().is_some_and(|cs| {
+        cs.iter()
+            .any(|c| c["type"] == "Established" && c["status"] == "True")
+    })
+}
+
+/// The status of a CRD the apiextensions controller has not looked at yet (as kube-apiserver
+/// answers the create).
+fn crd_not_yet_established(crd: &mut Value) {
+    crd["status"] = json!({
+        "conditions": null,
+        "acceptedNames": {"plural": "", "kind": ""},
+        "storedVersions": stored_versions(crd),
+    });
+}
+
+fn stored_versions(crd: &Value) -> Vec<Value> {
+    crd["spec"]["versions"]
+        .as_array()
+        .map(|vs| {
+            vs.iter()
+                .filter(|v| v["storage"] == true)
+                .map(|v| v["name"].clone())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// Marks a CRD Established and NamesAccepted, as the real apiextensions controller does.
 fn establish_crd(crd: &mut Value) {
     let now = now_rfc3339();
-    let names = crd["spec"]["names"].clone();
+    let mut names = crd["spec"]["names"].clone();
+    if names["listKind"].is_null()
+        && let Some(kind) = names["kind"].as_str()
+    {
+        names["listKind"] = json!(format!("{kind}List"));
+    }
     crd["status"] = json!({
         "acceptedNames": names,
         "storedVersions": crd["spec"]["versions"].as_array().map(|vs| vs.iter()
@@ -1686,6 +1969,301 @@ mod tests {
             c.get(&d, "default", "x").expect("get")["spec"]["replicas"],
             2
         );
+    }
+
+    /// Parity with kube-apiserver 1.36 (tests/it/real_kube.rs): a DELETE of an object that is
+    /// gone at once answers a `Status` naming it; error details leave the core group out.
+    #[test]
+    fn delete_answers_a_status_and_errors_omit_the_core_group() {
+        let c = Cluster::new("t", 1, 0, 100);
+        let d = cm_def();
+        let q = Query::new();
+        let created = c
+            .create(&d, "default", br#"{"metadata":{"name":"a"}}"#, &q, "t")
+            .expect("create");
+        let del = c.delete(&d, "default", "a", b"", &q).expect("delete");
+        assert_eq!(
+            del,
+            json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
+                "details": {"name": "a", "kind": "configmaps", "uid": created["metadata"]["uid"]}})
+        );
+        assert!(c.get(&d, "default", "a").is_err());
+        let missing = c.delete(&d, "default", "a", b"", &q).expect_err("gone");
+        assert_eq!(
+            missing.status()["details"],
+            json!({"name": "a", "kind": "configmaps"})
+        );
+    }
+
+    /// Parity with kube-apiserver 1.36: a `kubectl scale` (an update through the `scale`
+    /// subresource) owns `.spec.replicas`, so an apply of another value conflicts, and the
+    /// message names owners as the API server does.
+    #[test]
+    fn scale_owner_conflicts_with_apply_worded_like_the_api_server() {
+        let c = Cluster::new("t", 1, 0, 100);
+        let d = discovery::builtin()
+            .into_iter()
+            .find(|d| d.plural == "deployments")
+            .expect("deployments");
+        let mut q = Query::new();
+        q.insert("fieldManager".into(), "flotilla".into());
+        let apply = "application/apply-patch+yaml";
+        let body = b"apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: x, labels: {a: b}}\nspec: {replicas: 2}\n";
+        c.patch(&d, "default", "x", None, apply, body, &q, "t")
+            .expect("apply");
+        c.scale(
+            &d,
+            "default",
+            "x",
+            &hyper::Method::PATCH,
+            "application/merge-patch+json",
+            br#"{"spec":{"replicas":4}}"#,
+            &Query::new(),
+            "kubectl/v1.36",
+        )
+        .expect("scale");
+        let err = c
+            .patch(&d, "default", "x", None, apply, body, &q, "t")
+            .expect_err("conflict");
+        assert_eq!(err.code, 409);
+        assert_eq!(
+            err.message,
+            "Apply failed with 1 conflict: conflict with \"kubectl\" with subresource \"scale\" using apps/v1: .spec.replicas"
+        );
+        assert_eq!(
+            err.details,
+            Some(json!({"causes": [{"reason": "FieldManagerConflict",
+                "message": "conflict with \"kubectl\" with subresource \"scale\" using apps/v1",
+                "field": ".spec.replicas"}]}))
+        );
+        // Another applier: conflicts with appliers name them alone, several grouped by owner.
+        let mut other = Query::new();
+        other.insert("fieldManager".into(), "other".into());
+        let body2 = b"apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: x, labels: {a: c}}\nspec: {replicas: 3}\n";
+        let err = c
+            .patch(&d, "default", "x", None, apply, body2, &other, "t")
+            .expect_err("conflicts");
+        assert_eq!(
+            err.message,
+            "Apply failed with 2 conflicts: conflicts with \"flotilla\":\n- .metadata.labels.a\nconflicts with \"kubectl\" with subresource \"scale\" using apps/v1:\n- .spec.replicas"
+        );
+        // Forced, the field moves: the scale owner no longer holds it.
+        let mut force = q.clone();
+        force.insert("force".into(), "true".into());
+        let (_, obj) = c
+            .patch(&d, "default", "x", None, apply, body, &force, "t")
+            .expect("forced apply");
+        assert_eq!(obj["spec"]["replicas"], 2);
+        assert!(
+            fields::read_managed(&obj)
+                .iter()
+                .all(|m| m.subresource != "scale"),
+            "{obj}"
+        );
+    }
+
+    /// Parity with kube-apiserver 1.36: namespace names are RFC 1123 labels (no dots, 63
+    /// characters), other names subdomains; the 422 quotes the name as the server does.
+    #[test]
+    fn names_are_validated_and_worded_like_the_api_server() {
+        let c = Cluster::new("t", 1, 0, 100);
+        let ns = discovery::builtin()
+            .into_iter()
+            .find(|d| d.plural == "namespaces")
+            .expect("namespaces");
+        let q = Query::new();
+        let err = c
+            .create(&ns, "", br#"{"metadata":{"name":"a.b"}}"#, &q, "t")
+            .expect_err("dots");
+        assert_eq!(err.code, 422);
+        assert_eq!(
+            err.message,
+            "Namespace \"a.b\" is invalid: metadata.name: Invalid value: \"a.b\": must not contain dots"
+        );
+        let long = "a".repeat(64);
+        let err = c
+            .create(
+                &ns,
+                "",
+                format!(r#"{{"metadata":{{"name":"{long}"}}}}"#).as_bytes(),
+                &q,
+                "t",
+            )
+            .expect_err("long");
+        assert!(
+            err.message
+                .ends_with(": must be no more than 63 characters"),
+            "{}",
+            err.message
+        );
+        let err = c
+            .create(
+                &cm_def(),
+                "default",
+                br#"{"metadata":{"name":"A_b"}}"#,
+                &q,
+                "t",
+            )
+            .expect_err("subdomain");
+        assert!(
+            err.message.starts_with("ConfigMap \"A_b\" is invalid: metadata.name: Invalid value: \"A_b\": a lowercase RFC 1123 subdomain")
+                && err.message.ends_with("regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')"),
+            "{}",
+            err.message
+        );
+        c.create(
+            &cm_def(),
+            "default",
+            br#"{"metadata":{"name":"a.b"}}"#,
+            &q,
+            "t",
+        )
+        .expect("dots are fine in other names");
+    }
+
+    /// Parity with kube-apiserver 1.36: a CRD is not Established in the create's answer and
+    /// its resources are not served until the controller (the next tick) establishes it.
+    #[test]
+    fn crds_are_established_after_the_create_not_in_it() {
+        let c = Cluster::new("t", 1, 0, 100);
+        let crd_def = discovery::builtin()
+            .into_iter()
+            .find(|d| d.plural == "customresourcedefinitions")
+            .expect("crds");
+        let q = Query::new();
+        let crd = br#"{"apiVersion":"apiextensions.k8s.io/v1","kind":"CustomResourceDefinition",
+            "metadata":{"name":"gizmos.ex.io"},"spec":{"group":"ex.io","scope":"Namespaced",
+            "names":{"plural":"gizmos","singular":"gizmo","kind":"Gizmo"},
+            "versions":[{"name":"v1","served":true,"storage":true}]}}"#;
+        let created = c.create(&crd_def, "", crd, &q, "t").expect("create");
+        assert_eq!(
+            created["status"],
+            json!({"conditions": null, "acceptedNames": {"plural": "", "kind": ""},
+                "storedVersions": ["v1"]})
+        );
+        assert!(
+            c.resource("ex.io", "v1", "gizmos").is_none(),
+            "not served yet"
+        );
+        let sim = crate::workload::Simulation {
+            ready_delay: std::time::Duration::ZERO,
+            unready_images: None,
+            crash_images: None,
+        };
+        sim.tick(&c);
+        let got = c.get(&crd_def, "", "gizmos.ex.io").expect("get");
+        assert!(crd_established(&got), "{got}");
+        assert_eq!(got["status"]["acceptedNames"]["listKind"], "GizmoList");
+        let gizmos = c.resource("ex.io", "v1", "gizmos").expect("served now");
+        c.create(&gizmos, "default", br#"{"metadata":{"name":"g"}}"#, &q, "t")
+            .expect("a custom resource");
+        // Later writes keep it established.
+        let mut apply_q = Query::new();
+        apply_q.insert("fieldManager".into(), "t".into());
+        let (_, updated) = c
+            .patch(
+                &crd_def,
+                "",
+                "gizmos.ex.io",
+                None,
+                "application/merge-patch+json",
+                br#"{"metadata":{"labels":{"a":"b"}}}"#,
+                &apply_q,
+                "t",
+            )
+            .expect("patch");
+        assert!(crd_established(&updated), "{updated}");
+    }
+
+    /// Parity with kube-apiserver 1.36: list items carry no apiVersion/kind, and a list cut
+    /// by `limit` says how many items remain.
+    #[test]
+    fn list_items_have_no_type_meta_and_pages_count_the_rest() {
+        let c = Cluster::new("t", 1, 0, 100);
+        let d = cm_def();
+        let q = Query::new();
+        for n in ["a", "b", "c"] {
+            let body = format!(
+                r#"{{"kind":"ConfigMap","metadata":{{"name":"{n}","ownerReferences":[{{"apiVersion":"v1","kind":"X","name":"o","uid":"u"}}]}},"data":{{"kind":"k, \"q\" {{[","apiVersion":"v"}},"apiVersion":"v1"}}"#
+            );
+            c.create(&d, "default", body.as_bytes(), &q, "t")
+                .expect("create");
+        }
+        let mut page = Query::new();
+        page.insert("limit".into(), "2".into());
+        let list = c.list(&d, Some("default"), &page).expect("list");
+        assert_eq!(list["kind"], "ConfigMapList");
+        assert_eq!(list["metadata"]["remainingItemCount"], 1);
+        let items = list["items"].as_array().expect("items");
+        assert_eq!(items.len(), 2);
+        for item in items {
+            assert!(
+                item.get("kind").is_none() && item.get("apiVersion").is_none(),
+                "{item}"
+            );
+            assert_eq!(item["data"]["kind"], "k, \"q\" {[");
+            assert_eq!(item["data"]["apiVersion"], "v");
+            assert_eq!(item["metadata"]["ownerReferences"][0]["kind"], "X");
+        }
+        // get still answers the whole object.
+        assert_eq!(c.get(&d, "default", "a").expect("get")["kind"], "ConfigMap");
+        let mut rest = Query::new();
+        rest.insert(
+            "continue".into(),
+            list["metadata"]["continue"].as_str().unwrap_or("").into(),
+        );
+        let last = c.list(&d, Some("default"), &rest).expect("next page");
+        assert_eq!(last["items"].as_array().map(Vec::len), Some(1));
+        assert!(last["metadata"]["remainingItemCount"].is_null());
+    }
+
+    /// Parity with kube-apiserver 1.36: a deleted namespace is Terminating for a moment and
+    /// refuses new content (403 NamespaceTerminating); the next tick removes it.
+    #[test]
+    fn deleted_namespaces_terminate_before_they_go() {
+        let c = Cluster::new("t", 1, 0, 100);
+        let ns = discovery::builtin()
+            .into_iter()
+            .find(|d| d.plural == "namespaces")
+            .expect("namespaces");
+        let q = Query::new();
+        c.create(&ns, "", br#"{"metadata":{"name":"team"}}"#, &q, "t")
+            .expect("namespace");
+        c.create(&cm_def(), "team", br#"{"metadata":{"name":"a"}}"#, &q, "t")
+            .expect("content");
+        let del = c.delete(&ns, "", "team", b"", &q).expect("delete");
+        assert_eq!(del["status"]["phase"], "Terminating", "{del}");
+        assert_eq!(del["spec"]["finalizers"], json!(["kubernetes"]));
+        assert!(
+            c.get(&cm_def(), "team", "a").is_err(),
+            "contents go at once"
+        );
+        let err = c
+            .create(&cm_def(), "team", br#"{"metadata":{"name":"b"}}"#, &q, "t")
+            .expect_err("terminating");
+        assert_eq!((err.code, err.reason), (403, "Forbidden"));
+        assert_eq!(
+            err.message,
+            "configmaps \"b\" is forbidden: unable to create new content in namespace team because it is being terminated"
+        );
+        assert_eq!(
+            err.status()["details"]["causes"][0]["reason"],
+            "NamespaceTerminating"
+        );
+        let again = c.delete(&ns, "", "team", b"", &q).expect("delete again");
+        assert_eq!(again["status"]["phase"], "Terminating");
+        let sim = crate::workload::Simulation {
+            ready_delay: std::time::Duration::ZERO,
+            unready_images: None,
+            crash_images: None,
+        };
+        sim.tick(&c);
+        assert!(c.get(&ns, "", "team").is_ok(), "still Terminating");
+        std::thread::sleep(NAMESPACE_TERMINATION);
+        sim.tick(&c);
+        assert!(c.get(&ns, "", "team").is_err(), "gone after a while");
+        c.create(&ns, "", br#"{"metadata":{"name":"team"}}"#, &q, "t")
+            .expect("created anew");
     }
 
     #[test]

@@ -98,7 +98,14 @@ impl ApiError {
             "code": self.code,
         });
         if let Some(d) = &self.details {
-            v["details"] = d.clone();
+            let mut d = d.clone();
+            // Go's omitempty: the core group is left out, not sent as "".
+            if d["group"] == ""
+                && let Some(m) = d.as_object_mut()
+            {
+                m.remove("group");
+            }
+            v["details"] = d;
         }
         v
     }

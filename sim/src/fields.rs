@@ -304,7 +304,28 @@ pub fn write_managed(obj: &mut Value, managed: &[Managed]) {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Conflict {
     pub manager: String,
+    /// The owner's entry: `Apply` or `Update`, its apiVersion and subresource (the API
+    /// server's message names them for `Update` owners).
+    pub operation: String,
+    pub api_version: String,
+    pub subresource: String,
     pub path: Path,
+}
+
+impl Conflict {
+    /// The owner as the API server prints it: `"kubectl-edit" using apps/v1` for an update,
+    /// `"kubectl" with subresource "scale" using apps/v1` through a subresource, just
+    /// `"flotilla"` for an apply.
+    pub fn owner(&self) -> String {
+        let mut s = format!("{:?}", self.manager);
+        if !self.subresource.is_empty() {
+            s.push_str(&format!(" with subresource {:?}", self.subresource));
+        }
+        if self.operation == "Update" {
+            s.push_str(&format!(" using {}", self.api_version));
+        }
+        s
+    }
 }
 
 /// The outcome of a server-side apply on the object (managedFields rewritten).
@@ -341,8 +362,9 @@ pub fn apply(
     let mut managed = read_managed(live);
     let mut conflicts = Vec::new();
     for m in &managed {
-        let mine = m.manager == manager && m.operation == "Apply";
-        if mine || m.subresource != subresource {
+        // Managers of every subresource count (a `kubectl scale` owns `.spec.replicas`).
+        let mine = m.manager == manager && m.operation == "Apply" && m.subresource == subresource;
+        if mine {
             continue;
         }
         for p in m.fields.intersection(&applied_fields) {
@@ -352,6 +374,9 @@ pub fn apply(
             if value_at(live, p) != value_at(applied, p) {
                 conflicts.push(Conflict {
                     manager: m.manager.clone(),
+                    operation: m.operation.clone(),
+                    api_version: m.api_version.clone(),
+                    subresource: m.subresource.clone(),
                     path: p.clone(),
                 });
             }
@@ -376,8 +401,9 @@ pub fn apply(
     // Fields this manager stopped applying go away unless someone else owns them.
     let others: FieldSet = managed
         .iter()
-        .filter(|m| !(m.manager == manager && m.operation == "Apply"))
-        .filter(|m| m.subresource == subresource)
+        .filter(|m| {
+            !(m.manager == manager && m.operation == "Apply" && m.subresource == subresource)
+        })
         .flat_map(|m| m.fields.iter().cloned())
         .collect();
     for p in previous.difference(&applied_fields) {
@@ -446,9 +472,9 @@ pub fn record_update(
     manager: &str,
     api_version: &str,
     now: &str,
-    status_scope: bool,
+    subresource: &str,
 ) {
-    let subresource = if status_scope { "status" } else { "" };
+    let status_scope = subresource == "status";
     // A write that sets managedFields itself (kubectl's client-side-apply upgrade, a restore
     // of an exported object) replaces the recorded ownership, as in Kubernetes.
     let user_set = new["metadata"].get("managedFields").is_some()
@@ -465,8 +491,10 @@ pub fn record_update(
         .cloned()
         .collect();
     if !changed.is_empty() {
-        for m in managed.iter_mut().filter(|m| m.subresource == subresource) {
-            if m.manager == manager && m.operation == "Update" {
+        // Ownership is shared across subresources, as in Kubernetes: a `scale` write takes
+        // `.spec.replicas` from whoever applied it through the main resource.
+        for m in managed.iter_mut() {
+            if m.manager == manager && m.operation == "Update" && m.subresource == subresource {
                 continue;
             }
             m.fields.retain(|f| !changed.contains(f));
@@ -612,7 +640,7 @@ mod tests {
             .expect("apply");
         let mut new = a.object.clone();
         new["data"]["k"] = json!("9");
-        record_update(Some(&a.object), &mut new, "kubectl-edit", "v1", "t", false);
+        record_update(Some(&a.object), &mut new, "kubectl-edit", "v1", "t", "");
         let m = read_managed(&new);
         assert_eq!(m.len(), 1);
         assert_eq!(m[0].manager, "kubectl-edit");

@@ -78,14 +78,47 @@ fn with_label(labels: &Value, k: &str, v: &str) -> Value {
     Value::Object(m)
 }
 
-/// Brings a Deployment's ReplicaSets and their Pods in line with its spec.
+/// A Deployment's rollout stuck on a new template that never becomes ready, as the real
+/// controller leaves it: the old ReplicaSets keep the Pods `maxUnavailable` allows to keep,
+/// the new one has what `maxSurge` allows on top.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Stuck {
+    /// The new ReplicaSet's name.
+    pub rs_name: String,
+    /// Ready Pods kept in older ReplicaSets.
+    pub old: i64,
+    /// Pods of the new ReplicaSet (never ready).
+    pub new: i64,
+    /// Whether the Deployment still has minimum availability.
+    pub available: bool,
+}
+
+/// `maxSurge` / `maxUnavailable` of `desired` replicas: an integer, or a percentage rounded
+/// up (surge) or down (unavailable), 25% when unset, as in Kubernetes.
+fn rolling_value(v: &Value, desired: i64, round_up: bool) -> i64 {
+    match v {
+        Value::Number(n) => n.as_i64().unwrap_or(0).max(0),
+        Value::String(s) => {
+            let pct: i64 = s.trim_end_matches('%').parse().unwrap_or(25);
+            let x = desired * pct;
+            if round_up { (x + 99) / 100 } else { x / 100 }
+        }
+        _ => {
+            let x = desired * 25;
+            if round_up { (x + 99) / 100 } else { x / 100 }
+        }
+    }
+}
+
+/// Brings a Deployment's ReplicaSets and their Pods in line with its spec. Returns how the
+/// rollout is stuck when the new template is held unready and older Pods are kept.
 pub fn sync_deployment(
     c: &Cluster,
     st: &mut State,
     deploy: &Value,
     held: bool,
     crashed: bool,
-) -> Option<()> {
+) -> Option<Stuck> {
     let rs_def = st.def("apps", "v1", "replicasets")?.clone();
     let ns = deploy["metadata"]["namespace"].as_str()?;
     let name = deploy["metadata"]["name"].as_str()?;
@@ -93,31 +126,71 @@ pub fn sync_deployment(
     let template = &deploy["spec"]["template"];
     let hash = template_hash(template);
     let rs_name = format!("{name}-{hash}");
-    let replicas = deploy["spec"]["replicas"].as_i64().unwrap_or(1);
-    let owned: Vec<Value> = with_prefix(st, "replicasets", ns, &format!("{name}-"))
+    let desired = deploy["spec"]["replicas"].as_i64().unwrap_or(1);
+    let mut replicas = desired;
+    let mut owned: Vec<Value> = with_prefix(st, "replicasets", ns, &format!("{name}-"))
         .into_iter()
         .filter(|rs| owned_by(rs, uid))
         .collect();
-    let revision = owned
-        .iter()
-        .filter_map(|rs| {
-            rs["metadata"]["annotations"]["deployment.kubernetes.io/revision"]
-                .as_str()?
-                .parse::<i64>()
-                .ok()
-        })
-        .max()
-        .unwrap_or(0);
-    // Older templates' ReplicaSets scale to zero.
+    let revision_of = |rs: &Value| {
+        rs["metadata"]["annotations"]["deployment.kubernetes.io/revision"]
+            .as_str()
+            .and_then(|r| r.parse::<i64>().ok())
+            .unwrap_or(0)
+    };
+    let revision = owned.iter().map(revision_of).max().unwrap_or(0);
+    // Newest first: a stuck rollout keeps the most recent ready Pods.
+    owned.sort_by_key(|rs| std::cmp::Reverse(revision_of(rs)));
+    // A RollingUpdate whose new Pods never become ready keeps old ready Pods down to
+    // `desired - maxUnavailable`, and surges the new ReplicaSet to `desired + maxSurge`
+    // Pods in all. Otherwise (Recreate, ready images) older templates scale to zero.
+    let strategy = &deploy["spec"]["strategy"];
+    let rolling = strategy["type"].as_str().unwrap_or("RollingUpdate") == "RollingUpdate";
+    let mut keep = 0;
+    let mut stuck = None;
+    if held && rolling {
+        let surge = rolling_value(&strategy["rollingUpdate"]["maxSurge"], desired, true);
+        let mut unavailable =
+            rolling_value(&strategy["rollingUpdate"]["maxUnavailable"], desired, false);
+        if surge == 0 && unavailable == 0 {
+            unavailable = 1;
+        }
+        let min_available = (desired - unavailable).max(0);
+        let old_ready: i64 = owned
+            .iter()
+            .filter(|rs| rs["metadata"]["name"] != rs_name.as_str())
+            .map(|rs| rs["status"]["availableReplicas"].as_i64().unwrap_or(0))
+            .sum();
+        keep = old_ready.min(min_available);
+        if keep > 0 {
+            replicas = desired.min(desired + surge - keep);
+            stuck = Some(Stuck {
+                rs_name: rs_name.clone(),
+                old: keep,
+                new: replicas,
+                available: keep >= min_available,
+            });
+        }
+    }
+    // Older templates' ReplicaSets scale down (to zero, or to what a stuck rollout keeps).
+    let mut left = keep;
     for rs in &owned {
-        if rs["metadata"]["name"] != rs_name.as_str() && rs["spec"]["replicas"] != 0 {
+        if rs["metadata"]["name"] == rs_name.as_str() {
+            continue;
+        }
+        let ready = rs["status"]["availableReplicas"].as_i64().unwrap_or(0);
+        let target = ready.min(left);
+        left -= target;
+        if rs["spec"]["replicas"] != target {
             let mut new = rs.clone();
-            new["spec"]["replicas"] = json!(0);
-            new["status"] = json!({"replicas": 0,
-                "observedGeneration": rs["metadata"]["generation"].as_i64().unwrap_or(1) + 1});
+            new["spec"]["replicas"] = json!(target);
+            new["metadata"]["generation"] =
+                json!(rs["metadata"]["generation"].as_i64().unwrap_or(1) + 1);
+            new["status"] =
+                crate::workload::status_for("replicasets", &new, false, false, false, 0);
             let rs_n = rs["metadata"]["name"].as_str().unwrap_or("").to_string();
             let stored = c.commit(st, &rs_def, ns, &rs_n, Some(rs), new, false);
-            sync_replicaset(c, st, &stored, held, crashed);
+            sync_replicaset(c, st, &stored, false, false);
         }
     }
     let current = owned
@@ -162,7 +235,7 @@ pub fn sync_deployment(
         }
     };
     sync_replicaset(c, st, &stored, held, crashed);
-    Some(())
+    stuck
 }
 
 /// Brings a ReplicaSet's Pods in line with its `spec.replicas` and the simulated readiness.
@@ -380,8 +453,9 @@ mod tests {
         let free: i64 = cap.iter().map(|n| n.free.memory_bytes).sum();
         assert_eq!(free, 2 * (32 << 30) - 3 * (1 << 30));
 
-        // Scaling down removes pods; a new template makes a new ReplicaSet, the old one
-        // goes to zero; crash-looping images give CrashLoopBackOff pods.
+        // Scaling down removes pods; a new template makes a new ReplicaSet; crash-looping
+        // images give CrashLoopBackOff pods, and (rolling update, as the real controller
+        // does) the old ready Pod stays while the new ones never become ready.
         apply(&c, &deployment(1, "nginx:1"));
         sim.tick(&c);
         assert_eq!(c.objects("", "v1", "pods").len(), 1);
@@ -390,7 +464,7 @@ mod tests {
         sim.tick(&c);
         let rss = c.objects("apps", "v1", "replicasets");
         assert_eq!(rss.len(), 2);
-        assert!(rss.iter().any(|r| r["spec"]["replicas"] == 0));
+        assert!(rss.iter().any(|r| r["spec"]["replicas"] == 1));
         let new_rs = rss
             .iter()
             .find(|r| r["spec"]["replicas"] == 2)
@@ -399,8 +473,13 @@ mod tests {
             new_rs["metadata"]["annotations"]["deployment.kubernetes.io/revision"],
             "2"
         );
-        let pods = c.objects("", "v1", "pods");
+        let pods: Vec<Value> = c
+            .objects("", "v1", "pods")
+            .into_iter()
+            .filter(|p| p["metadata"]["ownerReferences"][0]["uid"] == new_rs["metadata"]["uid"])
+            .collect();
         assert_eq!(pods.len(), 2);
+        assert_eq!(c.objects("", "v1", "pods").len(), 3);
         for p in &pods {
             let cs = &p["status"]["containerStatuses"][0];
             assert_eq!(cs["state"]["waiting"]["reason"], "CrashLoopBackOff");
@@ -414,6 +493,84 @@ mod tests {
         assert!(c.objects("apps", "v1", "replicasets").is_empty());
         assert!(c.objects("", "v1", "pods").is_empty());
         assert_eq!(c.free_capacity()[0].requested, crate::Resources::default());
+    }
+
+    /// Parity with the real Deployment controller (tests/it/real_kube.rs): a new template
+    /// that never becomes ready leaves the old Pods serving (maxUnavailable 25% of 2 is 0,
+    /// maxSurge 25% of 2 is 1): 3 Pods, 1 updated, 2 available, Available=True, Progressing
+    /// names the new ReplicaSet; going back to the old template restores it at once.
+    #[test]
+    fn a_held_rolling_update_keeps_the_old_pods_like_the_real_controller() {
+        let c = Cluster::new("t", 1, 2, 1000);
+        let sim = Simulation {
+            ready_delay: Duration::ZERO,
+            unready_images: regex::Regex::new("broken").ok(),
+            crash_images: None,
+        };
+        apply(&c, &deployment(2, "nginx:1"));
+        sim.tick(&c);
+        sim.tick(&c);
+        apply(&c, &deployment(2, "broken:2"));
+        sim.tick(&c);
+        sim.tick(&c);
+        let d = c
+            .get(&deploy_def(&c), "default", "web")
+            .expect("deployment");
+        let st = &d["status"];
+        assert_eq!(
+            (
+                &st["replicas"],
+                &st["updatedReplicas"],
+                &st["availableReplicas"],
+                &st["unavailableReplicas"]
+            ),
+            (&json!(3), &json!(1), &json!(2), &json!(1)),
+            "{st}"
+        );
+        assert_eq!(st["conditions"][0]["type"], "Available");
+        assert_eq!(st["conditions"][0]["status"], "True");
+        let rss = c.objects("apps", "v1", "replicasets");
+        let new_rs = rss
+            .iter()
+            .find(|r| r["metadata"]["annotations"]["deployment.kubernetes.io/revision"] == "2")
+            .expect("new rs");
+        assert_eq!(new_rs["spec"]["replicas"], 1);
+        assert_eq!(
+            st["conditions"][1]["message"],
+            format!(
+                "ReplicaSet \"{}\" is progressing.",
+                new_rs["metadata"]["name"].as_str().unwrap_or("")
+            )
+        );
+        let ready = c
+            .objects("", "v1", "pods")
+            .iter()
+            .filter(|p| p["status"]["conditions"][3]["status"] == "True")
+            .count();
+        assert_eq!((c.objects("", "v1", "pods").len(), ready), (3, 2));
+
+        // Back to the old template: the stuck ReplicaSet goes to zero, all Pods ready.
+        apply(&c, &deployment(2, "nginx:1"));
+        sim.tick(&c);
+        sim.tick(&c);
+        let d = c
+            .get(&deploy_def(&c), "default", "web")
+            .expect("deployment");
+        assert_eq!(d["status"]["updatedReplicas"], 2, "{}", d["status"]);
+        assert_eq!(d["status"]["availableReplicas"], 2);
+        assert_eq!(c.objects("", "v1", "pods").len(), 2);
+        let current = c
+            .objects("apps", "v1", "replicasets")
+            .into_iter()
+            .find(|r| r["spec"]["replicas"] == 2)
+            .expect("current rs");
+        assert_eq!(
+            d["status"]["conditions"][1]["message"],
+            format!(
+                "ReplicaSet \"{}\" has successfully progressed.",
+                current["metadata"]["name"].as_str().unwrap_or("")
+            )
+        );
     }
 
     #[test]

@@ -55,6 +55,8 @@ impl Simulation {
         let now = Instant::now();
         let over = cluster.unready_images();
         let mut st = cluster.lock();
+        cluster.establish_pending_crds(&mut st);
+        cluster.finish_terminating_namespaces(&mut st);
         let due: Vec<_> = st
             .pending
             .iter()
@@ -87,10 +89,14 @@ impl Simulation {
                     .unwrap_or(600),
             );
             let expired = held && now.duration_since(since) >= deadline;
-            let status = status_for(p, &obj, held, crashed, expired, nodes);
+            let mut status = status_for(p, &obj, held, crashed, expired, nodes);
             match p.as_str() {
                 "deployments" => {
-                    crate::pods::sync_deployment(cluster, &mut st, &obj, held, crashed);
+                    if let Some(stuck) =
+                        crate::pods::sync_deployment(cluster, &mut st, &obj, held, crashed)
+                    {
+                        stuck_status(&mut status, &stuck, expired);
+                    }
                 }
                 "replicasets" => {
                     crate::pods::sync_replicaset(cluster, &mut st, &obj, held, crashed);
@@ -103,6 +109,49 @@ impl Simulation {
             cluster.set_status(&mut st, &key, status);
         }
     }
+}
+
+/// The status of a Deployment whose rollout is stuck with old Pods kept (see
+/// [`crate::pods::Stuck`]), worded as the Deployment controller words it.
+fn stuck_status(status: &mut Value, stuck: &crate::pods::Stuck, expired: bool) {
+    let total = stuck.old + stuck.new;
+    status["replicas"] = json!(total);
+    status["updatedReplicas"] = json!(stuck.new);
+    status["readyReplicas"] = json!(stuck.old);
+    status["availableReplicas"] = json!(stuck.old);
+    status["unavailableReplicas"] = json!(stuck.new);
+    let rs = &stuck.rs_name;
+    let available = if stuck.available {
+        condition(
+            "Available",
+            "True",
+            "MinimumReplicasAvailable",
+            "Deployment has minimum availability.",
+        )
+    } else {
+        condition(
+            "Available",
+            "False",
+            "MinimumReplicasUnavailable",
+            "Deployment does not have minimum availability.",
+        )
+    };
+    let progressing = if expired {
+        condition(
+            "Progressing",
+            "False",
+            "ProgressDeadlineExceeded",
+            &format!("ReplicaSet \"{rs}\" has timed out progressing."),
+        )
+    } else {
+        condition(
+            "Progressing",
+            "True",
+            "ReplicaSetUpdated",
+            &format!("ReplicaSet \"{rs}\" is progressing."),
+        )
+    };
+    status["conditions"] = json!([available, progressing]);
 }
 
 /// The status a controller would report.
@@ -119,26 +168,32 @@ pub(crate) fn status_for(
     let ready = if held { 0 } else { replicas };
     match plural {
         "deployments" => {
+            // The controller names the ReplicaSet of the current template.
+            let rs = format!(
+                "{}-{}",
+                obj["metadata"]["name"].as_str().unwrap_or(""),
+                crate::pods::template_hash(&obj["spec"]["template"])
+            );
             let progressing = if expired {
                 condition(
                     "Progressing",
                     "False",
                     "ProgressDeadlineExceeded",
-                    "ReplicaSet has timed out progressing (simulated: image held unready).",
+                    &format!("ReplicaSet \"{rs}\" has timed out progressing."),
                 )
             } else if held {
                 condition(
                     "Progressing",
                     "True",
                     "ReplicaSetUpdated",
-                    "ReplicaSet is progressing.",
+                    &format!("ReplicaSet \"{rs}\" is progressing."),
                 )
             } else {
                 condition(
                     "Progressing",
                     "True",
                     "NewReplicaSetAvailable",
-                    "ReplicaSet has successfully progressed.",
+                    &format!("ReplicaSet \"{rs}\" has successfully progressed."),
                 )
             };
             let available = if crashed {

@@ -276,6 +276,25 @@ fn cluster_crd_then_refresh_discovery_then_custom_resource() {
             },
         });
         c.apply(&crd, APPLY).await.expect("CRD applies");
+        // Served once Established (as on a real API server, not in the apply's answer).
+        let crd_ref = ObjectRef {
+            gvk: Gvk::new("apiextensions.k8s.io", "v1", "CustomResourceDefinition"),
+            namespace: None,
+            name: "widgets.example.com".into(),
+        };
+        let mut established = false;
+        for _ in 0..100 {
+            let live = c.get(&crd_ref).await.expect("get").expect("the CRD exists");
+            established = live["status"]["conditions"].as_array().is_some_and(|cs| {
+                cs.iter()
+                    .any(|c| c["type"] == "Established" && c["status"] == "True")
+            });
+            if established {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        assert!(established, "the CRD is established");
         // Discovery is cached until refreshed.
         assert_eq!(c.resource(&widget_gvk).await.expect("discovery"), None);
         c.refresh_discovery().await;

@@ -144,6 +144,19 @@ impl RealKube {
         if self.options.controllers {
             c.args(["--controllers", "*"]);
         }
+        // A restart (wipe) keeps the ports of the first start: start.sh picks new free ports
+        // unless they are passed in, and kubeconfigs written from `kubeconfig_as` name them.
+        let ports = std::fs::read_to_string(self.dir.path().join("run").join("ports.env"))
+            .unwrap_or_default();
+        for (key, var) in [
+            ("ETCD_PORT=", "KUBE_ETCD_PORT"),
+            ("ETCD_PEER_PORT=", "KUBE_ETCD_PEER_PORT"),
+            ("API_PORT=", "KUBE_APISERVER_PORT"),
+        ] {
+            if let Some(port) = ports.lines().find_map(|l| l.strip_prefix(key)) {
+                c.env(var, port.trim());
+            }
+        }
         let started = Instant::now();
         let o = c
             .env("KUBE_READY_TIMEOUT", "120")
@@ -360,7 +373,9 @@ fn real_control_plane_starts_wipes_and_audits() {
         "{:?}",
         kube.admin_mutations()
     );
+    let server = kube.server();
     kube.wipe();
+    assert_eq!(kube.server(), server, "a wiped cluster keeps its address");
     let ns = kube.ok(&["get", "ns"]);
     assert!(!ns.contains("smoke"), "a wiped cluster is empty: {ns}");
     assert!(

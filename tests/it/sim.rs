@@ -910,7 +910,9 @@ fn sim_deployments_own_replicasets_and_pods_and_nodes_report_free_capacity() {
     eventually(&k, &["get", "pods", "-l", "app=web", "-o", "name"], |o| {
         o.lines().count() == 5
     });
-    // A crash-looping image: a new ReplicaSet whose pods are not ready.
+    // A crash-looping image: a new ReplicaSet whose pods are not ready. As the real
+    // Deployment controller does (maxSurge 25% of 5 rounds up to 2, maxUnavailable down to
+    // 1), 4 old Pods keep serving and the new ReplicaSet gets 3: 7 Pods, 3 crash-looping.
     k.ok(&["set", "image", "deployment/web", "web=example/crashy:2"]);
     let reason = eventually(
         &k,
@@ -920,15 +922,28 @@ fn sim_deployments_own_replicasets_and_pods_and_nodes_report_free_capacity() {
             "-o",
             "jsonpath={.items[*].status.containerStatuses[0].state.waiting.reason}",
         ],
-        |o| o.split(' ').filter(|r| *r == "CrashLoopBackOff").count() == 5,
+        |o| o.split(' ').filter(|r| *r == "CrashLoopBackOff").count() == 3,
     );
-    assert_eq!(pods(&k), 5, "the old ReplicaSet scaled to zero: {reason}");
     assert_eq!(
-        k.ok(&["get", "rs", "-o", "jsonpath={.items[*].spec.replicas}"])
-            .split(' ')
-            .filter(|r| *r == "0")
-            .count(),
-        1
+        pods(&k),
+        7,
+        "old Pods stay while the new ones fail: {reason}"
+    );
+    let mut sizes: Vec<String> = k
+        .ok(&["get", "rs", "-o", "jsonpath={.items[*].spec.replicas}"])
+        .split(' ')
+        .map(str::to_string)
+        .collect();
+    sizes.sort();
+    assert_eq!(sizes, ["3", "4"]);
+    assert_eq!(
+        k.ok(&[
+            "get",
+            "deployment/web",
+            "-o",
+            "jsonpath={.status.updatedReplicas}/{.status.availableReplicas}/{.status.conditions[?(@.type==\"Available\")].status}",
+        ]),
+        "3/4/True"
     );
     // Deleting the Deployment deletes its ReplicaSets and Pods.
     k.ok(&["delete", "deployment", "web"]);

@@ -60,6 +60,23 @@ fn code<T: std::fmt::Debug>(r: Result<T, kube::Error>) -> u16 {
     }
 }
 
+/// Waits until the widgets CRD is Established: as on a real API server, its resources are
+/// not served before (the sim establishes it on its next tick).
+async fn established(crds: &Api<CustomResourceDefinition>) {
+    for _ in 0..100 {
+        let crd = crds.get("widgets.example.com").await.expect("get the CRD");
+        let done = crd.status.and_then(|s| s.conditions).is_some_and(|cs| {
+            cs.iter()
+                .any(|c| c.type_ == "Established" && c.status == "True")
+        });
+        if done {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the CRD was not established within 5 s");
+}
+
 fn widgets_crd() -> CustomResourceDefinition {
     serde_json::from_value(json!({
         "apiVersion": "apiextensions.k8s.io/v1",
@@ -89,6 +106,7 @@ async fn kube_discovery_resolves_builtin_kinds_and_crds() {
     crds.create(&PostParams::default(), &widgets_crd())
         .await
         .expect("create the CRD");
+    established(&crds).await;
 
     let discovery = Discovery::new(client.clone())
         .run()
@@ -231,6 +249,7 @@ async fn kube_dynamic_api_serves_builtins_and_custom_resources() {
     crds.create(&PostParams::default(), &widgets_crd())
         .await
         .expect("create the CRD");
+    established(&crds).await;
     let ar = ApiResource::from_gvk_with_plural(
         &GroupVersionKind::gvk("example.com", "v1", "Widget"),
         "widgets",
