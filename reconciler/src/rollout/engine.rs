@@ -891,7 +891,12 @@ impl Engine<'_> {
             return Err(format!("cluster {cluster:?} has no rendered objects"));
         };
         let handle = self.clusters.cluster(cluster).await?;
-        let refs: Vec<ObjectRef> = objects.iter().map(|o| o.object.clone()).collect();
+        // An object annotated `flotilla.dev/ssa: ignore` is never applied: not waited for.
+        let refs: Vec<ObjectRef> = objects
+            .iter()
+            .filter(|o| !crate::inventory::ssa_ignored(&o.value))
+            .map(|o| o.object.clone())
+            .collect();
         let selector = sync::placement_selector(&input.placement.name);
         let healths = sync::wait_healthy(handle.as_ref(), &refs, &selector, left, self.poll)
             .await
