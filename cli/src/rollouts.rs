@@ -231,6 +231,7 @@ pub fn apply(
     // Up to date by the record: heal from the live state (objects deleted or edited by hand,
     // a rebuilt cluster without the inventory), with the revision that passed its batches.
     let healer = Healer {
+        kind: "heal",
         store: &store,
         clusters: &clusters,
         clock: &clock,

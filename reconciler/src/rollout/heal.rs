@@ -110,6 +110,9 @@ pub struct Healed {
 
 /// Checks every cluster of a placement and heals where [`decide`] says so.
 pub struct Healer<'a> {
+    /// Event kinds are `{kind}ed` and `{kind}-failed`: `heal` (`flotilla apply`) or
+    /// `self-heal` (the daemon).
+    pub kind: &'a str,
     pub store: &'a Store,
     pub clusters: &'a dyn Clusters,
     pub clock: &'a dyn Clock,
@@ -229,8 +232,8 @@ impl Healer<'_> {
                 Ok(summary(&result.objects))
             };
             let (kind, message) = match &result {
-                Ok(s) => ("healed", format!("{s} ({reason})")),
-                Err(e) => ("heal-failed", format!("{e} ({reason})")),
+                Ok(s) => (format!("{}ed", self.kind), format!("{s} ({reason})")),
+                Err(e) => (format!("{}-failed", self.kind), format!("{e} ({reason})")),
             };
             let event = Event {
                 at: self
@@ -239,7 +242,7 @@ impl Healer<'_> {
                     .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
                 placement: name.clone(),
                 rollout: rollout.as_ref().map(|r| r.id.clone()).unwrap_or_default(),
-                kind: kind.into(),
+                kind,
                 batch: None,
                 cluster: Some(cluster.clone()),
                 message,
