@@ -17,6 +17,7 @@ mod gates;
 mod git_source;
 mod images;
 mod prdiff;
+mod real_heal;
 mod reconcile;
 mod render_fixtures;
 mod rollout;
