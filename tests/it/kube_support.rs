@@ -126,6 +126,22 @@ impl RealKube {
         if self.options.controllers {
             c.args(["--controllers", "*"]);
         }
+        // A restart (wipe) keeps the ports the first start recorded: start.sh only passes
+        // its free ports on the first start, and a later one would fall back to defaults.
+        let ports = std::fs::read_to_string(self.dir.path().join("run").join("ports.env"))
+            .unwrap_or_default();
+        for (key, var) in [
+            ("ETCD_PORT", "KUBE_ETCD_PORT"),
+            ("ETCD_PEER_PORT", "KUBE_ETCD_PEER_PORT"),
+            ("API_PORT", "KUBE_APISERVER_PORT"),
+        ] {
+            if let Some(v) = ports
+                .lines()
+                .find_map(|l| l.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
+            {
+                c.env(var, v.trim());
+            }
+        }
         let started = Instant::now();
         let o = c
             .env("KUBE_READY_TIMEOUT", "120")

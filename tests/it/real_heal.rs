@@ -143,7 +143,10 @@ impl Real {
     }
 
     fn image(&self) -> String {
-        self.get(&["deploy", "web"], "{.spec.template.spec.containers[0].image}")
+        self.get(
+            &["deploy", "web"],
+            "{.spec.template.spec.containers[0].image}",
+        )
     }
 
     fn patch_level(&self, level: &str) {
@@ -166,7 +169,8 @@ impl Real {
             .command(&["-n", "shop", "edit", "cm", "settings"])
             .env(
                 "KUBE_EDITOR",
-                format!("sed -i -e s/level:.*/level:\\ \"{level}\"/"),
+                // kubectl runs the editor through sh: the quotes must survive it.
+                format!("sed -i -e s/level:.*/level:\\ \\\"{level}\\\"/"),
             )
             .output()
             .expect("kubectl edit runs");
@@ -342,7 +346,10 @@ impl Serve {
             }
             std::thread::sleep(Duration::from_millis(500));
         }
-        panic!("{what}: not within {timeout:?}\n--- daemon log\n{}", self.log());
+        panic!(
+            "{what}: not within {timeout:?}\n--- daemon log\n{}",
+            self.log()
+        );
     }
 }
 
@@ -368,7 +375,7 @@ fn real_heal_the_daemon_restores_a_wiped_cluster_and_self_heals_an_edit() {
     assert!(o.status.success(), "{}", show(&o));
     let d = Serve::start(&r, &upstream);
     d.wait_for("rolled out", Duration::from_secs(120), || {
-        r.image() == "nginx:1.27" && d.log().contains("kind=succeeded")
+        r.image() == "nginx:1.27" && d.log().contains("succeeded")
     });
 
     // A kubectl edit of a field Git sets: self-healed (Git wins over kubectl-edit).
@@ -379,8 +386,10 @@ fn real_heal_the_daemon_restores_a_wiped_cluster_and_self_heals_an_edit() {
 
     // The cluster is rebuilt empty: the daemon puts the revision back, inventory included.
     r.kube.wipe();
-    d.wait_for("the wiped cluster restored", Duration::from_secs(120), || {
-        r.image() == "nginx:1.27" && r.level() == "1" && r.inventory_exists()
-    });
+    d.wait_for(
+        "the wiped cluster restored",
+        Duration::from_secs(120),
+        || r.image() == "nginx:1.27" && r.level() == "1" && r.inventory_exists(),
+    );
     assert!(d.log().contains("inventory is missing"), "{}", d.log());
 }
