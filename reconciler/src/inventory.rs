@@ -33,6 +33,9 @@ pub struct Entry {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Inventory {
     pub entries: BTreeSet<Entry>,
+    /// The manifest hash of the placement's objects as last applied in full (`data.revision`;
+    /// `None` after a partial apply, or when an older flotilla wrote the record).
+    pub revision: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -105,7 +108,10 @@ impl Inventory {
                     LABEL_INVENTORY: "true",
                 },
             },
-            "data": {"objects": lines},
+            "data": match &self.revision {
+                Some(r) => json!({"objects": lines, "revision": r}),
+                None => json!({"objects": lines}),
+            },
         })
     }
 
@@ -152,7 +158,11 @@ impl Inventory {
                 },
             });
         }
-        Ok(Inventory { entries })
+        let revision = cm
+            .pointer("/data/revision")
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        Ok(Inventory { entries, revision })
     }
 
     /// The placement an inventory ConfigMap belongs to, from its name.
@@ -254,6 +264,11 @@ mod tests {
             Some("base v1 Namespace - shop\nweb apps/v1 Deployment shop web\n")
         );
         assert_eq!(Inventory::placement_of(&cm), Some("frontend"));
+        assert_eq!(Inventory::from_configmap(&cm), Ok(inv.clone()));
+        // The revision applied in full travels too.
+        inv.revision = Some("3f2a".into());
+        let cm = inv.to_configmap("acme", "frontend");
+        assert_eq!(cm.pointer("/data/revision"), Some(&json!("3f2a")));
         assert_eq!(Inventory::from_configmap(&cm), Ok(inv));
     }
 

@@ -649,9 +649,14 @@ async fn apply_inner(
         }
     }
 
-    // Prune, placement by placement, then record what is left.
+    // Prune, placement by placement, then record what is left (and the revision, when every
+    // object of the placement went through).
     for (d, objects, old) in &work {
-        let mut keep = Inventory::default();
+        let mut keep = Inventory {
+            revision: (!objects.iter().any(|o| failed.contains(&o.object)))
+                .then(|| crate::rollout::model::manifest_hash(objects)),
+            ..Inventory::default()
+        };
         for o in objects.iter().filter(|o| !ssa_ignored(&o.value)) {
             if !failed.contains(&o.object) || old.contains(&o.object) {
                 keep.entries.insert(Entry {

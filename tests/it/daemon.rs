@@ -1124,4 +1124,32 @@ fn daemon_restores_a_cluster_that_lost_the_placement_whatever_self_heal_says() {
         "succeeded",
         "a heal is not a rollout"
     );
+
+    // sim-1's inventory says another revision was applied there (as after an
+    // `apply --no-rollout` of another commit): the revision that passed goes back, hand edit
+    // included, although selfHeal is off.
+    k.sim
+        .edit(
+            "sim-1",
+            "v1/configmaps",
+            "flotilla-system",
+            "flotilla-inventory-web",
+            r#"{"data":{"revision":"0123456789abcdef"}}"#,
+            "kubectl-patch",
+        )
+        .expect("inventory patched");
+    d.wait_for("sim-1 healed", Duration::from_secs(60), || {
+        replicas(&k, "sim-1") == Some(1)
+            && d.json("/api/v1/rollouts/web")["events"]
+                .as_array()
+                .is_some_and(|ev| {
+                    ev.iter().any(|e| {
+                        e["kind"] == "self-healed"
+                            && e["cluster"] == "sim-1"
+                            && e["message"]
+                                .as_str()
+                                .is_some_and(|m| m.contains("names manifests 0123456789ab"))
+                    })
+                })
+    });
 }

@@ -22,6 +22,9 @@ use super::model::{ClusterRevision, Event, Rollout};
 pub enum HealReason {
     /// The placement's inventory is gone (a rebuilt or wiped cluster).
     InventoryMissing,
+    /// The inventory names another revision (someone applied another one, say with
+    /// `flotilla apply --no-rollout --rev OLD`).
+    OtherRevision(String),
     /// Objects deleted or fields changed by hand.
     Drift { missing: usize, modified: usize },
 }
@@ -30,6 +33,9 @@ impl std::fmt::Display for HealReason {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             HealReason::InventoryMissing => f.write_str("the placement's inventory is missing"),
+            HealReason::OtherRevision(r) => {
+                write!(f, "the inventory names manifests {}", &r[..r.len().min(12)])
+            }
             HealReason::Drift { missing, modified } => {
                 write!(f, "{missing} missing, {modified} modified")
             }
@@ -63,6 +69,8 @@ pub struct Facts<'a> {
     pub heal_drift: bool,
     /// The placement's inventory ConfigMap exists on the cluster.
     pub inventory: bool,
+    /// The manifest hash the inventory records (`None`: not recorded).
+    pub inventory_revision: Option<&'a str>,
     /// The read-only comparison of the placement on the cluster.
     pub report: &'a PlacementReport,
 }
@@ -85,6 +93,9 @@ pub fn decide(f: &Facts<'_>) -> Decision {
     }
     if !f.inventory {
         return Decision::Heal(HealReason::InventoryMissing);
+    }
+    if let Some(r) = f.inventory_revision.filter(|r| *r != f.hash) {
+        return Decision::Heal(HealReason::OtherRevision(r.to_string()));
     }
     let count = |s: ObjectState| f.report.objects.iter().filter(|o| o.state == s).count();
     let (missing, modified) = (count(ObjectState::Missing), count(ObjectState::Modified));
@@ -164,7 +175,7 @@ impl Healer<'_> {
                 objects: Ok(objects.clone()),
             };
             let inventory = match handle.get(&inventory::configmap_ref(name)).await {
-                Ok(cm) => cm.is_some(),
+                Ok(cm) => cm,
                 Err(e) => {
                     tracing::warn!(cluster = %cluster, placement = %name, error = %e, "not checked for a heal");
                     continue;
@@ -190,7 +201,11 @@ impl Healer<'_> {
                 rollout_active,
                 failed,
                 heal_drift,
-                inventory,
+                inventory: inventory.is_some(),
+                inventory_revision: inventory
+                    .as_ref()
+                    .and_then(|cm| cm.pointer("/data/revision"))
+                    .and_then(serde_json::Value::as_str),
                 report: &pr,
             });
             let reason = match decision {
@@ -323,6 +338,7 @@ mod tests {
             failed: false,
             heal_drift: true,
             inventory: true,
+            inventory_revision: Some("h1"),
             report,
         }
     }
@@ -367,6 +383,26 @@ mod tests {
             ..facts(&rev, &r)
         };
         assert!(matches!(decide(&f), Decision::Skip(w) if w.contains("selfHeal is off")));
+    }
+
+    #[test]
+    fn an_inventory_naming_another_revision_is_healed_even_without_self_heal() {
+        let (rev, r) = (good("h1"), report(&[ObjectState::InSync]));
+        let f = Facts {
+            inventory_revision: Some("h0"),
+            heal_drift: false,
+            ..facts(&rev, &r)
+        };
+        assert_eq!(
+            decide(&f),
+            Decision::Heal(HealReason::OtherRevision("h0".into()))
+        );
+        // Not recorded (an older flotilla, a partial apply): the comparison decides.
+        let f = Facts {
+            inventory_revision: None,
+            ..facts(&rev, &r)
+        };
+        assert_eq!(decide(&f), Decision::InSync);
     }
 
     #[test]
