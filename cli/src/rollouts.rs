@@ -9,7 +9,8 @@ use std::time::Duration;
 use anyhow::Context;
 
 use flotilla_reconciler::rollout::{
-    ControlError, Engine, Event, Outcome, Phase, Request, Rollout, phase_after, placement_inputs,
+    ControlError, Engine, Event, Healed, Healer, Outcome, Phase, Request, Rollout, phase_after,
+    placement_inputs,
 };
 use flotilla_state::Store;
 
@@ -227,9 +228,60 @@ pub fn apply(
         });
         futures::future::join_all(runs).await
     });
+    // Up to date by the record: heal from the live state (objects deleted or edited by hand,
+    // a rebuilt cluster without the inventory), with the revision that passed its batches.
+    let healer = Healer {
+        kind: "heal",
+        store: &store,
+        clusters: &clusters,
+        clock: &clock,
+        on_event: &|e: &Event| progress.on_event(e),
+    };
+    let heals: BTreeMap<String, Result<Vec<Healed>, String>> = rt.block_on(async {
+        let runs = inputs
+            .iter()
+            .filter(|i| {
+                outcomes
+                    .iter()
+                    .any(|(p, o)| p == &i.placement.name && matches!(o, Ok(Outcome::UpToDate)))
+            })
+            .map(|i| {
+                let healer = &healer;
+                async move {
+                    (
+                        i.placement.name.clone(),
+                        healer.heal(i, true).await.map_err(|e| e.to_string()),
+                    )
+                }
+            });
+        futures::future::join_all(runs).await.into_iter().collect()
+    });
     for (placement, outcome) in &outcomes {
         let (ok, line) = match outcome {
-            Ok(Outcome::UpToDate) => (true, "up to date".to_string()),
+            Ok(Outcome::UpToDate) => match heals.get(placement) {
+                Some(Ok(healed)) if !healed.is_empty() => {
+                    let mut ok = true;
+                    for h in healed {
+                        match &h.result {
+                            Ok(s) => eprintln!("healed {}: {s}", h.cluster),
+                            Err(e) => {
+                                ok = false;
+                                eprintln!("heal failed {}: {e}", h.cluster);
+                            }
+                        }
+                    }
+                    let good = healed.iter().filter(|h| h.result.is_ok()).count();
+                    (
+                        ok,
+                        format!(
+                            "up to date by the record; healed {good} of {} cluster(s)",
+                            healed.len()
+                        ),
+                    )
+                }
+                Some(Err(e)) => (false, format!("heal: error: {e}")),
+                _ => (true, "up to date".to_string()),
+            },
             Ok(Outcome::FailedBefore { rollout }) => (
                 false,
                 format!("revision failed before ({rollout}); waiting for a new commit"),
@@ -325,11 +377,12 @@ pub fn control(
 fn status_text(r: &Rollout, events: &[Event]) -> String {
     let mut out = String::new();
     out.push_str(&format!(
-        "rollout {} ({}): {}\n  commit {}, started {}, updated {}, failures {}/{}\n",
+        "rollout {} ({}): {}\n  manifests {} from {}, started {}, updated {}, failures {}/{}\n",
         r.id,
         r.placement,
         phase_text(r),
-        r.commit,
+        &r.revision[..r.revision.len().min(12)],
+        flotilla_reconciler::rollout::engine::commit_label(&r.commit),
         r.started_at,
         r.updated_at,
         r.failures,

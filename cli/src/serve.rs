@@ -454,8 +454,10 @@ pub fn status(server: &ServerArgs) -> anyhow::Result<ExitCode> {
         out.push_str("placements:\n");
         for (name, p) in placements {
             let phase = s(p, "/phase");
-            if matches!(phase, "Failed" | "RolledBack" | "Aborted" | "Paused")
-                || p.get("error").is_some_and(|e| !e.is_null())
+            if matches!(
+                phase,
+                "Failed" | "RolledBack" | "RollbackFailed" | "Aborted" | "Paused"
+            ) || p.get("error").is_some_and(|e| !e.is_null())
             {
                 healthy = false;
             }

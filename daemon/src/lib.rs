@@ -9,6 +9,7 @@
 
 pub mod adapters;
 pub mod config;
+mod heal;
 mod http;
 pub mod images;
 pub mod metrics;

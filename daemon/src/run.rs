@@ -12,12 +12,11 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use tokio::sync::{Notify, mpsc, watch};
 
-use flotilla_reconciler::report::{ObjectState, Report, ReportKind};
-use flotilla_reconciler::rollout::model::manifest_hash;
+use flotilla_reconciler::report::{Report, ReportKind};
 use flotilla_reconciler::rollout::{
-    ClusterRevision, Clusters, Engine, Event, Outcome, Rollout, phase_after, placement_inputs,
+    Clusters, Engine, Event, Outcome, phase_after, placement_inputs,
 };
-use flotilla_reconciler::sync::{self, ApplyOptionsRun, CompareMode};
+use flotilla_reconciler::sync::{self, CompareMode};
 use flotilla_source::git::{self, GitSource};
 use flotilla_state::Store;
 
@@ -96,7 +95,7 @@ pub(crate) struct Shared {
     pub wake: std::sync::mpsc::Sender<()>,
     /// Rollout engines return at their next step boundary once set.
     pub stop: AtomicBool,
-    clusters: ConnectedClusters,
+    pub clusters: ConnectedClusters,
     readers: ConnectedClusters,
     gates: PrometheusGates,
     images: crate::images::ImageSettings,
@@ -124,7 +123,7 @@ impl Shared {
     }
 
     /// Every rollout event: logged, counted, and reflected in the status.
-    fn on_event(&self, e: &Event) {
+    pub(crate) fn on_event(&self, e: &Event) {
         tracing::info!(
             target: "flotilla::rollout",
             placement = %e.placement,
@@ -852,6 +851,19 @@ fn spawn_prune_removed(shared: Arc<Shared>, previous: &Revision, rev: &Arc<Revis
                         }
                     };
                     let result = sync::prune_placements(c.as_ref(), &fleet, &gone, prune).await;
+                    if result.error.is_none() {
+                        // The cluster no longer runs these placements: their record goes, so
+                        // a heal never puts them back.
+                        let forgot = shared.store.write(|tx| {
+                            for p in &gone {
+                                tx.remove_revision(p, &cluster)?;
+                            }
+                            Ok(())
+                        });
+                        if let Err(e) = forgot {
+                            tracing::error!(%cluster, error = %e, "state store: removed placements still recorded");
+                        }
+                    }
                     if result.failed() {
                         shared
                             .metrics
@@ -995,10 +1007,8 @@ fn short(commit: &str) -> &str {
     commit.get(..12).unwrap_or(commit)
 }
 
-/// Compares every cluster with the revision through read-only connections; with
-/// `settings.selfHeal` (and not read-only), re-applies drifted placements of clusters that
-/// run the revision as their last good one and have no rollout in progress — a revision that
-/// failed is never re-applied this way.
+/// Compares every cluster with the revision through read-only connections, then (unless
+/// read-only) heals: see [`crate::heal`].
 async fn drift_check(shared: &Arc<Shared>, rev: &Arc<Revision>) -> (Report, Vec<String>) {
     let fleet_name = rev.fleet.metadata.name.clone();
     let names: Vec<String> = rev.targets.keys().cloned().collect();
@@ -1015,19 +1025,11 @@ async fn drift_check(shared: &Arc<Shared>, rev: &Arc<Revision>) -> (Report, Vec<
         generated_at: now(),
         clusters,
     };
-    let mut healed = Vec::new();
-    if rev.fleet.settings.self_heal && !shared.config.read_only {
-        for c in &report.clusters {
-            for p in &c.placements {
-                if p.error.is_some() || p.objects.iter().all(|o| o.state == ObjectState::InSync) {
-                    continue;
-                }
-                if let Some(what) = self_heal(shared, rev, &c.name, &p.name).await {
-                    healed.push(what);
-                }
-            }
-        }
-    }
+    let healed = if shared.config.read_only {
+        Vec::new()
+    } else {
+        crate::heal::heal(shared, rev).await
+    };
     (report, healed)
 }
 
@@ -1057,109 +1059,4 @@ async fn compare_one(
             placements: Vec::new(),
         },
     }
-}
-
-async fn self_heal(
-    shared: &Arc<Shared>,
-    rev: &Arc<Revision>,
-    cluster: &str,
-    placement: &str,
-) -> Option<String> {
-    let desired = rev
-        .targets
-        .get(cluster)?
-        .iter()
-        .find(|d| d.placement == placement)?;
-    let objects = desired.objects.as_ref().ok()?;
-    let hash = manifest_hash(objects);
-    let (rollout, revisions) = shared
-        .store
-        .read(|tx| {
-            let r: Option<Rollout> = tx.rollout(placement)?;
-            let revs: Vec<(String, ClusterRevision)> = tx.revisions(placement)?;
-            Ok((r, revs))
-        })
-        .ok()?;
-    let good = revisions
-        .iter()
-        .find(|(c, _)| c == cluster)
-        .and_then(|(_, r)| r.good.clone());
-    if good.as_deref() != Some(hash.as_str()) {
-        tracing::info!(
-            cluster,
-            placement,
-            "drifted, not self-healed: the cluster's last good revision is not this commit's"
-        );
-        return None;
-    }
-    if rollout.as_ref().is_some_and(|r| !r.phase.is_final()) {
-        tracing::info!(
-            cluster,
-            placement,
-            "drifted, not self-healed: a rollout is in progress"
-        );
-        return None;
-    }
-    let c = shared.clusters.cluster(cluster).await.ok()?;
-    // Git wins: fields another manager took (kubectl edit, scale) are taken back, as Flux's
-    // server-side apply does with ForceOwnership.
-    let mut forced = desired.clone();
-    forced.force = true;
-    let result = sync::apply(
-        c.as_ref(),
-        &rev.fleet.metadata.name,
-        std::slice::from_ref(&forced),
-        ApplyOptionsRun {
-            prune: desired.prune,
-            only_listed: true,
-            ..ApplyOptionsRun::default()
-        },
-    )
-    .await;
-    let failed = result.failed();
-    let message = if failed {
-        shared
-            .metrics
-            .apply_errors
-            .get_or_create(&labels(&[("cluster", cluster)]))
-            .inc();
-        let why: Vec<String> = result
-            .error
-            .iter()
-            .cloned()
-            .chain(
-                result
-                    .objects
-                    .iter()
-                    .filter(|o| o.message.is_some())
-                    .map(|o| format!("{}: {}", o.object, o.message.clone().unwrap_or_default())),
-            )
-            .collect();
-        format!("self-heal failed: {}", why.join("; "))
-    } else {
-        let changed: Vec<String> = result
-            .objects
-            .iter()
-            .filter(|o| o.action != sync::Action::Unchanged)
-            .map(|o| format!("{} {}", o.object, o.action.label(false)))
-            .collect();
-        format!("self-healed: {}", changed.join(", "))
-    };
-    let event = Event {
-        at: now(),
-        placement: placement.to_string(),
-        rollout: rollout.map(|r| r.id).unwrap_or_default(),
-        kind: if failed {
-            "self-heal-failed"
-        } else {
-            "self-healed"
-        }
-        .into(),
-        batch: None,
-        cluster: Some(cluster.to_string()),
-        message,
-    };
-    let _ = shared.store.write(|tx| tx.append_event(&event).map(|_| ()));
-    shared.on_event(&event);
-    (!failed).then(|| format!("{cluster}/{placement}"))
 }

@@ -33,6 +33,9 @@ pub struct Entry {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Inventory {
     pub entries: BTreeSet<Entry>,
+    /// The manifest hash of the placement's objects as last applied in full (`data.revision`;
+    /// `None` after a partial apply, or when an older flotilla wrote the record).
+    pub revision: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -105,7 +108,10 @@ impl Inventory {
                     LABEL_INVENTORY: "true",
                 },
             },
-            "data": {"objects": lines},
+            "data": match &self.revision {
+                Some(r) => json!({"objects": lines, "revision": r}),
+                None => json!({"objects": lines}),
+            },
         })
     }
 
@@ -152,7 +158,11 @@ impl Inventory {
                 },
             });
         }
-        Ok(Inventory { entries })
+        let revision = cm
+            .pointer("/data/revision")
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        Ok(Inventory { entries, revision })
     }
 
     /// The placement an inventory ConfigMap belongs to, from its name.
@@ -171,9 +181,66 @@ pub fn prune_disabled(v: &Value) -> bool {
         == Some("disabled")
 }
 
+/// `flotilla.dev/ssa`: how server-side apply treats one object (Flux's
+/// `kustomize.toolkit.fluxcd.io/ssa`, minus `Merge`).
+pub const ANNOTATION_SSA: &str = "flotilla.dev/ssa";
+
+/// The per-object apply policy named by [`ANNOTATION_SSA`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SsaPolicy {
+    /// No annotation: applied, and Git's fields win (unless the placement opts out).
+    Apply,
+    /// `if-not-present` (or Flux's `IfNotPresent`): created when missing, never changed
+    /// once it exists; an existing one is never drift.
+    IfNotPresent,
+    /// `ignore` (or `Ignore`), on the object in Git or on the live object: never applied,
+    /// never drift, never pruned (it leaves the placement's inventory).
+    Ignore,
+}
+
+/// The policy an object's annotation names; `Err` names the unknown value.
+pub fn ssa_policy(v: &Value) -> Result<SsaPolicy, String> {
+    let Some(value) = v
+        .pointer("/metadata/annotations")
+        .and_then(|a| a.get(ANNOTATION_SSA))
+    else {
+        return Ok(SsaPolicy::Apply);
+    };
+    match value.as_str() {
+        Some("if-not-present" | "IfNotPresent") => Ok(SsaPolicy::IfNotPresent),
+        Some("ignore" | "Ignore") => Ok(SsaPolicy::Ignore),
+        _ => Err(format!(
+            "annotation {ANNOTATION_SSA}: unknown value {value}; expected \"if-not-present\" or \"ignore\""
+        )),
+    }
+}
+
+/// True when the object says `flotilla.dev/ssa: ignore`.
+pub fn ssa_ignored(v: &Value) -> bool {
+    ssa_policy(v) == Ok(SsaPolicy::Ignore)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ssa_annotation_values() {
+        let with = |a: Value| serde_json::json!({"metadata": {"name": "x", "annotations": a}});
+        assert_eq!(ssa_policy(&serde_json::json!({})), Ok(SsaPolicy::Apply));
+        for v in ["if-not-present", "IfNotPresent"] {
+            let o = with(serde_json::json!({ANNOTATION_SSA: v}));
+            assert_eq!(ssa_policy(&o), Ok(SsaPolicy::IfNotPresent));
+        }
+        for v in ["ignore", "Ignore"] {
+            assert!(ssa_ignored(&with(serde_json::json!({ANNOTATION_SSA: v}))));
+        }
+        let bad = ssa_policy(&with(serde_json::json!({ANNOTATION_SSA: "merge"})));
+        assert_eq!(
+            bad,
+            Err("annotation flotilla.dev/ssa: unknown value \"merge\"; expected \"if-not-present\" or \"ignore\"".into())
+        );
+    }
 
     #[test]
     fn round_trips_through_a_configmap() {
@@ -197,6 +264,11 @@ mod tests {
             Some("base v1 Namespace - shop\nweb apps/v1 Deployment shop web\n")
         );
         assert_eq!(Inventory::placement_of(&cm), Some("frontend"));
+        assert_eq!(Inventory::from_configmap(&cm), Ok(inv.clone()));
+        // The revision applied in full travels too.
+        inv.revision = Some("3f2a".into());
+        let cm = inv.to_configmap("acme", "frontend");
+        assert_eq!(cm.pointer("/data/revision"), Some(&json!("3f2a")));
         assert_eq!(Inventory::from_configmap(&cm), Ok(inv));
     }
 

@@ -20,7 +20,9 @@ use crate::cluster::{ApplyOptions, Cluster, ClusterError, Gvk, ObjectRef};
 use crate::desired::{Desired, DesiredObject};
 use crate::diff::{changed_fields, mask_secrets, normalize, project, unified};
 use crate::health::{Health, HealthStatus, assess};
-use crate::inventory::{self, Entry, Inventory, prune_disabled};
+use crate::inventory::{
+    self, Entry, Inventory, SsaPolicy, prune_disabled, ssa_ignored, ssa_policy,
+};
 use crate::report::{ClusterReport, ObjectReport, ObjectState, PlacementReport};
 
 /// Live objects fetched in bulk (one list per kind and placement) before the per-object
@@ -240,6 +242,19 @@ async fn compare_object(
             return Ok(report);
         }
     };
+    // `flotilla.dev/ssa`: an ignored object, or an if-not-present one that exists, is what
+    // Git asks for whatever its fields say.
+    match ssa_policy(&o.value) {
+        Err(msg) => {
+            report.state = ObjectState::Error;
+            report.error = Some(msg);
+            return Ok(report);
+        }
+        Ok(SsaPolicy::Ignore) => return Ok(report),
+        Ok(SsaPolicy::IfNotPresent) if live.is_some() => return Ok(report),
+        Ok(_) if live.as_ref().is_some_and(ssa_ignored) => return Ok(report),
+        Ok(_) => {}
+    }
     let (desired_side, mode) = match mode {
         CompareMode::ReadOnly => (normalize(&o.value), mode),
         CompareMode::DryRun => {
@@ -569,10 +584,17 @@ async fn apply_inner(
     if !dry_run {
         for (d, objects, old) in &work {
             let mut union = old.clone();
-            union.entries.extend(objects.iter().map(|o| Entry {
-                bundle: o.bundle.clone(),
-                object: o.object.clone(),
-            }));
+            union
+                .entries
+                .extend(
+                    objects
+                        .iter()
+                        .filter(|o| !ssa_ignored(&o.value))
+                        .map(|o| Entry {
+                            bundle: o.bundle.clone(),
+                            object: o.object.clone(),
+                        }),
+                );
             if &union != old {
                 write_inventory(cluster, fleet, &d.placement, &union).await?;
             }
@@ -627,10 +649,15 @@ async fn apply_inner(
         }
     }
 
-    // Prune, placement by placement, then record what is left.
+    // Prune, placement by placement, then record what is left (and the revision, when every
+    // object of the placement went through).
     for (d, objects, old) in &work {
-        let mut keep = Inventory::default();
-        for o in objects.iter() {
+        let mut keep = Inventory {
+            revision: (!objects.iter().any(|o| failed.contains(&o.object)))
+                .then(|| crate::rollout::model::manifest_hash(objects)),
+            ..Inventory::default()
+        };
+        for o in objects.iter().filter(|o| !ssa_ignored(&o.value)) {
             if !failed.contains(&o.object) || old.contains(&o.object) {
                 keep.entries.insert(Entry {
                     bundle: o.bundle.clone(),
@@ -776,6 +803,34 @@ async fn apply_object(
             return Ok(r);
         }
     };
+    match ssa_policy(&o.value) {
+        Err(msg) => {
+            r.message = Some(msg);
+            return Ok(r);
+        }
+        Ok(SsaPolicy::Ignore) => {
+            r.action = Action::Unchanged;
+            r.message = Some(format!("annotated {}: ignore", inventory::ANNOTATION_SSA));
+            return Ok(r);
+        }
+        Ok(SsaPolicy::IfNotPresent) if live.is_some() => {
+            r.action = Action::Unchanged;
+            r.message = Some(format!(
+                "exists; annotated {}: if-not-present",
+                inventory::ANNOTATION_SSA
+            ));
+            return Ok(r);
+        }
+        Ok(_) if live.as_ref().is_some_and(ssa_ignored) => {
+            r.action = Action::Unchanged;
+            r.message = Some(format!(
+                "live object annotated {}: ignore",
+                inventory::ANNOTATION_SSA
+            ));
+            return Ok(r);
+        }
+        Ok(_) => {}
+    }
     let applied = cluster
         .apply(&o.value, ApplyOptions { dry_run, force })
         .await;
@@ -866,6 +921,11 @@ async fn prune_entries(
         } else if !prune {
             r.message = Some("no longer in Git; prune is off".into());
             keep.entries.insert(e.clone());
+        } else if ssa_ignored(&live) {
+            r.message = Some(format!(
+                "annotated {}: ignore: left alone",
+                inventory::ANNOTATION_SSA
+            ));
         } else if prune_disabled(&live) {
             r.message = Some(format!(
                 "annotated {}: disabled: left alone",

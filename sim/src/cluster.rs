@@ -798,6 +798,7 @@ impl Cluster {
         }
         let status_scope = sub == Some("status");
         let mut new = scoped(def, &old, obj, status_scope);
+        check_immutable(def, name, &old, &new)?;
         fields::record_update(
             Some(&old),
             &mut new,
@@ -915,6 +916,9 @@ impl Cluster {
                 Some(o) => scoped(def, o, merged, status_scope),
                 None => merged,
             };
+            if let Some(o) = &old {
+                check_immutable(def, name, o, &new)?;
+            }
             return Ok((
                 code,
                 self.commit(&mut st, def, ns, name, old.as_ref(), new, dry),
@@ -959,6 +963,7 @@ impl Cluster {
             return Err(ApiError::conflict(def, name));
         }
         let mut new = scoped(def, &old, doc, status_scope);
+        check_immutable(def, name, &old, &new)?;
         fields::record_update(
             Some(&old),
             &mut new,
@@ -1444,6 +1449,51 @@ fn check_kind(def: &ResourceDef, obj: &Value) -> Result<(), ApiError> {
         )));
     }
     Ok(())
+}
+
+/// An immutable ConfigMap or Secret (`immutable: true`) keeps its data and stays immutable,
+/// as the API server's validation says (422 Invalid, one cause per field).
+fn check_immutable(
+    def: &ResourceDef,
+    name: &str,
+    old: &Value,
+    new: &Value,
+) -> Result<(), ApiError> {
+    if !def.group.is_empty() || !matches!(def.kind.as_str(), "ConfigMap" | "Secret") {
+        return Ok(());
+    }
+    if old.get("immutable").and_then(Value::as_bool) != Some(true) {
+        return Ok(());
+    }
+    const WHY: &str = "Forbidden: field is immutable when `immutable` is set";
+    let mut causes = Vec::new();
+    if new.get("immutable").and_then(Value::as_bool) != Some(true) {
+        causes.push("immutable");
+    }
+    let fields: &[&str] = if def.kind == "Secret" {
+        &["data"]
+    } else {
+        &["data", "binaryData"]
+    };
+    let empty = Value::Object(Default::default());
+    for f in fields {
+        let (a, b) = (old.get(*f).unwrap_or(&empty), new.get(*f).unwrap_or(&empty));
+        if a != b {
+            causes.push(f);
+        }
+    }
+    match causes.as_slice() {
+        [] => Ok(()),
+        [one] => Err(ApiError::invalid(def, name, one, WHY)),
+        many => {
+            let list: Vec<String> = many.iter().map(|f| format!("{f}: {WHY}")).collect();
+            Err(ApiError::new(
+                422,
+                "Invalid",
+                format!("{} \"{name}\" is invalid: [{}]", def.kind, list.join(", ")),
+            ))
+        }
+    }
 }
 
 /// Object name rules and messages as kube-apiserver 1.36 words them: namespaces are RFC 1123

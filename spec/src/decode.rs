@@ -785,7 +785,7 @@ fn placement(cx: &mut Cx, node: &Node, path: &Ptr<'_>) -> Option<Placement> {
     let replicas = o.opt(cx, "replicas", replica_split);
     let rollout = o.opt(cx, "rollout", rollout).unwrap_or_default();
     let prune = o.opt(cx, "prune", bool_);
-    let force_conflicts = o.opt(cx, "forceConflicts", bool_).unwrap_or(false);
+    let force_conflicts = o.opt(cx, "forceConflicts", bool_).unwrap_or(true);
     o.finish(cx);
     Some(Placement {
         name: n?,

@@ -274,8 +274,9 @@ pub struct Placement {
     /// Overrides `settings.prune` for this placement.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub prune: Option<bool>,
-    /// Take ownership of fields other managers own on server-side apply conflicts.
-    #[serde(default)]
+    /// Take ownership of the fields Git declares when other managers (`kubectl edit`,
+    /// `kubectl patch`) own them: Git wins (default `true`); `false` stops on such conflicts.
+    #[serde(default = "default_true")]
     pub force_conflicts: bool,
 }
 
@@ -683,4 +684,8 @@ pub fn default_branch() -> String {
 
 pub fn default_commit_message() -> String {
     DEFAULT_COMMIT_MESSAGE.into()
+}
+
+pub fn default_true() -> bool {
+    true
 }

@@ -456,7 +456,11 @@ fn daemon_follows_webhooks_rejects_invalid_commits_and_supersedes() {
         .output()
         .expect("flotilla rollout runs");
     assert_eq!(o.status.code(), Some(0), "{}", crate::support::stderr(&o));
-    assert!(crate::support::stdout(&o).contains(&format!("commit {fourth}")));
+    assert!(
+        crate::support::stdout(&o).contains(&format!("from commit {}", &fourth[..12])),
+        "{}",
+        crate::support::stdout(&o)
+    );
 
     // SIGTERM: drains and exits 0.
     assert_eq!(d.terminate(), Some(0), "{}", d.log());
@@ -1042,4 +1046,110 @@ fn daemon_prunes_placements_that_leave_a_cluster() {
         "{}",
         d.log()
     );
+}
+
+#[test]
+fn daemon_restores_a_cluster_that_lost_the_placement_whatever_self_heal_says() {
+    let k = SimKube::start(sim(2));
+    let up = Upstream::new();
+    commit_fleet(&up, 2, "web:1", "0s", "web 1");
+    let git = up.daemon();
+    let d = Daemon::start(&k, &up, git.port, &["--poll-interval", "1s"]);
+    d.wait_for("rolled out", Duration::from_secs(60), || {
+        images(&k, 2) == all(2, "web:1")
+            && d.json("/api/v1/rollouts/web")["rollout"]["phase"] == "succeeded"
+    });
+    // selfHeal is off: a hand edit on sim-1 is drift, reported and left alone ...
+    k.sim
+        .edit(
+            "sim-1",
+            "apps/v1/deployments",
+            "shop",
+            "web",
+            r#"{"spec":{"replicas":4}}"#,
+            "kubectl-scale",
+        )
+        .expect("scaled by hand");
+    // ... but sim-2, rebuilt empty (its namespaces and the inventory gone), gets the
+    // revision back from the daemon's record, without a new rollout.
+    let o = k.run(&[
+        "--context",
+        "sim-2",
+        "delete",
+        "ns",
+        "shop",
+        "flotilla-system",
+    ]);
+    assert!(o.status.success(), "{}", crate::support::stderr(&o));
+    d.wait_for("sim-2 restored", Duration::from_secs(60), || {
+        images(&k, 2) == all(2, "web:1")
+            && d.json("/api/v1/rollouts/web")["events"]
+                .as_array()
+                .is_some_and(|ev| {
+                    ev.iter().any(|e| {
+                        e["kind"] == "self-healed"
+                            && e["cluster"] == "sim-2"
+                            && e["message"]
+                                .as_str()
+                                .is_some_and(|m| m.contains("inventory is missing"))
+                    })
+                })
+    });
+    let ok = k.run(&[
+        "--context",
+        "sim-2",
+        "-n",
+        "flotilla-system",
+        "get",
+        "cm",
+        "flotilla-inventory-web",
+    ]);
+    assert!(ok.status.success(), "the inventory is back");
+    assert_eq!(
+        replicas(&k, "sim-1"),
+        Some(4),
+        "field drift waits for selfHeal"
+    );
+    let events = d.json("/api/v1/rollouts/web")["events"].clone();
+    assert!(
+        !events
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|e| e["cluster"] == "sim-1" && e["kind"] == "self-healed"),
+        "{events}"
+    );
+    assert_eq!(
+        d.json("/api/v1/rollouts/web")["rollout"]["phase"],
+        "succeeded",
+        "a heal is not a rollout"
+    );
+
+    // sim-1's inventory says another revision was applied there (as after an
+    // `apply --no-rollout` of another commit): the revision that passed goes back, hand edit
+    // included, although selfHeal is off.
+    k.sim
+        .edit(
+            "sim-1",
+            "v1/configmaps",
+            "flotilla-system",
+            "flotilla-inventory-web",
+            r#"{"data":{"revision":"0123456789abcdef"}}"#,
+            "kubectl-patch",
+        )
+        .expect("inventory patched");
+    d.wait_for("sim-1 healed", Duration::from_secs(60), || {
+        replicas(&k, "sim-1") == Some(1)
+            && d.json("/api/v1/rollouts/web")["events"]
+                .as_array()
+                .is_some_and(|ev| {
+                    ev.iter().any(|e| {
+                        e["kind"] == "self-healed"
+                            && e["cluster"] == "sim-1"
+                            && e["message"]
+                                .as_str()
+                                .is_some_and(|m| m.contains("names manifests 0123456789ab"))
+                    })
+                })
+    });
 }

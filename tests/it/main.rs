@@ -18,6 +18,7 @@ mod git_source;
 mod images;
 mod prdiff;
 mod real_kube;
+mod real_heal;
 mod reconcile;
 mod render_fixtures;
 mod rollout;

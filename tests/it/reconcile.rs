@@ -322,13 +322,22 @@ fn reconcile_apply_diff_drift_and_prune_against_the_sim() {
             .any(|l| l.contains("ConfigMap/shop/settings") && l.contains("missing")),
         "{out}"
     );
+    // With the strict opt-out (`forceConflicts: false`) ...
+    std::fs::write(
+        r.join("fleet.yaml"),
+        FLEET.replace(
+            "    clusters: {}\n",
+            "    clusters: {}\n    forceConflicts: false\n",
+        ),
+    )
+    .expect("edit fleet");
     let o = live.flotilla(r, &["apply", "--no-rollout", "--cluster", "sim-1"]);
     assert!(
         stdout(&o).contains("sim-1: ConfigMap/shop/settings created"),
         "{}",
         show(&o)
     );
-    // The hand edit made kubectl the owner of spec.replicas: apply reports the conflict
+    // ... the hand edit made kubectl the owner of spec.replicas: apply reports the conflict
     // (cluster, object, manager, field) instead of taking the field silently ...
     assert_eq!(code(&o), 1, "{}", show(&o));
     assert!(
@@ -338,15 +347,8 @@ fn reconcile_apply_diff_drift_and_prune_against_the_sim() {
         "{}",
         show(&o)
     );
-    // ... until the placement says Git wins (`forceConflicts`), and the hand edit is undone.
-    std::fs::write(
-        r.join("fleet.yaml"),
-        FLEET.replace(
-            "    clusters: {}\n",
-            "    clusters: {}\n    forceConflicts: true\n",
-        ),
-    )
-    .expect("edit fleet");
+    // ... until the placement goes back to the default, Git wins, and the hand edit is undone.
+    std::fs::write(r.join("fleet.yaml"), FLEET).expect("edit fleet");
     let o = live.flotilla(r, &["apply", "--no-rollout", "--cluster", "sim-1"]);
     assert_eq!(code(&o), 0, "{}", show(&o));
     assert!(

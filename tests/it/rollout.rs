@@ -106,7 +106,17 @@ impl Fleet {
 
     /// Like `commit`, with extra lines under the placement's `rollout:`.
     fn commit_with(&self, image: &str, extra_rollout: &str, message: &str) {
-        std::fs::write(self.repo.join("fleet.yaml"), fleet_yaml(extra_rollout)).expect("write");
+        self.commit_fleet(&fleet_yaml(extra_rollout), image, message);
+    }
+
+    /// Writes one more file of the repository (committed by the next commit).
+    fn write(&self, rel: &str, text: &str) {
+        std::fs::write(self.repo.join(rel), text).expect("write");
+    }
+
+    /// Commits `fleet` as fleet.yaml with the Deployment running `image`.
+    fn commit_fleet(&self, fleet: &str, image: &str, message: &str) {
+        std::fs::write(self.repo.join("fleet.yaml"), fleet).expect("write");
         std::fs::write(self.repo.join("app/web.yaml"), WEB.replace("IMAGE", image)).expect("write");
         std::fs::write(
             self.repo.join("app/ns.yaml"),
@@ -663,4 +673,328 @@ fn rollout_status_and_pause_work_while_apply_runs() {
     assert!(f.status().contains(": Paused"));
     assert_eq!(f.images()[0], "nginx:1.28");
     assert_eq!(f.images()[1], "nginx:1.27", "the next batch never opened");
+}
+
+const SETTINGS: &str =
+    "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: settings}\ndata: {level: \"LEVEL\"}\n";
+const SERVICE: &str = "apiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec:\n  selector: {app: web}\n  ports:\n  - {port: 80}\n";
+
+impl Fleet {
+    /// `kubectl --context CLUSTER -n shop ARGS...`, which must succeed.
+    fn kubectl(&self, cluster: &str, args: &[&str]) -> String {
+        let mut all = vec!["--context", cluster, "-n", "shop"];
+        all.extend_from_slice(args);
+        let o = self.run(&all);
+        assert!(o.status.success(), "kubectl {all:?}: {}", show(&o));
+        stdout(&o)
+    }
+
+    /// `data.KEY` of ConfigMap NAME in shop on CLUSTER (`-` when absent).
+    fn cm(&self, cluster: &str, name: &str, key: &str) -> String {
+        let o = self.run(&[
+            "--context",
+            cluster,
+            "-n",
+            "shop",
+            "get",
+            "cm",
+            name,
+            "-o",
+            &format!("jsonpath={{.data.{key}}}"),
+        ]);
+        if o.status.success() {
+            stdout(&o)
+        } else {
+            "-".into()
+        }
+    }
+
+    fn patch_level(&self, cluster: &str, level: &str) {
+        self.kubectl(
+            cluster,
+            &[
+                "patch",
+                "cm",
+                "settings",
+                "--type=merge",
+                "-p",
+                &format!("{{\"data\":{{\"level\":\"{level}\"}}}}"),
+            ],
+        );
+    }
+
+    /// Clusters that received a mutating request since audit record `from`.
+    fn mutated_since(&self, from: usize) -> std::collections::BTreeSet<String> {
+        self.sim.audit()[from..]
+            .iter()
+            .filter(|a| a.is_mutation())
+            .map(|a| a.cluster.clone())
+            .collect()
+    }
+}
+
+fn sims() -> SimConfig {
+    SimConfig {
+        clusters: 6,
+        ready_delay: std::time::Duration::from_millis(200),
+        ..Default::default()
+    }
+    .unready_images("^broken/")
+    .expect("regex")
+}
+
+#[test]
+fn rollout_git_wins_over_a_kubectl_patch_and_a_rollback_forces() {
+    let f = Fleet::new(sims());
+    f.write("app/settings.yaml", &SETTINGS.replace("LEVEL", "1"));
+    f.commit("nginx:1.27", "first");
+    let o = f.apply();
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+
+    // Someone patches a field Git sets: kubectl-patch now owns data.level on sim-1.
+    f.patch_level("sim-1", "9");
+    // The next commit rolls out anyway (Git wins by default) and takes the field back.
+    f.commit("nginx:1.28", "second");
+    let o = f.apply();
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    assert!(!stdout(&o).contains("conflict"), "{}", show(&o));
+    assert_eq!(f.images(), vec!["nginx:1.28"; 6]);
+    assert_eq!(f.cm("sim-1", "settings", "level"), "1");
+
+    // With the opt-out (forceConflicts: false) the same edit stops the canary's apply ...
+    f.patch_level("sim-1", "9");
+    let strict = fleet_yaml("").replace(
+        "    clusters: {}\n",
+        "    clusters: {}\n    forceConflicts: false\n",
+    );
+    f.commit_fleet(&strict, "nginx:1.29", "strict");
+    let o = f.apply();
+    assert_eq!(o.status.code(), Some(1), "{}", show(&o));
+    let out = stdout(&o);
+    assert!(
+        out.contains("web batch 1 sim-1: apply-failed") && out.contains("kubectl-patch"),
+        "{}",
+        show(&o)
+    );
+    // ... and the rollback, which always forces, restores the last good revision there.
+    assert!(
+        out.contains("web batch 1 sim-1: rolled-back"),
+        "{}",
+        show(&o)
+    );
+    assert!(stderr(&o).contains("RolledBack"), "{}", show(&o));
+    assert!(!stderr(&o).contains("RollingBack"), "{}", show(&o));
+    assert_eq!(f.cm("sim-1", "settings", "level"), "1");
+    assert_eq!(f.images(), vec!["nginx:1.28"; 6]);
+    // Events say which id is a manifest hash and which a commit.
+    assert!(
+        out.lines()
+            .any(|l| l.contains(": started: manifests ") && l.contains(" from commit ")),
+        "{out}"
+    );
+    assert!(!out.contains(": gates"), "no gates, no gates event:\n{out}");
+}
+
+#[test]
+fn rollout_apply_heals_edits_deletions_and_a_rebuilt_cluster() {
+    let f = Fleet::new(sims());
+    f.write("app/settings.yaml", &SETTINGS.replace("LEVEL", "1"));
+    f.write("app/service.yaml", SERVICE);
+    f.commit("nginx:1.27", "first");
+    let o = f.apply();
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+
+    // A field edited and an object deleted by hand on sim-2.
+    f.patch_level("sim-2", "9");
+    f.kubectl("sim-2", &["delete", "svc", "web"]);
+    let before = f.sim.audit().len();
+    let o = f.apply();
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    assert!(
+        stderr(&o).contains("healed sim-2: 1 created, 1 configured"),
+        "{}",
+        show(&o)
+    );
+    assert!(
+        !stdout(&o).contains("batch-applying"),
+        "a heal is not a rollout:\n{}",
+        show(&o)
+    );
+    assert_eq!(f.cm("sim-2", "settings", "level"), "1");
+    f.kubectl("sim-2", &["get", "svc", "web"]);
+    assert_eq!(
+        f.mutated_since(before),
+        ["sim-2".to_string()].into_iter().collect(),
+        "only the drifted cluster is touched"
+    );
+
+    // Healed: the next apply is up to date and changes nothing.
+    let before = f.sim.audit().len();
+    let o = f.apply();
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    assert!(
+        stderr(&o).contains("placement web: up to date"),
+        "{}",
+        show(&o)
+    );
+    assert!(f.mutated_since(before).is_empty());
+
+    // sim-3 rebuilt empty (same name, same context): restored from the state store's
+    // revision, inventory included.
+    f.run(&[
+        "--context",
+        "sim-3",
+        "delete",
+        "ns",
+        "shop",
+        "flotilla-system",
+    ]);
+    let gone = |what: &str| {
+        !f.run(&["--context", "sim-3", "get", "ns", what])
+            .status
+            .success()
+    };
+    let t = std::time::Instant::now();
+    while !(gone("shop") && gone("flotilla-system")) {
+        assert!(t.elapsed().as_secs() < 20, "namespaces not deleted");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let o = f.apply();
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    assert!(stderr(&o).contains("healed sim-3: "), "{}", show(&o));
+    assert_eq!(f.images()[2], "nginx:1.27");
+    assert_eq!(f.cm("sim-3", "settings", "level"), "1");
+    f.run(&[
+        "--context",
+        "sim-3",
+        "-n",
+        "flotilla-system",
+        "get",
+        "cm",
+        "flotilla-inventory-web",
+    ])
+    .status
+    .success()
+    .then_some(())
+    .expect("the inventory is back");
+
+    // A revision that failed is never healed back in.
+    f.commit("broken/nginx:2", "bad");
+    let o = f.apply();
+    assert_eq!(o.status.code(), Some(1), "{}", show(&o));
+    f.kubectl("sim-1", &["delete", "svc", "web"]);
+    let before = f.sim.audit().len();
+    let o = f.apply();
+    assert!(stderr(&o).contains("failed before"), "{}", show(&o));
+    assert!(f.mutated_since(before).is_empty());
+}
+
+#[test]
+fn rollout_ssa_annotations_if_not_present_and_ignore() {
+    let f = Fleet::new(sims());
+    let keep = |v: &str| {
+        format!(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: keep\n  annotations: {{flotilla.dev/ssa: if-not-present}}\ndata: {{v: {v}}}\n"
+        )
+    };
+    f.write("app/keep.yaml", &keep("a"));
+    f.write(
+        "app/skip.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: skip\n  annotations: {flotilla.dev/ssa: ignore}\ndata: {v: x}\n",
+    );
+    f.commit("nginx:1.27", "first");
+    let o = f.apply();
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    assert_eq!(f.cm("sim-1", "keep", "v"), "a", "created when missing");
+    assert_eq!(f.cm("sim-1", "skip", "v"), "-", "ignored: never applied");
+
+    // An existing if-not-present object is never overwritten, by a rollout or a heal.
+    f.kubectl(
+        "sim-1",
+        &[
+            "patch",
+            "cm",
+            "keep",
+            "--type=merge",
+            "-p",
+            r#"{"data":{"v":"b"}}"#,
+        ],
+    );
+    f.write("app/keep.yaml", &keep("c"));
+    f.commit("nginx:1.28", "second");
+    let o = f.apply();
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    assert_eq!(f.cm("sim-1", "keep", "v"), "b");
+    assert_eq!(f.cm("sim-2", "keep", "v"), "a");
+    let o = f.apply();
+    assert!(
+        stderr(&o).contains("placement web: up to date"),
+        "{}",
+        show(&o)
+    );
+    // ... nor reported as drift (and the ignored one is not missing).
+    let o = Command::new(env!("CARGO_BIN_EXE_flotilla"))
+        .args(["drift", "--kubeconfig"])
+        .arg(&f.kubeconfig)
+        .arg("--repo")
+        .arg(&f.repo)
+        .args(["--rev", "main", "--cache"])
+        .arg(f.repo.parent().expect("parent").join("cache"))
+        .env_remove("FLOTILLA_LOG")
+        .env_remove("KUBECONFIG")
+        .output()
+        .expect("flotilla runs");
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+
+    // Deleted, it is created again with Git's current value.
+    f.kubectl("sim-1", &["delete", "cm", "keep"]);
+    let o = f.apply();
+    assert!(
+        stderr(&o).contains("healed sim-1: 1 created"),
+        "{}",
+        show(&o)
+    );
+    assert_eq!(f.cm("sim-1", "keep", "v"), "c");
+}
+
+#[test]
+fn rollout_a_rollback_the_server_refuses_ends_in_rollback_failed() {
+    let f = Fleet::new(sims());
+    f.write("app/settings.yaml", &SETTINGS.replace("LEVEL", "1"));
+    f.commit("nginx:1.27", "first");
+    let o = f.apply();
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+
+    // The bad revision makes the ConfigMap immutable: the server will refuse to put the old
+    // data back.
+    f.write(
+        "app/settings.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: settings}\nimmutable: true\ndata: {level: \"2\"}\n",
+    );
+    f.commit("broken/nginx:2", "bad");
+    let o = f.apply();
+    assert_eq!(o.status.code(), Some(1), "{}", show(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains("RollbackFailed")
+            && err.contains("sim-1: ConfigMap/shop/settings")
+            && err.contains("field is immutable"),
+        "{}",
+        show(&o)
+    );
+    assert!(
+        stdout(&o).contains("web batch 1 sim-1: rollback-failed"),
+        "{}",
+        show(&o)
+    );
+    let status = f.status();
+    assert!(status.contains("RollbackFailed"), "{status}");
+    assert!(!status.contains('>'), "no batch looks current:\n{status}");
+
+    // Held for a person: the next apply does not loop on it.
+    let before = f.sim.audit().len();
+    let o = f.apply();
+    assert_eq!(o.status.code(), Some(1), "{}", show(&o));
+    assert!(stderr(&o).contains("failed before"), "{}", show(&o));
+    assert!(f.mutated_since(before).is_empty());
 }

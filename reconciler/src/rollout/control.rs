@@ -124,6 +124,7 @@ pub fn phase_after(kind: &str) -> Option<Phase> {
         "paused" => Phase::Paused,
         "rolling-back" => Phase::RollingBack,
         "rolled-back-all" => Phase::RolledBack,
+        "rollback-stopped" => Phase::RollbackFailed,
         "succeeded" => Phase::Succeeded,
         "superseded" => Phase::Superseded,
         "aborted" => Phase::Aborted,

@@ -124,6 +124,16 @@ fn parse_time(s: &str) -> Option<DateTime<Utc>> {
         .map(|t| t.with_timezone(&Utc))
 }
 
+/// A fleet commit as events name it: `commit <12 hex>` (a manifest hash is always called
+/// `manifests <hex>`, so the two are never confused); other sources (`work tree DIR`) as is.
+pub fn commit_label(commit: &str) -> String {
+    if commit.len() >= 12 && commit.bytes().all(|b| b.is_ascii_hexdigit()) {
+        format!("commit {}", &commit[..12])
+    } else {
+        commit.to_string()
+    }
+}
+
 /// Objects as stored for rollback: `[{"bundle": .., "object": {..}}, ..]`.
 fn manifests_json(objects: &[DesiredObject]) -> String {
     let v: Vec<Value> = objects
@@ -249,7 +259,10 @@ impl Engine<'_> {
                         "superseded",
                         None,
                         None,
-                        format!("a newer revision of the placement ({})", input.commit),
+                        format!(
+                            "a newer revision of the placement ({})",
+                            commit_label(input.commit)
+                        ),
                     );
                     self.record(&mut old, vec![e])?;
                 }
@@ -276,7 +289,18 @@ impl Engine<'_> {
                         format!("batch {}: {}", b.number, names.join(", "))
                     })
                     .collect();
-                let e = self.event(&r, "started", None, None, summary.join("; "));
+                let e = self.event(
+                    &r,
+                    "started",
+                    None,
+                    None,
+                    format!(
+                        "manifests {} from {}; {}",
+                        &r.revision[..r.revision.len().min(12)],
+                        commit_label(input.commit),
+                        summary.join("; ")
+                    ),
+                );
                 self.record(&mut r, vec![e])?;
                 r
             }
@@ -453,7 +477,7 @@ impl Engine<'_> {
                     .map(|c| async move {
                         let mut delay = Duration::from_millis(500);
                         let res = loop {
-                            match self.apply_to(input, &c, None).await {
+                            match self.apply_to(input, &c, None, false).await {
                                 Err(ApplyError::Unavailable(msg)) if self.clock.now() < patience => {
                                     tracing::warn!(cluster = %c, error = %msg, "cluster unavailable; retrying");
                                     tokio::time::sleep(delay).await;
@@ -512,8 +536,14 @@ impl Engine<'_> {
                     self.settle(r, n, &c, res, ClusterState::Healthy, "healthy", "unhealthy")?;
                 }
                 r.batches[r.current].step = Step::Gates;
-                let e = self.event(r, "gates", Some(n), None, String::new());
-                self.record(r, vec![e])
+                let gates = &input.placement.rollout.gates;
+                let events = if gates.is_empty() {
+                    Vec::new()
+                } else {
+                    let what = format!("{} metric gate(s) per cluster", gates.len());
+                    vec![self.event(r, "gates", Some(n), None, what)]
+                };
+                self.record(r, events)
             }
             Step::Gates | Step::FinalGates => {
                 let final_round = batch.step == Step::FinalGates;
@@ -695,6 +725,7 @@ impl Engine<'_> {
         input: &PlacementInput<'_>,
         r: &mut Rollout,
     ) -> Result<(), EngineError> {
+        let mut refused: Vec<String> = Vec::new();
         for bi in 0..r.batches.len() {
             if r.batches[bi].step == Step::Pending {
                 continue;
@@ -717,11 +748,9 @@ impl Engine<'_> {
                                     rollout: r.id.clone(),
                                     hash: h.clone(),
                                 })?;
-                        match self
-                            .apply_to(input, &c.cluster, Some(objects))
-                            .await
-                            .map_err(|e| e.to_string())
-                        {
+                        // A rollback always forces: a field someone edited by hand must
+                        // not keep the cluster on the failed revision.
+                        match self.apply_to(input, &c.cluster, Some(objects), true).await {
                             Ok(()) => {
                                 let placement = r.placement.clone();
                                 self.store.write(|tx| {
@@ -731,16 +760,35 @@ impl Engine<'_> {
                                     tx.put_revision(&placement, &c.cluster, &rev)?;
                                     Ok(())
                                 })?;
-                                ("rolled-back", format!("restored {}", &h[..h.len().min(12)]))
+                                (
+                                    "rolled-back",
+                                    format!("restored manifests {}", &h[..h.len().min(12)]),
+                                )
                             }
-                            Err(msg) => {
-                                // Keep trying on the next run; report now.
+                            Err(ApplyError::Unavailable(msg)) => {
+                                // Unreachable: the next run tries again; report now.
                                 let e = self.event(
                                     r,
                                     "rollback-failed",
                                     Some(n),
                                     Some(&c.cluster),
-                                    msg.clone(),
+                                    format!("{msg} (retried on the next run)"),
+                                );
+                                self.record(r, vec![e])?;
+                                continue;
+                            }
+                            Err(ApplyError::Failed(msg)) => {
+                                // The server refused: retrying cannot help. Held for a person.
+                                let cs = &mut r.batches[bi].clusters[ci];
+                                cs.state = ClusterState::Failed;
+                                cs.message = format!("rollback failed: {msg}");
+                                refused.push(format!("{}: {msg}", c.cluster));
+                                let e = self.event(
+                                    r,
+                                    "rollback-failed",
+                                    Some(n),
+                                    Some(&c.cluster),
+                                    msg,
                                 );
                                 self.record(r, vec![e])?;
                                 continue;
@@ -757,6 +805,16 @@ impl Engine<'_> {
                 let e = self.event(r, kind, Some(n), Some(&c.cluster), message);
                 self.record(r, vec![e])?;
             }
+        }
+        if !refused.is_empty() {
+            r.phase = Phase::RollbackFailed;
+            r.message = format!(
+                "{}; rollback failed on {}; held for a person (fix the object or the cluster, then push a new commit)",
+                r.message,
+                refused.join("; ")
+            );
+            let e = self.event(r, "rollback-stopped", None, None, r.message.clone());
+            return self.record(r, vec![e]);
         }
         let left = r
             .batches
@@ -777,6 +835,7 @@ impl Engine<'_> {
         input: &PlacementInput<'_>,
         cluster: &str,
         objects: Option<Vec<DesiredObject>>,
+        force: bool,
     ) -> Result<(), ApplyError> {
         let objects = match objects {
             Some(o) => o,
@@ -797,7 +856,7 @@ impl Engine<'_> {
         let desired = [Desired {
             placement: input.placement.name.clone(),
             prune: input.prune,
-            force: input.placement.force_conflicts,
+            force: force || input.placement.force_conflicts,
             objects: Ok(objects),
         }];
         let options = ApplyOptionsRun {
@@ -832,7 +891,12 @@ impl Engine<'_> {
             return Err(format!("cluster {cluster:?} has no rendered objects"));
         };
         let handle = self.clusters.cluster(cluster).await?;
-        let refs: Vec<ObjectRef> = objects.iter().map(|o| o.object.clone()).collect();
+        // An object annotated `flotilla.dev/ssa: ignore` is never applied: not waited for.
+        let refs: Vec<ObjectRef> = objects
+            .iter()
+            .filter(|o| !crate::inventory::ssa_ignored(&o.value))
+            .map(|o| o.object.clone())
+            .collect();
         let selector = sync::placement_selector(&input.placement.name);
         let healths = sync::wait_healthy(handle.as_ref(), &refs, &selector, left, self.poll)
             .await

@@ -7,11 +7,13 @@
 
 pub mod control;
 pub mod engine;
+pub mod heal;
 pub mod inputs;
 pub mod model;
 pub mod windows;
 
 pub use control::{ControlError, Request, phase_after};
 pub use engine::{Clock, Clusters, Engine, EngineError, Gates, Outcome, PlacementInput};
+pub use heal::{Healed, Healer};
 pub use inputs::{RenderFailed, placement_inputs};
 pub use model::{ClusterRevision, ClusterState, Event, Phase, Rollout, Step, StopRequest};

@@ -62,6 +62,9 @@ pub enum Phase {
     Waiting,
     Paused,
     RollingBack,
+    /// The rollback could not put every cluster back (the server refused an object): final,
+    /// held for a person; the message names the cluster, object and server message.
+    RollbackFailed,
     Succeeded,
     Failed,
     RolledBack,
@@ -76,6 +79,7 @@ impl Phase {
             Phase::Succeeded
                 | Phase::Failed
                 | Phase::RolledBack
+                | Phase::RollbackFailed
                 | Phase::Superseded
                 | Phase::Aborted
         )
@@ -87,6 +91,7 @@ impl Phase {
             Phase::Waiting => "Waiting",
             Phase::Paused => "Paused",
             Phase::RollingBack => "RollingBack",
+            Phase::RollbackFailed => "RollbackFailed",
             Phase::Succeeded => "Succeeded",
             Phase::Failed => "Failed",
             Phase::RolledBack => "RolledBack",
