@@ -1023,6 +1023,11 @@ mod tests {
             Rev::Commit(_)
         ));
         assert!(Rev::parse("a..b").is_err());
+        // rev-parse expressions need a local clone (see `open_local`): the error says so.
+        for text in ["HEAD~1", "main^", "origin/main...HEAD", "main@{1}"] {
+            let e = Rev::parse(text).expect_err(text).to_string();
+            assert!(e.contains("need a local clone"), "{text}: {e}");
+        }
         assert!(Rev::parse("feature/*").is_err());
         Ok(())
     }
