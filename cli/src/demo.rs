@@ -168,7 +168,7 @@ fn print_event(e: &Value, at: Duration) {
         .unwrap_or_default();
     let cluster = e["cluster"].as_str().unwrap_or("");
     let message = e["message"].as_str().unwrap_or("");
-    let message: String = message.chars().take(90).collect();
+    let message = flotilla_reconciler::report::shorten(message, 90);
     println!(
         "  {:>5.1}s  {batch:<8} {cluster:<6} {kind:<15} {message}",
         at.as_secs_f64()
@@ -355,12 +355,17 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
         for c in &report.clusters {
             for p in &c.placements {
                 for o in p.objects.iter().filter(|o| o.state != ObjectState::InSync) {
+                    let what: Vec<String> = if o.changes.is_empty() {
+                        o.fields.clone()
+                    } else {
+                        o.changes.iter().map(ToString::to_string).collect()
+                    };
                     say(&format!(
                         "  {}: {} {}: {}",
                         c.name,
                         o.id,
                         o.state.label(),
-                        o.fields.join(", ")
+                        what.join("; ")
                     ));
                 }
             }

@@ -35,7 +35,9 @@ pub enum ImagesCommand {
     /// Write the chosen tags into the repository's files (only the bytes of the values
     /// change). A local directory is edited in place; with --push (or a Git URL) the changes
     /// are committed on each policy's writeBack.branch and pushed, rebasing and retrying when
-    /// the branch moved. Exit 0 nothing to change, 1 changes written, 2 errors.
+    /// the branch moved. Exit 0 done (changes written or nothing to change), 2 errors; with
+    /// --dry-run (or a Git repository without --push, which only shows), 1 when there are
+    /// changes, as `images scan`.
     Update {
         #[command(flatten)]
         fleet: FleetArgs,
@@ -51,6 +53,9 @@ pub enum ImagesCommand {
         /// Show what would change; write, commit and push nothing.
         #[arg(long)]
         dry_run: bool,
+        /// Exit 1 when changes were written or pushed (as `git diff --exit-code`).
+        #[arg(long)]
+        exit_code: bool,
         #[arg(short, long, value_enum, default_value_t = Output::Text)]
         output: Output,
     },
@@ -90,8 +95,19 @@ pub fn run(command: ImagesCommand) -> anyhow::Result<ExitCode> {
             push,
             branch_mode,
             dry_run,
+            exit_code,
             output,
-        } => update(&fleet, &registry, push, branch_mode, dry_run, output),
+        } => update(
+            &fleet,
+            &registry,
+            Update {
+                push,
+                branch_mode,
+                dry_run,
+                exit_code,
+            },
+            output,
+        ),
     }
 }
 
@@ -267,14 +283,26 @@ fn scan(args: &FleetArgs, registry: &RegistryArgs, output: Output) -> anyhow::Re
     Ok(code(failed, !plan.changes.is_empty()))
 }
 
-fn update(
-    args: &FleetArgs,
-    registry: &RegistryArgs,
+/// The flags of `images update`.
+struct Update {
     push: bool,
     branch_mode: bool,
     dry_run: bool,
+    exit_code: bool,
+}
+
+fn update(
+    args: &FleetArgs,
+    registry: &RegistryArgs,
+    flags: Update,
     output: Output,
 ) -> anyhow::Result<ExitCode> {
+    let Update {
+        push,
+        branch_mode,
+        dry_run,
+        exit_code,
+    } = flags;
     let git_mode = push || git::is_url(&args.repo) || args.rev.is_some();
     if branch_mode && !git_mode {
         anyhow::bail!("--branch-mode pushes a branch: add --push");
@@ -291,7 +319,8 @@ fn update(
             &desired,
             dry_run,
             output,
-        );
+        )
+        .map(|(failed, changed)| code(failed, changed && (dry_run || exit_code)));
     }
     drop(repo);
     if !push && !dry_run {
@@ -357,7 +386,10 @@ fn update(
         )?;
     }
     let failed = report_failures(&scans, &all) || failed;
-    Ok(code(failed, !all.changes.is_empty()))
+    Ok(code(
+        failed,
+        !all.changes.is_empty() && (dry_run || exit_code),
+    ))
 }
 
 fn commit_one(
@@ -397,7 +429,7 @@ fn print_changes(plan: &Plan) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Edits a local work tree in place (no commit).
+/// Edits a local work tree in place (no commit). (failed, changes found)
 fn update_local(
     args: &FleetArgs,
     fleet: &Fleet,
@@ -406,7 +438,7 @@ fn update_local(
     desired: &[Desired],
     dry_run: bool,
     output: Output,
-) -> anyhow::Result<ExitCode> {
+) -> anyhow::Result<(bool, bool)> {
     let plan = flotilla_images::plan(fleet, repo, desired)?;
     if !dry_run {
         let root = std::fs::canonicalize(&args.repo)
@@ -439,5 +471,5 @@ fn update_local(
         )?,
     }
     let failed = report_failures(scans, &plan);
-    Ok(code(failed, !plan.changes.is_empty()))
+    Ok((failed, !plan.changes.is_empty()))
 }

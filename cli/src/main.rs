@@ -1,7 +1,7 @@
 //! `flotilla`: a thin command line over the library crates. Argument parsing and output only.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -80,13 +80,15 @@ enum Command {
         #[command(flatten)]
         clusters: live::ClusterArgs,
         /// Compare with live clusters.
-        #[arg(long, required_unless_present = "base", conflicts_with_all = ["base", "head"])]
+        #[arg(long, conflicts_with_all = ["base", "head"])]
         live: bool,
-        /// Review mode: the revision the change starts from (branch, tag, commit, or a
-        /// remote-tracking branch such as origin/main).
+        /// Review mode: the revision the change starts from. A local repository takes what
+        /// `git rev-parse` takes (HEAD~1, a short commit id, a tag, origin/main) and A...B for
+        /// the merge base of A and B (`--base origin/main...HEAD` reviews a branch as a pull
+        /// request does).
         #[arg(long, value_name = "REF", requires = "head")]
         base: Option<String>,
-        /// Review mode: the revision with the change.
+        /// Review mode: the revision with the change (same forms as --base).
         #[arg(long, value_name = "REF", requires = "base")]
         head: Option<String>,
         #[arg(long, value_enum, default_value_t = live::ReportFormat::Text)]
@@ -203,7 +205,10 @@ struct FleetArgs {
     /// read as a Git repository at that revision instead.
     #[arg(long, default_value = ".")]
     repo: String,
-    /// The branch, tag or commit to read from a Git repository (default: the remote's HEAD).
+    /// The revision to read from a Git repository (default: the remote's HEAD). A local
+    /// repository takes what `git rev-parse` takes (`HEAD~1`, a short commit id, a tag,
+    /// `origin/main`, ...) and `A...B` for the merge base; a URL takes a branch, tag, full ref
+    /// or full commit id.
     #[arg(long)]
     rev: Option<String>,
     /// The cache of fetched repositories [default: $XDG_CACHE_HOME/flotilla, else
@@ -330,6 +335,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             &head,
             format,
             out.as_deref(),
+        ),
+        Command::Diff { live: false, .. } => anyhow::bail!(
+            "flotilla diff needs a mode: --live (Git against live clusters) or --base REF --head REF (two Git revisions, no cluster)"
         ),
         Command::Diff {
             fleet,
@@ -458,6 +466,22 @@ fn load(args: &FleetArgs) -> anyhow::Result<Loaded> {
     }
 }
 
+/// Reads revision `rev` of the local repository `--repo` (anything `git rev-parse` names,
+/// or A...B for a merge base) straight from its object database.
+fn load_local_rev(args: &FleetArgs, rev: &str) -> anyhow::Result<Loaded> {
+    let snapshot = git::open_local(Path::new(&args.repo), rev)?;
+    eprintln!(
+        "{} ({}): commit {}",
+        snapshot.repo_name(),
+        snapshot.rev(),
+        snapshot.commit()
+    );
+    let where_ = format!("repository {} at {}", snapshot.repo_name(), snapshot.rev());
+    let (file, checked) = check_fleet_file(args, &snapshot, None, &where_)?;
+    let revision = snapshot.commit().to_string();
+    Ok((file, checked, Box::new(snapshot), revision))
+}
+
 /// The cache directory for Git repositories.
 fn cache_root(args: &FleetArgs) -> anyhow::Result<PathBuf> {
     match &args.cache {
@@ -493,6 +517,11 @@ fn remote(args: &FleetArgs) -> anyhow::Result<git::Remote> {
 
 /// Fetches the revision into the cache and checks the fleet file of that commit.
 fn load_git(args: &FleetArgs) -> anyhow::Result<Loaded> {
+    if !git::is_url(&args.repo)
+        && let Some(rev) = &args.rev
+    {
+        return load_local_rev(args, rev);
+    }
     let remote = remote(args)?;
     let rev = git::Rev::parse(args.rev.as_deref().unwrap_or("HEAD"))?;
     let cache = cache_root(args)?.join("git").join(remote.cache_name());

@@ -14,15 +14,19 @@ use flotilla_spec::{Fleet, RepoFiles};
 use crate::live::ReportFormat;
 use crate::{FleetArgs, Loaded, load_git};
 
-/// Reads one revision. A short name that is no branch or tag of a local repository is
-/// tried as a remote-tracking branch (`origin/main` in CI checkouts).
+/// Reads one revision. A local repository resolves it as `git rev-parse` does; for a URL, a
+/// short name that is no branch or tag is tried as a remote-tracking branch.
 fn load_rev(args: &FleetArgs, rev: &str) -> anyhow::Result<Loaded> {
     let side = FleetArgs {
         rev: Some(rev.to_string()),
         ..args.clone()
     };
     match load_git(&side) {
-        Err(e) if !rev.starts_with("refs/") && rev.contains('/') => {
+        Err(e)
+            if flotilla_source::git::is_url(&args.repo)
+                && !rev.starts_with("refs/")
+                && rev.contains('/') =>
+        {
             let tracking = FleetArgs {
                 rev: Some(format!("refs/remotes/{rev}")),
                 ..args.clone()

@@ -83,7 +83,7 @@ impl Progress {
             let _ = write!(out, "\x1b[{}A\x1b[J", *drawn);
         }
         // One screen row for the event (a wrapped line would break the redraw).
-        let short: String = line.chars().take(100).collect();
+        let short = flotilla_reconciler::report::shorten(&line, 100);
         let _ = writeln!(out, "{table}{short}");
         *drawn = table.lines().count() + 1;
     }

@@ -206,14 +206,30 @@ fn quantity(s: &str) -> Option<f64> {
 /// Paths (`spec.replicas`, `spec.template.spec.containers[web].image`) where `a` and `b`
 /// differ, sorted.
 pub fn changed_fields(a: &Value, b: &Value) -> Vec<String> {
-    let mut out = Vec::new();
-    walk(a, b, &mut String::new(), &mut out);
-    out.sort();
+    let mut out: Vec<String> = changed_values(a, b)
+        .into_iter()
+        .map(|(p, _, _)| p)
+        .collect();
     out.dedup();
     out
 }
 
-fn walk(a: &Value, b: &Value, path: &mut String, out: &mut Vec<String>) {
+/// The fields that differ, as [`changed_fields`], with the value on each side (`None` where
+/// the field is absent), sorted by path.
+pub fn changed_values<'a>(
+    a: &'a Value,
+    b: &'a Value,
+) -> Vec<(String, Option<&'a Value>, Option<&'a Value>)> {
+    let mut out = Vec::new();
+    walk(a, b, &mut String::new(), &mut out);
+    out.sort_by(|x, y| x.0.cmp(&y.0));
+    out.dedup_by(|x, y| x.0 == y.0);
+    out
+}
+
+type Changed<'a> = Vec<(String, Option<&'a Value>, Option<&'a Value>)>;
+
+fn walk<'a>(a: &'a Value, b: &'a Value, path: &mut String, out: &mut Changed<'a>) {
     match (a, b) {
         (Value::Object(x), Value::Object(y)) => {
             let mut keys: Vec<&String> = x.keys().chain(y.keys()).collect();
@@ -227,7 +243,7 @@ fn walk(a: &Value, b: &Value, path: &mut String, out: &mut Vec<String>) {
                 path.push_str(k);
                 match (x.get(k), y.get(k)) {
                     (Some(xv), Some(yv)) => walk(xv, yv, path, out),
-                    _ => out.push(path.clone()),
+                    (xv, yv) => out.push((path.clone(), xv, yv)),
                 }
                 path.truncate(len);
             }
@@ -247,17 +263,17 @@ fn walk(a: &Value, b: &Value, path: &mut String, out: &mut Vec<String>) {
                     path.push_str(&format!("[{}]", label(xe)));
                     match y.iter().find(|ye| ye.get(key) == xe.get(key)) {
                         Some(ye) => walk(xe, ye, path, out),
-                        None => out.push(path.clone()),
+                        None => out.push((path.clone(), Some(xe), None)),
                     }
                     path.truncate(len);
                 }
                 for ye in y {
                     if !x.iter().any(|xe| xe.get(key) == ye.get(key)) {
-                        out.push(format!("{path}[{}]", label(ye)));
+                        out.push((format!("{path}[{}]", label(ye)), None, Some(ye)));
                     }
                 }
             } else if x.len() != y.len() {
-                out.push(path.clone());
+                out.push((path.clone(), Some(a), Some(b)));
             } else {
                 for (i, (xe, ye)) in x.iter().zip(y).enumerate() {
                     let len = path.len();
@@ -268,7 +284,7 @@ fn walk(a: &Value, b: &Value, path: &mut String, out: &mut Vec<String>) {
             }
         }
         (x, y) if x == y => {}
-        _ => out.push(path.clone()),
+        _ => out.push((path.clone(), Some(a), Some(b))),
     }
 }
 

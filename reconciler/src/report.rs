@@ -64,6 +64,10 @@ pub struct ObjectReport {
     /// Paths of the fields that differ (`spec.replicas`, `data.key`), sorted.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub fields: Vec<String>,
+    /// The same fields with their values (Git's and the live one), shortened; Secret values
+    /// masked. Empty when the values were not compared (missing, orphaned).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub changes: Vec<FieldChange>,
     /// A unified diff of the YAML (live on the `-` side, desired on the `+` side), without
     /// colour; Secret values replaced by markers. Empty when nothing differs.
     #[serde(skip_serializing_if = "String::is_empty")]
@@ -75,6 +79,60 @@ pub struct ObjectReport {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
+
+/// One field that differs: `path: git → live`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FieldChange {
+    pub path: String,
+    /// The value Git sets (`None`: Git does not set it).
+    pub git: Option<String>,
+    /// The live value (`None`: not set live).
+    pub live: Option<String>,
+}
+
+/// Characters of one value shown in a [`FieldChange`].
+const FIELD_VALUE_CHARS: usize = 60;
+
+impl FieldChange {
+    /// The fields where `git` and `live` differ, with their values. Callers mask Secrets
+    /// first ([`crate::diff::mask_secrets`]).
+    pub fn between(git: &serde_json::Value, live: &serde_json::Value) -> Vec<FieldChange> {
+        let show = |v: Option<&serde_json::Value>| {
+            v.map(|v| {
+                let s = match v {
+                    serde_json::Value::String(s) if !s.is_empty() => s.clone(),
+                    v => v.to_string(),
+                };
+                shorten(&clean(&s), FIELD_VALUE_CHARS)
+            })
+        };
+        crate::diff::changed_values(git, live)
+            .into_iter()
+            .map(|(path, g, l)| FieldChange {
+                path,
+                git: show(g),
+                live: show(l),
+            })
+            .collect()
+    }
+}
+
+impl std::fmt::Display for FieldChange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let side = |v: &Option<String>| v.clone().unwrap_or_else(|| "(not set)".into());
+        write!(
+            f,
+            "{}: {} → {}",
+            self.path,
+            side(&self.git),
+            side(&self.live)
+        )
+    }
+}
+
+/// Field changes listed per object in text; more are counted.
+const TEXT_FIELDS: usize = 20;
 
 /// Where one object stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -226,6 +284,27 @@ impl std::fmt::Display for Summary {
             plural(self.errors, "error", "errors"),
         )
     }
+}
+
+/// `text` in at most `max` characters: whole if it fits, else cut at the last word boundary
+/// that leaves room for `…` (mid-word only when one word is longer than the room).
+pub fn shorten(text: &str, max: usize) -> String {
+    if text.chars().count() <= max {
+        return text.to_string();
+    }
+    let room = max.saturating_sub(1);
+    let cut: String = text.chars().take(room).collect();
+    let next_is_space = text.chars().nth(room).is_some_and(char::is_whitespace);
+    let kept = if next_is_space {
+        cut.trim_end()
+    } else {
+        match cut.rfind(char::is_whitespace) {
+            Some(i) if i > room / 2 => cut[..i].trim_end(),
+            _ => cut.as_str(),
+        }
+    };
+    let kept = kept.trim_end_matches([',', ';', ':']);
+    format!("{kept}…")
 }
 
 pub(crate) fn plural(n: usize, one: &str, many: &str) -> String {
@@ -509,6 +588,17 @@ fn text_object(out: &mut String, o: &ObjectReport, color: bool) {
         out.push(')');
     }
     out.push('\n');
+    for c in o.changes.iter().take(TEXT_FIELDS) {
+        out.push_str("      ");
+        out.push_str(&clean(&c.to_string()));
+        out.push('\n');
+    }
+    if o.changes.len() > TEXT_FIELDS {
+        out.push_str(&format!(
+            "      and {} more fields\n",
+            o.changes.len() - TEXT_FIELDS
+        ));
+    }
     for line in o.diff.lines() {
         let line = clean(line);
         let style = if line.starts_with("+++") || line.starts_with("---") {
@@ -1245,4 +1335,47 @@ fn html_diff(out: &mut String, diff: &str) {
         ));
     }
     out.push_str("</details></td></tr>\n");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shorten;
+
+    #[test]
+    fn shorten_cuts_at_a_word_boundary_with_an_ellipsis() {
+        assert_eq!(
+            shorten("0 of 2 replicas available", 40),
+            "0 of 2 replicas available"
+        );
+        let s = shorten("Deployment shop/web: 0 of 2 replicas available", 40);
+        assert_eq!(s, "Deployment shop/web: 0 of 2 replicas…");
+        assert!(s.chars().count() <= 40);
+        // One long word: cut inside it, still bounded.
+        let s = shorten(&"x".repeat(100), 10);
+        assert_eq!(s, format!("{}…", "x".repeat(9)));
+        assert_eq!(shorten("a b c d e f", 6), "a b c…");
+    }
+}
+
+#[cfg(test)]
+mod field_tests {
+    use super::FieldChange;
+    use serde_json::json;
+
+    #[test]
+    fn field_changes_show_git_and_live_values() {
+        let git = json!({"spec": {"replicas": 3, "paused": false, "image": "a".repeat(200)}});
+        let live = json!({"spec": {"replicas": 5, "image": "b", "extra": ""}});
+        let shown: Vec<String> = FieldChange::between(&git, &live)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(shown.len(), 4, "{shown:?}");
+        assert_eq!(shown[0], "spec.extra: (not set) → \"\"");
+        assert!(shown[1].starts_with("spec.image: aaaa"), "{shown:?}");
+        assert!(shown[1].ends_with("… → b"), "{shown:?}");
+        assert!(shown[1].chars().count() < 90, "{shown:?}");
+        assert_eq!(shown[2], "spec.paused: false → (not set)");
+        assert_eq!(shown[3], "spec.replicas: 3 → 5");
+    }
 }

@@ -45,6 +45,9 @@ pub struct Review {
     pub head: String,
     /// Clusters with at least one change or render error, by name.
     pub clusters: Vec<ClusterReview>,
+    /// The same changes once: per placement, each distinct set of object changes (or render
+    /// error) with the clusters that get it. What the text and Markdown forms show.
+    pub groups: Vec<ChangeGroup>,
     /// Per placement of the head, the rollout its change would start.
     pub rollouts: Vec<PlacementRollout>,
     /// Validation errors of the head and render failures: the change cannot be applied.
@@ -70,6 +73,62 @@ pub struct PlacementReview {
     /// Why the head could not be rendered for this cluster.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+}
+
+/// One placement's changes, identical on every cluster listed.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ChangeGroup {
+    pub placement: String,
+    /// By name.
+    pub clusters: Vec<String>,
+    pub added: usize,
+    pub changed: usize,
+    pub removed: usize,
+    pub objects: Vec<ObjectChange>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Groups identical placement changes across clusters (same objects, same diffs, same
+/// error): in placement order of first appearance, then by first cluster.
+pub fn group(clusters: &[ClusterReview]) -> Vec<ChangeGroup> {
+    let mut order: Vec<&str> = Vec::new();
+    let mut by_placement: BTreeMap<&str, Vec<ChangeGroup>> = BTreeMap::new();
+    for c in clusters {
+        for p in &c.placements {
+            let groups = by_placement.entry(&p.name).or_insert_with(|| {
+                order.push(&p.name);
+                Vec::new()
+            });
+            match groups
+                .iter_mut()
+                .find(|g| g.objects == p.objects && g.error == p.error)
+            {
+                Some(g) => g.clusters.push(c.name.clone()),
+                None => groups.push(ChangeGroup {
+                    placement: p.name.clone(),
+                    clusters: vec![c.name.clone()],
+                    added: p.added,
+                    changed: p.changed,
+                    removed: p.removed,
+                    objects: p.objects.clone(),
+                    error: p.error.clone(),
+                }),
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for name in order {
+        if let Some(mut groups) = by_placement.remove(name) {
+            for g in &mut groups {
+                g.clusters.sort();
+            }
+            groups.sort_by(|a, b| a.clusters.first().cmp(&b.clusters.first()));
+            out.extend(groups);
+        }
+    }
+    out
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -161,11 +220,12 @@ impl Review {
             "no changes".to_string()
         } else {
             format!(
-                "{} added, {} changed, {} removed in {}",
+                "{} added, {} changed, {} removed in {} ({})",
                 a,
                 c,
                 r,
-                plural(clusters, "cluster", "clusters")
+                plural(clusters, "cluster", "clusters"),
+                plural(self.groups.len(), "distinct change", "distinct changes")
             )
         };
         if !self.errors.is_empty() {
@@ -358,6 +418,7 @@ pub fn compare(input: Input<'_>) -> Review {
         fleet: input.fleet,
         base: input.base_rev,
         head: input.head_rev,
+        groups: group(&clusters),
         clusters,
         rollouts,
         errors,
@@ -397,32 +458,31 @@ pub fn text(review: &Review) -> String {
     for n in &review.notes {
         out.push_str(&format!("note: {}\n", clean(n)));
     }
-    for c in &review.clusters {
-        out.push_str(&format!("\ncluster {}\n", clean(&c.name)));
-        for p in &c.placements {
+    for g in &review.groups {
+        out.push_str(&format!(
+            "\nplacement {}: +{} ~{} -{} on {}: {}\n",
+            clean(&g.placement),
+            g.added,
+            g.changed,
+            g.removed,
+            plural(g.clusters.len(), "cluster", "clusters"),
+            clean(&g.clusters.join(", "))
+        ));
+        if let Some(e) = &g.error {
+            out.push_str(&format!("  render failed: {}\n", clean(e)));
+        }
+        for o in &g.objects {
             out.push_str(&format!(
-                "  placement {}: +{} ~{} -{}\n",
-                clean(&p.name),
-                p.added,
-                p.changed,
-                p.removed
+                "  {} {} (bundle {})\n",
+                o.change.sign(),
+                clean(&o.id),
+                clean(&o.bundle)
             ));
-            if let Some(e) = &p.error {
-                out.push_str(&format!("    render failed: {}\n", clean(e)));
+            if !o.fields.is_empty() {
+                out.push_str(&format!("    fields: {}\n", clean(&o.fields.join(", "))));
             }
-            for o in &p.objects {
-                out.push_str(&format!(
-                    "    {} {} (bundle {})\n",
-                    o.change.sign(),
-                    clean(&o.id),
-                    clean(&o.bundle)
-                ));
-                if !o.fields.is_empty() {
-                    out.push_str(&format!("      fields: {}\n", clean(&o.fields.join(", "))));
-                }
-                for line in o.diff.lines() {
-                    out.push_str(&format!("      {}\n", clean(line)));
-                }
+            for line in o.diff.lines() {
+                out.push_str(&format!("    {}\n", clean(line)));
             }
         }
     }
@@ -451,13 +511,26 @@ const MD_DIFF_LINES: usize = 80;
 /// than this, objects listed while it is shorter than [`MD_LIST_UNTIL`]; the rest is counted.
 const MD_DIFF_UNTIL: usize = 50_000;
 const MD_LIST_UNTIL: usize = 60_000;
-/// Rows of the summary table; more clusters are counted.
+/// Rows of the summary table (one per distinct change); more are counted.
 const MD_ROWS: usize = 200;
+/// Cluster names shown in a table cell and in a change's details; more are counted.
+const MD_TABLE_NAMES: usize = 10;
+const MD_DETAIL_NAMES: usize = 200;
+
+/// `a, b, c and 7 more`, Markdown-escaped.
+fn md_names(names: &[String], limit: usize) -> String {
+    let mut shown: Vec<String> = names.iter().take(limit).map(|n| md(n)).collect();
+    if names.len() > limit {
+        shown.push(format!("and {} more", names.len() - limit));
+    }
+    shown.join(", ")
+}
 /// Errors listed in full.
 const MD_ERRORS: usize = 30;
 
-/// For a pull-request comment: a summary table (changed clusters by placements), the
-/// rollout plan, errors, then a collapsed `<details>` per cluster with its diffs.
+/// For a pull-request comment: a summary table (each distinct change of a placement and the
+/// clusters that get it), the rollout plan, errors, then a collapsed `<details>` per distinct
+/// change with its diffs.
 pub fn markdown(review: &Review) -> String {
     let mut out = String::new();
     let emoji = match review.exit_code() {
@@ -493,39 +566,24 @@ pub fn markdown(review: &Review) -> String {
         out.push('\n');
     }
 
-    let mut names: Vec<&str> = Vec::new();
-    for p in review.clusters.iter().flat_map(|c| &c.placements) {
-        if !names.contains(&p.name.as_str()) {
-            names.push(&p.name);
-        }
-    }
-    if !review.clusters.is_empty() {
-        out.push_str("| Cluster |");
-        for n in &names {
-            out.push_str(&format!(" {} |", md(n)));
-        }
-        out.push_str("\n| --- |");
-        for _ in &names {
-            out.push_str(" --- |");
-        }
-        out.push('\n');
-        for c in review.clusters.iter().take(MD_ROWS) {
-            out.push_str(&format!("| **{}** |", md(&c.name)));
-            for n in &names {
-                match c.placements.iter().find(|p| p.name == *n) {
-                    None => out.push_str(" — |"),
-                    Some(p) if p.error.is_some() => out.push_str(" ❌ render failed |"),
-                    Some(p) => {
-                        out.push_str(&format!(" +{} ~{} -{} |", p.added, p.changed, p.removed))
-                    }
-                }
-            }
-            out.push('\n');
-        }
-        if review.clusters.len() > MD_ROWS {
+    if !review.groups.is_empty() {
+        out.push_str("| Placement | Clusters | Changes |\n| --- | --- | --- |\n");
+        for g in review.groups.iter().take(MD_ROWS) {
+            let changes = match &g.error {
+                Some(_) => "❌ render failed".to_string(),
+                None => format!("+{} ~{} -{}", g.added, g.changed, g.removed),
+            };
             out.push_str(&format!(
-                "\n_{} more changed clusters not in the table._\n",
-                review.clusters.len() - MD_ROWS
+                "| {} | {} | {} |\n",
+                md_code(&g.placement),
+                md_names(&g.clusters, MD_TABLE_NAMES),
+                changes
+            ));
+        }
+        if review.groups.len() > MD_ROWS {
+            out.push_str(&format!(
+                "\n_{} more distinct changes not in the table._\n",
+                review.groups.len() - MD_ROWS
             ));
         }
         out.push('\n');
@@ -545,51 +603,50 @@ pub fn markdown(review: &Review) -> String {
     }
 
     let (mut unlisted, mut cut_diffs) = (0usize, 0usize);
-    for c in &review.clusters {
+    for g in &review.groups {
         if out.len() >= MD_LIST_UNTIL {
-            unlisted += c.placements.iter().map(|p| p.objects.len()).sum::<usize>();
+            unlisted += g.objects.len();
             continue;
         }
-        let (a, ch, r) = c.placements.iter().fold((0, 0, 0), |t, p| {
-            (t.0 + p.added, t.1 + p.changed, t.2 + p.removed)
-        });
         out.push_str(&format!(
-            "<details>\n<summary><b>{}</b>: +{} ~{} -{}</summary>\n\n",
-            esc(&c.name),
-            a,
-            ch,
-            r
+            "<details>\n<summary><b>{}</b> on {}: +{} ~{} -{}</summary>\n\n",
+            esc(&g.placement),
+            plural(g.clusters.len(), "cluster", "clusters"),
+            g.added,
+            g.changed,
+            g.removed
         ));
-        for p in &c.placements {
-            out.push_str(&format!("#### Placement {}\n\n", md_code(&p.name)));
-            if let Some(e) = &p.error {
-                out.push_str("The head could not be rendered:\n\n");
-                md_fence(&mut out, "text", e);
-                out.push('\n');
+        out.push_str(&format!(
+            "Clusters: {}\n\n",
+            md_names(&g.clusters, MD_DETAIL_NAMES)
+        ));
+        if let Some(e) = &g.error {
+            out.push_str("The head could not be rendered:\n\n");
+            md_fence(&mut out, "text", e);
+            out.push('\n');
+        }
+        for o in &g.objects {
+            if out.len() >= MD_LIST_UNTIL {
+                unlisted += 1;
+                continue;
             }
-            for o in &p.objects {
-                if out.len() >= MD_LIST_UNTIL {
-                    unlisted += 1;
-                    continue;
+            out.push_str(&format!(
+                "- **{}** {} · bundle {}\n",
+                o.change.label(),
+                md_code(&o.id),
+                md_code(&o.bundle)
+            ));
+            if !o.fields.is_empty() {
+                let mut fields: Vec<String> =
+                    o.fields.iter().take(20).map(|f| md_code(f)).collect();
+                if o.fields.len() > 20 {
+                    fields.push(format!("and {} more", o.fields.len() - 20));
                 }
-                out.push_str(&format!(
-                    "- **{}** {} · bundle {}\n",
-                    o.change.label(),
-                    md_code(&o.id),
-                    md_code(&o.bundle)
-                ));
-                if !o.fields.is_empty() {
-                    let mut fields: Vec<String> =
-                        o.fields.iter().take(20).map(|f| md_code(f)).collect();
-                    if o.fields.len() > 20 {
-                        fields.push(format!("and {} more", o.fields.len() - 20));
-                    }
-                    out.push_str(&format!("  - fields: {}\n", fields.join(", ")));
-                }
-                out.push('\n');
-                if !md_diff(&mut out, &o.diff) {
-                    cut_diffs += 1;
-                }
+                out.push_str(&format!("  - fields: {}\n", fields.join(", ")));
+            }
+            out.push('\n');
+            if !md_diff(&mut out, &o.diff) {
+                cut_diffs += 1;
             }
         }
         out.push_str("</details>\n\n");
@@ -654,10 +711,13 @@ mod tests {
         }
     }
 
+    /// 30 clusters; each cluster's objects differ from every other cluster's.
     fn side(tag: &str) -> Rendered {
         (0..30)
             .map(|c| {
-                let objects = (0..5).map(|o| object(&format!("o{o}"), 400, tag)).collect();
+                let objects = (0..5)
+                    .map(|o| object(&format!("o{o}"), 400, &format!("{tag}{c}")))
+                    .collect();
                 let d = Desired {
                     placement: "p".into(),
                     prune: true,
@@ -687,7 +747,8 @@ mod tests {
         let md = markdown(&review);
         assert!(md.len() < 65_536, "{}", md.len());
         assert!(md.starts_with("### "));
-        assert!(md.contains("| **cluster-29** | +0 ~5 -0 |"));
+        assert_eq!(review.groups.len(), 30);
+        assert!(md.contains("| `p` | cluster-29 | +0 ~5 -0 |"), "{md}");
         assert!(md.contains("diff lines not shown"));
         assert!(md.contains("the comment would be too long"));
     }
@@ -708,5 +769,92 @@ mod tests {
         assert_eq!(review.exit_code(), 0);
         assert!(review.clusters.is_empty());
         assert!(text(&review).contains("no changes"));
+    }
+
+    /// `n` clusters with placement `p`'s object `o` coloured by `color(cluster index)`.
+    fn fleet_of(n: usize, color: impl Fn(usize) -> &'static str) -> Rendered {
+        (0..n)
+            .map(|c| {
+                let d = Desired {
+                    placement: "p".into(),
+                    prune: true,
+                    force: false,
+                    objects: Ok(vec![object("o", 1, color(c))]),
+                };
+                (format!("c{c:04}"), vec![d])
+            })
+            .collect()
+    }
+
+    fn review_of(base: &Rendered, head: &Rendered) -> Review {
+        compare(Input {
+            fleet: "f".into(),
+            base_rev: "a".into(),
+            head_rev: "b".into(),
+            base,
+            head,
+            head_plan: None,
+            errors: Vec::new(),
+            notes: Vec::new(),
+        })
+    }
+
+    #[test]
+    fn identical_changes_are_grouped_with_their_clusters() {
+        // 1,000 clusters go from blue to green; c0007 goes to red instead.
+        let base = fleet_of(1000, |_| "blue");
+        let head = fleet_of(1000, |c| if c == 7 { "red" } else { "green" });
+        let review = review_of(&base, &head);
+        assert_eq!(review.clusters.len(), 1000);
+        assert_eq!(review.groups.len(), 2, "{:?}", review.groups);
+        let (many, one) = (&review.groups[0], &review.groups[1]);
+        assert_eq!(many.clusters.len(), 999);
+        assert_eq!(many.clusters[0], "c0000");
+        assert!(!many.clusters.contains(&"c0007".to_string()));
+        assert_eq!(one.clusters, ["c0007"]);
+        assert!(one.objects[0].diff.contains("+  k00000: red-0"));
+        assert!(many.objects[0].diff.contains("+  k00000: green-0"));
+
+        // Text: each diff once, with its clusters.
+        let t = text(&review);
+        assert_eq!(t.matches("+  k00000: green-0").count(), 1, "{t}");
+        assert_eq!(t.matches("+  k00000: red-0").count(), 1, "{t}");
+        assert!(t.contains("placement p: +0 ~1 -0 on 999 clusters: c0000, c0001"));
+        assert!(t.contains("placement p: +0 ~1 -0 on 1 cluster: c0007\n"));
+        assert!(
+            t.ends_with("0 added, 1000 changed, 0 removed in 1000 clusters (2 distinct changes)\n"),
+            "{t}"
+        );
+
+        // Markdown: two rows, two diffs, small enough for a comment.
+        let md = markdown(&review);
+        assert!(md.len() < 20_000, "{}", md.len());
+        assert_eq!(md.matches("```diff").count(), 2, "{md}");
+        assert!(md.contains("and 989 more | +0 ~1 -0 |"), "{md}");
+        assert!(md.contains("| `p` | c0007 | +0 ~1 -0 |"), "{md}");
+        assert!(md.contains("and 799 more"), "{md}");
+
+        // JSON: per-cluster detail and the groups.
+        let v: Value = serde_json::from_str(&json(&review)).expect("JSON");
+        assert_eq!(v["clusters"].as_array().map(Vec::len), Some(1000));
+        assert_eq!(v["groups"][1]["clusters"], json!(["c0007"]));
+    }
+
+    #[test]
+    fn render_errors_and_other_placements_are_their_own_groups() {
+        let base = fleet_of(3, |_| "blue");
+        let mut head = fleet_of(3, |_| "green");
+        if let Some(d) = head.get_mut("c0002") {
+            d[0].objects = Err("bundle b: missing file".into());
+        }
+        let review = review_of(&base, &head);
+        assert_eq!(review.groups.len(), 2, "{:?}", review.groups);
+        assert_eq!(review.groups[0].clusters, ["c0000", "c0001"]);
+        assert_eq!(review.groups[1].clusters, ["c0002"]);
+        assert_eq!(
+            review.groups[1].error.as_deref(),
+            Some("bundle b: missing file")
+        );
+        assert!(text(&review).contains("  render failed: bundle b: missing file"));
     }
 }

@@ -23,7 +23,7 @@ use crate::health::{Health, HealthStatus, assess};
 use crate::inventory::{
     self, Entry, Inventory, SsaPolicy, prune_disabled, ssa_ignored, ssa_policy,
 };
-use crate::report::{ClusterReport, ObjectReport, ObjectState, PlacementReport};
+use crate::report::{ClusterReport, FieldChange, ObjectReport, ObjectState, PlacementReport};
 
 /// Live objects fetched in bulk (one list per kind and placement) before the per-object
 /// work, keyed by identity; objects not found there are fetched one by one (they may have
@@ -303,6 +303,7 @@ async fn compare_object(
             } else {
                 report.state = ObjectState::Modified;
                 mask_secrets(Some(&mut live_side), Some(&mut desired_side));
+                report.changes = FieldChange::between(&desired_side, &live_side);
                 report.diff = unified(&to_yaml(&live_side), &to_yaml(&desired_side));
             }
         }
@@ -359,6 +360,7 @@ fn object_report(r: &ObjectRef, bundle: &str) -> ObjectReport {
         bundle: bundle.into(),
         state: ObjectState::InSync,
         fields: Vec::new(),
+        changes: Vec::new(),
         diff: String::new(),
         health: None,
         error: None,

@@ -36,6 +36,7 @@ fn obj(api_version: &str, kind: &str, ns: Option<&str>, name: &str, bundle: &str
         bundle: bundle.into(),
         state: ObjectState::InSync,
         fields: vec![],
+        changes: vec![],
         diff: String::new(),
         health: Some(Health::new(HealthStatus::Healthy, "no status to check")),
         error: None,

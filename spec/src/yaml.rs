@@ -225,7 +225,64 @@ fn parse_stream(text: &str, limits: &Limits, many: bool) -> Result<Vec<Node>, Ya
         });
     }
     let mut parser = Parser::new_from_str(text);
-    build(std::iter::from_fn(|| parser.next_event()), limits, many)
+    build(std::iter::from_fn(|| parser.next_event()), limits, many).map_err(|e| match e {
+        YamlError::Syntax { pos, message } => match unclosed_bracket(text, pos) {
+            Some((bracket, at)) => YamlError::Syntax {
+                pos,
+                message: format!(
+                    "{message} (the `{bracket}` opened at line {}, column {} is never closed)",
+                    at.line, at.column
+                ),
+            },
+            None => YamlError::Syntax { pos, message },
+        },
+        e => e,
+    })
+}
+
+/// The innermost flow bracket (`{` or `[`) still open at `upto`, and where it was opened: a
+/// syntax error after one is most likely that bracket's. Quoted text and comments are
+/// skipped; a bracket counts only where a flow collection can start (after `:`, `-`, `,`,
+/// `?`, another bracket, or at the start of a line), not inside a plain scalar (`a[1]`).
+fn unclosed_bracket(text: &str, upto: Pos) -> Option<(char, Pos)> {
+    let mut open: Vec<(char, Pos)> = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line_no = u32::try_from(n + 1).unwrap_or(u32::MAX);
+        if line_no > upto.line {
+            break;
+        }
+        let mut quote: Option<char> = None;
+        let mut prev: Option<char> = None;
+        for (c, ch) in line.chars().enumerate() {
+            let column = u32::try_from(c + 1).unwrap_or(u32::MAX);
+            if line_no == upto.line && column >= upto.column {
+                break;
+            }
+            match quote {
+                Some(q) if ch == q => quote = None,
+                Some(_) => {}
+                None => match ch {
+                    '\'' | '"' if prev.is_none_or(|p| " \t:,[{-?".contains(p)) => quote = Some(ch),
+                    '#' if prev.is_none_or(|p| p == ' ' || p == '\t') => break,
+                    '{' | '[' if prev.is_none_or(|p| ":-,?[{".contains(p)) => open.push((
+                        ch,
+                        Pos {
+                            line: line_no,
+                            column,
+                        },
+                    )),
+                    '}' | ']' if !open.is_empty() => {
+                        open.pop();
+                    }
+                    _ => {}
+                },
+            }
+            if !ch.is_whitespace() {
+                prev = Some(ch);
+            }
+        }
+    }
+    open.pop()
 }
 
 fn build<'i>(
@@ -572,6 +629,22 @@ mod tests {
 
     fn p(s: &str) -> Result<Node, YamlError> {
         parse(s, &Limits::default())
+    }
+
+    #[test]
+    fn an_unclosed_bracket_is_named_with_where_it_opened() {
+        for (text, bracket, at) in [
+            ("a: 1\nb: {c: 1, d: 2\ne: 3\n", '{', "line 2, column 4"),
+            ("a:\n  - [1, 2\n  - 3\nb: 4\n", '[', "line 2, column 5"),
+            ("a: {b: [1, 2], c: 'x}'\nd: 1\n", '{', "line 1, column 4"),
+        ] {
+            let e = p(text).expect_err(text).to_string();
+            let want = format!("the `{bracket}` opened at {at} is never closed");
+            assert!(e.contains(&want), "{text:?}: {e}");
+        }
+        // Brackets inside plain scalars and comments are not flow collections.
+        let e = p("a: x[1]  # {\nb: [1\nc: 2\n").expect_err("unclosed");
+        assert!(e.to_string().contains("opened at line 2, column 4"), "{e}");
     }
 
     #[test]

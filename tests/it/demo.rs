@@ -32,7 +32,7 @@ fn demo_runs_the_whole_story() {
         assert!(first_applied.contains("sim-1"), "{block}");
     }
     assert!(
-        out.contains("sim-3: Deployment.apps/shop/web modified: spec.replicas\n"),
+        out.contains("sim-3: Deployment.apps/shop/web modified: spec.replicas: 2 → 5\n"),
         "{out}"
     );
     let html = std::fs::read_to_string(dir.path().join("drift.html")).expect("drift.html");

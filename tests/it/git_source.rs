@@ -424,6 +424,23 @@ fn snapshots_read_like_a_local_tree_and_refuse_links_out() {
     assert_eq!(pinned.poll().expect("pinned"), Poll::Unchanged);
     let err = p.source("nope", None).poll().expect_err("no such ref");
     assert!(matches!(err, GitError::RefNotFound { .. }), "{err}");
+    assert!(err.to_string().contains("on the remote"), "{err}");
+    // The same repository named by its path is no remote: the error says so.
+    let local = Remote::parse(&p.upstream.bare().display().to_string(), None).expect("path");
+    let err = GitSource::open(
+        local,
+        Rev::parse("nope").expect("valid rev"),
+        p.upstream.scratch("cache-local"),
+    )
+    .expect("cache opens")
+    .poll()
+    .expect_err("no such ref");
+    assert!(matches!(err, GitError::RefNotFound { .. }), "{err}");
+    assert!(
+        err.to_string()
+            .ends_with("nope does not exist in the repository (no branch or tag by that name)"),
+        "{err}"
+    );
     let err = p
         .source("0123456789abcdef0123456789abcdef01234567", None)
         .poll()

@@ -163,9 +163,13 @@ fn prdiff_review_of_revisions() {
     let o = r.diff("v1", "v2", &[]);
     let out = stdout(&o);
     assert_eq!(code(&o), Some(1), "{out}{}", stderr(&o));
-    assert!(out.contains("cluster c1\n"), "{out}");
-    assert!(out.contains("cluster c2\n"), "{out}");
-    assert!(!out.contains("cluster c3"), "{out}");
+    // c1 and c2 get the same change: it is printed once, with both names.
+    assert!(
+        out.contains("placement web: +1 ~1 -1 on 2 clusters: c1, c2\n"),
+        "{out}"
+    );
+    assert_eq!(out.matches("~ ConfigMap/shop/settings").count(), 1, "{out}");
+    assert!(!out.contains("c3"), "{out}");
     assert!(out.contains("~ ConfigMap/shop/settings"), "{out}");
     assert!(out.contains("fields: data.color"), "{out}");
     assert!(
@@ -210,14 +214,15 @@ fn prdiff_review_of_revisions() {
     let o = r.diff("v1", "no-such-ref", &[]);
     assert_eq!(code(&o), Some(2), "{}{}", stdout(&o), stderr(&o));
 
-    // Markdown for a PR comment: the summary table first, then <details> per cluster.
+    // Markdown for a PR comment: the summary table first, then <details> per distinct change.
     let o = r.diff("v1", "v2", &["--format", "markdown"]);
     let out = stdout(&o);
     assert_eq!(code(&o), Some(1), "{out}");
-    let table = out.find("| Cluster | web |").expect(&out);
+    let table = out.find("| Placement | Clusters | Changes |").expect(&out);
     let details = out.find("<details>").expect(&out);
     assert!(table < details, "{out}");
-    assert!(out.contains("| **c1** | +1 ~1 -1 |"), "{out}");
+    assert!(out.contains("| `web` | c1, c2 | +1 ~1 -1 |"), "{out}");
+    assert_eq!(out.matches("<details>").count(), 1, "{out}");
     assert!(out.contains("```diff"), "{out}");
     assert!(out.len() < 65_536);
 
@@ -232,14 +237,22 @@ fn prdiff_review_of_revisions() {
     let names: Vec<&str> = clusters.iter().filter_map(|c| c["name"].as_str()).collect();
     assert_eq!(names, ["c1", "c2"]);
     assert_eq!(v["rollouts"][0]["batches"][0]["label"], "canary");
+    assert_eq!(v["groups"][0]["clusters"], serde_json::json!(["c1", "c2"]));
 }
 
 #[test]
 fn prdiff_modes_are_exclusive() {
     let o = crate::support::flotilla(&["diff", "--live", "--base", "a", "--head", "b"]);
     assert_eq!(code(&o), Some(2), "{}", stderr(&o));
+    // Neither mode: the error names both.
     let o = crate::support::flotilla(&["diff"]);
     assert_eq!(code(&o), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--live"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("--base REF --head REF"),
+        "{}",
+        stderr(&o)
+    );
     let o = crate::support::flotilla(&["diff", "--base", "a"]);
     assert_eq!(code(&o), Some(2), "{}", stderr(&o));
 }
@@ -284,7 +297,7 @@ fn prdiff_golden_cases() {
         .filter(|p| p.join("base").is_dir())
         .collect();
     cases.sort();
-    assert!(cases.len() >= 5, "{cases:?}");
+    assert!(cases.len() >= 6, "{cases:?}");
     let update = std::env::var_os("UPDATE_EXPECT").is_some();
     let mut failures = Vec::new();
     for case in &cases {
@@ -350,4 +363,97 @@ fn prdiff_golden_cases() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+/// `--base`, `--head` and `--rev` take what `git rev-parse` takes for a local repository.
+#[test]
+fn prdiff_revisions_like_git() {
+    let r = repo();
+    // HEAD is `bad`; HEAD~1 is v3 (Secret rotated), HEAD~2 is v2.
+    for (base, head) in [("HEAD~2", "HEAD~1"), ("HEAD^^", "HEAD^"), ("v2", "main~1")] {
+        let o = r.diff(base, head, &[]);
+        let out = stdout(&o);
+        assert_eq!(code(&o), Some(1), "{base}..{head}: {out}{}", stderr(&o));
+        assert!(out.contains("Secret/shop/db"), "{base} {head}: {out}");
+        assert!(
+            !out.contains("ConfigMap/shop/settings"),
+            "{base} {head}: {out}"
+        );
+    }
+
+    // Short commit ids.
+    let short = |rev: &str| {
+        let o = Command::new("git")
+            .arg("-C")
+            .arg(r.path())
+            .args(["rev-parse", "--short=8", rev])
+            .output()
+            .expect("git runs");
+        String::from_utf8_lossy(&o.stdout).trim().to_string()
+    };
+    let (v1, v2) = (short("v1"), short("v2"));
+    let o = r.diff(&v1, &v2, &[]);
+    let out = stdout(&o);
+    assert_eq!(code(&o), Some(1), "{out}{}", stderr(&o));
+    assert!(out.contains("~ ConfigMap/shop/settings"), "{out}");
+    assert!(out.contains(&format!("base {}", &v1[..8])), "{out}");
+
+    // A...B: the merge base, as a pull request compares. `feature` forks from `same` and
+    // changes one colour; main moved on (v2, v3, bad) meanwhile.
+    r.git(&["checkout", "-q", "-b", "feature", "same"]);
+    r.write("app/settings.yaml", &configmap("settings", "purple"));
+    r.commit("feat");
+    r.git(&["checkout", "-q", "main"]);
+    let o = r.diff("main...feature", "feature", &[]);
+    let out = stdout(&o);
+    assert_eq!(code(&o), Some(1), "{out}{}", stderr(&o));
+    assert!(out.contains("+  color: purple"), "{out}");
+    assert!(out.contains("-  color: blue"), "{out}");
+    assert!(!out.contains("ConfigMap/shop/extra"), "{out}");
+    assert!(!out.contains("Secret/shop/db"), "{out}");
+
+    // Revisions that do not exist, and ranges: exit 2, naming the revision.
+    for (base, head, says) in [
+        ("v1", "no-such-ref", "\"no-such-ref\""),
+        ("HEAD~99", "HEAD", "\"HEAD~99\""),
+        ("v1", "deadbeef", "\"deadbeef\""),
+        ("v1..v2", "v2", "A...B"),
+    ] {
+        let o = r.diff(base, head, &[]);
+        let err = stderr(&o);
+        assert_eq!(code(&o), Some(2), "{base} {head}: {}{err}", stdout(&o));
+        assert!(err.contains(says), "{base} {head}: {err}");
+        assert!(!err.contains("on the remote"), "{err}");
+    }
+
+    // --rev on other commands: HEAD~1 (v3) is valid, HEAD (bad) is not.
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_flotilla"))
+            .args(args)
+            .arg("--repo")
+            .arg(r.path())
+            .env_remove("FLOTILLA_LOG")
+            .output()
+            .expect("flotilla runs")
+    };
+    let o = run(&["validate", "--rev", "HEAD~1"]);
+    assert_eq!(code(&o), Some(0), "{}{}", stdout(&o), stderr(&o));
+    let o = run(&["validate", "--rev", "HEAD"]);
+    assert_eq!(code(&o), Some(1), "{}{}", stdout(&o), stderr(&o));
+    let o = run(&["render", "--rev", &short("v1"), "--cluster", "c1"]);
+    assert_eq!(code(&o), Some(0), "{}", stderr(&o));
+    assert!(stdout(&o).contains("color: blue"), "{}", stdout(&o));
+    let o = run(&["render", "--rev", "v1~1"]);
+    assert_eq!(code(&o), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("\"v1~1\""), "{}", stderr(&o));
+
+    // A URL cannot be rev-parsed: the error says what to do.
+    let url = format!("file://{}", r.path().display());
+    let o = Command::new(env!("CARGO_BIN_EXE_flotilla"))
+        .args(["validate", "--repo", &url, "--rev", "HEAD~1", "--cache"])
+        .arg(r.dir.path().join("cache"))
+        .output()
+        .expect("flotilla runs");
+    assert_eq!(code(&o), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("local clone"), "{}", stderr(&o));
 }

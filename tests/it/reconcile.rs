@@ -292,6 +292,19 @@ fn reconcile_apply_diff_drift_and_prune_against_the_sim() {
     assert_eq!(web["state"], "modified", "{web}");
     assert_eq!(web["fields"], serde_json::json!(["spec.replicas"]), "{web}");
     assert_eq!(
+        web["changes"],
+        serde_json::json!([{"path": "spec.replicas", "git": "2", "live": "5"}]),
+        "{web}"
+    );
+    // The text report names the field with both values: Git's, then the live one.
+    let o = live.flotilla(r, &["drift", "--cluster", "sim-1"]);
+    assert_eq!(code(&o), 1, "{}", show(&o));
+    assert!(
+        stdout(&o).contains("      spec.replicas: 2 → 5\n"),
+        "{}",
+        show(&o)
+    );
+    assert_eq!(
         json["clusters"][1]["placements"][0]["objects"]
             .as_array()
             .into_iter()

@@ -309,6 +309,7 @@ mod tests {
             bundle: "app".into(),
             state,
             fields: Vec::new(),
+            changes: Vec::new(),
             diff: String::new(),
             health: None,
             error: None,

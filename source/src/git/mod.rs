@@ -10,6 +10,7 @@
 //! user information replaced by `***`, and every message that leaves this module passes
 //! through [`Remote::redact`].
 
+mod local;
 mod poller;
 mod push;
 mod snapshot;
@@ -23,6 +24,7 @@ use std::time::Duration;
 use gix::ObjectId;
 use gix::bstr::ByteSlice;
 
+pub use local::open_local;
 pub use poller::{Poller, Trigger, backoff};
 pub use push::{CommitMessage, FileChange, Identity, PushOptions, Pushed};
 pub use snapshot::Snapshot;
@@ -44,8 +46,17 @@ pub enum GitError {
         rev: String,
         message: String,
     },
-    #[error("{repo}: {rev} does not exist on the remote (deleted or never pushed)")]
-    RefNotFound { repo: String, rev: String },
+    #[error("{repo}: {rev} does not exist {}", if *.local {
+        "in the repository (no branch or tag by that name)"
+    } else {
+        "on the remote (deleted or never pushed)"
+    })]
+    RefNotFound {
+        repo: String,
+        rev: String,
+        /// The repository is a local directory, not a remote.
+        local: bool,
+    },
     #[error("{repo}: commit {rev} is not in the repository")]
     CommitNotFound { repo: String, rev: String },
     #[error("{repo} ({rev}): cannot read the object database: {message}")]
@@ -262,6 +273,11 @@ impl Remote {
         })
     }
 
+    /// A local directory rather than a URL.
+    pub fn is_local(&self) -> bool {
+        !is_url(&self.url)
+    }
+
     /// The URL without user information.
     pub fn url(&self) -> &str {
         &self.url
@@ -390,6 +406,12 @@ impl Rev {
         } else {
             format!("refs/heads/{text}")
         };
+        if text.contains(['~', '^', ':']) || text.contains("..") || text.contains("@{") {
+            return Err(bad(
+                "a remote URL takes a branch, tag, full ref or full commit id; expressions \
+                 such as HEAD~1, A...B or short commit ids need a local clone (--repo DIR)",
+            ));
+        }
         gix::refs::FullName::try_from(full.as_str())
             .map_err(|e| bad(&format!("not a valid reference name ({e})")))?;
         if text.contains('*') {
@@ -899,6 +921,7 @@ impl GitSource {
                 return Err(GitError::RefNotFound {
                     repo: self.remote.display.clone(),
                     rev: self.rev.to_string(),
+                    local: self.remote.is_local(),
                 });
             };
             let (Some(local), Some(remote_id)) = (mapping.local.clone(), mapping.remote.as_id())
@@ -906,6 +929,7 @@ impl GitSource {
                 return Err(GitError::RefNotFound {
                     repo: self.remote.display.clone(),
                     rev: self.rev.to_string(),
+                    local: self.remote.is_local(),
                 });
             };
             let local = local.to_string();
@@ -999,6 +1023,11 @@ mod tests {
             Rev::Commit(_)
         ));
         assert!(Rev::parse("a..b").is_err());
+        // rev-parse expressions need a local clone (see `open_local`): the error says so.
+        for text in ["HEAD~1", "main^", "origin/main...HEAD", "main@{1}"] {
+            let e = Rev::parse(text).expect_err(text).to_string();
+            assert!(e.contains("need a local clone"), "{text}: {e}");
+        }
         assert!(Rev::parse("feature/*").is_err());
         Ok(())
     }

@@ -149,6 +149,7 @@ impl GitSource {
                 return Err(GitError::RefNotFound {
                     repo: self.remote.display.clone(),
                     rev: self.rev.to_string(),
+                    local: self.remote.is_local(),
                 });
             };
             let (edits, message) = changes(&tip).map_err(|e| GitError::Change {
