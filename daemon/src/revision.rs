@@ -41,6 +41,12 @@ pub enum Loaded {
         commit: String,
         message: String,
     },
+    /// Rendering the commit ran out of a budget (a symbolic link loop, a patch that doubles
+    /// an object, ...): rejected like an invalid commit, the last good revision keeps running.
+    OverBudget {
+        commit: String,
+        error: flotilla_renderers::budget::BudgetError,
+    },
 }
 
 /// Checks and renders commits, keeping the render cache between them.
@@ -98,6 +104,9 @@ impl Loader {
                 }
             }
             targets.insert(c.name.clone(), d);
+        }
+        if let Some(error) = pass.exceeded() {
+            return Loaded::OverBudget { commit, error };
         }
         drop(pass);
         let plan = flotilla_reconciler::plan::plan(&fleet);

@@ -528,6 +528,25 @@ impl Daemon {
                     errors: diagnostics.iter().map(DiagnosticJson::from).collect(),
                 });
             }
+            Loaded::OverBudget { commit, error } => {
+                tracing::error!(commit = %commit, error = %error, "commit over its render budget; the last good revision keeps running");
+                shared.metrics.fleet_valid.set(0);
+                shared.metrics.fleet_errors.set(1);
+                let message = error.to_string();
+                let mut s = shared.status_mut();
+                s.source.fetched_commit = Some(commit.clone());
+                s.rejected = Some(Rejected {
+                    commit,
+                    at,
+                    errors: vec![DiagnosticJson {
+                        file: error.at.clone(),
+                        line: 0,
+                        column: 0,
+                        message: message.clone(),
+                        text: message,
+                    }],
+                });
+            }
             Loaded::Unreadable { commit, message } => {
                 tracing::error!(commit = %commit, error = %message, "fleet file unreadable; the last good revision keeps running");
                 shared.metrics.fleet_valid.set(0);

@@ -1,0 +1,294 @@
+//! Budgets: how much work the render of one revision may do.
+//!
+//! Limits per call (a file, a patch) do not bound a render: a symlink loop multiplies the
+//! files, a JSON patch doubles an object per `copy`, and many bundles times many clusters
+//! multiply everything. So the counters here belong to one render *pass* over one snapshot
+//! ([`crate::cache::Cache::pass`]), shared by every (placement, bundle, cluster) rendered in
+//! it:
+//!
+//! - repository accesses (`kind`, `list`, `read`) and bytes read — charged by [`Metered`],
+//!   the `RepoFiles` every renderer reads through;
+//! - objects rendered and bytes of rendered YAML kept — charged as results are made;
+//! - the size of one object ([`MAX_OBJECT_BYTES`]) — checked after each JSON patch operation
+//!   ([`patch_bounded`]),
+//!   so a patch that doubles an object stops at the limit, not at the allocator's.
+//!
+//! A render over budget fails with [`BudgetError`], naming the budget and the file or object
+//! that crossed it; it is not cached (it depends on the pass, not on the inputs alone).
+
+use std::cell::Cell;
+
+use flotilla_spec::types::RepoPath;
+use flotilla_spec::{PathKind, RepoError, RepoFiles};
+use serde_json::Value;
+
+/// The limits of one render pass (one revision). See the module documentation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Repository accesses (kind, list, read), all bundles together.
+    pub accesses: u64,
+    /// Bytes read from the repository, all bundles together.
+    pub read_bytes: u64,
+    /// Objects rendered (before sharing between clusters), all renders together.
+    pub objects: u64,
+    /// Bytes of rendered YAML kept, all distinct results together.
+    pub output_bytes: u64,
+}
+
+/// The largest object a patch may make, as JSON (the API server refuses objects over about
+/// 1.5 MiB; etcd's default request limit).
+pub const MAX_OBJECT_BYTES: u64 = 2 << 20;
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            accesses: 2_000_000,
+            read_bytes: 1 << 30,
+            objects: 1_000_000,
+            output_bytes: 1 << 30,
+        }
+    }
+}
+
+/// A budget that ran out.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{at}: over the render budget of {limit} {what} per revision; refusing the revision")]
+pub struct BudgetError {
+    /// What ran out ("repository accesses", "bytes read", ...).
+    pub what: &'static str,
+    pub limit: u64,
+    /// The file, directory or object being worked on when it ran out.
+    pub at: String,
+}
+
+/// The counters of one pass.
+#[derive(Debug, Default)]
+pub struct Budget {
+    limits: Limits,
+    accesses: Cell<u64>,
+    read_bytes: Cell<u64>,
+    objects: Cell<u64>,
+    output_bytes: Cell<u64>,
+    /// The first budget that ran out; every later charge fails the same way.
+    exceeded: std::cell::RefCell<Option<BudgetError>>,
+}
+
+impl Budget {
+    pub fn new(limits: Limits) -> Budget {
+        Budget {
+            limits,
+            ..Budget::default()
+        }
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// The first budget that ran out in this pass, if any.
+    pub fn exceeded(&self) -> Option<BudgetError> {
+        self.exceeded.borrow().clone()
+    }
+
+    fn charge(
+        &self,
+        counter: &Cell<u64>,
+        n: u64,
+        limit: u64,
+        what: &'static str,
+        at: &dyn std::fmt::Display,
+    ) -> Result<(), BudgetError> {
+        if let Some(e) = self.exceeded() {
+            return Err(e);
+        }
+        let total = counter.get().saturating_add(n);
+        counter.set(total);
+        if total > limit {
+            let e = BudgetError {
+                what,
+                limit,
+                at: at.to_string(),
+            };
+            *self.exceeded.borrow_mut() = Some(e.clone());
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    pub fn charge_access(&self, at: &dyn std::fmt::Display) -> Result<(), BudgetError> {
+        self.charge(
+            &self.accesses,
+            1,
+            self.limits.accesses,
+            "repository accesses (a symbolic link loop?)",
+            at,
+        )
+    }
+
+    pub fn charge_read(&self, bytes: u64, at: &dyn std::fmt::Display) -> Result<(), BudgetError> {
+        self.charge(
+            &self.read_bytes,
+            bytes,
+            self.limits.read_bytes,
+            "bytes read",
+            at,
+        )
+    }
+
+    pub fn charge_objects(&self, n: u64, at: &dyn std::fmt::Display) -> Result<(), BudgetError> {
+        self.charge(&self.objects, n, self.limits.objects, "objects", at)
+    }
+
+    pub fn charge_output(&self, bytes: u64, at: &dyn std::fmt::Display) -> Result<(), BudgetError> {
+        self.charge(
+            &self.output_bytes,
+            bytes,
+            self.limits.output_bytes,
+            "bytes of rendered YAML",
+            at,
+        )
+    }
+}
+
+/// The `RepoFiles` renderers read through: every access and every byte read is charged to
+/// the pass's budget; once it runs out, every access fails (so any walk stops).
+pub struct Metered<'a> {
+    pub inner: &'a dyn RepoFiles,
+    pub budget: &'a Budget,
+}
+
+fn over(e: BudgetError) -> RepoError {
+    RepoError::Io {
+        path: e.at.clone(),
+        message: e.to_string(),
+    }
+}
+
+impl RepoFiles for Metered<'_> {
+    fn kind(&self, path: &RepoPath) -> PathKind {
+        match self.budget.charge_access(path) {
+            Ok(()) => self.inner.kind(path),
+            Err(_) => PathKind::Missing,
+        }
+    }
+
+    fn read(&self, path: &RepoPath) -> Result<Vec<u8>, RepoError> {
+        self.budget.charge_access(path).map_err(over)?;
+        let bytes = self.inner.read(path)?;
+        self.budget
+            .charge_read(bytes.len() as u64, path)
+            .map_err(over)?;
+        Ok(bytes)
+    }
+
+    fn list(&self, dir: &RepoPath) -> Result<Vec<String>, RepoError> {
+        self.budget.charge_access(dir).map_err(over)?;
+        self.inner.list(dir)
+    }
+
+    fn canonical(&self, path: &RepoPath) -> Option<String> {
+        self.budget.charge_access(path).ok()?;
+        self.inner.canonical(path)
+    }
+}
+
+/// The size of `v` as compact JSON, counting no further than `limit + 1`.
+pub fn json_size_upto(v: &Value, limit: u64) -> u64 {
+    struct Counter {
+        n: u64,
+        limit: u64,
+    }
+    impl std::io::Write for Counter {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.n = self.n.saturating_add(buf.len() as u64);
+            if self.n > self.limit {
+                return Err(std::io::Error::other("over the limit"));
+            }
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut c = Counter { n: 0, limit };
+    match serde_json::to_writer(&mut c, v) {
+        Ok(()) => c.n,
+        Err(_) => c.n.max(limit.saturating_add(1)),
+    }
+}
+
+/// Applies a JSON patch one operation at a time, refusing it as soon as the object grows
+/// past `max_bytes` (as JSON). Only `copy` and `add`/`replace` can grow an object, and only
+/// `copy` can double it, so this costs at most about twice the final size per operation.
+pub fn patch_bounded(
+    target: &mut Value,
+    ops: &[json_patch::PatchOperation],
+    max_bytes: u64,
+) -> Result<(), String> {
+    for (i, op) in ops.iter().enumerate() {
+        json_patch::patch(target, std::slice::from_ref(op)).map_err(|e| e.to_string())?;
+        if matches!(
+            op,
+            json_patch::PatchOperation::Copy(_)
+                | json_patch::PatchOperation::Add(_)
+                | json_patch::PatchOperation::Replace(_)
+        ) && json_size_upto(target, max_bytes) > max_bytes
+        {
+            return Err(format!(
+                "operation {i} makes the object larger than {max_bytes} bytes; refusing the patch"
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_doubling_patch_stops_at_the_object_limit() {
+        let mut v = serde_json::json!({"a": {"x": "0123456789"}});
+        // Each operation copies the whole of /a into /a: 40 of them would make 2^40 copies.
+        let ops: Vec<json_patch::PatchOperation> = (0..40)
+            .map(|i| {
+                serde_json::from_value(serde_json::json!(
+                    {"op": "copy", "from": "/a", "path": format!("/a/k{i}")}
+                ))
+                .expect("op")
+            })
+            .collect();
+        let e = patch_bounded(&mut v, &ops, 1 << 20).expect_err("refused");
+        assert!(e.contains("larger than 1048576 bytes"), "{e}");
+        // It stopped right after crossing the limit, not after 40 doublings.
+        assert!(json_size_upto(&v, u64::MAX) < 4 << 20);
+    }
+
+    #[test]
+    fn small_patches_apply_in_full() {
+        let mut v = serde_json::json!({"a": 1});
+        let ops: Vec<json_patch::PatchOperation> = serde_json::from_value(serde_json::json!([
+            {"op": "add", "path": "/b", "value": 2},
+            {"op": "copy", "from": "/b", "path": "/c"},
+            {"op": "remove", "path": "/a"}
+        ]))
+        .expect("ops");
+        patch_bounded(&mut v, &ops, 1024).expect("applies");
+        assert_eq!(v, serde_json::json!({"b": 2, "c": 2}));
+    }
+
+    #[test]
+    fn the_budget_is_shared_and_sticks_once_out() {
+        let b = Budget::new(Limits {
+            read_bytes: 10,
+            ..Limits::default()
+        });
+        b.charge_read(6, &"a.yaml").expect("fits");
+        let e = b.charge_read(6, &"b.yaml").expect_err("over");
+        assert_eq!(e.at, "b.yaml");
+        assert!(e.to_string().contains("10 bytes read"), "{e}");
+        // Every later charge fails with the first error.
+        assert_eq!(b.charge_access(&"c.yaml"), Err(e.clone()));
+        assert_eq!(b.exceeded(), Some(e));
+    }
+}
