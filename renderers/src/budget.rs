@@ -291,4 +291,39 @@ mod tests {
         assert_eq!(b.charge_access(&"c.yaml"), Err(e.clone()));
         assert_eq!(b.exceeded(), Some(e));
     }
+
+    /// Patch operations over a small set of paths, `copy` among them (the doubling op).
+    fn op() -> impl proptest::strategy::Strategy<Value = Value> {
+        use proptest::prelude::*;
+        let path = prop::sample::select(vec!["/a", "/b", "/a/x", "/a/y", "/c", "/a/0", "/-"]);
+        (0usize..6, path.clone(), path).prop_map(|(kind, p, from)| match kind {
+            0 => serde_json::json!({"op": "add", "path": p, "value": {"v": [1, 2, 3]}}),
+            1 => serde_json::json!({"op": "remove", "path": p}),
+            2 => serde_json::json!({"op": "replace", "path": p, "value": "s"}),
+            3 => serde_json::json!({"op": "move", "from": from, "path": p}),
+            4 => serde_json::json!({"op": "test", "path": p, "value": 1}),
+            _ => serde_json::json!({"op": "copy", "from": from, "path": p}),
+        })
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn any_patch_leaves_the_object_within_the_limit(
+            ops in proptest::collection::vec(op(), 0..60)
+        ) {
+            let mut v = serde_json::json!({"a": {"x": "0123456789abcdef", "y": [1, 2]}, "b": 1});
+            let Ok(ops) = serde_json::from_value::<Vec<json_patch::PatchOperation>>(Value::Array(ops))
+            else {
+                return Ok(());
+            };
+            let limit = 64 << 10;
+            match patch_bounded(&mut v, &ops, limit) {
+                Ok(()) => proptest::prop_assert!(json_size_upto(&v, u64::MAX) <= limit),
+                // Refused: the one operation that crossed the limit at most doubled it.
+                Err(_) => proptest::prop_assert!(json_size_upto(&v, u64::MAX) <= 2 * limit + 64),
+            }
+        }
+    }
 }
