@@ -53,6 +53,8 @@ pub enum Loaded {
 pub struct Loader {
     fleet_file: String,
     cache: Cache,
+    /// Render options of every commit (where Jsonnet runs).
+    pub options: RenderOptions,
 }
 
 impl Loader {
@@ -60,6 +62,7 @@ impl Loader {
         Loader {
             fleet_file: fleet_file.to_string(),
             cache: Cache::new(),
+            options: RenderOptions::default(),
         }
     }
 
@@ -89,7 +92,7 @@ impl Loader {
         };
         let started = Instant::now();
         let selection = Selection::new(&fleet);
-        let options = RenderOptions::default();
+        let options = self.options.clone();
         let mut pass = self.cache.pass(snapshot);
         let mut targets = BTreeMap::new();
         let mut render_errors = Vec::new();

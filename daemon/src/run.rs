@@ -301,6 +301,11 @@ fn spawn_git_thread(
     let interval = shared.config.poll_interval;
     let max_backoff = shared.config.max_backoff;
     let mut loader = Loader::new(&shared.config.fleet_file);
+    if let Some(exe) = &shared.config.jsonnet_worker {
+        loader.options.jsonnet = Some(std::sync::Arc::new(
+            crate::jsonnet_worker::ProcessEvaluator::new(exe.clone()),
+        ));
+    }
     let spawned = std::thread::Builder::new()
         .name("flotilla-git".into())
         .spawn(move || {

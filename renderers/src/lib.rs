@@ -60,6 +60,9 @@ pub struct RenderOptions {
     pub replicas: Option<u32>,
     /// Longest a Jsonnet evaluation may take (default [`jsonnet::DEFAULT_TIMEOUT`]).
     pub jsonnet_timeout: Option<std::time::Duration>,
+    /// Where Jsonnet runs (default: [`jsonnet::InProcess`]). Not part of a render's inputs:
+    /// every evaluator gives the same output.
+    pub jsonnet: Option<std::sync::Arc<dyn jsonnet::Evaluator>>,
 }
 
 /// One way of turning a bundle into objects.

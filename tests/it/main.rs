@@ -16,6 +16,7 @@ mod demo;
 mod gates;
 mod git_source;
 mod images;
+mod jsonnet_worker;
 mod prdiff;
 mod reconcile;
 mod render_fixtures;
