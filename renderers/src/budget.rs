@@ -33,6 +33,9 @@ pub struct Limits {
     pub objects: u64,
     /// Bytes of rendered YAML kept, all distinct results together.
     pub output_bytes: u64,
+    /// Wall-clock time of the whole pass. A Jsonnet evaluation gets at most what is left
+    /// (its own limit still applies), so clusters cannot multiply the Jsonnet time limit.
+    pub time: std::time::Duration,
 }
 
 /// The largest object a patch may make, as JSON (the API server refuses objects over about
@@ -46,6 +49,7 @@ impl Default for Limits {
             read_bytes: 1 << 30,
             objects: 1_000_000,
             output_bytes: 1 << 30,
+            time: std::time::Duration::from_secs(300),
         }
     }
 }
@@ -62,9 +66,10 @@ pub struct BudgetError {
 }
 
 /// The counters of one pass.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Budget {
     limits: Limits,
+    started: std::time::Instant,
     accesses: Cell<u64>,
     read_bytes: Cell<u64>,
     objects: Cell<u64>,
@@ -77,8 +82,35 @@ impl Budget {
     pub fn new(limits: Limits) -> Budget {
         Budget {
             limits,
-            ..Budget::default()
+            started: std::time::Instant::now(),
+            accesses: Cell::default(),
+            read_bytes: Cell::default(),
+            objects: Cell::default(),
+            output_bytes: Cell::default(),
+            exceeded: std::cell::RefCell::default(),
         }
+    }
+
+    /// Time left in the pass (zero once it is over).
+    pub fn time_left(&self) -> std::time::Duration {
+        self.limits.time.saturating_sub(self.started.elapsed())
+    }
+
+    /// Fails once the pass has taken longer than its time budget.
+    pub fn check_time(&self, at: &dyn std::fmt::Display) -> Result<(), BudgetError> {
+        if let Some(e) = self.exceeded() {
+            return Err(e);
+        }
+        if self.time_left().is_zero() {
+            let e = BudgetError {
+                what: "seconds of rendering",
+                limit: self.limits.time.as_secs(),
+                at: at.to_string(),
+            };
+            *self.exceeded.borrow_mut() = Some(e.clone());
+            return Err(e);
+        }
+        Ok(())
     }
 
     pub fn limits(&self) -> &Limits {

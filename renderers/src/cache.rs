@@ -269,6 +269,23 @@ impl Pass<'_, '_> {
             return e.result.clone();
         }
         self.cache.misses += 1;
+        // Jsonnet gets at most the time left in the pass.
+        let capped;
+        let options = {
+            let left = self.budget.time_left();
+            let own = options
+                .jsonnet_timeout
+                .unwrap_or(crate::jsonnet::DEFAULT_TIMEOUT);
+            if left < own {
+                capped = RenderOptions {
+                    jsonnet_timeout: Some(left.max(std::time::Duration::from_millis(1))),
+                    ..options.clone()
+                };
+                &capped
+            } else {
+                options
+            }
+        };
         let cx = Context {
             fleet,
             placement,
@@ -285,6 +302,7 @@ impl Pass<'_, '_> {
                     log: RefCell::new(Vec::new()),
                 };
                 let mut objects = crate::base(&rec, &cx);
+                let _ = self.budget.check_time(&cx.bundle.path);
                 if let Some(e) = self.budget.exceeded() {
                     objects = Err(Cause::Budget(e));
                 } else if let Ok(o) = &objects

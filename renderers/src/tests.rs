@@ -577,3 +577,50 @@ fn a_directory_reached_twice_is_refused() {
         }
     );
 }
+
+#[test]
+fn clusters_do_not_multiply_the_jsonnet_time_limit() {
+    // Three clusters, three different ext vars: three evaluations of a slow program. The
+    // pass's time budget bounds them all together, not each one.
+    let text = "apiVersion: flotilla.dev/v1alpha1
+kind: Fleet
+metadata: {name: acme}
+clusters: [{name: a}, {name: b}, {name: c}]
+bundles: [{name: jn, path: j/main.jsonnet, jsonnet: {extVars: {c: '${cluster.name}'}}}]
+placements: [{name: main, bundles: [jn], clusters: {}}]
+";
+    let repo = MemRepo::new().with("fleet.yaml", text).with(
+        "j/main.jsonnet",
+        "{apiVersion: 'v1', kind: 'ConfigMap', metadata: {name: std.extVar('c') + std.foldl(function(a, b) a + b, std.range(1, 100000000), 0)}}\n",
+    );
+    let checked = flotilla_spec::check("fleet.yaml", text, &repo);
+    let errors: Vec<String> = checked.errors().map(|d| d.to_string()).collect();
+    let fleet = checked.fleet.unwrap_or_else(|| panic!("{errors:?}"));
+    let mut cache = cache::Cache::new();
+    let limits = budget::Limits {
+        time: std::time::Duration::from_millis(300),
+        ..budget::Limits::default()
+    };
+    let started = std::time::Instant::now();
+    let mut pass = cache.pass_with(&repo, limits);
+    let mut messages = Vec::new();
+    for c in &fleet.clusters {
+        let e = pass
+            .render(
+                &fleet,
+                &fleet.placements[0],
+                &fleet.bundles[0],
+                c,
+                &RenderOptions::default(),
+            )
+            .expect_err("over the time budget");
+        messages.push(e.to_string());
+    }
+    // Not 3 x 60 s: the first evaluation got the 0.3 s left, the others nothing.
+    assert!(started.elapsed() < std::time::Duration::from_secs(20));
+    let over = pass.exceeded().expect("over budget");
+    assert_eq!(over.what, "seconds of rendering");
+    for m in &messages {
+        assert!(m.contains("over the render budget"), "{m}");
+    }
+}
