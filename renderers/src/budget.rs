@@ -249,9 +249,10 @@ pub fn json_size_upto(v: &Value, limit: u64) -> u64 {
     }
 }
 
-/// Applies a JSON patch one operation at a time, refusing it as soon as the object grows
-/// past `max_bytes` (as JSON). Only `copy` and `add`/`replace` can grow an object, and only
-/// `copy` can double it, so this costs at most about twice the final size per operation.
+/// Applies a JSON patch one operation at a time, refusing it as soon as a `copy` makes the
+/// object larger than `max_bytes` (as JSON). `copy` is the only operation that grows an
+/// object by more than the patch's own text (which the file and YAML limits bound), and it
+/// can at most double it, so the checks cost about twice the final size in all.
 pub fn patch_bounded(
     target: &mut Value,
     ops: &[json_patch::PatchOperation],
@@ -259,12 +260,8 @@ pub fn patch_bounded(
 ) -> Result<(), String> {
     for (i, op) in ops.iter().enumerate() {
         json_patch::patch(target, std::slice::from_ref(op)).map_err(|e| e.to_string())?;
-        if matches!(
-            op,
-            json_patch::PatchOperation::Copy(_)
-                | json_patch::PatchOperation::Add(_)
-                | json_patch::PatchOperation::Replace(_)
-        ) && json_size_upto(target, max_bytes) > max_bytes
+        if matches!(op, json_patch::PatchOperation::Copy(_))
+            && json_size_upto(target, max_bytes) > max_bytes
         {
             return Err(format!(
                 "operation {i} makes the object larger than {max_bytes} bytes; refusing the patch"
@@ -352,7 +349,8 @@ mod tests {
             };
             let limit = 64 << 10;
             match patch_bounded(&mut v, &ops, limit) {
-                Ok(()) => proptest::prop_assert!(json_size_upto(&v, u64::MAX) <= limit),
+                // Besides copies, operations add at most their own values (~20 bytes here).
+                Ok(()) => proptest::prop_assert!(json_size_upto(&v, u64::MAX) <= limit + 60 * 32),
                 // Refused: the one operation that crossed the limit at most doubled it.
                 Err(_) => proptest::prop_assert!(json_size_upto(&v, u64::MAX) <= 2 * limit + 64),
             }
