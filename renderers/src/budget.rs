@@ -9,7 +9,7 @@
 //! - repository accesses (`kind`, `list`, `read`) and bytes read — charged by [`Metered`],
 //!   the `RepoFiles` every renderer reads through;
 //! - objects rendered and bytes of rendered YAML kept — charged as results are made;
-//! - the size of one object ([`MAX_OBJECT_BYTES`]) — checked after each JSON patch operation
+//! - the size of one object ([`MAX_OBJECT_BYTES`]) — checked after each JSON patch `copy`
 //!   ([`patch_bounded`]),
 //!   so a patch that doubles an object stops at the limit, not at the allocator's.
 //!
