@@ -272,6 +272,8 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let mut config =
         flotilla_daemon::Config::new(repo.to_string_lossy().to_string(), state, dir.join("cache"));
     config.kubeconfig = Some(kubeconfig);
+    // `flotilla demo` is the flotilla binary: its own executable is the Jsonnet worker.
+    config.jsonnet_worker = Some(std::env::current_exe()?);
     config.listen = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
     config.webhook_secret_file = Some(secret_file);
     config.health_poll = Duration::from_millis(200);

@@ -71,7 +71,7 @@ pub(crate) fn prepare(
         }
     }
     let selection = flotilla_spec::Selection::new(&fleet);
-    let options = flotilla_renderers::RenderOptions::default();
+    let options = crate::render_options();
     let mut cache = flotilla_renderers::cache::Cache::new();
     let mut pass = cache.pass(tree.as_ref());
     let mut clusters: Vec<&flotilla_spec::Cluster> = fleet

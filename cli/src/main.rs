@@ -50,6 +50,10 @@ enum Command {
     },
     /// Print the JSON Schema of fleet.yaml (for editors: completion and validation).
     Schema,
+    /// Internal: evaluate one Jsonnet request (JSON on stdin, answer on stdout) in a worker
+    /// process the caller limits and kills.
+    #[command(name = "__render-jsonnet", hide = true)]
+    RenderJsonnet,
     /// Render the manifests of every (placement, bundle, cluster) as multi-document YAML.
     /// Exit 0 ok, 1 if the fleet is invalid or any render failed (the others still render),
     /// 2 usage or I/O error.
@@ -294,6 +298,24 @@ fn main() -> ExitCode {
     }
 }
 
+/// Render options of the CLI: Jsonnet runs in capped, killable worker processes of this
+/// executable (see `flotilla_daemon::jsonnet_worker`).
+/// Without a path to this executable (not expected on Linux), Jsonnet runs in-process.
+pub(crate) fn render_options() -> flotilla_renderers::RenderOptions {
+    match std::env::current_exe() {
+        Ok(exe) => flotilla_renderers::RenderOptions {
+            jsonnet: Some(std::sync::Arc::new(
+                flotilla_daemon::jsonnet_worker::ProcessEvaluator::new(exe),
+            )),
+            ..Default::default()
+        },
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot find the flotilla executable; Jsonnet runs in-process, unbounded");
+            flotilla_renderers::RenderOptions::default()
+        }
+    }
+}
+
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Validate {
@@ -313,6 +335,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             placement,
             out,
         } => render(&fleet, &clusters, placement.as_deref(), out.as_deref()),
+        Command::RenderJsonnet => {
+            flotilla_daemon::jsonnet_worker::serve_one()?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Schema => {
             let schema = serde_json::to_string_pretty(&flotilla_spec::json_schema())?;
             outln!("{schema}")?;
@@ -720,7 +746,7 @@ fn render(
         .filter(|c| only_clusters.is_empty() || only_clusters.contains(&c.name))
         .collect();
     clusters.sort_by(|a, b| a.name.cmp(&b.name));
-    let options = flotilla_renderers::RenderOptions::default();
+    let options = crate::render_options();
     // One pass over the tree: a bundle's renderer runs once per distinct input, not per cluster.
     let mut cache = flotilla_renderers::cache::Cache::new();
     let mut pass = cache.pass(tree.as_ref());

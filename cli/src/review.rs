@@ -39,7 +39,7 @@ fn load_rev(args: &FleetArgs, rev: &str) -> anyhow::Result<Loaded> {
 
 fn render(fleet: &Fleet, tree: &dyn RepoFiles, only: &[String]) -> Rendered {
     let selection = flotilla_spec::Selection::new(fleet);
-    let options = flotilla_renderers::RenderOptions::default();
+    let options = crate::render_options();
     let mut cache = flotilla_renderers::cache::Cache::new();
     let mut pass = cache.pass(tree);
     fleet

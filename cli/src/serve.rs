@@ -268,6 +268,7 @@ pub fn resolve(mut args: ServeArgs) -> anyhow::Result<(Config, LogFormat)> {
         None => crate::user_dir("XDG_CACHE_HOME", ".cache", "--cache")?,
     };
     let mut config = Config::new(repo, state, cache);
+    config.jsonnet_worker = Some(std::env::current_exe()?);
     if let Some(r) = args.rev {
         config.rev = r;
     }

@@ -48,6 +48,9 @@ pub struct Config {
     pub docker_config: Option<PathBuf>,
     /// Registries (host[:port]) reached over plain HTTP besides loopback ones.
     pub insecure_registries: Vec<String>,
+    /// The `flotilla` executable that evaluates Jsonnet in capped, killable worker processes
+    /// (`jsonnet_worker`); `None` evaluates in-process (jrsonnet unbounded: tests only).
+    pub jsonnet_worker: Option<PathBuf>,
 }
 
 impl Config {
@@ -74,6 +77,7 @@ impl Config {
             image_scan_interval: Some(Duration::from_secs(300)),
             docker_config: None,
             insecure_registries: Vec::new(),
+            jsonnet_worker: None,
         }
     }
 }

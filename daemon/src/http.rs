@@ -52,7 +52,18 @@ async fn healthz() -> &'static str {
 async fn readyz(State(s): State<AppState>) -> Response {
     let status = s.status();
     if status.ready && !status.draining {
-        (StatusCode::OK, "ready\n").into_response()
+        // Still serving the last good revision: ready, and saying which commit was refused.
+        match &status.rejected {
+            Some(r) => (
+                StatusCode::OK,
+                format!(
+                    "ready (commit {} rejected; the last good revision keeps running)\n",
+                    r.commit
+                ),
+            )
+                .into_response(),
+            None => (StatusCode::OK, "ready\n").into_response(),
+        }
     } else if status.draining {
         (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response()
     } else {

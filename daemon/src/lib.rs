@@ -12,6 +12,7 @@ pub mod config;
 mod heal;
 mod http;
 pub mod images;
+pub mod jsonnet_worker;
 pub mod metrics;
 pub mod revision;
 mod run;

@@ -41,12 +41,22 @@ pub enum Loaded {
         commit: String,
         message: String,
     },
+    /// Rendering the commit ran out of a budget (a symbolic link loop, a patch that doubles
+    /// an object, ...): rejected like an invalid commit, the last good revision keeps running.
+    OverBudget {
+        commit: String,
+        error: flotilla_renderers::budget::BudgetError,
+    },
 }
 
 /// Checks and renders commits, keeping the render cache between them.
 pub struct Loader {
     fleet_file: String,
     cache: Cache,
+    /// Render options of every commit (where Jsonnet runs).
+    pub options: RenderOptions,
+    /// The budgets of one commit's render.
+    pub limits: flotilla_renderers::budget::Limits,
 }
 
 impl Loader {
@@ -54,6 +64,8 @@ impl Loader {
         Loader {
             fleet_file: fleet_file.to_string(),
             cache: Cache::new(),
+            options: RenderOptions::default(),
+            limits: flotilla_renderers::budget::Limits::default(),
         }
     }
 
@@ -83,8 +95,8 @@ impl Loader {
         };
         let started = Instant::now();
         let selection = Selection::new(&fleet);
-        let options = RenderOptions::default();
-        let mut pass = self.cache.pass(snapshot);
+        let options = self.options.clone();
+        let mut pass = self.cache.pass_with(snapshot, self.limits);
         let mut targets = BTreeMap::new();
         let mut render_errors = Vec::new();
         for c in &fleet.clusters {
@@ -99,6 +111,9 @@ impl Loader {
             }
             targets.insert(c.name.clone(), d);
         }
+        if let Some(error) = pass.exceeded() {
+            return Loaded::OverBudget { commit, error };
+        }
         drop(pass);
         let plan = flotilla_reconciler::plan::plan(&fleet);
         Loaded::Valid(Arc::new(Revision {
@@ -110,5 +125,94 @@ impl Loader {
             render_took: started.elapsed(),
             fleet,
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::process::Command;
+
+    use flotilla_source::git::{GitSource, Remote, Rev};
+
+    use super::*;
+
+    fn git(dir: &Path, args: &[&str]) {
+        let out = Command::new("git")
+            .current_dir(dir)
+            .args(args)
+            .env("GIT_CONFIG_GLOBAL", "/dev/null")
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .env("GIT_AUTHOR_NAME", "t")
+            .env("GIT_AUTHOR_EMAIL", "t@example.com")
+            .env("GIT_COMMITTER_NAME", "t")
+            .env("GIT_COMMITTER_EMAIL", "t@example.com")
+            .output()
+            .expect("git runs");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    #[test]
+    fn a_commit_over_its_render_budget_is_rejected_and_the_next_one_loads() {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let work = tmp.path().join("work");
+        std::fs::create_dir_all(work.join("app")).expect("mkdir");
+        std::fs::write(
+            work.join("fleet.yaml"),
+            "apiVersion: flotilla.dev/v1alpha1\nkind: Fleet\nmetadata: {name: f}\nclusters: [{name: a}, {name: b}]\nbundles: [{name: app, path: app}]\nplacements: [{name: p, bundles: [app], clusters: {}}]\n",
+        )
+        .expect("write");
+        // 40 ConfigMaps of ~1 KiB: 40 KiB to read, over a budget of 16 KiB.
+        for i in 0..40 {
+            std::fs::write(
+                work.join(format!("app/cm{i}.yaml")),
+                format!(
+                    "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: cm{i}}}\ndata: {{x: '{}'}}\n",
+                    "x".repeat(1000)
+                ),
+            )
+            .expect("write");
+        }
+        git(&work, &["init", "--quiet", "-b", "main"]);
+        git(&work, &["add", "-A"]);
+        git(&work, &["commit", "--quiet", "-m", "big"]);
+        let remote = Remote::parse(work.to_str().expect("utf-8"), None).expect("remote");
+        let mut source = GitSource::open(
+            remote,
+            Rev::parse("main").expect("rev"),
+            tmp.path().join("cache"),
+        )
+        .expect("open");
+        source.poll().expect("fetch");
+        let mut loader = Loader::new("fleet.yaml");
+        loader.limits.read_bytes = 16 << 10;
+        let snapshot = source.current().expect("snapshot").clone();
+        match loader.load(&snapshot) {
+            Loaded::OverBudget { commit, error } => {
+                assert_eq!(commit, snapshot.commit().to_string());
+                assert_eq!(error.what, "bytes read");
+                assert!(error.at.starts_with("app/cm"), "{error}");
+            }
+            other => panic!("expected OverBudget, got {other:?}"),
+        }
+        // The fix (a smaller commit) loads with the same loader.
+        for i in 10..40 {
+            std::fs::remove_file(work.join(format!("app/cm{i}.yaml"))).expect("rm");
+        }
+        git(&work, &["add", "-A"]);
+        git(&work, &["commit", "--quiet", "-m", "smaller"]);
+        source.poll().expect("fetch");
+        let snapshot = source.current().expect("snapshot").clone();
+        match loader.load(&snapshot) {
+            Loaded::Valid(rev) => {
+                assert!(rev.render_errors.is_empty(), "{:?}", rev.render_errors);
+                assert_eq!(rev.targets["a"].len(), 1);
+            }
+            other => panic!("expected Valid, got {other:?}"),
+        }
     }
 }

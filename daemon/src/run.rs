@@ -300,6 +300,11 @@ fn spawn_git_thread(
     let interval = shared.config.poll_interval;
     let max_backoff = shared.config.max_backoff;
     let mut loader = Loader::new(&shared.config.fleet_file);
+    if let Some(exe) = &shared.config.jsonnet_worker {
+        loader.options.jsonnet = Some(std::sync::Arc::new(
+            crate::jsonnet_worker::ProcessEvaluator::new(exe.clone()),
+        ));
+    }
     let spawned = std::thread::Builder::new()
         .name("flotilla-git".into())
         .spawn(move || {
@@ -525,6 +530,25 @@ impl Daemon {
                     commit,
                     at,
                     errors: diagnostics.iter().map(DiagnosticJson::from).collect(),
+                });
+            }
+            Loaded::OverBudget { commit, error } => {
+                tracing::error!(commit = %commit, error = %error, "commit over its render budget; the last good revision keeps running");
+                shared.metrics.fleet_valid.set(0);
+                shared.metrics.fleet_errors.set(1);
+                let message = error.to_string();
+                let mut s = shared.status_mut();
+                s.source.fetched_commit = Some(commit.clone());
+                s.rejected = Some(Rejected {
+                    commit,
+                    at,
+                    errors: vec![DiagnosticJson {
+                        file: error.at.clone(),
+                        line: 0,
+                        column: 0,
+                        message: message.clone(),
+                        text: message,
+                    }],
                 });
             }
             Loaded::Unreadable { commit, message } => {

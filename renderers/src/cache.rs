@@ -20,6 +20,7 @@ use flotilla_spec::types::RepoPath;
 use flotilla_spec::{Bundle, Cluster, Fleet, PathKind, Placement, RepoError, RepoFiles};
 use sha2::{Digest, Sha256};
 
+use crate::budget::{self, Budget, Metered};
 use crate::{Cause, Context, Object, RenderError, RenderOptions, Rendered};
 
 type Hash = [u8; 32];
@@ -29,6 +30,7 @@ enum Op {
     Kind,
     Read,
     List,
+    Canonical,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,11 +77,19 @@ fn list_digest(r: &Result<Vec<String>, RepoError>) -> Hash {
     }
 }
 
+fn canonical_digest(c: &Option<String>) -> Hash {
+    match c {
+        Some(p) => digest_of(&[b"some", p.as_bytes()]),
+        None => digest_of(&[b"none"]),
+    }
+}
+
 fn answer(repo: &dyn RepoFiles, op: Op, path: &RepoPath) -> Hash {
     match op {
         Op::Kind => kind_digest(repo.kind(path)),
         Op::Read => read_digest(&repo.read(path)),
         Op::List => list_digest(&repo.list(path)),
+        Op::Canonical => canonical_digest(&repo.canonical(path)),
     }
 }
 
@@ -115,6 +125,12 @@ impl RepoFiles for Recording<'_> {
     fn list(&self, dir: &RepoPath) -> Result<Vec<String>, RepoError> {
         let r = self.inner.list(dir);
         self.note(Op::List, dir, list_digest(&r));
+        r
+    }
+
+    fn canonical(&self, path: &RepoPath) -> Option<String> {
+        let r = self.inner.canonical(path);
+        self.note(Op::Canonical, path, canonical_digest(&r));
         r
     }
 }
@@ -155,10 +171,23 @@ impl Cache {
     /// ext vars and arguments); the per-cluster steps (namespace, overrides, labels, order,
     /// hash) run once per distinct renderer input, applicable overrides and replica count,
     /// and clusters with the same ones share the result (they read nothing else).
+    ///
+    /// The pass has the default [`budget::Limits`]; see [`Cache::pass_with`].
     pub fn pass<'c, 'r>(&'c mut self, repo: &'r dyn RepoFiles) -> Pass<'c, 'r> {
+        self.pass_with(repo, budget::Limits::default())
+    }
+
+    /// Like [`Cache::pass`], with the work of the whole pass bounded by `limits`; once a
+    /// budget runs out, every render of the pass fails with [`crate::Cause::Budget`].
+    pub fn pass_with<'c, 'r>(
+        &'c mut self,
+        repo: &'r dyn RepoFiles,
+        limits: budget::Limits,
+    ) -> Pass<'c, 'r> {
         Pass {
             cache: self,
             repo,
+            budget: Budget::new(limits),
             answers: HashMap::new(),
             bases: HashMap::new(),
             finished: HashMap::new(),
@@ -187,8 +216,9 @@ type Base = (Result<Vec<Object>, Cause>, Vec<Access>);
 pub struct Pass<'c, 'r> {
     cache: &'c mut Cache,
     repo: &'r dyn RepoFiles,
+    budget: Budget,
     /// Per path, the digest of each kind of answer (looked up without cloning the path).
-    answers: HashMap<RepoPath, [Option<Hash>; 3]>,
+    answers: HashMap<RepoPath, [Option<Hash>; 4]>,
     bases: HashMap<Hash, Base>,
     /// Per-cluster steps already run in this pass, by [`finish_key`]: clusters whose
     /// applicable overrides and replica count are the same share one result.
@@ -196,7 +226,7 @@ pub struct Pass<'c, 'r> {
 }
 
 fn memo_answer(
-    answers: &mut HashMap<RepoPath, [Option<Hash>; 3]>,
+    answers: &mut HashMap<RepoPath, [Option<Hash>; 4]>,
     repo: &dyn RepoFiles,
     a: &Access,
 ) -> Hash {
@@ -210,6 +240,11 @@ fn memo_answer(
 }
 
 impl Pass<'_, '_> {
+    /// The first budget of this pass that ran out, if any: the revision is over budget.
+    pub fn exceeded(&self) -> Option<budget::BudgetError> {
+        self.budget.exceeded()
+    }
+
     /// Like [`crate::render`], through the cache.
     pub fn render(
         &mut self,
@@ -220,15 +255,37 @@ impl Pass<'_, '_> {
         options: &RenderOptions,
     ) -> Result<Arc<Rendered>, RenderError> {
         let key = scope(fleet, placement, bundle, cluster, options);
+        let repo = Metered {
+            inner: self.repo,
+            budget: &self.budget,
+        };
         if let Some(e) = self.cache.entries.get(&key)
             && e.accesses
                 .iter()
-                .all(|a| memo_answer(&mut self.answers, self.repo, a) == a.digest)
+                .all(|a| memo_answer(&mut self.answers, &repo, a) == a.digest)
+            && self.budget.exceeded().is_none()
         {
             self.cache.hits += 1;
             return e.result.clone();
         }
         self.cache.misses += 1;
+        // Jsonnet gets at most the time left in the pass.
+        let capped;
+        let options = {
+            let left = self.budget.time_left();
+            let own = options
+                .jsonnet_timeout
+                .unwrap_or(crate::jsonnet::DEFAULT_TIMEOUT);
+            if left < own {
+                capped = RenderOptions {
+                    jsonnet_timeout: Some(left.max(std::time::Duration::from_millis(1))),
+                    ..options.clone()
+                };
+                &capped
+            } else {
+                options
+            }
+        };
         let cx = Context {
             fleet,
             placement,
@@ -241,10 +298,18 @@ impl Pass<'_, '_> {
             Some(b) => b.clone(),
             None => {
                 let rec = Recording {
-                    inner: self.repo,
+                    inner: &repo,
                     log: RefCell::new(Vec::new()),
                 };
-                let objects = crate::base(&rec, &cx);
+                let mut objects = crate::base(&rec, &cx);
+                let _ = self.budget.check_time(&cx.bundle.path);
+                if let Some(e) = self.budget.exceeded() {
+                    objects = Err(Cause::Budget(e));
+                } else if let Ok(o) = &objects
+                    && let Err(e) = self.budget.charge_objects(o.len() as u64, &cx.bundle.path)
+                {
+                    objects = Err(Cause::Budget(e));
+                }
                 let mut accesses = rec.log.into_inner();
                 accesses.sort_by(|a, b| {
                     (a.path.as_str(), a.op as u8).cmp(&(b.path.as_str(), b.op as u8))
@@ -266,7 +331,14 @@ impl Pass<'_, '_> {
         let finished = match fkey.and_then(|k| self.finished.get(&k)) {
             Some(r) => r.clone(),
             None => {
-                let r = objects.and_then(|o| crate::complete(&cx, o)).map(Arc::new);
+                let r = objects
+                    .and_then(|o| crate::complete(&cx, o))
+                    .and_then(|r| {
+                        self.budget
+                            .charge_output(r.yaml.len() as u64, &cx.bundle.path)?;
+                        Ok(r)
+                    })
+                    .map(Arc::new);
                 if let Some(k) = fkey {
                     self.finished.insert(k, r.clone());
                 }
@@ -279,9 +351,13 @@ impl Pass<'_, '_> {
             cluster: cluster.name.clone(),
             cause: Box::new(cause),
         });
+        // Over budget is a property of the pass, not of the inputs: not cached either.
         let timed_out = matches!(
             &result,
-            Err(e) if matches!(*e.cause, Cause::Jsonnet(crate::jsonnet::JsonnetError::Timeout { .. }))
+            Err(e) if matches!(
+                *e.cause,
+                Cause::Jsonnet(crate::jsonnet::JsonnetError::Timeout { .. }) | Cause::Budget(_)
+            )
         );
         if timed_out {
             // Not a property of the inputs: the next render tries again.

@@ -110,13 +110,76 @@ pub fn inputs(cx: &Context<'_>) -> Result<Inputs, JsonnetError> {
     Ok((ext_vars, tlas))
 }
 
+/// One evaluation, everything it may read included: what an [`Evaluator`] receives.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Request {
+    /// Repository path -> bytes: the main file and everything it imports.
+    pub files: BTreeMap<String, Vec<u8>>,
+    pub main: String,
+    pub ext_vars: BTreeMap<String, String>,
+    pub tlas: BTreeMap<String, Value>,
+}
+
+/// What a worker answers (see [`evaluate_request`]).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub enum Response {
+    Ok(Value),
+    Err(String),
+}
+
+/// Where Jsonnet runs. jrsonnet can be neither interrupted nor capped, so callers that face
+/// untrusted repositories (the CLI, the daemon) provide an evaluator that runs it in a
+/// process they can limit and kill; [`InProcess`] (the default) runs it on a thread of this
+/// process, for unit tests and benchmarks. Keeps this crate free of process handling.
+pub trait Evaluator: Send + Sync + std::fmt::Debug {
+    fn evaluate(&self, request: Request, timeout: Duration) -> Result<Value, JsonnetError>;
+}
+
+/// Evaluates on a thread of this process; a timed-out evaluation's thread is abandoned.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct InProcess;
+
+impl Evaluator for InProcess {
+    fn evaluate(&self, r: Request, timeout: Duration) -> Result<Value, JsonnetError> {
+        evaluate(r.files, r.main, r.ext_vars, r.tlas, timeout)
+    }
+}
+
+/// Evaluates a request to its end on a thread with a large stack (for a worker process,
+/// which its parent limits and kills).
+pub fn evaluate_request(r: Request) -> Response {
+    let main = r.main.clone();
+    let joined = std::thread::Builder::new()
+        .name("jsonnet".into())
+        .stack_size(256 << 20)
+        .spawn(move || evaluate_here(r.files, &r.main, &r.ext_vars, &r.tlas))
+        .map(|h| h.join());
+    match joined {
+        Ok(Ok(Ok(v))) => Response::Ok(v),
+        Ok(Ok(Err(e))) => Response::Err(e.to_string()),
+        Ok(Err(_)) => Response::Err(format!(
+            "{main}: the Jsonnet evaluator panicked (a runaway program reaching the worker's memory cap?)"
+        )),
+        Err(e) => Response::Err(format!("cannot start the Jsonnet thread: {e}")),
+    }
+}
+
 impl Renderer for Jsonnet {
     fn render(&self, repo: &dyn RepoFiles, cx: &Context<'_>) -> Result<Vec<Object>, crate::Cause> {
         let main = cx.bundle.path.clone();
         let (ext_vars, tlas) = inputs(cx)?;
         let files = collect(repo, &main)?;
         let timeout = cx.options.jsonnet_timeout.unwrap_or(DEFAULT_TIMEOUT);
-        let value = evaluate(files, main.to_string(), ext_vars, tlas, timeout)?;
+        let request = Request {
+            files,
+            main: main.to_string(),
+            ext_vars,
+            tlas,
+        };
+        let value = match &cx.options.jsonnet {
+            Some(e) => e.evaluate(request, timeout)?,
+            None => InProcess.evaluate(request, timeout)?,
+        };
         let mut out = Vec::new();
         flatten(&main.to_string(), value, "", &mut out)?;
         Ok(out)

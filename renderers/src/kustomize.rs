@@ -591,7 +591,12 @@ fn patch_entry(
         };
         for r in items.iter_mut() {
             if matcher.matches_with(&r.obj.value, Some(&r.orig_name), Some(&r.orig_ns)) {
-                json_patch::patch(&mut r.obj.value, &ops.0).map_err(|e| {
+                crate::budget::patch_bounded(
+                    &mut r.obj.value,
+                    &ops.0,
+                    crate::budget::MAX_OBJECT_BYTES,
+                )
+                .map_err(|e| {
                     k.invalid(
                         n,
                         format!(

@@ -17,6 +17,7 @@
 //! Pure: no file system, network or clock; everything is read through `RepoFiles`, so the
 //! same snapshot always renders byte-identical output.
 
+pub mod budget;
 pub mod cache;
 pub mod emit;
 pub mod jsonnet;
@@ -59,6 +60,9 @@ pub struct RenderOptions {
     pub replicas: Option<u32>,
     /// Longest a Jsonnet evaluation may take (default [`jsonnet::DEFAULT_TIMEOUT`]).
     pub jsonnet_timeout: Option<std::time::Duration>,
+    /// Where Jsonnet runs (default: [`jsonnet::InProcess`]). Not part of a render's inputs:
+    /// every evaluator gives the same output.
+    pub jsonnet: Option<std::sync::Arc<dyn jsonnet::Evaluator>>,
 }
 
 /// One way of turning a bundle into objects.
@@ -88,6 +92,8 @@ pub enum Cause {
     Override(#[from] overrides::OverrideError),
     #[error(transparent)]
     Jsonnet(#[from] jsonnet::JsonnetError),
+    #[error(transparent)]
+    Budget(#[from] budget::BudgetError),
     #[error("{id} is defined twice: at {first} and at {second}")]
     Duplicate {
         id: String,
@@ -130,9 +136,22 @@ pub fn render(
     })
 }
 
+/// One render with a budget of its own (the default [`budget::Limits`]).
 fn render_cx(repo: &dyn RepoFiles, cx: &Context<'_>) -> Result<Rendered, Cause> {
-    let objects = base(repo, cx)?;
-    complete(cx, objects)
+    let budget = budget::Budget::new(budget::Limits::default());
+    let metered = budget::Metered {
+        inner: repo,
+        budget: &budget,
+    };
+    let objects = base(&metered, cx);
+    if let Some(e) = budget.exceeded() {
+        return Err(e.into());
+    }
+    let objects = objects?;
+    budget.charge_objects(objects.len() as u64, &cx.bundle.path)?;
+    let rendered = complete(cx, objects)?;
+    budget.charge_output(rendered.yaml.len() as u64, &cx.bundle.path)?;
+    Ok(rendered)
 }
 
 /// Step 1: the bundle's renderer alone (the only step that reads the repository).

@@ -125,12 +125,17 @@ fn apply_one(
             }
             matched += 1;
             if let Some(ops) = &ops {
-                json_patch::patch(&mut obj.value, &ops.0).map_err(|e| OverrideError::Patch {
+                crate::budget::patch_bounded(
+                    &mut obj.value,
+                    &ops.0,
+                    crate::budget::MAX_OBJECT_BYTES,
+                )
+                .map_err(|message| OverrideError::Patch {
                     index,
                     patch,
                     object: Id::of(&obj.value).to_string(),
                     origin: obj.origin.clone(),
-                    message: e.to_string(),
+                    message,
                 })?;
             }
             if let Some(m) = &p.merge_patch {

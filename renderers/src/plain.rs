@@ -19,6 +19,10 @@ pub enum PlainError {
     NotAnObject { at: String, message: String },
     #[error("{0}: contains no YAML files")]
     Empty(String),
+    #[error(
+        "{path}: leads back to {target}, which this walk already reads (a symbolic link loop?)"
+    )]
+    Loop { path: String, target: String },
 }
 
 /// Renders a bundle's path as plain YAML.
@@ -48,7 +52,11 @@ pub fn read_path(
         PathKind::File => read_file(repo, path, &mut out)?,
         PathKind::Dir => {
             let mut files = 0usize;
-            walk(repo, path, &mut out, &mut files)?;
+            let mut seen = std::collections::HashSet::new();
+            if let Some(c) = repo.canonical(path) {
+                seen.insert(c);
+            }
+            walk(repo, path, &mut out, &mut files, &mut seen)?;
             if files == 0 && must_have_files {
                 return Err(PlainError::Empty(path.to_string()));
             }
@@ -59,16 +67,31 @@ pub fn read_path(
     Ok(out)
 }
 
+/// Walks `dir`; `seen` holds where every directory walked so far leads (symbolic links
+/// followed), so a directory reached twice — a link loop, or a link to a directory read
+/// elsewhere — is refused instead of read again (a loop of two links would otherwise be
+/// 2^40 paths deep before the per-path link limit stops it).
 fn walk(
     repo: &dyn RepoFiles,
     dir: &RepoPath,
     out: &mut Vec<Object>,
     files: &mut usize,
+    seen: &mut std::collections::HashSet<String>,
 ) -> Result<(), PlainError> {
     for name in repo.list(dir)? {
         let child = join(dir, &name)?;
         match repo.kind(&child) {
-            PathKind::Dir if !name.starts_with('.') => walk(repo, &child, out, files)?,
+            PathKind::Dir if !name.starts_with('.') => {
+                if let Some(target) = repo.canonical(&child)
+                    && !seen.insert(target.clone())
+                {
+                    return Err(PlainError::Loop {
+                        path: child.to_string(),
+                        target,
+                    });
+                }
+                walk(repo, &child, out, files, seen)?
+            }
             PathKind::File if is_manifest(&name) => {
                 *files += 1;
                 read_file(repo, &child, out)?;

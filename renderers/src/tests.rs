@@ -480,3 +480,147 @@ placements:
     assert_ne!(third[3], second[3]);
     assert_eq!(third[0], second[0]);
 }
+
+#[test]
+fn a_pass_over_its_budget_fails_its_renders_and_caches_none() {
+    let opts = RenderOptions::default();
+    let repo = repo_from(&files());
+    let fleet = fleet(&repo);
+    let p = &fleet.placements[0];
+    let mut cache = cache::Cache::new();
+    // Enough bytes for the first bundle of one cluster, not for all four renders.
+    let limits = budget::Limits {
+        read_bytes: 300,
+        ..budget::Limits::default()
+    };
+    let mut failures = Vec::new();
+    {
+        let mut pass = cache.pass_with(&repo, limits);
+        for c in &fleet.clusters {
+            for b in &fleet.bundles {
+                if let Err(e) = pass.render(&fleet, p, b, c, &opts) {
+                    failures.push(e.to_string());
+                }
+            }
+        }
+        let over = pass.exceeded().expect("the pass ran out");
+        assert_eq!(over.what, "bytes read");
+        assert_eq!(over.limit, 300);
+    }
+    assert!(!failures.is_empty());
+    assert!(
+        failures
+            .iter()
+            .all(|f| f.contains("over the render budget of 300 bytes read")),
+        "{failures:#?}"
+    );
+    // Nothing over budget was cached: a pass with the default budget renders everything.
+    let mut pass = cache.pass(&repo);
+    for c in &fleet.clusters {
+        for b in &fleet.bundles {
+            let r = pass.render(&fleet, p, b, c, &opts).expect("renders");
+            let fresh = render(&repo, &fleet, p, b, c, &opts).expect("renders");
+            assert_eq!(*r, fresh);
+        }
+    }
+    assert!(pass.exceeded().is_none());
+}
+
+#[test]
+fn a_directory_reached_twice_is_refused() {
+    // A MemRepo has no links; a repository whose canonical names repeat stands in for one.
+    struct Looping(MemRepo);
+    impl flotilla_spec::RepoFiles for Looping {
+        fn kind(&self, path: &flotilla_spec::types::RepoPath) -> flotilla_spec::PathKind {
+            if path.as_str() == "web/loop" {
+                flotilla_spec::PathKind::Dir
+            } else {
+                self.0.kind(path)
+            }
+        }
+        fn read(
+            &self,
+            path: &flotilla_spec::types::RepoPath,
+        ) -> Result<Vec<u8>, flotilla_spec::RepoError> {
+            self.0.read(path)
+        }
+        fn list(
+            &self,
+            dir: &flotilla_spec::types::RepoPath,
+        ) -> Result<Vec<String>, flotilla_spec::RepoError> {
+            let mut names = self.0.list(dir)?;
+            if dir.as_str() == "web" {
+                names.push("loop".into());
+            }
+            Ok(names)
+        }
+        fn canonical(&self, path: &flotilla_spec::types::RepoPath) -> Option<String> {
+            Some(if path.as_str() == "web/loop" {
+                "web".into()
+            } else {
+                path.to_string()
+            })
+        }
+    }
+    let repo = Looping(repo_from(&files()));
+    let e = plain::read_path(
+        &repo,
+        &flotilla_spec::types::RepoPath::parse("web").expect("path"),
+        true,
+    )
+    .expect_err("loop");
+    assert_eq!(
+        e,
+        plain::PlainError::Loop {
+            path: "web/loop".into(),
+            target: "web".into()
+        }
+    );
+}
+
+#[test]
+fn clusters_do_not_multiply_the_jsonnet_time_limit() {
+    // Three clusters, three different ext vars: three evaluations of a slow program. The
+    // pass's time budget bounds them all together, not each one.
+    let text = "apiVersion: flotilla.dev/v1alpha1
+kind: Fleet
+metadata: {name: acme}
+clusters: [{name: a}, {name: b}, {name: c}]
+bundles: [{name: jn, path: j/main.jsonnet, jsonnet: {extVars: {c: '${cluster.name}'}}}]
+placements: [{name: main, bundles: [jn], clusters: {}}]
+";
+    let repo = MemRepo::new().with("fleet.yaml", text).with(
+        "j/main.jsonnet",
+        "{apiVersion: 'v1', kind: 'ConfigMap', metadata: {name: std.extVar('c') + std.foldl(function(a, b) a + b, std.range(1, 100000000), 0)}}\n",
+    );
+    let checked = flotilla_spec::check("fleet.yaml", text, &repo);
+    let errors: Vec<String> = checked.errors().map(|d| d.to_string()).collect();
+    let fleet = checked.fleet.unwrap_or_else(|| panic!("{errors:?}"));
+    let mut cache = cache::Cache::new();
+    let limits = budget::Limits {
+        time: std::time::Duration::from_millis(300),
+        ..budget::Limits::default()
+    };
+    let started = std::time::Instant::now();
+    let mut pass = cache.pass_with(&repo, limits);
+    let mut messages = Vec::new();
+    for c in &fleet.clusters {
+        let e = pass
+            .render(
+                &fleet,
+                &fleet.placements[0],
+                &fleet.bundles[0],
+                c,
+                &RenderOptions::default(),
+            )
+            .expect_err("over the time budget");
+        messages.push(e.to_string());
+    }
+    // Not 3 x 60 s: the first evaluation got the 0.3 s left, the others nothing.
+    assert!(started.elapsed() < std::time::Duration::from_secs(20));
+    let over = pass.exceeded().expect("over budget");
+    assert_eq!(over.what, "seconds of rendering");
+    for m in &messages {
+        assert!(m.contains("over the render budget"), "{m}");
+    }
+}

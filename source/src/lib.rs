@@ -42,8 +42,10 @@ pub struct LocalTree {
     root: PathBuf,
 }
 
-/// The largest file flotilla reads from a repository.
-pub const MAX_FILE_BYTES: u64 = 128 << 20;
+/// The largest file flotilla reads from a repository: the largest text the YAML reader
+/// accepts (`flotilla_spec::Limits::max_bytes`), so a file that could never be parsed is
+/// refused from its size, before a byte of it is read.
+pub const MAX_FILE_BYTES: u64 = 64 << 20;
 
 impl LocalTree {
     /// Opens a directory as a repository root.
@@ -140,6 +142,13 @@ impl From<SourceError> for RepoError {
 }
 
 impl RepoFiles for LocalTree {
+    fn canonical(&self, path: &RepoPath) -> Option<String> {
+        let real = self.resolve(path).ok()?;
+        let rel = real.strip_prefix(&self.root).ok()?;
+        let s = rel.to_str()?;
+        Some(if s.is_empty() { ".".into() } else { s.into() })
+    }
+
     fn kind(&self, path: &RepoPath) -> PathKind {
         match self.resolve(path) {
             Ok(real) if real.is_dir() => PathKind::Dir,
@@ -229,6 +238,43 @@ mod tests {
             ));
             assert_eq!(tree.read_text(&rp("apps/alias.yaml"))?, "kind: ConfigMap");
         }
+        Ok(())
+    }
+
+    #[test]
+    fn a_file_over_the_yaml_limit_is_refused_unread() -> Result<(), Box<dyn std::error::Error>> {
+        assert_eq!(
+            MAX_FILE_BYTES,
+            flotilla_spec::Limits::default().max_bytes as u64
+        );
+        let repo = tempfile::tempdir()?;
+        // 100 MB, sparse: between the YAML limit and the old 128 MiB read limit.
+        let f = std::fs::File::create(repo.path().join("big.yaml"))?;
+        f.set_len(100_000_000)?;
+        let tree = LocalTree::open(repo.path())?;
+        assert_eq!(
+            tree.read(&rp("big.yaml")),
+            Err(RepoError::TooLarge {
+                path: "big.yaml".into(),
+                size: 100_000_000,
+                limit: MAX_FILE_BYTES
+            })
+        );
+        Ok(())
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn canonical_names_where_links_lead() -> Result<(), Box<dyn std::error::Error>> {
+        let repo = tempfile::tempdir()?;
+        std::fs::create_dir(repo.path().join("apps"))?;
+        std::os::unix::fs::symlink(".", repo.path().join("apps/l1"))?;
+        std::os::unix::fs::symlink("..", repo.path().join("apps/up"))?;
+        let tree = LocalTree::open(repo.path())?;
+        assert_eq!(tree.canonical(&rp("apps")).as_deref(), Some("apps"));
+        assert_eq!(tree.canonical(&rp("apps/l1/l1")).as_deref(), Some("apps"));
+        assert_eq!(tree.canonical(&rp("apps/up")).as_deref(), Some("."));
+        assert_eq!(tree.canonical(&rp("missing")), None);
         Ok(())
     }
 }

@@ -46,6 +46,17 @@ pub trait RepoFiles {
     /// The names of a directory's entries, sorted bytewise (files and directories alike).
     fn list(&self, dir: &RepoPath) -> Result<Vec<String>, RepoError>;
 
+    /// Where `path` leads with every symbolic link followed, as a repository path (`.` for the
+    /// root): two paths name the same file or directory exactly when these are equal. Walks
+    /// use it to see a directory twice (a link loop). `None` when unknown or missing; the
+    /// default, for sources without links, is the path itself.
+    fn canonical(&self, path: &RepoPath) -> Option<String> {
+        match self.kind(path) {
+            PathKind::File | PathKind::Dir => Some(path.to_string()),
+            PathKind::Missing | PathKind::Escapes => None,
+        }
+    }
+
     /// A file as UTF-8 text.
     fn read_to_string(&self, path: &RepoPath) -> Result<String, RepoError> {
         let bytes = self.read(path)?;

@@ -37,7 +37,9 @@ pub struct Limits {
     pub max_bytes: usize,
     /// Deepest accepted nesting of sequences and mappings.
     pub max_depth: usize,
-    /// Most nodes the document may expand to, counting every alias as the size of its target.
+    /// Most nodes the input may expand to (all its documents together), each node counted
+    /// once and every alias as the size of its target. This also bounds memory: a node costs
+    /// at most about 100 bytes besides its text.
     pub max_nodes: usize,
 }
 
@@ -46,7 +48,7 @@ impl Default for Limits {
         Limits {
             max_bytes: 64 << 20,
             max_depth: 64,
-            max_nodes: 10_000_000,
+            max_nodes: 5_000_000,
         }
     }
 }
@@ -60,10 +62,13 @@ pub enum YamlError {
     Syntax { pos: Pos, message: String },
     #[error("{pos}: nesting deeper than {limit} levels")]
     TooDeep { pos: Pos, limit: usize },
-    #[error(
-        "{pos}: the document expands to more than {limit} nodes (an alias/anchor bomb?); refusing it"
-    )]
-    TooManyNodes { pos: Pos, limit: usize },
+    #[error("{pos}: {}", too_many_nodes(*.limit, *.through_alias))]
+    TooManyNodes {
+        pos: Pos,
+        limit: usize,
+        /// Whether aliases took the count over the limit (an alias/anchor bomb).
+        through_alias: bool,
+    },
     #[error("{pos}: alias refers to an unknown anchor")]
     UnknownAnchor { pos: Pos },
     #[error("{pos}: duplicate key {key:?} (first at line {first_line})")]
@@ -76,6 +81,16 @@ pub enum YamlError {
     ComplexKey { pos: Pos },
     #[error("{pos}: expected one YAML document, found another one here")]
     MultipleDocuments { pos: Pos },
+}
+
+fn too_many_nodes(limit: usize, through_alias: bool) -> String {
+    if through_alias {
+        format!(
+            "the document expands to more than {limit} nodes through its aliases (an alias/anchor bomb?); refusing it"
+        )
+    } else {
+        format!("the input has more than {limit} nodes (values); refusing it")
+    }
 }
 
 impl YamlError {
@@ -294,6 +309,7 @@ fn build<'i>(
     let mut stack: Vec<Frame> = Vec::new();
     let mut anchors: HashMap<usize, (Rc<Node>, usize)> = HashMap::new();
     let mut total: usize = 0;
+    let mut aliased: usize = 0;
 
     loop {
         let (event, span) = match events.next() {
@@ -307,7 +323,9 @@ fn build<'i>(
             }
         };
         let pos = pos_of(&span.start);
-        let finished: Option<(Rc<Node>, usize, usize)> = match event {
+        // (node, weight = the nodes it expands to, anchor, charge = the nodes it adds now:
+        // a container's children were charged as they finished).
+        let finished: Option<(Rc<Node>, usize, usize, usize)> = match event {
             Event::StreamStart | Event::Nothing | Event::DocumentEnd => None,
             Event::StreamEnd => break,
             Event::DocumentStart(_) => {
@@ -321,7 +339,8 @@ fn build<'i>(
                     .get(&id)
                     .cloned()
                     .ok_or(YamlError::UnknownAnchor { pos })?;
-                Some((node, weight, 0))
+                aliased = aliased.saturating_add(weight);
+                Some((node, weight, 0, weight))
             }
             Event::Scalar(text, style, anchor, tag) => {
                 // `!!str 1` is the string "1"; other tags are ignored (the schema decides).
@@ -330,7 +349,7 @@ fn build<'i>(
                 } else {
                     resolve_scalar(text, style)
                 };
-                Some((Rc::new(Node { value, pos }), 1, anchor))
+                Some((Rc::new(Node { value, pos }), 1, anchor, 1))
             }
             Event::SequenceStart(anchor, _) => {
                 if stack.len() >= limits.max_depth {
@@ -342,7 +361,7 @@ fn build<'i>(
                 stack.push(Frame::Seq {
                     pos,
                     anchor,
-                    items: Vec::with_capacity(4),
+                    items: Vec::new(),
                     weight: 1,
                 });
                 None
@@ -357,7 +376,7 @@ fn build<'i>(
                 stack.push(Frame::Map {
                     pos,
                     anchor,
-                    entries: Vec::with_capacity(4),
+                    entries: Vec::new(),
                     index: None,
                     pending_key: None,
                     weight: 1,
@@ -377,6 +396,7 @@ fn build<'i>(
                     }),
                     weight,
                     anchor,
+                    1,
                 )),
                 _ => {
                     return Err(YamlError::Syntax {
@@ -399,6 +419,7 @@ fn build<'i>(
                     }),
                     weight,
                     anchor,
+                    1,
                 )),
                 _ => {
                     return Err(YamlError::Syntax {
@@ -408,15 +429,16 @@ fn build<'i>(
                 }
             },
         };
-        let Some((node, weight, anchor)) = finished else {
+        let Some((node, weight, anchor, charge)) = finished else {
             continue;
         };
         // Charge the node (an alias costs what it expands to) before keeping it.
-        total = total.saturating_add(weight);
+        total = total.saturating_add(charge);
         if total > limits.max_nodes {
             return Err(YamlError::TooManyNodes {
                 pos,
                 limit: limits.max_nodes,
+                through_alias: aliased > 0,
             });
         }
         if anchor != 0 {
@@ -698,9 +720,57 @@ mod tests {
         }
         let start = std::time::Instant::now();
         let e = p(&s).expect_err("bomb");
-        assert!(matches!(e, YamlError::TooManyNodes { .. }), "{e}");
+        assert!(
+            matches!(
+                e,
+                YamlError::TooManyNodes {
+                    through_alias: true,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert!(e.to_string().contains("alias"), "{e}");
         // Not a timing assertion of the product's speed: a guard that expansion never happens.
         assert!(start.elapsed().as_secs() < 5);
+    }
+
+    #[test]
+    fn nodes_are_charged_once_however_deep() {
+        // 4 million plain scalars nested a few levels deep: under the 5M limit, and no
+        // "alias bomb" (each node used to be charged once per enclosing level).
+        let inner = vec!["a"; 1000].join(",");
+        let s = format!("[[[{}]]]", vec![format!("[{inner}]"); 4000].join(","));
+        let n = p(&s).expect("4M scalars fit");
+        assert!(matches!(n.value, Value::Seq(_)));
+    }
+
+    #[test]
+    fn too_many_nodes_without_aliases_is_not_called_an_alias_bomb() {
+        let limits = Limits {
+            max_nodes: 1000,
+            ..Limits::default()
+        };
+        let s = format!("[{}]", vec!["{}"; 2000].join(","));
+        let e = parse(&s, &limits).expect_err("too many");
+        assert!(
+            matches!(
+                e,
+                YamlError::TooManyNodes {
+                    limit: 1000,
+                    through_alias: false,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert!(!e.to_string().contains("alias"), "{e}");
+        // All documents of a stream count together.
+        let s = vec!["[a, b, c]"; 400].join("\n---\n");
+        assert!(matches!(
+            parse_all(&s, &limits),
+            Err(YamlError::TooManyNodes { .. })
+        ));
     }
 
     #[test]

@@ -1153,3 +1153,79 @@ fn daemon_restores_a_cluster_that_lost_the_placement_whatever_self_heal_says() {
                 })
     });
 }
+
+/// Peak resident set size of a process, in bytes (Linux `VmHWM`).
+fn peak_rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+#[test]
+fn daemon_bounds_hostile_commits_and_rolls_out_the_fix() {
+    let k = SimKube::start(sim(2));
+    let up = Upstream::new();
+    commit_fleet(&up, 2, "web:1", "1s", "web 1");
+    let git = up.daemon();
+    let d = Daemon::start(&k, &up, git.port, &["--poll-interval", "1h"]);
+    d.wait_for("web:1 rolled out", Duration::from_secs(60), || {
+        images(&k, 2) == all(2, "web:1")
+    });
+
+    // A directory symlink loop in the bundle (2^40 paths when walked blindly): refused at
+    // once with the path that loops, the clusters keep web:1, the Git thread carries on.
+    let work = up.work();
+    std::os::unix::fs::symlink(".", work.join("app/l1")).expect("link");
+    std::os::unix::fs::symlink(".", work.join("app/l2")).expect("link");
+    crate::git_support::git(&work, &["add", "-A"]);
+    let looping = up.commit(&[], "a symlink loop");
+    up.push();
+    d.github_push("refs/heads/main");
+    d.wait_for("the loop reported", Duration::from_secs(30), || {
+        let s = d.json("/api/v1/fleet");
+        s["revision"]["commit"] == looping.as_str()
+            && s["revision"]["renderErrors"]
+                .to_string()
+                .contains("app/l1: leads back to app, which this walk already reads")
+    });
+    assert_eq!(images(&k, 2), all(2, "web:1"));
+
+    // A JSON patch of 40 `copy` operations, each doubling the Deployment's spec.
+    std::fs::remove_file(work.join("app/l1")).expect("unlink");
+    std::fs::remove_file(work.join("app/l2")).expect("unlink");
+    crate::git_support::git(&work, &["add", "-A"]);
+    let ops: String = (0..40)
+        .map(|i| format!("              - {{op: copy, from: /spec, path: /spec/k{i}}}\n"))
+        .collect();
+    let bomb = fleet(2, "1s", "")
+        + "    overrides:\n      - clusters: {}\n        patches:\n          - target: {kind: Deployment, name: web}\n            jsonPatch:\n"
+        + &ops;
+    let bombed = up.commit(&[("fleet.yaml", &bomb)], "a patch bomb");
+    up.push();
+    d.github_push("refs/heads/main");
+    d.wait_for("the patch bomb reported", Duration::from_secs(60), || {
+        let s = d.json("/api/v1/fleet");
+        s["revision"]["commit"] == bombed.as_str()
+            && s["revision"]["renderErrors"]
+                .to_string()
+                .contains("makes the object larger than 2097152 bytes")
+    });
+    assert_eq!(images(&k, 2), all(2, "web:1"));
+
+    // The fix: fetched, rendered and rolled out.
+    commit_fleet(&up, 2, "web:2", "1s", "the fix");
+    d.github_push("refs/heads/main");
+    d.wait_for("web:2 rolled out", Duration::from_secs(60), || {
+        images(&k, 2) == all(2, "web:2")
+    });
+    assert_eq!(d.get("/readyz").map(|(c, _)| c), Some(200));
+    let peak = peak_rss(d.child.id());
+    assert!(peak > 0, "VmHWM readable");
+    // Generous: the daemon with two clusters lives in tens of MiB; the loop used to grow
+    // ~70 MB/s without end and the patch bomb to abort at 4 GiB.
+    assert!(peak < 1 << 30, "peak RSS {} MiB", peak >> 20);
+}

@@ -210,6 +210,12 @@ impl Snapshot {
     /// Follows `path` from the root tree, resolving symbolic links inside the tree the way
     /// the file system would; a link that is absolute or climbs above the root escapes.
     fn resolve(&self, path: &RepoPath) -> Result<Target, RepoError> {
+        self.resolve_named(path).map(|(t, _)| t)
+    }
+
+    /// Like `resolve`, also giving the path reached with every link followed (`.` for the
+    /// root): two paths lead to the same place exactly when these are equal.
+    fn resolve_named(&self, path: &RepoPath) -> Result<(Target, String), RepoError> {
         let mut pending: Vec<String> = if path.as_str() == "." {
             Vec::new()
         } else {
@@ -217,6 +223,8 @@ impl Snapshot {
         };
         // The trees from the root down to the current directory (root excluded).
         let mut stack: Vec<ObjectId> = Vec::new();
+        // The names of those trees.
+        let mut names: Vec<String> = Vec::new();
         let mut links = 0;
         while let Some(part) = pending.pop() {
             match part.as_str() {
@@ -225,6 +233,7 @@ impl Snapshot {
                     if stack.pop().is_none() {
                         return Err(RepoError::Escapes(path.to_string()));
                     }
+                    names.pop();
                     continue;
                 }
                 _ => {}
@@ -235,10 +244,14 @@ impl Snapshot {
                 return Err(RepoError::NotFound(path.to_string()));
             };
             match kind {
-                EntryKind::Tree => stack.push(id),
+                EntryKind::Tree => {
+                    stack.push(id);
+                    names.push(part);
+                }
                 EntryKind::Blob | EntryKind::BlobExecutable => {
                     if pending.is_empty() {
-                        return Ok(Target::File(id));
+                        names.push(part);
+                        return Ok((Target::File(id), names.join("/")));
                     }
                     return Err(RepoError::NotFound(path.to_string()));
                 }
@@ -264,7 +277,15 @@ impl Snapshot {
                 EntryKind::Commit => return Err(RepoError::NotFound(path.to_string())),
             }
         }
-        Ok(Target::Dir(stack.last().copied().unwrap_or(self.tree)))
+        let named = if names.is_empty() {
+            ".".to_string()
+        } else {
+            names.join("/")
+        };
+        Ok((
+            Target::Dir(stack.last().copied().unwrap_or(self.tree)),
+            named,
+        ))
     }
 }
 
@@ -279,6 +300,10 @@ fn with_delta_base_cache(repo: &mut gix::Repository) {
 }
 
 impl RepoFiles for Snapshot {
+    fn canonical(&self, path: &RepoPath) -> Option<String> {
+        self.resolve_named(path).ok().map(|(_, named)| named)
+    }
+
     fn kind(&self, path: &RepoPath) -> PathKind {
         match self.resolve(path) {
             Ok(Target::Dir(_)) => PathKind::Dir,
@@ -376,6 +401,46 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn links_are_followed_to_one_canonical_path_and_big_blobs_refused() {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let work = tmp.path().join("work");
+        std::fs::create_dir_all(work.join("apps")).expect("mkdir");
+        std::fs::write(work.join("apps/a.yaml"), "a: 1\n").expect("write");
+        std::os::unix::fs::symlink(".", work.join("apps/l1")).expect("link");
+        std::os::unix::fs::symlink(".", work.join("apps/l2")).expect("link");
+        // 100 MB of zeros: compresses to little, over the 64 MiB limit.
+        std::fs::File::create(work.join("big.yaml"))
+            .and_then(|f| f.set_len(100_000_000))
+            .expect("big file");
+        git(&work, &["init", "--quiet", "-b", "main"]);
+        git(&work, &["add", "-A"]);
+        git(&work, &["commit", "--quiet", "-m", "loop"]);
+        let remote = Remote::parse(work.to_str().expect("utf-8"), None).expect("remote");
+        let mut source = GitSource::open(
+            remote,
+            Rev::parse("main").expect("rev"),
+            tmp.path().join("cache"),
+        )
+        .expect("open");
+        source.poll().expect("fetch");
+        let s = source.current().expect("snapshot");
+        assert_eq!(s.canonical(&rp("apps/l1/l2/l1")).as_deref(), Some("apps"));
+        assert_eq!(
+            s.canonical(&rp("apps/l2/a.yaml")).as_deref(),
+            Some("apps/a.yaml")
+        );
+        assert_eq!(s.canonical(&rp(".")).as_deref(), Some("."));
+        assert_eq!(
+            s.read(&rp("big.yaml")),
+            Err(RepoError::TooLarge {
+                path: "big.yaml".into(),
+                size: 100_000_000,
+                limit: MAX_FILE_BYTES
+            })
+        );
     }
 
     #[test]
