@@ -9,6 +9,7 @@ pub mod control;
 pub mod engine;
 pub mod inputs;
 pub mod model;
+pub mod time;
 pub mod windows;
 
 pub use control::{ControlError, Request, phase_after};
