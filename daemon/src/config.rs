@@ -48,6 +48,8 @@ pub struct Config {
     pub docker_config: Option<PathBuf>,
     /// Registries (host[:port]) reached over plain HTTP besides loopback ones.
     pub insecure_registries: Vec<String>,
+    /// Timeouts and the connection cap of the HTTP server.
+    pub http_limits: crate::listen::Limits,
 }
 
 impl Config {
@@ -74,6 +76,7 @@ impl Config {
             image_scan_interval: Some(Duration::from_secs(300)),
             docker_config: None,
             insecure_registries: Vec::new(),
+            http_limits: crate::listen::Limits::default(),
         }
     }
 }

@@ -11,6 +11,7 @@ pub mod adapters;
 pub mod config;
 mod http;
 pub mod images;
+pub mod listen;
 pub mod metrics;
 pub mod revision;
 mod run;

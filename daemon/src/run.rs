@@ -272,7 +272,14 @@ pub async fn start(config: crate::config::Config) -> Result<Running, DaemonError
     );
     spawn_git_thread(shared.clone(), source, wake_rx);
     let router = crate::http::router(shared.clone());
-    let server = tokio::spawn(async move { axum::serve(listener, router).await });
+    let refused = {
+        let counter = shared.metrics.http_connections_refused.clone();
+        move || {
+            counter.inc();
+        }
+    };
+    let limits = shared.config.http_limits.clone();
+    let server = tokio::spawn(crate::listen::serve(listener, router, limits, refused));
     let daemon = Daemon {
         shared: shared.clone(),
         workers: BTreeMap::new(),
