@@ -155,7 +155,7 @@ impl Config {
     pub fn validate(self) -> Result<Validated, ConfigError> {
         let remote =
             Remote::parse(&self.repo, self.credentials.clone()).map_err(|e| ConfigError::Repo {
-                repo: self.repo.clone(),
+                repo: flotilla_source::git::redact_url(&self.repo),
                 message: e.to_string(),
             })?;
         let rev = Rev::parse(&self.rev).map_err(|e| ConfigError::Rev {

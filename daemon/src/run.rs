@@ -264,7 +264,7 @@ pub async fn start(config: crate::config::Config) -> Result<Running, DaemonError
         config: v.config,
     });
     tracing::info!(
-        repo = %shared.config.repo,
+        repo = %shared.images.remote,
         rev = %shared.config.rev,
         listen = %addr,
         read_only = shared.config.read_only,
