@@ -299,6 +299,10 @@ pub fn resolve(mut args: ServeArgs) -> anyhow::Result<(Config, LogFormat)> {
     }
     config.docker_config = args.docker_config;
     config.insecure_registries = args.insecure_registries;
+    // Fault injection for tests only; not a documented setting.
+    config.fault_panic_placement = std::env::var("FLOTILLA_FAULT_PANIC_PLACEMENT")
+        .ok()
+        .filter(|s| !s.is_empty());
     Ok((config, args.log_format.unwrap_or(LogFormat::Text)))
 }
 

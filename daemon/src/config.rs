@@ -50,6 +50,9 @@ pub struct Config {
     pub insecure_registries: Vec<String>,
     /// Timeouts and the connection cap of the HTTP server.
     pub http_limits: crate::listen::Limits,
+    /// Fault injection for tests (`FLOTILLA_FAULT_PANIC_PLACEMENT`): this placement's worker
+    /// panics once, before its first rollout run.
+    pub fault_panic_placement: Option<String>,
 }
 
 impl Config {
@@ -77,6 +80,7 @@ impl Config {
             docker_config: None,
             insecure_registries: Vec::new(),
             http_limits: crate::listen::Limits::default(),
+            fault_panic_placement: None,
         }
     }
 }

@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod revision;
 mod run;
 pub mod status;
+mod supervise;
 pub mod webhook;
 
 pub use config::{Config, ConfigError};

@@ -636,12 +636,26 @@ impl Daemon {
                     None => {
                         let (tx, rx) = watch::channel(Some(rev.clone()));
                         let nudge = Arc::new(Notify::new());
-                        let handle = tokio::spawn(placement_worker(
-                            shared.clone(),
-                            name.clone(),
-                            rx,
-                            nudge.clone(),
-                        ));
+                        let handle = crate::supervise::spawn(
+                            crate::supervise::Restart::WORKER,
+                            {
+                                let (shared, name, nudge) =
+                                    (shared.clone(), name.clone(), nudge.clone());
+                                move || {
+                                    placement_worker(
+                                        shared.clone(),
+                                        name.clone(),
+                                        rx.clone(),
+                                        nudge.clone(),
+                                    )
+                                }
+                            },
+                            crate::supervise::report_to(
+                                shared.clone(),
+                                "placement",
+                                Some(name.clone()),
+                            ),
+                        );
                         self.workers.insert(
                             name,
                             Worker {
@@ -712,12 +726,30 @@ impl Daemon {
             "image scan"
         );
         let shared = self.shared.clone();
-        tokio::spawn(async move {
-            let (status, pushed) = crate::images::run(&shared.images, &rev).await;
-            let _ = shared
-                .triggers
-                .send(Trigger::ImagesDone(Box::new(status), pushed));
-        });
+        let report = crate::supervise::report_to(shared.clone(), "images", None);
+        let on_panic = {
+            let shared = shared.clone();
+            move |f: &crate::supervise::Failure| {
+                report(f);
+                let status = crate::images::ImagesStatus {
+                    last_scan_at: Some(now()),
+                    results: vec![format!("the image scan panicked: {}", f.message)],
+                    ..Default::default()
+                };
+                let _ = shared
+                    .triggers
+                    .send(Trigger::ImagesDone(Box::new(status), false));
+            }
+        };
+        crate::supervise::spawn_once(
+            async move {
+                let (status, pushed) = crate::images::run(&shared.images, &rev).await;
+                let _ = shared
+                    .triggers
+                    .send(Trigger::ImagesDone(Box::new(status), pushed));
+            },
+            on_panic,
+        );
     }
 
     fn start_drift(&mut self) {
@@ -730,19 +762,31 @@ impl Daemon {
         }
         let shared = self.shared.clone();
         let running = self.drift_running.clone();
-        tokio::spawn(async move {
-            let started = Instant::now();
-            let (report, healed) = drift_check(&shared, &rev).await;
-            shared
-                .metrics
-                .reconcile_seconds
-                .get_or_create(&labels(&[("stage", "drift")]))
-                .observe(started.elapsed().as_secs_f64());
-            running.store(false, Ordering::SeqCst);
-            let _ = shared
-                .triggers
-                .send(Trigger::DriftDone(Box::new(report), healed));
-        });
+        let on_panic = {
+            let report = crate::supervise::report_to(shared.clone(), "drift", None);
+            let running = running.clone();
+            // The next drift check must still run.
+            move |f: &crate::supervise::Failure| {
+                report(f);
+                running.store(false, Ordering::SeqCst);
+            }
+        };
+        crate::supervise::spawn_once(
+            async move {
+                let started = Instant::now();
+                let (report, healed) = drift_check(&shared, &rev).await;
+                shared
+                    .metrics
+                    .reconcile_seconds
+                    .get_or_create(&labels(&[("stage", "drift")]))
+                    .observe(started.elapsed().as_secs_f64());
+                running.store(false, Ordering::SeqCst);
+                let _ = shared
+                    .triggers
+                    .send(Trigger::DriftDone(Box::new(report), healed));
+            },
+            on_panic,
+        );
     }
 
     fn drift_done(&mut self, report: Report, healed: Vec<String>) {
@@ -844,9 +888,11 @@ fn spawn_prune_removed(shared: Arc<Shared>, previous: &Revision, rev: &Arc<Revis
     }
     let fleet = rev.fleet.metadata.name.clone();
     let prune = rev.fleet.settings.prune;
-    tokio::spawn(async move {
-        let concurrency = shared.config.concurrency;
-        futures::stream::iter(work)
+    let report = crate::supervise::report_to(shared.clone(), "prune", None);
+    crate::supervise::spawn_once(
+        async move {
+            let concurrency = shared.config.concurrency;
+            futures::stream::iter(work)
             .for_each_concurrent(concurrency, |(cluster, gone)| {
                 let shared = shared.clone();
                 let fleet = fleet.clone();
@@ -881,7 +927,9 @@ fn spawn_prune_removed(shared: Arc<Shared>, previous: &Revision, rev: &Arc<Revis
                 }
             })
             .await;
-    });
+        },
+        report,
+    );
 }
 
 async fn sleep_until(at: Option<tokio::time::Instant>) {
@@ -932,6 +980,7 @@ async fn placement_worker(
                         p.error = None;
                         p.running = true;
                     }
+                    crate::supervise::injected_fault(&shared, &name);
                     let clock = SystemClock;
                     let on_event = |e: &Event| shared.on_event(e);
                     let engine = Engine {
@@ -985,6 +1034,14 @@ async fn placement_worker(
                         }
                         Some(Err(e)) => {
                             tracing::error!(placement = %name, error = %e, "rollout engine error");
+                            shared
+                                .metrics
+                                .task_failures
+                                .get_or_create(&labels(&[
+                                    ("task", "placement"),
+                                    ("outcome", "error"),
+                                ]))
+                                .inc();
                             p.last_outcome = Some(format!("error: {e}"));
                         }
                     }
