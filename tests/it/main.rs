@@ -14,6 +14,7 @@ mod cluster;
 mod daemon;
 mod demo;
 mod gates;
+mod hardening;
 mod git_source;
 mod images;
 mod prdiff;
