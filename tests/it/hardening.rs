@@ -20,7 +20,10 @@ const PASSWORD: &str = "p@ss-PLANTED-9f3";
 const PASSWORD_IN_URL: &str = "p%40ss-PLANTED-9f3";
 
 fn get(port: u16, path: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    // (0, "") while the daemon is not listening yet.
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+        return (0, String::new());
+    };
     s.set_read_timeout(Some(Duration::from_secs(30)))
         .expect("timeout");
     write!(
@@ -48,8 +51,8 @@ clusters:
   - {name: sim-1}
   - {name: sim-2}
 bundles:
-  - {name: a, path: a, namespace: shop}
-  - {name: b, path: b, namespace: shop}
+  - {name: a, path: a, namespace: shop-a}
+  - {name: b, path: b, namespace: shop-b}
 placements:
   - name: web-a
     bundles: [a]
@@ -115,8 +118,11 @@ fn start_daemon(k: &SimKube, up: &Upstream, url: &str, json: bool) -> Daemon {
     let mut child = cmd
         .env_remove("KUBECONFIG")
         .env_remove("FLOTILLA_SERVER")
-        // Debug level: every log line the daemon can write is searched for the password.
-        .env("FLOTILLA_LOG", "debug")
+        // Debug level for flotilla: every line it can write is searched for the password.
+        .env(
+            "FLOTILLA_LOG",
+            "info,flotilla=debug,flotilla_daemon=debug,flotilla_source=debug",
+        )
         .env("FLOTILLA_FAULT_PANIC_PLACEMENT", "web-a")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -155,7 +161,15 @@ fn a_planted_password_never_leaves_the_daemon_and_a_panicking_worker_recovers() 
         &[
             ("fleet.yaml", &fleet()),
             ("a/cm.yaml", &configmap("from-a")),
+            (
+                "a/ns.yaml",
+                "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop-a}\n",
+            ),
             ("b/cm.yaml", &configmap("from-b")),
+            (
+                "b/ns.yaml",
+                "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop-b}\n",
+            ),
         ],
         "two placements",
     );
@@ -177,16 +191,21 @@ fn a_planted_password_never_leaves_the_daemon_and_a_panicking_worker_recovers() 
         };
         // web-b rolls out although web-a's worker panicked; then web-a's restarted worker
         // rolls out too and its error clears.
-        d.wait_for("both placements up to date after the injected panic", || {
-            let f = fleet_json();
-            ["web-a", "web-b"].iter().all(|p| {
-                placement(&f, p)
-                    .pointer("/lastOutcome")
-                    .and_then(Value::as_str)
-                    .is_some_and(|o| o.starts_with("up to date"))
-                    && placement(&f, p).pointer("/error") == Some(&Value::Null)
-            })
-        });
+        d.wait_for(
+            "both placements up to date after the injected panic",
+            || {
+                let f = fleet_json();
+                ["web-a", "web-b"].iter().all(|p| {
+                    let outcome = placement(&f, p)
+                        .pointer("/lastOutcome")
+                        .and_then(Value::as_str)
+                        .unwrap_or("")
+                        .to_string();
+                    (outcome.starts_with("up to date") || outcome.starts_with("Succeeded"))
+                        && placement(&f, p).pointer("/error") == Some(&Value::Null)
+                })
+            },
+        );
         let (_, metrics) = get(d.port, "/metrics");
         assert!(
             metrics.contains(r#"flotilla_task_failures_total{task="placement",outcome="panic"} 1"#),
@@ -227,7 +246,10 @@ fn a_planted_password_never_leaves_the_daemon_and_a_panicking_worker_recovers() 
                 "{secret} leaked (json log: {json}):\n{everything}"
             );
         }
-        assert!(everything.contains("flotilla serve starting"), "{everything}");
+        assert!(
+            everything.contains("flotilla serve starting"),
+            "{everything}"
+        );
     }
 }
 
@@ -246,7 +268,10 @@ fn an_scp_style_repository_with_a_password_is_refused_without_echoing_it() {
     assert!(!out.status.success());
     assert!(!err.contains("PW-PLANTED"), "{err}");
     assert!(!stdout(&out).contains("PW-PLANTED"));
-    assert!(err.contains("***@host:f.git") && err.contains("cannot carry a password"), "{err}");
+    assert!(
+        err.contains("***@host:f.git") && err.contains("cannot carry a password"),
+        "{err}"
+    );
 }
 
 /// A server that answers every connection with `head` and then `body` forever (or nothing).
@@ -284,7 +309,8 @@ fn hostile_server(head: &'static str, endless: bool) -> u16 {
 
 #[test]
 fn the_server_client_bounds_answer_size_and_time() {
-    let head = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n";
+    let head =
+        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n";
     let endless = hostile_server(head, true);
     let started = Instant::now();
     let out = Command::new(env!("CARGO_BIN_EXE_flotilla"))
@@ -313,7 +339,11 @@ fn the_server_client_bounds_answer_size_and_time() {
     assert!(!out.status.success());
     let err = stderr(&out);
     assert!(err.contains("within 1s"), "{err}");
-    assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
 }
 
 #[test]
