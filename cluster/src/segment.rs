@@ -1,6 +1,7 @@
 //! URL path segments that are encoded by construction. Every name, namespace, group, version
 //! and resource that goes into a request path is a [`Segment`], which can only be made by
-//! [`Segment::new`]: it percent-encodes every byte outside RFC 3986's unreserved set and
+//! [`Segment::new`]: it percent-encodes every byte outside RFC 3986's unreserved set (keeping
+//! `:` and `@`, which a segment may hold, as in `system:controller:x`) and
 //! refuses what no encoding makes safe (empty, `.`, `..`), so an object named
 //! `../../etc/passwd` can never address another path. [`ResourcePath`] builds the collection
 //! path of a resource from segments only.
@@ -35,7 +36,7 @@ impl Segment {
         }
         let mut out = String::with_capacity(raw.len());
         for b in raw.bytes() {
-            if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b':' | b'@') {
                 out.push(char::from(b));
             } else {
                 out.push_str(&format!("%{b:02X}"));
@@ -110,7 +111,7 @@ mod tests {
             Ok("..%2F..%2Fetc%2Fpasswd")
         );
         assert_eq!(s("a%2Fb").as_deref(), Ok("a%252Fb"));
-        assert_eq!(s("system:admin").as_deref(), Ok("system%3Aadmin"));
+        assert_eq!(s("system:admin").as_deref(), Ok("system:admin"));
         assert_eq!(s("a?b#c d").as_deref(), Ok("a%3Fb%23c%20d"));
         assert_eq!(s("é").as_deref(), Ok("%C3%A9"));
         for bad in ["", ".", ".."] {

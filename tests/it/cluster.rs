@@ -771,3 +771,55 @@ fn cluster_audit_lines_name_mutations_without_bodies() {
     assert!(lines[2].contains("read-only"), "{text}");
     assert!(!text.contains("hunter2"), "{text}");
 }
+
+/// Names go into request paths encoded (`cluster::segment`): a traversal name addresses
+/// exactly that (missing) object, never another path, and an RBAC name with ':' round-trips.
+#[test]
+fn hostile_names_reach_the_api_server_as_one_path_segment_each() {
+    let env = Env::start();
+    block_on(async {
+        let c = env.cluster(false).await;
+        let hostile = cm_ref("../../etc/passwd", "../x");
+        assert_eq!(c.get(&hostile).await.expect("a get"), None);
+        let cm = c
+            .get(&cm_ref("a/b", "default"))
+            .await
+            .expect("a name with a slash is one segment");
+        assert_eq!(cm, None);
+        let role = json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRole",
+            "metadata": {"name": "system:flotilla-test"},
+            "rules": [],
+        });
+        c.apply(&role, APPLY).await.expect("applies");
+        let r = ObjectRef {
+            gvk: Gvk::new("rbac.authorization.k8s.io", "v1", "ClusterRole"),
+            namespace: None,
+            name: "system:flotilla-test".into(),
+        };
+        let got = c.get(&r).await.expect("get").expect("exists");
+        assert_eq!(
+            got.pointer("/metadata/name").and_then(Value::as_str),
+            Some("system:flotilla-test")
+        );
+        // "." and ".." cannot be encoded into anything safe: refused before any request.
+        let err = c.get(&cm_ref("..", "default")).await.expect_err("refused");
+        assert!(
+            err.to_string().contains("cannot be a URL path segment"),
+            "{err}"
+        );
+    });
+    let seen: Vec<(String, String)> = env
+        .sim
+        .audit()
+        .into_iter()
+        .filter(|a| a.verb == "get" && a.resource == "configmaps")
+        .map(|a| (a.namespace, a.name))
+        .collect();
+    assert!(
+        seen.contains(&("../x".to_string(), "../../etc/passwd".to_string())),
+        "{seen:?}"
+    );
+    assert!(!seen.iter().any(|(_, n)| n == ".."), "{seen:?}");
+}
