@@ -90,10 +90,7 @@ impl Duration {
             total = total.saturating_add(n.saturating_mul(ms));
         }
         if total > MAX_DURATION.as_millis() {
-            return Err(format!(
-                "duration {} is too long (at most 366d)",
-                format!("{text:?}")
-            ));
+            return Err(format!("duration {text:?} is too long (at most 366d)"));
         }
         let ms = u64::try_from(total).map_err(|_| format!("duration {text:?} is too long"))?;
         Ok(Duration {
