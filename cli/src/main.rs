@@ -250,6 +250,14 @@ macro_rules! outln {
 const INVALID: u8 = 1;
 const USAGE_OR_IO: u8 = 2;
 
+/// The longest error message printed (bytes); the rest is counted, not echoed, so a 20 MB
+/// value in an input cannot become 20 MB of output.
+const MAX_ERROR_BYTES: usize = 16 * 1024;
+
+fn capped_error(e: &anyhow::Error) -> String {
+    flotilla_spec::diag::cap_text(format!("{e:#}"), MAX_ERROR_BYTES)
+}
+
 /// Logs to stderr, filtered by $FLOTILLA_LOG (default `warn`, `info` for the daemon).
 fn init_logging(default: &str, json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("FLOTILLA_LOG")
@@ -286,7 +294,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("flotilla: error: {e:#}");
+            eprintln!("flotilla: error: {}", capped_error(&e));
             ExitCode::from(USAGE_OR_IO)
         }
     }
@@ -629,7 +637,7 @@ fn watch_validate(args: &FleetArgs, output: Output) -> anyhow::Result<ExitCode> 
             {
                 return Err(e);
             }
-            eprintln!("flotilla: error: {e:#}");
+            eprintln!("flotilla: error: {}", capped_error(&e));
         }
         eprintln!(
             "flotilla: watching {} for changes",
@@ -740,6 +748,7 @@ fn render(
                     }
                     Err(e) => {
                         failed += 1;
+                        let e = flotilla_spec::diag::cap_text(e.to_string(), MAX_ERROR_BYTES);
                         eprintln!("flotilla: error: {e}");
                     }
                 }

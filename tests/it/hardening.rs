@@ -364,3 +364,28 @@ fn huge_values_and_many_errors_give_bounded_output() {
         "no count of the rest"
     );
 }
+
+#[test]
+fn a_huge_object_name_gives_a_short_render_error() {
+    let name = "A".repeat(5_000_000);
+    let repo = TempRepo::new()
+        .file(
+            "fleet.yaml",
+            &format!(
+                "{HEADER}clusters: [{{name: c1}}]\nbundles: [{{name: app, path: app}}]\nplacements: [{{name: main, bundles: [app], clusters: {{}}}}]\n"
+            ),
+        )
+        .file(
+            "app/cm.yaml",
+            &format!("apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: {name}}}\n"),
+        );
+    let out = repo.run(&["render", "--cluster", "c1"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.len() < 2_000, "{} bytes of error", err.len());
+    assert!(
+        err.contains("app/cm.yaml:1:1: metadata.name \"AAAA") && err.contains("more bytes)"),
+        "{err}"
+    );
+    assert!(stdout(&out).is_empty());
+}
