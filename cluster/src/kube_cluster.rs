@@ -350,6 +350,12 @@ impl KubeCluster {
             }
             Mutation::Delete { r, dry_run } => ("delete", (*r).clone(), *dry_run, false),
         };
+        // A name or namespace no request path can hold is refused before the audit line:
+        // nothing is attempted.
+        self.segment("name", &r.name)?;
+        if let Some(ns) = &r.namespace {
+            self.segment("namespace", ns)?;
+        }
         tracing::info!(
             target: AUDIT_TARGET,
             cluster = %self.name,

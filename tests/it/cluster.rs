@@ -772,20 +772,37 @@ fn cluster_audit_lines_name_mutations_without_bodies() {
     assert!(!text.contains("hunter2"), "{text}");
 }
 
-/// Names go into request paths encoded (`cluster::segment`): a traversal name addresses
-/// exactly that (missing) object, never another path, and an RBAC name with ':' round-trips.
+/// Names go into request paths encoded or not at all (`cluster::segment`): a traversal name
+/// is refused before any request, an RBAC name with ':' round-trips, and a name with a space
+/// addresses exactly that (missing) object.
 #[test]
-fn hostile_names_reach_the_api_server_as_one_path_segment_each() {
+fn hostile_names_reach_the_api_server_as_one_path_segment_each_or_not_at_all() {
     let env = Env::start();
     block_on(async {
         let c = env.cluster(false).await;
-        let hostile = cm_ref("../../etc/passwd", "../x");
-        assert_eq!(c.get(&hostile).await.expect("a get"), None);
-        let cm = c
-            .get(&cm_ref("a/b", "default"))
-            .await
-            .expect("a name with a slash is one segment");
-        assert_eq!(cm, None);
+        for (name, ns) in [
+            ("../../etc/passwd", "default"),
+            ("web", "../x"),
+            ("..", "default"),
+            ("a%2Fb", "default"),
+        ] {
+            let err = c.get(&cm_ref(name, ns)).await.expect_err("refused");
+            assert!(
+                err.to_string().contains("cannot be a URL path segment"),
+                "{err}"
+            );
+            let obj = json!({"apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": name, "namespace": ns}});
+            let err = c.apply(&obj, APPLY).await.expect_err("refused");
+            assert!(
+                err.to_string().contains("cannot be a URL path segment"),
+                "{err}"
+            );
+        }
+        assert_eq!(
+            c.get(&cm_ref("a b?c#d", "default")).await.expect("a get"),
+            None
+        );
         let role = json!({
             "apiVersion": "rbac.authorization.k8s.io/v1",
             "kind": "ClusterRole",
@@ -803,23 +820,16 @@ fn hostile_names_reach_the_api_server_as_one_path_segment_each() {
             got.pointer("/metadata/name").and_then(Value::as_str),
             Some("system:flotilla-test")
         );
-        // "." and ".." cannot be encoded into anything safe: refused before any request.
-        let err = c.get(&cm_ref("..", "default")).await.expect_err("refused");
-        assert!(
-            err.to_string().contains("cannot be a URL path segment"),
-            "{err}"
-        );
     });
+    // The only ConfigMap request that reached the server is the one with a legal-to-encode
+    // name, arriving as exactly that name.
     let seen: Vec<(String, String)> = env
         .sim
         .audit()
         .into_iter()
-        .filter(|a| a.verb == "get" && a.resource == "configmaps")
+        .filter(|a| a.resource == "configmaps" && a.name != "flotilla-inventory")
+        .filter(|a| !a.name.is_empty())
         .map(|a| (a.namespace, a.name))
         .collect();
-    assert!(
-        seen.contains(&("../x".to_string(), "../../etc/passwd".to_string())),
-        "{seen:?}"
-    );
-    assert!(!seen.iter().any(|(_, n)| n == ".."), "{seen:?}");
+    assert_eq!(seen, vec![("default".to_string(), "a b?c#d".to_string())]);
 }
