@@ -42,6 +42,8 @@ pub enum DaemonError {
     Git(String),
     #[error("the HTTP server failed: {0}")]
     Serve(std::io::Error),
+    #[error("the daemon's main loop panicked (see the log)")]
+    LoopPanicked,
 }
 
 pub(crate) fn now() -> String {
@@ -199,7 +201,14 @@ impl Running {
 
     /// Waits until the daemon has stopped.
     pub async fn wait(self) -> Result<(), DaemonError> {
-        let _ = self.task.await;
+        if let Err(e) = self.task.await
+            && e.is_panic()
+        {
+            // The loop itself died: say so and fail, rather than serve without it.
+            tracing::error!(task = "loop", "the daemon's main loop panicked; stopping");
+            self.server.abort();
+            return Err(DaemonError::LoopPanicked);
+        }
         self.server.abort();
         match self.server.await {
             Ok(Err(e)) => Err(DaemonError::Serve(e)),
@@ -329,7 +338,20 @@ fn spawn_git_thread(
                         match source.current() {
                             Some(snapshot) if loaded != Some(snapshot.commit()) => {
                                 loaded = Some(snapshot.commit());
-                                Fetch::Changed(loader.load(snapshot))
+                                let commit = snapshot.commit().to_string();
+                                // A panicking check or render rejects the commit (the last
+                                // good revision keeps running) and starts a fresh cache.
+                                Fetch::Changed(
+                                    crate::supervise::catch(|| loader.load(snapshot))
+                                        .unwrap_or_else(|message| {
+                                            crate::supervise::git_thread_panicked(&shared, &message);
+                                            loader = Loader::new(&shared.config.fleet_file);
+                                            Loaded::Unreadable {
+                                                commit,
+                                                message: format!("checking and rendering the commit panicked: {message}"),
+                                            }
+                                        }),
+                                )
                             }
                             Some(snapshot) => Fetch::Unchanged {
                                 commit: Some(snapshot.commit().to_string()),

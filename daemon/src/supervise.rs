@@ -114,6 +114,35 @@ pub(crate) fn injected_fault(shared: &crate::run::Shared, placement: &str) {
     }
 }
 
+/// Runs `f` on the current thread, turning a panic into its message (for the Git thread,
+/// which is not a tokio task: a panicking render must not end it).
+pub(crate) fn catch<T>(f: impl FnOnce() -> T) -> Result<T, String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|payload| {
+        let message = payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic payload".into());
+        flotilla_spec::diag::cap_message(message)
+    })
+}
+
+/// Reports a panic caught on the Git thread (log and metric; the commit is rejected).
+pub(crate) fn git_thread_panicked(shared: &crate::run::Shared, message: &str) {
+    tracing::error!(
+        task = "git",
+        "checking or rendering a commit panicked (commit rejected): {message}"
+    );
+    shared
+        .metrics
+        .task_failures
+        .get_or_create(&crate::metrics::labels(&[
+            ("task", "git"),
+            ("outcome", "panic"),
+        ]))
+        .inc();
+}
+
 /// Aborts the child when the supervisor is dropped or aborted.
 struct AbortOnDrop(JoinHandle<()>);
 
@@ -181,6 +210,21 @@ mod tests {
         first_backoff: Duration::from_millis(10),
         max_backoff: Duration::from_millis(40),
     };
+
+    #[test]
+    fn catch_turns_a_panic_into_its_message() {
+        assert_eq!(catch(|| 5), Ok(5));
+        assert_eq!(
+            catch(|| -> u8 { panic!("render blew up: {}", 7) }),
+            Err("render blew up: 7".to_string())
+        );
+        let long = catch(|| -> u8 { panic!("{}", "x".repeat(100_000)) }).expect_err("panics");
+        assert!(
+            long.len() < 1100 && long.ends_with("more bytes)"),
+            "{}",
+            long.len()
+        );
+    }
 
     #[tokio::test]
     async fn a_panicking_task_is_reported_and_restarted_with_backoff_until_it_succeeds() {
