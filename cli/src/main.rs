@@ -259,12 +259,23 @@ macro_rules! outln {
 const INVALID: u8 = 1;
 const USAGE_OR_IO: u8 = 2;
 
+/// The longest error message printed (bytes); the rest is counted, not echoed, so a 20 MB
+/// value in an input cannot become 20 MB of output.
+const MAX_ERROR_BYTES: usize = 16 * 1024;
+
+fn capped_error(e: &anyhow::Error) -> String {
+    flotilla_spec::diag::cap_text(format!("{e:#}"), MAX_ERROR_BYTES)
+}
+
 /// Logs to stderr, filtered by $FLOTILLA_LOG (default `warn`, `info` for the daemon).
 fn init_logging(default: &str, json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("FLOTILLA_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    // Colour only for a person at a terminal: a file or a log collector gets plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     if json {
         builder.json().init();
@@ -292,7 +303,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("flotilla: error: {e:#}");
+            eprintln!("flotilla: error: {}", capped_error(&e));
             ExitCode::from(USAGE_OR_IO)
         }
     }
@@ -681,7 +692,7 @@ fn watch_validate(args: &FleetArgs, output: Output) -> anyhow::Result<ExitCode> 
             {
                 return Err(e);
             }
-            eprintln!("flotilla: error: {e:#}");
+            eprintln!("flotilla: error: {}", capped_error(&e));
         }
         eprintln!(
             "flotilla: watching {} for changes",
@@ -792,6 +803,7 @@ fn render(
                     }
                     Err(e) => {
                         failed += 1;
+                        let e = flotilla_spec::diag::cap_text(e.to_string(), MAX_ERROR_BYTES);
                         eprintln!("flotilla: error: {e}");
                     }
                 }

@@ -300,6 +300,10 @@ pub fn resolve(mut args: ServeArgs) -> anyhow::Result<(Config, LogFormat)> {
     }
     config.docker_config = args.docker_config;
     config.insecure_registries = args.insecure_registries;
+    // Fault injection for tests only; not a documented setting.
+    config.fault_panic_placement = std::env::var("FLOTILLA_FAULT_PANIC_PLACEMENT")
+        .ok()
+        .filter(|s| !s.is_empty());
     Ok((config, args.log_format.unwrap_or(LogFormat::Text)))
 }
 
@@ -343,7 +347,13 @@ pub struct ServerArgs {
     /// File holding the daemon's API token (for pause, resume, abort, rollback).
     #[arg(long, env = "FLOTILLA_API_TOKEN_FILE", value_name = "FILE")]
     pub api_token_file: Option<PathBuf>,
+    /// Longest a request to the daemon may take, answer included (default 30s).
+    #[arg(long = "server-timeout", value_name = "DURATION", value_parser = crate::parse_duration)]
+    pub timeout: Option<Duration>,
 }
+
+/// The largest answer the client reads from the daemon; a longer one is an error.
+pub const MAX_RESPONSE: usize = 16 << 20;
 
 impl ServerArgs {
     pub fn url(&self) -> Option<String> {
@@ -377,8 +387,10 @@ pub fn call(
     let url = format!("{base}{path}");
     let rt = crate::live::runtime()?;
     rt.block_on(async {
+        let limit = server.timeout.unwrap_or(Duration::from_secs(30));
         let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(30))
+            .connect_timeout(limit)
+            .timeout(limit)
             .build()?;
         let mut req = match method {
             "POST" => client.post(&url),
@@ -387,12 +399,38 @@ pub fn call(
         if let Some(t) = token {
             req = req.bearer_auth(t);
         }
-        let resp = req
+        let mut resp = req
             .send()
             .await
             .with_context(|| format!("cannot reach the daemon at {base}"))?;
         let status = resp.status().as_u16();
-        let body = resp.text().await?;
+        let too_long = || {
+            anyhow::anyhow!(
+                "the daemon at {base} answered {path} with more than {} MiB; not reading further",
+                MAX_RESPONSE >> 20
+            )
+        };
+        if resp
+            .content_length()
+            .is_some_and(|n| n > MAX_RESPONSE as u64)
+        {
+            return Err(too_long());
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = resp.chunk().await.map_err(|e| {
+            let e = if e.is_timeout() {
+                anyhow::anyhow!("no complete answer within {limit:?}")
+            } else {
+                anyhow::Error::new(e)
+            };
+            e.context(format!("reading the answer of {base}{path}"))
+        })? {
+            if body.len() + chunk.len() > MAX_RESPONSE {
+                return Err(too_long());
+            }
+            body.extend_from_slice(&chunk);
+        }
+        let body = String::from_utf8_lossy(&body).into_owned();
         let value = serde_json::from_str(&body).unwrap_or(Value::String(body));
         Ok((status, value))
     })

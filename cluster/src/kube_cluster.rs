@@ -15,7 +15,7 @@ use flotilla_reconciler::cluster::{
     ApplyOptions, Cluster, ClusterError, Gvk, ObjectRef, ResourceInfo,
 };
 use kube::core::{
-    ApiResource, DynamicObject, GroupVersionKind, Resource,
+    ApiResource, GroupVersionKind,
     discovery::Scope,
     params::{DeleteParams, GetParams, ListParams, Patch, PatchParams},
 };
@@ -23,6 +23,7 @@ use serde_json::Value;
 
 use crate::budget::{RetryPolicy, TokenBucket};
 use crate::connector::ClientSettings;
+use crate::segment::{ResourcePath, Segment};
 
 /// The field manager of every apply.
 pub const FIELD_MANAGER: &str = "flotilla";
@@ -302,8 +303,36 @@ impl KubeCluster {
         }
     }
 
-    fn request(d: &Discovered, namespace: Option<&str>) -> kube::core::Request {
-        kube::core::Request::new(DynamicObject::url_path(&d.ar, namespace))
+    /// The request builder for `d`'s collection (in `namespace`): every part of the path is
+    /// an encoded [`Segment`].
+    fn request(
+        &self,
+        d: &Discovered,
+        namespace: Option<&str>,
+    ) -> Result<kube::core::Request, ClusterError> {
+        let seg = |what, v: &str| self.segment(what, v);
+        let group = match d.ar.group.as_str() {
+            "" => None,
+            g => Some(seg("API group", g)?),
+        };
+        let path = ResourcePath::new(
+            group.as_ref(),
+            &seg("API version", &d.ar.version)?,
+            namespace
+                .map(|ns| seg("namespace", ns))
+                .transpose()?
+                .as_ref(),
+            &seg("resource", &d.ar.plural)?,
+        );
+        Ok(kube::core::Request::new(path.as_str()))
+    }
+
+    /// `value` as an encoded path segment, or an error naming this cluster.
+    fn segment(&self, what: &'static str, value: &str) -> Result<Segment, ClusterError> {
+        Segment::new(what, value).map_err(|e| ClusterError::Invalid {
+            cluster: self.name.clone(),
+            message: e.to_string(),
+        })
     }
 
     /// The one way a mutation reaches the cluster: refused in read-only mode before anything
@@ -321,6 +350,12 @@ impl KubeCluster {
             }
             Mutation::Delete { r, dry_run } => ("delete", (*r).clone(), *dry_run, false),
         };
+        // A name or namespace no request path can hold is refused before the audit line:
+        // nothing is attempted.
+        self.segment("name", &r.name)?;
+        if let Some(ns) = &r.namespace {
+            self.segment("namespace", ns)?;
+        }
         tracing::info!(
             target: AUDIT_TARGET,
             cluster = %self.name,
@@ -349,7 +384,8 @@ impl KubeCluster {
             };
         };
         let ns = self.namespace(&r, &d)?;
-        let rq = KubeCluster::request(&d, ns);
+        let rq = self.request(&d, ns)?;
+        let name = self.segment("name", &r.name)?;
         match m {
             Mutation::Apply { object, options } => {
                 let mut pp = PatchParams::apply(FIELD_MANAGER);
@@ -363,7 +399,7 @@ impl KubeCluster {
                 let v: Value = self
                     .send("apply", || async {
                         let req = rq
-                            .patch(&r.name, &pp, &patch)
+                            .patch(name.as_str(), &pp, &patch)
                             .map_err(kube::Error::BuildRequest)?;
                         self.client.request::<Value>(req).await
                     })
@@ -384,7 +420,9 @@ impl KubeCluster {
                 }
                 match self
                     .send("delete", || async {
-                        let req = rq.delete(&r.name, &dp).map_err(kube::Error::BuildRequest)?;
+                        let req = rq
+                            .delete(name.as_str(), &dp)
+                            .map_err(kube::Error::BuildRequest)?;
                         self.client.request::<Value>(req).await
                     })
                     .await
@@ -440,11 +478,14 @@ impl Cluster for KubeCluster {
         let Some(d) = self.discover(&r.gvk).await? else {
             return Ok(None);
         };
-        let rq = KubeCluster::request(&d, self.namespace(r, &d)?);
+        let rq = self.request(&d, self.namespace(r, &d)?)?;
+        let name = self.segment("name", &r.name)?;
         let gp = GetParams::default();
         match self
             .send("get", || async {
-                let req = rq.get(&r.name, &gp).map_err(kube::Error::BuildRequest)?;
+                let req = rq
+                    .get(name.as_str(), &gp)
+                    .map_err(kube::Error::BuildRequest)?;
                 self.client.request::<Value>(req).await
             })
             .await
@@ -459,7 +500,7 @@ impl Cluster for KubeCluster {
         let Some(d) = self.discover(gvk).await? else {
             return Ok(vec![]);
         };
-        let rq = KubeCluster::request(&d, None);
+        let rq = self.request(&d, None)?;
         let mut items = Vec::new();
         let mut token: Option<String> = None;
         loop {

@@ -15,6 +15,7 @@ mod budget;
 mod connector;
 mod kube_cluster;
 mod kubeconfig;
+pub mod segment;
 
 pub use budget::{RetryPolicy, TokenBucket};
 pub use connector::{ClientSettings, ConnectError, Connector};

@@ -51,6 +51,11 @@ pub struct Config {
     /// The `flotilla` executable that evaluates Jsonnet in capped, killable worker processes
     /// (`jsonnet_worker`); `None` evaluates in-process (jrsonnet unbounded: tests only).
     pub jsonnet_worker: Option<PathBuf>,
+    /// Timeouts and the connection cap of the HTTP server.
+    pub http_limits: crate::listen::Limits,
+    /// Fault injection for tests (`FLOTILLA_FAULT_PANIC_PLACEMENT`): this placement's worker
+    /// panics once, before its first rollout run.
+    pub fault_panic_placement: Option<String>,
 }
 
 impl Config {
@@ -78,6 +83,8 @@ impl Config {
             docker_config: None,
             insecure_registries: Vec::new(),
             jsonnet_worker: None,
+            http_limits: crate::listen::Limits::default(),
+            fault_panic_placement: None,
         }
     }
 }
@@ -156,7 +163,7 @@ impl Config {
     pub fn validate(self) -> Result<Validated, ConfigError> {
         let remote =
             Remote::parse(&self.repo, self.credentials.clone()).map_err(|e| ConfigError::Repo {
-                repo: self.repo.clone(),
+                repo: flotilla_source::git::redact_url(&self.repo),
                 message: e.to_string(),
             })?;
         let rev = Rev::parse(&self.rev).map_err(|e| ConfigError::Rev {

@@ -13,10 +13,12 @@ mod heal;
 mod http;
 pub mod images;
 pub mod jsonnet_worker;
+pub mod listen;
 pub mod metrics;
 pub mod revision;
 mod run;
 pub mod status;
+mod supervise;
 pub mod webhook;
 
 pub use config::{Config, ConfigError};

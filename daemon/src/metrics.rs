@@ -35,6 +35,11 @@ pub struct Metrics {
     pub fleet_valid: Gauge,
     /// Errors in the newest fetched commit's fleet file.
     pub fleet_errors: Gauge,
+    /// HTTP connections closed on accept because `max_connections` were open.
+    pub http_connections_refused: Counter,
+    /// Daemon tasks (placement workers, drift checks, image scans) that panicked or failed,
+    /// by task and outcome (`panic`, `error`); each is reported and restarted.
+    pub task_failures: Family<Labels, Counter>,
 }
 
 impl Metrics {
@@ -51,6 +56,18 @@ impl Metrics {
         let webhooks = Family::<Labels, Counter>::default();
         let fleet_valid = Gauge::default();
         let fleet_errors = Gauge::default();
+        let http_connections_refused = Counter::default();
+        let task_failures = Family::<Labels, Counter>::default();
+        registry.register(
+            "http_connections_refused",
+            "HTTP connections closed on accept because the connection cap was reached",
+            http_connections_refused.clone(),
+        );
+        registry.register(
+            "task_failures",
+            "Daemon tasks that panicked or failed (then reported and restarted), by task and outcome",
+            task_failures.clone(),
+        );
         registry.register(
             "git_fetch_seconds",
             "Duration of Git fetches, by result",
@@ -107,6 +124,8 @@ impl Metrics {
             webhooks,
             fleet_valid,
             fleet_errors,
+            http_connections_refused,
+            task_failures,
         }
     }
 

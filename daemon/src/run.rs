@@ -41,6 +41,8 @@ pub enum DaemonError {
     Git(String),
     #[error("the HTTP server failed: {0}")]
     Serve(std::io::Error),
+    #[error("the daemon's main loop panicked (see the log)")]
+    LoopPanicked,
 }
 
 pub(crate) fn now() -> String {
@@ -198,7 +200,14 @@ impl Running {
 
     /// Waits until the daemon has stopped.
     pub async fn wait(self) -> Result<(), DaemonError> {
-        let _ = self.task.await;
+        if let Err(e) = self.task.await
+            && e.is_panic()
+        {
+            // The loop itself died: say so and fail, rather than serve without it.
+            tracing::error!(task = "loop", "the daemon's main loop panicked; stopping");
+            self.server.abort();
+            return Err(DaemonError::LoopPanicked);
+        }
         self.server.abort();
         match self.server.await {
             Ok(Err(e)) => Err(DaemonError::Serve(e)),
@@ -263,7 +272,7 @@ pub async fn start(config: crate::config::Config) -> Result<Running, DaemonError
         config: v.config,
     });
     tracing::info!(
-        repo = %shared.config.repo,
+        repo = %shared.images.remote,
         rev = %shared.config.rev,
         listen = %addr,
         read_only = shared.config.read_only,
@@ -271,7 +280,14 @@ pub async fn start(config: crate::config::Config) -> Result<Running, DaemonError
     );
     spawn_git_thread(shared.clone(), source, wake_rx);
     let router = crate::http::router(shared.clone());
-    let server = tokio::spawn(async move { axum::serve(listener, router).await });
+    let refused = {
+        let counter = shared.metrics.http_connections_refused.clone();
+        move || {
+            counter.inc();
+        }
+    };
+    let limits = shared.config.http_limits.clone();
+    let server = tokio::spawn(crate::listen::serve(listener, router, limits, refused));
     let daemon = Daemon {
         shared: shared.clone(),
         workers: BTreeMap::new(),
@@ -326,7 +342,20 @@ fn spawn_git_thread(
                         match source.current() {
                             Some(snapshot) if loaded != Some(snapshot.commit()) => {
                                 loaded = Some(snapshot.commit());
-                                Fetch::Changed(loader.load(snapshot))
+                                let commit = snapshot.commit().to_string();
+                                // A panicking check or render rejects the commit (the last
+                                // good revision keeps running) and starts a fresh cache.
+                                Fetch::Changed(
+                                    crate::supervise::catch(|| loader.load(snapshot))
+                                        .unwrap_or_else(|message| {
+                                            crate::supervise::git_thread_panicked(&shared, &message);
+                                            loader = Loader::new(&shared.config.fleet_file);
+                                            Loaded::Unreadable {
+                                                commit,
+                                                message: format!("checking and rendering the commit panicked: {message}"),
+                                            }
+                                        }),
+                                )
                             }
                             Some(snapshot) => Fetch::Unchanged {
                                 commit: Some(snapshot.commit().to_string()),
@@ -652,12 +681,26 @@ impl Daemon {
                     None => {
                         let (tx, rx) = watch::channel(Some(rev.clone()));
                         let nudge = Arc::new(Notify::new());
-                        let handle = tokio::spawn(placement_worker(
-                            shared.clone(),
-                            name.clone(),
-                            rx,
-                            nudge.clone(),
-                        ));
+                        let handle = crate::supervise::spawn(
+                            crate::supervise::Restart::WORKER,
+                            {
+                                let (shared, name, nudge) =
+                                    (shared.clone(), name.clone(), nudge.clone());
+                                move || {
+                                    placement_worker(
+                                        shared.clone(),
+                                        name.clone(),
+                                        rx.clone(),
+                                        nudge.clone(),
+                                    )
+                                }
+                            },
+                            crate::supervise::report_to(
+                                shared.clone(),
+                                "placement",
+                                Some(name.clone()),
+                            ),
+                        );
                         self.workers.insert(
                             name,
                             Worker {
@@ -728,12 +771,30 @@ impl Daemon {
             "image scan"
         );
         let shared = self.shared.clone();
-        tokio::spawn(async move {
-            let (status, pushed) = crate::images::run(&shared.images, &rev).await;
-            let _ = shared
-                .triggers
-                .send(Trigger::ImagesDone(Box::new(status), pushed));
-        });
+        let report = crate::supervise::report_to(shared.clone(), "images", None);
+        let on_panic = {
+            let shared = shared.clone();
+            move |f: &crate::supervise::Failure| {
+                report(f);
+                let status = crate::images::ImagesStatus {
+                    last_scan_at: Some(now()),
+                    results: vec![format!("the image scan panicked: {}", f.message)],
+                    ..Default::default()
+                };
+                let _ = shared
+                    .triggers
+                    .send(Trigger::ImagesDone(Box::new(status), false));
+            }
+        };
+        crate::supervise::spawn_once(
+            async move {
+                let (status, pushed) = crate::images::run(&shared.images, &rev).await;
+                let _ = shared
+                    .triggers
+                    .send(Trigger::ImagesDone(Box::new(status), pushed));
+            },
+            on_panic,
+        );
     }
 
     fn start_drift(&mut self) {
@@ -746,19 +807,31 @@ impl Daemon {
         }
         let shared = self.shared.clone();
         let running = self.drift_running.clone();
-        tokio::spawn(async move {
-            let started = Instant::now();
-            let (report, healed) = drift_check(&shared, &rev).await;
-            shared
-                .metrics
-                .reconcile_seconds
-                .get_or_create(&labels(&[("stage", "drift")]))
-                .observe(started.elapsed().as_secs_f64());
-            running.store(false, Ordering::SeqCst);
-            let _ = shared
-                .triggers
-                .send(Trigger::DriftDone(Box::new(report), healed));
-        });
+        let on_panic = {
+            let report = crate::supervise::report_to(shared.clone(), "drift", None);
+            let running = running.clone();
+            // The next drift check must still run.
+            move |f: &crate::supervise::Failure| {
+                report(f);
+                running.store(false, Ordering::SeqCst);
+            }
+        };
+        crate::supervise::spawn_once(
+            async move {
+                let started = Instant::now();
+                let (report, healed) = drift_check(&shared, &rev).await;
+                shared
+                    .metrics
+                    .reconcile_seconds
+                    .get_or_create(&labels(&[("stage", "drift")]))
+                    .observe(started.elapsed().as_secs_f64());
+                running.store(false, Ordering::SeqCst);
+                let _ = shared
+                    .triggers
+                    .send(Trigger::DriftDone(Box::new(report), healed));
+            },
+            on_panic,
+        );
     }
 
     fn drift_done(&mut self, report: Report, healed: Vec<String>) {
@@ -860,9 +933,11 @@ fn spawn_prune_removed(shared: Arc<Shared>, previous: &Revision, rev: &Arc<Revis
     }
     let fleet = rev.fleet.metadata.name.clone();
     let prune = rev.fleet.settings.prune;
-    tokio::spawn(async move {
-        let concurrency = shared.config.concurrency;
-        futures::stream::iter(work)
+    let report = crate::supervise::report_to(shared.clone(), "prune", None);
+    crate::supervise::spawn_once(
+        async move {
+            let concurrency = shared.config.concurrency;
+            futures::stream::iter(work)
             .for_each_concurrent(concurrency, |(cluster, gone)| {
                 let shared = shared.clone();
                 let fleet = fleet.clone();
@@ -910,7 +985,9 @@ fn spawn_prune_removed(shared: Arc<Shared>, previous: &Revision, rev: &Arc<Revis
                 }
             })
             .await;
-    });
+        },
+        report,
+    );
 }
 
 async fn sleep_until(at: Option<tokio::time::Instant>) {
@@ -961,6 +1038,7 @@ async fn placement_worker(
                         p.error = None;
                         p.running = true;
                     }
+                    crate::supervise::injected_fault(&shared, &name);
                     let clock = SystemClock;
                     let on_event = |e: &Event| shared.on_event(e);
                     let engine = Engine {
@@ -1014,6 +1092,14 @@ async fn placement_worker(
                         }
                         Some(Err(e)) => {
                             tracing::error!(placement = %name, error = %e, "rollout engine error");
+                            shared
+                                .metrics
+                                .task_failures
+                                .get_or_create(&labels(&[
+                                    ("task", "placement"),
+                                    ("outcome", "error"),
+                                ]))
+                                .inc();
                             p.last_outcome = Some(format!("error: {e}"));
                         }
                     }

@@ -11,8 +11,9 @@
 //!    burst-pool replica count the planner passes in [`RenderOptions::replicas`];
 //! 4. tracking labels `flotilla.dev/fleet`, `flotilla.dev/placement`, `flotilla.dev/bundle`
 //!    on each object's `metadata.labels` (nothing else changes);
-//! 5. sorting in kustomize's legacy order ([`kinds`]) and refusing two objects with the same
-//!    identity.
+//! 5. checking every object's identity ([`identity`]: apiVersion, kind, name and namespace
+//!    valid per Kubernetes' rules), sorting in kustomize's legacy order ([`kinds`]) and
+//!    refusing two objects with the same identity.
 //!
 //! Pure: no file system, network or clock; everything is read through `RepoFiles`, so the
 //! same snapshot always renders byte-identical output.
@@ -20,6 +21,7 @@
 pub mod budget;
 pub mod cache;
 pub mod emit;
+pub mod identity;
 pub mod jsonnet;
 pub mod kinds;
 pub mod kustomize;
@@ -94,6 +96,8 @@ pub enum Cause {
     Jsonnet(#[from] jsonnet::JsonnetError),
     #[error(transparent)]
     Budget(#[from] budget::BudgetError),
+    #[error("{origin}: {message}")]
+    Invalid { origin: String, message: String },
     #[error("{id} is defined twice: at {first} and at {second}")]
     Duplicate {
         id: String,
@@ -213,8 +217,14 @@ fn track(v: &mut Value, cx: &Context<'_>) {
     }
 }
 
-/// Sorts, refuses duplicates, and hashes.
+/// Checks every object's identity ([`identity`]), sorts, refuses duplicates, and hashes.
 pub fn finish(objects: Vec<Object>) -> Result<Rendered, Cause> {
+    for o in &objects {
+        identity::check(&o.value).map_err(|message| Cause::Invalid {
+            origin: o.origin.clone(),
+            message,
+        })?;
+    }
     let mut keyed: Vec<(kinds::Id, Object)> = objects
         .into_iter()
         .map(|o| (kinds::Id::of(&o.value), o))

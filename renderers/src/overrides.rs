@@ -141,6 +141,11 @@ fn apply_one(
             if let Some(m) = &p.merge_patch {
                 json_patch::merge(&mut obj.value, m);
             }
+            // The identity check before hashing names the patch as well as the file.
+            obj.origin = format!(
+                "{}, patched by overrides[{index}].patches[{patch}]",
+                obj.origin
+            );
         }
         if matched == 0 && strict {
             return Err(OverrideError::NoMatch {

@@ -33,7 +33,11 @@ macro_rules! string_schema {
     };
 }
 
-/// A duration such as `90s`, `5m`, `1h30m`, `14d` or `500ms`.
+/// The longest duration fleet.yaml (and every duration flag) accepts: one leap year. Longer
+/// soaks, deadlines or windows are mistakes, and time arithmetic on them could overflow.
+pub const MAX_DURATION: std::time::Duration = std::time::Duration::from_secs(366 * 86_400);
+
+/// A duration such as `90s`, `5m`, `1h30m`, `14d` or `500ms`, at most [`MAX_DURATION`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Duration {
     pub text: String,
@@ -84,6 +88,9 @@ impl Duration {
             };
             rest = &rest[unit_len..];
             total = total.saturating_add(n.saturating_mul(ms));
+        }
+        if total > MAX_DURATION.as_millis() {
+            return Err(format!("duration {text:?} is too long (at most 366d)"));
         }
         let ms = u64::try_from(total).map_err(|_| format!("duration {text:?} is too long"))?;
         Ok(Duration {
@@ -492,6 +499,14 @@ mod tests {
             Ok(500)
         );
         assert!(Duration::parse("5").is_err());
+        assert_eq!(
+            Duration::parse("366d").map(|d| d.value),
+            Ok(super::MAX_DURATION)
+        );
+        for long in ["367d", "99999999999h", "8785h", "53w", "366d1ms"] {
+            let err = Duration::parse(long).expect_err(long);
+            assert!(err.contains("too long (at most 366d)"), "{long}: {err}");
+        }
         assert!(Duration::parse("5x").is_err());
         assert!(Duration::parse("m").is_err());
         assert!(Duration::parse("").is_err());

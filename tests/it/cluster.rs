@@ -790,3 +790,65 @@ fn cluster_audit_lines_name_mutations_without_bodies() {
     assert!(lines[2].contains("read-only"), "{text}");
     assert!(!text.contains("hunter2"), "{text}");
 }
+
+/// Names go into request paths encoded or not at all (`cluster::segment`): a traversal name
+/// is refused before any request, an RBAC name with ':' round-trips, and a name with a space
+/// addresses exactly that (missing) object.
+#[test]
+fn hostile_names_reach_the_api_server_as_one_path_segment_each_or_not_at_all() {
+    let env = Env::start();
+    block_on(async {
+        let c = env.cluster(false).await;
+        for (name, ns) in [
+            ("../../etc/passwd", "default"),
+            ("web", "../x"),
+            ("..", "default"),
+            ("a%2Fb", "default"),
+        ] {
+            let err = c.get(&cm_ref(name, ns)).await.expect_err("refused");
+            assert!(
+                err.to_string().contains("cannot be a URL path segment"),
+                "{err}"
+            );
+            let obj = json!({"apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": name, "namespace": ns}});
+            let err = c.apply(&obj, APPLY).await.expect_err("refused");
+            assert!(
+                err.to_string().contains("cannot be a URL path segment"),
+                "{err}"
+            );
+        }
+        assert_eq!(
+            c.get(&cm_ref("a b?c#d", "default")).await.expect("a get"),
+            None
+        );
+        let role = json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRole",
+            "metadata": {"name": "system:flotilla-test"},
+            "rules": [],
+        });
+        c.apply(&role, APPLY).await.expect("applies");
+        let r = ObjectRef {
+            gvk: Gvk::new("rbac.authorization.k8s.io", "v1", "ClusterRole"),
+            namespace: None,
+            name: "system:flotilla-test".into(),
+        };
+        let got = c.get(&r).await.expect("get").expect("exists");
+        assert_eq!(
+            got.pointer("/metadata/name").and_then(Value::as_str),
+            Some("system:flotilla-test")
+        );
+    });
+    // The only ConfigMap request that reached the server is the one with a legal-to-encode
+    // name, arriving as exactly that name.
+    let seen: Vec<(String, String)> = env
+        .sim
+        .audit()
+        .into_iter()
+        .filter(|a| a.resource == "configmaps" && a.name != "flotilla-inventory")
+        .filter(|a| !a.name.is_empty())
+        .map(|a| (a.namespace, a.name))
+        .collect();
+    assert_eq!(seen, vec![("default".to_string(), "a b?c#d".to_string())]);
+}

@@ -15,6 +15,7 @@ mod daemon;
 mod demo;
 mod gates;
 mod git_source;
+mod hardening;
 mod images;
 mod jsonnet_worker;
 mod prdiff;

@@ -470,9 +470,7 @@ impl Engine<'_> {
                 let limit = usize::try_from(spec.max_concurrent.max(1)).unwrap_or(1);
                 // An unreachable cluster is retried until the health deadline: transient
                 // errors alone never fail a batch.
-                let patience = self.clock.now()
-                    + chrono::Duration::from_std(spec.health_deadline.value)
-                        .unwrap_or(chrono::Duration::minutes(10));
+                let patience = super::time::later(self.clock.now(), spec.health_deadline.value);
                 let mut results = futures::stream::iter(pending)
                     .map(|c| async move {
                         let mut delay = Duration::from_millis(500);
@@ -500,9 +498,7 @@ impl Engine<'_> {
                         "apply-failed",
                     )?;
                 }
-                let deadline = self.clock.now()
-                    + chrono::Duration::from_std(spec.health_deadline.value)
-                        .unwrap_or(chrono::Duration::minutes(10));
+                let deadline = super::time::later(self.clock.now(), spec.health_deadline.value);
                 r.batches[r.current].step = Step::Healthy {
                     deadline: rfc3339(deadline),
                 };
@@ -605,8 +601,8 @@ impl Engine<'_> {
                     // Gates already ran after health; with no soak there is nothing to re-check.
                     self.finish_batch(r)
                 } else {
-                    let until = self.clock.now()
-                        + chrono::Duration::seconds(i64::try_from(batch.soak_secs).unwrap_or(0));
+                    let until =
+                        super::time::later(self.clock.now(), Duration::from_secs(batch.soak_secs));
                     r.batches[r.current].step = Step::Soaking {
                         until: rfc3339(until),
                     };

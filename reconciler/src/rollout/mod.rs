@@ -10,6 +10,7 @@ pub mod engine;
 pub mod heal;
 pub mod inputs;
 pub mod model;
+pub mod time;
 pub mod windows;
 
 pub use control::{ControlError, Request, phase_after};

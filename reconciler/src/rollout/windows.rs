@@ -11,14 +11,10 @@ pub fn is_open(windows: &[Window], now: DateTime<Utc>) -> bool {
 }
 
 fn open_one(w: &Window, now: DateTime<Utc>) -> bool {
-    let duration = match chrono::Duration::from_std(w.duration.value) {
-        Ok(d) => d,
-        Err(_) => return true,
-    };
     let tz = w.timezone.as_ref().map(|t| t.tz).unwrap_or(chrono_tz::UTC);
     let local = now.with_timezone(&tz);
     match w.schedule.cron.find_previous_occurrence(&local, true) {
-        Ok(start) => local < start + duration,
+        Ok(start) => local < super::time::later(start, w.duration.value),
         Err(_) => false,
     }
 }

@@ -186,6 +186,8 @@ pub struct Remote {
     display: String,
     /// Credentials: the caller's, else those embedded in the URL.
     credentials: Option<Credentials>,
+    /// Other secret text to redact (the URL's password as written, still percent-encoded).
+    hidden: Vec<String>,
 }
 
 impl std::fmt::Debug for Remote {
@@ -203,8 +205,8 @@ impl std::fmt::Display for Remote {
     }
 }
 
-/// True if `text` looks like a URL rather than a local path (`scheme://` or scp-like
-/// `user@host:path`).
+/// True if `text` looks like a URL rather than a local path: `scheme://...`, or scp-like
+/// `[user@]host:path` (as git decides: a `:` before any `/`).
 pub fn is_url(text: &str) -> bool {
     if let Some((scheme, _)) = text.split_once("://") {
         return !scheme.is_empty()
@@ -212,7 +214,66 @@ pub fn is_url(text: &str) -> bool {
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || c == '+');
     }
-    false
+    scp_like(text).is_some()
+}
+
+/// `[userinfo@]host:path` split into (userinfo, host, path) when `text` is scp-like.
+fn scp_like(text: &str) -> Option<(Option<&str>, &str, &str)> {
+    let colon = text.find(':')?;
+    if colon == 0 || text[..colon].contains('/') || text.contains("://") {
+        return None;
+    }
+    // The user information ends at the last '@' before the first '/' (a password may hold ':').
+    let head = &text[..text.find('/').unwrap_or(text.len())];
+    let (userinfo, rest) = match head.rfind('@') {
+        Some(at) => (Some(&text[..at]), &text[at + 1..]),
+        None => (None, text),
+    };
+    let (host, path) = rest.split_once(':')?;
+    if host.is_empty() || host.contains('/') {
+        return None;
+    }
+    Some((userinfo, host, path))
+}
+
+/// `text` (a repository URL or path) with any user information replaced by `***`: the one
+/// way a repository address given by a user reaches a message or log.
+pub fn redact_url(text: &str) -> String {
+    if let Some((scheme, rest)) = text.split_once("://") {
+        let authority_end = rest.find('/').unwrap_or(rest.len());
+        let (authority, path) = rest.split_at(authority_end);
+        return match authority.rsplit_once('@') {
+            Some((_, host)) => format!("{scheme}://***@{host}{path}"),
+            None => text.to_string(),
+        };
+    }
+    match scp_like(text) {
+        Some((Some(_), host, path)) => format!("***@{host}:{path}"),
+        _ => text.to_string(),
+    }
+}
+
+/// Percent-decodes user information (`%40` → `@`); `None` when the result is not UTF-8.
+fn percent_decode(text: &str) -> Option<String> {
+    let b = text.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%'
+            && i + 2 < b.len()
+            && let (Some(h), Some(l)) = (
+                char::from(b[i + 1]).to_digit(16),
+                char::from(b[i + 2]).to_digit(16),
+            )
+        {
+            out.push((h * 16 + l) as u8);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
 }
 
 impl Remote {
@@ -220,6 +281,31 @@ impl Remote {
     /// information in the URL (`https://user:token@host/...`) is split off and used as the
     /// credentials unless `credentials` is given.
     pub fn parse(text: &str, credentials: Option<Credentials>) -> Result<Remote, GitError> {
+        if !text.contains("://")
+            && let Some((userinfo, host, path)) = scp_like(text)
+        {
+            // ssh (scp syntax): a user name is part of the address, a password never is.
+            let display = redact_url(text);
+            let user = match userinfo {
+                Some(u) if u.contains(':') => {
+                    return Err(GitError::Url {
+                        url: display,
+                        message: "an scp-style (ssh) address cannot carry a password; use an \
+                                  SSH key, or an https URL with a credentials file"
+                            .into(),
+                    });
+                }
+                Some(u) => format!("{u}@"),
+                None => String::new(),
+            };
+            let url = format!("{user}{host}:{path}");
+            return Ok(Remote {
+                display: url.clone(),
+                url,
+                credentials,
+                hidden: Vec::new(),
+            });
+        }
         if !is_url(text) {
             let path = std::path::absolute(text).map_err(|e| GitError::Url {
                 url: text.to_string(),
@@ -233,6 +319,7 @@ impl Remote {
                 url: url.to_string(),
                 display: url.to_string(),
                 credentials,
+                hidden: Vec::new(),
             });
         }
         let (scheme, rest) = text.split_once("://").unwrap_or(("", text));
@@ -253,10 +340,26 @@ impl Remote {
                 message: format!("unsupported scheme {scheme:?} (file, git, http, https, ssh)"),
             });
         }
-        let embedded = userinfo.map(|u| match u.split_once(':') {
-            Some((user, password)) => Credentials::new(user, password),
-            None => Credentials::token(u),
-        });
+        // User information is percent-encoded in a URL (`p%40ss` is the password `p@ss`).
+        let decode = |part: &str| {
+            percent_decode(part).ok_or_else(|| GitError::Url {
+                url: display.clone(),
+                message: "the user information is not UTF-8 once percent-decoded".into(),
+            })
+        };
+        let embedded = match userinfo {
+            Some(u) => Some(match u.split_once(':') {
+                Some((user, password)) => Credentials::new(decode(user)?, decode(password)?),
+                None => Credentials::token(decode(u)?),
+            }),
+            None => None,
+        };
+        // The raw (encoded) text of embedded secrets is redacted from messages too.
+        let hidden: Vec<String> = userinfo
+            .map(|u| u.split_once(':').map_or(u, |(_, p)| p))
+            .filter(|p| !p.is_empty())
+            .map(|p| vec![p.to_string()])
+            .unwrap_or_default();
         let credentials = credentials.or(embedded);
         if scheme == "http" && credentials.is_some() && !is_loopback(host) {
             return Err(GitError::Url {
@@ -270,6 +373,7 @@ impl Remote {
             url,
             display,
             credentials,
+            hidden,
         })
     }
 
@@ -294,6 +398,9 @@ impl Remote {
             && !c.password.is_empty()
         {
             message = message.replace(&c.password, "***");
+        }
+        for h in &self.hidden {
+            message = message.replace(h.as_str(), "***");
         }
         message
     }
@@ -993,6 +1100,48 @@ mod tests {
         assert!(Remote::parse("http://bot:pw@localhost/x", None).is_ok());
         let local = Remote::parse("some/dir", None)?;
         assert!(Path::new(local.url()).is_absolute());
+        Ok(())
+    }
+
+    #[test]
+    fn percent_encoded_passwords_are_decoded_and_redacted_in_both_forms() -> Result<(), GitError> {
+        let r = Remote::parse("https://al%69ce:p%40ss%3Aw0rd@example.com/f.git", None)?;
+        assert_eq!(
+            r.credentials(),
+            Some(&Credentials::new("alice", "p@ss:w0rd"))
+        );
+        assert_eq!(r.to_string(), "https://***@example.com/f.git");
+        assert_eq!(
+            r.redact("sent p@ss:w0rd, typed p%40ss%3Aw0rd"),
+            "sent ***, typed ***"
+        );
+        // A lone or malformed escape stays as written.
+        let r = Remote::parse("https://bot:100%25%zz%@example.com/f.git", None)?;
+        assert_eq!(r.credentials(), Some(&Credentials::new("bot", "100%%zz%")));
+        Ok(())
+    }
+
+    #[test]
+    fn scp_style_addresses_are_ssh_and_never_carry_a_password() -> Result<(), GitError> {
+        assert!(is_url("git@example.com:org/fleet.git"));
+        assert!(is_url("alice:PW@host:f.git"));
+        assert!(!is_url("./some:dir"));
+        assert!(!is_url("/abs/some:dir"));
+        assert!(!is_url("plain/dir"));
+        let r = Remote::parse("git@example.com:org/fleet.git", None)?;
+        assert_eq!(r.url(), "git@example.com:org/fleet.git");
+        let err = Remote::parse("alice:PW@host:f.git", None)
+            .expect_err("a password in scp syntax")
+            .to_string();
+        assert!(!err.contains("PW"), "{err}");
+        assert!(err.contains("***@host:f.git"), "{err}");
+        assert!(err.contains("cannot carry a password"), "{err}");
+        assert_eq!(redact_url("alice:PW@host:f.git"), "***@host:f.git");
+        assert_eq!(
+            redact_url("http://alice:PW@host/f.git"),
+            "http://***@host/f.git"
+        );
+        assert_eq!(redact_url("/srv/fleet"), "/srv/fleet");
         Ok(())
     }
 
