@@ -4,11 +4,8 @@
 //! supersedes a rollout in progress, read-only mode sends no mutating request, and SIGTERM
 //! drains.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use flotilla_sim::SimConfig;
@@ -16,6 +13,7 @@ use hmac::Mac;
 use serde_json::Value;
 
 use crate::git_support::{Upstream, free_port};
+use crate::serve_support::{ServeProcess, serve_command};
 use crate::support::SimKube;
 
 const SECRET: &str = "webhook-secret-for-tests";
@@ -66,21 +64,29 @@ placements:
 
 const NAMESPACE: &str = "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop}\n";
 
-/// A running `flotilla serve`; SIGTERM'd (by PID) and reaped when dropped.
-struct Daemon {
-    child: Child,
-    port: u16,
-    log: Arc<Mutex<String>>,
+/// A running `flotilla serve` against the sims (`serve_support::ServeProcess`, whose
+/// methods it derefs to), with the webhook secret of these tests.
+struct Daemon(ServeProcess);
+
+impl std::ops::Deref for Daemon {
+    type Target = ServeProcess;
+    fn deref(&self) -> &ServeProcess {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Daemon {
+    fn deref_mut(&mut self) -> &mut ServeProcess {
+        &mut self.0
+    }
 }
 
 impl Daemon {
     fn start(k: &SimKube, upstream: &Upstream, git_port: u16, extra: &[&str]) -> Daemon {
-        let port = free_port();
         let secret = upstream.scratch("secret");
         std::fs::write(&secret, format!("{SECRET}\n")).expect("write secret");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_flotilla"))
-            .arg("serve")
-            .arg("--repo")
+        let (mut cmd, port) = serve_command();
+        cmd.arg("--repo")
             .arg(format!("git://127.0.0.1:{git_port}/fleet.git"))
             .args(["--ref", "main", "--kubeconfig"])
             .arg(&k.kubeconfig)
@@ -88,57 +94,10 @@ impl Daemon {
             .arg(upstream.scratch("state"))
             .arg("--cache")
             .arg(upstream.scratch("cache"))
-            .args(["--listen", &format!("127.0.0.1:{port}")])
             .arg("--webhook-secret-file")
             .arg(&secret)
-            .args(extra)
-            .env_remove("KUBECONFIG")
-            .env_remove("FLOTILLA_SERVER")
-            .env("FLOTILLA_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("flotilla serve starts");
-        let log = Arc::new(Mutex::new(String::new()));
-        let stderr = child.stderr.take().expect("stderr");
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let mut l = sink.lock().unwrap_or_else(|p| p.into_inner());
-                l.push_str(&line);
-                l.push('\n');
-            }
-        });
-        let d = Daemon { child, port, log };
-        d.wait_for("the HTTP server", Duration::from_secs(20), || {
-            d.get("/healthz").is_some_and(|(c, _)| c == 200)
-        });
-        d
-    }
-
-    fn log(&self) -> String {
-        self.log.lock().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-
-    fn request(
-        &self,
-        method: &str,
-        path: &str,
-        headers: &[(&str, &str)],
-        body: &[u8],
-    ) -> Option<(u16, String)> {
-        http(self.port, method, path, headers, body)
-    }
-
-    fn get(&self, path: &str) -> Option<(u16, String)> {
-        self.request("GET", path, &[], b"")
-    }
-
-    fn json(&self, path: &str) -> Value {
-        let (code, body) = self.get(path).expect("the daemon answers");
-        assert_eq!(code, 200, "GET {path}: {body}");
-        serde_json::from_str(&body).expect("JSON")
+            .args(extra);
+        Daemon(ServeProcess::spawn(cmd, port))
     }
 
     fn github_push(&self, git_ref: &str) -> (u16, String) {
@@ -156,47 +115,6 @@ impl Daemon {
         )
         .expect("the daemon answers")
     }
-
-    fn wait_for(&self, what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            if ok() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        panic!(
-            "{what}: not within {timeout:?}\n--- daemon log\n{}",
-            self.log()
-        );
-    }
-
-    /// SIGTERM and wait for the exit; returns its status code.
-    fn terminate(&mut self) -> Option<i32> {
-        let pid = self.child.id().to_string();
-        let _ = Command::new("kill").args(["-TERM", &pid]).status();
-        let deadline = Instant::now() + Duration::from_secs(40);
-        while Instant::now() < deadline {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return status.code();
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = self.child.kill();
-        panic!(
-            "the daemon did not exit within 40 s of SIGTERM\n{}",
-            self.log()
-        );
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
 }
 
 fn sign(body: &[u8]) -> String {
@@ -207,61 +125,6 @@ fn sign(body: &[u8]) -> String {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
-}
-
-/// A minimal HTTP/1.1 exchange on 127.0.0.1 (`Connection: close`): (status, body).
-fn http(
-    port: u16,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &[u8],
-) -> Option<(u16, String)> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
-    let mut req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str("\r\n");
-    s.write_all(req.as_bytes()).ok()?;
-    // An oversized body is refused on its Content-Length, before it is read: not sending it
-    // keeps the server's early close from resetting the connection under the answer.
-    if body.len() <= 1024 * 1024 {
-        s.write_all(body).ok()?;
-    }
-    let mut raw = Vec::new();
-    let _ = s.read_to_end(&mut raw);
-    let text = String::from_utf8_lossy(&raw).to_string();
-    let (head, rest) = text.split_once("\r\n\r\n")?;
-    let code = head.split_whitespace().nth(1)?.parse().ok()?;
-    let body = if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        dechunk(rest)
-    } else {
-        rest.to_string()
-    };
-    Some((code, body))
-}
-
-fn dechunk(mut text: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = text.split_once("\r\n") {
-        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
-            break;
-        };
-        if n == 0 || rest.len() < n {
-            break;
-        }
-        out.push_str(&rest[..n]);
-        text = rest[n..].trim_start_matches("\r\n");
-    }
-    out
 }
 
 /// The image of Deployment shop/web in each sim cluster (`-` when absent), read from the

@@ -3,16 +3,16 @@
 //! placement rolls out, the `--server` client bounds what it reads and how long it waits,
 //! and diagnostics are capped.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use flotilla_sim::SimConfig;
 use serde_json::Value;
 
-use crate::git_support::{Upstream, free_port};
+use crate::git_support::Upstream;
+use crate::serve_support::{ServeProcess, http, serve_command};
 use crate::support::{HEADER, SimKube, TempRepo, stderr, stdout};
 
 /// Decoded, this is the password lighttpd expects; the URL carries it percent-encoded.
@@ -20,27 +20,8 @@ const PASSWORD: &str = "p@ss-PLANTED-9f3";
 const PASSWORD_IN_URL: &str = "p%40ss-PLANTED-9f3";
 
 fn get(port: u16, path: &str) -> (u16, String) {
-    // (0, "") while the daemon is not listening yet.
-    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
-        return (0, String::new());
-    };
-    s.set_read_timeout(Some(Duration::from_secs(30)))
-        .expect("timeout");
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-    )
-    .expect("write");
-    let mut raw = Vec::new();
-    let _ = s.read_to_end(&mut raw);
-    let text = String::from_utf8_lossy(&raw).to_string();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let code = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    (code, body.to_string())
+    // (0, "") while the daemon does not answer.
+    http(port, "GET", path, &[], b"").unwrap_or((0, String::new()))
 }
 
 fn fleet() -> String {
@@ -70,76 +51,25 @@ fn configmap(name: &str) -> String {
     format!("apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: {name}}}\ndata: {{k: v}}\n")
 }
 
-struct Daemon {
-    child: Child,
-    port: u16,
-    log: Arc<Mutex<String>>,
-}
-
-impl Daemon {
-    fn log(&self) -> String {
-        self.log.lock().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-
-    fn wait_for(&self, what: &str, mut ok: impl FnMut() -> bool) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while Instant::now() < deadline {
-            if ok() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        panic!("{what}: not within 60 s\n--- daemon log\n{}", self.log());
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_daemon(k: &SimKube, up: &Upstream, url: &str, json: bool) -> Daemon {
-    let port = free_port();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_flotilla"));
-    cmd.arg("serve")
-        .args(["--repo", url, "--ref", "main", "--kubeconfig"])
+fn start_daemon(k: &SimKube, up: &Upstream, url: &str, json: bool) -> ServeProcess {
+    let (mut cmd, port) = serve_command();
+    cmd.args(["--repo", url, "--ref", "main", "--kubeconfig"])
         .arg(&k.kubeconfig)
         .arg("--state")
         .arg(up.scratch(if json { "state-json" } else { "state" }))
         .arg("--cache")
         .arg(up.scratch(if json { "cache-json" } else { "cache" }))
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .args(["--poll-interval", "1s"]);
-    if json {
-        cmd.args(["--log-format", "json"]);
-    }
-    let mut child = cmd
-        .env_remove("KUBECONFIG")
-        .env_remove("FLOTILLA_SERVER")
+        .args(["--poll-interval", "1s"])
         // Debug level for flotilla: every line it can write is searched for the password.
         .env(
             "FLOTILLA_LOG",
             "info,flotilla=debug,flotilla_daemon=debug,flotilla_source=debug",
         )
-        .env("FLOTILLA_FAULT_PANIC_PLACEMENT", "web-a")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("flotilla serve starts");
-    let log = Arc::new(Mutex::new(String::new()));
-    let stderr = child.stderr.take().expect("stderr");
-    let sink = log.clone();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let mut l = sink.lock().unwrap_or_else(|p| p.into_inner());
-            l.push_str(&line);
-            l.push('\n');
-        }
-    });
-    Daemon { child, port, log }
+        .env("FLOTILLA_FAULT_PANIC_PLACEMENT", "web-a");
+    if json {
+        cmd.args(["--log-format", "json"]);
+    }
+    ServeProcess::spawn(cmd, port)
 }
 
 fn placement(fleet: &Value, name: &str) -> Value {
@@ -193,6 +123,7 @@ fn a_planted_password_never_leaves_the_daemon_and_a_panicking_worker_recovers() 
         // rolls out too and its error clears.
         d.wait_for(
             "both placements up to date after the injected panic",
+            Duration::from_secs(60),
             || {
                 let f = fleet_json();
                 ["web-a", "web-b"].iter().all(|p| {

@@ -7,6 +7,7 @@ mod git_support;
 mod kube_support;
 mod prometheus_support;
 mod registry_support;
+mod serve_support;
 mod support;
 
 mod cli;

@@ -4,13 +4,12 @@
 //! `kubectl edit` and a `kubectl delete` and restores a wiped cluster; `flotilla serve` puts a
 //! wiped cluster back and self-heals a hand edit.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output};
+use std::time::Duration;
 
 use crate::kube_support::{KubeOptions, RealKube, kubeconfig_file};
+use crate::serve_support::{ServeProcess, serve_command};
 use crate::support::{stderr, stdout};
 
 const DEPLOYMENT: &str = "apiVersion: apps/v1
@@ -292,72 +291,19 @@ fn real_heal_apply_heals_an_edit_a_delete_and_a_wiped_cluster() {
     assert!(r.inventory_exists());
 }
 
-/// `flotilla serve` on a file:// upstream; killed by PID when dropped.
-struct Serve {
-    child: Child,
-    log: Arc<Mutex<String>>,
-}
-
-impl Serve {
-    fn start(r: &Real, upstream: &Path) -> Serve {
-        let port = crate::git_support::free_port();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_flotilla"))
-            .arg("serve")
-            .arg("--repo")
-            .arg(format!("file://{}", upstream.display()))
-            .args(["--ref", "main", "--kubeconfig"])
-            .arg(&r.kubeconfig)
-            .arg("--state")
-            .arg(r.work.path().join("serve-state"))
-            .arg("--cache")
-            .arg(r.work.path().join("serve-cache"))
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .args(["--poll-interval", "1s"])
-            .env_remove("KUBECONFIG")
-            .env_remove("FLOTILLA_SERVER")
-            .env("FLOTILLA_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("flotilla serve starts");
-        let log = Arc::new(Mutex::new(String::new()));
-        let pipe = child.stderr.take().expect("stderr");
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                let mut l = sink.lock().unwrap_or_else(|p| p.into_inner());
-                l.push_str(&line);
-                l.push('\n');
-            }
-        });
-        Serve { child, log }
-    }
-
-    fn log(&self) -> String {
-        self.log.lock().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-
-    fn wait_for(&self, what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            if ok() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(500));
-        }
-        panic!(
-            "{what}: not within {timeout:?}\n--- daemon log\n{}",
-            self.log()
-        );
-    }
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// `flotilla serve` on a file:// upstream.
+fn serve(r: &Real, upstream: &Path) -> ServeProcess {
+    let (mut cmd, port) = serve_command();
+    cmd.arg("--repo")
+        .arg(format!("file://{}", upstream.display()))
+        .args(["--ref", "main", "--kubeconfig"])
+        .arg(&r.kubeconfig)
+        .arg("--state")
+        .arg(r.work.path().join("serve-state"))
+        .arg("--cache")
+        .arg(r.work.path().join("serve-cache"))
+        .args(["--poll-interval", "1s"]);
+    ServeProcess::spawn(cmd, port)
 }
 
 #[test]
@@ -373,7 +319,7 @@ fn real_heal_the_daemon_restores_a_wiped_cluster_and_self_heals_an_edit() {
         .output()
         .expect("git clone runs");
     assert!(o.status.success(), "{}", show(&o));
-    let d = Serve::start(&r, &upstream);
+    let d = serve(&r, &upstream);
     d.wait_for("rolled out", Duration::from_secs(120), || {
         r.image() == "nginx:1.27" && d.log().contains("succeeded")
     });

@@ -6,17 +6,15 @@
 //! What these tests revealed about the sim is fixed in `sim/` too (docs/sim.md, "Parity with
 //! a real API server"), so the fast sim tests stay honest.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
 use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output};
+use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::git_support::{Upstream, free_port};
+use crate::git_support::Upstream;
 use crate::kube_support::{KubeOptions, RealKube, kubeconfig_file};
+use crate::serve_support::{ServeProcess, serve_command};
 use crate::support::{stderr, stdout};
 
 fn code(o: &Output) -> i32 {
@@ -473,11 +471,11 @@ fn real_kube_drift_and_read_only_serve_send_no_mutation() {
 
     // The daemon in read-only mode: several drift checks, not one mutation.
     let git = r.up.daemon();
-    let mut d = Serve::start(&r, git.port, &["--read-only"]);
+    let mut d = serve(&r, git.port, &["--read-only"]);
     d.wait_for("two drift checks", Duration::from_secs(60), || {
         d.log().matches("drift check done").count() >= 2
     });
-    let report = d.json("/api/v1/drift");
+    let report = d.try_json("/api/v1/drift");
     assert_eq!(report["clusters"][0]["name"], "real-1", "{report}");
     d.terminate();
     assert_eq!(
@@ -663,9 +661,9 @@ fn real_kube_daemon_self_heals_a_kubectl_scale() {
     );
     r.up.push();
     let git = r.up.daemon();
-    let d = Serve::start(&r, git.port, &[]);
+    let d = serve(&r, git.port, &[]);
     d.wait_for("rolled out", Duration::from_secs(90), || {
-        d.json("/api/v1/rollouts/shop")["rollout"]["phase"] == "succeeded"
+        d.try_json("/api/v1/rollouts/shop")["rollout"]["phase"] == "succeeded"
     });
     let replicas = || {
         r.kube.ok(&[
@@ -682,7 +680,7 @@ fn real_kube_daemon_self_heals_a_kubectl_scale() {
         .ok(&["scale", "deploy/web", "-n", "shop", "--replicas=4"]);
     d.wait_for("self-healed", Duration::from_secs(60), || {
         replicas() == "1"
-            && d.json("/api/v1/rollouts/shop")["events"]
+            && d.try_json("/api/v1/rollouts/shop")["events"]
                 .as_array()
                 .is_some_and(|ev| {
                     ev.iter()
@@ -691,143 +689,20 @@ fn real_kube_daemon_self_heals_a_kubectl_scale() {
     });
 }
 
-/// A running `flotilla serve` against the fleet's kubeconfig; killed when dropped.
-struct Serve {
-    child: Child,
-    port: u16,
-    log: Arc<Mutex<String>>,
-}
-
-impl Serve {
-    fn start(r: &Real, git_port: u16, extra: &[&str]) -> Serve {
-        let port = free_port();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_flotilla"))
-            .arg("serve")
-            .arg("--repo")
-            .arg(format!("git://127.0.0.1:{git_port}/fleet.git"))
-            .args(["--ref", "main", "--kubeconfig"])
-            .arg(&r.kubeconfig)
-            .arg("--state")
-            .arg(r.up.scratch("serve-state"))
-            .arg("--cache")
-            .arg(r.up.scratch("serve-cache"))
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .args(["--poll-interval", "1s"])
-            .args(extra)
-            .env_remove("KUBECONFIG")
-            .env_remove("FLOTILLA_SERVER")
-            .env("FLOTILLA_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("flotilla serve starts");
-        let log = Arc::new(Mutex::new(String::new()));
-        let stderr = child.stderr.take().expect("stderr");
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let mut l = sink.lock().unwrap_or_else(|p| p.into_inner());
-                l.push_str(&line);
-                l.push('\n');
-            }
-        });
-        let d = Serve { child, port, log };
-        d.wait_for("the HTTP server", Duration::from_secs(30), || {
-            d.get("/healthz").is_some_and(|(c, _)| c == 200)
-        });
-        d
-    }
-
-    fn log(&self) -> String {
-        self.log.lock().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-
-    fn get(&self, path: &str) -> Option<(u16, String)> {
-        let mut s = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
-        s.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
-        write!(
-            s,
-            "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-        )
-        .ok()?;
-        let mut raw = Vec::new();
-        let _ = s.read_to_end(&mut raw);
-        let text = String::from_utf8_lossy(&raw).to_string();
-        let (head, body) = text.split_once("\r\n\r\n")?;
-        let code = head.split_whitespace().nth(1)?.parse().ok()?;
-        let body = if head
-            .to_ascii_lowercase()
-            .contains("transfer-encoding: chunked")
-        {
-            dechunk(body)
-        } else {
-            body.to_string()
-        };
-        Some((code, body))
-    }
-
-    fn json(&self, path: &str) -> Value {
-        match self.get(path) {
-            Some((200, body)) => serde_json::from_str(&body).unwrap_or(Value::Null),
-            _ => Value::Null,
-        }
-    }
-
-    fn wait_for(&self, what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            if ok() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(300));
-        }
-        panic!(
-            "{what}: not within {timeout:?}\n--- daemon log\n{}",
-            self.log()
-        );
-    }
-
-    fn terminate(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(40);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        panic!(
-            "the daemon did not exit within 40 s of SIGTERM\n{}",
-            self.log()
-        );
-    }
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-fn dechunk(mut text: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = text.split_once("\r\n") {
-        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
-            break;
-        };
-        if n == 0 || rest.len() < n {
-            break;
-        }
-        out.push_str(&rest[..n]);
-        text = rest[n..].trim_start_matches("\r\n");
-    }
-    out
+/// `flotilla serve` against the fleet's kubeconfig, following `git daemon` on `git_port`.
+fn serve(r: &Real, git_port: u16, extra: &[&str]) -> ServeProcess {
+    let (mut cmd, port) = serve_command();
+    cmd.arg("--repo")
+        .arg(format!("git://127.0.0.1:{git_port}/fleet.git"))
+        .args(["--ref", "main", "--kubeconfig"])
+        .arg(&r.kubeconfig)
+        .arg("--state")
+        .arg(r.up.scratch("serve-state"))
+        .arg("--cache")
+        .arg(r.up.scratch("serve-cache"))
+        .args(["--poll-interval", "1s"])
+        .args(extra);
+    ServeProcess::spawn(cmd, port)
 }
 
 /// One HTTP request with curl: (status code, JSON body).
