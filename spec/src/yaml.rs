@@ -9,6 +9,7 @@
 //! [`Limits::max_depth`] and inputs larger than [`Limits::max_bytes`] are refused before they
 //! can hurt.
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::fmt;
 use std::rc::Rc;
@@ -41,6 +42,12 @@ pub struct Limits {
     /// once and every alias as the size of its target. This also bounds memory: a node costs
     /// at most about 100 bytes besides its text.
     pub max_nodes: usize,
+    /// Longest flow collection (`{...}` or `[...]`, JSON included), in characters.
+    /// saphyr-parser holds every token of a flow collection until it closes (any flow
+    /// collection may turn out to be a mapping key), about 100 bytes a character, so this
+    /// bounds the parser's own memory. Kubernetes objects are at most 1.5 MiB, so a manifest
+    /// written as JSON fits.
+    pub max_flow_chars: usize,
 }
 
 impl Default for Limits {
@@ -49,6 +56,7 @@ impl Default for Limits {
             max_bytes: 64 << 20,
             max_depth: 64,
             max_nodes: 5_000_000,
+            max_flow_chars: 2 << 20,
         }
     }
 }
@@ -69,6 +77,10 @@ pub enum YamlError {
         /// Whether aliases took the count over the limit (an alias/anchor bomb).
         through_alias: bool,
     },
+    #[error(
+        "{pos}: a flow collection (`{{...}}` or `[...]`) longer than {limit} characters starts here; flotilla reads a flow collection whole, so split it or write it in block style"
+    )]
+    FlowTooLong { pos: Pos, limit: usize },
     #[error("{pos}: alias refers to an unknown anchor")]
     UnknownAnchor { pos: Pos },
     #[error("{pos}: duplicate key {key:?} (first at line {first_line})")]
@@ -101,6 +113,7 @@ impl YamlError {
             YamlError::Syntax { pos, .. }
             | YamlError::TooDeep { pos, .. }
             | YamlError::TooManyNodes { pos, .. }
+            | YamlError::FlowTooLong { pos, .. }
             | YamlError::UnknownAnchor { pos }
             | YamlError::DuplicateKey { pos, .. }
             | YamlError::ComplexKey { pos }
@@ -239,8 +252,35 @@ fn parse_stream(text: &str, limits: &Limits, many: bool) -> Result<Vec<Node>, Ya
             limit: limits.max_bytes,
         });
     }
-    let mut parser = Parser::new_from_str(text);
-    build(std::iter::from_fn(|| parser.next_event()), limits, many).map_err(|e| match e {
+    // The parser reads through `Metered`, which stops feeding it (as if the text ended) once
+    // it has read `max_flow_chars` past the end of the last event it gave: only a flow
+    // collection makes it read that far ahead (it holds the collection's tokens until the
+    // collection closes), so its memory stays bounded by the limit.
+    let read = Cell::new(0usize);
+    let given = Cell::new(0usize);
+    let cut = Cell::new(None);
+    let mut parser = Parser::new_from_iter(Metered {
+        chars: text.chars(),
+        read: &read,
+        given: &given,
+        cut: &cut,
+        lead: limits.max_flow_chars,
+    });
+    let events = std::iter::from_fn(|| {
+        let ev = parser.next_event();
+        if let Some(Ok((_, span))) = &ev {
+            given.set(span.end.index().max(given.get()));
+        }
+        ev
+    });
+    let built = build(events, limits, many);
+    if let Some(at) = cut.get() {
+        return Err(YamlError::FlowTooLong {
+            pos: flow_start(text, at),
+            limit: limits.max_flow_chars,
+        });
+    }
+    built.map_err(|e| match e {
         YamlError::Syntax { pos, message } => match unclosed_bracket(text, pos) {
             Some((bracket, at)) => YamlError::Syntax {
                 pos,
@@ -253,6 +293,54 @@ fn parse_stream(text: &str, limits: &Limits, many: bool) -> Result<Vec<Node>, Ya
         },
         e => e,
     })
+}
+
+/// The text as characters, counted; ends early (sets `cut` to where the last event ended)
+/// once the parser has read `lead` characters past the end of the last event it gave.
+struct Metered<'a, I> {
+    chars: I,
+    read: &'a Cell<usize>,
+    given: &'a Cell<usize>,
+    cut: &'a Cell<Option<usize>>,
+    lead: usize,
+}
+
+impl<I: Iterator<Item = char>> Iterator for Metered<'_, I> {
+    type Item = char;
+
+    fn next(&mut self) -> Option<char> {
+        if self.cut.get().is_some() {
+            return None;
+        }
+        if self.read.get().saturating_sub(self.given.get()) > self.lead {
+            self.cut.set(Some(self.given.get()));
+            return None;
+        }
+        let c = self.chars.next()?;
+        self.read.set(self.read.get() + 1);
+        Some(c)
+    }
+}
+
+/// Where the first flow bracket at or after character `from` is (else `from` itself).
+fn flow_start(text: &str, from: usize) -> Pos {
+    let (mut line, mut column) = (1u32, 1u32);
+    let mut at = None;
+    for (i, ch) in text.chars().enumerate() {
+        if i >= from && (ch == '{' || ch == '[') {
+            return Pos { line, column };
+        }
+        if i == from {
+            at = Some(Pos { line, column });
+        }
+        if ch == '\n' {
+            line = line.saturating_add(1);
+            column = 1;
+        } else {
+            column = column.saturating_add(1);
+        }
+    }
+    at.unwrap_or(Pos { line, column })
 }
 
 /// The innermost flow bracket (`{` or `[`) still open at `upto`, and where it was opened: a
@@ -739,10 +827,48 @@ mod tests {
     fn nodes_are_charged_once_however_deep() {
         // 4 million plain scalars nested a few levels deep: under the 5M limit, and no
         // "alias bomb" (each node used to be charged once per enclosing level).
-        let inner = vec!["a"; 1000].join(",");
-        let s = format!("[[[{}]]]", vec![format!("[{inner}]"); 4000].join(","));
+        // Block style: a flow collection this long is refused by `max_flow_chars`.
+        let inner = format!("  - [{}]\n", vec!["a"; 1000].join(","));
+        let s = format!("- - {}\n", "x") + &inner.repeat(4000);
         let n = p(&s).expect("4M scalars fit");
         assert!(matches!(n.value, Value::Seq(_)));
+    }
+
+    #[test]
+    fn a_flow_collection_longer_than_the_limit_is_refused_where_it_starts() {
+        let limits = Limits {
+            max_flow_chars: 1000,
+            ..Limits::default()
+        };
+        // A flow collection where a key could start is held whole by the parser (a block
+        // mapping's value is not: its items come out as they are read).
+        let s = format!("# c\n  [{}]\n", vec!["{}"; 2000].join(","));
+        let e = parse(&s, &limits).expect_err("too long");
+        assert_eq!(
+            e,
+            YamlError::FlowTooLong {
+                pos: Pos { line: 2, column: 3 },
+                limit: 1000
+            }
+        );
+        assert!(e.to_string().starts_with("2:3: a flow collection"), "{e}");
+        let value = format!("b: [{}]\n", vec!["{}"; 2000].join(","));
+        assert!(parse(&value, &limits).is_ok());
+        // The same collection, shorter than the limit, and a manifest written as JSON.
+        let short = format!("[{}]\n", vec!["{}"; 300].join(","));
+        assert!(parse(&short, &limits).is_ok());
+        let json = format!(
+            "{{\n  \"kind\": \"ConfigMap\",\n  \"data\": {{{}}}\n}}\n",
+            (0..20_000)
+                .map(|i| format!("\"k{i}\": \"v\""))
+                .collect::<Vec<_>>()
+                .join(",\n    ")
+        );
+        let n = p(&json).expect("a 300 KB JSON manifest reads");
+        assert_eq!(
+            n.get("kind").map(|k| k.value.clone()),
+            Some(Value::Str("ConfigMap".into()))
+        );
     }
 
     #[test]

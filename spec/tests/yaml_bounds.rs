@@ -23,9 +23,8 @@ fn count(v: &Value) -> usize {
 #[test]
 fn a_flood_of_empty_mappings_is_refused_in_bounded_memory() -> Result<(), String> {
     // 6 million empty mappings (30 MB), over the 5 million node limit. The tree used to take
-    // ~260 times the input before refusing it. Block style: saphyr-parser itself buffers
-    // every token of a flow collection that could be a key (see docs/architecture.md,
-    // Budgets, known gaps).
+    // ~260 times the input before refusing it. (Block style: a flow collection this long is
+    // refused earlier, by its length; see the next test.)
     let text = "- {}\n".repeat(6_000_000);
     let before = peak_rss().ok_or("no /proc/self/status")?;
     let e = parse_all(&text, &Limits::default()).expect_err("over the node limit");
@@ -44,6 +43,30 @@ fn a_flood_of_empty_mappings_is_refused_in_bounded_memory() -> Result<(), String
     // 5 million nodes at most ~100 bytes each, with room for the allocator.
     assert!(
         grown < 700 << 20,
+        "peak RSS grew by {} MiB for an {} MiB input",
+        grown >> 20,
+        text.len() >> 20
+    );
+    Ok(())
+}
+
+#[test]
+fn a_one_line_flow_flood_is_refused_in_bounded_memory() -> Result<(), String> {
+    // 18 MB of `[{},{},...]` on one line: saphyr-parser holds every token of an open flow
+    // collection (~100 bytes a character; this took 1.7 GB), so the reader stops feeding it
+    // `max_flow_chars` (2 Mi characters) past its last event.
+    let text = format!("[{}]\n", vec!["{}"; 6_000_000].join(","));
+    let before = peak_rss().ok_or("no /proc/self/status")?;
+    let e = parse_all(&text, &Limits::default()).expect_err("over the flow limit");
+    assert!(
+        matches!(e, YamlError::FlowTooLong { pos, .. } if pos.line == 1 && pos.column == 1),
+        "{e}"
+    );
+    let grown = peak_rss()
+        .ok_or("no /proc/self/status")?
+        .saturating_sub(before);
+    assert!(
+        grown < 400 << 20,
         "peak RSS grew by {} MiB for an {} MiB input",
         grown >> 20,
         text.len() >> 20
