@@ -381,7 +381,7 @@ fn status_text(r: &Rollout, events: &[Event]) -> String {
         r.id,
         r.placement,
         phase_text(r),
-        &r.revision[..r.revision.len().min(12)],
+        flotilla_reconciler::rollout::model::short_id(&r.revision),
         flotilla_reconciler::rollout::engine::commit_label(&r.commit),
         r.started_at,
         r.updated_at,

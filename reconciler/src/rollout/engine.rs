@@ -296,7 +296,7 @@ impl Engine<'_> {
                     None,
                     format!(
                         "manifests {} from {}; {}",
-                        &r.revision[..r.revision.len().min(12)],
+                        super::model::short_id(&r.revision),
                         commit_label(input.commit),
                         summary.join("; ")
                     ),
@@ -758,7 +758,7 @@ impl Engine<'_> {
                                 })?;
                                 (
                                     "rolled-back",
-                                    format!("restored manifests {}", &h[..h.len().min(12)]),
+                                    format!("restored manifests {}", super::model::short_id(&h)),
                                 )
                             }
                             Err(ApplyError::Unavailable(msg)) => {

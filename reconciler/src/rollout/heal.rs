@@ -34,7 +34,11 @@ impl std::fmt::Display for HealReason {
         match self {
             HealReason::InventoryMissing => f.write_str("the placement's inventory is missing"),
             HealReason::OtherRevision(r) => {
-                write!(f, "the inventory names manifests {}", &r[..r.len().min(12)])
+                write!(
+                    f,
+                    "the inventory names manifests {}",
+                    super::model::short_id(r)
+                )
             }
             HealReason::Drift { missing, modified } => {
                 write!(f, "{missing} missing, {modified} modified")

@@ -174,6 +174,12 @@ pub struct Event {
     pub message: String,
 }
 
+/// The first 12 characters of a manifest hash or commit id, for messages (safe on any text:
+/// an inventory's recorded revision comes from the cluster).
+pub fn short_id(id: &str) -> &str {
+    id.char_indices().nth(12).map_or(id, |(at, _)| &id[..at])
+}
+
 /// The manifest hash of one (placement, cluster): SHA-256 over every object's bundle and
 /// JSON, in render order. What a rollout records as the cluster's revision.
 pub fn manifest_hash(objects: &[crate::desired::DesiredObject]) -> String {
@@ -268,6 +274,14 @@ pub fn plan_rollout(
 mod tests {
     use super::*;
     use crate::plan::{BatchKind, BatchPlan};
+
+    #[test]
+    fn short_ids_cut_at_a_character_boundary() {
+        assert_eq!(short_id("0123456789abcdef"), "0123456789ab");
+        assert_eq!(short_id("abc"), "abc");
+        // An inventory edited by hand may hold anything: no panic inside a character.
+        assert_eq!(short_id("ééééééééééééé"), "éééééééééééé");
+    }
 
     fn placement() -> PlacementPlan {
         let batch = |n: usize, cs: &[&str], soak: &str| BatchPlan {
