@@ -347,7 +347,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             out,
         } => render(&fleet, &clusters, placement.as_deref(), out.as_deref()),
         Command::RenderJsonnet => {
-            flotilla_daemon::jsonnet_worker::serve_one()?;
+            flotilla_daemon::jsonnet_worker::serve()?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Schema => {

@@ -84,3 +84,29 @@ fn a_runaway_program_stops_at_its_memory_cap() {
         .expect_err("stopped");
     assert!(!matches!(e, JsonnetError::Timeout { .. }), "{e}");
 }
+
+#[test]
+fn one_worker_serves_many_evaluations_and_a_killed_one_is_replaced() {
+    let w = worker();
+    let timeout = Duration::from_secs(60);
+    for region in ["eu", "us", "ap"] {
+        let mut r = request("{ name: std.extVar('region') }");
+        r.ext_vars.insert("region".into(), region.into());
+        let got = w.evaluate(r, timeout).expect("renders");
+        assert_eq!(got["name"], region);
+    }
+    // An error is an answer, not the worker's end.
+    w.evaluate(request("error 'boom'"), timeout)
+        .expect_err("fails");
+    assert_eq!(w.workers_started(), 1, "one process for four evaluations");
+    // A timeout kills the worker; the next evaluation gets a new one and renders.
+    let e = w
+        .evaluate(request(HUGE), Duration::from_secs(1))
+        .expect_err("times out");
+    assert!(matches!(e, JsonnetError::Timeout { .. }), "{e}");
+    let got = w
+        .evaluate(request("{ ok: true }"), timeout)
+        .expect("renders after the kill");
+    assert_eq!(got["ok"], true);
+    assert_eq!(w.workers_started(), 2);
+}

@@ -758,7 +758,7 @@ impl Engine<'_> {
                                 })?;
                                 (
                                     "rolled-back",
-                                    format!("restored manifests {}", super::model::short_id(&h)),
+                                    format!("restored manifests {}", super::model::short_id(h)),
                                 )
                             }
                             Err(ApplyError::Unavailable(msg)) => {
