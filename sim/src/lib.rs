@@ -9,6 +9,7 @@ pub mod discovery;
 pub mod error;
 pub mod faults;
 pub mod fields;
+pub mod merge;
 pub mod openapi;
 pub mod pods;
 pub mod select;
