@@ -220,7 +220,7 @@ pub fn parse_body(body: &[u8]) -> Result<Value, ApiError> {
         max_depth: 64,
         max_nodes: 1_000_000,
         // Bodies are mostly JSON: one flow collection as long as the body.
-        max_flow_chars: 8 << 20,
+        max_value_chars: 8 << 20,
     };
     flotilla_spec::yaml::parse(text, &limits)
         .map(|n| n.to_json())

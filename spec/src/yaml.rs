@@ -42,12 +42,13 @@ pub struct Limits {
     /// once and every alias as the size of its target. This also bounds memory: a node costs
     /// at most about 100 bytes besides its text.
     pub max_nodes: usize,
-    /// Longest flow collection (`{...}` or `[...]`, JSON included), in characters.
-    /// saphyr-parser holds every token of a flow collection until it closes (any flow
-    /// collection may turn out to be a mapping key), about 100 bytes a character, so this
-    /// bounds the parser's own memory. Kubernetes objects are at most 1.5 MiB, so a manifest
-    /// written as JSON fits.
-    pub max_flow_chars: usize,
+    /// Most characters the parser may read past the end of the last value it gave: the
+    /// longest flow collection (`{...}` or `[...]`, JSON included) where a mapping key could
+    /// start, or the longest scalar. saphyr-parser holds every token of such a flow
+    /// collection until it closes (it may turn out to be a key), about 100 bytes a
+    /// character, so this bounds the parser's own memory. Kubernetes objects are at most
+    /// 1.5 MiB, so a manifest written as JSON fits.
+    pub max_value_chars: usize,
 }
 
 impl Default for Limits {
@@ -56,7 +57,7 @@ impl Default for Limits {
             max_bytes: 64 << 20,
             max_depth: 64,
             max_nodes: 5_000_000,
-            max_flow_chars: 2 << 20,
+            max_value_chars: 2 << 20,
         }
     }
 }
@@ -78,9 +79,9 @@ pub enum YamlError {
         through_alias: bool,
     },
     #[error(
-        "{pos}: a flow collection (`{{...}}` or `[...]`) longer than {limit} characters starts here; flotilla reads a flow collection whole, so split it or write it in block style"
+        "{pos}: a value longer than {limit} characters starts here (a flow collection `{{...}}` or `[...]`, or one scalar); the YAML reader holds such a value whole, so split it or write it in block style"
     )]
-    FlowTooLong { pos: Pos, limit: usize },
+    ValueTooLong { pos: Pos, limit: usize },
     #[error("{pos}: alias refers to an unknown anchor")]
     UnknownAnchor { pos: Pos },
     #[error("{pos}: duplicate key {key:?} (first at line {first_line})")]
@@ -113,7 +114,7 @@ impl YamlError {
             YamlError::Syntax { pos, .. }
             | YamlError::TooDeep { pos, .. }
             | YamlError::TooManyNodes { pos, .. }
-            | YamlError::FlowTooLong { pos, .. }
+            | YamlError::ValueTooLong { pos, .. }
             | YamlError::UnknownAnchor { pos }
             | YamlError::DuplicateKey { pos, .. }
             | YamlError::ComplexKey { pos }
@@ -253,9 +254,9 @@ fn parse_stream(text: &str, limits: &Limits, many: bool) -> Result<Vec<Node>, Ya
         });
     }
     // The parser reads through `Metered`, which stops feeding it (as if the text ended) once
-    // it has read `max_flow_chars` past the end of the last event it gave: only a flow
-    // collection makes it read that far ahead (it holds the collection's tokens until the
-    // collection closes), so its memory stays bounded by the limit.
+    // it has read `max_value_chars` past the end of the last event it gave: only a flow
+    // collection (whose tokens it holds until the collection closes) or one long scalar makes
+    // it read that far ahead, so its memory stays bounded by the limit.
     let read = Cell::new(0usize);
     let given = Cell::new(0usize);
     let cut = Cell::new(None);
@@ -264,7 +265,7 @@ fn parse_stream(text: &str, limits: &Limits, many: bool) -> Result<Vec<Node>, Ya
         read: &read,
         given: &given,
         cut: &cut,
-        lead: limits.max_flow_chars,
+        lead: limits.max_value_chars,
     });
     let events = std::iter::from_fn(|| {
         let ev = parser.next_event();
@@ -275,9 +276,9 @@ fn parse_stream(text: &str, limits: &Limits, many: bool) -> Result<Vec<Node>, Ya
     });
     let built = build(events, limits, many);
     if let Some(at) = cut.get() {
-        return Err(YamlError::FlowTooLong {
-            pos: flow_start(text, at),
-            limit: limits.max_flow_chars,
+        return Err(YamlError::ValueTooLong {
+            pos: value_start(text, at),
+            limit: limits.max_value_chars,
         });
     }
     built.map_err(|e| match e {
@@ -322,17 +323,24 @@ impl<I: Iterator<Item = char>> Iterator for Metered<'_, I> {
     }
 }
 
-/// Where the first flow bracket at or after character `from` is (else `from` itself).
-fn flow_start(text: &str, from: usize) -> Pos {
+/// Where the value that follows character `from` starts: the first character at or after it
+/// that is neither white space, a comment, nor YAML punctuation between values (`:`, `-`,
+/// `?`, `,`).
+fn value_start(text: &str, from: usize) -> Pos {
     let (mut line, mut column) = (1u32, 1u32);
-    let mut at = None;
+    let mut comment = false;
+    let mut prev = ' ';
     for (i, ch) in text.chars().enumerate() {
-        if i >= from && (ch == '{' || ch == '[') {
-            return Pos { line, column };
+        if ch == '\n' {
+            comment = false;
+        } else if i >= from && !comment {
+            if ch == '#' && prev.is_whitespace() {
+                comment = true;
+            } else if !ch.is_whitespace() && !matches!(ch, ':' | '-' | '?' | ',') {
+                return Pos { line, column };
+            }
         }
-        if i == from {
-            at = Some(Pos { line, column });
-        }
+        prev = if ch == '\n' { ' ' } else { ch };
         if ch == '\n' {
             line = line.saturating_add(1);
             column = 1;
@@ -340,7 +348,7 @@ fn flow_start(text: &str, from: usize) -> Pos {
             column = column.saturating_add(1);
         }
     }
-    at.unwrap_or(Pos { line, column })
+    Pos { line, column }
 }
 
 /// The innermost flow bracket (`{` or `[`) still open at `upto`, and where it was opened: a
@@ -827,7 +835,7 @@ mod tests {
     fn nodes_are_charged_once_however_deep() {
         // 4 million plain scalars nested a few levels deep: under the 5M limit, and no
         // "alias bomb" (each node used to be charged once per enclosing level).
-        // Block style: a flow collection this long is refused by `max_flow_chars`.
+        // Block style: a flow collection this long is refused by `max_value_chars`.
         let inner = format!("  - [{}]\n", vec!["a"; 1000].join(","));
         let s = format!("- - {}\n", "x") + &inner.repeat(4000);
         let n = p(&s).expect("4M scalars fit");
@@ -835,9 +843,9 @@ mod tests {
     }
 
     #[test]
-    fn a_flow_collection_longer_than_the_limit_is_refused_where_it_starts() {
+    fn a_value_longer_than_the_limit_is_refused_where_it_starts() {
         let limits = Limits {
-            max_flow_chars: 1000,
+            max_value_chars: 1000,
             ..Limits::default()
         };
         // A flow collection where a key could start is held whole by the parser (a block
@@ -846,12 +854,25 @@ mod tests {
         let e = parse(&s, &limits).expect_err("too long");
         assert_eq!(
             e,
-            YamlError::FlowTooLong {
+            YamlError::ValueTooLong {
                 pos: Pos { line: 2, column: 3 },
                 limit: 1000
             }
         );
-        assert!(e.to_string().starts_with("2:3: a flow collection"), "{e}");
+        assert!(
+            e.to_string().starts_with("2:3: a value longer than 1000"),
+            "{e}"
+        );
+        // One scalar that long: its first character.
+        let long = format!("a:\n  b:   \"{}\"\n", "x".repeat(3000));
+        let e = parse(&long, &limits).expect_err("too long");
+        assert_eq!(
+            e,
+            YamlError::ValueTooLong {
+                pos: Pos { line: 2, column: 8 },
+                limit: 1000
+            }
+        );
         let value = format!("b: [{}]\n", vec!["{}"; 2000].join(","));
         assert!(parse(&value, &limits).is_ok());
         // The same collection, shorter than the limit, and a manifest written as JSON.

@@ -54,12 +54,12 @@ fn a_flood_of_empty_mappings_is_refused_in_bounded_memory() -> Result<(), String
 fn a_one_line_flow_flood_is_refused_in_bounded_memory() -> Result<(), String> {
     // 18 MB of `[{},{},...]` on one line: saphyr-parser holds every token of an open flow
     // collection (~100 bytes a character; this took 1.7 GB), so the reader stops feeding it
-    // `max_flow_chars` (2 Mi characters) past its last event.
+    // `max_value_chars` (2 Mi characters) past its last event.
     let text = format!("[{}]\n", vec!["{}"; 6_000_000].join(","));
     let before = peak_rss().ok_or("no /proc/self/status")?;
-    let e = parse_all(&text, &Limits::default()).expect_err("over the flow limit");
+    let e = parse_all(&text, &Limits::default()).expect_err("over the value limit");
     assert!(
-        matches!(e, YamlError::FlowTooLong { pos, .. } if pos.line == 1 && pos.column == 1),
+        matches!(e, YamlError::ValueTooLong { pos, .. } if pos.line == 1 && pos.column == 1),
         "{e}"
     );
     let grown = peak_rss()
