@@ -25,7 +25,7 @@ use crate::budget::{RetryPolicy, TokenBucket};
 use crate::connector::ClientSettings;
 use crate::segment::{ResourcePath, Segment};
 
-/// The field manager of every apply.
+/// The field manager of applies of what Git declares (`FieldManager::Flotilla`).
 pub const FIELD_MANAGER: &str = "flotilla";
 
 /// The tracing target of the audit lines (one per mutation).
@@ -339,16 +339,22 @@ impl KubeCluster {
     /// is sent (discovery included), else written to the audit log, then sent. Returns the
     /// server's object for an apply, `None` for a delete.
     async fn mutate(&self, m: Mutation<'_>) -> Result<Option<Value>, ClusterError> {
-        let (verb, r, dry_run, force) = match &m {
+        let (verb, r, dry_run, force, manager) = match &m {
             Mutation::Apply { object, options } => {
                 let r = ObjectRef::of(object).ok_or_else(|| ClusterError::Invalid {
                     cluster: self.name.clone(),
                     message: "cannot apply an object without apiVersion, kind and metadata.name"
                         .into(),
                 })?;
-                ("apply", r, options.dry_run, options.force)
+                (
+                    "apply",
+                    r,
+                    options.dry_run,
+                    options.force,
+                    options.manager.as_str(),
+                )
             }
-            Mutation::Delete { r, dry_run } => ("delete", (*r).clone(), *dry_run, false),
+            Mutation::Delete { r, dry_run } => ("delete", (*r).clone(), *dry_run, false, ""),
         };
         // A name or namespace no request path can hold is refused before the audit line:
         // nothing is attempted.
@@ -363,6 +369,7 @@ impl KubeCluster {
             object = %r,
             dry_run,
             force,
+            manager,
             "{}",
             if self.read_only { "refused: read-only" } else { "mutation" }
         );
@@ -388,7 +395,7 @@ impl KubeCluster {
         let name = self.segment("name", &r.name)?;
         match m {
             Mutation::Apply { object, options } => {
-                let mut pp = PatchParams::apply(FIELD_MANAGER);
+                let mut pp = PatchParams::apply(options.manager.as_str());
                 if options.force {
                     pp = pp.force();
                 }

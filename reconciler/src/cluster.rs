@@ -132,6 +132,34 @@ pub struct ApplyOptions {
     pub dry_run: bool,
     /// Take ownership of fields other managers own (`force=true`).
     pub force: bool,
+    /// Whose fields these are.
+    pub manager: FieldManager,
+}
+
+/// The server-side-apply field managers flotilla writes with. Each owns its own fields, so
+/// one never takes another's away: the burst pool's `spec.replicas` is not Git's to reset.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum FieldManager {
+    /// What Git declares (rollouts, heal, `apply`).
+    #[default]
+    Flotilla,
+    /// A burst pool's replica counts.
+    Burst,
+    /// Objects restored from a backup.
+    Restore,
+    /// Workflow runs (Jobs and other completing kinds).
+    Workflow,
+}
+
+impl FieldManager {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FieldManager::Flotilla => "flotilla",
+            FieldManager::Burst => "flotilla-burst",
+            FieldManager::Restore => "flotilla-restore",
+            FieldManager::Workflow => "flotilla-workflow",
+        }
+    }
 }
 
 /// Why a cluster call failed. Messages name the cluster; callers add the object.

@@ -16,7 +16,7 @@ use serde_json::Value;
 
 use flotilla_renderers::to_yaml;
 
-use crate::cluster::{ApplyOptions, Cluster, ClusterError, Gvk, ObjectRef};
+use crate::cluster::{ApplyOptions, Cluster, ClusterError, FieldManager, Gvk, ObjectRef};
 use crate::desired::{Desired, DesiredObject};
 use crate::diff::{changed_fields, mask_secrets, normalize, project, unified};
 use crate::health::{Health, HealthStatus, assess};
@@ -261,6 +261,7 @@ async fn compare_object(
             let options = ApplyOptions {
                 dry_run: true,
                 force,
+                manager: FieldManager::Flotilla,
             };
             match cluster.apply(&o.value, options).await {
                 Ok(v) => (normalize(&v), mode),
@@ -552,6 +553,7 @@ async fn apply_inner(
                 ApplyOptions {
                     dry_run: false,
                     force: false,
+                    manager: FieldManager::Flotilla,
                 },
             )
             .await?;
@@ -774,6 +776,7 @@ async fn write_inventory(
             ApplyOptions {
                 dry_run: false,
                 force: true,
+                manager: FieldManager::Flotilla,
             },
         )
         .await
@@ -834,7 +837,14 @@ async fn apply_object(
         Ok(_) => {}
     }
     let applied = cluster
-        .apply(&o.value, ApplyOptions { dry_run, force })
+        .apply(
+            &o.value,
+            ApplyOptions {
+                dry_run,
+                force,
+                manager: FieldManager::Flotilla,
+            },
+        )
         .await;
     match applied {
         Ok(after) => {

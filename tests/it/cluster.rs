@@ -5,7 +5,9 @@
 use std::time::{Duration, Instant};
 
 use flotilla_cluster::{ClientSettings, ConnectError, Connector, KubeCluster, RetryPolicy};
-use flotilla_reconciler::cluster::{ApplyOptions, Cluster, ClusterError, Gvk, ObjectRef};
+use flotilla_reconciler::cluster::{
+    ApplyOptions, Cluster, ClusterError, FieldManager, Gvk, ObjectRef,
+};
 use flotilla_sim::{Faults, SimConfig};
 use serde_json::{Value, json};
 
@@ -84,6 +86,7 @@ fn cm_ref(name: &str, ns: &str) -> ObjectRef {
 const APPLY: ApplyOptions = ApplyOptions {
     dry_run: false,
     force: false,
+    manager: FieldManager::Flotilla,
 };
 
 fn rv(v: &Value) -> u64 {
@@ -155,6 +158,7 @@ fn cluster_dry_run_stores_nothing() {
                 ApplyOptions {
                     dry_run: true,
                     force: false,
+                    manager: FieldManager::Flotilla,
                 },
             )
             .await
@@ -221,6 +225,7 @@ fn cluster_conflict_with_another_manager_then_force_takes_over() {
                 ApplyOptions {
                     dry_run: false,
                     force: true,
+                    manager: FieldManager::Flotilla,
                 },
             )
             .await
@@ -487,10 +492,12 @@ fn cluster_read_only_refuses_mutations_and_sends_nothing() {
             ApplyOptions {
                 dry_run: true,
                 force: false,
+                manager: FieldManager::Flotilla,
             },
             ApplyOptions {
                 dry_run: true,
                 force: true,
+                manager: FieldManager::Flotilla,
             },
         ] {
             match ro.apply(&cm("app", "default", "red"), options).await {
@@ -759,6 +766,7 @@ fn cluster_audit_lines_name_mutations_without_bodies() {
                     ApplyOptions {
                         dry_run: true,
                         force: true,
+                        manager: FieldManager::Flotilla,
                     },
                 )
                 .await

@@ -891,7 +891,9 @@ fn real_kube_and_sim_answer_errors_deletes_and_conflicts_alike() {
 #[test]
 fn real_kube_client_pages_lists_and_maps_errors() {
     use flotilla_cluster::{ClientSettings, Connector};
-    use flotilla_reconciler::cluster::{ApplyOptions, Cluster, ClusterError, Gvk, ObjectRef};
+    use flotilla_reconciler::cluster::{
+        ApplyOptions, Cluster, ClusterError, FieldManager, Gvk, ObjectRef,
+    };
 
     let kube = RealKube::start(KubeOptions::default());
     kube.ok(&["create", "namespace", "shop"]);
@@ -996,6 +998,7 @@ fn real_kube_client_pages_lists_and_maps_errors() {
                 ApplyOptions {
                     dry_run: false,
                     force: true,
+                    manager: FieldManager::Flotilla,
                 },
             )
             .await
