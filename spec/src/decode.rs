@@ -1049,6 +1049,14 @@ fn batch(cx: &mut Cx, node: &Node, path: &Ptr<'_>) -> Option<Batch> {
     let clusters = o.opt(cx, "clusters", selector);
     let percent = o.opt(cx, "percent", |cx, n, p| uint(cx, n, p, 1, 100));
     let soak = o.opt(cx, "soak", duration);
+    let verify = o.opt(cx, "verify", |cx, n, p| {
+        let mut v = Obj::new(cx, n, p, "a verification")?;
+        let workflow = v.req(cx, "workflow", name);
+        v.finish(cx);
+        Some(Verify {
+            workflow: workflow?,
+        })
+    });
     if o.has("clusters") == o.has("percent") {
         cx.error(
             o.pos(),
@@ -1061,6 +1069,7 @@ fn batch(cx: &mut Cx, node: &Node, path: &Ptr<'_>) -> Option<Batch> {
         clusters,
         percent,
         soak,
+        verify,
     })
 }
 
@@ -1178,6 +1187,17 @@ fn workflow(cx: &mut Cx, node: &Node, path: &Ptr<'_>) -> Option<Workflow> {
         .opt(cx, "history", |cx, n, p| uint(cx, n, p, 0, 1000))
         .unwrap_or_else(default_history);
     let suspend = o.opt(cx, "suspend", bool_).unwrap_or(false);
+    let starting_deadline = o.opt(cx, "startingDeadline", duration);
+    let max_concurrent = o.opt(cx, "maxConcurrent", |cx, n, p| uint(cx, n, p, 1, 10_000));
+    let timeout = o.opt(cx, "timeout", duration);
+    let completion = o.opt(cx, "completion", completion);
+    if max_concurrent.is_some() && run != RunMode::Each {
+        cx.error(
+            o.pos(),
+            o.path(),
+            "\"maxConcurrent\" applies to \"run: each\" only",
+        );
+    }
     o.finish(cx);
     Some(Workflow {
         name: n?,
@@ -1189,6 +1209,49 @@ fn workflow(cx: &mut Cx, node: &Node, path: &Ptr<'_>) -> Option<Workflow> {
         concurrency,
         history,
         suspend,
+        starting_deadline,
+        max_concurrent,
+        timeout,
+        completion,
+    })
+}
+
+fn completion(cx: &mut Cx, node: &Node, path: &Ptr<'_>) -> Option<Completion> {
+    let mut o = Obj::new(cx, node, path, "a completion rule")?;
+    let succeeded = o.req(cx, "succeeded", field_match);
+    let failed = o.req(cx, "failed", field_match);
+    o.finish(cx);
+    Some(Completion {
+        succeeded: succeeded?,
+        failed: failed?,
+    })
+}
+
+fn field_match(cx: &mut Cx, node: &Node, path: &Ptr<'_>) -> Option<FieldMatch> {
+    let mut o = Obj::new(cx, node, path, "a field match")?;
+    let field = o.req(cx, "path", |cx, n, p| {
+        let s = string(cx, n, p)?;
+        if s.is_empty() || s.split('.').any(str::is_empty) {
+            cx.error(
+                n.pos,
+                p,
+                format!("expected a dot-separated field path like status.phase, found {s:?}"),
+            );
+            return None;
+        }
+        Some(s)
+    });
+    let values = o.req(cx, "values", |cx, n, p| {
+        let v = list(cx, n, p, string);
+        if v.is_empty() {
+            cx.error(n.pos, p, "expected at least one value");
+        }
+        Some(v)
+    });
+    o.finish(cx);
+    Some(FieldMatch {
+        path: field?,
+        values: values?,
     })
 }
 

@@ -21,6 +21,7 @@ pub mod selector;
 pub mod template;
 pub mod types;
 pub mod validate;
+pub mod workflow;
 pub mod yaml;
 
 pub use diag::{Diagnostic, Severity};

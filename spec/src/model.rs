@@ -461,6 +461,19 @@ pub struct Batch {
     pub percent: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub soak: Option<Duration>,
+    /// A workflow run in each cluster of the batch once it is healthy, before its gates; a
+    /// failed or timed-out run is that cluster's failure.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verify: Option<Verify>,
+}
+
+/// Verification of a rollout batch by a workflow.
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(deny_unknown_fields)]
+pub struct Verify {
+    /// The name of a workflow of this fleet.
+    pub workflow: String,
 }
 
 /// A check between batches.
@@ -550,6 +563,59 @@ pub struct Workflow {
     pub history: u32,
     #[serde(default)]
     pub suspend: bool,
+    /// How late a firing may still start (after downtime); later ones are recorded as missed.
+    /// Without it, one missed firing runs however late.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub starting_deadline: Option<Duration>,
+    /// With `run: each`: at most this many clusters run at once.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_concurrent: Option<u32>,
+    /// A run still active after this long is failed and its object deleted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Duration>,
+    /// How to tell that an object of a kind other than `batch/v1` Job has finished.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub completion: Option<Completion>,
+}
+
+/// Fields of a completing object that mean it succeeded or failed.
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(deny_unknown_fields)]
+pub struct Completion {
+    pub succeeded: FieldMatch,
+    pub failed: FieldMatch,
+}
+
+/// Matches when the field at `path` (dot-separated, e.g. `status.phase`) holds one of `values`.
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(deny_unknown_fields)]
+pub struct FieldMatch {
+    pub path: String,
+    pub values: Vec<String>,
+}
+
+impl FieldMatch {
+    /// True when `object`'s field at `path` is a string (or number/bool shown as text) in
+    /// `values`.
+    pub fn matches(&self, object: &serde_json::Value) -> bool {
+        let mut v = object;
+        for part in self.path.split('.') {
+            match v.get(part) {
+                Some(next) => v = next,
+                None => return false,
+            }
+        }
+        let text = match v {
+            serde_json::Value::String(s) => s.clone(),
+            serde_json::Value::Bool(b) => b.to_string(),
+            serde_json::Value::Number(n) => n.to_string(),
+            _ => return false,
+        };
+        self.values.iter().any(|x| *x == text)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Default, Serialize, JsonSchema)]

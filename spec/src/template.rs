@@ -13,6 +13,10 @@ pub enum Var {
     PlacementName,
     BundleName,
     FleetName,
+    /// Workflow templates only.
+    WorkflowName,
+    /// Workflow templates only.
+    RunId,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,6 +41,25 @@ pub const VARIABLES: &[&str] = &[
     "fleet.name",
 ];
 
+/// The variables of a workflow template.
+pub const WORKFLOW_VARIABLES: &[&str] = &[
+    "cluster.name",
+    "cluster.kind",
+    "cluster.context",
+    "cluster.labels.KEY",
+    "fleet.name",
+    "workflow.name",
+    "run.id",
+];
+
+/// What a workflow template is expanded with.
+pub struct WorkflowScope<'a> {
+    pub cluster: &'a Cluster,
+    pub fleet: &'a str,
+    pub workflow: &'a str,
+    pub run_id: &'a str,
+}
+
 /// What templates are expanded with.
 pub struct Scope<'a> {
     pub cluster: &'a Cluster,
@@ -47,6 +70,21 @@ pub struct Scope<'a> {
 
 impl Template {
     pub fn parse(s: &str) -> Result<Template, String> {
+        Template::parse_in(s, false)
+    }
+
+    /// Parses a workflow template: `${workflow.name}` and `${run.id}` instead of the
+    /// placement and bundle names.
+    pub fn parse_workflow(s: &str) -> Result<Template, String> {
+        Template::parse_in(s, true)
+    }
+
+    fn parse_in(s: &str, workflow: bool) -> Result<Template, String> {
+        let known = if workflow {
+            WORKFLOW_VARIABLES
+        } else {
+            VARIABLES
+        };
         let mut parts = Vec::new();
         let mut text = String::new();
         let mut rest = s;
@@ -65,16 +103,18 @@ impl Template {
                     "cluster.name" => Var::ClusterName,
                     "cluster.kind" => Var::ClusterKind,
                     "cluster.context" => Var::ClusterContext,
-                    "placement.name" => Var::PlacementName,
-                    "bundle.name" => Var::BundleName,
+                    "placement.name" if !workflow => Var::PlacementName,
+                    "bundle.name" if !workflow => Var::BundleName,
+                    "workflow.name" if workflow => Var::WorkflowName,
+                    "run.id" if workflow => Var::RunId,
                     "fleet.name" => Var::FleetName,
                     other => match other.strip_prefix("cluster.labels.") {
                         Some(key) if !key.is_empty() => Var::ClusterLabel(key.to_string()),
                         _ => {
-                            let hint = crate::diag::suggestion(other, VARIABLES.iter().copied());
+                            let hint = crate::diag::suggestion(other, known.iter().copied());
                             return Err(format!(
                                 "unknown template variable \"${{{other}}}\" (known: {}){hint}",
-                                VARIABLES.join(", ")
+                                known.join(", ")
                             ));
                         }
                     },
@@ -106,24 +146,47 @@ impl Template {
 
     /// Expands the template; a label the cluster does not have is an error.
     pub fn expand(&self, scope: &Scope<'_>) -> Result<String, String> {
+        self.expand_in(scope.cluster, scope.fleet, |v| match v {
+            Var::PlacementName => Some(scope.placement),
+            Var::BundleName => Some(scope.bundle),
+            _ => None,
+        })
+    }
+
+    /// Expands a workflow template (see [`Template::parse_workflow`]).
+    pub fn expand_workflow(&self, scope: &WorkflowScope<'_>) -> Result<String, String> {
+        self.expand_in(scope.cluster, scope.fleet, |v| match v {
+            Var::WorkflowName => Some(scope.workflow),
+            Var::RunId => Some(scope.run_id),
+            _ => None,
+        })
+    }
+
+    fn expand_in<'s>(
+        &self,
+        cluster: &Cluster,
+        fleet: &str,
+        other: impl Fn(&Var) -> Option<&'s str>,
+    ) -> Result<String, String> {
         let mut out = String::new();
         for p in &self.parts {
             match p {
                 Part::Text(t) => out.push_str(t),
                 Part::Var(v) => match v {
-                    Var::ClusterName => out.push_str(&scope.cluster.name),
-                    Var::ClusterKind => out.push_str(scope.cluster.kind.as_str()),
-                    Var::ClusterContext => out.push_str(scope.cluster.context()),
-                    Var::PlacementName => out.push_str(scope.placement),
-                    Var::BundleName => out.push_str(scope.bundle),
-                    Var::FleetName => out.push_str(scope.fleet),
-                    Var::ClusterLabel(k) => match scope.cluster.labels.get(k) {
+                    Var::ClusterName => out.push_str(&cluster.name),
+                    Var::ClusterKind => out.push_str(cluster.kind.as_str()),
+                    Var::ClusterContext => out.push_str(cluster.context()),
+                    Var::FleetName => out.push_str(fleet),
+                    Var::PlacementName | Var::BundleName | Var::WorkflowName | Var::RunId => {
+                        match other(v) {
+                            Some(value) => out.push_str(value),
+                            None => return Err(format!("{v:?} cannot be used here")),
+                        }
+                    }
+                    Var::ClusterLabel(k) => match cluster.labels.get(k) {
                         Some(v) => out.push_str(v),
                         None => {
-                            return Err(format!(
-                                "cluster {:?} has no label {k:?}",
-                                scope.cluster.name
-                            ));
+                            return Err(format!("cluster {:?} has no label {k:?}", cluster.name));
                         }
                     },
                 },

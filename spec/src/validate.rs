@@ -405,6 +405,7 @@ pub(crate) fn validate(
             &w.template,
             "workflow template",
         );
+        workflow_template(&mut v, repo, fleet, &selection, &path, w);
     }
     for (i, b) in fleet.backups.iter().enumerate() {
         let path = v.at("/backups", i);
@@ -678,6 +679,55 @@ fn file(v: &mut V<'_>, repo: &dyn RepoFiles, path: &str, p: &RepoPath, what: &st
     }
 }
 
+/// Checks a workflow's template: it renders (for one matching cluster that has the labels it
+/// reads) to exactly one completing object with a pod template.
+fn workflow_template(
+    v: &mut V<'_>,
+    repo: &dyn RepoFiles,
+    fleet: &Fleet,
+    sel: &Selection<'_>,
+    path: &str,
+    w: &Workflow,
+) {
+    let tpath = format!("{path}/template");
+    if repo.kind(&w.template) != PathKind::File {
+        return;
+    }
+    let text = match repo.read_to_string(&w.template) {
+        Ok(t) => t,
+        // `NoRepo` calls everything a file and reads nothing: no content to check.
+        Err(crate::repo::RepoError::NotFound(_)) => return,
+        Err(e) => {
+            v.error(&tpath, format!("workflow template: {e}"));
+            return;
+        }
+    };
+    let file = w.template.as_str();
+    let t = match crate::workflow::parse_template(file, &text) {
+        Ok(t) => t,
+        Err(e) => {
+            v.error(&tpath, format!("workflow template {e}"));
+            return;
+        }
+    };
+    let set = sel.index.select(&w.clusters);
+    missing_labels(v, &tpath, &t, sel, &set, None);
+    let labels: Vec<&str> = t.labels().collect();
+    let cluster = set
+        .iter()
+        .map(|i| &sel.index.clusters[i])
+        .find(|c| labels.iter().all(|k| c.labels.contains_key(*k)));
+    let Some(cluster) = cluster else {
+        return;
+    };
+    let run_id = format!("{}-202601010000", w.name);
+    if let Err(e) =
+        crate::workflow::render_template(w, file, &text, cluster, &fleet.metadata.name, &run_id)
+    {
+        v.error(&tpath, format!("workflow template {e}"));
+    }
+}
+
 /// Checks a template's syntax and that every cluster it will be expanded for has its labels.
 fn template(v: &mut V<'_>, path: &str, text: &str, sel: &Selection<'_>, clusters: Option<&BitSet>) {
     match Template::parse(text) {
@@ -751,6 +801,19 @@ fn rollout(
     let mut last_percent = 0;
     for (i, b) in r.batches.iter().enumerate() {
         let bpath = v.at(&format!("{rpath}/batches"), i);
+        if let Some(verify) = &b.verify
+            && !fleet.workflows.iter().any(|w| w.name == verify.workflow)
+            && !v.is_broken("workflows", &verify.workflow)
+        {
+            let hint = suggestion(
+                &verify.workflow,
+                fleet.workflows.iter().map(|w| w.name.as_str()),
+            );
+            v.error(
+                &format!("{bpath}/verify/workflow"),
+                format!("unknown workflow {:?}{hint}", verify.workflow),
+            );
+        }
         if let Some(s) = &b.clusters {
             selector_names(v, clusters, &format!("{bpath}/clusters"), s);
             if seen_percent {
