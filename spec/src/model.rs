@@ -614,7 +614,7 @@ impl FieldMatch {
             serde_json::Value::Number(n) => n.to_string(),
             _ => return false,
         };
-        self.values.iter().any(|x| *x == text)
+        self.values.contains(&text)
     }
 }
 
