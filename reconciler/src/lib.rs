@@ -13,3 +13,4 @@ pub mod report;
 pub mod review;
 pub mod rollout;
 pub mod sync;
+pub mod workflow;

@@ -41,6 +41,10 @@ const MANIFESTS: TableDefinition<&str, &str> = TableDefinition::new("manifests")
 const FAILED: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("failed");
 const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// Workflow name → its schedule state (JSON, defined by the reconciler).
+const WORKFLOWS: TableDefinition<&str, &[u8]> = TableDefinition::new("workflows");
+/// (workflow, run key) → run record (JSON, defined by the reconciler).
+const WORKFLOW_RUNS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("workflow_runs");
 
 const META_SCHEMA_VERSION: &str = "schema_version";
 /// The last sequence number handed out; kept apart from the events table so a number is never
@@ -214,6 +218,8 @@ impl Store {
                 t.open_table(MANIFESTS).map_err(db_err(path, "create table manifests"))?;
                 t.open_table(FAILED).map_err(db_err(path, "create table failed"))?;
                 t.open_table(EVENTS).map_err(db_err(path, "create table events"))?;
+                t.open_table(WORKFLOWS).map_err(db_err(path, "create table workflows"))?;
+                t.open_table(WORKFLOW_RUNS).map_err(db_err(path, "create table workflow_runs"))?;
                 let mut meta = t.open_table(META).map_err(db_err(path, "create table meta"))?;
                 meta.insert(META_SCHEMA_VERSION, SCHEMA_VERSION)
                     .map_err(db_err(path, "write schema version"))?;
@@ -310,6 +316,19 @@ pub struct ReadTx<'a> {
 }
 
 impl ReadTx<'_> {
+    /// A table added after the store was created (workflows): `None` until first written.
+    fn table_opt<K: redb::Key + 'static, V: redb::Value + 'static>(
+        &self,
+        def: TableDefinition<K, V>,
+        op: &'static str,
+    ) -> Result<Option<ReadOnlyTable<K, V>>, StateError> {
+        match self.tx.open_table(def) {
+            Ok(t) => Ok(Some(t)),
+            Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
+            Err(e) => Err(db_err(self.path, op)(e)),
+        }
+    }
+
     fn table<K: redb::Key + 'static, V: redb::Value + 'static>(
         &self,
         def: TableDefinition<K, V>,
@@ -320,6 +339,14 @@ impl ReadTx<'_> {
 }
 
 impl WriteTx<'_> {
+    fn table_opt<K: redb::Key + 'static, V: redb::Value + 'static>(
+        &self,
+        def: TableDefinition<K, V>,
+        op: &'static str,
+    ) -> Result<Option<Table<'_, K, V>>, StateError> {
+        self.table(def, op).map(Some)
+    }
+
     fn table<K: redb::Key + 'static, V: redb::Value + 'static>(
         &self,
         def: TableDefinition<K, V>,
@@ -534,6 +561,70 @@ macro_rules! read_methods {
             Ok(out)
         }
 
+        /// The schedule state of workflow `name`.
+        pub fn workflow_state<T: DeserializeOwned>(
+            &self,
+            name: &str,
+        ) -> Result<Option<T>, StateError> {
+            let Some(table) = self.table_opt(WORKFLOWS, "open table workflows")? else {
+                return Ok(None);
+            };
+            let got = table
+                .get(name)
+                .map_err(db_err(self.path, "read workflow"))?;
+            got.map(|v| decode(self.path, "workflows", || format!("{name:?}"), v.value()))
+                .transpose()
+        }
+
+        /// The run records of workflow `workflow` (exactly that name), ordered by key.
+        pub fn workflow_runs<T: DeserializeOwned>(
+            &self,
+            workflow: &str,
+        ) -> Result<Vec<(String, T)>, StateError> {
+            let Some(table) = self.table_opt(WORKFLOW_RUNS, "open table workflow_runs")? else {
+                return Ok(Vec::new());
+            };
+            let mut out = Vec::new();
+            let range = table
+                .range((workflow, "")..)
+                .map_err(db_err(self.path, "list workflow runs"))?;
+            for entry in range {
+                let (k, v) = entry.map_err(db_err(self.path, "list workflow runs"))?;
+                let (w, key) = k.value();
+                if w != workflow {
+                    break;
+                }
+                out.push((
+                    key.to_string(),
+                    decode(self.path, "workflow_runs", || pair_key(w, key), v.value())?,
+                ));
+            }
+            Ok(out)
+        }
+
+        /// One run record.
+        pub fn workflow_run<T: DeserializeOwned>(
+            &self,
+            workflow: &str,
+            key: &str,
+        ) -> Result<Option<T>, StateError> {
+            let Some(table) = self.table_opt(WORKFLOW_RUNS, "open table workflow_runs")? else {
+                return Ok(None);
+            };
+            let got = table
+                .get((workflow, key))
+                .map_err(db_err(self.path, "read workflow run"))?;
+            got.map(|v| {
+                decode(
+                    self.path,
+                    "workflow_runs",
+                    || pair_key(workflow, key),
+                    v.value(),
+                )
+            })
+            .transpose()
+        }
+
         /// The sequence number of the last event appended (0 if none ever was).
         pub fn last_event_seq(&self) -> Result<u64, StateError> {
             let table = self.table(META, "open table meta")?;
@@ -714,6 +805,49 @@ impl WriteTx<'_> {
         meta.insert(META_LAST_EVENT_SEQ, seq)
             .map_err(db_err(self.path, "write last event sequence"))?;
         Ok(seq)
+    }
+
+    /// Sets the schedule state of workflow `name`.
+    pub fn put_workflow_state<T: Serialize + ?Sized>(
+        &mut self,
+        name: &str,
+        value: &T,
+    ) -> Result<(), StateError> {
+        let bytes = encode(self.path, "workflows", || format!("{name:?}"), value)?;
+        let mut table = self.table(WORKFLOWS, "open table workflows")?;
+        table
+            .insert(name, bytes.as_slice())
+            .map_err(db_err(self.path, "write workflow"))?;
+        Ok(())
+    }
+
+    /// Sets one run record of `workflow`.
+    pub fn put_workflow_run<T: Serialize + ?Sized>(
+        &mut self,
+        workflow: &str,
+        key: &str,
+        value: &T,
+    ) -> Result<(), StateError> {
+        let bytes = encode(
+            self.path,
+            "workflow_runs",
+            || pair_key(workflow, key),
+            value,
+        )?;
+        let mut table = self.table(WORKFLOW_RUNS, "open table workflow_runs")?;
+        table
+            .insert((workflow, key), bytes.as_slice())
+            .map_err(db_err(self.path, "write workflow run"))?;
+        Ok(())
+    }
+
+    /// Removes one run record; returns whether there was one.
+    pub fn remove_workflow_run(&mut self, workflow: &str, key: &str) -> Result<bool, StateError> {
+        let mut table = self.table(WORKFLOW_RUNS, "open table workflow_runs")?;
+        let old = table
+            .remove((workflow, key))
+            .map_err(db_err(self.path, "remove workflow run"))?;
+        Ok(old.is_some())
     }
 
     /// Builds a [`StateError::Aborted`] for this store: return it from the closure given to

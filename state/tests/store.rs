@@ -630,3 +630,56 @@ fn shared_stores_take_turns_on_one_file() {
     // Between transactions a shared store holds nothing: an exclusive open succeeds.
     let _x = flotilla_state::Store::open(dir.path()).expect("exclusive open while shared idle");
 }
+
+#[test]
+fn workflow_runs_round_trip_per_workflow_and_a_store_without_the_tables_reads_empty() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // A store created before the workflow tables existed: drop them.
+    {
+        let store = Store::open(dir.path()).expect("open");
+        drop(store);
+        poke_raw(dir.path(), |tx| {
+            tx.delete_table(redb::TableDefinition::<&str, &[u8]>::new("workflows"))
+                .expect("drop workflows");
+            tx.delete_table(redb::TableDefinition::<(&str, &str), &[u8]>::new(
+                "workflow_runs",
+            ))
+            .expect("drop runs");
+        });
+    }
+    let store = Store::open(dir.path()).expect("reopen");
+    let none: Vec<(String, String)> = store.read(|tx| tx.workflow_runs("a")).expect("read");
+    assert!(none.is_empty());
+    let state: Option<String> = store.read(|tx| tx.workflow_state("a")).expect("read");
+    assert!(state.is_none());
+    store
+        .write(|tx| {
+            tx.put_workflow_state("a", "10:00")?;
+            tx.put_workflow_run("a", "a-1/x", "pending")?;
+            tx.put_workflow_run("a", "a-2/x", "running")?;
+            tx.put_workflow_run("ab", "ab-1/x", "other")?;
+            Ok(())
+        })
+        .expect("write");
+    drop(store);
+    let store = Store::open(dir.path()).expect("reopen");
+    let runs: Vec<(String, String)> = store.read(|tx| tx.workflow_runs("a")).expect("read");
+    assert_eq!(
+        runs,
+        vec![
+            ("a-1/x".to_string(), "pending".to_string()),
+            ("a-2/x".to_string(), "running".to_string())
+        ]
+    );
+    let state: Option<String> = store.read(|tx| tx.workflow_state("a")).expect("read");
+    assert_eq!(state.as_deref(), Some("10:00"));
+    assert!(
+        store
+            .write(|tx| tx.remove_workflow_run("a", "a-1/x"))
+            .expect("rm")
+    );
+    let one: Option<String> = store
+        .read(|tx| tx.workflow_run("a", "a-1/x"))
+        .expect("read");
+    assert!(one.is_none());
+}
