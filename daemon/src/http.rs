@@ -34,6 +34,9 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/api/v1/clusters/{name}", get(cluster))
         .route("/api/v1/drift", get(drift))
         .route("/api/v1/images/scan", post(images_scan))
+        .route("/api/v1/workflows", get(workflows))
+        .route("/api/v1/workflows/{name}", get(workflow))
+        .route("/api/v1/workflows/{name}/run", post(workflow_run))
         .with_state(shared)
 }
 
@@ -382,4 +385,60 @@ async fn images_scan(State(s): State<AppState>, headers: HeaderMap) -> Response 
         StatusCode::ACCEPTED,
         json!({"message": "image scan requested: see `images` in /api/v1/fleet"}),
     )
+}
+
+async fn workflows(State(s): State<AppState>) -> Response {
+    let Some(rev) = s.current() else {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no valid revision loaded yet",
+        );
+    };
+    let mut out = Vec::new();
+    for w in &rev.fleet.workflows {
+        match crate::workflows::describe(&rev, &s.store, w, 10) {
+            Ok(v) => out.push(v),
+            Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e),
+        }
+    }
+    json_response(StatusCode::OK, json!({"workflows": out}))
+}
+
+async fn workflow(State(s): State<AppState>, Path(name): Path<String>) -> Response {
+    let Some(rev) = s.current() else {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no valid revision loaded yet",
+        );
+    };
+    let Some(w) = rev.fleet.workflows.iter().find(|w| w.name == name) else {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("workflow {name:?} is not in the fleet"),
+        );
+    };
+    match crate::workflows::describe(&rev, &s.store, w, usize::MAX) {
+        Ok(v) => json_response(StatusCode::OK, v),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct RunQuery {
+    cluster: Option<String>,
+}
+
+async fn workflow_run(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+    axum::extract::Query(q): axum::extract::Query<RunQuery>,
+    headers: HeaderMap,
+) -> Response {
+    if let Some(refused) = refuse_mutation(&s, &headers, "workflow runs are") {
+        return refused;
+    }
+    match crate::workflows::run_now(s.clone(), &name, q.cluster.as_deref()).await {
+        Ok(records) => json_response(StatusCode::OK, json!({"runs": records})),
+        Err(e) => error(StatusCode::NOT_FOUND, e),
+    }
 }

@@ -20,6 +20,7 @@ mod run;
 pub mod status;
 mod supervise;
 pub mod webhook;
+mod workflows;
 
 pub use config::{Config, ConfigError};
 pub use run::{DaemonError, Running, start};

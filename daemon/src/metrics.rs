@@ -40,6 +40,11 @@ pub struct Metrics {
     /// Daemon tasks (placement workers, drift checks, image scans) that panicked or failed,
     /// by task and outcome (`panic`, `error`); each is reported and restarted.
     pub task_failures: Family<Labels, Counter>,
+    /// Workflow runs by workflow and outcome (succeeded, failed, skipped, missed,
+    /// unschedulable, replaced).
+    pub workflow_runs: Family<Labels, Counter>,
+    /// When each workflow last succeeded (Unix seconds).
+    pub workflow_last_success: Family<Labels, Gauge>,
 }
 
 impl Metrics {
@@ -58,6 +63,18 @@ impl Metrics {
         let fleet_errors = Gauge::default();
         let http_connections_refused = Counter::default();
         let task_failures = Family::<Labels, Counter>::default();
+        let workflow_runs = Family::<Labels, Counter>::default();
+        let workflow_last_success = Family::<Labels, Gauge>::default();
+        registry.register(
+            "workflow_runs",
+            "Finished workflow runs (and firings that did not run), by workflow and outcome",
+            workflow_runs.clone(),
+        );
+        registry.register(
+            "workflow_last_success_timestamp_seconds",
+            "When each workflow's last successful run finished",
+            workflow_last_success.clone(),
+        );
         registry.register(
             "http_connections_refused",
             "HTTP connections closed on accept because the connection cap was reached",
@@ -126,6 +143,8 @@ impl Metrics {
             fleet_errors,
             http_connections_refused,
             task_failures,
+            workflow_runs,
+            workflow_last_success,
         }
     }
 

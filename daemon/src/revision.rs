@@ -25,6 +25,8 @@ pub struct Revision {
     pub render_errors: Vec<String>,
     pub warnings: Vec<Diagnostic>,
     pub render_took: Duration,
+    /// Workflow name → its template file's text at this commit.
+    pub workflow_templates: BTreeMap<String, String>,
 }
 
 /// What a commit turned out to be.
@@ -116,7 +118,19 @@ impl Loader {
         }
         drop(pass);
         let plan = flotilla_reconciler::plan::plan(&fleet);
+        let workflow_templates = fleet
+            .workflows
+            .iter()
+            .filter_map(|w| {
+                use flotilla_spec::RepoFiles;
+                snapshot
+                    .read_to_string(&w.template)
+                    .ok()
+                    .map(|t| (w.name.clone(), t))
+            })
+            .collect();
         Loaded::Valid(Arc::new(Revision {
+            workflow_templates,
             commit,
             plan,
             targets,

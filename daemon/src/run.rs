@@ -297,6 +297,7 @@ pub async fn start(config: crate::config::Config) -> Result<Running, DaemonError
         images_running: false,
         next_images: None,
     };
+    crate::workflows::spawn(shared.clone());
     let task = tokio::spawn(daemon.run(rx));
     Ok(Running {
         addr,

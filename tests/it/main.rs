@@ -28,3 +28,4 @@ mod rollout;
 mod sim;
 mod sim_kube;
 mod spec_fixtures;
+mod workflows;

@@ -1,0 +1,337 @@
+//! Workflows end to end: `flotilla serve` (the real binary) against sim clusters, fleets from
+//! `fixtures/workflows/<case>/`, schedules with a seconds field so firings come every few
+//! seconds. `run: one` follows free capacity, `run: each` covers every cluster, history
+//! trimming deletes old Jobs, forbid / replace / allow, failed runs, and a daemon killed
+//! between recording a run and creating its Job does not submit it twice.
+
+use std::path::Path;
+use std::time::Duration;
+
+use flotilla_sim::SimConfig;
+use serde_json::Value;
+
+use crate::git_support::Upstream;
+use crate::serve_support::{ServeProcess, serve_command};
+use crate::support::{SimKube, workspace};
+
+/// Commits every file of `fixtures/workflows/<case>/` and pushes.
+fn commit_case(up: &Upstream, case: &str) {
+    let root = workspace().join("fixtures/workflows").join(case);
+    let mut files = Vec::new();
+    collect(&root, &root, &mut files);
+    let refs: Vec<(&str, &str)> = files
+        .iter()
+        .map(|(p, t)| (p.as_str(), t.as_str()))
+        .collect();
+    up.commit(&refs, case);
+    up.push();
+}
+
+fn collect(root: &Path, dir: &Path, out: &mut Vec<(String, String)>) {
+    for e in std::fs::read_dir(dir).expect("fixture dir") {
+        let p = e.expect("entry").path();
+        if p.is_dir() {
+            collect(root, &p, out);
+        } else {
+            let rel = p
+                .strip_prefix(root)
+                .expect("inside")
+                .to_str()
+                .expect("utf-8")
+                .to_string();
+            out.push((rel, std::fs::read_to_string(&p).expect("read fixture")));
+        }
+    }
+}
+
+fn serve(k: &SimKube, up: &Upstream, port: u16, env: &[(&str, &str)]) -> ServeProcess {
+    let (mut cmd, http) = serve_command();
+    cmd.arg("--repo")
+        .arg(format!("git://127.0.0.1:{port}/fleet.git"))
+        .args(["--ref", "main", "--kubeconfig"])
+        .arg(&k.kubeconfig)
+        .arg("--state")
+        .arg(up.scratch("state"))
+        .arg("--cache")
+        .arg(up.scratch("cache"));
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    ServeProcess::spawn(cmd, http)
+}
+
+/// (name, cluster, run label) of every Job of `workflow` in the sims.
+fn jobs(k: &SimKube, clusters: usize, workflow: &str) -> Vec<(String, String, String)> {
+    let mut out = Vec::new();
+    for i in 1..=clusters {
+        let name = format!("sim-{i}");
+        let c = k.sim.cluster(&name).expect("cluster");
+        let def = c.resource("batch", "v1", "jobs").expect("jobs");
+        let list = c.list(&def, None, &Default::default()).expect("list jobs");
+        for j in list["items"].as_array().cloned().unwrap_or_default() {
+            if j["metadata"]["labels"]["flotilla.dev/workflow"] == workflow {
+                out.push((
+                    j["metadata"]["name"].as_str().unwrap_or("").to_string(),
+                    name.clone(),
+                    j["metadata"]["labels"]["flotilla.dev/run"]
+                        .as_str()
+                        .unwrap_or("")
+                        .to_string(),
+                ));
+            }
+        }
+    }
+    out
+}
+
+fn runs(d: &ServeProcess, workflow: &str) -> Vec<Value> {
+    d.try_json(&format!("/api/v1/workflows/{workflow}"))["runs"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+fn count(runs: &[Value], phase: &str) -> usize {
+    runs.iter().filter(|r| r["phase"] == phase).count()
+}
+
+/// A Deployment in `ns/name` of `replicas` pods requesting `cpu` each.
+fn load(k: &SimKube, cluster: &str, name: &str, replicas: u32, cpu: &str) {
+    let file = k.file(
+        &format!("{cluster}-{name}.yaml"),
+        &format!(
+            "apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: {name}, namespace: default}}
+spec:
+  replicas: {replicas}
+  selector: {{matchLabels: {{app: {name}}}}}
+  template:
+    metadata: {{labels: {{app: {name}}}}}
+    spec:
+      containers:
+      - name: c
+        image: load:1
+        resources: {{requests: {{cpu: \"{cpu}\"}}}}
+"
+        ),
+    );
+    k.ok(&["--context", cluster, "apply", "-f", &file]);
+}
+
+#[test]
+fn run_one_follows_free_capacity_each_covers_every_cluster_and_history_is_trimmed() {
+    let k = SimKube::start(SimConfig {
+        clusters: 3,
+        ready_delay: Duration::from_millis(100),
+        ..Default::default()
+    });
+    // sim-1: one 7-CPU pod (a node with 1 CPU left); sim-3: one 3-CPU pod. sim-2 is empty.
+    load(&k, "sim-1", "big", 1, "7");
+    load(&k, "sim-3", "small", 1, "3");
+    let up = Upstream::new();
+    commit_case(&up, "placement");
+    let git = up.daemon();
+    let d = serve(&k, &up, git.port, &[]);
+
+    d.wait_for(
+        "pick runs on sim-2, the emptiest",
+        Duration::from_secs(30),
+        || count(&runs(&d, "pick"), "Succeeded") >= 2,
+    );
+    let picked: Vec<String> = runs(&d, "pick")
+        .iter()
+        .filter(|r| r["phase"] == "Succeeded")
+        .map(|r| r["cluster"].as_str().unwrap_or("").to_string())
+        .collect();
+    assert!(picked.iter().all(|c| c == "sim-2"), "{picked:?}");
+
+    // sim-2 fills up (two 7-CPU pods): sim-3 has the most room now.
+    load(&k, "sim-2", "big", 2, "7");
+    d.wait_for("pick moves to sim-3", Duration::from_secs(40), || {
+        runs(&d, "pick")
+            .first()
+            .is_some_and(|r| r["cluster"] == "sim-3" && r["phase"] == "Succeeded")
+    });
+
+    // run: each: one run id in all three clusters.
+    d.wait_for("all runs everywhere", Duration::from_secs(30), || {
+        let r = runs(&d, "all");
+        let first = r.iter().find(|x| x["phase"] == "Succeeded");
+        first.is_some_and(|f| {
+            let id = f["run_id"].clone();
+            let mut cs: Vec<&str> = r
+                .iter()
+                .filter(|x| x["run_id"] == id)
+                .filter_map(|x| x["cluster"].as_str())
+                .collect();
+            cs.sort_unstable();
+            cs == ["sim-1", "sim-2", "sim-3"]
+        })
+    });
+
+    // History: pick keeps the Jobs of its last 2 finished runs, all those of its last one
+    // (one per cluster), whatever ran before; the records stay.
+    d.wait_for("old Jobs deleted", Duration::from_secs(30), || {
+        let finished = runs(&d, "pick")
+            .iter()
+            .filter(|r| r["phase"] == "Succeeded")
+            .count();
+        finished >= 5 && jobs(&k, 3, "pick").len() <= 3 && jobs(&k, 3, "all").len() <= 6
+    });
+    let pick_runs = runs(&d, "pick");
+    assert!(
+        pick_runs.iter().any(|r| r["object_deleted"] == true),
+        "{pick_runs:?}"
+    );
+    // A Job is named after its run and labelled with it.
+    for (name, _, run) in jobs(&k, 3, "pick") {
+        assert_eq!(name, run);
+        assert!(name.starts_with("pick-2"), "{name}");
+    }
+
+    let api = d.json("/api/v1/workflows");
+    let pick = &api["workflows"][0];
+    assert_eq!(pick["name"], "pick");
+    assert_eq!(
+        pick["nextFirings"].as_array().map(Vec::len),
+        Some(3),
+        "{api}"
+    );
+    assert_eq!(
+        pick["clusters"],
+        serde_json::json!(["sim-1", "sim-2", "sim-3"])
+    );
+    let (_, metrics) = d.get("/metrics").expect("metrics");
+    assert!(
+        metrics.contains("flotilla_workflow_runs_total{workflow=\"pick\",outcome=\"succeeded\"}"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("flotilla_workflow_last_success_timestamp_seconds{workflow=\"pick\"}"),
+        "{metrics}"
+    );
+    assert!(d.log().contains("flotilla::workflow"), "events in the log");
+}
+
+#[test]
+fn forbid_skips_replace_replaces_allow_overlaps_and_failures_are_recorded() {
+    let k = SimKube::start(
+        SimConfig {
+            clusters: 1,
+            ready_delay: Duration::from_millis(100),
+            ..Default::default()
+        }
+        .unready_images("^hang$")
+        .expect("regex")
+        .crash_images("^broken$")
+        .expect("regex"),
+    );
+    let up = Upstream::new();
+    commit_case(&up, "concurrency");
+    let git = up.daemon();
+    let d = serve(&k, &up, git.port, &[]);
+    d.wait_for("three firings of each", Duration::from_secs(40), || {
+        ["forbid", "replace", "allow"]
+            .iter()
+            .all(|w| runs(&d, w).len() >= 3)
+            && count(&runs(&d, "crash"), "Failed") >= 1
+    });
+    // forbid: the first run never finishes, later firings are skipped, one Job.
+    let f = runs(&d, "forbid");
+    assert_eq!(count(&f, "Running"), 1, "{f:?}");
+    assert!(count(&f, "Skipped") >= 2, "{f:?}");
+    assert_eq!(jobs(&k, 1, "forbid").len(), 1);
+    // replace: each firing deletes the active Job and starts its own.
+    let r = runs(&d, "replace");
+    assert!(count(&r, "Replaced") >= 2, "{r:?}");
+    assert_eq!(count(&r, "Running"), 1, "{r:?}");
+    d.wait_for("replaced Jobs deleted", Duration::from_secs(10), || {
+        jobs(&k, 1, "replace").len() == 1
+    });
+    // allow: they pile up.
+    let a = runs(&d, "allow");
+    assert!(count(&a, "Running") >= 3, "{a:?}");
+    assert!(jobs(&k, 1, "allow").len() >= 3);
+    // A failing Job: recorded with the Job's reason.
+    let c = runs(&d, "crash");
+    let failed = c.iter().find(|x| x["phase"] == "Failed").expect("failed");
+    assert!(
+        failed["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("BackoffLimitExceeded"),
+        "{failed}"
+    );
+}
+
+#[test]
+fn a_daemon_killed_between_record_and_create_submits_the_run_once() {
+    let k = SimKube::start(
+        SimConfig {
+            clusters: 1,
+            ready_delay: Duration::from_millis(100),
+            ..Default::default()
+        }
+        .unready_images("^hang$")
+        .expect("regex"),
+    );
+    let up = Upstream::new();
+    commit_case(&up, "concurrency");
+    let git = up.daemon();
+    let mut crashing = serve(
+        &k,
+        &up,
+        git.port,
+        &[("FLOTILLA_TEST_CRASH_AFTER_WORKFLOW_RECORD", "1")],
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Ok(Some(s)) = crashing.child.try_wait() {
+            break s;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the daemon did not abort\n{}",
+            crashing.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(!status.success());
+    assert!(crashing.log().contains("aborting after recording"));
+    // Recorded, not created.
+    assert!(jobs(&k, 1, "forbid").is_empty());
+    assert!(jobs(&k, 1, "allow").is_empty());
+
+    // Restarted: the recorded runs are created (each once), and followed.
+    let d = serve(&k, &up, git.port, &[]);
+    d.wait_for("the recorded runs created", Duration::from_secs(30), || {
+        !jobs(&k, 1, "forbid").is_empty()
+    });
+    d.wait_for("a few more firings", Duration::from_secs(20), || {
+        runs(&d, "forbid").len() >= 3
+    });
+    let f = runs(&d, "forbid");
+    // forbid: the pre-crash run is the one Job; nothing ran twice.
+    assert_eq!(jobs(&k, 1, "forbid").len(), 1, "{f:?}");
+    assert_eq!(count(&f, "Running"), 1, "{f:?}");
+    let running = f.iter().find(|r| r["phase"] == "Running").expect("running");
+    let earliest = f.last().expect("records");
+    assert_eq!(
+        running["run_id"], earliest["run_id"],
+        "the run recorded before the crash: {f:?}"
+    );
+    // Every Job of allow belongs to a distinct recorded run.
+    let a = runs(&d, "allow");
+    let mut names: Vec<String> = jobs(&k, 1, "allow").into_iter().map(|j| j.0).collect();
+    let n = names.len();
+    names.dedup();
+    assert_eq!(names.len(), n);
+    for name in &names {
+        assert!(
+            a.iter().any(|r| r["run_id"] == name.as_str()),
+            "{name} recorded"
+        );
+    }
+    drop(crashing);
+}
