@@ -16,6 +16,7 @@ mod live;
 mod review;
 mod rollouts;
 mod serve;
+mod workflows;
 
 // mimalloc: parsing a large fleet is allocation-bound, and glibc malloc is ~25% of it.
 #[global_allocator]
@@ -136,6 +137,23 @@ enum Command {
         #[arg(value_enum)]
         command: rollouts::RolloutCommand,
         placement: String,
+        #[arg(long, value_name = "DIR", conflicts_with = "server")]
+        state: Option<PathBuf>,
+        #[command(flatten)]
+        server: serve::ServerArgs,
+        #[command(flatten)]
+        fleet: FleetArgs,
+    },
+    /// Workflows: list, history NAME, run NAME [--cluster C]; through a running daemon with
+    /// --server (or $FLOTILLA_SERVER), else list and history read the state store.
+    Workflow {
+        #[arg(value_enum)]
+        action: workflows::Action,
+        /// The workflow (history, run).
+        name: Option<String>,
+        /// run: in this cluster (it must match the workflow's selector) instead of placing it.
+        #[arg(long, value_name = "NAME")]
+        cluster: Option<String>,
         #[arg(long, value_name = "DIR", conflicts_with = "server")]
         state: Option<PathBuf>,
         #[command(flatten)]
@@ -441,6 +459,24 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             rollouts::control(command, &placement, &name, state.as_deref())
         }
+        Command::Workflow {
+            action,
+            name,
+            cluster,
+            state,
+            server,
+            fleet,
+        } => {
+            let command = workflows::command(action, name, cluster)?;
+            if let Some(base) = server.url().filter(|_| state.is_none()) {
+                return workflows::remote(&server, &base, command);
+            }
+            let (file, checked, _, _) = load(&fleet)?;
+            match checked.fleet {
+                Some(f) => workflows::local(command, &f, state.as_deref()),
+                None => anyhow::bail!("{file} is invalid: run flotilla validate"),
+            }
+        }
         Command::Serve(args) => {
             let (config, format) = serve::resolve(*args)?;
             init_logging("info", format == serve::LogFormat::Json);
@@ -717,7 +753,7 @@ fn plan(args: &FleetArgs, output: Output) -> anyhow::Result<ExitCode> {
     }
     let plan = flotilla_reconciler::plan::plan(fleet);
     match output {
-        Output::Text => out!("{}", plan.to_text())?,
+        Output::Text => out!("{}{}", plan.to_text(), workflows::plan_text(fleet))?,
         Output::Json => outln!("{}", serde_json::to_string_pretty(&plan)?)?,
     }
     Ok(ExitCode::SUCCESS)

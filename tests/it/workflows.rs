@@ -12,7 +12,7 @@ use serde_json::Value;
 
 use crate::git_support::Upstream;
 use crate::serve_support::{ServeProcess, serve_command};
-use crate::support::{SimKube, workspace};
+use crate::support::{SimKube, flotilla, stderr, stdout, workspace};
 
 /// Commits every file of `fixtures/workflows/<case>/` and pushes.
 fn commit_case(up: &Upstream, case: &str) {
@@ -212,6 +212,47 @@ fn run_one_follows_free_capacity_each_covers_every_cluster_and_history_is_trimme
         "{metrics}"
     );
     assert!(d.log().contains("flotilla::workflow"), "events in the log");
+
+    // The CLI through the daemon: list, and a manual run pinned to sim-1 (the fullest).
+    let server = format!("http://127.0.0.1:{}", d.port);
+    let list = flotilla(&["workflow", "list", "--server", &server]);
+    assert!(list.status.success(), "{}", stderr(&list));
+    assert!(
+        stdout(&list).contains("pick (*/2 * * * * *, UTC): sim-1, sim-2, sim-3"),
+        "{}",
+        stdout(&list)
+    );
+    let run = flotilla(&[
+        "workflow",
+        "run",
+        "pick",
+        "--cluster",
+        "sim-1",
+        "--server",
+        &server,
+    ]);
+    assert!(run.status.success(), "{}", stderr(&run));
+    let manual = stdout(&run);
+    assert!(
+        manual.contains("pick-m2") && manual.contains("sim-1"),
+        "{manual}"
+    );
+    d.wait_for(
+        "the manual run succeeds in sim-1",
+        Duration::from_secs(20),
+        || {
+            runs(&d, "pick").iter().any(|r| {
+                r["manual"] == true && r["cluster"] == "sim-1" && r["phase"] == "Succeeded"
+            })
+        },
+    );
+    let unknown = flotilla(&["workflow", "run", "nope", "--server", &server]);
+    assert_eq!(unknown.status.code(), Some(1));
+    assert!(
+        stderr(&unknown).contains("workflow \"nope\" is not in the fleet"),
+        "{}",
+        stderr(&unknown)
+    );
 }
 
 #[test]
@@ -334,4 +375,29 @@ fn a_daemon_killed_between_record_and_create_submits_the_run_once() {
         );
     }
     drop(crashing);
+
+    // The CLI against the state store once the daemon is gone.
+    let mut d = d;
+    d.terminate();
+    let state = up.scratch("state");
+    let fixture = workspace().join("fixtures/workflows/concurrency");
+    let out = flotilla(&[
+        "workflow",
+        "history",
+        "forbid",
+        "--repo",
+        fixture.to_str().expect("utf-8"),
+        "--state",
+        state.to_str().expect("utf-8"),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains(running["run_id"].as_str().unwrap_or("?")),
+        "{text}"
+    );
+    assert!(
+        text.contains("Running") && text.contains("Skipped"),
+        "{text}"
+    );
 }
