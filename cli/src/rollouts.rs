@@ -186,6 +186,7 @@ pub fn apply(
         store: &store,
         clusters: &clusters,
         gates: &gates,
+        verifier: &flotilla_daemon::adapters::NoVerifier,
         clock: &clock,
         on_event: &|e: &Event| progress.on_event(e),
         poll: Duration::from_millis(500),

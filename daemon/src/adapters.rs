@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use flotilla_reconciler::cluster::Cluster;
-use flotilla_reconciler::rollout::{Clock, Clusters, Gates};
+use flotilla_reconciler::rollout::{Clock, Clusters, Gates, Verifier};
 use flotilla_spec::{Cluster as ClusterSpec, Fleet, Gate};
 
 /// The wall clock.
@@ -89,6 +89,25 @@ impl Clusters for ConnectedClusters {
         );
         cache.insert(name.to_string(), c.clone());
         Ok(c)
+    }
+}
+
+/// Where no daemon runs workflows (`flotilla apply`): a batch with `verify:` fails its
+/// clusters with this reason (a check that cannot run is never a pass).
+pub struct NoVerifier;
+
+#[async_trait::async_trait]
+impl Verifier for NoVerifier {
+    async fn verify(
+        &self,
+        workflow: &str,
+        _cluster: &ClusterSpec,
+        _rollout: &str,
+        _batch: usize,
+    ) -> Result<String, String> {
+        Err(format!(
+            "verification workflow {workflow:?} runs in the daemon (flotilla serve), not in flotilla apply"
+        ))
     }
 }
 

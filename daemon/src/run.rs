@@ -1042,10 +1042,14 @@ async fn placement_worker(
                     crate::supervise::injected_fault(&shared, &name);
                     let clock = SystemClock;
                     let on_event = |e: &Event| shared.on_event(e);
+                    let verifier = crate::workflows::WorkflowVerifier {
+                        shared: shared.clone(),
+                    };
                     let engine = Engine {
                         store: &shared.store,
                         clusters: &shared.clusters as &dyn Clusters,
                         gates: &shared.gates,
+                        verifier: &verifier,
                         clock: &clock,
                         on_event: &on_event,
                         poll: shared.config.health_poll,

@@ -198,13 +198,16 @@ impl Runner {
         only: Option<&str>,
     ) -> Vec<RunRecord> {
         let selection = flotilla_spec::Selection::new(&rev.fleet);
-        let matching: Vec<&flotilla_spec::Cluster> = selection
-            .index
-            .select(&w.clusters)
-            .iter()
-            .map(|i| &selection.index.clusters[i])
-            .filter(|c| only.is_none_or(|o| o == c.name))
-            .collect();
+        // A named cluster (manual runs, rollout verification) runs there, selector or not.
+        let matching: Vec<&flotilla_spec::Cluster> = match only {
+            Some(o) => rev.fleet.clusters.iter().filter(|c| c.name == o).collect(),
+            None => selection
+                .index
+                .select(&w.clusters)
+                .iter()
+                .map(|i| &selection.index.clusters[i])
+                .collect(),
+        };
         let base = RunRecord {
             workflow: w.name.clone(),
             run_id: run_id.to_string(),
@@ -684,12 +687,6 @@ pub(crate) async fn run_now(
     let id = plan::manual_run_id(w, now);
     let mut runner = Runner::new(shared.clone());
     let records = runner.fire(&rev, w, &id, now, true, cluster).await;
-    if records.is_empty() {
-        return Err(format!(
-            "cluster {:?} is not matched by workflow {name:?}",
-            cluster.unwrap_or("")
-        ));
-    }
     shared
         .store
         .write(|tx| {
@@ -703,4 +700,94 @@ pub(crate) async fn run_now(
         runner.event(r);
     }
     Ok(records)
+}
+
+/// The rollout engine's [`Verifier`]: records the verification run (once per rollout, batch
+/// and cluster: a deterministic run id) for the runner to create and follow, then waits for its
+/// verdict — at most the workflow's `timeout` (after which the runner fails it) plus a minute,
+/// or an hour without one.
+pub(crate) struct WorkflowVerifier {
+    pub shared: Arc<Shared>,
+}
+
+#[async_trait::async_trait]
+impl flotilla_reconciler::rollout::Verifier for WorkflowVerifier {
+    async fn verify(
+        &self,
+        workflow: &str,
+        cluster: &flotilla_spec::Cluster,
+        rollout: &str,
+        batch: usize,
+    ) -> Result<String, String> {
+        let rev = self
+            .shared
+            .current()
+            .ok_or_else(|| "no valid revision loaded".to_string())?;
+        let w = rev
+            .fleet
+            .workflows
+            .iter()
+            .find(|w| w.name == workflow)
+            .ok_or_else(|| format!("workflow {workflow:?} is not in the fleet"))?;
+        let id = plan::verify_run_id(w, rollout, batch);
+        let key = format!("{id}/{}", cluster.name);
+        let existing: Option<RunRecord> = self
+            .shared
+            .store
+            .read(|tx| tx.workflow_run(&w.name, &key))
+            .map_err(|e| e.to_string())?;
+        if existing.is_none() {
+            let mut runner = Runner::new(self.shared.clone());
+            let records = runner
+                .fire(&rev, w, &id, Utc::now(), true, Some(&cluster.name))
+                .await;
+            self.shared
+                .store
+                .write(|tx| {
+                    for r in &records {
+                        tx.put_workflow_run(&w.name, &r.key(), r)?;
+                    }
+                    Ok(())
+                })
+                .map_err(|e| e.to_string())?;
+            for r in &records {
+                runner.event(r);
+            }
+        }
+        let limit = w
+            .timeout
+            .as_ref()
+            .map(|t| t.value + Duration::from_secs(60))
+            .unwrap_or(Duration::from_secs(3600));
+        let started = Instant::now();
+        loop {
+            let r: Option<RunRecord> = self
+                .shared
+                .store
+                .read(|tx| tx.workflow_run(&w.name, &key))
+                .map_err(|e| e.to_string())?;
+            match r {
+                None => return Err(format!("verification run {id} was not recorded")),
+                Some(r) if r.phase == RunPhase::Succeeded => {
+                    return Ok(format!("workflow {workflow} run {id}: {}", r.message));
+                }
+                Some(r) if !r.phase.is_active() => {
+                    return Err(format!(
+                        "workflow {workflow} run {id} {}: {}",
+                        r.phase.label(),
+                        r.message
+                    ));
+                }
+                Some(_) => {}
+            }
+            if started.elapsed() > limit {
+                return Err(format!(
+                    "workflow {workflow} run {id} did not finish within {limit:?}"
+                ));
+            }
+            // A draining daemon drops this future at its deadline; the recorded step (and
+            // the recorded run) resume on the next start.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
 }

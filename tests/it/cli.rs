@@ -97,6 +97,17 @@ fn plan_text_lists_batches_and_bundles() {
         text.contains("sh-idc-1 <- frontend, api (override #2)"),
         "{text}"
     );
+    // Workflows: matching clusters and the next three firings (03:00 Shanghai = 19:00 UTC).
+    assert!(
+        text.contains("reindex (\"0 3 * * *\", Asia/Shanghai active, run one): "),
+        "{text}"
+    );
+    let next = text
+        .lines()
+        .skip_while(|l| !l.contains("reindex ("))
+        .nth(1)
+        .unwrap_or_default();
+    assert_eq!(next.matches("T19:00:00Z").count(), 3, "{text}");
 }
 
 #[test]

@@ -45,7 +45,18 @@ fn collect(root: &Path, dir: &Path, out: &mut Vec<(String, String)>) {
 }
 
 fn serve(k: &SimKube, up: &Upstream, port: u16, env: &[(&str, &str)]) -> ServeProcess {
+    serve_with(k, up, port, env, &[])
+}
+
+fn serve_with(
+    k: &SimKube,
+    up: &Upstream,
+    port: u16,
+    env: &[(&str, &str)],
+    args: &[&str],
+) -> ServeProcess {
     let (mut cmd, http) = serve_command();
+    cmd.args(args);
     cmd.arg("--repo")
         .arg(format!("git://127.0.0.1:{port}/fleet.git"))
         .args(["--ref", "main", "--kubeconfig"])
@@ -400,4 +411,222 @@ fn a_daemon_killed_between_record_and_create_submits_the_run_once() {
         text.contains("Running") && text.contains("Skipped"),
         "{text}"
     );
+}
+
+/// The image of Deployment shop/web in `cluster` (`-` when absent).
+fn image(k: &SimKube, cluster: &str) -> String {
+    let c = k.sim.cluster(cluster).expect("cluster");
+    let def = c
+        .resource("apps", "v1", "deployments")
+        .expect("deployments");
+    c.get(&def, "shop", "web")
+        .ok()
+        .and_then(|d| {
+            d.pointer("/spec/template/spec/containers/0/image")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+        })
+        .unwrap_or_else(|| "-".into())
+}
+
+#[test]
+fn a_verify_workflow_failing_in_the_canary_rolls_the_batch_back() {
+    let k = SimKube::start(
+        SimConfig {
+            clusters: 3,
+            ready_delay: Duration::from_millis(100),
+            ..Default::default()
+        }
+        .crash_images("^smoke:broken$")
+        .expect("regex"),
+    );
+    let up = Upstream::new();
+    commit_case(&up, "verify");
+    let git = up.daemon();
+    let d = serve_with(&k, &up, git.port, &[], &["--poll-interval", "1s"]);
+    // web:1 passes its smoke test in sim-1 and reaches every cluster.
+    d.wait_for(
+        "web:1 rolled out after verification",
+        Duration::from_secs(60),
+        || d.try_json("/api/v1/rollouts/web")["rollout"]["phase"] == "succeeded",
+    );
+    assert_eq!(
+        (image(&k, "sim-1"), image(&k, "sim-2"), image(&k, "sim-3")),
+        ("web:1".into(), "web:1".into(), "web:1".into())
+    );
+    let smoke = runs(&d, "smoke");
+    assert_eq!(
+        smoke.len(),
+        1,
+        "one verification, in the canary only: {smoke:?}"
+    );
+    assert_eq!(smoke[0]["cluster"], "sim-1");
+    assert_eq!(smoke[0]["phase"], "Succeeded");
+    assert_eq!(jobs(&k, 3, "smoke").len(), 1);
+
+    // web:2 with a smoke test that fails: the canary is rolled back, sim-2/3 never see web:2.
+    let web2 = std::fs::read_to_string(workspace().join("fixtures/workflows/verify/app/web.yaml"))
+        .expect("fixture")
+        .replace("web:1", "web:2");
+    let smoke2 =
+        std::fs::read_to_string(workspace().join("fixtures/workflows/verify/jobs/smoke.yaml"))
+            .expect("fixture")
+            .replace("smoke:ok", "smoke:broken");
+    up.commit(
+        &[("app/web.yaml", &web2), ("jobs/smoke.yaml", &smoke2)],
+        "web 2, smoke broken",
+    );
+    up.push();
+    d.wait_for("web:2 rolled back", Duration::from_secs(90), || {
+        let r = d.try_json("/api/v1/rollouts/web");
+        r["rollout"]["phase"] == "rolledBack" || r["rollout"]["phase"] == "failed"
+    });
+    let r = d.json("/api/v1/rollouts/web");
+    let events = r["events"].as_array().cloned().unwrap_or_default();
+    let failed = events
+        .iter()
+        .find(|e| e["kind"] == "verify-failed")
+        .unwrap_or_else(|| panic!("a verify-failed event: {r}"));
+    assert_eq!(failed["cluster"], "sim-1");
+    assert!(
+        failed["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("BackoffLimitExceeded"),
+        "{failed}"
+    );
+    assert_eq!(image(&k, "sim-1"), "web:1", "the canary is back on web:1");
+    assert_eq!(image(&k, "sim-2"), "web:1");
+    assert_eq!(image(&k, "sim-3"), "web:1");
+}
+
+/// Names of `kind` objects labelled with `workflow` in the real cluster.
+fn real_names(kube: &crate::kube_support::RealKube, kind: &str, workflow: &str) -> Vec<String> {
+    let out = kube.ok(&[
+        "get",
+        kind,
+        "-n",
+        "default",
+        "-l",
+        &format!("flotilla.dev/workflow={workflow}"),
+        "-o",
+        "jsonpath={.items[*].metadata.name}",
+    ]);
+    out.split_whitespace().map(str::to_string).collect()
+}
+
+#[test]
+fn real_jobs_complete_and_fail_under_the_job_controller_and_a_custom_kind_follows_its_rule() {
+    use crate::kube_support::{KubeOptions, RealKube, kubeconfig_file};
+    let kube = RealKube::start(KubeOptions {
+        controllers: true,
+        kubelet: true,
+    });
+    let crd = workspace().join("fixtures/workflows/real/crd.yaml");
+    kube.ok(&["apply", "-f", crd.to_str().expect("utf-8")]);
+    kube.ok(&[
+        "wait",
+        "--for=condition=Established",
+        "crd/workflows.argoproj.io",
+        "--timeout=30s",
+    ]);
+    let up = Upstream::new();
+    commit_case(&up, "real");
+    let git = up.daemon();
+    let kubeconfig = up.scratch("kubeconfig");
+    kubeconfig_file(&kubeconfig, &[kube.kubeconfig_as("real-1")]);
+    let (mut cmd, http) = serve_command();
+    cmd.arg("--repo")
+        .arg(format!("git://127.0.0.1:{}/fleet.git", git.port))
+        .args(["--ref", "main", "--kubeconfig"])
+        .arg(&kubeconfig)
+        .arg("--state")
+        .arg(up.scratch("state"))
+        .arg("--cache")
+        .arg(up.scratch("cache"));
+    let d = ServeProcess::spawn(cmd, http);
+
+    // A real Job: the Job controller runs its pod, pretend-kubelet finishes it, the Job
+    // becomes Complete, the run Succeeded; history 1 deletes the older Jobs.
+    d.wait_for("ok succeeds twice", Duration::from_secs(90), || {
+        count(&runs(&d, "ok"), "Succeeded") >= 2
+    });
+    d.wait_for("ok keeps one finished Job", Duration::from_secs(30), || {
+        let finished = count(&runs(&d, "ok"), "Succeeded");
+        let active = runs(&d, "ok")
+            .iter()
+            .filter(|r| r["phase"] == "Running")
+            .count();
+        finished >= 2 && real_names(&kube, "jobs", "ok").len() <= 1 + active
+    });
+    // The Job's pods carry the run's labels.
+    let pods = kube.ok(&[
+        "get",
+        "pods",
+        "-n",
+        "default",
+        "-l",
+        "flotilla.dev/workflow=ok",
+        "-o",
+        "jsonpath={.items[*].metadata.labels.flotilla\\.dev/run}",
+    ]);
+    assert!(
+        pods.split_whitespace().all(|r| r.starts_with("ok-2")),
+        "{pods}"
+    );
+    // A failing pod: the Job fails (backoffLimit 0), the run is Failed with the Job's reason.
+    d.wait_for("fail fails", Duration::from_secs(60), || {
+        count(&runs(&d, "fail"), "Failed") >= 1
+    });
+    let failed = runs(&d, "fail")
+        .into_iter()
+        .find(|r| r["phase"] == "Failed")
+        .expect("failed run");
+    assert!(
+        failed["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("BackoffLimitExceeded"),
+        "{failed}"
+    );
+
+    // The custom kind: created with the run's name, running until a controller (the test)
+    // writes status.phase.
+    d.wait_for("an argo Workflow exists", Duration::from_secs(30), || {
+        !real_names(&kube, "workflows.argoproj.io", "argo").is_empty()
+    });
+    let name = real_names(&kube, "workflows.argoproj.io", "argo")[0].clone();
+    std::thread::sleep(Duration::from_secs(4));
+    let r = runs(&d, "argo");
+    assert_eq!(count(&r, "Running"), 1, "{r:?}");
+    assert!(count(&r, "Skipped") >= 1, "forbid while it runs: {r:?}");
+    kube.ok(&[
+        "patch",
+        "workflows.argoproj.io",
+        &name,
+        "-n",
+        "default",
+        "--type",
+        "merge",
+        "-p",
+        r#"{"status": {"phase": "Succeeded"}}"#,
+    ]);
+    d.wait_for("the argo run succeeds", Duration::from_secs(20), || {
+        runs(&d, "argo")
+            .iter()
+            .any(|r| r["run_id"] == name.as_str() && r["phase"] == "Succeeded")
+    });
+    // Every object went through SSA with the workflow field manager.
+    let managers = kube.ok(&[
+        "get",
+        "jobs",
+        "-n",
+        "default",
+        "-l",
+        "flotilla.dev/workflow",
+        "--show-managed-fields",
+        "-o",
+        "jsonpath={.items[*].metadata.managedFields[*].manager}",
+    ]);
+    assert!(managers.contains("flotilla-workflow"), "{managers}");
 }

@@ -45,6 +45,21 @@ pub trait Gates: Send + Sync {
     ) -> Result<String, String>;
 }
 
+/// Runs a batch's verification workflow (`verify: {workflow}`) in one cluster and waits for
+/// its verdict: `Ok(detail)` passes; `Err(reason)` (failed, timed out, or could not run) fails
+/// the cluster. `rollout` and `batch` identify the verification, so a resumed step finds the
+/// run it started instead of starting another.
+#[async_trait::async_trait]
+pub trait Verifier: Send + Sync {
+    async fn verify(
+        &self,
+        workflow: &str,
+        cluster: &ClusterSpec,
+        rollout: &str,
+        batch: usize,
+    ) -> Result<String, String>;
+}
+
 /// Wall-clock time (the engine persists deadlines, so monotonic time is not enough).
 pub trait Clock: Send + Sync {
     fn now(&self) -> DateTime<Utc>;
@@ -93,6 +108,8 @@ pub struct Engine<'a> {
     pub store: &'a Store,
     pub clusters: &'a dyn Clusters,
     pub gates: &'a dyn Gates,
+    /// Runs `verify:` workflows.
+    pub verifier: &'a dyn Verifier,
     pub clock: &'a dyn Clock,
     /// Called with every event after it is recorded (progress output).
     pub on_event: &'a (dyn Fn(&Event) + Send + Sync),
@@ -530,6 +547,70 @@ impl Engine<'_> {
                     .buffer_unordered(16);
                 while let Some((c, res)) = results.next().await {
                     self.settle(r, n, &c, res, ClusterState::Healthy, "healthy", "unhealthy")?;
+                }
+                if let Some(v) = spec
+                    .batches
+                    .get(n.saturating_sub(1))
+                    .and_then(|b| b.verify.as_ref())
+                {
+                    r.batches[r.current].step = Step::Verifying {
+                        workflow: v.workflow.clone(),
+                    };
+                    let e = self.event(
+                        r,
+                        "verifying",
+                        Some(n),
+                        None,
+                        format!("workflow {}", v.workflow),
+                    );
+                    return self.record(r, vec![e]);
+                }
+                r.batches[r.current].step = Step::Gates;
+                let gates = &input.placement.rollout.gates;
+                let events = if gates.is_empty() {
+                    Vec::new()
+                } else {
+                    let what = format!("{} metric gate(s) per cluster", gates.len());
+                    vec![self.event(r, "gates", Some(n), None, what)]
+                };
+                self.record(r, events)
+            }
+            Step::Verifying { workflow } => {
+                let healthy: Vec<String> = batch
+                    .clusters
+                    .iter()
+                    .filter(|c| c.state == ClusterState::Healthy)
+                    .map(|c| c.cluster.clone())
+                    .collect();
+                let rollout = r.id.clone();
+                let workflow = workflow.as_str();
+                let mut results = futures::stream::iter(healthy)
+                    .map(|c| {
+                        let rollout = rollout.as_str();
+                        async move {
+                            let res = match input.clusters.get(&c) {
+                                Some(spec_c) => {
+                                    self.verifier.verify(workflow, spec_c, rollout, n).await
+                                }
+                                None => Err(format!("cluster {c} is not in the fleet")),
+                            };
+                            (c, res)
+                        }
+                    })
+                    .buffer_unordered(16);
+                while let Some((c, res)) = results.next().await {
+                    let res = res.map(|detail| {
+                        tracing::info!(cluster = %c, workflow, "verified: {detail}");
+                    });
+                    self.settle(
+                        r,
+                        n,
+                        &c,
+                        res,
+                        ClusterState::Healthy,
+                        "verified",
+                        "verify-failed",
+                    )?;
                 }
                 r.batches[r.current].step = Step::Gates;
                 let gates = &input.placement.rollout.gates;

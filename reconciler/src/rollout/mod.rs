@@ -14,7 +14,7 @@ pub mod time;
 pub mod windows;
 
 pub use control::{ControlError, Request, phase_after};
-pub use engine::{Clock, Clusters, Engine, EngineError, Gates, Outcome, PlacementInput};
+pub use engine::{Clock, Clusters, Engine, EngineError, Gates, Outcome, PlacementInput, Verifier};
 pub use heal::{Healed, Healer};
 pub use inputs::{RenderFailed, placement_inputs};
 pub use model::{ClusterRevision, ClusterState, Event, Phase, Rollout, Step, StopRequest};

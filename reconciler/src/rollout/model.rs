@@ -122,6 +122,11 @@ pub enum Step {
     Healthy {
         deadline: String,
     },
+    /// Running the batch's verification workflow in each healthy cluster (after health,
+    /// before gates).
+    Verifying {
+        workflow: String,
+    },
     /// Gates after health.
     Gates,
     /// Soaking until `until` (RFC 3339).

@@ -333,6 +333,15 @@ pub fn manual_run_id(w: &Workflow, now: DateTime<Utc>) -> String {
     id_with(&w.name, &format!("m{}", now.format("%Y%m%d%H%M%S")))
 }
 
+/// The run id of a rollout's verification in one batch: `<workflow>-v<10 hex>` of a hash of
+/// the rollout id and batch number, so a resumed verification finds its run.
+pub fn verify_run_id(w: &Workflow, rollout: &str, batch: usize) -> String {
+    use sha2::Digest;
+    let hash = sha2::Sha256::digest(format!("{rollout}\n{batch}").as_bytes());
+    let hex: String = hash.iter().take(5).map(|b| format!("{b:02x}")).collect();
+    id_with(&w.name, &format!("v{hex}"))
+}
+
 fn id_with(name: &str, stamp: &str) -> String {
     let max_name = 63 - 1 - stamp.len();
     if name.len() <= max_name {
