@@ -630,3 +630,36 @@ fn real_jobs_complete_and_fail_under_the_job_controller_and_a_custom_kind_follow
     ]);
     assert!(managers.contains("flotilla-workflow"), "{managers}");
 }
+
+#[test]
+fn read_only_submits_nothing_and_records_what_it_would_have_done() {
+    let k = SimKube::start(SimConfig {
+        clusters: 3,
+        ready_delay: Duration::from_millis(100),
+        ..Default::default()
+    });
+    let up = Upstream::new();
+    commit_case(&up, "placement");
+    let git = up.daemon();
+    let d = serve_with(&k, &up, git.port, &[], &["--read-only"]);
+    d.wait_for("a few firings", Duration::from_secs(30), || {
+        runs(&d, "all").len() >= 6 && runs(&d, "pick").len() >= 2
+    });
+    assert!(jobs(&k, 3, "pick").is_empty());
+    assert!(jobs(&k, 3, "all").is_empty());
+    for r in runs(&d, "pick").iter().chain(runs(&d, "all").iter()) {
+        assert_eq!(r["phase"], "Skipped", "{r}");
+        assert_eq!(r["dry_run"], true, "{r}");
+        assert!(
+            r["message"]
+                .as_str()
+                .unwrap_or("")
+                .starts_with("read-only: would have created Job "),
+            "{r}"
+        );
+    }
+    let (code, body) = d
+        .request("POST", "/api/v1/workflows/pick/run", &[], b"")
+        .expect("answer");
+    assert_eq!(code, 403, "{body}");
+}
