@@ -105,7 +105,9 @@ fn main() {
             completion: None,
         })
         .collect();
-    let now = chrono::Utc::now();
+    let now = chrono::DateTime::parse_from_rfc3339("2026-12-04T10:00:30Z")
+        .expect("time")
+        .with_timezone(&chrono::Utc);
     let last = now - chrono::Duration::seconds(301);
     let mut runs = Vec::new();
     for _ in 0..20 {
