@@ -64,11 +64,11 @@ pub fn history_text(runs: &[RunRecord]) -> String {
         String::from("SCHEDULED             RUN  CLUSTER  PHASE  STARTED  FINISHED  MESSAGE\n");
     for r in runs {
         out.push_str(&format!(
-            "{}  {}  {}  {:?}{}  {}  {}  {}\n",
+            "{}  {}  {}  {}{}  {}  {}  {}\n",
             time(Some(r.scheduled)),
             r.run_id,
             r.cluster.as_deref().unwrap_or("-"),
-            r.phase,
+            r.phase.label(),
             if r.manual { " (manual)" } else { "" },
             time(r.started),
             time(r.finished),
@@ -167,11 +167,11 @@ pub fn local(
                     let runs = sorted(runs.into_iter().map(|(_, r)| r).collect());
                     match runs.first() {
                         Some(r) => out.push_str(&format!(
-                            "  {}: {} {} {:?} {}\n",
+                            "  {}: {} {} {} {}\n",
                             w.name,
                             r.run_id,
                             r.cluster.as_deref().unwrap_or("-"),
-                            r.phase,
+                            r.phase.label(),
                             r.message
                         )),
                         None => out.push_str(&format!("  {}: no run recorded\n", w.name)),
@@ -260,10 +260,10 @@ pub fn remote(
                         next.join(", ")
                     },
                     last.map(|r| format!(
-                        "{} {} {:?} {}",
+                        "{} {} {} {}",
                         r.run_id,
                         r.cluster.as_deref().unwrap_or("-"),
-                        r.phase,
+                        r.phase.label(),
                         r.message
                     ))
                     .unwrap_or_else(|| "no run recorded".into())

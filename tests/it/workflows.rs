@@ -148,11 +148,11 @@ fn run_one_follows_free_capacity_each_covers_every_cluster_and_history_is_trimme
     d.wait_for(
         "pick runs on sim-2, the emptiest",
         Duration::from_secs(30),
-        || count(&runs(&d, "pick"), "Succeeded") >= 2,
+        || count(&runs(&d, "pick"), "succeeded") >= 2,
     );
     let picked: Vec<String> = runs(&d, "pick")
         .iter()
-        .filter(|r| r["phase"] == "Succeeded")
+        .filter(|r| r["phase"] == "succeeded")
         .map(|r| r["cluster"].as_str().unwrap_or("").to_string())
         .collect();
     assert!(picked.iter().all(|c| c == "sim-2"), "{picked:?}");
@@ -162,18 +162,18 @@ fn run_one_follows_free_capacity_each_covers_every_cluster_and_history_is_trimme
     d.wait_for("pick moves to sim-3", Duration::from_secs(40), || {
         runs(&d, "pick")
             .first()
-            .is_some_and(|r| r["cluster"] == "sim-3" && r["phase"] == "Succeeded")
+            .is_some_and(|r| r["cluster"] == "sim-3" && r["phase"] == "succeeded")
     });
 
     // run: each: one run id in all three clusters.
     d.wait_for("all runs everywhere", Duration::from_secs(30), || {
         let r = runs(&d, "all");
-        let first = r.iter().find(|x| x["phase"] == "Succeeded");
+        let first = r.iter().find(|x| x["phase"] == "succeeded");
         first.is_some_and(|f| {
-            let id = f["run_id"].clone();
+            let id = f["runId"].clone();
             let mut cs: Vec<&str> = r
                 .iter()
-                .filter(|x| x["run_id"] == id)
+                .filter(|x| x["runId"] == id)
                 .filter_map(|x| x["cluster"].as_str())
                 .collect();
             cs.sort_unstable();
@@ -186,13 +186,13 @@ fn run_one_follows_free_capacity_each_covers_every_cluster_and_history_is_trimme
     d.wait_for("old Jobs deleted", Duration::from_secs(30), || {
         let finished = runs(&d, "pick")
             .iter()
-            .filter(|r| r["phase"] == "Succeeded")
+            .filter(|r| r["phase"] == "succeeded")
             .count();
         finished >= 5 && jobs(&k, 3, "pick").len() <= 3 && jobs(&k, 3, "all").len() <= 6
     });
     let pick_runs = runs(&d, "pick");
     assert!(
-        pick_runs.iter().any(|r| r["object_deleted"] == true),
+        pick_runs.iter().any(|r| r["objectDeleted"] == true),
         "{pick_runs:?}"
     );
     // A Job is named after its run and labelled with it.
@@ -253,7 +253,7 @@ fn run_one_follows_free_capacity_each_covers_every_cluster_and_history_is_trimme
         Duration::from_secs(20),
         || {
             runs(&d, "pick").iter().any(|r| {
-                r["manual"] == true && r["cluster"] == "sim-1" && r["phase"] == "Succeeded"
+                r["manual"] == true && r["cluster"] == "sim-1" && r["phase"] == "succeeded"
             })
         },
     );
@@ -287,27 +287,27 @@ fn forbid_skips_replace_replaces_allow_overlaps_and_failures_are_recorded() {
         ["forbid", "replace", "allow"]
             .iter()
             .all(|w| runs(&d, w).len() >= 3)
-            && count(&runs(&d, "crash"), "Failed") >= 1
+            && count(&runs(&d, "crash"), "failed") >= 1
     });
     // forbid: the first run never finishes, later firings are skipped, one Job.
     let f = runs(&d, "forbid");
-    assert_eq!(count(&f, "Running"), 1, "{f:?}");
-    assert!(count(&f, "Skipped") >= 2, "{f:?}");
+    assert_eq!(count(&f, "running"), 1, "{f:?}");
+    assert!(count(&f, "skipped") >= 2, "{f:?}");
     assert_eq!(jobs(&k, 1, "forbid").len(), 1);
     // replace: each firing deletes the active Job and starts its own.
     let r = runs(&d, "replace");
-    assert!(count(&r, "Replaced") >= 2, "{r:?}");
-    assert_eq!(count(&r, "Running"), 1, "{r:?}");
+    assert!(count(&r, "replaced") >= 2, "{r:?}");
+    assert_eq!(count(&r, "running"), 1, "{r:?}");
     d.wait_for("replaced Jobs deleted", Duration::from_secs(10), || {
         jobs(&k, 1, "replace").len() == 1
     });
     // allow: they pile up.
     let a = runs(&d, "allow");
-    assert!(count(&a, "Running") >= 3, "{a:?}");
+    assert!(count(&a, "running") >= 3, "{a:?}");
     assert!(jobs(&k, 1, "allow").len() >= 3);
     // A failing Job: recorded with the Job's reason.
     let c = runs(&d, "crash");
-    let failed = c.iter().find(|x| x["phase"] == "Failed").expect("failed");
+    let failed = c.iter().find(|x| x["phase"] == "failed").expect("failed");
     assert!(
         failed["message"]
             .as_str()
@@ -366,11 +366,11 @@ fn a_daemon_killed_between_record_and_create_submits_the_run_once() {
     let f = runs(&d, "forbid");
     // forbid: the pre-crash run is the one Job; nothing ran twice.
     assert_eq!(jobs(&k, 1, "forbid").len(), 1, "{f:?}");
-    assert_eq!(count(&f, "Running"), 1, "{f:?}");
-    let running = f.iter().find(|r| r["phase"] == "Running").expect("running");
+    assert_eq!(count(&f, "running"), 1, "{f:?}");
+    let running = f.iter().find(|r| r["phase"] == "running").expect("running");
     let earliest = f.last().expect("records");
     assert_eq!(
-        running["run_id"], earliest["run_id"],
+        running["runId"], earliest["runId"],
         "the run recorded before the crash: {f:?}"
     );
     // Every Job of allow belongs to a distinct recorded run.
@@ -381,7 +381,7 @@ fn a_daemon_killed_between_record_and_create_submits_the_run_once() {
     assert_eq!(names.len(), n);
     for name in &names {
         assert!(
-            a.iter().any(|r| r["run_id"] == name.as_str()),
+            a.iter().any(|r| r["runId"] == name.as_str()),
             "{name} recorded"
         );
     }
@@ -404,11 +404,11 @@ fn a_daemon_killed_between_record_and_create_submits_the_run_once() {
     assert!(out.status.success(), "{}", stderr(&out));
     let text = stdout(&out);
     assert!(
-        text.contains(running["run_id"].as_str().unwrap_or("?")),
+        text.contains(running["runId"].as_str().unwrap_or("?")),
         "{text}"
     );
     assert!(
-        text.contains("Running") && text.contains("Skipped"),
+        text.contains("running") && text.contains("skipped"),
         "{text}"
     );
 }
@@ -461,7 +461,7 @@ fn a_verify_workflow_failing_in_the_canary_rolls_the_batch_back() {
         "one verification, in the canary only: {smoke:?}"
     );
     assert_eq!(smoke[0]["cluster"], "sim-1");
-    assert_eq!(smoke[0]["phase"], "Succeeded");
+    assert_eq!(smoke[0]["phase"], "succeeded");
     assert_eq!(jobs(&k, 3, "smoke").len(), 1);
 
     // web:2 with a smoke test that fails: the canary is rolled back, sim-2/3 never see web:2.
@@ -549,13 +549,13 @@ fn real_jobs_complete_and_fail_under_the_job_controller_and_a_custom_kind_follow
     // A real Job: the Job controller runs its pod, pretend-kubelet finishes it, the Job
     // becomes Complete, the run Succeeded; history 1 deletes the older Jobs.
     d.wait_for("ok succeeds twice", Duration::from_secs(90), || {
-        count(&runs(&d, "ok"), "Succeeded") >= 2
+        count(&runs(&d, "ok"), "succeeded") >= 2
     });
     d.wait_for("ok keeps one finished Job", Duration::from_secs(30), || {
-        let finished = count(&runs(&d, "ok"), "Succeeded");
+        let finished = count(&runs(&d, "ok"), "succeeded");
         let active = runs(&d, "ok")
             .iter()
-            .filter(|r| r["phase"] == "Running")
+            .filter(|r| r["phase"] == "running")
             .count();
         finished >= 2 && real_names(&kube, "jobs", "ok").len() <= 1 + active
     });
@@ -576,11 +576,11 @@ fn real_jobs_complete_and_fail_under_the_job_controller_and_a_custom_kind_follow
     );
     // A failing pod: the Job fails (backoffLimit 0), the run is Failed with the Job's reason.
     d.wait_for("fail fails", Duration::from_secs(60), || {
-        count(&runs(&d, "fail"), "Failed") >= 1
+        count(&runs(&d, "fail"), "failed") >= 1
     });
     let failed = runs(&d, "fail")
         .into_iter()
-        .find(|r| r["phase"] == "Failed")
+        .find(|r| r["phase"] == "failed")
         .expect("failed run");
     assert!(
         failed["message"]
@@ -598,8 +598,8 @@ fn real_jobs_complete_and_fail_under_the_job_controller_and_a_custom_kind_follow
     let name = real_names(&kube, "workflows.argoproj.io", "argo")[0].clone();
     std::thread::sleep(Duration::from_secs(4));
     let r = runs(&d, "argo");
-    assert_eq!(count(&r, "Running"), 1, "{r:?}");
-    assert!(count(&r, "Skipped") >= 1, "forbid while it runs: {r:?}");
+    assert_eq!(count(&r, "running"), 1, "{r:?}");
+    assert!(count(&r, "skipped") >= 1, "forbid while it runs: {r:?}");
     kube.ok(&[
         "patch",
         "workflows.argoproj.io",
@@ -614,7 +614,7 @@ fn real_jobs_complete_and_fail_under_the_job_controller_and_a_custom_kind_follow
     d.wait_for("the argo run succeeds", Duration::from_secs(20), || {
         runs(&d, "argo")
             .iter()
-            .any(|r| r["run_id"] == name.as_str() && r["phase"] == "Succeeded")
+            .any(|r| r["runId"] == name.as_str() && r["phase"] == "succeeded")
     });
     // Every object went through SSA with the workflow field manager.
     let managers = kube.ok(&[
@@ -648,8 +648,8 @@ fn read_only_submits_nothing_and_records_what_it_would_have_done() {
     assert!(jobs(&k, 3, "pick").is_empty());
     assert!(jobs(&k, 3, "all").is_empty());
     for r in runs(&d, "pick").iter().chain(runs(&d, "all").iter()) {
-        assert_eq!(r["phase"], "Skipped", "{r}");
-        assert_eq!(r["dry_run"], true, "{r}");
+        assert_eq!(r["phase"], "skipped", "{r}");
+        assert_eq!(r["dryRun"], true, "{r}");
         assert!(
             r["message"]
                 .as_str()

@@ -40,6 +40,7 @@ pub const RECORDS_KEPT: usize = 100;
 
 /// Where a run is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, PartialOrd, Ord)]
+#[serde(rename_all = "camelCase")]
 pub enum RunPhase {
     /// Recorded; its object may not exist yet (created next, idempotently by name).
     Pending,
@@ -80,6 +81,7 @@ impl RunPhase {
 
 /// The object of a run in one cluster.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct RunObject {
     pub api_version: String,
     pub kind: String,
@@ -110,6 +112,7 @@ impl RunObject {
 /// One run of a workflow in one cluster (or a firing that did not run), as kept in the state
 /// store. Written before the object is created.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct RunRecord {
     pub workflow: String,
     /// `<workflow>-<yyyymmddhhmm>` (seconds appended for 6-field schedules); also the object's
@@ -142,6 +145,7 @@ impl RunRecord {
 
 /// Per workflow: where its schedule stands.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct ScheduleState {
     /// The last scheduled time handled (run, skipped or missed); firings after it are due.
     pub last_scheduled: DateTime<Utc>,
