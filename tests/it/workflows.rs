@@ -305,6 +305,27 @@ fn forbid_skips_replace_replaces_allow_overlaps_and_failures_are_recorded() {
     let a = runs(&d, "allow");
     assert!(count(&a, "running") >= 3, "{a:?}");
     assert!(jobs(&k, 1, "allow").len() >= 3);
+    // timeout: the run is failed and its Job deleted.
+    d.wait_for("slow times out", Duration::from_secs(20), || {
+        count(&runs(&d, "slow"), "failed") >= 1
+    });
+    let slow = runs(&d, "slow");
+    let timed_out = slow
+        .iter()
+        .find(|x| x["phase"] == "failed")
+        .expect("failed");
+    assert!(
+        timed_out["message"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("timed out after 2s"),
+        "{timed_out}"
+    );
+    let gone = timed_out["runId"].as_str().unwrap_or("?").to_string();
+    assert!(
+        !jobs(&k, 1, "slow").iter().any(|j| j.0 == gone),
+        "{gone} deleted"
+    );
     // A failing Job: recorded with the Job's reason.
     let c = runs(&d, "crash");
     let failed = c.iter().find(|x| x["phase"] == "failed").expect("failed");
