@@ -132,11 +132,15 @@ spec:
 
 #[test]
 fn run_one_follows_free_capacity_each_covers_every_cluster_and_history_is_trimmed() {
-    let k = SimKube::start(SimConfig {
-        clusters: 3,
-        ready_delay: Duration::from_millis(100),
-        ..Default::default()
-    });
+    let k = SimKube::start(
+        SimConfig {
+            clusters: 3,
+            ready_delay: Duration::from_millis(100),
+            ..Default::default()
+        }
+        .unready_images("^hang$")
+        .expect("regex"),
+    );
     // sim-1: one 7-CPU pod (a node with 1 CPU left); sim-3: one 3-CPU pod. sim-2 is empty.
     load(&k, "sim-1", "big", 1, "7");
     load(&k, "sim-3", "small", 1, "3");
@@ -223,6 +227,12 @@ fn run_one_follows_free_capacity_each_covers_every_cluster_and_history_is_trimme
         "{metrics}"
     );
     assert!(d.log().contains("flotilla::workflow"), "events in the log");
+
+    // maxConcurrent: 1 with run: each: one cluster runs, the two others wait as pending.
+    let limited = runs(&d, "limited");
+    assert_eq!(count(&limited, "running"), 1, "{limited:?}");
+    assert_eq!(count(&limited, "pending"), 2, "{limited:?}");
+    assert_eq!(jobs(&k, 3, "limited").len(), 1);
 
     // The CLI through the daemon: list, and a manual run pinned to sim-1 (the fullest).
     let server = format!("http://127.0.0.1:{}", d.port);
