@@ -417,6 +417,7 @@ impl Runner {
             Ok(c) => c,
             Err(e) => {
                 tracing::warn!(target: "flotilla::workflow", workflow = %w.name, run = %r.run_id, cluster = %cluster_name, error = %e, "cannot reach the cluster; the run stays pending");
+                self.give_up_if_expired(w, &mut r);
                 return r;
             }
         };
@@ -435,6 +436,7 @@ impl Runner {
             }
             Err(e) if e.is_unavailable() => {
                 tracing::warn!(target: "flotilla::workflow", workflow = %w.name, run = %r.run_id, cluster = %cluster_name, error = %e, "the run stays pending");
+                self.give_up_if_expired(w, &mut r);
             }
             Err(e) => {
                 r.phase = RunPhase::Failed;
@@ -445,6 +447,18 @@ impl Runner {
             }
         }
         r
+    }
+
+    /// A pending run whose cluster stayed unreachable past `plan::pending_limit` is failed,
+    /// so it no longer holds back the next firing under `forbid`.
+    fn give_up_if_expired(&mut self, w: &Workflow, r: &mut RunRecord) {
+        if let Some(message) = plan::pending_expired(w, r.scheduled, Utc::now()) {
+            r.phase = RunPhase::Failed;
+            r.finished = Some(Utc::now());
+            r.message = message;
+            self.event(r);
+            self.count(r);
+        }
     }
 
     /// Looks at a running run's object; `Some` when its record changes.

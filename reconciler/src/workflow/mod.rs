@@ -468,6 +468,33 @@ pub fn may_start(pending: usize, running: usize, max_concurrent: Option<u32>) ->
     }
 }
 
+/// How long a run may stay `Pending` (its cluster unreachable) before it is failed:
+/// the workflow's `startingDeadline`, else its `timeout`, else 15 minutes. Without a bound a
+/// cluster that never comes back would hold a `forbid` workflow forever.
+pub fn pending_limit(w: &Workflow) -> chrono::Duration {
+    w.starting_deadline
+        .as_ref()
+        .or(w.timeout.as_ref())
+        .and_then(|d| chrono::Duration::from_std(d.value).ok())
+        .unwrap_or_else(|| chrono::Duration::minutes(15))
+}
+
+/// `Some(message)` when a run scheduled at `scheduled` has waited past [`pending_limit`].
+pub fn pending_expired(
+    w: &Workflow,
+    scheduled: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> Option<String> {
+    let waited = now.signed_duration_since(scheduled);
+    (waited > pending_limit(w)).then(|| {
+        format!(
+            "could not be created for {}s (the cluster was unreachable); given up after {}s",
+            waited.num_seconds(),
+            pending_limit(w).num_seconds()
+        )
+    })
+}
+
 /// What history trimming does.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Trim {

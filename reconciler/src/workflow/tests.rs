@@ -491,3 +491,25 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_run_waiting_for_an_unreachable_cluster_is_given_up_after_its_deadline() {
+    let mut w = wf("0 * * * *", None, Concurrency::Forbid);
+    let scheduled = at("2026-12-04T10:00:00Z");
+    // Default: 15 minutes.
+    assert_eq!(
+        pending_expired(&w, scheduled, at("2026-12-04T10:14:00Z")),
+        None
+    );
+    let m = pending_expired(&w, scheduled, at("2026-12-04T10:16:00Z")).unwrap_or_default();
+    assert!(m.contains("unreachable") && m.contains("900s"), "{m}");
+    // The timeout, when set, bounds the wait too; the starting deadline comes first.
+    w.timeout = Some(Duration::parse("2m").expect("d"));
+    assert!(pending_expired(&w, scheduled, at("2026-12-04T10:03:00Z")).is_some());
+    w.starting_deadline = Some(Duration::parse("30m").expect("d"));
+    assert_eq!(
+        pending_expired(&w, scheduled, at("2026-12-04T10:03:00Z")),
+        None
+    );
+    assert!(pending_expired(&w, scheduled, at("2026-12-04T10:31:00Z")).is_some());
+}
