@@ -28,6 +28,7 @@ pub use model::*;
 pub use repo::{MemRepo, NoRepo, PathKind, RepoError, RepoFiles};
 pub use validate::{Selection, kustomization_file, placement_bundles, render_kind};
 pub use yaml::Limits;
+pub use decode::check_store;
 
 /// The result of checking a fleet file.
 #[derive(Debug)]
