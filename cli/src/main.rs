@@ -10,6 +10,7 @@ use flotilla_source::{LocalTree, git};
 use flotilla_spec::types::RepoPath;
 use flotilla_spec::{Checked, Diagnostic, Limits, RepoFiles};
 
+mod backup;
 mod demo;
 mod images;
 mod live;
@@ -174,6 +175,13 @@ enum Command {
         #[command(subcommand)]
         command: images::ImagesCommand,
     },
+    /// Backups of the fleet's backup policies: run one now, list, verify.
+    Backup {
+        #[command(subcommand)]
+        command: backup::BackupCommand,
+    },
+    /// Restores a backup into a cluster (see docs/backups.md).
+    Restore(Box<backup::RestoreArgs>),
 }
 
 #[derive(clap::Args)]
@@ -357,6 +365,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Sim(args) => sim(args),
         Command::Images { command } => images::run(command),
+        Command::Backup { command } => backup::run(command),
+        Command::Restore(args) => backup::restore(*args),
         Command::Diff {
             fleet,
             clusters,
