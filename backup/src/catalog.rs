@@ -109,11 +109,16 @@ pub async fn list(
         });
     }
     out.sort_by(|a, b| {
-        (a.manifest.backup.as_str(), a.manifest.cluster.as_str(), &a.manifest.timestamp).cmp(&(
-            b.manifest.backup.as_str(),
-            b.manifest.cluster.as_str(),
-            &b.manifest.timestamp,
-        ))
+        (
+            a.manifest.backup.as_str(),
+            a.manifest.cluster.as_str(),
+            &a.manifest.timestamp,
+        )
+            .cmp(&(
+                b.manifest.backup.as_str(),
+                b.manifest.cluster.as_str(),
+                &b.manifest.timestamp,
+            ))
     });
     Ok(out)
 }
@@ -127,11 +132,13 @@ pub async fn select(
     at: Option<&str>,
 ) -> Result<Listed, BackupError> {
     let all = list(store, Some(backup), Some(cluster)).await?;
-    let none = || BackupError::NotFound(format!(
-        "no complete backup {backup:?} of cluster {cluster:?} in {}{}",
-        store.url(),
-        at.map(|a| format!(" at {a}")).unwrap_or_default()
-    ));
+    let none = || {
+        BackupError::NotFound(format!(
+            "no complete backup {backup:?} of cluster {cluster:?} in {}{}",
+            store.url(),
+            at.map(|a| format!(" at {a}")).unwrap_or_default()
+        ))
+    };
     match at {
         None | Some("latest") => all.into_iter().last().ok_or_else(none),
         Some(a) => {
@@ -217,7 +224,26 @@ pub async fn delete(store: &Store, location: &str) -> Result<(), BackupError> {
     for p in paths {
         delete_one(store, &p).await?;
     }
+    // A file store keeps directories: drop the ones the backup leaves empty.
+    if let Some(root) = &store.local_root {
+        prune_empty_dirs(&root.join(location));
+    }
     Ok(())
+}
+
+/// Removes `dir` and its subdirectories when they hold no file.
+fn prune_empty_dirs(dir: &std::path::Path) -> bool {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return false;
+    };
+    let mut empty = true;
+    for e in rd.flatten() {
+        let p = e.path();
+        if !(p.is_dir() && prune_empty_dirs(&p)) {
+            empty = false;
+        }
+    }
+    empty && std::fs::remove_dir(dir).is_ok()
 }
 
 async fn delete_one(store: &Store, p: &Path) -> Result<(), BackupError> {
@@ -275,5 +301,76 @@ pub async fn collect_garbage(
         tracing::info!(location = %dir, "incomplete backup deleted");
         deleted.push(dir.clone());
     }
+    // A file store also holds the staging files of uploads that never finished (a killed
+    // process): invisible to listing, removed here with their empty directories.
+    if let Some(root) = &store.local_root {
+        let base = match backup {
+            Some(b) => root.join(b),
+            None => root.clone(),
+        };
+        let cutoff = std::time::SystemTime::now()
+            .checked_sub(grace)
+            .unwrap_or(std::time::UNIX_EPOCH);
+        let mut staged = BTreeSet::new();
+        sweep_staging(&base, cutoff, &mut staged);
+        for dir in staged {
+            if let Ok(rel) = dir.strip_prefix(root) {
+                let rel = rel.to_string_lossy().to_string();
+                if rel.split('/').count() == 3
+                    && !complete.contains(&rel)
+                    && !deleted.contains(&rel)
+                {
+                    tracing::info!(location = %rel, "incomplete backup deleted");
+                    deleted.push(rel);
+                }
+            }
+        }
+    }
     Ok(deleted)
+}
+
+/// Deletes `*#*` staging files older than `cutoff` under `dir` and the directories they
+/// leave empty; records the backup directories (3 levels down) they were in.
+fn sweep_staging(
+    dir: &std::path::Path,
+    cutoff: std::time::SystemTime,
+    staged: &mut BTreeSet<std::path::PathBuf>,
+) -> bool {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return false;
+    };
+    let mut empty = true;
+    for e in rd.flatten() {
+        let p = e.path();
+        let Ok(meta) = e.metadata() else {
+            empty = false;
+            continue;
+        };
+        if meta.is_dir() {
+            if sweep_staging(&p, cutoff, staged) {
+                let _ = std::fs::remove_dir(&p);
+            } else {
+                empty = false;
+            }
+        } else if e.file_name().to_string_lossy().contains('#')
+            && meta.modified().is_ok_and(|m| m <= cutoff)
+            && std::fs::remove_file(&p).is_ok()
+        {
+            let mut d = p.as_path();
+            while let Some(parent) = d.parent() {
+                if parent.components().count() + 1 == d.components().count()
+                    && parent
+                        .file_name()
+                        .is_some_and(|n| crate::parse_timestamp(&n.to_string_lossy()).is_some())
+                {
+                    staged.insert(parent.to_path_buf());
+                    break;
+                }
+                d = parent;
+            }
+        } else {
+            empty = false;
+        }
+    }
+    empty
 }

@@ -36,7 +36,10 @@ pub fn names_kind(name: &str, gvk: &Gvk, plural: &str) -> bool {
 }
 
 impl Filter {
-    pub fn from_spec(include: &flotilla_spec::ResourceFilter, exclude: &flotilla_spec::ResourceFilter) -> Filter {
+    pub fn from_spec(
+        include: &flotilla_spec::ResourceFilter,
+        exclude: &flotilla_spec::ResourceFilter,
+    ) -> Filter {
         Filter {
             include_namespaces: include.namespaces.clone(),
             exclude_namespaces: exclude.namespaces.clone(),
@@ -52,10 +55,17 @@ impl Filter {
         if NEVER.iter().any(|(g, k)| *g == gvk.group && *k == gvk.kind) {
             return false;
         }
-        if self.exclude_kinds.iter().any(|k| names_kind(k, gvk, &info.plural)) {
+        if self
+            .exclude_kinds
+            .iter()
+            .any(|k| names_kind(k, gvk, &info.plural))
+        {
             return false;
         }
-        let named = self.include_kinds.iter().any(|k| names_kind(k, gvk, &info.plural));
+        let named = self
+            .include_kinds
+            .iter()
+            .any(|k| names_kind(k, gvk, &info.plural));
         if gvk.group.is_empty() && gvk.kind == "Namespace" {
             return true;
         }
@@ -71,14 +81,21 @@ impl Filter {
     /// what the other objects need.
     pub fn keeps_restored_kind(&self, gvk: &Gvk) -> bool {
         let plural = format!("{}s", gvk.kind.to_ascii_lowercase());
-        if self.exclude_kinds.iter().any(|k| names_kind(k, gvk, &plural)) {
+        if self
+            .exclude_kinds
+            .iter()
+            .any(|k| names_kind(k, gvk, &plural))
+        {
             return false;
         }
         let dependency = (gvk.group.is_empty() && gvk.kind == "Namespace")
             || (gvk.group == "apiextensions.k8s.io" && gvk.kind == "CustomResourceDefinition");
         dependency
             || self.include_kinds.is_empty()
-            || self.include_kinds.iter().any(|k| names_kind(k, gvk, &plural))
+            || self
+                .include_kinds
+                .iter()
+                .any(|k| names_kind(k, gvk, &plural))
     }
 
     /// Whether objects of `namespace` are kept (for a Namespace object: its name).
@@ -92,7 +109,11 @@ impl Filter {
     /// Whether the object (in wire shape) is kept, its kind already kept.
     pub fn keeps_object(&self, gvk: &Gvk, namespaced: bool, v: &serde_json::Value) -> bool {
         let meta = v.get("metadata");
-        let s = |k: &str| meta.and_then(|m| m.get(k)).and_then(|x| x.as_str()).unwrap_or("");
+        let s = |k: &str| {
+            meta.and_then(|m| m.get(k))
+                .and_then(|x| x.as_str())
+                .unwrap_or("")
+        };
         if gvk.group.is_empty() && gvk.kind == "Namespace" {
             return self.keeps_namespace(s("name"));
         }
@@ -129,7 +150,10 @@ mod tests {
         assert!(!f.keeps_kind(&secret, &info("secrets", true)));
         assert!(!f.keeps_kind(&cr, &info("clusterroles", false)));
         let g = Filter {
-            include_kinds: vec!["ClusterRole.rbac.authorization.k8s.io".into(), "ConfigMap".into()],
+            include_kinds: vec![
+                "ClusterRole.rbac.authorization.k8s.io".into(),
+                "ConfigMap".into(),
+            ],
             ..Filter::default()
         };
         assert!(g.keeps_kind(&cr, &info("clusterroles", false)));

@@ -96,6 +96,20 @@ pub struct Manifest {
     pub files: Vec<FileEntry>,
 }
 
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn timestamps_round_trip() {
+        let t = chrono::DateTime::parse_from_rfc3339("2026-12-04T10:15:00.123Z")
+            .map(|t| t.with_timezone(&chrono::Utc))
+            .ok();
+        let name = super::timestamp_name(t.unwrap_or_default());
+        assert_eq!(name, "20261204T101500.123Z");
+        assert_eq!(super::parse_timestamp(&name), t);
+        assert_eq!(super::parse_timestamp("20261204T101500Z"), None);
+    }
+}
+
 impl Manifest {
     pub fn objects(&self) -> u64 {
         self.counts.values().sum()
@@ -122,7 +136,22 @@ pub fn timestamp_name(t: chrono::DateTime<chrono::Utc>) -> String {
 
 /// The time a directory name stands for.
 pub fn parse_timestamp(s: &str) -> Option<chrono::DateTime<chrono::Utc>> {
-    chrono::NaiveDateTime::parse_from_str(s, "%Y%m%dT%H%M%S%.3fZ")
+    // `%Y` parses greedily: spell the time out as RFC 3339 first.
+    let b = s.as_bytes();
+    if b.len() != 20 || b[8] != b'T' || b[15] != b'.' || b[19] != b'Z' || !s.is_ascii() {
+        return None;
+    }
+    let rfc = format!(
+        "{}-{}-{}T{}:{}:{}.{}Z",
+        &s[0..4],
+        &s[4..6],
+        &s[6..8],
+        &s[9..11],
+        &s[11..13],
+        &s[13..15],
+        &s[16..19]
+    );
+    chrono::DateTime::parse_from_rfc3339(&rfc)
         .ok()
-        .map(|n| n.and_utc())
+        .map(|t| t.with_timezone(&chrono::Utc))
 }

@@ -54,7 +54,10 @@ pub fn parse_patches(v: &Value) -> Result<Vec<RestorePatch>, String> {
                 return Err(at(format!("unknown key {k:?}")));
             }
         }
-        let t = o.get("target").and_then(Value::as_object).ok_or_else(|| at("needs a target".into()))?;
+        let t = o
+            .get("target")
+            .and_then(Value::as_object)
+            .ok_or_else(|| at("needs a target".into()))?;
         let mut target = flotilla_spec::Target::default();
         for (k, v) in t {
             let s = v
@@ -111,7 +114,9 @@ pub struct RestoreRequest {
 }
 
 /// Parses an age identity file (`AGE-SECRET-KEY-1...` lines, comments allowed).
-pub fn read_identities(text: &str) -> Result<Vec<Box<dyn age::Identity + Send + Sync>>, BackupError> {
+pub fn read_identities(
+    text: &str,
+) -> Result<Vec<Box<dyn age::Identity + Send + Sync>>, BackupError> {
     age::IdentityFile::from_buffer(text.as_bytes())
         .map_err(|e| BackupError::Crypto(format!("identity file: {e}")))?
         .into_identities()
@@ -182,7 +187,10 @@ pub async fn restore(
     let m = &listed.manifest;
     if m.files.iter().any(|f| f.encrypted) && req.identities.is_empty() {
         let wanted = m.files.iter().filter(|f| f.encrypted).count();
-        if req.filter.keeps_restored_kind(&Gvk::new("", "v1", "Secret")) {
+        if req
+            .filter
+            .keeps_restored_kind(&Gvk::new("", "v1", "Secret"))
+        {
             return Err(BackupError::Crypto(format!(
                 "the backup has {wanted} encrypted Secrets: give the age identity (--identity FILE) or exclude Secrets"
             )));
@@ -250,9 +258,8 @@ pub async fn restore(
             .await
             .map_err(|e| store.err(&format!("read {}", f.path), e))?;
         let plain: Vec<u8> = if f.encrypted {
-            decrypt(&req.identities, &bytes).map_err(|e| {
-                BackupError::Crypto(format!("{}: {e}", f.path))
-            })?
+            decrypt(&req.identities, &bytes)
+                .map_err(|e| BackupError::Crypto(format!("{}: {e}", f.path)))?
         } else {
             bytes.to_vec()
         };
@@ -264,6 +271,7 @@ pub async fn restore(
             })?;
             if let Some(item) = restore_one(cluster, v, req).await {
                 if item.action == RestoreAction::Created
+                    && !req.dry_run
                     && gvk.kind == "CustomResourceDefinition"
                     && let Some(r) = item_ref(&item.object, &gvk)
                 {
@@ -305,7 +313,11 @@ pub fn transform(mut v: Value, req: &RestoreRequest) -> Result<Option<Value>, St
         return Err("an object without apiVersion, kind or name".into());
     };
     let is_ns = r.gvk.group.is_empty() && r.gvk.kind == "Namespace";
-    let source_ns = if is_ns { Some(r.name.as_str()) } else { r.namespace.as_deref() };
+    let source_ns = if is_ns {
+        Some(r.name.as_str())
+    } else {
+        r.namespace.as_deref()
+    };
     if let Some(ns) = source_ns
         && !req.filter.keeps_namespace(ns)
     {
@@ -318,7 +330,10 @@ pub fn transform(mut v: Value, req: &RestoreRequest) -> Result<Option<Value>, St
         let key = if is_ns { "name" } else { "namespace" };
         meta.insert(key.into(), Value::String(to.clone()));
         if is_ns && let Some(labels) = meta.get_mut("labels").and_then(Value::as_object_mut) {
-            labels.insert("kubernetes.io/metadata.name".into(), Value::String(to.clone()));
+            labels.insert(
+                "kubernetes.io/metadata.name".into(),
+                Value::String(to.clone()),
+            );
         }
     }
     for p in &req.patches {
@@ -326,7 +341,8 @@ pub fn transform(mut v: Value, req: &RestoreRequest) -> Result<Option<Value>, St
             continue;
         }
         if let Some(ops) = &p.json_patch {
-            json_patch::patch(&mut v, &ops.0).map_err(|e| format!("override ({}): {e}", p.describe))?;
+            json_patch::patch(&mut v, &ops.0)
+                .map_err(|e| format!("override ({}): {e}", p.describe))?;
         }
         if let Some(mp) = &p.merge_patch {
             json_patch::merge(&mut v, mp);
@@ -367,7 +383,11 @@ async fn restore_one(cluster: &dyn Cluster, v: Value, req: &RestoreRequest) -> O
     if exists && req.existing == Existing::Skip {
         return Some(item(RestoreAction::Skipped, Some("already exists".into())));
     }
-    let action = if exists { RestoreAction::Updated } else { RestoreAction::Created };
+    let action = if exists {
+        RestoreAction::Updated
+    } else {
+        RestoreAction::Created
+    };
     if req.dry_run {
         return Some(item(action, None));
     }

@@ -34,13 +34,21 @@ pub struct BackupRequest {
 
 impl BackupRequest {
     /// The request for a fleet.yaml policy.
-    pub fn from_policy(fleet: &str, b: &flotilla_spec::Backup, now: DateTime<Utc>) -> BackupRequest {
+    pub fn from_policy(
+        fleet: &str,
+        b: &flotilla_spec::Backup,
+        now: DateTime<Utc>,
+    ) -> BackupRequest {
         BackupRequest {
             fleet: fleet.into(),
             backup: b.name.clone(),
             fleet_commit: None,
             filter: Filter::from_spec(&b.include, &b.exclude),
-            recipients: b.encrypt.as_ref().map(|e| e.age.clone()).unwrap_or_default(),
+            recipients: b
+                .encrypt
+                .as_ref()
+                .map(|e| e.age.clone())
+                .unwrap_or_default(),
             keep_status: b.status,
             now,
         }
@@ -85,9 +93,7 @@ pub fn clean(v: &Value, keep_status: bool) -> Option<Value> {
         return None;
     }
     let mut out = flotilla_reconciler::diff::normalize(v);
-    if keep_status
-        && let (Some(status), Some(o)) = (v.get("status"), out.as_object_mut())
-    {
+    if keep_status && let (Some(status), Some(o)) = (v.get("status"), out.as_object_mut()) {
         o.insert("status".into(), status.clone());
     }
     if let Some(meta) = out.get_mut("metadata").and_then(Value::as_object_mut) {
@@ -175,7 +181,12 @@ impl FileWriter {
                 up.finish().await.map_err(|e| store.err(&what, e))?;
             }
         }
-        Ok((self.rel, hex(&self.hasher.finalize()), self.size, self.objects))
+        Ok((
+            self.rel,
+            hex(&self.hasher.finalize()),
+            self.size,
+            self.objects,
+        ))
     }
 
     async fn abort(mut self) {
@@ -186,7 +197,11 @@ impl FileWriter {
 }
 
 fn group_dir(gvk: &Gvk) -> &str {
-    if gvk.group.is_empty() { "core" } else { &gvk.group }
+    if gvk.group.is_empty() {
+        "core"
+    } else {
+        &gvk.group
+    }
 }
 
 /// `ConfigMap`, `Widget.example.com`: how counts name a kind.
@@ -309,7 +324,10 @@ async fn backup_inner(
             crds_written = true;
         }
         let n = if is_secret {
-            write_secrets(cluster, store, req, recipients, dir, gvk, info, &mut files, written).await?
+            write_secrets(
+                cluster, store, req, recipients, dir, gvk, info, &mut files, written,
+            )
+            .await?
         } else {
             write_kind(cluster, store, req, dir, gvk, info, &mut files, written).await?
         };
@@ -533,7 +551,10 @@ async fn write_secrets(
 }
 
 /// `plain` encrypted to every recipient (binary age format).
-pub fn encrypt(recipients: &[age::x25519::Recipient], plain: &[u8]) -> Result<Vec<u8>, BackupError> {
+pub fn encrypt(
+    recipients: &[age::x25519::Recipient],
+    plain: &[u8],
+) -> Result<Vec<u8>, BackupError> {
     use std::io::Write;
     let enc = age::Encryptor::with_recipients(recipients.iter().map(|r| r as &dyn age::Recipient))
         .map_err(|e| BackupError::Crypto(e.to_string()))?;

@@ -54,7 +54,10 @@ impl StoreSettings {
         self.endpoint.as_deref().is_some_and(|e| {
             let rest = e.strip_prefix("http://").unwrap_or(e);
             let host = rest.split(['/', ':']).next().unwrap_or("");
-            host == "localhost" || host == "[" || host.starts_with("127.") || rest.starts_with("[::1]")
+            host == "localhost"
+                || host == "["
+                || host.starts_with("127.")
+                || rest.starts_with("[::1]")
         })
     }
 }
@@ -65,6 +68,8 @@ pub struct Store {
     pub(crate) inner: Arc<dyn ObjectStore>,
     pub(crate) prefix: Path,
     url: String,
+    /// The directory of a `file://` store.
+    pub(crate) local_root: Option<std::path::PathBuf>,
 }
 
 impl fmt::Debug for Store {
@@ -76,10 +81,10 @@ impl fmt::Debug for Store {
 impl Store {
     /// Opens `url` (validated like fleet.yaml's `store`).
     pub fn open(url: &str, settings: &StoreSettings) -> Result<Store, BackupError> {
-        let url = flotilla_spec::check_store(url).map_err(|message| BackupError::Settings {
-            message,
-        })?;
-        if let Some(dir) = url.strip_prefix("file://") {
+        let url =
+            flotilla_spec::check_store(url).map_err(|message| BackupError::Settings { message })?;
+        if let Some(dir) = url.strip_prefix("file://").map(str::to_string) {
+            let dir = dir.as_str();
             std::fs::create_dir_all(dir).map_err(|e| BackupError::Store {
                 store: url.clone(),
                 message: format!("cannot create {dir}: {e}"),
@@ -92,6 +97,7 @@ impl Store {
                 inner: Arc::new(fs),
                 prefix: Path::default(),
                 url,
+                local_root: Some(std::path::PathBuf::from(dir)),
             });
         }
         let rest = url.strip_prefix("s3://").unwrap_or(&url);
@@ -132,6 +138,7 @@ impl Store {
             inner: Arc::new(s3),
             prefix: Path::from(prefix.trim_matches('/')),
             url,
+            local_root: None,
         })
     }
 
@@ -154,7 +161,10 @@ impl Store {
     /// The part of `p` after the store's prefix.
     pub(crate) fn relative(&self, p: &Path) -> String {
         match p.prefix_match(&self.prefix) {
-            Some(parts) => parts.map(|s| s.as_ref().to_string()).collect::<Vec<_>>().join("/"),
+            Some(parts) => parts
+                .map(|s| s.as_ref().to_string())
+                .collect::<Vec<_>>()
+                .join("/"),
             None => p.to_string(),
         }
     }

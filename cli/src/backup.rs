@@ -62,7 +62,9 @@ impl StoreArgs {
         let url = match (&self.store, policy) {
             (Some(u), _) => u.clone(),
             (None, Some(p)) => p.store.clone(),
-            (None, None) => bail!("no store: name a backup policy of fleet.yaml or give --store URL"),
+            (None, None) => {
+                bail!("no store: name a backup policy of fleet.yaml or give --store URL")
+            }
         };
         Ok(Store::open(&url, &self.settings()?)?)
     }
@@ -96,6 +98,18 @@ pub enum BackupCommand {
         store: StoreArgs,
         #[arg(short, long, value_enum, default_value_t = crate::Output::Text)]
         output: crate::Output,
+    },
+    /// Deletes incomplete backups (no manifest) older than the grace period.
+    Gc {
+        /// Only this policy (its store is the one cleaned unless --store).
+        name: Option<String>,
+        /// How old an incomplete backup must be (a running backup is younger).
+        #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = crate::parse_duration)]
+        grace: std::time::Duration,
+        #[command(flatten)]
+        fleet: FleetArgs,
+        #[command(flatten)]
+        store: StoreArgs,
     },
     /// Re-hashes every file of a backup against its manifest.
     Verify {
@@ -180,10 +194,17 @@ fn fleet(args: &FleetArgs) -> anyhow::Result<Result<(Fleet, String), ExitCode>> 
 }
 
 fn policy<'a>(fleet: &'a Fleet, name: &str) -> anyhow::Result<&'a flotilla_spec::Backup> {
-    fleet.backups.iter().find(|b| b.name == name).with_context(|| {
-        let names: Vec<&str> = fleet.backups.iter().map(|b| b.name.as_str()).collect();
-        format!("no backup policy {name:?} in fleet.yaml (policies: {})", names.join(", "))
-    })
+    fleet
+        .backups
+        .iter()
+        .find(|b| b.name == name)
+        .with_context(|| {
+            let names: Vec<&str> = fleet.backups.iter().map(|b| b.name.as_str()).collect();
+            format!(
+                "no backup policy {name:?} in fleet.yaml (policies: {})",
+                names.join(", ")
+            )
+        })
 }
 
 pub fn run(command: BackupCommand) -> anyhow::Result<ExitCode> {
@@ -222,7 +243,8 @@ pub fn run(command: BackupCommand) -> anyhow::Result<ExitCode> {
             let mut failed = 0;
             let mut results = Vec::new();
             for (cluster, context) in targets {
-                let mut req = BackupRequest::from_policy(&fleet.metadata.name, p, chrono::Utc::now());
+                let mut req =
+                    BackupRequest::from_policy(&fleet.metadata.name, p, chrono::Utc::now());
                 req.fleet_commit = Some(revision.clone()).filter(|r| !r.is_empty());
                 let r = rt.block_on(async {
                     // Backups only read: a read-only connection.
@@ -230,8 +252,16 @@ pub fn run(command: BackupCommand) -> anyhow::Result<ExitCode> {
                         .connect(&cluster, &context, true)
                         .await
                         .map_err(|e| anyhow::anyhow!("{e}"))?;
-                    let out = flotilla_backup::run::backup(&c as &dyn Cluster, &store, &req).await?;
-                    let expired = catalog::retain(&store, &name, &cluster, p.retain.value, chrono::Utc::now()).await?;
+                    let out =
+                        flotilla_backup::run::backup(&c as &dyn Cluster, &store, &req).await?;
+                    let expired = catalog::retain(
+                        &store,
+                        &name,
+                        &cluster,
+                        p.retain.value,
+                        chrono::Utc::now(),
+                    )
+                    .await?;
                     anyhow::Ok((out, expired))
                 });
                 match r {
@@ -245,8 +275,10 @@ pub fn run(command: BackupCommand) -> anyhow::Result<ExitCode> {
                                 out.manifest.bytes(),
                                 out.seconds,
                                 match out.manifest.secrets {
-                                    flotilla_backup::SecretsMode::Encrypted => "; Secrets encrypted",
-                                    flotilla_backup::SecretsMode::Excluded => "; Secrets excluded (no age recipients)",
+                                    flotilla_backup::SecretsMode::Encrypted =>
+                                        "; Secrets encrypted",
+                                    flotilla_backup::SecretsMode::Excluded =>
+                                        "; Secrets excluded (no age recipients)",
                                 }
                             );
                             for e in &expired {
@@ -258,7 +290,9 @@ pub fn run(command: BackupCommand) -> anyhow::Result<ExitCode> {
                     Err(e) => {
                         failed += 1;
                         eprintln!("{cluster}: backup failed: {e:#}");
-                        results.push(serde_json::json!({"cluster": cluster, "error": format!("{e:#}")}));
+                        results.push(
+                            serde_json::json!({"cluster": cluster, "error": format!("{e:#}")}),
+                        );
                     }
                 }
             }
@@ -292,7 +326,10 @@ pub fn run(command: BackupCommand) -> anyhow::Result<ExitCode> {
             let rt = runtime()?;
             let all = rt.block_on(catalog::list(&st, name.as_deref(), cluster.as_deref()))?;
             if output == crate::Output::Json {
-                let v: Vec<_> = all.iter().map(|l| serde_json::json!({"location": l.location, "manifest": l.manifest})).collect();
+                let v: Vec<_> = all
+                    .iter()
+                    .map(|l| serde_json::json!({"location": l.location, "manifest": l.manifest}))
+                    .collect();
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
                 let mut out = std::io::stdout().lock();
@@ -313,6 +350,35 @@ pub fn run(command: BackupCommand) -> anyhow::Result<ExitCode> {
                         }
                     )?;
                 }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        BackupCommand::Gc {
+            name,
+            grace,
+            fleet: fa,
+            store,
+        } => {
+            let p = match (&name, &store.store) {
+                (Some(n), None) => {
+                    let (fleet, _) = match fleet(&fa)? {
+                        Ok(f) => f,
+                        Err(code) => return Ok(code),
+                    };
+                    Some(policy(&fleet, n)?.clone())
+                }
+                _ => None,
+            };
+            let st = store.open(p.as_ref())?;
+            let rt = runtime()?;
+            let deleted = rt.block_on(catalog::collect_garbage(
+                &st,
+                name.as_deref(),
+                grace,
+                chrono::Utc::now(),
+            ))?;
+            for d in &deleted {
+                println!("deleted incomplete backup {d}");
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -339,11 +405,7 @@ pub fn run(command: BackupCommand) -> anyhow::Result<ExitCode> {
                 let l = catalog::select(&st, &name, &cluster, at.as_deref()).await?;
                 match catalog::verify(&st, &l).await {
                     Ok(()) => {
-                        println!(
-                            "{}: {} files verified",
-                            l.location,
-                            l.manifest.files.len()
-                        );
+                        println!("{}: {} files verified", l.location, l.manifest.files.len());
                         Ok(ExitCode::SUCCESS)
                     }
                     Err(e) => {
@@ -359,10 +421,14 @@ pub fn run(command: BackupCommand) -> anyhow::Result<ExitCode> {
 pub fn restore(args: RestoreArgs) -> anyhow::Result<ExitCode> {
     let mut namespace_map = BTreeMap::new();
     for m in &args.namespace_map {
-        let Some((a, b)) = m.split_once('=').filter(|(a, b)| !a.is_empty() && !b.is_empty()) else {
+        let Some((a, b)) = m
+            .split_once('=')
+            .filter(|(a, b)| !a.is_empty() && !b.is_empty())
+        else {
             bail!("--namespace-map {m:?}: expected FROM=TO");
         };
-        flotilla_spec::types::check_name(b).map_err(|e| anyhow::anyhow!("--namespace-map {m:?}: {e}"))?;
+        flotilla_spec::types::check_name(b)
+            .map_err(|e| anyhow::anyhow!("--namespace-map {m:?}: {e}"))?;
         namespace_map.insert(a.to_string(), b.to_string());
     }
     let identities = match &args.identity {
@@ -433,7 +499,13 @@ pub fn restore(args: RestoreArgs) -> anyhow::Result<ExitCode> {
     } else {
         let mut out = std::io::stdout().lock();
         for o in &report.objects {
-            write!(out, "{}: {} {}", report.target, o.object, o.action.label(report.dry_run))?;
+            write!(
+                out,
+                "{}: {} {}",
+                report.target,
+                o.object,
+                o.action.label(report.dry_run)
+            )?;
             if let Some(m) = &o.message {
                 write!(out, ": {m}")?;
             }

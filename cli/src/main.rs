@@ -474,7 +474,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 /// `90s`, `5m`, `1h30m`: the fleet's duration syntax.
-fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+pub(crate) fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     flotilla_spec::types::Duration::parse(s).map(|d| d.value)
 }
 

@@ -628,10 +628,10 @@ impl Cluster for KubeCluster {
             manager,
         })
         .await?
-            .ok_or_else(|| ClusterError::Invalid {
-                cluster: self.name.clone(),
-                message: "apply returned no object".into(),
-            })
+        .ok_or_else(|| ClusterError::Invalid {
+            cluster: self.name.clone(),
+            message: "apply returned no object".into(),
+        })
     }
 
     async fn delete(&self, r: &ObjectRef, dry_run: bool) -> Result<(), ClusterError> {

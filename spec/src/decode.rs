@@ -1217,9 +1217,7 @@ fn backup(cx: &mut Cx, node: &Node, path: &Ptr<'_>) -> Option<Backup> {
         }
         Some(d)
     });
-    let store = o.req(cx, "store", |cx, n, p| {
-        checked(cx, n, p, check_store)
-    });
+    let store = o.req(cx, "store", |cx, n, p| checked(cx, n, p, check_store));
     let encrypt = o.opt(cx, "encrypt", backup_encryption);
     let status = o.opt(cx, "status", bool_).unwrap_or(false);
     o.finish(cx);
@@ -1239,9 +1237,8 @@ fn backup(cx: &mut Cx, node: &Node, path: &Ptr<'_>) -> Option<Backup> {
 
 /// `file:///absolute/path` or `s3://bucket[/prefix]` (bucket names as S3 allows them).
 pub fn check_store(s: &str) -> Result<String, String> {
-    let bad = || {
-        format!("expected a store URL file:///absolute/path or s3://bucket/prefix, found {s:?}")
-    };
+    let bad =
+        || format!("expected a store URL file:///absolute/path or s3://bucket/prefix, found {s:?}");
     match s.split_once("://") {
         Some(("file", rest)) if rest.starts_with('/') => {
             if rest.split('/').any(|c| c == "..") {
@@ -1263,7 +1260,9 @@ pub fn check_store(s: &str) -> Result<String, String> {
                 ));
             }
             if prefix.split('/').any(|c| c == "." || c == "..") {
-                return Err(format!("store {s:?}: the prefix must not contain \".\" or \"..\""));
+                return Err(format!(
+                    "store {s:?}: the prefix must not contain \".\" or \"..\""
+                ));
             }
             Ok(s.to_string())
         }

@@ -23,12 +23,12 @@ pub mod types;
 pub mod validate;
 pub mod yaml;
 
+pub use decode::check_store;
 pub use diag::{Diagnostic, Severity};
 pub use model::*;
 pub use repo::{MemRepo, NoRepo, PathKind, RepoError, RepoFiles};
 pub use validate::{Selection, kustomization_file, placement_bundles, render_kind};
 pub use yaml::Limits;
-pub use decode::check_store;
 
 /// The result of checking a fleet file.
 #[derive(Debug)]
