@@ -18,13 +18,10 @@ use flotilla_spec::Fleet;
 use crate::live::runtime;
 use crate::{FleetArgs, INVALID, load, summary};
 
-/// Where the store is and how to reach it. Credentials: `AWS_ACCESS_KEY_ID` and
+/// How to reach S3-compatible stores. Credentials: `AWS_ACCESS_KEY_ID` and
 /// `AWS_SECRET_ACCESS_KEY`, or the files named here; never on the command line.
 #[derive(clap::Args, Clone)]
-pub struct StoreArgs {
-    /// The store (default: the policy's `store` in fleet.yaml).
-    #[arg(long, value_name = "URL")]
-    pub store: Option<String>,
+pub struct S3Args {
     /// S3-compatible endpoint (MinIO, OSS, Ceph): `http://127.0.0.1:9000`.
     #[arg(long, value_name = "URL", env = "FLOTILLA_S3_ENDPOINT")]
     pub s3_endpoint: Option<String>,
@@ -41,7 +38,7 @@ pub struct StoreArgs {
     pub s3_allow_http: bool,
 }
 
-impl StoreArgs {
+impl S3Args {
     pub fn settings(&self) -> anyhow::Result<StoreSettings> {
         let from = |file: &Option<PathBuf>, var: &str| -> anyhow::Result<Option<String>> {
             Ok(match file {
@@ -57,7 +54,19 @@ impl StoreArgs {
             allow_http: self.s3_allow_http,
         })
     }
+}
 
+/// Where the store is and how to reach it.
+#[derive(clap::Args, Clone)]
+pub struct StoreArgs {
+    /// The store (default: the policy's `store` in fleet.yaml).
+    #[arg(long, value_name = "URL")]
+    pub store: Option<String>,
+    #[command(flatten)]
+    pub s3: S3Args,
+}
+
+impl StoreArgs {
     fn open(&self, policy: Option<&flotilla_spec::Backup>) -> anyhow::Result<Store> {
         let url = match (&self.store, policy) {
             (Some(u), _) => u.clone(),
@@ -66,7 +75,7 @@ impl StoreArgs {
                 bail!("no store: name a backup policy of fleet.yaml or give --store URL")
             }
         };
-        Ok(Store::open(&url, &self.settings()?)?)
+        Ok(Store::open(&url, &self.s3.settings()?)?)
     }
 }
 
@@ -527,4 +536,43 @@ pub fn restore(args: RestoreArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// `flotilla plan`'s backup section: each policy's clusters and its next three firings.
+pub fn plan_text(fleet: &Fleet, now: chrono::DateTime<chrono::Utc>) -> String {
+    use flotilla_daemon::backups::{next_firing, policy_clusters};
+    let mut out = String::new();
+    for b in &fleet.backups {
+        let tz = b
+            .timezone
+            .as_ref()
+            .map(|t| t.text.as_str())
+            .unwrap_or("UTC");
+        let clusters = policy_clusters(fleet, b);
+        out.push_str(&format!(
+            "backup {} ({} {tz}, keep {}, {}): {}\n",
+            b.name,
+            b.schedule.text,
+            b.retain.text,
+            b.store,
+            if clusters.is_empty() {
+                "no cluster".to_string()
+            } else {
+                clusters.join(", ")
+            }
+        ));
+        let mut t = now;
+        let mut next = Vec::new();
+        for _ in 0..3 {
+            match next_firing(b, t) {
+                Some(n) => {
+                    next.push(n.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+                    t = n;
+                }
+                None => break,
+            }
+        }
+        out.push_str(&format!("  next: {}\n", next.join(", ")));
+    }
+    out
 }

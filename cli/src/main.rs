@@ -727,7 +727,10 @@ fn plan(args: &FleetArgs, output: Output) -> anyhow::Result<ExitCode> {
     }
     let plan = flotilla_reconciler::plan::plan(fleet);
     match output {
-        Output::Text => out!("{}", plan.to_text())?,
+        Output::Text => {
+            out!("{}", plan.to_text())?;
+            out!("{}", backup::plan_text(fleet, chrono::Utc::now()))?;
+        }
         Output::Json => outln!("{}", serde_json::to_string_pretty(&plan)?)?,
     }
     Ok(ExitCode::SUCCESS)

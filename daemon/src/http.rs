@@ -33,6 +33,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/api/v1/clusters", get(clusters))
         .route("/api/v1/clusters/{name}", get(cluster))
         .route("/api/v1/drift", get(drift))
+        .route("/api/v1/backups", get(backups))
         .route("/api/v1/images/scan", post(images_scan))
         .with_state(shared)
 }
@@ -371,6 +372,15 @@ async fn drift(State(s): State<AppState>) -> Response {
             "no drift check has run yet",
         ),
     }
+}
+
+/// Scheduled backups: policies, clusters, next firings, last runs.
+async fn backups(State(s): State<AppState>) -> Response {
+    let status = s.backups.read().unwrap_or_else(|p| p.into_inner()).clone();
+    json_response(
+        StatusCode::OK,
+        serde_json::to_value(status).unwrap_or(Value::Null),
+    )
 }
 
 async fn images_scan(State(s): State<AppState>, headers: HeaderMap) -> Response {

@@ -97,6 +97,22 @@ fn plan_text_lists_batches_and_bundles() {
         text.contains("sh-idc-1 <- frontend, api (override #2)"),
         "{text}"
     );
+    // Backup policies: their clusters and next firings (01:30 UTC daily).
+    assert!(
+        text.contains(
+            "backup daily (30 1 * * * UTC, keep 14d, file:///var/lib/flotilla/backups): "
+        ),
+        "{text}"
+    );
+    let next = text
+        .lines()
+        .skip_while(|l| !l.starts_with("backup daily"))
+        .nth(1)
+        .unwrap_or("");
+    assert!(
+        next.starts_with("  next: ") && next.matches("T01:30:00Z").count() == 3,
+        "{text}"
+    );
 }
 
 #[test]
