@@ -709,3 +709,60 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
     }
     out
 }
+
+#[test]
+fn the_daemon_runs_scheduled_backups_read_only_and_reports_them() {
+    use crate::serve_support::{ServeProcess, serve_command};
+    let kube = seeded_sim();
+    let store = tempfile::tempdir().expect("temp dir");
+    let repo = tempfile::tempdir().expect("temp dir");
+    let fleet = format!(
+        "apiVersion: flotilla.dev/v1alpha1\nkind: Fleet\nmetadata: {{name: dr}}\nclusters:\n  - {{name: sim-1}}\n  - {{name: sim-2}}\nbackups:\n  - name: often\n    schedule: \"*/2 * * * * *\"\n    clusters: {{names: [sim-1]}}\n    include: {{namespaces: [blog]}}\n    retain: 1h\n    store: file://{}\n",
+        store.path().display()
+    );
+    std::fs::write(repo.path().join("fleet.yaml"), fleet).expect("fleet.yaml");
+    let git = |args: &[&str]| {
+        let o = Command::new("git")
+            .args(["-c", "user.name=t", "-c", "user.email=t@example.com"])
+            .args(args)
+            .current_dir(repo.path())
+            .output()
+            .expect("git runs");
+        assert!(o.status.success(), "git {args:?}: {}", stderr(&o));
+    };
+    git(&["init", "-q", "-b", "main"]);
+    git(&["add", "fleet.yaml"]);
+    git(&["commit", "-q", "-m", "fleet"]);
+    let scratch = tempfile::tempdir().expect("temp dir");
+    let (mut cmd, port) = serve_command();
+    cmd.arg("--repo")
+        .arg(format!("file://{}", repo.path().display()))
+        .args(["--ref", "main", "--read-only", "--kubeconfig"])
+        .arg(&kube.kubeconfig)
+        .arg("--state")
+        .arg(scratch.path().join("state"))
+        .arg("--cache")
+        .arg(scratch.path().join("cache"));
+    let d = ServeProcess::spawn(cmd, port);
+    d.wait_for("a scheduled backup", Duration::from_secs(40), || {
+        d.try_json("/api/v1/backups")["policies"][0]["last"]["sim-1"]["ok"] == true
+    });
+    let status = d.json("/api/v1/backups");
+    let p = &status["policies"][0];
+    assert_eq!(p["name"], "often");
+    assert_eq!(p["clusters"], serde_json::json!(["sim-1"]));
+    assert!(p["nextAt"].is_string(), "{status}");
+    assert!(p["last"]["sim-1"]["objects"].as_u64().unwrap_or(0) >= 2, "blog: namespace, theme, cog: {status}");
+    let (_, metrics) = d.get("/metrics").expect("metrics");
+    assert!(
+        metrics.contains("flotilla_backup_last_success_timestamp_seconds{backup=\"often\",cluster=\"sim-1\"}"),
+        "{metrics}"
+    );
+    assert!(d.log().contains("backup complete"), "{}", d.log());
+    // Read-only mode: no mutation was attempted, and the backup is listable and complete.
+    assert!(!d.log().contains("refused: read-only"), "{}", d.log());
+    let url = format!("file://{}", store.path().display());
+    let list = ok(flotilla_with(&kube.kubeconfig, &repo.path().to_path_buf(), &["backup", "list", "often", "--store", &url]));
+    assert!(list.lines().count() >= 2, "{list}");
+    ok(flotilla_with(&kube.kubeconfig, &repo.path().to_path_buf(), &["backup", "verify", "often", "--cluster", "sim-1", "--store", &url]));
+}
