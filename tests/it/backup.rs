@@ -752,17 +752,304 @@ fn the_daemon_runs_scheduled_backups_read_only_and_reports_them() {
     assert_eq!(p["name"], "often");
     assert_eq!(p["clusters"], serde_json::json!(["sim-1"]));
     assert!(p["nextAt"].is_string(), "{status}");
-    assert!(p["last"]["sim-1"]["objects"].as_u64().unwrap_or(0) >= 2, "blog: namespace, theme, cog: {status}");
+    assert!(
+        p["last"]["sim-1"]["objects"].as_u64().unwrap_or(0) >= 2,
+        "blog: namespace, theme, cog: {status}"
+    );
     let (_, metrics) = d.get("/metrics").expect("metrics");
     assert!(
-        metrics.contains("flotilla_backup_last_success_timestamp_seconds{backup=\"often\",cluster=\"sim-1\"}"),
+        metrics.contains(
+            "flotilla_backup_last_success_timestamp_seconds{backup=\"often\",cluster=\"sim-1\"}"
+        ),
         "{metrics}"
     );
     assert!(d.log().contains("backup complete"), "{}", d.log());
     // Read-only mode: no mutation was attempted, and the backup is listable and complete.
     assert!(!d.log().contains("refused: read-only"), "{}", d.log());
     let url = format!("file://{}", store.path().display());
-    let list = ok(flotilla_with(&kube.kubeconfig, &repo.path().to_path_buf(), &["backup", "list", "often", "--store", &url]));
+    let list = ok(flotilla_with(
+        &kube.kubeconfig,
+        &repo.path().to_path_buf(),
+        &["backup", "list", "often", "--store", &url],
+    ));
     assert!(list.lines().count() >= 2, "{list}");
-    ok(flotilla_with(&kube.kubeconfig, &repo.path().to_path_buf(), &["backup", "verify", "often", "--cluster", "sim-1", "--store", &url]));
+    ok(flotilla_with(
+        &kube.kubeconfig,
+        &repo.path().to_path_buf(),
+        &[
+            "backup",
+            "verify",
+            "often",
+            "--cluster",
+            "sim-1",
+            "--store",
+            &url,
+        ],
+    ));
+}
+
+#[test]
+fn real_backup_and_restore_between_two_control_planes() {
+    let one = RealKube::start(KubeOptions::default());
+    let two = RealKube::start(KubeOptions::default());
+    let kubeconfig = one.dir.path().join("fleet-kubeconfig");
+    kubeconfig_file(
+        &kubeconfig,
+        &[one.kubeconfig_as("real-1"), two.kubeconfig_as("real-2")],
+    );
+    let f = fixture();
+    one.ok(&["apply", "-f", f.join("crd.yaml").to_str().unwrap_or("")]);
+    wait_established(|args| one.run(args), &[]);
+    one.ok(&["apply", "-f", f.join("objects.yaml").to_str().unwrap_or("")]);
+    let before = one.admin_mutations().len();
+
+    let store = tempfile::tempdir().expect("temp dir");
+    let url = format!("file://{}", store.path().display());
+    let repo = workspace().join("fixtures/backup/real/repo");
+    let out = ok(flotilla_with(
+        &kubeconfig,
+        &repo,
+        &["backup", "run", "nightly", "--store", &url],
+    ));
+    assert!(out.contains("real-1: backup nightly/real-1/"), "{out}");
+    // A backup only reads: the API server's audit log has no new mutation.
+    let after = one.admin_mutations();
+    assert_eq!(
+        after.len(),
+        before,
+        "mutations during the backup: {:?}",
+        &after[before..]
+    );
+
+    let identity = f.join("identity.txt");
+    let out = ok(flotilla_with(
+        &kubeconfig,
+        &repo,
+        &[
+            "restore",
+            "--backup",
+            "nightly",
+            "--cluster",
+            "real-1",
+            "--to",
+            "real-2",
+            "--store",
+            &url,
+            "--namespace-map",
+            "shop=shop-dr",
+            "--identity",
+            identity.to_str().unwrap_or(""),
+        ],
+    ));
+    assert!(
+        out.contains("real-2: Widget.example.com/shop-dr/gear created"),
+        "{out}"
+    );
+    assert!(!out.contains(" failed"), "{out}");
+    let get = |k: &RealKube, args: &[&str]| -> Value {
+        let mut a = vec!["get", "-o", "json"];
+        a.extend(args);
+        serde_json::from_str(&k.ok(&a)).expect("kubectl JSON")
+    };
+    for (kind, from, to, name) in [
+        ("configmap", "shop", "shop-dr", "settings"),
+        ("configmap", "blog", "blog", "theme"),
+        ("secret", "shop", "shop-dr", "db"),
+        ("widgets.example.com", "shop", "shop-dr", "gear"),
+        ("widgets.example.com", "blog", "blog", "cog"),
+    ] {
+        let a = user_view(&get(&one, &[kind, "-n", from, name]));
+        let b = user_view(&get(&two, &[kind, "-n", to, name]));
+        assert_eq!(a, b, "{kind} {to}/{name}");
+    }
+    let managers = two.ok(&[
+        "get",
+        "cm",
+        "-n",
+        "shop-dr",
+        "settings",
+        "--show-managed-fields",
+        "-o",
+        "jsonpath={.metadata.managedFields[*].manager}",
+    ]);
+    assert_eq!(managers.trim(), "flotilla-restore");
+    assert!(
+        !two.run(&["get", "role", "-n", "shop-dr", "reader"])
+            .status
+            .success(),
+        "Role excluded"
+    );
+    assert!(
+        !two.run(&["get", "ns", "scratch"]).status.success(),
+        "scratch excluded"
+    );
+}
+
+/// A real S3-compatible server on loopback: `s3s-fs` (crates.io; `.ci/run` installs it) over
+/// a temp directory, with one bucket and one access key. Found through `FLOTILLA_TEST_S3S`,
+/// else on PATH; without it the S3 tests fail (they never skip).
+struct S3Server {
+    child: std::process::Child,
+    port: u16,
+    root: tempfile::TempDir,
+}
+
+const S3_KEY: &str = "flotilla-test";
+const S3_SECRET: &str = "s3s-secret-for-tests-only";
+const BUCKET: &str = "flotilla-backups";
+
+impl S3Server {
+    fn start() -> S3Server {
+        let bin = std::env::var_os("FLOTILLA_TEST_S3S")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("s3s-fs"));
+        let root = tempfile::tempdir().expect("temp dir");
+        std::fs::create_dir(root.path().join(BUCKET)).expect("bucket dir");
+        let port = crate::git_support::free_port();
+        let child = Command::new(&bin)
+            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--access-key", S3_KEY, "--secret-key", S3_SECRET])
+            .arg(root.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "the S3 tests need s3s-fs ({}: {e}): .ci/run installs it (cargo install s3s-fs --features binary) and sets FLOTILLA_TEST_S3S",
+                    bin.display()
+                )
+            });
+        let s = S3Server { child, port, root };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "s3s-fs did not listen on {port}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        s
+    }
+
+    fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// `cmd` with this server's endpoint and the given credentials in the environment.
+    fn with(&self, mut cmd: Command, key: &str, secret: &str) -> Command {
+        cmd.env("FLOTILLA_S3_ENDPOINT", self.endpoint())
+            .env("AWS_ACCESS_KEY_ID", key)
+            .env("AWS_SECRET_ACCESS_KEY", secret);
+        cmd
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn backups_go_to_a_real_s3_server_and_restore_from_it() {
+    let kube = seeded_sim();
+    let s3 = S3Server::start();
+    let repo = fixture().join("repo");
+    let url = format!("s3://{BUCKET}/team-a");
+    let cmd = |args: &[&str]| {
+        s3.with(
+            flotilla_with(&kube.kubeconfig, &repo, args),
+            S3_KEY,
+            S3_SECRET,
+        )
+    };
+    let out = ok(cmd(&["backup", "run", "nightly", "--store", &url]));
+    assert!(out.contains("sim-1: backup nightly/sim-1/"), "{out}");
+    // On the server's disk: bucket/prefix/backup/cluster/timestamp/...
+    let dirs = backup_dirs(
+        &s3.root.path().join(BUCKET).join("team-a"),
+        "nightly",
+        "sim-1",
+    );
+    assert_eq!(dirs.len(), 1, "{dirs:?}");
+    assert!(dirs[0].join("manifest.json").is_file());
+    let list = ok(cmd(&["backup", "list", "nightly", "--store", &url]));
+    assert_eq!(list.lines().count(), 2, "{list}");
+
+    let identity = fixture().join("identity.txt");
+    let out = ok(cmd(&[
+        "restore",
+        "--backup",
+        "nightly",
+        "--cluster",
+        "sim-1",
+        "--to",
+        "sim-2",
+        "--store",
+        &url,
+        "--namespace-map",
+        "shop=shop-dr",
+        "--identity",
+        identity.to_str().unwrap_or(""),
+    ]));
+    assert!(out.contains("ConfigMap/shop-dr/settings created"), "{out}");
+    let region = kube.ok(&[
+        "--context",
+        "sim-2",
+        "get",
+        "cm",
+        "-n",
+        "shop-dr",
+        "settings",
+        "-o",
+        "jsonpath={.data.region}",
+    ]);
+    assert_eq!(region, "idc-hangzhou");
+
+    // Wrong credentials: a clear error, no secret in it, and nothing listable added.
+    let o = run(s3.with(
+        flotilla_with(
+            &kube.kubeconfig,
+            &repo,
+            &["backup", "run", "nightly", "--store", &url],
+        ),
+        S3_KEY,
+        "wrong-secret",
+    ));
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains("sim-1: backup failed: store s3://flotilla-backups/team-a:"),
+        "{err}"
+    );
+    assert!(err.contains("403"), "{err}");
+    assert!(
+        !err.contains("wrong-secret") && !err.contains(S3_SECRET),
+        "{err}"
+    );
+    let list = ok(cmd(&["backup", "list", "nightly", "--store", &url]));
+    assert_eq!(
+        list.lines().count(),
+        2,
+        "still only the good backup: {list}"
+    );
+
+    // A flipped byte on the server's disk: verify and restore refuse, naming the file.
+    let file = dirs[0].join("resources/core/v1/ConfigMap.ndjson");
+    let mut bytes = std::fs::read(&file).expect("ConfigMaps on the server");
+    bytes[10] ^= 0x20;
+    std::fs::write(&file, &bytes).expect("flip");
+    let o = run(cmd(&[
+        "backup",
+        "verify",
+        "nightly",
+        "--cluster",
+        "sim-1",
+        "--store",
+        &url,
+    ]));
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("resources/core/v1/ConfigMap.ndjson: SHA-256"),
+        "{}",
+        stderr(&o)
+    );
 }
