@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use flotilla_reconciler::cluster::{ApplyOptions, Cluster, ClusterError, Gvk, ObjectRef};
 use flotilla_renderers::overrides::Matcher;
+use futures::StreamExt;
 use object_store::ObjectStoreExt;
 use serde::Serialize;
 use serde_json::Value;
@@ -248,40 +249,72 @@ pub async fn restore(
             cluster.refresh_discovery().await;
             discovery_refreshed = true;
         }
+        // Streamed: a chunk and one partial line in memory (an encrypted Secret is one small
+        // file, decrypted whole).
         let p = store.path(&[&listed.location, &f.path]);
-        let bytes = store
-            .inner
-            .get(&p)
-            .await
-            .map_err(|e| store.err(&format!("read {}", f.path), e))?
-            .bytes()
-            .await
-            .map_err(|e| store.err(&format!("read {}", f.path), e))?;
-        let plain: Vec<u8> = if f.encrypted {
-            decrypt(&req.identities, &bytes)
-                .map_err(|e| BackupError::Crypto(format!("{}: {e}", f.path)))?
-        } else {
-            bytes.to_vec()
-        };
-        drop(bytes);
-        for line in plain.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-            let v: Value = serde_json::from_slice(line).map_err(|e| BackupError::Corrupt {
-                backup: listed.location.clone(),
-                message: format!("{}: {e}", f.path),
-            })?;
-            if let Some(item) = restore_one(cluster, v, req).await {
-                if item.action == RestoreAction::Created
-                    && !req.dry_run
-                    && gvk.kind == "CustomResourceDefinition"
-                    && let Some(r) = item_ref(&item.object, &gvk)
-                {
-                    crds_applied.push(r);
+        let read_err = |e| store.err(&format!("read {}", f.path), e);
+        let mut stream = store.inner.get(&p).await.map_err(read_err)?.into_stream();
+        let mut pending: Vec<u8> = Vec::new();
+        loop {
+            let next = stream.next().await;
+            let done = next.is_none();
+            if let Some(chunk) = next {
+                pending.extend_from_slice(&chunk.map_err(read_err)?);
+                if f.encrypted {
+                    continue;
                 }
-                report.objects.push(item);
+            } else if f.encrypted {
+                pending = decrypt(&req.identities, &pending)
+                    .map_err(|e| BackupError::Crypto(format!("{}: {e}", f.path)))?;
             }
+            let mut used = 0;
+            while let Some(n) = pending[used..].iter().position(|b| *b == b'\n') {
+                let line = &pending[used..used + n];
+                used += n + 1;
+                apply_line(cluster, req, listed, f, &gvk, line, &mut report, &mut crds_applied)
+                    .await?;
+            }
+            if done {
+                let rest = &pending[used..];
+                apply_line(cluster, req, listed, f, &gvk, rest, &mut report, &mut crds_applied)
+                    .await?;
+                break;
+            }
+            pending.drain(..used);
         }
     }
     Ok(report)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn apply_line(
+    cluster: &dyn Cluster,
+    req: &RestoreRequest,
+    listed: &Listed,
+    f: &crate::FileEntry,
+    gvk: &Gvk,
+    line: &[u8],
+    report: &mut RestoreReport,
+    crds_applied: &mut Vec<ObjectRef>,
+) -> Result<(), BackupError> {
+    if line.iter().all(u8::is_ascii_whitespace) {
+        return Ok(());
+    }
+    let v: Value = serde_json::from_slice(line).map_err(|e| BackupError::Corrupt {
+        backup: listed.location.clone(),
+        message: format!("{}: {e}", f.path),
+    })?;
+    if let Some(item) = restore_one(cluster, v, req).await {
+        if item.action == RestoreAction::Created
+            && !req.dry_run
+            && gvk.kind == "CustomResourceDefinition"
+            && let Some(r) = item_ref(&item.object, gvk)
+        {
+            crds_applied.push(r);
+        }
+        report.objects.push(item);
+    }
+    Ok(())
 }
 
 fn item_ref(object: &str, gvk: &Gvk) -> Option<ObjectRef> {
