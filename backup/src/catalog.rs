@@ -140,7 +140,7 @@ pub async fn select(
         ))
     };
     match at {
-        None | Some("latest") => all.into_iter().last().ok_or_else(none),
+        None | Some("latest") => all.into_iter().next_back().ok_or_else(none),
         Some(a) => {
             if let Some(hit) = all.iter().find(|l| l.manifest.timestamp == a) {
                 return Ok(hit.clone());
@@ -153,8 +153,8 @@ pub async fn select(
                 })?
                 .with_timezone(&Utc);
             all.into_iter()
-                .filter(|l| l.time().is_some_and(|x| x <= t))
-                .last()
+                .rev()
+                .find(|l| l.time().is_some_and(|x| x <= t))
                 .ok_or_else(none)
         }
     }

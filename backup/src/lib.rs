@@ -96,20 +96,6 @@ pub struct Manifest {
     pub files: Vec<FileEntry>,
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn timestamps_round_trip() {
-        let t = chrono::DateTime::parse_from_rfc3339("2026-12-04T10:15:00.123Z")
-            .map(|t| t.with_timezone(&chrono::Utc))
-            .ok();
-        let name = super::timestamp_name(t.unwrap_or_default());
-        assert_eq!(name, "20261204T101500.123Z");
-        assert_eq!(super::parse_timestamp(&name), t);
-        assert_eq!(super::parse_timestamp("20261204T101500Z"), None);
-    }
-}
-
 impl Manifest {
     pub fn objects(&self) -> u64 {
         self.counts.values().sum()
@@ -154,4 +140,18 @@ pub fn parse_timestamp(s: &str) -> Option<chrono::DateTime<chrono::Utc>> {
     chrono::DateTime::parse_from_rfc3339(&rfc)
         .ok()
         .map(|t| t.with_timezone(&chrono::Utc))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn timestamps_round_trip() {
+        let t = chrono::DateTime::parse_from_rfc3339("2026-12-04T10:15:00.123Z")
+            .map(|t| t.with_timezone(&chrono::Utc))
+            .ok();
+        let name = super::timestamp_name(t.unwrap_or_default());
+        assert_eq!(name, "20261204T101500.123Z");
+        assert_eq!(super::parse_timestamp(&name), t);
+        assert_eq!(super::parse_timestamp("20261204T101500Z"), None);
+    }
 }

@@ -271,13 +271,31 @@ pub async fn restore(
             while let Some(n) = pending[used..].iter().position(|b| *b == b'\n') {
                 let line = &pending[used..used + n];
                 used += n + 1;
-                apply_line(cluster, req, listed, f, &gvk, line, &mut report, &mut crds_applied)
-                    .await?;
+                apply_line(
+                    cluster,
+                    req,
+                    listed,
+                    f,
+                    &gvk,
+                    line,
+                    &mut report,
+                    &mut crds_applied,
+                )
+                .await?;
             }
             if done {
                 let rest = &pending[used..];
-                apply_line(cluster, req, listed, f, &gvk, rest, &mut report, &mut crds_applied)
-                    .await?;
+                apply_line(
+                    cluster,
+                    req,
+                    listed,
+                    f,
+                    &gvk,
+                    rest,
+                    &mut report,
+                    &mut crds_applied,
+                )
+                .await?;
                 break;
             }
             pending.drain(..used);
@@ -324,6 +342,14 @@ fn item_ref(object: &str, gvk: &Gvk) -> Option<ObjectRef> {
         namespace: None,
         name: name.into(),
     })
+}
+
+#[cfg(test)]
+pub(crate) fn decrypt_for_tests(
+    identities: &[Box<dyn age::Identity + Send + Sync>],
+    sealed: &[u8],
+) -> Result<Vec<u8>, String> {
+    decrypt(identities, sealed)
 }
 
 fn decrypt(
@@ -436,4 +462,71 @@ async fn restore_one(cluster: &dyn Cluster, v: Value, req: &RestoreRequest) -> O
 
 fn server_message(e: &ClusterError) -> String {
     e.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn req(patches: Value) -> RestoreRequest {
+        RestoreRequest {
+            namespace_map: [("shop".to_string(), "shop-dr".to_string())].into(),
+            patches: parse_patches(&patches).unwrap_or_else(|e| panic!("{e}")),
+            ..RestoreRequest::default()
+        }
+    }
+
+    #[test]
+    fn namespace_map_then_overrides_by_kind_and_name() {
+        let r = req(json!([
+            {"target": {"kind": "PersistentVolumeClaim", "namespace": "shop-dr"},
+             "jsonPatch": [{"op": "replace", "path": "/spec/storageClassName", "value": "cloud-essd"}]},
+            {"target": {"kind": "Ingress", "name": "web"}, "mergePatch": {"spec": {"ingressClassName": "alb"}}}
+        ]));
+        let pvc = json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+            "metadata": {"name": "data", "namespace": "shop"}, "spec": {"storageClassName": "local-ssd"}});
+        let out = transform(pvc, &r).ok().flatten().unwrap_or_default();
+        assert_eq!(out["metadata"]["namespace"], "shop-dr");
+        assert_eq!(out["spec"]["storageClassName"], "cloud-essd");
+        let ing = json!({"apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+            "metadata": {"name": "web", "namespace": "blog"}, "spec": {"ingressClassName": "nginx"}});
+        let out = transform(ing, &r).ok().flatten().unwrap_or_default();
+        assert_eq!(out["metadata"]["namespace"], "blog");
+        assert_eq!(out["spec"]["ingressClassName"], "alb");
+        let ns = json!({"apiVersion": "v1", "kind": "Namespace",
+            "metadata": {"name": "shop", "labels": {"kubernetes.io/metadata.name": "shop"}}});
+        let out = transform(ns, &r).ok().flatten().unwrap_or_default();
+        assert_eq!(out["metadata"]["name"], "shop-dr");
+        assert_eq!(
+            out["metadata"]["labels"]["kubernetes.io/metadata.name"],
+            "shop-dr"
+        );
+    }
+
+    #[test]
+    fn a_failing_json_patch_names_the_override() {
+        let r = req(json!([{"target": {"kind": "ConfigMap"},
+            "jsonPatch": [{"op": "replace", "path": "/data/missing", "value": "x"}]}]));
+        let cm = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "a", "namespace": "x"}, "data": {}});
+        let e = transform(cm, &r).err().unwrap_or_default();
+        assert!(e.contains("override (kind=ConfigMap)"), "{e}");
+    }
+
+    #[test]
+    fn bad_override_files_are_refused_with_the_entry() {
+        let e = parse_patches(&json!([{"target": {"kind": "X"}}]))
+            .err()
+            .unwrap_or_default();
+        assert_eq!(
+            e,
+            "patches[0]: needs exactly one of jsonPatch and mergePatch"
+        );
+        let e = parse_patches(&json!([{"target": {"knd": "X"}, "mergePatch": {}}]))
+            .err()
+            .unwrap_or_default();
+        assert!(e.contains("unknown key target.\"knd\""), "{e}");
+        let e = parse_patches(&json!({"x": 1})).err().unwrap_or_default();
+        assert!(e.contains("expected a list of patches"), "{e}");
+    }
 }

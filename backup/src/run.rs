@@ -567,3 +567,47 @@ pub fn encrypt(
     w.finish().map_err(|e| BackupError::Crypto(e.to_string()))?;
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn clean_drops_server_fields_and_what_controllers_recreate() {
+        let v = json!({"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "web", "namespace": "shop", "uid": "u", "resourceVersion": "7",
+                "creationTimestamp": "t", "generation": 2, "managedFields": [{}],
+                "ownerReferences": [{"kind": "X", "name": "x", "uid": "u2"}]},
+            "spec": {"clusterIP": "10.0.0.7", "clusterIPs": ["10.0.0.7"], "ports": [{"port": 80, "nodePort": 30080}]},
+            "status": {"loadBalancer": {}}});
+        let c = clean(&v, false).unwrap_or_default();
+        assert_eq!(
+            c,
+            json!({"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "web", "namespace": "shop"}, "spec": {"ports": [{"port": 80}]}})
+        );
+        let kept = clean(&v, true).unwrap_or_default();
+        assert_eq!(kept["status"], json!({"loadBalancer": {}}));
+        let owned = json!({"apiVersion": "apps/v1", "kind": "ReplicaSet",
+            "metadata": {"name": "web-1", "ownerReferences": [{"controller": true, "uid": "u"}]}});
+        assert_eq!(clean(&owned, false), None);
+        let token = json!({"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/service-account-token", "metadata": {"name": "t"}});
+        assert_eq!(clean(&token, false), None);
+    }
+
+    #[test]
+    fn encrypted_secrets_decrypt_with_the_identity_only() {
+        let id = age::x25519::Identity::generate();
+        let other = age::x25519::Identity::generate();
+        let sealed = encrypt(&[id.to_public()], b"{\"kind\":\"Secret\"}").unwrap_or_default();
+        assert!(sealed.starts_with(b"age-encryption.org/v1\n"));
+        let ids: Vec<Box<dyn age::Identity + Send + Sync>> = vec![Box::new(id)];
+        let wrong: Vec<Box<dyn age::Identity + Send + Sync>> = vec![Box::new(other)];
+        assert_eq!(
+            crate::restore::decrypt_for_tests(&ids, &sealed).ok(),
+            Some(b"{\"kind\":\"Secret\"}".to_vec())
+        );
+        assert!(crate::restore::decrypt_for_tests(&wrong, &sealed).is_err());
+    }
+}

@@ -769,13 +769,13 @@ fn the_daemon_runs_scheduled_backups_read_only_and_reports_them() {
     let url = format!("file://{}", store.path().display());
     let list = ok(flotilla_with(
         &kube.kubeconfig,
-        &repo.path().to_path_buf(),
+        repo.path(),
         &["backup", "list", "often", "--store", &url],
     ));
     assert!(list.lines().count() >= 2, "{list}");
     ok(flotilla_with(
         &kube.kubeconfig,
-        &repo.path().to_path_buf(),
+        repo.path(),
         &[
             "backup",
             "verify",
