@@ -5,7 +5,8 @@
 # namespace. Prints objects/s and the process's peak RSS (GNU time's %M) per step.
 #
 #   cargo build --release -p flotilla-cli
-#   N=10000 backup/bench.sh            # FLOTILLA=target/release/flotilla, FLOTILLA_TEST_S3S=s3s-fs
+#   N=10000 QPS=500 backup/bench.sh    # FLOTILLA=target/release/flotilla, FLOTILLA_TEST_S3S=s3s-fs
+# QPS is the restore's --qps (default 50, which caps a restore near 50 objects/s).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N="${N:-10000}"
@@ -36,7 +37,7 @@ backups:
     store: file:///unused
 YAML
 
-k --context sim-1 create namespace bench >/dev/null
+echo '{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "bench"}}' | k --context sim-1 create -f - >/dev/null
 python3 - "$N" "$work" <<'PY'
 import json, sys
 n, work = int(sys.argv[1]), sys.argv[2]
@@ -71,7 +72,7 @@ for store in "file://$work/store" "s3://bench-bucket/fleet"; do
   kind=${store%%:*}
   measure "backup to $kind" backup run bench --kubeconfig "$work/kc" --store "$store"
   measure "restore from $kind" restore --backup bench --cluster sim-1 --to sim-2 \
-    --namespace-map "bench=bench-$kind" --kubeconfig "$work/kc" --store "$store"
+    --namespace-map "bench=bench-$kind" --kubeconfig "$work/kc" --store "$store" --qps "${QPS:-50}" --burst "${QPS:-100}"
   created=$(grep -c ' created$' "$work/out" || true)
   [ "$created" -ge "$N" ] || { echo "restore created $created objects, expected $N" >&2; exit 1; }
 done

@@ -2,7 +2,7 @@
 //! backup), then CRDs (waiting until Established), Namespaces, and the rest; server-side apply
 //! with field manager `flotilla-restore`; existing objects skipped unless asked.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
 use flotilla_reconciler::cluster::{ApplyOptions, Cluster, ClusterError, Gvk, ObjectRef};
@@ -249,6 +249,9 @@ pub async fn restore(
             cluster.refresh_discovery().await;
             discovery_refreshed = true;
         }
+        // What the target already has of this kind (names only, one paged list instead of a
+        // get per object); a cluster that refuses the list is asked object by object.
+        let existing = existing_names(cluster, &gvk).await;
         // Streamed: a chunk and one partial line in memory (an encrypted Secret is one small
         // file, decrypted whole).
         let p = store.path(&[&listed.location, &f.path]);
@@ -278,6 +281,7 @@ pub async fn restore(
                     f,
                     &gvk,
                     line,
+                    existing.as_ref(),
                     &mut report,
                     &mut crds_applied,
                 )
@@ -292,6 +296,7 @@ pub async fn restore(
                     f,
                     &gvk,
                     rest,
+                    existing.as_ref(),
                     &mut report,
                     &mut crds_applied,
                 )
@@ -312,6 +317,7 @@ async fn apply_line(
     f: &crate::FileEntry,
     gvk: &Gvk,
     line: &[u8],
+    existing: Option<&HashSet<(String, String)>>,
     report: &mut RestoreReport,
     crds_applied: &mut Vec<ObjectRef>,
 ) -> Result<(), BackupError> {
@@ -322,7 +328,7 @@ async fn apply_line(
         backup: listed.location.clone(),
         message: format!("{}: {e}", f.path),
     })?;
-    if let Some(item) = restore_one(cluster, v, req).await {
+    if let Some(item) = restore_one(cluster, v, req, existing).await {
         if item.action == RestoreAction::Created
             && !req.dry_run
             && gvk.kind == "CustomResourceDefinition"
@@ -410,7 +416,30 @@ pub fn transform(mut v: Value, req: &RestoreRequest) -> Result<Option<Value>, St
     Ok(Some(v))
 }
 
-async fn restore_one(cluster: &dyn Cluster, v: Value, req: &RestoreRequest) -> Option<RestoreItem> {
+/// (namespace, name) of every object of `gvk` in the cluster; `None` when it cannot be listed.
+async fn existing_names(cluster: &dyn Cluster, gvk: &Gvk) -> Option<HashSet<(String, String)>> {
+    let mut out = HashSet::new();
+    let mut token: Option<String> = None;
+    loop {
+        let (items, next) = cluster.list_page(gvk, token.as_deref()).await.ok()?;
+        for i in &items {
+            if let Some(r) = ObjectRef::of(i) {
+                out.insert((r.namespace.unwrap_or_default(), r.name));
+            }
+        }
+        token = next;
+        if token.is_none() {
+            return Some(out);
+        }
+    }
+}
+
+async fn restore_one(
+    cluster: &dyn Cluster,
+    v: Value,
+    req: &RestoreRequest,
+    known: Option<&HashSet<(String, String)>>,
+) -> Option<RestoreItem> {
     let source = ObjectRef::of(&v).map(|r| r.to_string()).unwrap_or_default();
     let v = match transform(v, req) {
         Ok(Some(v)) => v,
@@ -435,9 +464,16 @@ async fn restore_one(cluster: &dyn Cluster, v: Value, req: &RestoreRequest) -> O
         action,
         message,
     };
-    let exists = match cluster.get(&r).await {
-        Ok(x) => x.is_some(),
-        Err(e) => return Some(item(RestoreAction::Failed, Some(e.to_string()))),
+    let exists = match known {
+        // A kind listed before its file: what the list did not have does not exist (the
+        // restore is the only writer it knows of).
+        Some(set) if r.gvk.kind != "CustomResourceDefinition" => {
+            set.contains(&(r.namespace.clone().unwrap_or_default(), r.name.clone()))
+        }
+        _ => match cluster.get(&r).await {
+            Ok(x) => x.is_some(),
+            Err(e) => return Some(item(RestoreAction::Failed, Some(e.to_string()))),
+        },
     };
     if exists && req.existing == Existing::Skip {
         return Some(item(RestoreAction::Skipped, Some("already exists".into())));

@@ -175,6 +175,11 @@ pub struct RestoreArgs {
     dry_run: bool,
     #[arg(long, value_name = "FILE")]
     kubeconfig: Option<PathBuf>,
+    /// Requests per second to the target cluster (one apply per object), and the burst above it.
+    #[arg(long, default_value_t = 50.0)]
+    qps: f64,
+    #[arg(long, default_value_t = 100)]
+    burst: u32,
     #[command(flatten)]
     fleet: FleetArgs,
     #[command(flatten)]
@@ -492,8 +497,16 @@ pub fn restore(args: RestoreArgs) -> anyhow::Result<ExitCode> {
         identities,
         crd_timeout: None,
     };
+    if args.qps.is_nan() || args.qps <= 0.0 || args.burst == 0 {
+        bail!("--qps and --burst must be positive");
+    }
     let connector = flotilla_cluster::Connector::load(args.kubeconfig.as_deref())
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+        .with_settings(flotilla_cluster::ClientSettings {
+            qps: args.qps,
+            burst: args.burst,
+            ..Default::default()
+        });
     let rt = runtime()?;
     let report = rt.block_on(async {
         let l = catalog::select(&st, &args.backup, &args.cluster, args.at.as_deref()).await?;

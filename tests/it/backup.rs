@@ -949,7 +949,7 @@ impl Drop for S3Server {
 }
 
 #[test]
-fn backups_go_to_a_real_s3_server_and_restore_from_it() {
+fn backups_go_to_an_s3_server_on_loopback_and_restore_from_it() {
     let kube = seeded_sim();
     let s3 = S3Server::start();
     let repo = fixture().join("repo");
