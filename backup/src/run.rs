@@ -114,6 +114,46 @@ pub fn clean(v: &Value, keep_status: bool) -> Option<Value> {
             }
         }
     }
+    // What ties an object to the old cluster's machines and volumes (as Velero does without
+    // volume snapshots): a bare Pod's node, a claim's bound volume, a Job's generated selector.
+    let api = v.get("apiVersion").and_then(Value::as_str).unwrap_or("");
+    match (api, v.get("kind").and_then(Value::as_str).unwrap_or("")) {
+        ("v1", "Pod") => {
+            if let Some(spec) = out.get_mut("spec").and_then(Value::as_object_mut) {
+                spec.remove("nodeName");
+            }
+        }
+        ("v1", "PersistentVolumeClaim") => {
+            if let Some(spec) = out.get_mut("spec").and_then(Value::as_object_mut) {
+                spec.remove("volumeName");
+            }
+            if let Some(a) = out
+                .pointer_mut("/metadata/annotations")
+                .and_then(Value::as_object_mut)
+            {
+                a.retain(|k, _| !k.starts_with("pv.kubernetes.io/"));
+            }
+        }
+        ("batch/v1", "Job") => {
+            const GENERATED: &[&str] = &[
+                "controller-uid",
+                "batch.kubernetes.io/controller-uid",
+                "job-name",
+                "batch.kubernetes.io/job-name",
+            ];
+            if let Some(spec) = out.get_mut("spec").and_then(Value::as_object_mut) {
+                spec.remove("selector");
+                if let Some(l) = spec
+                    .get_mut("template")
+                    .and_then(|t| t.pointer_mut("/metadata/labels"))
+                    .and_then(Value::as_object_mut)
+                {
+                    l.retain(|k, _| !GENERATED.contains(&k.as_str()));
+                }
+            }
+        }
+        _ => {}
+    }
     Some(out)
 }
 
@@ -592,6 +632,18 @@ mod tests {
         let owned = json!({"apiVersion": "apps/v1", "kind": "ReplicaSet",
             "metadata": {"name": "web-1", "ownerReferences": [{"controller": true, "uid": "u"}]}});
         assert_eq!(clean(&owned, false), None);
+        let job = json!({"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "j"},
+            "spec": {"selector": {"matchLabels": {"batch.kubernetes.io/controller-uid": "u"}},
+                "template": {"metadata": {"labels": {"app": "j", "batch.kubernetes.io/controller-uid": "u", "job-name": "j"}}}}});
+        assert_eq!(
+            clean(&job, false).unwrap_or_default()["spec"],
+            json!({"template": {"metadata": {"labels": {"app": "j"}}}})
+        );
+        let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}, "spec": {"nodeName": "n1", "containers": []}});
+        assert_eq!(
+            clean(&pod, false).unwrap_or_default()["spec"],
+            json!({"containers": []})
+        );
         let token = json!({"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/service-account-token", "metadata": {"name": "t"}});
         assert_eq!(clean(&token, false), None);
     }
