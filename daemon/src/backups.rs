@@ -137,23 +137,43 @@ impl Backups {
             if let Some(n) = next_firing(b, now) {
                 self.next.insert(b.name.clone(), n);
             }
-            for cluster in policy_clusters(&rev.fleet, b) {
-                let key = (b.name.clone(), cluster.clone());
-                if self.running.contains(&key) {
-                    tracing::warn!(backup = %b.name, cluster = %cluster, "previous backup still running; this firing skipped");
-                    continue;
-                }
-                self.running.insert(key);
-                start(
-                    shared.clone(),
-                    rev.fleet.metadata.name.clone(),
-                    rev.commit.clone(),
-                    b.clone(),
-                    cluster,
-                );
-            }
+            self.run_policy(shared, &rev, b);
         }
         publish(shared, &self.next);
+    }
+
+    /// Runs one policy now (`POST /api/v1/backups/{name}/run`); its schedule is unchanged.
+    pub(crate) fn request(&mut self, shared: &Arc<Shared>, policy: &str) {
+        let Some(rev) = shared.current() else {
+            return;
+        };
+        if let Some(b) = rev.fleet.backups.iter().find(|b| b.name == policy) {
+            tracing::info!(trigger = "api", backup = %policy, "backup requested");
+            self.run_policy(shared, &rev, b);
+        }
+    }
+
+    fn run_policy(
+        &mut self,
+        shared: &Arc<Shared>,
+        rev: &crate::revision::Revision,
+        b: &flotilla_spec::Backup,
+    ) {
+        for cluster in policy_clusters(&rev.fleet, b) {
+            let key = (b.name.clone(), cluster.clone());
+            if self.running.contains(&key) {
+                tracing::warn!(backup = %b.name, cluster = %cluster, "previous backup still running; this one skipped");
+                continue;
+            }
+            self.running.insert(key);
+            start(
+                shared.clone(),
+                rev.fleet.metadata.name.clone(),
+                rev.commit.clone(),
+                b.clone(),
+                cluster,
+            );
+        }
     }
 
     /// Records a finished backup: metrics, status, event log.

@@ -34,6 +34,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/api/v1/clusters/{name}", get(cluster))
         .route("/api/v1/drift", get(drift))
         .route("/api/v1/backups", get(backups))
+        .route("/api/v1/backups/{name}/run", post(backup_run))
         .route("/api/v1/images/scan", post(images_scan))
         .with_state(shared)
 }
@@ -380,6 +381,34 @@ async fn backups(State(s): State<AppState>) -> Response {
     json_response(
         StatusCode::OK,
         serde_json::to_value(status).unwrap_or(Value::Null),
+    )
+}
+
+/// Runs a backup policy now. Backups only read clusters, so read-only daemons run them too;
+/// the API token is still required.
+async fn backup_run(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if !authorized(&s, &headers) {
+        return error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
+    }
+    let known = s
+        .current()
+        .is_some_and(|r| r.fleet.backups.iter().any(|b| b.name == name));
+    if !known {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("no backup policy {name:?} in the current revision"),
+        );
+    }
+    let _ = s.triggers.send(Trigger::BackupRequested {
+        policy: name.clone(),
+    });
+    json_response(
+        StatusCode::ACCEPTED,
+        json!({"message": format!("backup {name} requested: see /api/v1/backups")}),
     )
 }
 

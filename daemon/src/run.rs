@@ -68,6 +68,8 @@ pub(crate) enum Trigger {
     Control { placement: String },
     /// A backup policy's schedule fired (see [`crate::backups`]).
     BackupsDue,
+    /// `POST /api/v1/backups/{name}/run` asked for a backup now.
+    BackupRequested { policy: String },
     /// One scheduled backup of one cluster finished.
     BackupDone(Box<crate::backups::Done>),
     /// SIGTERM (or the embedding program) asked to stop.
@@ -494,6 +496,7 @@ impl Daemon {
                 }
             }
             Trigger::BackupsDue => self.backups.due(&shared),
+            Trigger::BackupRequested { policy } => self.backups.request(&shared, &policy),
             Trigger::BackupDone(done) => self.backups.done(&shared, *done),
             Trigger::Shutdown => {}
         }

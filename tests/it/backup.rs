@@ -717,7 +717,8 @@ fn the_daemon_runs_scheduled_backups_read_only_and_reports_them() {
     let store = tempfile::tempdir().expect("temp dir");
     let repo = tempfile::tempdir().expect("temp dir");
     let fleet = format!(
-        "apiVersion: flotilla.dev/v1alpha1\nkind: Fleet\nmetadata: {{name: dr}}\nclusters:\n  - {{name: sim-1}}\n  - {{name: sim-2}}\nbackups:\n  - name: often\n    schedule: \"*/2 * * * * *\"\n    clusters: {{names: [sim-1]}}\n    include: {{namespaces: [blog]}}\n    retain: 1h\n    store: file://{}\n",
+        "apiVersion: flotilla.dev/v1alpha1\nkind: Fleet\nmetadata: {{name: dr}}\nclusters:\n  - {{name: sim-1}}\n  - {{name: sim-2}}\nbackups:\n  - name: often\n    schedule: \"*/2 * * * * *\"\n    clusters: {{names: [sim-1]}}\n    include: {{namespaces: [blog]}}\n    retain: 1h\n    store: file://{}\n  - name: yearly\n    schedule: \"0 0 1 1 *\"\n    clusters: {{names: [sim-1]}}\n    include: {{namespaces: [shop]}}\n    retain: 1h\n    store: file://{}\n",
+        store.path().display(),
         store.path().display()
     );
     std::fs::write(repo.path().join("fleet.yaml"), fleet).expect("fleet.yaml");
@@ -766,7 +767,25 @@ fn the_daemon_runs_scheduled_backups_read_only_and_reports_them() {
     assert!(d.log().contains("backup complete"), "{}", d.log());
     // Read-only mode: no mutation was attempted, and the backup is listable and complete.
     assert!(!d.log().contains("refused: read-only"), "{}", d.log());
+    // On demand through the API (also in read-only mode): the yearly policy runs now.
+    let (code, body) = d
+        .request("POST", "/api/v1/backups/nope/run", &[], b"")
+        .expect("answer");
+    assert_eq!(code, 404, "{body}");
+    let (code, body) = d
+        .request("POST", "/api/v1/backups/yearly/run", &[], b"")
+        .expect("answer");
+    assert_eq!(code, 202, "{body}");
+    d.wait_for("the requested backup", Duration::from_secs(30), || {
+        d.try_json("/api/v1/backups")["policies"][1]["last"]["sim-1"]["ok"] == true
+    });
     let url = format!("file://{}", store.path().display());
+    let list = ok(flotilla_with(
+        &kube.kubeconfig,
+        repo.path(),
+        &["backup", "list", "yearly", "--store", &url],
+    ));
+    assert_eq!(list.lines().count(), 2, "{list}");
     let list = ok(flotilla_with(
         &kube.kubeconfig,
         repo.path(),
