@@ -10,6 +10,7 @@ use flotilla_source::{LocalTree, git};
 use flotilla_spec::types::RepoPath;
 use flotilla_spec::{Checked, Diagnostic, Limits, RepoFiles};
 
+mod backup;
 mod demo;
 mod images;
 mod live;
@@ -192,6 +193,13 @@ enum Command {
         #[command(subcommand)]
         command: images::ImagesCommand,
     },
+    /// Backups of the fleet's backup policies: run one now, list, verify.
+    Backup {
+        #[command(subcommand)]
+        command: backup::BackupCommand,
+    },
+    /// Restores a backup into a cluster (see docs/backups.md).
+    Restore(Box<backup::RestoreArgs>),
 }
 
 #[derive(clap::Args)]
@@ -375,6 +383,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Sim(args) => sim(args),
         Command::Images { command } => images::run(command),
+        Command::Backup { command } => backup::run(command),
+        Command::Restore(args) => backup::restore(*args),
         Command::Diff {
             fleet,
             clusters,
@@ -500,7 +510,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 /// `90s`, `5m`, `1h30m`: the fleet's duration syntax.
-fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+pub(crate) fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     flotilla_spec::types::Duration::parse(s).map(|d| d.value)
 }
 
@@ -753,7 +763,11 @@ fn plan(args: &FleetArgs, output: Output) -> anyhow::Result<ExitCode> {
     }
     let plan = flotilla_reconciler::plan::plan(fleet);
     match output {
-        Output::Text => out!("{}{}", plan.to_text(), workflows::plan_text(fleet))?,
+        Output::Text => {
+            out!("{}", plan.to_text())?;
+            out!("{}", workflows::plan_text(fleet))?;
+            out!("{}", backup::plan_text(fleet, chrono::Utc::now()))?;
+        }
         Output::Json => outln!("{}", serde_json::to_string_pretty(&plan)?)?,
     }
     Ok(ExitCode::SUCCESS)

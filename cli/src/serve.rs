@@ -23,6 +23,9 @@ pub enum LogFormat {
 /// from the config file (keys are the flag names: `poll-interval: 30s`).
 #[derive(clap::Args)]
 pub struct ServeArgs {
+    /// Where scheduled backups find S3-compatible stores (credentials from the environment).
+    #[command(flatten)]
+    pub s3: crate::backup::S3Args,
     /// YAML file with any of the settings below.
     #[arg(long, env = "FLOTILLA_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -275,6 +278,7 @@ pub fn resolve(mut args: ServeArgs) -> anyhow::Result<(Config, LogFormat)> {
     if let Some(f) = args.fleet {
         config.fleet_file = f;
     }
+    config.backup_store = args.s3.settings()?;
     config.kubeconfig = args.kubeconfig;
     if let Some(l) = args.listen {
         config.listen = l;

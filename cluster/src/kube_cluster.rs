@@ -503,6 +503,70 @@ impl Cluster for KubeCluster {
         }
     }
 
+    async fn served_kinds(&self) -> Result<Vec<(Gvk, ResourceInfo)>, ClusterError> {
+        let discovery = self
+            .send("discovery", || {
+                kube::discovery::Discovery::new(self.client.clone()).run()
+            })
+            .await
+            .map_err(|f| self.error(f, false))?;
+        let mut out = Vec::new();
+        for group in discovery.groups() {
+            for (ar, caps) in group.recommended_resources() {
+                if !caps.supports_operation(kube::discovery::verbs::LIST) {
+                    continue;
+                }
+                out.push((
+                    Gvk::new(&ar.group, &ar.version, &ar.kind),
+                    ResourceInfo {
+                        plural: ar.plural.clone(),
+                        namespaced: caps.scope == Scope::Namespaced,
+                    },
+                ));
+            }
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(out)
+    }
+
+    async fn list_page(
+        &self,
+        gvk: &Gvk,
+        continue_token: Option<&str>,
+    ) -> Result<(Vec<Value>, Option<String>), ClusterError> {
+        let Some(d) = self.discover(gvk).await? else {
+            return Ok((vec![], None));
+        };
+        let rq = self.request(&d, None)?;
+        let mut lp = ListParams::default().limit(self.page_size);
+        if let Some(t) = continue_token {
+            lp = lp.continue_token(t);
+        }
+        let mut page: Value = self
+            .send("list", || async {
+                let req = rq.list(&lp).map_err(kube::Error::BuildRequest)?;
+                self.client.request::<Value>(req).await
+            })
+            .await
+            .map_err(|f| self.error(f, false))?;
+        let items = match page.get_mut("items").map(Value::take) {
+            Some(Value::Array(items)) => items.into_iter().map(|i| with_type(i, &d.ar)).collect(),
+            Some(Value::Null) | None => vec![],
+            Some(_) => {
+                return Err(ClusterError::Invalid {
+                    cluster: self.name.clone(),
+                    message: format!("list of {gvk}: items is not an array"),
+                });
+            }
+        };
+        let token = page
+            .pointer("/metadata/continue")
+            .and_then(Value::as_str)
+            .filter(|t| !t.is_empty())
+            .map(str::to_string);
+        Ok((items, token))
+    }
+
     async fn list(&self, gvk: &Gvk, label_selector: &str) -> Result<Vec<Value>, ClusterError> {
         let Some(d) = self.discover(gvk).await? else {
             return Ok(vec![]);

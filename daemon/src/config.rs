@@ -11,6 +11,9 @@ use crate::webhook::Secret;
 /// Everything `flotilla serve` is told (flags, environment, config file), resolved.
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// How scheduled backups reach S3-compatible stores (endpoint, region, credentials from
+    /// the environment or files): never from fleet.yaml, redacted in `Debug`.
+    pub backup_store: flotilla_backup::StoreSettings,
     /// The fleet repository URL (file://, git://, http(s)://) or a local repository path.
     pub repo: String,
     /// The branch (or tag, full ref) to follow.
@@ -62,6 +65,7 @@ impl Config {
     /// Defaults for everything but the repository and the directories.
     pub fn new(repo: impl Into<String>, state_dir: PathBuf, cache_dir: PathBuf) -> Config {
         Config {
+            backup_store: flotilla_backup::StoreSettings::default(),
             repo: repo.into(),
             rev: "main".into(),
             fleet_file: "fleet.yaml".into(),

@@ -33,6 +33,8 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/api/v1/clusters", get(clusters))
         .route("/api/v1/clusters/{name}", get(cluster))
         .route("/api/v1/drift", get(drift))
+        .route("/api/v1/backups", get(backups))
+        .route("/api/v1/backups/{name}/run", post(backup_run))
         .route("/api/v1/images/scan", post(images_scan))
         .route("/api/v1/workflows", get(workflows))
         .route("/api/v1/workflows/{name}", get(workflow))
@@ -374,6 +376,43 @@ async fn drift(State(s): State<AppState>) -> Response {
             "no drift check has run yet",
         ),
     }
+}
+
+/// Scheduled backups: policies, clusters, next firings, last runs.
+async fn backups(State(s): State<AppState>) -> Response {
+    let status = s.backups.read().unwrap_or_else(|p| p.into_inner()).clone();
+    json_response(
+        StatusCode::OK,
+        serde_json::to_value(status).unwrap_or(Value::Null),
+    )
+}
+
+/// Runs a backup policy now. Backups only read clusters, so read-only daemons run them too;
+/// the API token is still required.
+async fn backup_run(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if !authorized(&s, &headers) {
+        return error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
+    }
+    let known = s
+        .current()
+        .is_some_and(|r| r.fleet.backups.iter().any(|b| b.name == name));
+    if !known {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("no backup policy {name:?} in the current revision"),
+        );
+    }
+    let _ = s.triggers.send(Trigger::BackupRequested {
+        policy: name.clone(),
+    });
+    json_response(
+        StatusCode::ACCEPTED,
+        json!({"message": format!("backup {name} requested: see /api/v1/backups")}),
+    )
 }
 
 async fn images_scan(State(s): State<AppState>, headers: HeaderMap) -> Response {

@@ -8,6 +8,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 type Labels = Vec<(String, String)>;
+type FloatGauge = Gauge<f64, std::sync::atomic::AtomicU64>;
 
 fn seconds_histogram() -> Histogram {
     // 5 ms .. ~160 s
@@ -45,6 +46,13 @@ pub struct Metrics {
     pub workflow_runs: Family<Labels, Counter>,
     /// When each workflow last succeeded (Unix seconds).
     pub workflow_last_success: Family<Labels, Gauge>,
+    /// Scheduled backups, by policy and cluster: when the last one succeeded (Unix seconds),
+    /// how long the last one took, its objects and bytes, and failures.
+    pub backup_last_success: Family<Labels, FloatGauge>,
+    pub backup_seconds: Family<Labels, FloatGauge>,
+    pub backup_objects: Family<Labels, Gauge>,
+    pub backup_bytes: Family<Labels, Gauge>,
+    pub backup_failures: Family<Labels, Counter>,
 }
 
 impl Metrics {
@@ -130,8 +138,43 @@ impl Metrics {
             "Errors in the newest fetched commit's fleet file",
             fleet_errors.clone(),
         );
+        let backup_last_success = Family::<Labels, FloatGauge>::default();
+        let backup_seconds = Family::<Labels, FloatGauge>::default();
+        let backup_objects = Family::<Labels, Gauge>::default();
+        let backup_bytes = Family::<Labels, Gauge>::default();
+        let backup_failures = Family::<Labels, Counter>::default();
+        registry.register(
+            "backup_last_success_timestamp_seconds",
+            "When the last scheduled backup of a cluster succeeded (Unix time)",
+            backup_last_success.clone(),
+        );
+        registry.register(
+            "backup_duration_seconds",
+            "How long the last scheduled backup of a cluster took",
+            backup_seconds.clone(),
+        );
+        registry.register(
+            "backup_objects",
+            "Objects in the last successful backup of a cluster",
+            backup_objects.clone(),
+        );
+        registry.register(
+            "backup_bytes",
+            "Bytes in the last successful backup of a cluster",
+            backup_bytes.clone(),
+        );
+        registry.register(
+            "backup_failures",
+            "Scheduled backups that failed",
+            backup_failures.clone(),
+        );
         Metrics {
             registry,
+            backup_last_success,
+            backup_seconds,
+            backup_objects,
+            backup_bytes,
+            backup_failures,
             fetch_seconds,
             reconcile_seconds,
             rollout_phase,

@@ -66,6 +66,12 @@ pub(crate) enum Trigger {
     ImagesDone(Box<crate::images::ImagesStatus>, bool),
     /// A person asked something of a placement's rollout through the API.
     Control { placement: String },
+    /// A backup policy's schedule fired (see [`crate::backups`]).
+    BackupsDue,
+    /// `POST /api/v1/backups/{name}/run` asked for a backup now.
+    BackupRequested { policy: String },
+    /// One scheduled backup of one cluster finished.
+    BackupDone(Box<crate::backups::Done>),
     /// SIGTERM (or the embedding program) asked to stop.
     Shutdown,
 }
@@ -98,7 +104,9 @@ pub(crate) struct Shared {
     /// Rollout engines return at their next step boundary once set.
     pub stop: AtomicBool,
     pub clusters: ConnectedClusters,
-    readers: ConnectedClusters,
+    pub(crate) readers: ConnectedClusters,
+    /// Scheduled backups: policies, next firings, last runs.
+    pub backups: RwLock<crate::backups::BackupsStatus>,
     gates: PrometheusGates,
     images: crate::images::ImageSettings,
     /// Held (locked) while the daemon runs.
@@ -254,6 +262,7 @@ pub async fn start(config: crate::config::Config) -> Result<Running, DaemonError
         stop: AtomicBool::new(false),
         clusters: ConnectedClusters::empty(v.connector.clone(), v.config.read_only),
         readers: ConnectedClusters::empty(v.connector, true),
+        backups: RwLock::new(crate::backups::BackupsStatus::default()),
         gates: PrometheusGates::new(Duration::from_secs(10)),
         images: crate::images::ImageSettings {
             registries: flotilla_images::Settings {
@@ -295,6 +304,7 @@ pub async fn start(config: crate::config::Config) -> Result<Running, DaemonError
         next_drift: None,
         drift_every: None,
         images_running: false,
+        backups: crate::backups::Backups::default(),
         next_images: None,
     };
     crate::workflows::spawn(shared.clone());
@@ -412,12 +422,14 @@ struct Daemon {
     drift_every: Option<Duration>,
     images_running: bool,
     next_images: Option<tokio::time::Instant>,
+    backups: crate::backups::Backups,
 }
 
 impl Daemon {
     async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Trigger>) {
         loop {
             let (drift_at, images_at) = (self.next_drift, self.next_images);
+            let backups_at = self.backups.next_at(&self.shared);
             let trigger = tokio::select! {
                 t = rx.recv() => match t {
                     Some(t) => t,
@@ -425,6 +437,7 @@ impl Daemon {
                 },
                 () = sleep_until(drift_at) => Trigger::DriftDue,
                 () = sleep_until(images_at) => Trigger::ImagesDue { requested: false },
+                () = sleep_until(backups_at) => Trigger::BackupsDue,
             };
             if matches!(trigger, Trigger::Shutdown) {
                 self.drain().await;
@@ -483,6 +496,9 @@ impl Daemon {
                     w.nudge.notify_one();
                 }
             }
+            Trigger::BackupsDue => self.backups.due(&shared),
+            Trigger::BackupRequested { policy } => self.backups.request(&shared, &policy),
+            Trigger::BackupDone(done) => self.backups.done(&shared, *done),
             Trigger::Shutdown => {}
         }
     }

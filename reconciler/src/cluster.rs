@@ -225,8 +225,20 @@ pub trait Cluster: Send + Sync {
     /// Every object of `gvk` in every namespace matching a label selector (`""` for all).
     async fn list(&self, gvk: &Gvk, label_selector: &str) -> Result<Vec<Value>, ClusterError>;
 
-    /// Server-side apply of `object` with field manager `flotilla`; returns the object the
-    /// server stored (or would store, on dry-run).
+    /// Discovery of everything: each kind the cluster serves that can be listed, at its
+    /// preferred version (subresources left out). For backups.
+    async fn served_kinds(&self) -> Result<Vec<(Gvk, ResourceInfo)>, ClusterError>;
+
+    /// One page of [`Cluster::list`] (every namespace, no label selector): the objects and
+    /// the token of the next page (`None` after the last). Lets a caller stream a kind.
+    async fn list_page(
+        &self,
+        gvk: &Gvk,
+        continue_token: Option<&str>,
+    ) -> Result<(Vec<Value>, Option<String>), ClusterError>;
+
+    /// Server-side apply of `object` with the field manager `options.manager` names; returns
+    /// the object the server stored (or would store, on dry-run).
     async fn apply(&self, object: &Value, options: ApplyOptions) -> Result<Value, ClusterError>;
 
     /// Deletes the object (background propagation). Deleting what is already gone is `Ok`.

@@ -406,7 +406,7 @@ async fn read_inventories(
 }
 
 /// Stage 0: CRDs, Namespaces, cluster-wide RBAC. Stage 1: everything else.
-fn stage(r: &ObjectRef) -> u8 {
+pub fn stage(r: &ObjectRef) -> u8 {
     match (r.gvk.group.as_str(), r.gvk.kind.as_str()) {
         ("apiextensions.k8s.io", "CustomResourceDefinition")
         | ("", "Namespace")
@@ -864,7 +864,7 @@ async fn apply_object(
 }
 
 /// Waits until the CRD reports `Established=True`; `Ok(Err(reason))` on timeout.
-async fn wait_established(
+pub async fn wait_established(
     cluster: &dyn Cluster,
     crd: &ObjectRef,
     timeout: Duration,

@@ -1280,15 +1280,9 @@ fn backup(cx: &mut Cx, node: &Node, path: &Ptr<'_>) -> Option<Backup> {
         }
         Some(d)
     });
-    let store = o.req(cx, "store", |cx, n, p| {
-        checked(cx, n, p, |s| match s.split_once("://") {
-            Some(("file", rest)) if rest.starts_with('/') => Ok(s.to_string()),
-            Some(("s3", rest)) if !rest.is_empty() => Ok(s.to_string()),
-            _ => Err(format!(
-                "expected a store URL file:///absolute/path or s3://bucket/prefix, found {s:?}"
-            )),
-        })
-    });
+    let store = o.req(cx, "store", |cx, n, p| checked(cx, n, p, check_store));
+    let encrypt = o.opt(cx, "encrypt", backup_encryption);
+    let status = o.opt(cx, "status", bool_).unwrap_or(false);
     o.finish(cx);
     Some(Backup {
         name: n?,
@@ -1299,7 +1293,68 @@ fn backup(cx: &mut Cx, node: &Node, path: &Ptr<'_>) -> Option<Backup> {
         exclude,
         retain: retain?,
         store: store?,
+        encrypt,
+        status,
     })
+}
+
+/// `file:///absolute/path` or `s3://bucket[/prefix]` (bucket names as S3 allows them).
+pub fn check_store(s: &str) -> Result<String, String> {
+    let bad =
+        || format!("expected a store URL file:///absolute/path or s3://bucket/prefix, found {s:?}");
+    match s.split_once("://") {
+        Some(("file", rest)) if rest.starts_with('/') => {
+            if rest.split('/').any(|c| c == "..") {
+                return Err(format!("store {s:?}: the path must not contain \"..\""));
+            }
+            Ok(s.to_string())
+        }
+        Some(("s3", rest)) if !rest.is_empty() => {
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            let bucket_ok = (3..=63).contains(&bucket.len())
+                && bucket.bytes().all(|b| {
+                    b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'-')
+                })
+                && !bucket.starts_with(['.', '-'])
+                && !bucket.ends_with(['.', '-']);
+            if !bucket_ok {
+                return Err(format!(
+                    "store {s:?}: invalid bucket name {bucket:?} (3 to 63 lowercase letters, digits, '.' and '-')"
+                ));
+            }
+            if prefix.split('/').any(|c| c == "." || c == "..") {
+                return Err(format!(
+                    "store {s:?}: the prefix must not contain \".\" or \"..\""
+                ));
+            }
+            Ok(s.to_string())
+        }
+        _ => Err(bad()),
+    }
+}
+
+fn backup_encryption(cx: &mut Cx, node: &Node, path: &Ptr<'_>) -> Option<BackupEncryption> {
+    let mut o = Obj::new(cx, node, path, "a backup encryption")?;
+    let age = o.req(cx, "age", |cx, n, p| {
+        let items = list(cx, n, p, |cx, n, p| {
+            checked(cx, n, p, |s| {
+                s.parse::<age::x25519::Recipient>()
+                    .map(|_| s.to_string())
+                    .map_err(|e| format!("invalid age X25519 recipient {s:?}: {e}"))
+            })
+        });
+        let given = match &n.value {
+            Value::Seq(v) => v.len(),
+            _ => 0,
+        };
+        if given == 0 {
+            cx.error(n.pos, p, "\"age\" needs at least one recipient");
+            return None;
+        }
+        (items.len() == given).then_some(items)
+    });
+    o.finish(cx);
+    Some(BackupEncryption { age: age? })
 }
 
 fn image_policy(cx: &mut Cx, node: &Node, path: &Ptr<'_>) -> Option<ImagePolicy> {

@@ -24,6 +24,7 @@ pub mod validate;
 pub mod workflow;
 pub mod yaml;
 
+pub use decode::check_store;
 pub use diag::{Diagnostic, Severity};
 pub use model::*;
 pub use repo::{MemRepo, NoRepo, PathKind, RepoError, RepoFiles};

@@ -646,6 +646,21 @@ pub struct Backup {
     pub retain: Duration,
     /// Where backups go: `file:///path` or `s3://bucket/prefix`.
     pub store: String,
+    /// Encryption of Secrets; without it Secrets are left out of the backup.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encrypt: Option<BackupEncryption>,
+    /// Keep each object's `status` (default: dropped, the controllers rebuild it).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub status: bool,
+}
+
+/// How a backup encrypts the Secrets it keeps.
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(deny_unknown_fields)]
+pub struct BackupEncryption {
+    /// age X25519 recipients (`age1...`); any one identity decrypts.
+    pub age: Vec<String>,
 }
 
 /// Which images to track and how to write accepted tags back to Git.

@@ -108,6 +108,22 @@ fn plan_text_lists_batches_and_bundles() {
         .nth(1)
         .unwrap_or_default();
     assert_eq!(next.matches("T19:00:00Z").count(), 3, "{text}");
+    // Backup policies: their clusters and next firings (01:30 UTC daily).
+    assert!(
+        text.contains(
+            "backup daily (30 1 * * * UTC, keep 14d, file:///var/lib/flotilla/backups): "
+        ),
+        "{text}"
+    );
+    let next = text
+        .lines()
+        .skip_while(|l| !l.starts_with("backup daily"))
+        .nth(1)
+        .unwrap_or("");
+    assert!(
+        next.starts_with("  next: ") && next.matches("T01:30:00Z").count() == 3,
+        "{text}"
+    );
 }
 
 #[test]
