@@ -439,6 +439,7 @@ async fn backup_inner(
     let body = serde_json::to_vec_pretty(&manifest).map_err(|e| BackupError::Settings {
         message: e.to_string(),
     })?;
+    stall_for_tests().await;
     let mpath = store.path(&[dir, "manifest.json"]);
     store
         .inner
@@ -661,5 +662,19 @@ mod tests {
             Some(b"{\"kind\":\"Secret\"}".to_vec())
         );
         assert!(crate::restore::decrypt_for_tests(&wrong, &sealed).is_err());
+    }
+}
+
+/// Test hook: with `FLOTILLA_TEST_STALL_BEFORE_MANIFEST=PATH` a backup that has uploaded every
+/// file creates PATH and waits (10 minutes) before it writes its manifest, so the kill -9 test
+/// kills it at exactly that point instead of racing it.
+const STALL_HOOK: &str = "FLOTILLA_TEST_STALL_BEFORE_MANIFEST";
+
+async fn stall_for_tests() {
+    if let Some(marker) = std::env::var_os(STALL_HOOK) {
+        tracing::warn!("{STALL_HOOK} is set: stalling before the manifest");
+        if std::fs::write(&marker, b"stalled\n").is_ok() {
+            tokio::time::sleep(std::time::Duration::from_secs(600)).await;
+        }
     }
 }

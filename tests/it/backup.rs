@@ -598,61 +598,52 @@ fn retention_deletes_expired_backups_but_never_the_last_good_one() {
 #[test]
 fn a_backup_killed_during_its_upload_leaves_nothing_restorable() {
     let kube = seeded_sim();
-    // ~9 MiB of ConfigMaps: the file is uploaded in parts, so it is on disk before it is done.
-    let items: Vec<Value> = (0..1500)
-        .map(|i| {
-            serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap",
-            "metadata": {"name": format!("bulk-{i:05}"), "namespace": "blog"},
-            "data": {"payload": "x".repeat(6000)}})
-        })
-        .collect();
-    let bulk = kube.file(
-        "bulk.json",
-        &serde_json::json!({"apiVersion": "v1", "kind": "List", "items": items}).to_string(),
-    );
-    kube.ok(&[
-        "--context",
-        "sim-1",
-        "create",
-        "--validate=false",
-        "-f",
-        &bulk,
-    ]);
     let store = tempfile::tempdir().expect("temp dir");
     let url = format!("file://{}", store.path().display());
     let repo = fixture().join("repo");
+    // The backup stops right before its manifest (a test hook that creates `marker` there),
+    // so the kill lands after every data file and before the manifest, every time.
+    let marker = store.path().join("stalled");
     let mut child = flotilla_with(
         &kube.kubeconfig,
         &repo,
         &["backup", "run", "nightly", "--store", &url],
     )
+    .env("FLOTILLA_TEST_STALL_BEFORE_MANIFEST", &marker)
     .stdout(Stdio::null())
     .stderr(Stdio::null())
     .spawn()
     .expect("spawn flotilla");
     let root = store.path().join("nightly/sim-1");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let started = loop {
-        let any_file = walk(&root).into_iter().next();
-        if any_file.is_some() {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let stalled = loop {
+        if marker.exists() {
             break true;
         }
         if Instant::now() > deadline || child.try_wait().ok().flatten().is_some() {
             break false;
         }
-        std::thread::sleep(Duration::from_millis(1));
+        std::thread::sleep(Duration::from_millis(20));
     };
     // kill -9: no destructor, no cleanup.
     let _ = Command::new("kill")
         .args(["-9", &child.id().to_string()])
         .status();
     let _ = child.wait();
-    assert!(started, "the backup wrote nothing before it ended");
+    assert!(
+        stalled,
+        "the backup ended or hung before reaching its manifest"
+    );
     let files = walk(&root);
-    assert!(!files.is_empty());
+    assert!(
+        files
+            .iter()
+            .any(|p| p.to_string_lossy().contains("ConfigMap")),
+        "the data files were uploaded: {files:?}"
+    );
     assert!(
         !files.iter().any(|p| p.ends_with("manifest.json")),
-        "killed too late (the backup had finished): {files:?}"
+        "no manifest: {files:?}"
     );
     let list = ok(flotilla_with(
         &kube.kubeconfig,
