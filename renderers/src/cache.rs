@@ -409,8 +409,7 @@ fn finish_key(base_key: &Hash, cx: &Context<'_>) -> Hash {
         .placement
         .replicas
         .as_ref()
-        .filter(|r| r.bundle == cx.bundle.name)
-        .map(|r| (r, cx.options.replicas));
+        .filter(|r| r.bundle == cx.bundle.name);
     let mut h = HashWriter(Sha256::new());
     h.0.update(base_key);
     let parts = (
@@ -458,7 +457,6 @@ fn scope(
         cluster,
         &overrides,
         replicas,
-        options.replicas,
     );
     if serde_json::to_writer(&mut h, &parts).is_err() {
         // Not reachable for these types; an unusable key just means no reuse.
