@@ -10,6 +10,7 @@ use flotilla_source::{LocalTree, git};
 use flotilla_spec::types::RepoPath;
 use flotilla_spec::{Checked, Diagnostic, Limits, RepoFiles};
 
+mod burst;
 mod demo;
 mod images;
 mod live;
@@ -168,6 +169,11 @@ enum Command {
         format: live::ReportFormat,
         #[arg(long, value_name = "FILE")]
         out: Option<PathBuf>,
+    },
+    /// Burst pools: the replica split of placements with `replicas:` (live or the daemon's).
+    Burst {
+        #[command(subcommand)]
+        command: burst::BurstCommand,
     },
     /// Image policies: scan registries for tags, write the chosen ones back to Git.
     Images {
@@ -447,6 +453,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             serve::serve(config)
         }
         Command::Status { server } => serve::status(&server),
+        Command::Burst { command } => burst::run(command),
         Command::Demo(args) => demo::demo(args),
         Command::Drift {
             fleet,

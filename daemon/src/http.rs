@@ -33,6 +33,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/api/v1/clusters", get(clusters))
         .route("/api/v1/clusters/{name}", get(cluster))
         .route("/api/v1/drift", get(drift))
+        .route("/api/v1/burst", get(burst))
         .route("/api/v1/images/scan", post(images_scan))
         .with_state(shared)
 }
@@ -357,6 +358,13 @@ async fn cluster(State(s): State<AppState>, Path(name): Path<String>) -> Respons
             "placements": placements,
             "drift": drift,
         }),
+    )
+}
+
+async fn burst(State(s): State<AppState>) -> Response {
+    json_response(
+        StatusCode::OK,
+        serde_json::to_value(s.burst.status()).unwrap_or(Value::Null),
     )
 }
 

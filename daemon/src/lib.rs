@@ -8,6 +8,7 @@
 //! holds, and resume on the next start.
 
 pub mod adapters;
+pub mod burst;
 pub mod config;
 mod heal;
 mod http;

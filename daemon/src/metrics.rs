@@ -40,6 +40,8 @@ pub struct Metrics {
     /// Daemon tasks (placement workers, drift checks, image scans) that panicked or failed,
     /// by task and outcome (`panic`, `error`); each is reported and restarted.
     pub task_failures: Family<Labels, Counter>,
+    pub burst_replicas: Family<Labels, Gauge>,
+    pub burst_unplaced: Family<Labels, Gauge>,
 }
 
 impl Metrics {
@@ -58,6 +60,18 @@ impl Metrics {
         let fleet_errors = Gauge::default();
         let http_connections_refused = Counter::default();
         let task_failures = Family::<Labels, Counter>::default();
+        let burst_replicas = Family::<Labels, Gauge>::default();
+        let burst_unplaced = Family::<Labels, Gauge>::default();
+        registry.register(
+            "burst_replicas",
+            "Replicas the burst split gives each cluster, by placement, cluster and pool (empty for primaries)",
+            burst_replicas.clone(),
+        );
+        registry.register(
+            "burst_unplaced",
+            "Replicas of a burst placement that fit on no cluster",
+            burst_unplaced.clone(),
+        );
         registry.register(
             "http_connections_refused",
             "HTTP connections closed on accept because the connection cap was reached",
@@ -126,6 +140,8 @@ impl Metrics {
             fleet_errors,
             http_connections_refused,
             task_failures,
+            burst_replicas,
+            burst_unplaced,
         }
     }
 

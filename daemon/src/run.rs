@@ -98,7 +98,9 @@ pub(crate) struct Shared {
     /// Rollout engines return at their next step boundary once set.
     pub stop: AtomicBool,
     pub clusters: ConnectedClusters,
-    readers: ConnectedClusters,
+    pub(crate) readers: ConnectedClusters,
+    /// The burst controller's status and wake-up (`crate::burst`).
+    pub(crate) burst: crate::burst::Burst,
     gates: PrometheusGates,
     images: crate::images::ImageSettings,
     /// Held (locked) while the daemon runs.
@@ -254,6 +256,7 @@ pub async fn start(config: crate::config::Config) -> Result<Running, DaemonError
         stop: AtomicBool::new(false),
         clusters: ConnectedClusters::empty(v.connector.clone(), v.config.read_only),
         readers: ConnectedClusters::empty(v.connector, true),
+        burst: crate::burst::Burst::new(),
         gates: PrometheusGates::new(Duration::from_secs(10)),
         images: crate::images::ImageSettings {
             registries: flotilla_images::Settings {
@@ -279,6 +282,14 @@ pub async fn start(config: crate::config::Config) -> Result<Running, DaemonError
         "flotilla serve starting"
     );
     spawn_git_thread(shared.clone(), source, wake_rx);
+    crate::supervise::spawn(
+        crate::supervise::Restart::WORKER,
+        {
+            let shared = shared.clone();
+            move || crate::burst::run(shared.clone())
+        },
+        crate::supervise::report_to(shared.clone(), "burst", None),
+    );
     let router = crate::http::router(shared.clone());
     let refused = {
         let counter = shared.metrics.http_connections_refused.clone();
@@ -628,6 +639,7 @@ impl Daemon {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .replace(rev.clone());
+        shared.burst.nudge.notify_one();
         if let Some(previous) = previous.filter(|_| !shared.config.read_only) {
             spawn_prune_removed(shared.clone(), &previous, &rev);
         }

@@ -20,7 +20,10 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::capacity::{Shape, declared_room};
+use serde_json::{Value, json};
+
+use crate::capacity::{Observed, PodUse, Shape, declared_room};
+use crate::cluster::{ApplyOptions, Cluster, ClusterError, FieldManager, ObjectRef};
 
 /// One selected cluster as the split sees it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -272,6 +275,102 @@ pub fn in_pool(pool: Option<&flotilla_spec::BurstPool>, cluster: &flotilla_spec:
         p.clusters
             .matches(&cluster.name, &cluster.selector_labels())
     })
+}
+
+/// The rendered workload of a split among one cluster's rendered objects: the object whose
+/// kind, name (and namespace, when the split names one) match.
+pub fn find_workload<'a>(
+    split: &flotilla_spec::ReplicaSplit,
+    objects: &'a [Value],
+) -> Option<&'a Value> {
+    let w = &split.workload;
+    objects.iter().find(|o| {
+        o["kind"].as_str() == Some(w.kind.as_str())
+            && o["metadata"]["name"].as_str() == Some(w.name.as_str())
+            && w.namespace
+                .as_deref()
+                .is_none_or(|ns| o["metadata"]["namespace"].as_str() == Some(ns))
+    })
+}
+
+/// Whether `pod` is one of `workload`'s: same namespace, and its labels carry every
+/// `spec.selector.matchLabels` of the workload (a workload without match labels owns none).
+pub fn owns(workload: &Value, pod: &PodUse) -> bool {
+    let ns = workload["metadata"]["namespace"]
+        .as_str()
+        .unwrap_or("default");
+    let Some(sel) = workload["spec"]["selector"]["matchLabels"]
+        .as_object()
+        .filter(|m| !m.is_empty())
+    else {
+        return false;
+    };
+    pod.namespace == ns
+        && sel.iter().all(|(k, v)| {
+            v.as_str()
+                .is_some_and(|v| pod.labels.get(k).map(String::as_str) == Some(v))
+        })
+}
+
+/// A cluster's room for `workload` (its own pods not counted against it), capped by what
+/// fleet.yaml declares for the cluster.
+pub fn room_for(
+    observed: &Observed,
+    workload: &Value,
+    declared: Option<&flotilla_spec::model::Capacity>,
+) -> u64 {
+    let shape = Shape::of_workload(workload).unwrap_or_default();
+    let live = observed.room_skipping(&shape, |p| owns(workload, p));
+    crate::capacity::combine(Some(live), declared_room(declared, &shape, true))
+}
+
+/// The live `spec.replicas` of `workload` on `cluster`: `Ok(None)` when the object does not
+/// exist yet (the rollout has not created it).
+pub async fn live_replicas(
+    cluster: &dyn Cluster,
+    workload: &Value,
+) -> Result<Option<u64>, ClusterError> {
+    let Some(r) = ObjectRef::of(workload) else {
+        return Err(ClusterError::Invalid {
+            cluster: cluster.name().to_string(),
+            message: "the burst workload has no apiVersion, kind or name".into(),
+        });
+    };
+    Ok(cluster
+        .get(&r)
+        .await?
+        .map(|o| o["spec"]["replicas"].as_u64().unwrap_or(1)))
+}
+
+/// Writes `replicas` as `spec.replicas` of `workload` on `cluster`: a server-side apply of
+/// only that field (apiVersion, kind, name, namespace, `spec.replicas`) by the
+/// `flotilla-burst` field manager, forced (the split owns the count).
+pub async fn write_replicas(
+    cluster: &dyn Cluster,
+    workload: &Value,
+    replicas: u64,
+) -> Result<(), ClusterError> {
+    let mut metadata = json!({"name": workload["metadata"]["name"]});
+    if let Some(ns) = workload["metadata"]["namespace"].as_str() {
+        metadata["namespace"] = json!(ns);
+    }
+    let body = json!({
+        "apiVersion": workload["apiVersion"],
+        "kind": workload["kind"],
+        "metadata": metadata,
+        "spec": {"replicas": replicas},
+    });
+    cluster
+        .apply(
+            &body,
+            ApplyOptions {
+                dry_run: false,
+                force: true,
+                manager: FieldManager::Burst,
+            },
+        )
+        .await
+        .map(|_| ())
 }
 
 #[cfg(test)]

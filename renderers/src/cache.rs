@@ -254,7 +254,7 @@ impl Pass<'_, '_> {
         cluster: &Cluster,
         options: &RenderOptions,
     ) -> Result<Arc<Rendered>, RenderError> {
-        let key = scope(fleet, placement, bundle, cluster, options);
+        let key = scope(fleet, placement, bundle, cluster);
         let repo = Metered {
             inner: self.repo,
             budget: &self.budget,
@@ -427,13 +427,7 @@ fn finish_key(base_key: &Hash, cx: &Context<'_>) -> Hash {
 }
 
 /// Everything besides the repository that a render reads.
-fn scope(
-    fleet: &Fleet,
-    placement: &Placement,
-    bundle: &Bundle,
-    cluster: &Cluster,
-    options: &RenderOptions,
-) -> Hash {
+fn scope(fleet: &Fleet, placement: &Placement, bundle: &Bundle, cluster: &Cluster) -> Hash {
     let labels = cluster.selector_labels();
     let overrides: Vec<_> = placement
         .overrides
