@@ -10,6 +10,7 @@ mod registry_support;
 mod serve_support;
 mod support;
 
+mod burst;
 mod cli;
 mod cluster;
 mod daemon;
