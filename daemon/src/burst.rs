@@ -137,6 +137,11 @@ struct Memory {
     /// placement → (last query ms, total, status).
     demand: BTreeMap<String, (u64, u64, DemandStatus)>,
     events: BTreeMap<String, Vec<String>>,
+    /// placement → unplaced at the last evaluation (warned once per change).
+    unplaced: BTreeMap<String, u64>,
+    /// Read-only: placement → (cluster → count) already reported, so an unapplied move is
+    /// logged once, not every interval.
+    reported: BTreeMap<String, BTreeMap<String, u64>>,
 }
 
 fn now_ms() -> u64 {
@@ -412,6 +417,7 @@ async fn evaluate(shared: &Arc<Shared>, rev: &Arc<Revision>, p: &Placement, memo
     });
 
     let read_only = shared.config.read_only;
+    let reported = memory.reported.entry(p.name.clone()).or_default();
     let events = memory.events.entry(p.name.clone()).or_default();
     let mut errors: BTreeMap<String, String> = BTreeMap::new();
     for m in &result.moves {
@@ -435,6 +441,9 @@ async fn evaluate(shared: &Arc<Shared>, rev: &Arc<Revision>, p: &Placement, memo
             }
         );
         let Some(workload) = s.and_then(|s| s.workload.as_ref()).filter(|_| !read_only) else {
+            if reported.insert(m.cluster.clone(), m.to) == Some(m.to) {
+                continue;
+            }
             tracing::info!(target: "flotilla::burst", placement = %p.name, cluster = %m.cluster, role, from = m.from, to = m.to, read_only, "{verb} (not applied)");
             events.push(line);
             continue;
@@ -495,7 +504,8 @@ async fn evaluate(shared: &Arc<Shared>, rev: &Arc<Revision>, p: &Placement, memo
         .burst_unplaced
         .get_or_create(&labels(&[("placement", &p.name)]))
         .set(i64::try_from(result.unplaced).unwrap_or(i64::MAX));
-    if result.unplaced > 0 {
+    let before = memory.unplaced.insert(p.name.clone(), result.unplaced);
+    if result.unplaced > 0 && before != Some(result.unplaced) {
         tracing::warn!(target: "flotilla::burst", placement = %p.name, unplaced = result.unplaced, total, "replicas fit nowhere");
     }
 

@@ -378,3 +378,146 @@ fn burst_demand_from_prometheus_moves_the_total_and_read_only_sends_nothing() {
     assert_eq!(live(&k), [Some(10), Some(10), Some(0)]);
     assert_eq!(d.json("/api/v1/burst")["placements"]["web"]["total"], 20);
 }
+
+/// On a real kube-apiserver: Nodes created through the API give the room, the split is
+/// written by server-side apply with field manager `flotilla-burst`, and a second Node places
+/// what did not fit.
+#[test]
+fn real_kube_burst_split_follows_nodes_created_through_the_api() {
+    use crate::kube_support::{KubeOptions, RealKube, kubeconfig_file};
+    let kube = RealKube::start(KubeOptions::default());
+    let kubeconfig = kube.dir.path().join("fleet-kubeconfig");
+    kubeconfig_file(&kubeconfig, &[kube.kubeconfig_as("real")]);
+    let node = |name: &str| {
+        let path = kube.dir.path().join(format!("{name}.yaml"));
+        std::fs::write(
+            &path,
+            format!(
+                "apiVersion: v1
+kind: Node
+metadata: {{name: {name}}}
+status:
+  allocatable: {{cpu: \"8\", memory: 32Gi, pods: \"110\"}}
+  capacity: {{cpu: \"8\", memory: 32Gi, pods: \"110\"}}
+  conditions: [{{type: Ready, status: \"True\", reason: KubeletReady, message: test}}]
+"
+            ),
+        )
+        .expect("write node");
+        kube.ok(&["create", "-f", path.to_str().expect("utf-8")]);
+        // The API server drops a created Node's status: it is the kubelet's to report.
+        let shown = kube.ok(&[
+            "get",
+            "node",
+            name,
+            "-o",
+            "jsonpath={.status.allocatable.cpu}",
+        ]);
+        if shown.trim() != "8" {
+            kube.ok(&[
+                "patch", "node", name, "--subresource=status", "--type=merge", "-p",
+                r#"{"status": {"allocatable": {"cpu": "8", "memory": "32Gi", "pods": "110"},
+                    "capacity": {"cpu": "8", "memory": "32Gi", "pods": "110"},
+                    "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady", "message": "test"}]}}"#,
+            ]);
+        }
+        // The TaintNodesByCondition admission adds `not-ready:NoSchedule` to a new Node;
+        // the node lifecycle controller (not running here) would lift it once Ready.
+        let taints = kube.ok(&["get", "node", name, "-o", "jsonpath={.spec.taints}"]);
+        if taints.contains("node.kubernetes.io/not-ready") {
+            kube.ok(&[
+                "taint",
+                "node",
+                name,
+                "node.kubernetes.io/not-ready:NoSchedule-",
+            ]);
+        }
+        let node = kube.ok(&["get", "node", name, "-o", "json"]);
+        assert!(node.contains("\"allocatable\""), "{node}");
+    };
+    node("node-1");
+    let up = Upstream::new();
+    let text = "apiVersion: flotilla.dev/v1alpha1
+kind: Fleet
+metadata: {name: burst}
+clusters:
+  - {name: real}
+bundles:
+  - {name: app, path: app, namespace: shop}
+placements:
+  - name: web
+    bundles: [app]
+    clusters: {}
+    replicas:
+      bundle: app
+      workload: {kind: Deployment, name: web}
+      total: 20
+    rollout:
+      batches:
+        - percent: 100
+      healthDeadline: 5s
+";
+    commit(&up, text, "web");
+    let git = up.daemon();
+    let (mut cmd, port) = serve_command();
+    cmd.arg("--repo")
+        .arg(format!("git://127.0.0.1:{}/fleet.git", git.port))
+        .args(["--ref", "main", "--kubeconfig"])
+        .arg(&kubeconfig)
+        .arg("--state")
+        .arg(up.scratch("state"))
+        .arg("--cache")
+        .arg(up.scratch("cache"))
+        .args(["--poll-interval", "1s", "--burst-interval", "500ms"]);
+    let d = ServeProcess::spawn(cmd, port);
+    let replicas = || {
+        let o = kube.run(&[
+            "get",
+            "deployment",
+            "web",
+            "-n",
+            "shop",
+            "-o",
+            "jsonpath={.spec.replicas}",
+        ]);
+        String::from_utf8_lossy(&o.stdout).trim().to_string()
+    };
+    // One 8-CPU node, 533m per pod: 15 fit, 5 are unplaced.
+    d.wait_for(
+        "15 replicas on the real cluster",
+        Duration::from_secs(90),
+        || replicas() == "15",
+    );
+    let s = d.json("/api/v1/burst");
+    assert_eq!(s["placements"]["web"]["unplaced"], 5, "{s}");
+    let managed = kube.ok(&[
+        "get",
+        "deployment",
+        "web",
+        "-n",
+        "shop",
+        "--show-managed-fields",
+        "-o",
+        "json",
+    ]);
+    let v: Value = serde_json::from_str(&managed).expect("JSON");
+    let owner_of_replicas: Vec<String> = v["metadata"]["managedFields"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|m| m["fieldsV1"]["f:spec"].get("f:replicas").is_some())
+        .map(|m| m["manager"].as_str().unwrap_or("?").to_string())
+        .collect();
+    assert_eq!(owner_of_replicas, ["flotilla-burst"], "{managed}");
+    node("node-2");
+    d.wait_for(
+        "all 20 placed after a second node",
+        Duration::from_secs(60),
+        || replicas() == "20",
+    );
+    let metrics = d.get("/metrics").expect("metrics").1;
+    assert!(
+        metrics.contains("flotilla_burst_unplaced{placement=\"web\"} 0"),
+        "{metrics}"
+    );
+}
