@@ -138,19 +138,24 @@ pub fn water_fill(amount: u64, rooms: &[u64], current: &[u64]) -> Vec<u64> {
 
 /// The split. See the module documentation for the rules.
 pub fn split(input: &Input<'_>) -> Split {
-    let cur = |m: &Member| input.current.get(&m.name).copied().unwrap_or(0);
-    let room = |m: &Member| if m.lost { 0 } else { m.room };
-    let primaries: Vec<&Member> = input.members.iter().filter(|m| !m.pool).collect();
-    let pool: Vec<&Member> = input.members.iter().filter(|m| m.pool).collect();
+    let ms = input.members;
+    // Each member's current count and room, read once.
+    let cur: Vec<u64> = ms
+        .iter()
+        .map(|m| input.current.get(&m.name).copied().unwrap_or(0))
+        .collect();
+    let room: Vec<u64> = ms.iter().map(|m| if m.lost { 0 } else { m.room }).collect();
+    let primaries: Vec<usize> = (0..ms.len()).filter(|&i| !ms[i].pool).collect();
+    let pool: Vec<usize> = (0..ms.len()).filter(|&i| ms[i].pool).collect();
 
-    let p_rooms: Vec<u64> = primaries.iter().map(|m| room(m)).collect();
-    let p_cur: Vec<u64> = primaries.iter().map(|m| cur(m)).collect();
+    let p_rooms: Vec<u64> = primaries.iter().map(|&i| room[i]).collect();
+    let p_cur: Vec<u64> = primaries.iter().map(|&i| cur[i]).collect();
     let p_room: u64 = p_rooms.iter().sum();
     let p_amount = input.total.min(p_room);
     let mut p_target = water_fill(p_amount, &p_rooms, &p_cur);
 
-    let q_rooms: Vec<u64> = pool.iter().map(|m| room(m)).collect();
-    let q_cur: Vec<u64> = pool.iter().map(|m| cur(m)).collect();
+    let q_rooms: Vec<u64> = pool.iter().map(|&i| room[i]).collect();
+    let q_cur: Vec<u64> = pool.iter().map(|&i| cur[i]).collect();
     let q_cap = q_rooms.iter().sum::<u64>().min(input.pool_max);
     let q_amount = (input.total - p_amount).min(q_cap);
     let mut q_target = water_fill(q_amount, &q_rooms, &q_cur);
@@ -193,26 +198,32 @@ pub fn split(input: &Input<'_>) -> Split {
         last_scale_in = Some(input.now_ms);
     }
 
-    let mut assignment = BTreeMap::new();
+    let mut target = vec![0u64; ms.len()];
+    for (k, &i) in primaries.iter().enumerate() {
+        target[i] = p_target[k];
+    }
+    for (k, &i) in pool.iter().enumerate() {
+        target[i] = q_target[k];
+    }
+    let mut order: Vec<usize> = (0..ms.len()).collect();
+    if !ms.is_sorted_by(|a, b| a.name <= b.name) {
+        order.sort_by(|&a, &b| ms[a].name.cmp(&ms[b].name));
+    }
     let mut moves = Vec::new();
-    let all = primaries
-        .iter()
-        .zip(p_target.iter_mut())
-        .chain(pool.iter().zip(q_target.iter_mut()));
-    let mut rows: Vec<(&Member, u64)> = all.map(|(m, t)| (*m, *t)).collect();
-    rows.sort_by(|a, b| a.0.name.cmp(&b.0.name));
-    for (m, to) in rows {
-        let from = cur(m);
-        if from != to {
+    for &i in &order {
+        if cur[i] != target[i] {
             moves.push(Move {
-                cluster: m.name.clone(),
-                pool: m.pool,
-                from,
-                to,
+                cluster: ms[i].name.clone(),
+                pool: ms[i].pool,
+                from: cur[i],
+                to: target[i],
             });
         }
-        assignment.insert(m.name.clone(), to);
     }
+    let assignment: BTreeMap<String, u64> = order
+        .iter()
+        .map(|&i| (ms[i].name.clone(), target[i]))
+        .collect();
     Split {
         assignment,
         unplaced,
