@@ -201,6 +201,22 @@ fn burst_forty_over_two_primaries_of_fifteen_then_nodes_then_an_outage() {
         "{managers}"
     );
     let last_out = millis(&s, "/placements/web/lastScaleOut").expect("a scale-out");
+    // The same through the CLI's --server mode.
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_flotilla"))
+        .args(["burst", "status", "web", "--server"])
+        .arg(format!("http://127.0.0.1:{}", d.port))
+        .output()
+        .expect("flotilla runs");
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(0), "{text}");
+    assert!(
+        text.contains("pool cloud: 10 replicas (target 10, max 50), 0 unplaced"),
+        "{text}"
+    );
+    assert!(
+        text.contains("event: ") && text.contains("scale-out pool sim-3: 1 -> 10 replicas"),
+        "{text}"
+    );
 
     // sim-1 gains a node (room 30): the primaries take 25 + 15 at once, the pool keeps its 10
     // until the cooldown (6 s after its scale-out) has passed, then empties.
@@ -520,4 +536,85 @@ placements:
         metrics.contains("flotilla_burst_unplaced{placement=\"web\"} 0"),
         "{metrics}"
     );
+}
+
+/// `flotilla burst status` without a daemon: renders, reads the sims through the kubeconfig
+/// (read-only) and prints the split; exit 1 when replicas are unplaced.
+#[test]
+fn burst_status_reads_the_clusters_and_reports_unplaced() {
+    let k = sims();
+    add_node(&k, "sim-3", "sim-3-node-2");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let write = |rel: &str, text: &str| {
+        let p = dir.path().join(rel);
+        std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+        std::fs::write(p, text).expect("write");
+    };
+    for (p, t) in bundle("web") {
+        write(&p, &t);
+    }
+    // The workload as the rollout would create it, on every sim.
+    for c in ["sim-1", "sim-2", "sim-3"] {
+        k.ok(&[
+            "--context",
+            c,
+            "apply",
+            "-f",
+            dir.path().join("app/ns.yaml").to_str().expect("utf-8"),
+        ]);
+        k.ok(&[
+            "--context",
+            c,
+            "apply",
+            "-n",
+            "shop",
+            "-f",
+            dir.path().join("app/web.yaml").to_str().expect("utf-8"),
+        ]);
+    }
+    let before = k.sim.audit().len();
+    let status = |total: &str, extra: &[&str]| {
+        write("fleet.yaml", &fleet(total, "1m", "2m"));
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_flotilla"));
+        cmd.args(["burst", "status", "web", "--repo"])
+            .arg(dir.path())
+            .arg("--kubeconfig")
+            .arg(&k.kubeconfig)
+            .args(extra)
+            .env_remove("FLOTILLA_SERVER");
+        cmd.output().expect("flotilla runs")
+    };
+    let o = status("40", &[]);
+    let text = String::from_utf8_lossy(&o.stdout).to_string();
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{text}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(
+        text.contains("placement web: Deployment/web, total 40"),
+        "{text}"
+    );
+    assert!(
+        text.contains("pool cloud: 10 replicas (target 10, max 50), 0 unplaced"),
+        "{text}"
+    );
+    for line in [
+        "sim-1                 primary    15        15     3  ok",
+        "sim-3                 pool       30        10     3  ok",
+    ] {
+        assert!(text.contains(line), "{line:?} in\n{text}");
+    }
+    let o = status("100", &["-o", "json"]);
+    assert_eq!(o.status.code(), Some(1));
+    let v: Value = serde_json::from_slice(&o.stdout).expect("JSON");
+    assert_eq!(v["placements"]["web"]["unplaced"], 40, "{v}");
+    assert_eq!(v["placements"]["web"]["poolReplicas"], 30, "{v}");
+    let mutating: Vec<_> = k.sim.audit()[before..]
+        .iter()
+        .filter(|r| !matches!(r.verb.as_str(), "get" | "list" | "watch"))
+        .cloned()
+        .collect();
+    assert!(mutating.is_empty(), "burst status sent {mutating:?}");
 }
