@@ -572,7 +572,6 @@ fn burst_status_reads_the_clusters_and_reports_unplaced() {
             dir.path().join("app/web.yaml").to_str().expect("utf-8"),
         ]);
     }
-    let before = k.sim.audit().len();
     let status = |total: &str, extra: &[&str]| {
         write("fleet.yaml", &fleet(total, "1m", "2m"));
         let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_flotilla"));
@@ -582,7 +581,15 @@ fn burst_status_reads_the_clusters_and_reports_unplaced() {
             .arg(&k.kubeconfig)
             .args(extra)
             .env_remove("FLOTILLA_SERVER");
-        cmd.output().expect("flotilla runs")
+        let before = k.sim.audit().len();
+        let out = cmd.output().expect("flotilla runs");
+        let mutating: Vec<_> = k.sim.audit()[before..]
+            .iter()
+            .filter(|r| !matches!(r.verb.as_str(), "get" | "list" | "watch"))
+            .cloned()
+            .collect();
+        assert!(mutating.is_empty(), "burst status sent {mutating:?}");
+        out
     };
     let o = status("40", &[]);
     let text = String::from_utf8_lossy(&o.stdout).to_string();
@@ -606,15 +613,27 @@ fn burst_status_reads_the_clusters_and_reports_unplaced() {
     ] {
         assert!(text.contains(line), "{line:?} in\n{text}");
     }
+    // A cordoned node and a NotReady node give no room.
+    k.ok(&["--context", "sim-3", "cordon", "sim-3-node-2"]);
+    k.ok(&[
+        "--context", "sim-1", "patch", "node", "sim-1-node-1", "--subresource=status",
+        "--type=merge", "-p",
+        r#"{"status": {"conditions": [{"type": "Ready", "status": "False", "reason": "KubeletNotReady", "message": "test"}]}}"#,
+    ]);
+    let o = status("40", &["-o", "json"]);
+    let v: Value = serde_json::from_slice(&o.stdout).expect("JSON");
+    let rooms: Vec<u64> = v["placements"]["web"]["clusters"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|c| c["room"].as_u64().unwrap_or(99))
+        .collect();
+    assert_eq!(rooms, [0, 15, 15], "{v}");
+    k.ok(&["--context", "sim-3", "uncordon", "sim-3-node-2"]);
     let o = status("100", &["-o", "json"]);
     assert_eq!(o.status.code(), Some(1));
     let v: Value = serde_json::from_slice(&o.stdout).expect("JSON");
-    assert_eq!(v["placements"]["web"]["unplaced"], 40, "{v}");
+    // sim-1 is still NotReady: 15 + 30 placed.
+    assert_eq!(v["placements"]["web"]["unplaced"], 55, "{v}");
     assert_eq!(v["placements"]["web"]["poolReplicas"], 30, "{v}");
-    let mutating: Vec<_> = k.sim.audit()[before..]
-        .iter()
-        .filter(|r| !matches!(r.verb.as_str(), "get" | "list" | "watch"))
-        .cloned()
-        .collect();
-    assert!(mutating.is_empty(), "burst status sent {mutating:?}");
 }
