@@ -152,9 +152,9 @@ fn burst_forty_over_two_primaries_of_fifteen_then_nodes_then_an_outage() {
     // The pool cluster gets a second node: room 30 there.
     add_node(&k, "sim-3", "sim-3-node-2");
     let up = Upstream::new();
-    commit(&up, &fleet("40", "6s", "2s"), "web");
+    commit(&up, &fleet("40", "10s", "2s"), "web");
     let git = up.daemon();
-    let d = start(&k, &up, git.port, &[]);
+    let mut d = start(&k, &up, git.port, &[]);
     // Pods request 533m of CPU: 15 fit on one 8-CPU node.
     d.wait_for(
         "40 = 15 + 15 + 10 in the pool",
@@ -218,22 +218,49 @@ fn burst_forty_over_two_primaries_of_fifteen_then_nodes_then_an_outage() {
         "{text}"
     );
 
+    // A restart keeps the cooldown: the scale-out time comes back from the state store.
+    assert_eq!(d.terminate(), Some(0));
+    let d = start(&k, &up, git.port, &[]);
+    d.wait_for(
+        "the restarted daemon's split",
+        Duration::from_secs(30),
+        || split_of(&d) == [15, 15, 10],
+    );
+    let s = d.json("/api/v1/burst");
+    assert_eq!(
+        millis(&s, "/placements/web/lastScaleOut"),
+        Some(last_out),
+        "{s}"
+    );
     // sim-1 gains a node (room 30): the primaries take 25 + 15 at once, the pool keeps its 10
-    // until the cooldown (6 s after its scale-out) has passed, then empties.
+    // until the cooldown (10 s after its scale-out) has passed, then empties.
     add_node(&k, "sim-1", "sim-1-node-2");
-    d.wait_for("the primaries grow", Duration::from_secs(30), || {
-        live(&k)[..2] == [Some(25), Some(15)]
-    });
-    let held = d.json("/api/v1/burst");
-    let now = chrono::Utc::now().timestamp_millis();
-    if now < last_out + 6_000 {
-        assert_eq!(
-            live(&k)[2],
-            Some(10),
-            "the pool shrank inside its cooldown: {held}"
-        );
-        assert!(held["placements"]["web"]["heldUntil"].is_string(), "{held}");
-    }
+    let mut held = Value::Null;
+    d.wait_for(
+        "the primaries grow, the pool held",
+        Duration::from_secs(30),
+        || {
+            held = d.try_json("/api/v1/burst");
+            live(&k)[..2] == [Some(25), Some(15)]
+                && held
+                    .pointer("/placements/web/heldUntil")
+                    .is_some_and(Value::is_string)
+        },
+    );
+    assert!(
+        chrono::Utc::now().timestamp_millis() < last_out + 10_000,
+        "the test was too slow to see the cooldown hold"
+    );
+    assert_eq!(
+        live(&k)[2],
+        Some(10),
+        "the pool shrank inside its cooldown: {held}"
+    );
+    assert_eq!(
+        millis(&held, "/placements/web/heldUntil"),
+        Some(last_out + 10_000),
+        "{held}"
+    );
     d.wait_for(
         "the pool empties after the cooldown",
         Duration::from_secs(30),
@@ -242,8 +269,8 @@ fn burst_forty_over_two_primaries_of_fifteen_then_nodes_then_an_outage() {
     let s = d.json("/api/v1/burst");
     let last_in = millis(&s, "/placements/web/lastScaleIn").expect("a scale-in");
     assert!(
-        last_in >= last_out + 6_000,
-        "scale-in {last_in} before the cooldown ended ({last_out} + 6 s)"
+        last_in >= last_out + 10_000,
+        "scale-in {last_in} before the cooldown ended ({last_out} + 10 s)"
     );
     let log = d.log();
     assert!(
