@@ -121,7 +121,7 @@ pub struct DemandStatus {
 }
 
 /// What survives a restart, per placement.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 struct Record {
     assignment: BTreeMap<String, u64>,
     last_scale_out: Option<u64>,
@@ -473,13 +473,14 @@ async fn evaluate(shared: &Arc<Shared>, rev: &Arc<Revision>, p: &Placement, memo
     events.drain(..excess);
     let events = events.clone();
 
-    if !read_only {
-        let rec = Record {
-            assignment: result.assignment.clone(),
-            last_scale_out: result.last_scale_out,
-            last_scale_in: result.last_scale_in,
-            total: Some(total),
-        };
+    let rec = Record {
+        assignment: result.assignment.clone(),
+        last_scale_out: result.last_scale_out,
+        last_scale_in: result.last_scale_in,
+        total: Some(total),
+    };
+    // Written only when it changed (a redb commit is an fsync).
+    if !read_only && rec != record {
         if let Err(e) = shared.store.write(|tx| tx.put_burst(&p.name, &rec)) {
             tracing::error!(target: "flotilla::burst", placement = %p.name, error = %e, "cannot store the burst record");
         }
