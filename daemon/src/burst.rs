@@ -480,10 +480,11 @@ async fn evaluate(shared: &Arc<Shared>, rev: &Arc<Revision>, p: &Placement, memo
         total: Some(total),
     };
     // Written only when it changed (a redb commit is an fsync).
-    if !read_only && rec != record {
-        if let Err(e) = shared.store.write(|tx| tx.put_burst(&p.name, &rec)) {
-            tracing::error!(target: "flotilla::burst", placement = %p.name, error = %e, "cannot store the burst record");
-        }
+    if !read_only
+        && rec != record
+        && let Err(e) = shared.store.write(|tx| tx.put_burst(&p.name, &rec))
+    {
+        tracing::error!(target: "flotilla::burst", placement = %p.name, error = %e, "cannot store the burst record");
     }
 
     let pool_name = pool.map(|bp| bp.name.clone()).unwrap_or_default();
