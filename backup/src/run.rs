@@ -609,6 +609,20 @@ pub fn encrypt(
     Ok(out)
 }
 
+/// Test hook: with `FLOTILLA_TEST_STALL_BEFORE_MANIFEST=PATH` a backup that has uploaded every
+/// file creates PATH and waits (10 minutes) before it writes its manifest, so the kill -9 test
+/// kills it at exactly that point instead of racing it.
+const STALL_HOOK: &str = "FLOTILLA_TEST_STALL_BEFORE_MANIFEST";
+
+async fn stall_for_tests() {
+    if let Some(marker) = std::env::var_os(STALL_HOOK) {
+        tracing::warn!("{STALL_HOOK} is set: stalling before the manifest");
+        if std::fs::write(&marker, b"stalled\n").is_ok() {
+            tokio::time::sleep(std::time::Duration::from_secs(600)).await;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -662,19 +676,5 @@ mod tests {
             Some(b"{\"kind\":\"Secret\"}".to_vec())
         );
         assert!(crate::restore::decrypt_for_tests(&wrong, &sealed).is_err());
-    }
-}
-
-/// Test hook: with `FLOTILLA_TEST_STALL_BEFORE_MANIFEST=PATH` a backup that has uploaded every
-/// file creates PATH and waits (10 minutes) before it writes its manifest, so the kill -9 test
-/// kills it at exactly that point instead of racing it.
-const STALL_HOOK: &str = "FLOTILLA_TEST_STALL_BEFORE_MANIFEST";
-
-async fn stall_for_tests() {
-    if let Some(marker) = std::env::var_os(STALL_HOOK) {
-        tracing::warn!("{STALL_HOOK} is set: stalling before the manifest");
-        if std::fs::write(&marker, b"stalled\n").is_ok() {
-            tokio::time::sleep(std::time::Duration::from_secs(600)).await;
-        }
     }
 }

@@ -11,6 +11,7 @@ use flotilla_spec::types::RepoPath;
 use flotilla_spec::{Checked, Diagnostic, Limits, RepoFiles};
 
 mod backup;
+mod burst;
 mod demo;
 mod images;
 mod live;
@@ -187,6 +188,11 @@ enum Command {
         format: live::ReportFormat,
         #[arg(long, value_name = "FILE")]
         out: Option<PathBuf>,
+    },
+    /// Burst pools: the replica split of placements with `replicas:` (live or the daemon's).
+    Burst {
+        #[command(subcommand)]
+        command: burst::BurstCommand,
     },
     /// Image policies: scan registries for tags, write the chosen ones back to Git.
     Images {
@@ -493,6 +499,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             serve::serve(config)
         }
         Command::Status { server } => serve::status(&server),
+        Command::Burst { command } => burst::run(command),
         Command::Demo(args) => demo::demo(args),
         Command::Drift {
             fleet,

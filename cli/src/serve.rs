@@ -71,6 +71,9 @@ pub struct ServeArgs {
     /// Overrides the fleet's settings.driftInterval.
     #[arg(long, env = "FLOTILLA_DRIFT_INTERVAL", value_name = "DURATION", value_parser = crate::parse_duration)]
     pub drift_interval: Option<Duration>,
+    /// How often burst pools are re-split (also on every new revision) [default: 15s].
+    #[arg(long, env = "FLOTILLA_BURST_INTERVAL", value_name = "DURATION", value_parser = crate::parse_duration)]
+    pub burst_interval: Option<Duration>,
     /// Clusters read at the same time by a drift check [default: 16].
     #[arg(long, env = "FLOTILLA_CONCURRENCY")]
     pub concurrency: Option<usize>,
@@ -109,6 +112,7 @@ const KEYS: &[&str] = &[
     "credentials-file",
     "read-only",
     "drift-interval",
+    "burst-interval",
     "concurrency",
     "drain-grace",
     "image-scan-interval",
@@ -198,6 +202,10 @@ fn merge_file(args: &mut ServeArgs, path: &Path) -> anyhow::Result<()> {
             "drift-interval" => {
                 let d = duration()?;
                 args.drift_interval.get_or_insert(d);
+            }
+            "burst-interval" => {
+                let d = duration()?;
+                args.burst_interval.get_or_insert(d);
             }
             "concurrency" => {
                 let n = value.as_u64().filter(|n| *n > 0).ok_or_else(|| {
@@ -293,6 +301,9 @@ pub fn resolve(mut args: ServeArgs) -> anyhow::Result<(Config, LogFormat)> {
     }
     config.read_only = args.read_only.unwrap_or(false);
     config.drift_interval = args.drift_interval;
+    if let Some(b) = args.burst_interval {
+        config.burst_interval = b.max(Duration::from_millis(100));
+    }
     if let Some(c) = args.concurrency {
         config.concurrency = c;
     }

@@ -56,6 +56,8 @@ pub struct Config {
     pub jsonnet_worker: Option<PathBuf>,
     /// Timeouts and the connection cap of the HTTP server.
     pub http_limits: crate::listen::Limits,
+    /// How often burst pools are re-split (and on every new revision).
+    pub burst_interval: Duration,
     /// Fault injection for tests (`FLOTILLA_FAULT_PANIC_PLACEMENT`): this placement's worker
     /// panics once, before its first rollout run.
     pub fault_panic_placement: Option<String>,
@@ -89,6 +91,7 @@ impl Config {
             jsonnet_worker: None,
             http_limits: crate::listen::Limits::default(),
             fault_panic_placement: None,
+            burst_interval: Duration::from_secs(15),
         }
     }
 }

@@ -35,6 +35,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/api/v1/drift", get(drift))
         .route("/api/v1/backups", get(backups))
         .route("/api/v1/backups/{name}/run", post(backup_run))
+        .route("/api/v1/burst", get(burst))
         .route("/api/v1/images/scan", post(images_scan))
         .route("/api/v1/workflows", get(workflows))
         .route("/api/v1/workflows/{name}", get(workflow))
@@ -362,6 +363,13 @@ async fn cluster(State(s): State<AppState>, Path(name): Path<String>) -> Respons
             "placements": placements,
             "drift": drift,
         }),
+    )
+}
+
+async fn burst(State(s): State<AppState>) -> Response {
+    json_response(
+        StatusCode::OK,
+        serde_json::to_value(s.burst.status()).unwrap_or(Value::Null),
     )
 }
 

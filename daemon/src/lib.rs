@@ -9,6 +9,7 @@
 
 pub mod adapters;
 pub mod backups;
+pub mod burst;
 pub mod config;
 mod heal;
 mod http;

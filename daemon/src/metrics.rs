@@ -53,6 +53,8 @@ pub struct Metrics {
     pub backup_objects: Family<Labels, Gauge>,
     pub backup_bytes: Family<Labels, Gauge>,
     pub backup_failures: Family<Labels, Counter>,
+    pub burst_replicas: Family<Labels, Gauge>,
+    pub burst_unplaced: Family<Labels, Gauge>,
 }
 
 impl Metrics {
@@ -82,6 +84,18 @@ impl Metrics {
             "workflow_last_success_timestamp_seconds",
             "When each workflow's last successful run finished",
             workflow_last_success.clone(),
+        );
+        let burst_replicas = Family::<Labels, Gauge>::default();
+        let burst_unplaced = Family::<Labels, Gauge>::default();
+        registry.register(
+            "burst_replicas",
+            "Replicas the burst split gives each cluster, by placement, cluster and pool (empty for primaries)",
+            burst_replicas.clone(),
+        );
+        registry.register(
+            "burst_unplaced",
+            "Replicas of a burst placement that fit on no cluster",
+            burst_unplaced.clone(),
         );
         registry.register(
             "http_connections_refused",
@@ -188,6 +202,8 @@ impl Metrics {
             task_failures,
             workflow_runs,
             workflow_last_success,
+            burst_replicas,
+            burst_unplaced,
         }
     }
 

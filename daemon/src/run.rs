@@ -107,6 +107,8 @@ pub(crate) struct Shared {
     pub(crate) readers: ConnectedClusters,
     /// Scheduled backups: policies, next firings, last runs.
     pub backups: RwLock<crate::backups::BackupsStatus>,
+    /// The burst controller's status and wake-up (`crate::burst`).
+    pub(crate) burst: crate::burst::Burst,
     gates: PrometheusGates,
     images: crate::images::ImageSettings,
     /// Held (locked) while the daemon runs.
@@ -263,6 +265,7 @@ pub async fn start(config: crate::config::Config) -> Result<Running, DaemonError
         clusters: ConnectedClusters::empty(v.connector.clone(), v.config.read_only),
         readers: ConnectedClusters::empty(v.connector, true),
         backups: RwLock::new(crate::backups::BackupsStatus::default()),
+        burst: crate::burst::Burst::new(),
         gates: PrometheusGates::new(Duration::from_secs(10)),
         images: crate::images::ImageSettings {
             registries: flotilla_images::Settings {
@@ -288,6 +291,14 @@ pub async fn start(config: crate::config::Config) -> Result<Running, DaemonError
         "flotilla serve starting"
     );
     spawn_git_thread(shared.clone(), source, wake_rx);
+    crate::supervise::spawn(
+        crate::supervise::Restart::WORKER,
+        {
+            let shared = shared.clone();
+            move || crate::burst::run(shared.clone())
+        },
+        crate::supervise::report_to(shared.clone(), "burst", None),
+    );
     let router = crate::http::router(shared.clone());
     let refused = {
         let counter = shared.metrics.http_connections_refused.clone();
@@ -645,6 +656,7 @@ impl Daemon {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .replace(rev.clone());
+        shared.burst.nudge.notify_one();
         if let Some(previous) = previous.filter(|_| !shared.config.read_only) {
             spawn_prune_removed(shared.clone(), &previous, &rev);
         }

@@ -362,6 +362,23 @@ mod tests {
     }
 
     #[test]
+    fn a_burst_owned_replica_count_is_not_drift() {
+        // A burst-split workload renders without `spec.replicas`; the burst controller's 17
+        // live replicas are not Git's business, a changed image still is.
+        let desired = json!({"spec": {"template": {"spec": {"containers": [
+            {"name": "web", "image": "web:1"}]}}}});
+        let live = json!({"spec": {"replicas": 17, "template": {"spec": {"containers": [
+            {"name": "web", "image": "web:1"}]}}}});
+        assert!(changed_fields(&project(&desired, &live), &desired).is_empty());
+        let live2 = json!({"spec": {"replicas": 3, "template": {"spec": {"containers": [
+            {"name": "web", "image": "web:2"}]}}}});
+        assert_eq!(
+            changed_fields(&project(&desired, &live2), &desired),
+            vec!["spec.template.spec.containers[web].image"]
+        );
+    }
+
+    #[test]
     fn projection_ignores_defaults_and_keeps_changes() {
         let desired = json!({"spec": {"replicas": 2, "template": {"spec": {"containers": [
             {"name": "web", "image": "web:1", "resources": {"requests": {"cpu": "0.5", "memory": "1Gi"}}}

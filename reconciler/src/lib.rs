@@ -2,6 +2,7 @@
 //! (`diff`, `health`, `inventory`, `sync`, `report`). Clusters are reached only through the
 //! [`cluster::Cluster`] trait; everything but `sync` is pure.
 
+pub mod burst;
 pub mod capacity;
 pub mod cluster;
 pub mod desired;

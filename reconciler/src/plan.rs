@@ -28,6 +28,72 @@ pub struct PlacementPlan {
     pub on_failure: String,
     /// Per cluster: the bundles it gets and which overrides apply to each.
     pub targets: Vec<Target>,
+    /// The burst split from declared capacity (`replicas:` placements only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub burst: Option<DeclaredSplit>,
+}
+
+/// A placement's replica split computed from fleet.yaml alone: each cluster's room is its
+/// declared `capacity` (`replicas`, `pods`); live rooms come from `flotilla burst status`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeclaredSplit {
+    pub workload: String,
+    /// `total`, or a demand's `min`.
+    pub total: u64,
+    pub demand: bool,
+    pub pool: Option<String>,
+    /// (cluster, in the pool, declared room, replicas)
+    pub clusters: Vec<(String, bool, u64, u64)>,
+    pub unplaced: u64,
+}
+
+fn declared_split(fleet: &Fleet, p: &Placement, clusters: &[String]) -> Option<DeclaredSplit> {
+    let r = p.replicas.as_ref()?;
+    let specs: Vec<&flotilla_spec::Cluster> = clusters
+        .iter()
+        .filter_map(|n| fleet.clusters.iter().find(|c| &c.name == n))
+        .collect();
+    let members =
+        crate::burst::declared_members(fleet, p, &specs, &crate::capacity::Shape::default());
+    let pool = r
+        .burst_pool
+        .as_ref()
+        .and_then(|n| fleet.burst_pools.iter().find(|bp| &bp.name == n));
+    let total = u64::from(r.total.declared());
+    let none = std::collections::BTreeMap::new();
+    let s = crate::burst::split(&crate::burst::Input {
+        total,
+        members: &members,
+        current: &none,
+        last_scale_out: None,
+        last_scale_in: None,
+        now_ms: 0,
+        cooldown: std::time::Duration::ZERO,
+        pool_max: pool.map_or(0, |bp| u64::from(bp.max_replicas)),
+    });
+    let w = &r.workload;
+    Some(DeclaredSplit {
+        workload: match &w.namespace {
+            Some(ns) => format!("{}/{ns}/{}", w.kind, w.name),
+            None => format!("{}/{}", w.kind, w.name),
+        },
+        total,
+        demand: matches!(r.total, flotilla_spec::Total::Demand(_)),
+        pool: r.burst_pool.clone(),
+        clusters: members
+            .iter()
+            .map(|m| {
+                (
+                    m.name.clone(),
+                    m.pool,
+                    m.room,
+                    s.assignment.get(&m.name).copied().unwrap_or(0),
+                )
+            })
+            .collect(),
+        unplaced: s.unplaced,
+    })
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -195,7 +261,9 @@ fn plan_placement(
             bundles,
         });
     }
+    let burst = declared_split(fleet, p, &clusters);
     PlacementPlan {
+        burst,
         name: p.name.clone(),
         baseline,
         bundles,
@@ -278,6 +346,29 @@ impl Plan {
                     })
                     .collect();
                 let _ = writeln!(out, "  {} <- {}", t.cluster, bundles.join(", "));
+            }
+            if let Some(b) = &p.burst {
+                let _ = writeln!(
+                    out,
+                    "  replicas of {}: total {}{}, from declared capacity{}:",
+                    b.workload,
+                    b.total,
+                    if b.demand { " (demand min)" } else { "" },
+                    b.pool
+                        .as_ref()
+                        .map(|p| format!(", overflow to pool {p}"))
+                        .unwrap_or_default()
+                );
+                for (c, pool, room, n) in &b.clusters {
+                    let _ = writeln!(
+                        out,
+                        "    {c}{}: {n} (room {room})",
+                        if *pool { " [pool]" } else { "" }
+                    );
+                }
+                if b.unplaced > 0 {
+                    let _ = writeln!(out, "    unplaced: {}", b.unplaced);
+                }
             }
         }
         out

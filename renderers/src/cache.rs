@@ -254,7 +254,7 @@ impl Pass<'_, '_> {
         cluster: &Cluster,
         options: &RenderOptions,
     ) -> Result<Arc<Rendered>, RenderError> {
-        let key = scope(fleet, placement, bundle, cluster, options);
+        let key = scope(fleet, placement, bundle, cluster);
         let repo = Metered {
             inner: self.repo,
             budget: &self.budget,
@@ -409,8 +409,7 @@ fn finish_key(base_key: &Hash, cx: &Context<'_>) -> Hash {
         .placement
         .replicas
         .as_ref()
-        .filter(|r| r.bundle == cx.bundle.name)
-        .map(|r| (r, cx.options.replicas));
+        .filter(|r| r.bundle == cx.bundle.name);
     let mut h = HashWriter(Sha256::new());
     h.0.update(base_key);
     let parts = (
@@ -428,13 +427,7 @@ fn finish_key(base_key: &Hash, cx: &Context<'_>) -> Hash {
 }
 
 /// Everything besides the repository that a render reads.
-fn scope(
-    fleet: &Fleet,
-    placement: &Placement,
-    bundle: &Bundle,
-    cluster: &Cluster,
-    options: &RenderOptions,
-) -> Hash {
+fn scope(fleet: &Fleet, placement: &Placement, bundle: &Bundle, cluster: &Cluster) -> Hash {
     let labels = cluster.selector_labels();
     let overrides: Vec<_> = placement
         .overrides
@@ -458,7 +451,6 @@ fn scope(
         cluster,
         &overrides,
         replicas,
-        options.replicas,
     );
     if serde_json::to_writer(&mut h, &parts).is_err() {
         // Not reachable for these types; an unusable key just means no reuse.

@@ -7,8 +7,9 @@
 //! 1. the bundle's [`Renderer`] ([`plain::PlainYaml`], [`kustomize::Kustomize`],
 //!    [`jsonnet::Jsonnet`]);
 //! 2. the bundle's `namespace` on namespaced objects that set none;
-//! 3. the placement's overrides whose `clusters` select this cluster ([`overrides`]), and the
-//!    burst-pool replica count the planner passes in [`RenderOptions::replicas`];
+//! 3. the placement's overrides whose `clusters` select this cluster ([`overrides`]); a
+//!    burst-split workload (`replicas:`) loses its `spec.replicas` (the burst controller
+//!    owns it);
 //! 4. tracking labels `flotilla.dev/fleet`, `flotilla.dev/placement`, `flotilla.dev/bundle`
 //!    on each object's `metadata.labels` (nothing else changes);
 //! 5. checking every object's identity ([`identity`]: apiVersion, kind, name and namespace
@@ -57,9 +58,6 @@ pub struct Context<'a> {
 /// Inputs that do not come from the fleet file.
 #[derive(Debug, Clone, Default)]
 pub struct RenderOptions {
-    /// Replicas for the placement's `replicas.workload` on this cluster (the burst-pool split
-    /// computed by the planner). Ignored for bundles other than `replicas.bundle`.
-    pub replicas: Option<u32>,
     /// Longest a Jsonnet evaluation may take (default [`jsonnet::DEFAULT_TIMEOUT`]).
     pub jsonnet_timeout: Option<std::time::Duration>,
     /// Where Jsonnet runs (default: [`jsonnet::InProcess`]). Not part of a render's inputs:

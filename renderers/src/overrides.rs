@@ -1,6 +1,6 @@
 //! Per-cluster overrides from a placement, applied after the bundle renders: RFC 6902 JSON
 //! patches, RFC 7386 merge patches and image changes on the objects a [`Target`] selects,
-//! and the burst-pool replica count.
+//! and the burst-pool workload (whose `spec.replicas` the render leaves out).
 //!
 //! An override applies when its `clusters` selector matches the cluster (with the labels
 //! selectors see: the cluster's labels plus `name` and `kind`) and its `bundle` is unset or
@@ -48,7 +48,8 @@ pub enum OverrideError {
     NoWorkload { workload: String },
 }
 
-/// Applies the placement's overrides (and replica count) that concern this render.
+/// Applies the placement's overrides (and the burst split's ownership) that concern this
+/// render.
 pub fn apply(cx: &Context<'_>, objects: &mut [Object]) -> Result<(), OverrideError> {
     let labels = cx.cluster.selector_labels();
     let bundles = flotilla_spec::placement_bundles(cx.fleet, cx.placement).len();
@@ -62,7 +63,10 @@ pub fn apply(cx: &Context<'_>, objects: &mut [Object]) -> Result<(), OverrideErr
         let strict = o.bundle.is_some() || bundles <= 1;
         apply_one(index, o, strict, objects)?;
     }
-    if let (Some(n), Some(split)) = (cx.options.replicas, &cx.placement.replicas)
+    // A burst-split workload's `spec.replicas` belongs to the burst controller (field manager
+    // `flotilla-burst`): the render leaves it out, so Git's apply never owns or resets it and
+    // a replica change is never a new revision.
+    if let Some(split) = &cx.placement.replicas
         && split.bundle == cx.bundle.name
     {
         let w = &split.workload;
@@ -74,7 +78,7 @@ pub fn apply(cx: &Context<'_>, objects: &mut [Object]) -> Result<(), OverrideErr
                 && w.namespace.as_ref().is_none_or(|ns| ns == &id.namespace)
                 && let Some(spec) = obj.value.get_mut("spec").and_then(Value::as_object_mut)
             {
-                spec.insert("replicas".into(), Value::from(n));
+                spec.remove("replicas");
                 found = true;
             }
         }

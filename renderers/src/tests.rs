@@ -139,14 +139,11 @@ fn overrides_apply_to_selected_clusters_only() {
 }
 
 #[test]
-fn burst_replicas_set_the_workload_of_the_split_bundle() {
+fn a_burst_split_workload_is_rendered_without_replicas() {
     let repo = repo_from(&files());
     let fleet = fleet(&repo);
     let p = &fleet.placements[0];
-    let opts = RenderOptions {
-        replicas: Some(7),
-        ..RenderOptions::default()
-    };
+    let opts = RenderOptions::default();
     let r = render(
         &repo,
         &fleet,
@@ -156,17 +153,27 @@ fn burst_replicas_set_the_workload_of_the_split_bundle() {
         &opts,
     )
     .expect("web");
-    assert_eq!(r.objects[2]["spec"]["replicas"], 7);
-    // Other bundles are left alone.
-    render(
+    assert_eq!(r.objects[2]["kind"], "Deployment");
+    // Git sets `replicas: 1` in the file; the burst controller owns the field instead.
+    assert!(
+        r.objects[2]["spec"].get("replicas").is_none(),
+        "{}",
+        r.objects[2]
+    );
+    assert!(r.objects[2]["spec"].get("template").is_some());
+    // Without a split the file's replicas stay.
+    let mut no_split = fleet.clone();
+    no_split.placements[0].replicas = None;
+    let plain = render(
         &repo,
-        &fleet,
-        p,
-        &fleet.bundles[1],
-        &fleet.clusters[0],
+        &no_split,
+        &no_split.placements[0],
+        &no_split.bundles[0],
+        &no_split.clusters[0],
         &opts,
     )
-    .expect("kust");
+    .expect("web");
+    assert_eq!(plain.objects[2]["spec"]["replicas"], 1);
     // A workload that is not there is an error naming it.
     let mut gone = files();
     gone.retain(|(p, _)| *p != "web/b/deploy.yaml");

@@ -998,15 +998,92 @@ fn replica_split(cx: &mut Cx, node: &Node, path: &Ptr<'_>) -> Option<ReplicaSpli
             namespace,
         })
     });
-    let total = o.req(cx, "total", |cx, n, p| uint(cx, n, p, 0, 1_000_000));
+    let total = o.req(cx, "total", total);
     let burst_pool = o.opt(cx, "burstPool", string);
+    let unreachable_grace = o
+        .opt(cx, "unreachableGrace", duration)
+        .unwrap_or_else(default_unreachable_grace);
     o.finish(cx);
     Some(ReplicaSplit {
         bundle: bundle?,
         workload: workload?,
         total: total?,
         burst_pool,
+        unreachable_grace,
     })
+}
+
+/// `total`: an integer, or `{prometheus: {url, query}, perReplica, min, max, interval}`.
+fn total(cx: &mut Cx, node: &Node, path: &Ptr<'_>) -> Option<Total> {
+    if !matches!(node.value, Value::Map(_)) {
+        if !matches!(node.value, Value::Int(_)) {
+            cx.error(
+                node.pos,
+                path,
+                format!(
+                    "expected an integer from 0 to 1000000 or a demand mapping \
+                     ({{prometheus: {{url, query}}, perReplica, min, max}}), found {}",
+                    node.type_name()
+                ),
+            );
+            return None;
+        }
+        return uint(cx, node, path, 0, 1_000_000).map(Total::Fixed);
+    }
+    let mut o = Obj::new(cx, node, path, "a replica demand")?;
+    let prometheus = o.req(cx, "prometheus", |cx, n, p| {
+        let mut g = Obj::new(cx, n, p, "a Prometheus query")?;
+        let url = g.req(cx, "url", |cx, n, p| checked(cx, n, p, check_http_url));
+        let query = g.req(cx, "query", string);
+        g.finish(cx);
+        Some(DemandQuery {
+            url: url?,
+            query: query?,
+        })
+    });
+    let per_replica = o.req(cx, "perReplica", |cx, n, p| {
+        let v = number(cx, n, p)?;
+        if v <= 0.0 {
+            cx.error(
+                n.pos,
+                p,
+                format!("\"perReplica\" must be greater than 0, found {v}"),
+            );
+            return None;
+        }
+        Some(v)
+    });
+    let min = o
+        .opt(cx, "min", |cx, n, p| uint(cx, n, p, 0, 1_000_000))
+        .unwrap_or(0);
+    let max = o.req(cx, "max", |cx, n, p| uint(cx, n, p, 1, 1_000_000));
+    let interval = o
+        .opt(cx, "interval", duration)
+        .unwrap_or_else(default_demand_interval);
+    if let Some(hi) = max
+        && min > hi
+    {
+        cx.error(
+            o.pos(),
+            o.path(),
+            format!("\"min\" ({min}) is greater than \"max\" ({hi})"),
+        );
+    }
+    if interval.value < std::time::Duration::from_secs(1) {
+        cx.error(
+            o.pos(),
+            o.path(),
+            format!("\"interval\" must be at least 1s, found {}", interval.text),
+        );
+    }
+    o.finish(cx);
+    Some(Total::Demand(Demand {
+        prometheus: prometheus?,
+        per_replica: per_replica?,
+        min,
+        max: max?,
+        interval,
+    }))
 }
 
 fn rollout(cx: &mut Cx, node: &Node, path: &Ptr<'_>) -> Option<Rollout> {

@@ -379,9 +379,57 @@ pub struct ImageOverride {
 pub struct ReplicaSplit {
     pub bundle: String,
     pub workload: WorkloadRef,
-    pub total: u32,
+    /// How many replicas in all: a number, or demand from a Prometheus query.
+    pub total: Total,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub burst_pool: Option<String>,
+    /// How long a primary may be unreachable before its share counts as lost and the pool
+    /// takes it (default 2m).
+    #[serde(default = "default_unreachable_grace")]
+    pub unreachable_grace: Duration,
+}
+
+/// A replica total: fixed, or `clamp(ceil(value / perReplica), min, max)` of a query.
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+#[serde(untagged)]
+pub enum Total {
+    Fixed(u32),
+    Demand(Demand),
+}
+
+impl Total {
+    /// The total when it is known without a query (fixed), else the demand's `min`.
+    pub fn declared(&self) -> u32 {
+        match self {
+            Total::Fixed(n) => *n,
+            Total::Demand(d) => d.min,
+        }
+    }
+}
+
+/// Replicas from a Prometheus query, evaluated every `interval`.
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(deny_unknown_fields)]
+pub struct Demand {
+    pub prometheus: DemandQuery,
+    /// The query value one replica serves (> 0).
+    pub per_replica: f64,
+    #[serde(default)]
+    pub min: u32,
+    pub max: u32,
+    /// How often the query runs (default 30s).
+    #[serde(default = "default_demand_interval")]
+    pub interval: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(deny_unknown_fields)]
+pub struct DemandQuery {
+    pub url: String,
+    /// PromQL; the first sample's value is the demand.
+    pub query: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
@@ -747,6 +795,20 @@ pub struct Author {
 }
 
 pub const DEFAULT_COMMIT_MESSAGE: &str = "images: {{image}} {{from}} -> {{to}}";
+
+pub fn default_unreachable_grace() -> Duration {
+    Duration {
+        text: "2m".into(),
+        value: std::time::Duration::from_secs(120),
+    }
+}
+
+pub fn default_demand_interval() -> Duration {
+    Duration {
+        text: "30s".into(),
+        value: std::time::Duration::from_secs(30),
+    }
+}
 
 pub fn default_cooldown() -> Duration {
     Duration {

@@ -336,6 +336,32 @@ pub(crate) fn validate(
                     format!("unknown burst pool {pool:?}{hint}"),
                 );
             }
+            if let Some(pool) = &r.burst_pool
+                && let Some(&pi) = pool_names.get(pool.as_str())
+                && let Some(bp) = fleet.burst_pools.get(pi)
+                && !selected.is_empty()
+            {
+                let in_pool = selection.index.select(&bp.clusters);
+                let mut both = in_pool.clone();
+                both.and(selected);
+                if both.is_empty() {
+                    v.warning(
+                        &format!("{path}/replicas/burstPool"),
+                        format!(
+                            "burst pool {pool:?} has none of placement {:?}'s clusters: overflow has nowhere to go",
+                            p.name
+                        ),
+                    );
+                } else if both == *selected {
+                    v.warning(
+                        &format!("{path}/replicas/burstPool"),
+                        format!(
+                            "every cluster of placement {:?} is in burst pool {pool:?}: there is no primary to fill first",
+                            p.name
+                        ),
+                    );
+                }
+            }
         }
         rollout(&mut v, fleet, &selection, i, &path, &cluster_names);
         // Templates in the bundles' Jsonnet options must resolve on every selected cluster.

@@ -859,3 +859,61 @@ impl WriteTx<'_> {
         }
     }
 }
+
+/// Burst pools: one record per placement (current split, last scale-out and scale-in), so a
+/// restarted daemon keeps the pool's cooldown. Created on first write; a store from before
+/// burst pools reads as having none.
+const BURST: TableDefinition<&str, &[u8]> = TableDefinition::new("burst");
+
+impl ReadTx<'_> {
+    /// The burst record of `placement`.
+    pub fn burst<T: DeserializeOwned>(&self, placement: &str) -> Result<Option<T>, StateError> {
+        let table = match self.tx.open_table(BURST) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(e) => return Err(db_err(self.path, "open table burst")(e)),
+        };
+        let got = table
+            .get(placement)
+            .map_err(db_err(self.path, "read burst record"))?;
+        got.map(|v| decode(self.path, "burst", || format!("{placement:?}"), v.value()))
+            .transpose()
+    }
+}
+
+impl WriteTx<'_> {
+    /// Sets the burst record of `placement`.
+    pub fn put_burst<T: Serialize + ?Sized>(
+        &mut self,
+        placement: &str,
+        value: &T,
+    ) -> Result<(), StateError> {
+        let bytes = encode(self.path, "burst", || format!("{placement:?}"), value)?;
+        let mut table = self.table(BURST, "open table burst")?;
+        table
+            .insert(placement, bytes.as_slice())
+            .map_err(db_err(self.path, "write burst record"))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod burst_tests {
+    use super::*;
+
+    #[test]
+    fn a_burst_record_survives_reopening() -> Result<(), StateError> {
+        let dir = tempfile::tempdir().map_err(|e| StateError::Aborted {
+            path: PathBuf::new(),
+            reason: e.to_string(),
+        })?;
+        {
+            let store = Store::open(dir.path())?;
+            assert_eq!(store.read(|tx| tx.burst::<u64>("web"))?, None);
+            store.write(|tx| tx.put_burst("web", &42u64))?;
+        }
+        let store = Store::open(dir.path())?;
+        assert_eq!(store.read(|tx| tx.burst::<u64>("web"))?, Some(42));
+        Ok(())
+    }
+}

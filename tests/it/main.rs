@@ -11,6 +11,7 @@ mod serve_support;
 mod support;
 
 mod backup;
+mod burst;
 mod cli;
 mod cluster;
 mod daemon;

@@ -309,6 +309,7 @@ mod tests {
             max_concurrent: 1,
             on_failure: "rollback".into(),
             targets: Vec::new(),
+            burst: None,
         }
     }
 
