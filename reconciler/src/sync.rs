@@ -836,6 +836,27 @@ async fn apply_object(
         }
         Ok(_) => {}
     }
+    if !dry_run && let Some(handoff) = live.as_ref().and_then(|l| replicas_handoff(&o.value, l)) {
+        // Keep the live count: give it to flotilla-burst before Git stops declaring it.
+        let handed = cluster
+            .apply(
+                &handoff,
+                ApplyOptions {
+                    dry_run: false,
+                    force: true,
+                    manager: FieldManager::Burst,
+                },
+            )
+            .await;
+        match handed {
+            Ok(_) => {}
+            Err(e) if e.is_unavailable() => return Err(e),
+            Err(e) => {
+                r.message = Some(format!("handing spec.replicas to flotilla-burst: {e}"));
+                return Ok(r);
+            }
+        }
+    }
     let applied = cluster
         .apply(
             &o.value,
@@ -861,6 +882,42 @@ async fn apply_object(
         Err(e) => r.message = Some(e.to_string()),
     }
     Ok(r)
+}
+
+/// When Git stops declaring a workload's `spec.replicas` (a burst-split workload renders
+/// without it) while the live count is still owned by the `flotilla` field manager alone,
+/// server-side apply would remove the field and the workload would fall to its default of one
+/// replica until the burst controller writes its count. This returns the apply body that hands
+/// the live count to `flotilla-burst` first (apiVersion, kind, name, namespace,
+/// `spec.replicas`), as Kubernetes' field-management guide recommends for a handoff; `None`
+/// when nothing needs handing over.
+pub fn replicas_handoff(desired: &Value, live: &Value) -> Option<Value> {
+    let spec = desired.get("spec")?.as_object()?;
+    if spec.contains_key("replicas") {
+        return None;
+    }
+    let replicas = live.pointer("/spec/replicas")?.as_i64()?;
+    let owners: Vec<&str> = live
+        .pointer("/metadata/managedFields")?
+        .as_array()?
+        .iter()
+        .filter(|m| m.pointer("/fieldsV1/f:spec/f:replicas").is_some())
+        .filter_map(|m| m.get("manager").and_then(Value::as_str))
+        .collect();
+    if owners != [FieldManager::Flotilla.as_str()] {
+        return None;
+    }
+    let mut metadata = serde_json::Map::new();
+    metadata.insert("name".into(), live.pointer("/metadata/name")?.clone());
+    if let Some(ns) = live.pointer("/metadata/namespace") {
+        metadata.insert("namespace".into(), ns.clone());
+    }
+    Some(serde_json::json!({
+        "apiVersion": desired.get("apiVersion")?,
+        "kind": desired.get("kind")?,
+        "metadata": metadata,
+        "spec": {"replicas": replicas},
+    }))
 }
 
 /// Waits until the CRD reports `Established=True`; `Ok(Err(reason))` on timeout.
@@ -992,5 +1049,46 @@ pub async fn wait_healthy(
             return Ok(out);
         }
         tokio::time::sleep(interval.min(until - tokio::time::Instant::now())).await;
+    }
+}
+
+#[cfg(test)]
+mod handoff_tests {
+    use super::replicas_handoff;
+    use serde_json::json;
+
+    fn live(managers: &[&str]) -> serde_json::Value {
+        json!({
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "web", "namespace": "shop", "managedFields": managers.iter().map(|m| json!({
+                "manager": m, "operation": "Apply",
+                "fieldsV1": {"f:spec": {"f:replicas": {}}}
+            })).collect::<Vec<_>>()},
+            "spec": {"replicas": 7}
+        })
+    }
+
+    #[test]
+    fn a_count_git_stops_declaring_is_handed_to_the_burst_manager() {
+        let desired = json!({"apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "web", "namespace": "shop"}, "spec": {"template": {}}});
+        assert_eq!(
+            replicas_handoff(&desired, &live(&["flotilla"])),
+            Some(json!({"apiVersion": "apps/v1", "kind": "Deployment",
+                "metadata": {"name": "web", "namespace": "shop"}, "spec": {"replicas": 7}}))
+        );
+        // Already shared or handed over, or Git still declares it: nothing to do.
+        assert_eq!(
+            replicas_handoff(&desired, &live(&["flotilla", "flotilla-burst"])),
+            None
+        );
+        assert_eq!(replicas_handoff(&desired, &live(&["flotilla-burst"])), None);
+        assert_eq!(
+            replicas_handoff(&desired, &live(&["kube-controller-manager"])),
+            None
+        );
+        let declared = json!({"apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "web"}, "spec": {"replicas": 2}});
+        assert_eq!(replicas_handoff(&declared, &live(&["flotilla"])), None);
     }
 }

@@ -664,3 +664,82 @@ fn burst_status_reads_the_clusters_and_reports_unplaced() {
     assert_eq!(v["placements"]["web"]["unplaced"], 55, "{v}");
     assert_eq!(v["placements"]["web"]["poolReplicas"], 30, "{v}");
 }
+
+/// Adding `replicas:` to a placement whose workload already runs: Git stops declaring
+/// `spec.replicas`, and without a handoff server-side apply would remove the field and the
+/// Deployment would fall to one replica until the burst controller wrote its count. `apply`
+/// hands the live count to `flotilla-burst` first, so the count never moves.
+#[test]
+fn adding_a_split_to_a_running_workload_keeps_its_replica_count() {
+    let k = SimKube::start(SimConfig {
+        clusters: 1,
+        ready_delay: Duration::from_millis(50),
+        ..Default::default()
+    });
+    let plain = "apiVersion: flotilla.dev/v1alpha1
+kind: Fleet
+metadata: {name: burst}
+clusters: [{name: sim-1}]
+bundles: [{name: app, path: app, namespace: shop}]
+placements:
+  - {name: web, bundles: [app], clusters: {}}
+";
+    let split = format!(
+        "{plain}    replicas: {{bundle: app, workload: {{kind: Deployment, name: web}}, total: 3}}\n"
+    )
+    .replace(
+        "  - {name: web, bundles: [app], clusters: {}}\n",
+        "  - name: web\n    bundles: [app]\n    clusters: {}\n",
+    );
+    let mut repo = crate::support::TempRepo::new().file("fleet.yaml", plain);
+    for (path, text) in bundle("web") {
+        repo = repo.file(&path, &text);
+    }
+    let apply = |repo: &crate::support::TempRepo| {
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_flotilla"))
+            .args(["apply", "--no-rollout", "--repo"])
+            .arg(repo.path())
+            .arg("--kubeconfig")
+            .arg(&k.kubeconfig)
+            .env_remove("KUBECONFIG")
+            .output()
+            .expect("flotilla runs");
+        assert_eq!(
+            o.status.code(),
+            Some(0),
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+    };
+    apply(&repo);
+    let deployment = || -> Value {
+        let text = k.ok(&[
+            "--context",
+            "sim-1",
+            "-n",
+            "shop",
+            "get",
+            "deployment",
+            "web",
+            "-o",
+            "json",
+            "--show-managed-fields",
+        ]);
+        serde_json::from_str(&text).expect("json")
+    };
+    assert_eq!(deployment()["spec"]["replicas"], 3, "Git's count first");
+
+    let repo = repo.file("fleet.yaml", &split);
+    apply(&repo);
+    let d = deployment();
+    assert_eq!(d["spec"]["replicas"], 3, "the count stayed: {d}");
+    let owners: Vec<&str> = d["metadata"]["managedFields"]
+        .as_array()
+        .expect("managedFields")
+        .iter()
+        .filter(|m| m.pointer("/fieldsV1/f:spec/f:replicas").is_some())
+        .filter_map(|m| m["manager"].as_str())
+        .collect();
+    assert_eq!(owners, ["flotilla-burst"], "{d}");
+}
