@@ -166,7 +166,7 @@ pub struct RestoreArgs {
     /// age identity file for the backup's Secrets.
     #[arg(long, value_name = "FILE")]
     identity: Option<PathBuf>,
-    /// Overrides: a JSON file with a list of `{target, jsonPatch | mergePatch}` (the
+    /// Overrides: a YAML or JSON file with a list of `{target, jsonPatch | mergePatch}` (the
     /// placement overrides' patch language), matched after the namespace map.
     #[arg(long = "override", value_name = "FILE")]
     overrides: Option<PathBuf>,
@@ -457,8 +457,17 @@ pub fn restore(args: RestoreArgs) -> anyhow::Result<ExitCode> {
         Some(f) => {
             let text = std::fs::read_to_string(f)
                 .with_context(|| format!("cannot read {}", f.display()))?;
-            let v: serde_json::Value = serde_json::from_str(&text)
-                .map_err(|e| anyhow::anyhow!("{}:{}:{}: {e}", f.display(), e.line(), e.column()))?;
+            // YAML (JSON is YAML too), read like every fleet file: errors with file:line:col.
+            let file = f.display().to_string();
+            let mut docs = flotilla_renderers::plain::parse_docs(&file, &text)
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            if docs.len() != 1 {
+                anyhow::bail!(
+                    "{file}: expected one YAML or JSON document, found {}",
+                    docs.len()
+                );
+            }
+            let v: serde_json::Value = docs.remove(0).0;
             restore::parse_patches(&v).map_err(|e| anyhow::anyhow!("{}: {e}", f.display()))?
         }
         None => vec![],

@@ -278,7 +278,7 @@ fn backup_of_a_sim_cluster_restores_into_another_with_a_namespace_map_and_overri
 
     // A dry run changes nothing.
     let identity = fixture().join("identity.txt");
-    let overrides = fixture().join("override.json");
+    let overrides = fixture().join("override.yaml");
     let restore_args = |extra: &[&str]| {
         let mut a: Vec<String> = [
             "restore",
