@@ -73,47 +73,8 @@ impl Resources {
     }
 }
 
-/// A Kubernetes quantity (`250m`, `2`, `1.5Gi`, `1e3`, `500k`) in milli-units, rounded up.
-/// `None` for anything else (negative amounts included).
-pub fn parse_milli(q: &str) -> Option<u64> {
-    let q = q.trim();
-    const SUFFIXES: [(&str, f64); 13] = [
-        ("Ki", 1024.0),
-        ("Mi", 1048576.0),
-        ("Gi", 1073741824.0),
-        ("Ti", 1099511627776.0),
-        ("Pi", 1125899906842624.0),
-        ("Ei", 1152921504606846976.0),
-        ("k", 1e3),
-        ("M", 1e6),
-        ("G", 1e9),
-        ("T", 1e12),
-        ("P", 1e15),
-        ("E", 1e18),
-        ("m", 1e-3),
-    ];
-    let (num, factor) = SUFFIXES
-        .iter()
-        .find_map(|(s, f)| q.strip_suffix(s).map(|n| (n, *f)))
-        .unwrap_or((q, 1.0));
-    if num.is_empty()
-        || !num
-            .bytes()
-            .all(|b| b.is_ascii_digit() || b"+.eE-".contains(&b))
-    {
-        return None;
-    }
-    let v: f64 = num.parse().ok()?;
-    if !v.is_finite() || v < 0.0 {
-        return None;
-    }
-    let milli = (v * factor * 1000.0).ceil();
-    if milli >= u64::MAX as f64 {
-        Some(u64::MAX)
-    } else {
-        Some(milli as u64)
-    }
-}
+/// A Kubernetes quantity in milli-units (`spec::types::quantity_milli`).
+pub use flotilla_spec::types::quantity_milli as parse_milli;
 
 /// What one pod of a workload needs and where it may run.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]

@@ -52,37 +52,13 @@ pub struct NodeCapacity {
 
 /// A CPU quantity in millicores: `2`, `0.5`, `250m`.
 pub fn cpu_millis(q: &str) -> Option<i64> {
-    let q = q.trim();
-    if let Some(m) = q.strip_suffix('m') {
-        return m.parse::<f64>().ok().map(|v| v.ceil() as i64);
-    }
-    q.parse::<f64>().ok().map(|v| (v * 1000.0).ceil() as i64)
+    flotilla_spec::types::quantity_milli(q).map(|m| i64::try_from(m).unwrap_or(i64::MAX))
 }
 
 /// A quantity in units: `128Mi`, `1Gi`, `1G`, `500k`, `1e3`, `110`.
 pub fn bytes(q: &str) -> Option<i64> {
-    let q = q.trim();
-    const SUFFIXES: [(&str, f64); 13] = [
-        ("Ki", 1024.0),
-        ("Mi", 1048576.0),
-        ("Gi", 1073741824.0),
-        ("Ti", 1099511627776.0),
-        ("Pi", 1125899906842624.0),
-        ("Ei", 1152921504606846976.0),
-        ("k", 1e3),
-        ("M", 1e6),
-        ("G", 1e9),
-        ("T", 1e12),
-        ("P", 1e15),
-        ("E", 1e18),
-        ("m", 1e-3),
-    ];
-    for (s, f) in SUFFIXES {
-        if let Some(n) = q.strip_suffix(s) {
-            return n.parse::<f64>().ok().map(|v| (v * f).ceil() as i64);
-        }
-    }
-    q.parse::<f64>().ok().map(|v| v.ceil() as i64)
+    flotilla_spec::types::quantity_milli(q)
+        .map(|m| i64::try_from(m.div_ceil(1000)).unwrap_or(i64::MAX))
 }
 
 /// What a Pod requests: the sum over its containers (init containers run before and are not
