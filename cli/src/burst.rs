@@ -187,19 +187,7 @@ fn local(
             .filter_map(|(name, context, desired)| {
                 let d = desired.iter().find(|d| d.placement == p.name)?;
                 let spec = fleet.clusters.iter().find(|c| &c.name == name)?;
-                let workload = match &d.objects {
-                    Ok(objs) => {
-                        let values: Vec<_> = objs
-                            .iter()
-                            .filter(|o| o.bundle == split.bundle)
-                            .map(|o| o.value.clone())
-                            .collect();
-                        burst::find_workload(split, &values)
-                            .cloned()
-                            .ok_or_else(|| "the workload is not in the render".to_string())
-                    }
-                    Err(e) => Err(format!("render failed: {e}")),
-                };
+                let workload = burst::find_workload(split, d).cloned();
                 Some((name.clone(), context.clone(), spec.clone(), workload))
             })
             .collect();

@@ -269,18 +269,7 @@ fn rendered_workload(
         .get(cluster)
         .and_then(|ds| ds.iter().find(|d| d.placement == placement))
         .ok_or_else(|| format!("placement {placement:?} has no render for cluster {cluster:?}"))?;
-    let objects = d
-        .objects
-        .as_ref()
-        .map_err(|e| format!("render failed: {e}"))?;
-    let values: Vec<Value> = objects
-        .iter()
-        .filter(|o| o.bundle == split.bundle)
-        .map(|o| o.value.clone())
-        .collect();
-    burst::find_workload(split, &values)
-        .cloned()
-        .ok_or_else(|| format!("the workload {} is not in the render", workload_name(split)))
+    burst::find_workload(split, d).cloned()
 }
 
 async fn demand_total(

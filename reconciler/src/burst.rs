@@ -288,20 +288,36 @@ pub fn in_pool(pool: Option<&flotilla_spec::BurstPool>, cluster: &flotilla_spec:
     })
 }
 
-/// The rendered workload of a split among one cluster's rendered objects: the object whose
-/// kind, name (and namespace, when the split names one) match.
+/// The rendered workload of a split in one cluster's render of its placement: the object of
+/// the split's bundle whose kind, name (and namespace, when the split names one) match.
+/// Borrowed from the render, nothing copied; the error says why there is none.
 pub fn find_workload<'a>(
     split: &flotilla_spec::ReplicaSplit,
-    objects: &'a [Value],
-) -> Option<&'a Value> {
+    desired: &'a crate::desired::Desired,
+) -> Result<&'a Value, String> {
+    let objects = desired
+        .objects
+        .as_ref()
+        .map_err(|e| format!("render failed: {e}"))?;
     let w = &split.workload;
-    objects.iter().find(|o| {
-        o["kind"].as_str() == Some(w.kind.as_str())
-            && o["metadata"]["name"].as_str() == Some(w.name.as_str())
-            && w.namespace
-                .as_deref()
-                .is_none_or(|ns| o["metadata"]["namespace"].as_str() == Some(ns))
-    })
+    objects
+        .iter()
+        .filter(|o| o.bundle == split.bundle)
+        .map(|o| &o.value)
+        .find(|o| {
+            o["kind"].as_str() == Some(w.kind.as_str())
+                && o["metadata"]["name"].as_str() == Some(w.name.as_str())
+                && w.namespace
+                    .as_deref()
+                    .is_none_or(|ns| o["metadata"]["namespace"].as_str() == Some(ns))
+        })
+        .ok_or_else(|| {
+            let name = match &w.namespace {
+                Some(ns) => format!("{}/{ns}/{}", w.kind, w.name),
+                None => format!("{}/{}", w.kind, w.name),
+            };
+            format!("the workload {name} is not in the render")
+        })
 }
 
 /// Whether `pod` is one of `workload`'s: same namespace, and its labels carry every
