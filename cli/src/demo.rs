@@ -342,15 +342,24 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
         scale_by_hand(&sim, "sim-3", 5)?;
         say("  the drift check (every 3 s, read-only) reports it:");
         let deadline = Instant::now() + Duration::from_secs(60);
+        // A check that began before the edit can finish after it without seeing it: wait for
+        // the report that shows the drift (the demo fails if none does).
+        let drifted = |r: &flotilla_reconciler::report::Report| {
+            r.clusters.iter().any(|c| {
+                c.placements
+                    .iter()
+                    .any(|p| p.objects.iter().any(|o| o.state != ObjectState::InSync))
+            })
+        };
         let report = loop {
             if let Some(r) = running
                 .drift_report()
-                .filter(|r| r.generated_at > edited_at && r.revision == revert)
+                .filter(|r| r.generated_at > edited_at && r.revision == revert && drifted(r))
             {
                 break r;
             }
             if Instant::now() > deadline {
-                anyhow::bail!("no drift report within 60 s");
+                anyhow::bail!("no drift report showed the hand edit within 60 s");
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         };
