@@ -1,8 +1,11 @@
-//! The rollout engine's embedded, crash-safe state store.
+//! The rollout engine's crash-safe state store.
 //!
-//! One [redb] file, `DIR/state.redb`, holds a few typed tables whose values are serde values
-//! encoded as JSON. The crate is generic: it knows nothing of rollouts, clusters or Git, only
-//! of the shape of its tables (the reconciler defines the value types).
+//! A few typed tables whose values are serde values encoded as JSON, behind one
+//! [`backend::Backend`] trait with two implementations: an embedded [redb] file,
+//! `DIR/state.redb` ([`Store::open`]), and a PostgreSQL database shared by several daemon
+//! replicas ([`Store::open_url`] with a `postgres://` URL). The crate is generic: it knows
+//! nothing of rollouts, clusters or Git, only of the shape of its tables (the reconciler
+//! defines the value types).
 //!
 //! | table | key | value |
 //! | --- | --- | --- |
@@ -12,21 +15,30 @@
 //! | failed | (placement, revision key) | JSON: why that revision failed |
 //! | events | sequence number (1, 2, ...) | JSON: append-only event log |
 //! | meta | name | u64: schema version, last event sequence |
+//! | workflows, workflow_runs, burst | see the methods | JSON |
+//! | owners | unit | JSON [`Owner`]: holder and epoch, for fencing |
+//! | work, work_results | (cluster, placement) | JSON: the work exchange between replicas |
 //!
-//! Every change happens inside [`Store::write`], one ACID transaction that is durable (fsync'd)
-//! when it returns `Ok` and writes nothing when the closure fails. [`Store::read`] gives a
-//! consistent snapshot. The file is locked by the process that opened it: a second [`Store`]
-//! on the same directory, in this process or another, fails with [`StateError::Locked`].
+//! Every change happens inside [`Store::write`], one ACID transaction that is durable when it
+//! returns `Ok` and writes nothing when the closure fails. [`Store::read`] gives a consistent
+//! snapshot. A redb file is locked by the process that opened it: a second [`Store`] on the
+//! same directory, in this process or another, fails with [`StateError::Locked`] (clones of a
+//! `Store` share one handle). [`Store::fenced`] gives a view whose writes are refused once
+//! another holder has claimed its unit.
+
+pub mod backend;
+mod postgres;
+mod redb;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use redb::{
-    Database, DatabaseError, ReadOnlyTable, ReadTransaction, ReadableDatabase, ReadableTable,
-    Table, TableDefinition, WriteTransaction,
-};
-use serde::Serialize;
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+pub use crate::backend::Notification;
+use crate::backend::{Backend, KeyKind, RawTx, TableSpec, ValueKind};
 
 /// The schema this version of the crate writes. Opening a store recorded with another version
 /// is an error (there are no migrations yet).
@@ -35,26 +47,38 @@ pub const SCHEMA_VERSION: u64 = 1;
 /// The file inside the store directory.
 pub const FILE_NAME: &str = "state.redb";
 
-const ROLLOUTS: TableDefinition<&str, &[u8]> = TableDefinition::new("rollouts");
-const REVISIONS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("revisions");
-const MANIFESTS: TableDefinition<&str, &str> = TableDefinition::new("manifests");
-const FAILED: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("failed");
-const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
-const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const fn table(name: &'static str, key: KeyKind, value: ValueKind) -> TableSpec {
+    TableSpec { name, key, value }
+}
+
+const ROLLOUTS: TableSpec = table("rollouts", KeyKind::Str, ValueKind::Bytes);
+const REVISIONS: TableSpec = table("revisions", KeyKind::Pair, ValueKind::Bytes);
+const MANIFESTS: TableSpec = table("manifests", KeyKind::Str, ValueKind::Text);
+const FAILED: TableSpec = table("failed", KeyKind::Pair, ValueKind::Bytes);
+const EVENTS: TableSpec = table("events", KeyKind::Seq, ValueKind::Bytes);
+const META: TableSpec = table("meta", KeyKind::Str, ValueKind::U64);
 /// Workflow name → its schedule state (JSON, defined by the reconciler).
-const WORKFLOWS: TableDefinition<&str, &[u8]> = TableDefinition::new("workflows");
+const WORKFLOWS: TableSpec = table("workflows", KeyKind::Str, ValueKind::Bytes);
 /// (workflow, run key) → run record (JSON, defined by the reconciler).
-const WORKFLOW_RUNS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("workflow_runs");
+const WORKFLOW_RUNS: TableSpec = table("workflow_runs", KeyKind::Pair, ValueKind::Bytes);
+/// Burst pools: one record per placement (current split, last scale-out and scale-in), so a
+/// restarted daemon keeps the pool's cooldown. A store from before burst pools has none.
+const BURST: TableSpec = table("burst", KeyKind::Str, ValueKind::Bytes);
+/// Unit → [`Owner`] (fencing).
+const OWNERS: TableSpec = table("owners", KeyKind::Str, ValueKind::Bytes);
+/// (cluster, placement) → work item (JSON, defined by the rollout engine's exchange).
+const WORK: TableSpec = table("work", KeyKind::Pair, ValueKind::Bytes);
+/// (cluster, placement) → the result of a work item (JSON).
+const WORK_RESULTS: TableSpec = table("work_results", KeyKind::Pair, ValueKind::Bytes);
 
 const META_SCHEMA_VERSION: &str = "schema_version";
 /// The last sequence number handed out; kept apart from the events table so a number is never
 /// reused, even if old events are ever trimmed.
 const META_LAST_EVENT_SEQ: &str = "last_event_seq";
 
-/// Cache for redb's pages. The store holds records and manifests of one fleet, not bulk data.
-const CACHE_BYTES: usize = 64 * 1024 * 1024;
-
-/// Everything that can go wrong in the state store. Each variant names the store file.
+/// Everything that can go wrong in the state store. Each variant names the store: the redb
+/// file, or for PostgreSQL its description (`postgres user@host:port/db`, no password) in
+/// `path`.
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
     #[error("{path}: cannot create the state directory: {source}", path = .path.display())]
@@ -71,7 +95,15 @@ pub enum StateError {
     Db {
         path: PathBuf,
         op: &'static str,
-        source: Box<redb::Error>,
+        source: Box<::redb::Error>,
+    },
+    /// A PostgreSQL error: cannot connect, connection lost, statement failed or timed out.
+    #[error("{db}: {op}: {message}")]
+    Postgres {
+        /// The database, password redacted.
+        db: String,
+        op: &'static str,
+        message: String,
     },
     #[error("{path}: corrupt value in table {table}, key {key}: {source}", path = .path.display())]
     Corrupt {
@@ -102,29 +134,62 @@ pub enum StateError {
     /// Returned by a [`Store::write`] closure to roll the transaction back on purpose.
     #[error("{path}: transaction aborted: {reason}", path = .path.display())]
     Aborted { path: PathBuf, reason: String },
+    /// A write through a [`Store::fenced`] view whose holder no longer owns the unit at the
+    /// view's epoch; the transaction wrote nothing.
+    #[error(
+        "{path}: {holder} (epoch {epoch}) lost ownership of unit {unit} ({now}); nothing was written",
+        path = .path.display(),
+        now = if .found.holder.is_empty() {
+            format!("now released at epoch {}", .found.epoch)
+        } else {
+            format!("now held by {} at epoch {}", .found.holder, .found.epoch)
+        }
+    )]
+    Fenced {
+        path: PathBuf,
+        unit: String,
+        holder: String,
+        epoch: u64,
+        /// The owner row as found (holder empty, epoch 0 when the unit was never claimed).
+        found: Owner,
+    },
 }
 
-fn db_err<E: Into<redb::Error>>(path: &Path, op: &'static str) -> impl FnOnce(E) -> StateError {
-    move |e| StateError::Db {
-        path: path.to_path_buf(),
-        op,
-        source: Box::new(e.into()),
-    }
+/// Who owns a unit of work (see [`WriteTx::claim`]). `holder` is empty once released.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Owner {
+    pub holder: String,
+    pub epoch: u64,
 }
 
-/// The embedded state store: one redb database file, exclusively locked while open.
-pub struct Store {
-    /// `None` in shared mode: the file is opened for each transaction and closed after it.
-    db: Option<Database>,
+/// What a [`Store::fenced`] view requires of the owner row of `unit` at every write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fence {
+    pub unit: String,
+    pub holder: String,
+    pub epoch: u64,
+}
+
+struct Inner {
+    backend: Box<dyn Backend>,
+    /// The redb file, or the PostgreSQL description (for errors).
     path: PathBuf,
 }
 
-/// How long a shared store waits for another process's transaction.
-const SHARED_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+/// The state store. Cheap to clone: clones share one backend (one redb handle, or one pool of
+/// PostgreSQL connections), so a clone does not count as a second opener.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+    fence: Option<Fence>,
+}
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store").field("path", &self.path).finish()
+        f.debug_struct("Store")
+            .field("store", &self.describe())
+            .field("fence", &self.fence)
+            .finish()
     }
 }
 
@@ -134,125 +199,100 @@ impl Store {
     /// crash redb recovers the last committed transaction on open. The whole file's checksums
     /// are verified on open, so a damaged file is an error rather than a panic.
     pub fn open(dir: &Path) -> Result<Store, StateError> {
-        std::fs::create_dir_all(dir).map_err(|source| StateError::CreateDir {
-            path: dir.to_path_buf(),
-            source,
-        })?;
-        let path = dir.join(FILE_NAME);
-        let db = open_db(&path, true)?;
-        let store = Store { db: Some(db), path };
-        store.init_schema()?;
-        tracing::debug!(path = %store.path.display(), "state store open");
-        Ok(store)
+        let backend = redb::RedbBackend::open(dir, false)?;
+        let path = backend.path().to_path_buf();
+        init_schema(&backend, &path)?;
+        tracing::debug!(path = %path.display(), "state store open");
+        Ok(Store::with_backend(Box::new(backend), path))
     }
 
     /// Opens the store in shared mode: the file is opened (and its lock taken) for each
     /// transaction only, so several processes can use it in turn — `flotilla rollout pause`
     /// while an `apply` drives the rollout. A transaction waits up to 30 s for the lock.
     pub fn open_shared(dir: &Path) -> Result<Store, StateError> {
-        std::fs::create_dir_all(dir).map_err(|source| StateError::CreateDir {
-            path: dir.to_path_buf(),
-            source,
-        })?;
-        let path = dir.join(FILE_NAME);
-        let store = Store {
-            db: Some(open_db_waiting(&path, true)?),
-            path,
-        };
-        store.init_schema()?;
-        Ok(Store {
-            db: None,
-            path: store.path.clone(),
-        })
+        let mut backend = redb::RedbBackend::open(dir, true)?;
+        let path = backend.path().to_path_buf();
+        init_schema(&backend, &path)?;
+        backend.db = None;
+        Ok(Store::with_backend(Box::new(backend), path))
     }
 
-    /// Runs `f` on the open database, or opens it for `f` in shared mode.
-    fn with_db<T>(
-        &self,
-        f: impl FnOnce(&Database) -> Result<T, StateError>,
-    ) -> Result<T, StateError> {
-        match &self.db {
-            Some(db) => f(db),
-            None => {
-                let db = open_db_waiting(&self.path, false)?;
-                f(&db)
-            }
+    /// Opens a store by location: a `postgres://` or `postgresql://` URL is a PostgreSQL
+    /// database (its table created on first open, see [`Store`]'s module docs), anything else
+    /// a directory as [`Store::open`]. Connection errors name the database without its
+    /// password.
+    pub fn open_url(location: &str) -> Result<Store, StateError> {
+        if postgres::is_url(location) {
+            let backend = postgres::PgBackend::open(location)?;
+            let path = PathBuf::from(backend.describe());
+            init_schema(&backend, &path)?;
+            tracing::debug!(store = %path.display(), "state store open");
+            Ok(Store::with_backend(Box::new(backend), path))
+        } else {
+            Store::open(Path::new(location))
         }
     }
 
-    /// The database file (`DIR/state.redb`).
+    fn with_backend(backend: Box<dyn Backend>, path: PathBuf) -> Store {
+        Store {
+            inner: Arc::new(Inner { backend, path }),
+            fence: None,
+        }
+    }
+
+    /// The database file (`DIR/state.redb`); for PostgreSQL, [`Store::describe`] as a path.
     pub fn path(&self) -> &Path {
-        &self.path
+        &self.inner.path
     }
 
-    /// Checks the recorded schema version; a new store gets its tables and the current version.
-    /// A store with another version is left untouched.
-    fn init_schema(&self) -> Result<(), StateError> {
-        let path = &self.path;
-        let recorded = {
-            let db = self
-                .db
-                .as_ref()
-                .ok_or_else(|| StateError::Locked { path: path.clone() })?;
-            let tx = db.begin_read().map_err(db_err(path, "begin read"))?;
-            match tx.open_table(META) {
-                Ok(meta) => meta
-                    .get(META_SCHEMA_VERSION)
-                    .map_err(db_err(path, "read schema version"))?
-                    .map(|v| v.value()),
-                Err(redb::TableError::TableDoesNotExist(_)) => None,
-                Err(e) => return Err(db_err(path, "open table meta")(e)),
-            }
-        };
-        match recorded {
-            Some(SCHEMA_VERSION) => Ok(()),
-            Some(found) => Err(StateError::Schema {
-                path: path.clone(),
-                found,
-                supported: SCHEMA_VERSION,
-            }),
-            None => self.write(|tx| {
-                let t = tx.tx;
-                t.open_table(ROLLOUTS).map_err(db_err(path, "create table rollouts"))?;
-                t.open_table(REVISIONS).map_err(db_err(path, "create table revisions"))?;
-                t.open_table(MANIFESTS).map_err(db_err(path, "create table manifests"))?;
-                t.open_table(FAILED).map_err(db_err(path, "create table failed"))?;
-                t.open_table(EVENTS).map_err(db_err(path, "create table events"))?;
-                t.open_table(WORKFLOWS).map_err(db_err(path, "create table workflows"))?;
-                t.open_table(WORKFLOW_RUNS).map_err(db_err(path, "create table workflow_runs"))?;
-                let mut meta = t.open_table(META).map_err(db_err(path, "create table meta"))?;
-                meta.insert(META_SCHEMA_VERSION, SCHEMA_VERSION)
-                    .map_err(db_err(path, "write schema version"))?;
-                tracing::info!(path = %path.display(), version = SCHEMA_VERSION, "state store created");
-                Ok(())
-            }),
+    /// The store for logs and errors: `redb /path/state.redb` or
+    /// `postgres user@host:port/db` (never a password).
+    pub fn describe(&self) -> String {
+        self.inner.backend.describe()
+    }
+
+    /// A view of this store whose every [`Store::write`] first checks, inside the same
+    /// transaction, that `fence.unit` is held by exactly `fence.holder` at `fence.epoch`, and
+    /// otherwise writes nothing and fails with [`StateError::Fenced`]. Reads are not fenced.
+    pub fn fenced(&self, fence: Fence) -> Store {
+        Store {
+            inner: self.inner.clone(),
+            fence: Some(fence),
         }
     }
 
-    /// One ACID write transaction. When this returns `Ok` the changes are durable (committed
-    /// with redb's default `Durability::Immediate`, i.e. fsync'd). If `f` returns `Err` (or
-    /// panics), nothing is written. Only one write transaction runs at a time: calling
-    /// `write` again from inside `f` would wait for itself forever.
+    /// The fence of a [`Store::fenced`] view.
+    pub fn fence(&self) -> Option<&Fence> {
+        self.fence.as_ref()
+    }
+
+    /// One ACID write transaction. When this returns `Ok` the changes are durable (redb:
+    /// fsync'd; PostgreSQL: committed). If `f` returns `Err` (or panics), nothing is written.
+    /// Write transactions run one at a time (PostgreSQL: across every process sharing the
+    /// database): calling `write` again from inside `f` waits for itself (redb: forever;
+    /// PostgreSQL: until the statement timeout).
     pub fn write<T>(
         &self,
         f: impl FnOnce(&mut WriteTx<'_>) -> Result<T, StateError>,
     ) -> Result<T, StateError> {
-        let path = &self.path;
-        self.with_db(|db| {
-            let tx = db.begin_write().map_err(db_err(path, "begin write"))?;
-            let result = f(&mut WriteTx { tx: &tx, path });
-            match result {
-                Ok(value) => {
-                    tx.commit().map_err(db_err(path, "commit"))?;
-                    Ok(value)
-                }
-                Err(e) => {
-                    if let Err(abort) = tx.abort() {
-                        tracing::warn!(path = %path.display(), error = %abort, "state store: abort failed");
-                    }
-                    Err(e)
-                }
+        let path = self.inner.path.as_path();
+        let fence = self.fence.as_ref();
+        let mut f = Some(f);
+        let mut out = None;
+        self.inner.backend.write(&mut |raw| {
+            if let Some(fence) = fence {
+                check_fence(raw, path, fence)?;
             }
+            let f = f.take().ok_or_else(|| StateError::Aborted {
+                path: path.to_path_buf(),
+                reason: "the transaction body was run twice".to_string(),
+            })?;
+            out = Some(f(&mut WriteTx { raw, path })?);
+            Ok(())
+        })?;
+        out.ok_or_else(|| StateError::Aborted {
+            path: path.to_path_buf(),
+            reason: "the transaction body did not run".to_string(),
         })
     }
 
@@ -262,98 +302,107 @@ impl Store {
         &self,
         f: impl FnOnce(&ReadTx<'_>) -> Result<T, StateError>,
     ) -> Result<T, StateError> {
-        self.with_db(|db| {
-            let tx = db.begin_read().map_err(db_err(&self.path, "begin read"))?;
-            f(&ReadTx {
-                tx: &tx,
-                path: &self.path,
-            })
+        let path = self.inner.path.as_path();
+        let mut f = Some(f);
+        let mut out = None;
+        self.inner.backend.read(&mut |raw| {
+            let f = f.take().ok_or_else(|| StateError::Aborted {
+                path: path.to_path_buf(),
+                reason: "the transaction body was run twice".to_string(),
+            })?;
+            out = Some(f(&ReadTx { raw, path })?);
+            Ok(())
+        })?;
+        out.ok_or_else(|| StateError::Aborted {
+            path: path.to_path_buf(),
+            reason: "the transaction body did not run".to_string(),
         })
+    }
+
+    /// Sends `payload` under `topic` to every [`Store::subscribe`]r: of every process on the
+    /// same PostgreSQL database (NOTIFY, at most about 7 KiB), or of every clone of this redb
+    /// store. Delivery is best effort: a subscriber that is disconnected or lags misses it.
+    pub fn notify(&self, topic: &str, payload: &str) -> Result<(), StateError> {
+        self.inner.backend.notify(topic, payload)
+    }
+
+    /// Notifications sent from now on (see [`Store::notify`]).
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Notification> {
+        self.inner.backend.subscribe()
     }
 }
 
-/// Opens the file. `verify`: check every page's checksum first, so a file damaged outside
-/// redb is an error where a plain open trusts it and can panic. That reads the whole file,
-/// so it is done once per store, not for every transaction of a shared one.
-fn open_db(path: &Path, verify: bool) -> Result<Database, StateError> {
-    Database::builder()
-        .set_cache_size(CACHE_BYTES)
-        .set_check_integrity_on_open(verify)
-        .create(path)
-        .map_err(|e| match e {
-            DatabaseError::DatabaseAlreadyOpen | DatabaseError::LockProtocolMismatch => {
-                StateError::Locked {
-                    path: path.to_path_buf(),
-                }
-            }
-            other => db_err(path, "open")(other),
-        })
+/// Checks the recorded schema version; a new store gets the current version. A store with
+/// another version is left untouched.
+fn init_schema(backend: &dyn Backend, path: &Path) -> Result<(), StateError> {
+    let check = |recorded: Option<u64>| match recorded {
+        Some(SCHEMA_VERSION) | None => Ok(()),
+        Some(found) => Err(StateError::Schema {
+            path: path.to_path_buf(),
+            found,
+            supported: SCHEMA_VERSION,
+        }),
+    };
+    let mut recorded = None;
+    backend.read(&mut |raw| {
+        recorded = meta_get(raw, path, META_SCHEMA_VERSION)?;
+        Ok(())
+    })?;
+    check(recorded)?;
+    if recorded.is_some() {
+        return Ok(());
+    }
+    // Again inside a write transaction: another process may have created it meanwhile.
+    backend.write(&mut |raw| {
+        let recorded = meta_get(raw, path, META_SCHEMA_VERSION)?;
+        check(recorded)?;
+        if recorded.is_none() {
+            raw.put(
+                &META,
+                &[META_SCHEMA_VERSION],
+                SCHEMA_VERSION.to_string().as_bytes(),
+            )?;
+            tracing::info!(store = %path.display(), version = SCHEMA_VERSION, "state store created");
+        }
+        Ok(())
+    })
 }
 
-/// `open_db`, waiting (up to [`SHARED_WAIT`]) while another process holds the file.
-fn open_db_waiting(path: &Path, verify: bool) -> Result<Database, StateError> {
-    let started = std::time::Instant::now();
-    loop {
-        match open_db(path, verify) {
-            Err(StateError::Locked { .. }) if started.elapsed() < SHARED_WAIT => {
-                std::thread::sleep(std::time::Duration::from_millis(10));
-            }
-            other => return other,
-        }
+fn meta_get(raw: &dyn RawTx, path: &Path, name: &str) -> Result<Option<u64>, StateError> {
+    let Some(bytes) = raw.get(&META, &[name])? else {
+        return Ok(None);
+    };
+    decode(path, META.name, || format!("{name:?}"), &bytes).map(Some)
+}
+
+fn check_fence(raw: &dyn RawTx, path: &Path, fence: &Fence) -> Result<(), StateError> {
+    let found: Owner = match raw.get_for_update(&OWNERS, &[fence.unit.as_str()])? {
+        Some(bytes) => decode(path, OWNERS.name, || format!("{:?}", fence.unit), &bytes)?,
+        None => Owner::default(),
+    };
+    if found.holder == fence.holder && found.epoch == fence.epoch {
+        Ok(())
+    } else {
+        Err(StateError::Fenced {
+            path: path.to_path_buf(),
+            unit: fence.unit.clone(),
+            holder: fence.holder.clone(),
+            epoch: fence.epoch,
+            found,
+        })
     }
 }
 
 /// A write transaction (see [`Store::write`]); it reads its own writes.
 pub struct WriteTx<'a> {
-    tx: &'a WriteTransaction,
+    raw: &'a dyn RawTx,
     path: &'a Path,
 }
 
 /// A read snapshot (see [`Store::read`]).
 pub struct ReadTx<'a> {
-    tx: &'a ReadTransaction,
+    raw: &'a dyn RawTx,
     path: &'a Path,
-}
-
-impl ReadTx<'_> {
-    /// A table added after the store was created (workflows): `None` until first written.
-    fn table_opt<K: redb::Key + 'static, V: redb::Value + 'static>(
-        &self,
-        def: TableDefinition<K, V>,
-        op: &'static str,
-    ) -> Result<Option<ReadOnlyTable<K, V>>, StateError> {
-        match self.tx.open_table(def) {
-            Ok(t) => Ok(Some(t)),
-            Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
-            Err(e) => Err(db_err(self.path, op)(e)),
-        }
-    }
-
-    fn table<K: redb::Key + 'static, V: redb::Value + 'static>(
-        &self,
-        def: TableDefinition<K, V>,
-        op: &'static str,
-    ) -> Result<ReadOnlyTable<K, V>, StateError> {
-        self.tx.open_table(def).map_err(db_err(self.path, op))
-    }
-}
-
-impl WriteTx<'_> {
-    fn table_opt<K: redb::Key + 'static, V: redb::Value + 'static>(
-        &self,
-        def: TableDefinition<K, V>,
-        op: &'static str,
-    ) -> Result<Option<Table<'_, K, V>>, StateError> {
-        self.table(def, op).map(Some)
-    }
-
-    fn table<K: redb::Key + 'static, V: redb::Value + 'static>(
-        &self,
-        def: TableDefinition<K, V>,
-        op: &'static str,
-    ) -> Result<Table<'_, K, V>, StateError> {
-        self.tx.open_table(def).map_err(db_err(self.path, op))
-    }
 }
 
 fn decode<T: DeserializeOwned>(
@@ -384,11 +433,82 @@ fn encode<T: Serialize + ?Sized>(
     })
 }
 
-fn pair_key(a: &str, b: &str) -> String {
-    format!("({a:?}, {b:?})")
+/// How a key is named in errors.
+fn key_name(key: &[&str]) -> String {
+    match key {
+        [a] => format!("{a:?}"),
+        [a, b] => format!("({a:?}, {b:?})"),
+        other => format!("{other:?}"),
+    }
 }
 
-/// The read operations, shared by [`ReadTx`] and [`WriteTx`] (each has its own `table`).
+fn seq_key(seq: u64) -> String {
+    format!("{seq:020}")
+}
+
+/// Typed access shared by [`ReadTx`] and [`WriteTx`].
+trait Typed {
+    fn raw(&self) -> &dyn RawTx;
+    fn store_path(&self) -> &Path;
+
+    fn get_json<T: DeserializeOwned>(
+        &self,
+        table: &TableSpec,
+        key: &[&str],
+    ) -> Result<Option<T>, StateError> {
+        self.raw()
+            .get(table, key)?
+            .map(|bytes| decode(self.store_path(), table.name, || key_name(key), &bytes))
+            .transpose()
+    }
+
+    /// Rows under `prefix`, each with the key parts after the prefix joined (one part for the
+    /// tables used this way).
+    fn list_json<T: DeserializeOwned>(
+        &self,
+        table: &TableSpec,
+        prefix: &[&str],
+    ) -> Result<Vec<(String, T)>, StateError> {
+        let mut out = Vec::new();
+        for (key, bytes) in self.raw().scan(table, prefix)? {
+            let parts: Vec<&str> = key.iter().map(String::as_str).collect();
+            let value = decode(self.store_path(), table.name, || key_name(&parts), &bytes)?;
+            let rest = key.get(prefix.len()).cloned().unwrap_or_default();
+            out.push((rest, value));
+        }
+        Ok(out)
+    }
+
+    fn put_json<T: Serialize + ?Sized>(
+        &self,
+        table: &TableSpec,
+        key: &[&str],
+        value: &T,
+    ) -> Result<(), StateError> {
+        let bytes = encode(self.store_path(), table.name, || key_name(key), value)?;
+        self.raw().put(table, key, &bytes)
+    }
+}
+
+impl Typed for ReadTx<'_> {
+    fn raw(&self) -> &dyn RawTx {
+        self.raw
+    }
+    fn store_path(&self) -> &Path {
+        self.path
+    }
+}
+
+impl Typed for WriteTx<'_> {
+    fn raw(&self) -> &dyn RawTx {
+        self.raw
+    }
+    fn store_path(&self) -> &Path {
+        self.path
+    }
+}
+
+/// The read operations, shared by [`ReadTx`] and [`WriteTx`].
 macro_rules! read_methods {
     () => {
         /// The rollout record of `placement`.
@@ -396,34 +516,12 @@ macro_rules! read_methods {
             &self,
             placement: &str,
         ) -> Result<Option<T>, StateError> {
-            let table = self.table(ROLLOUTS, "open table rollouts")?;
-            let got = table
-                .get(placement)
-                .map_err(db_err(self.path, "read rollout"))?;
-            got.map(|v| {
-                decode(
-                    self.path,
-                    "rollouts",
-                    || format!("{placement:?}"),
-                    v.value(),
-                )
-            })
-            .transpose()
+            self.get_json(&ROLLOUTS, &[placement])
         }
 
         /// All rollout records, ordered by placement name.
         pub fn rollouts<T: DeserializeOwned>(&self) -> Result<Vec<(String, T)>, StateError> {
-            let table = self.table(ROLLOUTS, "open table rollouts")?;
-            let mut out = Vec::new();
-            for entry in table.iter().map_err(db_err(self.path, "list rollouts"))? {
-                let (k, v) = entry.map_err(db_err(self.path, "list rollouts"))?;
-                let key = k.value();
-                out.push((
-                    key.to_string(),
-                    decode(self.path, "rollouts", || format!("{key:?}"), v.value())?,
-                ));
-            }
-            Ok(out)
+            self.list_json(&ROLLOUTS, &[])
         }
 
         /// The revision record of (`placement`, `cluster`).
@@ -432,19 +530,7 @@ macro_rules! read_methods {
             placement: &str,
             cluster: &str,
         ) -> Result<Option<T>, StateError> {
-            let table = self.table(REVISIONS, "open table revisions")?;
-            let got = table
-                .get((placement, cluster))
-                .map_err(db_err(self.path, "read revision"))?;
-            got.map(|v| {
-                decode(
-                    self.path,
-                    "revisions",
-                    || pair_key(placement, cluster),
-                    v.value(),
-                )
-            })
-            .transpose()
+            self.get_json(&REVISIONS, &[placement, cluster])
         }
 
         /// The revision records of one placement (exactly that name), ordered by cluster name.
@@ -452,43 +538,30 @@ macro_rules! read_methods {
             &self,
             placement: &str,
         ) -> Result<Vec<(String, T)>, StateError> {
-            let table = self.table(REVISIONS, "open table revisions")?;
-            let mut out = Vec::new();
-            let range = table
-                .range((placement, "")..)
-                .map_err(db_err(self.path, "list revisions"))?;
-            for entry in range {
-                let (k, v) = entry.map_err(db_err(self.path, "list revisions"))?;
-                let (p, cluster) = k.value();
-                if p != placement {
-                    break;
-                }
-                out.push((
-                    cluster.to_string(),
-                    decode(self.path, "revisions", || pair_key(p, cluster), v.value())?,
-                ));
-            }
-            Ok(out)
+            self.list_json(&REVISIONS, &[placement])
         }
 
         /// The rendered manifests stored under `hash`.
         pub fn manifests(&self, hash: &str) -> Result<Option<String>, StateError> {
-            let table = self.table(MANIFESTS, "open table manifests")?;
-            let got = table
-                .get(hash)
-                .map_err(db_err(self.path, "read manifests"))?;
-            Ok(got.map(|v| v.value().to_string()))
+            self.raw
+                .get(&MANIFESTS, &[hash])?
+                .map(|bytes| {
+                    String::from_utf8(bytes).map_err(|e| StateError::Aborted {
+                        path: self.path.to_path_buf(),
+                        reason: format!("table manifests, key {hash:?}: not UTF-8: {e}"),
+                    })
+                })
+                .transpose()
         }
 
         /// The hashes of all stored manifests, in order.
         pub fn manifest_hashes(&self) -> Result<Vec<String>, StateError> {
-            let table = self.table(MANIFESTS, "open table manifests")?;
-            let mut out = Vec::new();
-            for entry in table.iter().map_err(db_err(self.path, "list manifests"))? {
-                let (k, _) = entry.map_err(db_err(self.path, "list manifests"))?;
-                out.push(k.value().to_string());
-            }
-            Ok(out)
+            Ok(self
+                .raw
+                .scan(&MANIFESTS, &[])?
+                .into_iter()
+                .filter_map(|(mut key, _)| key.pop())
+                .collect())
         }
 
         /// Why `revision` of `placement` was marked failed, if it was.
@@ -497,19 +570,7 @@ macro_rules! read_methods {
             placement: &str,
             revision: &str,
         ) -> Result<Option<T>, StateError> {
-            let table = self.table(FAILED, "open table failed")?;
-            let got = table
-                .get((placement, revision))
-                .map_err(db_err(self.path, "read failed revision"))?;
-            got.map(|v| {
-                decode(
-                    self.path,
-                    "failed",
-                    || pair_key(placement, revision),
-                    v.value(),
-                )
-            })
-            .transpose()
+            self.get_json(&FAILED, &[placement, revision])
         }
 
         /// The failed revisions of one placement (exactly that name), ordered by revision key.
@@ -517,23 +578,7 @@ macro_rules! read_methods {
             &self,
             placement: &str,
         ) -> Result<Vec<(String, T)>, StateError> {
-            let table = self.table(FAILED, "open table failed")?;
-            let mut out = Vec::new();
-            let range = table
-                .range((placement, "")..)
-                .map_err(db_err(self.path, "list failed revisions"))?;
-            for entry in range {
-                let (k, v) = entry.map_err(db_err(self.path, "list failed revisions"))?;
-                let (p, revision) = k.value();
-                if p != placement {
-                    break;
-                }
-                out.push((
-                    revision.to_string(),
-                    decode(self.path, "failed", || pair_key(p, revision), v.value())?,
-                ));
-            }
-            Ok(out)
+            self.list_json(&FAILED, &[placement])
         }
 
         /// Up to `limit` events with a sequence number greater than `after_seq`, in order.
@@ -542,20 +587,20 @@ macro_rules! read_methods {
             after_seq: u64,
             limit: usize,
         ) -> Result<Vec<(u64, T)>, StateError> {
-            let Some(first) = after_seq.checked_add(1) else {
+            if after_seq == u64::MAX || limit == 0 {
                 return Ok(Vec::new());
-            };
-            let table = self.table(EVENTS, "open table events")?;
+            }
+            let after = seq_key(after_seq);
             let mut out = Vec::new();
-            let range = table
-                .range(first..)
-                .map_err(db_err(self.path, "list events"))?;
-            for entry in range.take(limit) {
-                let (k, v) = entry.map_err(db_err(self.path, "list events"))?;
-                let seq = k.value();
+            for (key, bytes) in self.raw.scan_after(&EVENTS, &[after.as_str()], limit)? {
+                let name = key.first().cloned().unwrap_or_default();
+                let seq: u64 = name.parse().map_err(|_| StateError::Aborted {
+                    path: self.path.to_path_buf(),
+                    reason: format!("table events: key {name:?} is not a sequence number"),
+                })?;
                 out.push((
                     seq,
-                    decode(self.path, "events", || seq.to_string(), v.value())?,
+                    decode(self.path, EVENTS.name, || seq.to_string(), &bytes)?,
                 ));
             }
             Ok(out)
@@ -566,14 +611,7 @@ macro_rules! read_methods {
             &self,
             name: &str,
         ) -> Result<Option<T>, StateError> {
-            let Some(table) = self.table_opt(WORKFLOWS, "open table workflows")? else {
-                return Ok(None);
-            };
-            let got = table
-                .get(name)
-                .map_err(db_err(self.path, "read workflow"))?;
-            got.map(|v| decode(self.path, "workflows", || format!("{name:?}"), v.value()))
-                .transpose()
+            self.get_json(&WORKFLOWS, &[name])
         }
 
         /// The run records of workflow `workflow` (exactly that name), ordered by key.
@@ -581,25 +619,7 @@ macro_rules! read_methods {
             &self,
             workflow: &str,
         ) -> Result<Vec<(String, T)>, StateError> {
-            let Some(table) = self.table_opt(WORKFLOW_RUNS, "open table workflow_runs")? else {
-                return Ok(Vec::new());
-            };
-            let mut out = Vec::new();
-            let range = table
-                .range((workflow, "")..)
-                .map_err(db_err(self.path, "list workflow runs"))?;
-            for entry in range {
-                let (k, v) = entry.map_err(db_err(self.path, "list workflow runs"))?;
-                let (w, key) = k.value();
-                if w != workflow {
-                    break;
-                }
-                out.push((
-                    key.to_string(),
-                    decode(self.path, "workflow_runs", || pair_key(w, key), v.value())?,
-                ));
-            }
-            Ok(out)
+            self.list_json(&WORKFLOW_RUNS, &[workflow])
         }
 
         /// One run record.
@@ -608,30 +628,61 @@ macro_rules! read_methods {
             workflow: &str,
             key: &str,
         ) -> Result<Option<T>, StateError> {
-            let Some(table) = self.table_opt(WORKFLOW_RUNS, "open table workflow_runs")? else {
-                return Ok(None);
-            };
-            let got = table
-                .get((workflow, key))
-                .map_err(db_err(self.path, "read workflow run"))?;
-            got.map(|v| {
-                decode(
-                    self.path,
-                    "workflow_runs",
-                    || pair_key(workflow, key),
-                    v.value(),
-                )
-            })
-            .transpose()
+            self.get_json(&WORKFLOW_RUNS, &[workflow, key])
         }
 
         /// The sequence number of the last event appended (0 if none ever was).
         pub fn last_event_seq(&self) -> Result<u64, StateError> {
-            let table = self.table(META, "open table meta")?;
-            let got = table
-                .get(META_LAST_EVENT_SEQ)
-                .map_err(db_err(self.path, "read last event sequence"))?;
-            Ok(got.map(|v| v.value()).unwrap_or(0))
+            Ok(meta_get(self.raw, self.path, META_LAST_EVENT_SEQ)?.unwrap_or(0))
+        }
+
+        /// The burst record of `placement`.
+        pub fn burst<T: DeserializeOwned>(&self, placement: &str) -> Result<Option<T>, StateError> {
+            self.get_json(&BURST, &[placement])
+        }
+
+        /// The owner of `unit` (`None` if it was never claimed).
+        pub fn owner(&self, unit: &str) -> Result<Option<Owner>, StateError> {
+            self.get_json(&OWNERS, &[unit])
+        }
+
+        /// Every owner row, ordered by unit.
+        pub fn owners(&self) -> Result<Vec<(String, Owner)>, StateError> {
+            self.list_json(&OWNERS, &[])
+        }
+
+        /// The work item of (`cluster`, `placement`).
+        pub fn work<T: DeserializeOwned>(
+            &self,
+            cluster: &str,
+            placement: &str,
+        ) -> Result<Option<T>, StateError> {
+            self.get_json(&WORK, &[cluster, placement])
+        }
+
+        /// The work items of one cluster (exactly that name), ordered by placement.
+        pub fn works<T: DeserializeOwned>(
+            &self,
+            cluster: &str,
+        ) -> Result<Vec<(String, T)>, StateError> {
+            self.list_json(&WORK, &[cluster])
+        }
+
+        /// The result of the work item of (`cluster`, `placement`).
+        pub fn work_result<T: DeserializeOwned>(
+            &self,
+            cluster: &str,
+            placement: &str,
+        ) -> Result<Option<T>, StateError> {
+            self.get_json(&WORK_RESULTS, &[cluster, placement])
+        }
+
+        /// The work results of one cluster (exactly that name), ordered by placement.
+        pub fn work_results<T: DeserializeOwned>(
+            &self,
+            cluster: &str,
+        ) -> Result<Vec<(String, T)>, StateError> {
+            self.list_json(&WORK_RESULTS, &[cluster])
         }
     };
 }
@@ -649,21 +700,12 @@ impl WriteTx<'_> {
         placement: &str,
         value: &T,
     ) -> Result<(), StateError> {
-        let bytes = encode(self.path, "rollouts", || format!("{placement:?}"), value)?;
-        let mut table = self.table(ROLLOUTS, "open table rollouts")?;
-        table
-            .insert(placement, bytes.as_slice())
-            .map_err(db_err(self.path, "write rollout"))?;
-        Ok(())
+        self.put_json(&ROLLOUTS, &[placement], value)
     }
 
     /// Removes the rollout record of `placement`; returns whether there was one.
     pub fn remove_rollout(&mut self, placement: &str) -> Result<bool, StateError> {
-        let mut table = self.table(ROLLOUTS, "open table rollouts")?;
-        let old = table
-            .remove(placement)
-            .map_err(db_err(self.path, "remove rollout"))?;
-        Ok(old.is_some())
+        self.raw.remove(&ROLLOUTS, &[placement])
     }
 
     /// Sets the revision record of (`placement`, `cluster`).
@@ -673,70 +715,41 @@ impl WriteTx<'_> {
         cluster: &str,
         value: &T,
     ) -> Result<(), StateError> {
-        let bytes = encode(
-            self.path,
-            "revisions",
-            || pair_key(placement, cluster),
-            value,
-        )?;
-        let mut table = self.table(REVISIONS, "open table revisions")?;
-        table
-            .insert((placement, cluster), bytes.as_slice())
-            .map_err(db_err(self.path, "write revision"))?;
-        Ok(())
+        self.put_json(&REVISIONS, &[placement, cluster], value)
     }
 
     /// Removes the revision record of (`placement`, `cluster`); returns whether there was one.
     pub fn remove_revision(&mut self, placement: &str, cluster: &str) -> Result<bool, StateError> {
-        let mut table = self.table(REVISIONS, "open table revisions")?;
-        let old = table
-            .remove((placement, cluster))
-            .map_err(db_err(self.path, "remove revision"))?;
-        Ok(old.is_some())
+        self.raw.remove(&REVISIONS, &[placement, cluster])
     }
 
     /// Stores rendered manifests under `hash` (opaque to the store). A hash already present is
     /// left as it is: manifests are stored once.
     pub fn put_manifests(&mut self, hash: &str, yaml: &str) -> Result<(), StateError> {
-        let mut table = self.table(MANIFESTS, "open table manifests")?;
-        let existing = table
-            .get(hash)
-            .map_err(db_err(self.path, "read manifests"))?
-            .map(|v| v.value() == yaml);
-        match existing {
-            Some(true) => {}
-            Some(false) => tracing::warn!(
-                path = %self.path.display(),
+        match self.raw.get(&MANIFESTS, &[hash])? {
+            Some(existing) if existing == yaml.as_bytes() => {}
+            Some(_) => tracing::warn!(
+                store = %self.path.display(),
                 hash,
                 "state store: manifests with this hash are already stored with other content; keeping the stored ones"
             ),
-            None => {
-                table
-                    .insert(hash, yaml)
-                    .map_err(db_err(self.path, "write manifests"))?;
-            }
+            None => self.raw.put(&MANIFESTS, &[hash], yaml.as_bytes())?,
         }
         Ok(())
     }
 
     /// Deletes every stored manifest whose hash is not in `keep`; returns how many.
     pub fn retain_manifests(&mut self, keep: &BTreeSet<String>) -> Result<usize, StateError> {
-        let mut table = self.table(MANIFESTS, "open table manifests")?;
-        let mut doomed = Vec::new();
-        for entry in table.iter().map_err(db_err(self.path, "list manifests"))? {
-            let (k, _) = entry.map_err(db_err(self.path, "list manifests"))?;
-            let hash = k.value();
-            if !keep.contains(hash) {
-                doomed.push(hash.to_string());
-            }
-        }
+        let doomed: Vec<String> = self
+            .manifest_hashes()?
+            .into_iter()
+            .filter(|hash| !keep.contains(hash))
+            .collect();
         for hash in &doomed {
-            table
-                .remove(hash.as_str())
-                .map_err(db_err(self.path, "remove manifests"))?;
+            self.raw.remove(&MANIFESTS, &[hash.as_str()])?;
         }
         if !doomed.is_empty() {
-            tracing::debug!(path = %self.path.display(), removed = doomed.len(), "state store: manifests collected");
+            tracing::debug!(store = %self.path.display(), removed = doomed.len(), "state store: manifests collected");
         }
         Ok(doomed.len())
     }
@@ -748,45 +761,22 @@ impl WriteTx<'_> {
         revision: &str,
         reason: &T,
     ) -> Result<(), StateError> {
-        let bytes = encode(
-            self.path,
-            "failed",
-            || pair_key(placement, revision),
-            reason,
-        )?;
-        let mut table = self.table(FAILED, "open table failed")?;
-        table
-            .insert((placement, revision), bytes.as_slice())
-            .map_err(db_err(self.path, "write failed revision"))?;
-        Ok(())
+        self.put_json(&FAILED, &[placement, revision], reason)
     }
 
     /// Forgets every failed revision of `placement` (exactly that name).
     pub fn clear_failed(&mut self, placement: &str) -> Result<(), StateError> {
-        let mut table = self.table(FAILED, "open table failed")?;
-        let mut doomed = Vec::new();
-        for entry in table
-            .range((placement, "")..)
-            .map_err(db_err(self.path, "list failed revisions"))?
-        {
-            let (k, _) = entry.map_err(db_err(self.path, "list failed revisions"))?;
-            let (p, revision) = k.value();
-            if p != placement {
-                break;
-            }
-            doomed.push(revision.to_string());
-        }
-        for revision in &doomed {
-            table
-                .remove((placement, revision.as_str()))
-                .map_err(db_err(self.path, "remove failed revision"))?;
+        for (key, _) in self.raw.scan(&FAILED, &[placement])? {
+            let parts: Vec<&str> = key.iter().map(String::as_str).collect();
+            self.raw.remove(&FAILED, &parts)?;
         }
         Ok(())
     }
 
     /// Appends an event; returns its sequence number. Numbers start at 1, increase strictly and
     /// are never reused (a rolled-back transaction's number is handed out again, since it was
-    /// never visible).
+    /// never visible). Writers are serialised, also across processes sharing a PostgreSQL
+    /// database, so two appenders never get the same number.
     pub fn append_event<T: Serialize + ?Sized>(&mut self, event: &T) -> Result<u64, StateError> {
         let seq =
             self.last_event_seq()?
@@ -794,16 +784,10 @@ impl WriteTx<'_> {
                 .ok_or_else(|| StateError::SequenceExhausted {
                     path: self.path.to_path_buf(),
                 })?;
-        let bytes = encode(self.path, "events", || seq.to_string(), event)?;
-        {
-            let mut events = self.table(EVENTS, "open table events")?;
-            events
-                .insert(seq, bytes.as_slice())
-                .map_err(db_err(self.path, "append event"))?;
-        }
-        let mut meta = self.table(META, "open table meta")?;
-        meta.insert(META_LAST_EVENT_SEQ, seq)
-            .map_err(db_err(self.path, "write last event sequence"))?;
+        let bytes = encode(self.path, EVENTS.name, || seq.to_string(), event)?;
+        self.raw.put(&EVENTS, &[seq_key(seq).as_str()], &bytes)?;
+        self.raw
+            .put(&META, &[META_LAST_EVENT_SEQ], seq.to_string().as_bytes())?;
         Ok(seq)
     }
 
@@ -813,12 +797,7 @@ impl WriteTx<'_> {
         name: &str,
         value: &T,
     ) -> Result<(), StateError> {
-        let bytes = encode(self.path, "workflows", || format!("{name:?}"), value)?;
-        let mut table = self.table(WORKFLOWS, "open table workflows")?;
-        table
-            .insert(name, bytes.as_slice())
-            .map_err(db_err(self.path, "write workflow"))?;
-        Ok(())
+        self.put_json(&WORKFLOWS, &[name], value)
     }
 
     /// Sets one run record of `workflow`.
@@ -828,26 +807,100 @@ impl WriteTx<'_> {
         key: &str,
         value: &T,
     ) -> Result<(), StateError> {
-        let bytes = encode(
-            self.path,
-            "workflow_runs",
-            || pair_key(workflow, key),
-            value,
-        )?;
-        let mut table = self.table(WORKFLOW_RUNS, "open table workflow_runs")?;
-        table
-            .insert((workflow, key), bytes.as_slice())
-            .map_err(db_err(self.path, "write workflow run"))?;
-        Ok(())
+        self.put_json(&WORKFLOW_RUNS, &[workflow, key], value)
     }
 
     /// Removes one run record; returns whether there was one.
     pub fn remove_workflow_run(&mut self, workflow: &str, key: &str) -> Result<bool, StateError> {
-        let mut table = self.table(WORKFLOW_RUNS, "open table workflow_runs")?;
-        let old = table
-            .remove((workflow, key))
-            .map_err(db_err(self.path, "remove workflow run"))?;
-        Ok(old.is_some())
+        self.raw.remove(&WORKFLOW_RUNS, &[workflow, key])
+    }
+
+    /// Sets the burst record of `placement`.
+    pub fn put_burst<T: Serialize + ?Sized>(
+        &mut self,
+        placement: &str,
+        value: &T,
+    ) -> Result<(), StateError> {
+        self.put_json(&BURST, &[placement], value)
+    }
+
+    /// Makes `holder` the owner of `unit` with the next epoch (previous + 1, from 1) and
+    /// returns it. Every [`Store::fenced`] view at an older epoch is refused from then on.
+    pub fn claim(&mut self, unit: &str, holder: &str) -> Result<u64, StateError> {
+        let previous = match self.raw.get_for_update(&OWNERS, &[unit])? {
+            Some(bytes) => decode::<Owner>(self.path, OWNERS.name, || format!("{unit:?}"), &bytes)?,
+            None => Owner::default(),
+        };
+        let epoch = previous
+            .epoch
+            .checked_add(1)
+            .ok_or_else(|| StateError::SequenceExhausted {
+                path: self.path.to_path_buf(),
+            })?;
+        self.put_json(
+            &OWNERS,
+            &[unit],
+            &Owner {
+                holder: holder.to_string(),
+                epoch,
+            },
+        )?;
+        Ok(epoch)
+    }
+
+    /// Releases `unit` if `holder` holds it (the epoch stays, so the next claim still moves
+    /// past it); returns whether it did.
+    pub fn release(&mut self, unit: &str, holder: &str) -> Result<bool, StateError> {
+        let Some(bytes) = self.raw.get_for_update(&OWNERS, &[unit])? else {
+            return Ok(false);
+        };
+        let owner: Owner = decode(self.path, OWNERS.name, || format!("{unit:?}"), &bytes)?;
+        if holder.is_empty() || owner.holder != holder {
+            return Ok(false);
+        }
+        self.put_json(
+            &OWNERS,
+            &[unit],
+            &Owner {
+                holder: String::new(),
+                epoch: owner.epoch,
+            },
+        )?;
+        Ok(true)
+    }
+
+    /// Sets the work item of (`cluster`, `placement`).
+    pub fn put_work<T: Serialize + ?Sized>(
+        &mut self,
+        cluster: &str,
+        placement: &str,
+        value: &T,
+    ) -> Result<(), StateError> {
+        self.put_json(&WORK, &[cluster, placement], value)
+    }
+
+    /// Removes the work item of (`cluster`, `placement`); returns whether there was one.
+    pub fn remove_work(&mut self, cluster: &str, placement: &str) -> Result<bool, StateError> {
+        self.raw.remove(&WORK, &[cluster, placement])
+    }
+
+    /// Sets the result of the work item of (`cluster`, `placement`).
+    pub fn put_work_result<T: Serialize + ?Sized>(
+        &mut self,
+        cluster: &str,
+        placement: &str,
+        value: &T,
+    ) -> Result<(), StateError> {
+        self.put_json(&WORK_RESULTS, &[cluster, placement], value)
+    }
+
+    /// Removes the result of (`cluster`, `placement`); returns whether there was one.
+    pub fn remove_work_result(
+        &mut self,
+        cluster: &str,
+        placement: &str,
+    ) -> Result<bool, StateError> {
+        self.raw.remove(&WORK_RESULTS, &[cluster, placement])
     }
 
     /// Builds a [`StateError::Aborted`] for this store: return it from the closure given to
@@ -857,43 +910,6 @@ impl WriteTx<'_> {
             path: self.path.to_path_buf(),
             reason: reason.into(),
         }
-    }
-}
-
-/// Burst pools: one record per placement (current split, last scale-out and scale-in), so a
-/// restarted daemon keeps the pool's cooldown. Created on first write; a store from before
-/// burst pools reads as having none.
-const BURST: TableDefinition<&str, &[u8]> = TableDefinition::new("burst");
-
-impl ReadTx<'_> {
-    /// The burst record of `placement`.
-    pub fn burst<T: DeserializeOwned>(&self, placement: &str) -> Result<Option<T>, StateError> {
-        let table = match self.tx.open_table(BURST) {
-            Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
-            Err(e) => return Err(db_err(self.path, "open table burst")(e)),
-        };
-        let got = table
-            .get(placement)
-            .map_err(db_err(self.path, "read burst record"))?;
-        got.map(|v| decode(self.path, "burst", || format!("{placement:?}"), v.value()))
-            .transpose()
-    }
-}
-
-impl WriteTx<'_> {
-    /// Sets the burst record of `placement`.
-    pub fn put_burst<T: Serialize + ?Sized>(
-        &mut self,
-        placement: &str,
-        value: &T,
-    ) -> Result<(), StateError> {
-        let bytes = encode(self.path, "burst", || format!("{placement:?}"), value)?;
-        let mut table = self.table(BURST, "open table burst")?;
-        table
-            .insert(placement, bytes.as_slice())
-            .map_err(db_err(self.path, "write burst record"))?;
-        Ok(())
     }
 }
 
