@@ -1,6 +1,6 @@
 //! The PostgreSQL backend: every table of the store lives in one PostgreSQL table,
-//! `flotilla_state (tbl, k1, k2, v)`, keys compared bytewise (`COLLATE "C"`, the order redb
-//! uses). Several daemon replicas share it.
+//! `flotilla_state (tbl, k1, k2, v)`, key parts stored as `bytea` (UTF-8 bytes: compared
+//! bytewise, the order redb uses, and able to hold any string, NUL included). Several daemon replicas share it.
 //!
 //! The sync `postgres` client runs its own runtime and panics when called on a tokio thread,
 //! so each connection lives on a dedicated thread and the caller sends it owned jobs; the
@@ -42,9 +42,9 @@ const CHANNEL: &str = "flotilla";
 const MAX_NOTIFY_BYTES: usize = 7900;
 
 const CREATE: &str = r#"CREATE TABLE IF NOT EXISTS flotilla_state (
-    tbl text COLLATE "C" NOT NULL,
-    k1 text COLLATE "C" NOT NULL,
-    k2 text COLLATE "C" NOT NULL DEFAULT '',
+    tbl text NOT NULL,
+    k1 bytea NOT NULL,
+    k2 bytea NOT NULL DEFAULT '\x',
     v bytea NOT NULL,
     PRIMARY KEY (tbl, k1, k2)
 )"#;
@@ -442,7 +442,7 @@ fn listen(
             },
             Err(e) => {
                 failures += 1;
-                if failures == 1 || failures % 20 == 0 {
+                if failures == 1 || failures.is_multiple_of(20) {
                     tracing::warn!(store = %db, error = %chain(&e), failures, "state store: notification listener cannot connect");
                 }
             }
@@ -509,10 +509,10 @@ struct PgTx<'a> {
 }
 
 impl PgTx<'_> {
-    fn key(&self, table: &TableSpec, key: &[&str]) -> Result<(String, String), StateError> {
+    fn key(&self, table: &TableSpec, key: &[&str]) -> Result<(Vec<u8>, Vec<u8>), StateError> {
         match (table.arity(), key) {
-            (1, [a]) => Ok((a.to_string(), String::new())),
-            (2, [a, b]) => Ok((a.to_string(), b.to_string())),
+            (1, [a]) => Ok((a.as_bytes().to_vec(), Vec::new())),
+            (2, [a, b]) => Ok((a.as_bytes().to_vec(), b.as_bytes().to_vec())),
             _ => Err(pg_err(
                 self.db,
                 "key",
@@ -521,20 +521,32 @@ impl PgTx<'_> {
         }
     }
 
-    fn rows(table: &TableSpec, rows: Vec<postgres::Row>) -> Vec<(Key, Vec<u8>)> {
-        rows.into_iter()
-            .map(|row| {
-                let k1: String = row.get(0);
-                let k2: String = row.get(1);
-                let v: Vec<u8> = row.get(2);
-                let key = if table.arity() == 2 {
-                    vec![k1, k2]
-                } else {
-                    vec![k1]
-                };
-                (key, v)
+    fn rows(
+        &self,
+        table: &TableSpec,
+        rows: Vec<postgres::Row>,
+    ) -> Result<Vec<(Key, Vec<u8>)>, StateError> {
+        let text = |bytes: Vec<u8>| {
+            String::from_utf8(bytes).map_err(|e| {
+                pg_err(
+                    self.db,
+                    "list",
+                    format!("table {}: a key is not UTF-8: {e}", table.name),
+                )
             })
-            .collect()
+        };
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            let k1 = text(row.get(0))?;
+            let k2 = text(row.get(1))?;
+            let key = if table.arity() == 2 {
+                vec![k1, k2]
+            } else {
+                vec![k1]
+            };
+            out.push((key, row.get(2)));
+        }
+        Ok(out)
     }
 
     fn get_impl(
@@ -573,7 +585,7 @@ impl RawTx for PgTx<'_> {
     fn scan(&self, table: &TableSpec, prefix: &[&str]) -> Result<Vec<(Key, Vec<u8>)>, StateError> {
         let spec = *table;
         let name = table.name;
-        let prefix: Vec<String> = prefix.iter().map(|s| s.to_string()).collect();
+        let prefix: Vec<Vec<u8>> = prefix.iter().map(|s| s.as_bytes().to_vec()).collect();
         let rows = self
             .conn
             .call(self.db, "list", move |c| match prefix.as_slice() {
@@ -590,7 +602,7 @@ impl RawTx for PgTx<'_> {
                     &[&name, a, b],
                 ),
             })?;
-        Ok(Self::rows(&spec, rows))
+        self.rows(&spec, rows)
     }
 
     fn scan_after(
@@ -610,7 +622,7 @@ impl RawTx for PgTx<'_> {
                 &[&name, &k1, &k2, &limit],
             )
         })?;
-        Ok(Self::rows(&spec, rows))
+        self.rows(&spec, rows)
     }
 
     fn put(&self, table: &TableSpec, key: &[&str], value: &[u8]) -> Result<(), StateError> {

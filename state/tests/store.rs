@@ -1,12 +1,14 @@
 //! Behaviour of the state store through its public API.
 #![allow(clippy::unwrap_used)]
 
+mod pg;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use flotilla_state::{StateError, Store};
+use flotilla_state::{Fence, Owner, StateError, Store};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -47,11 +49,10 @@ fn open_creates_the_directory_and_file() {
     assert_eq!(store.read(|tx| tx.last_event_seq()).unwrap(), 0);
 }
 
-#[test]
-fn round_trips_every_table_and_survives_reopen() {
-    let tmp = tempfile::tempdir().unwrap();
+fn round_trips_every_table_and_survives_reopen(kind: Kind) {
+    let db = Db::new(kind);
     {
-        let store = Store::open(tmp.path()).unwrap();
+        let store = db.open();
         store
             .write(|tx| {
                 tx.put_rollout("web", &rollout("abc", 2))?;
@@ -66,7 +67,7 @@ fn round_trips_every_table_and_survives_reopen() {
             })
             .unwrap();
     }
-    let store = Store::open(tmp.path()).unwrap();
+    let store = db.open();
     store
         .read(|tx| {
             assert_eq!(tx.rollout::<Rollout>("web")?, Some(rollout("abc", 2)));
@@ -120,10 +121,9 @@ fn round_trips_every_table_and_survives_reopen() {
         .unwrap();
 }
 
-#[test]
-fn a_failed_closure_writes_nothing() {
-    let tmp = tempfile::tempdir().unwrap();
-    let store = Store::open(tmp.path()).unwrap();
+fn a_failed_closure_writes_nothing(kind: Kind) {
+    let db = Db::new(kind);
+    let store = db.open();
     store
         .write(|tx| tx.put_rollout("web", &rollout("old", 1)))
         .unwrap();
@@ -141,7 +141,7 @@ fn a_failed_closure_writes_nothing() {
         .unwrap_err();
     assert!(matches!(err, StateError::Aborted { .. }), "{err}");
     assert!(err.to_string().contains("changed my mind"), "{err}");
-    assert!(err.to_string().contains("state.redb"), "{err}");
+    assert!(err.to_string().contains(db.marker()), "{err}");
 
     store
         .read(|tx| {
@@ -163,10 +163,9 @@ fn a_failed_closure_writes_nothing() {
     assert_eq!(seq, 1);
 }
 
-#[test]
-fn a_panicking_closure_writes_nothing() {
-    let tmp = tempfile::tempdir().unwrap();
-    let store = Store::open(tmp.path()).unwrap();
+fn a_panicking_closure_writes_nothing(kind: Kind) {
+    let db = Db::new(kind);
+    let store = db.open();
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         let _ = store.write(|tx| -> Result<(), StateError> {
             tx.put_rollout("web", &rollout("new", 2))?;
@@ -181,11 +180,10 @@ fn a_panicking_closure_writes_nothing() {
         .unwrap();
 }
 
-#[test]
-fn events_are_numbered_from_one_and_continue_after_reopen() {
-    let tmp = tempfile::tempdir().unwrap();
+fn events_are_numbered_from_one_and_continue_after_reopen(kind: Kind) {
+    let db = Db::new(kind);
     {
-        let store = Store::open(tmp.path()).unwrap();
+        let store = db.open();
         let seqs = store
             .write(|tx| {
                 Ok(vec![
@@ -198,7 +196,7 @@ fn events_are_numbered_from_one_and_continue_after_reopen() {
         assert_eq!(seqs, vec![1, 2, 3]);
         assert_eq!(store.write(|tx| tx.append_event(&"d")).unwrap(), 4);
     }
-    let store = Store::open(tmp.path()).unwrap();
+    let store = db.open();
     assert_eq!(store.read(|tx| tx.last_event_seq()).unwrap(), 4);
     assert_eq!(store.write(|tx| tx.append_event(&"e")).unwrap(), 5);
     store
@@ -222,10 +220,9 @@ fn events_are_numbered_from_one_and_continue_after_reopen() {
         .unwrap();
 }
 
-#[test]
-fn a_placement_does_not_see_one_whose_name_it_prefixes() {
-    let tmp = tempfile::tempdir().unwrap();
-    let store = Store::open(tmp.path()).unwrap();
+fn a_placement_does_not_see_one_whose_name_it_prefixes(kind: Kind) {
+    let db = Db::new(kind);
+    let store = db.open();
     store
         .write(|tx| {
             tx.put_revision("a", "c1", &rev("a-c1"))?;
@@ -283,10 +280,9 @@ fn a_placement_does_not_see_one_whose_name_it_prefixes() {
     );
 }
 
-#[test]
-fn manifests_are_stored_once() {
-    let tmp = tempfile::tempdir().unwrap();
-    let store = Store::open(tmp.path()).unwrap();
+fn manifests_are_stored_once(kind: Kind) {
+    let db = Db::new(kind);
+    let store = db.open();
     store
         .write(|tx| {
             tx.put_manifests("h1", "first\n")?;
@@ -306,10 +302,9 @@ fn manifests_are_stored_once() {
         .unwrap();
 }
 
-#[test]
-fn retain_manifests_deletes_the_unreferenced() {
-    let tmp = tempfile::tempdir().unwrap();
-    let store = Store::open(tmp.path()).unwrap();
+fn retain_manifests_deletes_the_unreferenced(kind: Kind) {
+    let db = Db::new(kind);
+    let store = db.open();
     store
         .write(|tx| {
             for h in ["h1", "h2", "h3", "h4"] {
@@ -341,10 +336,9 @@ fn retain_manifests_deletes_the_unreferenced() {
     assert!(store.read(|tx| tx.manifest_hashes()).unwrap().is_empty());
 }
 
-#[test]
-fn a_read_snapshot_does_not_see_later_commits() {
-    let tmp = tempfile::tempdir().unwrap();
-    let store = Store::open(tmp.path()).unwrap();
+fn a_read_snapshot_does_not_see_later_commits(kind: Kind) {
+    let db = Db::new(kind);
+    let store = db.open();
     store
         .write(|tx| tx.put_rollout("web", &rollout("v1", 0)))
         .unwrap();
@@ -439,10 +433,9 @@ fn corrupt_json_is_an_error_naming_table_and_key() {
     );
 }
 
-#[test]
-fn an_unencodable_value_is_an_error_and_writes_nothing() {
-    let tmp = tempfile::tempdir().unwrap();
-    let store = Store::open(tmp.path()).unwrap();
+fn an_unencodable_value_is_an_error_and_writes_nothing(kind: Kind) {
+    let db = Db::new(kind);
+    let store = db.open();
     // JSON object keys must be strings.
     let bad: BTreeMap<Vec<u8>, u8> = [(vec![1u8], 1u8)].into_iter().collect();
     let err = store
@@ -682,4 +675,563 @@ fn workflow_runs_round_trip_per_workflow_and_a_store_without_the_tables_reads_em
         .read(|tx| tx.workflow_run("a", "a-1/x"))
         .expect("read");
     assert!(one.is_none());
+}
+
+/// Which backend a case runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Redb,
+    Pg,
+}
+
+/// A fresh, empty store location: a temp directory, or a new database on the test binary's
+/// PostgreSQL server.
+struct Db {
+    kind: Kind,
+    _dir: Option<tempfile::TempDir>,
+    url: String,
+    /// Text every error of this store contains.
+    marker: String,
+}
+
+impl Db {
+    fn new(kind: Kind) -> Db {
+        match kind {
+            Kind::Redb => {
+                let dir = tempfile::tempdir().unwrap();
+                let url = dir.path().to_str().unwrap().to_string();
+                Db {
+                    kind,
+                    _dir: Some(dir),
+                    url,
+                    marker: "state.redb".to_string(),
+                }
+            }
+            Kind::Pg => {
+                let url = pg::fresh_database();
+                // postgres://flotilla@127.0.0.1:PORT/NAME → postgres flotilla@127.0.0.1:PORT/NAME
+                let marker = format!("postgres {}", url.trim_start_matches("postgres://"));
+                Db {
+                    kind,
+                    _dir: None,
+                    url,
+                    marker,
+                }
+            }
+        }
+    }
+
+    fn marker(&self) -> &str {
+        &self.marker
+    }
+
+    /// Opens (or reopens) the store.
+    fn open(&self) -> Store {
+        Store::open_url(&self.url).unwrap()
+    }
+
+    /// Another handle on the same store: a clone for redb (a second open is refused by the
+    /// lock), a second connection pool for PostgreSQL (as another replica would have).
+    fn other_handle(&self, first: &Store) -> Store {
+        match self.kind {
+            Kind::Redb => first.clone(),
+            Kind::Pg => self.open(),
+        }
+    }
+}
+
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod redb_backend {
+            $( #[test] fn $name() { super::$name(super::Kind::Redb) } )*
+        }
+        mod postgres_backend {
+            $( #[test] fn $name() { super::$name(super::Kind::Pg) } )*
+        }
+    };
+}
+
+on_both_backends!(
+    round_trips_every_table_and_survives_reopen,
+    a_failed_closure_writes_nothing,
+    a_panicking_closure_writes_nothing,
+    events_are_numbered_from_one_and_continue_after_reopen,
+    a_placement_does_not_see_one_whose_name_it_prefixes,
+    manifests_are_stored_once,
+    retain_manifests_deletes_the_unreferenced,
+    a_read_snapshot_does_not_see_later_commits,
+    an_unencodable_value_is_an_error_and_writes_nothing,
+    describe_names_the_store,
+    a_fenced_view_writes_only_while_its_holder_owns_the_unit,
+    work_tables_round_trip_per_cluster,
+    notifications_reach_every_subscriber,
+    works_inside_a_current_thread_runtime,
+    works_inside_a_multi_thread_runtime,
+);
+
+fn describe_names_the_store(kind: Kind) {
+    let db = Db::new(kind);
+    let store = db.open();
+    let d = store.describe();
+    match kind {
+        Kind::Redb => assert!(d.starts_with("redb ") && d.ends_with("state.redb"), "{d}"),
+        Kind::Pg => assert_eq!(d, db.marker()),
+    }
+    assert!(format!("{store:?}").contains(&d));
+}
+
+const UNIT: &str = "placement/web";
+
+fn a_fenced_view_writes_only_while_its_holder_owns_the_unit(kind: Kind) {
+    let db = Db::new(kind);
+    let store = db.open();
+    assert_eq!(store.read(|tx| tx.owner(UNIT)).unwrap(), None);
+
+    // Never claimed: a fenced write is refused.
+    let never = store.fenced(Fence {
+        unit: UNIT.into(),
+        holder: "r1".into(),
+        epoch: 1,
+    });
+    let err = never.write(|tx| tx.put_rollout("web", &1)).unwrap_err();
+    assert!(
+        matches!(&err, StateError::Fenced { found, .. } if *found == Owner::default()),
+        "{err:?}"
+    );
+
+    assert_eq!(store.write(|tx| tx.claim(UNIT, "r1")).unwrap(), 1);
+    let r1 = store.fenced(Fence {
+        unit: UNIT.into(),
+        holder: "r1".into(),
+        epoch: 1,
+    });
+    assert_eq!(r1.fence().map(|f| f.epoch), Some(1));
+    assert_eq!(store.fence(), None);
+    r1.write(|tx| tx.put_rollout("web", &rollout("v1", 0)))
+        .unwrap();
+
+    // r2 takes over; r1, paused meanwhile, comes back and tries to write.
+    let other = db.other_handle(&store);
+    assert_eq!(other.write(|tx| tx.claim(UNIT, "r2")).unwrap(), 2);
+    let err = r1
+        .write(|tx| {
+            tx.put_rollout("web", &rollout("stale", 9))?;
+            tx.append_event(&"stale")
+        })
+        .unwrap_err();
+    match &err {
+        StateError::Fenced {
+            unit,
+            holder,
+            epoch,
+            found,
+            ..
+        } => {
+            assert_eq!((unit.as_str(), holder.as_str(), *epoch), (UNIT, "r1", 1));
+            assert_eq!(
+                found,
+                &Owner {
+                    holder: "r2".into(),
+                    epoch: 2
+                }
+            );
+        }
+        other => panic!("expected Fenced, got {other:?}"),
+    }
+    let msg = err.to_string();
+    assert!(
+        msg.contains("lost ownership of unit placement/web")
+            && msg.contains("now held by r2 at epoch 2")
+            && msg.contains(db.marker()),
+        "{msg}"
+    );
+    // Nothing of the refused transaction was written; reads through the old view still work.
+    assert_eq!(
+        r1.read(|tx| tx.rollout::<Rollout>("web")).unwrap(),
+        Some(rollout("v1", 0))
+    );
+    assert_eq!(store.read(|tx| tx.last_event_seq()).unwrap(), 0);
+
+    let r2 = other.fenced(Fence {
+        unit: UNIT.into(),
+        holder: "r2".into(),
+        epoch: 2,
+    });
+    r2.write(|tx| tx.put_rollout("web", &rollout("v2", 0)))
+        .unwrap();
+
+    // Only the holder releases; a released unit fences everyone until the next claim.
+    assert!(!store.write(|tx| tx.release(UNIT, "r1")).unwrap());
+    assert!(
+        !store
+            .write(|tx| tx.release("placement/none", "r2"))
+            .unwrap()
+    );
+    assert!(store.write(|tx| tx.release(UNIT, "r2")).unwrap());
+    assert_eq!(
+        store.read(|tx| tx.owner(UNIT)).unwrap(),
+        Some(Owner {
+            holder: String::new(),
+            epoch: 2
+        })
+    );
+    let err = r2.write(|tx| tx.put_rollout("web", &0)).unwrap_err();
+    assert!(err.to_string().contains("now released at epoch 2"), "{err}");
+    assert_eq!(store.write(|tx| tx.claim(UNIT, "r1")).unwrap(), 3);
+    assert_eq!(store.write(|tx| tx.claim("cluster/a", "r2")).unwrap(), 1);
+    assert_eq!(
+        store.read(|tx| tx.owners()).unwrap(),
+        vec![
+            (
+                "cluster/a".to_string(),
+                Owner {
+                    holder: "r2".into(),
+                    epoch: 1
+                }
+            ),
+            (
+                UNIT.to_string(),
+                Owner {
+                    holder: "r1".into(),
+                    epoch: 3
+                }
+            ),
+        ]
+    );
+    assert_eq!(
+        store.read(|tx| tx.rollout::<Rollout>("web")).unwrap(),
+        Some(rollout("v2", 0))
+    );
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Work {
+    revision: String,
+}
+
+fn work(revision: &str) -> Work {
+    Work {
+        revision: revision.into(),
+    }
+}
+
+fn work_tables_round_trip_per_cluster(kind: Kind) {
+    let db = Db::new(kind);
+    {
+        let store = db.open();
+        store
+            .write(|tx| {
+                tx.put_work("c1", "web", &work("a"))?;
+                tx.put_work("c1", "api", &work("b"))?;
+                tx.put_work("c10", "web", &work("c"))?;
+                tx.put_work_result("c1", "web", &"applied")?;
+                tx.put_work_result("c1x", "web", &"other")?;
+                // Read own writes.
+                assert_eq!(tx.work::<Work>("c1", "web")?, Some(work("a")));
+                Ok(())
+            })
+            .unwrap();
+    }
+    let store = db.open();
+    store
+        .read(|tx| {
+            assert_eq!(
+                tx.works::<Work>("c1")?,
+                vec![("api".into(), work("b")), ("web".into(), work("a"))]
+            );
+            assert_eq!(tx.works::<Work>("c10")?, vec![("web".into(), work("c"))]);
+            assert!(tx.works::<Work>("c")?.is_empty());
+            assert_eq!(tx.work::<Work>("c10", "web")?, Some(work("c")));
+            assert_eq!(tx.work::<Work>("c10", "api")?, None);
+            assert_eq!(
+                tx.work_results::<String>("c1")?,
+                vec![("web".into(), "applied".into())]
+            );
+            assert_eq!(
+                tx.work_result::<String>("c1x", "web")?.as_deref(),
+                Some("other")
+            );
+            Ok(())
+        })
+        .unwrap();
+    store
+        .write(|tx| {
+            assert!(tx.remove_work("c1", "web")?);
+            assert!(!tx.remove_work("c1", "web")?);
+            assert!(tx.remove_work_result("c1", "web")?);
+            Ok(())
+        })
+        .unwrap();
+    store
+        .read(|tx| {
+            assert_eq!(tx.works::<Work>("c1")?, vec![("api".into(), work("b"))]);
+            assert!(tx.work_results::<String>("c1")?.is_empty());
+            Ok(())
+        })
+        .unwrap();
+}
+
+/// Waits (bounded) for the next notification.
+async fn next_note(
+    rx: &mut tokio::sync::broadcast::Receiver<flotilla_state::Notification>,
+) -> (String, String) {
+    let n = tokio::time::timeout(std::time::Duration::from_secs(10), rx.recv())
+        .await
+        .expect("no notification within 10 s")
+        .expect("notification channel");
+    (n.topic, n.payload)
+}
+
+fn notifications_reach_every_subscriber(kind: Kind) {
+    let db = Db::new(kind);
+    let a = db.open();
+    let b = db.other_handle(&a);
+    let mut at_b = b.subscribe();
+    let mut at_a = a.subscribe();
+    a.notify("webhook", "refs/heads/main").unwrap();
+    b.notify("webhook", "second").unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        for rx in [&mut at_a, &mut at_b] {
+            assert_eq!(
+                next_note(rx).await,
+                ("webhook".into(), "refs/heads/main".into())
+            );
+            assert_eq!(next_note(rx).await, ("webhook".into(), "second".into()));
+        }
+    });
+}
+
+/// Opens, writes, reads and notifies from a task: the PostgreSQL client must not run on the
+/// runtime's threads (the sync client panics there).
+async fn exercise_in_runtime(db: &Db) {
+    let store = db.open();
+    let mut rx = store.subscribe();
+    store
+        .write(|tx| {
+            tx.put_rollout("web", &rollout("rt", 1))?;
+            tx.append_event(&"in a runtime")
+        })
+        .unwrap();
+    assert_eq!(
+        store.read(|tx| tx.rollout::<Rollout>("web")).unwrap(),
+        Some(rollout("rt", 1))
+    );
+    store.notify("t", "p").unwrap();
+    assert_eq!(next_note(&mut rx).await, ("t".into(), "p".into()));
+    let clone = store.clone();
+    let seq = tokio::task::spawn_blocking(move || clone.write(|tx| tx.append_event(&"blocking")))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(seq, 2);
+}
+
+fn works_inside_a_current_thread_runtime(kind: Kind) {
+    let db = Db::new(kind);
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(exercise_in_runtime(&db));
+}
+
+fn works_inside_a_multi_thread_runtime(kind: Kind) {
+    let db = std::sync::Arc::new(Db::new(kind));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        tokio::spawn(async move { exercise_in_runtime(&db).await })
+            .await
+            .unwrap();
+    });
+}
+
+/// `#[tokio::test]` itself (a current-thread runtime), as the daemon's tests use it.
+#[tokio::test]
+async fn postgres_works_under_tokio_test() {
+    let db = Db::new(Kind::Pg);
+    exercise_in_runtime(&db).await;
+}
+
+#[test]
+fn redb_clones_share_one_handle_and_the_lock() {
+    let db = Db::new(Kind::Redb);
+    let store = db.open();
+    let clone = store.clone();
+    let err = Store::open_url(&db.url).unwrap_err();
+    assert!(matches!(err, StateError::Locked { .. }), "{err:?}");
+    clone.write(|tx| tx.put_rollout("web", &1)).unwrap();
+    drop(store);
+    assert_eq!(clone.read(|tx| tx.rollout::<u32>("web")).unwrap(), Some(1));
+    drop(clone);
+    drop(db.open());
+}
+
+#[test]
+fn postgres_two_stores_appending_concurrently_never_share_a_number() {
+    let db = Db::new(Kind::Pg);
+    let stores = [db.open(), db.open()];
+    let mut threads = Vec::new();
+    for t in 0..4 {
+        let store = stores[t % 2].clone();
+        threads.push(std::thread::spawn(move || {
+            (0..25)
+                .map(|i| {
+                    store
+                        .write(|tx| tx.append_event(&format!("t{t}-{i}")))
+                        .unwrap()
+                })
+                .collect::<Vec<u64>>()
+        }));
+    }
+    let mut seqs: Vec<u64> = threads
+        .into_iter()
+        .flat_map(|t| t.join().unwrap())
+        .collect();
+    seqs.sort_unstable();
+    assert_eq!(seqs, (1..=100).collect::<Vec<u64>>());
+    let events: Vec<(u64, String)> = stores[1].read(|tx| tx.events(0, 1000)).unwrap();
+    assert_eq!(events.len(), 100);
+    let distinct: BTreeSet<&String> = events.iter().map(|(_, e)| e).collect();
+    assert_eq!(distinct.len(), 100, "an event was lost or duplicated");
+}
+
+#[test]
+fn postgres_corrupt_json_is_an_error_naming_table_and_key() {
+    let db = Db::new(Kind::Pg);
+    let store = db.open();
+    store
+        .write(|tx| {
+            tx.put_rollout("web", &rollout("a", 1))?;
+            tx.put_revision("web", "c1", &rev("h"))?;
+            tx.append_event(&"e")
+        })
+        .unwrap();
+    pg::Pg::execute(
+        &db.url,
+        "UPDATE flotilla_state SET v = '\\x7b6e6f74' WHERE tbl IN ('rollouts', 'revisions', 'events')",
+    );
+    let err = store.read(|tx| tx.rollout::<Rollout>("web")).unwrap_err();
+    assert!(
+        matches!(&err, StateError::Corrupt { table: "rollouts", key, .. } if key == "\"web\""),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains(db.marker()), "{err}");
+    let err = store
+        .read(|tx| tx.revisions::<Revision>("web"))
+        .unwrap_err();
+    assert!(
+        matches!(&err, StateError::Corrupt { table: "revisions", key, .. } if key.contains("web") && key.contains("c1")),
+        "{err:?}"
+    );
+    let err = store.read(|tx| tx.events::<String>(0, 10)).unwrap_err();
+    assert!(
+        matches!(&err, StateError::Corrupt { table: "events", key, .. } if key == "1"),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn postgres_another_schema_version_is_refused_and_left_alone() {
+    let db = Db::new(Kind::Pg);
+    drop(db.open());
+    pg::Pg::execute(
+        &db.url,
+        "UPDATE flotilla_state SET v = '99'::bytea WHERE tbl = 'meta' AND k1 = 'schema_version'",
+    );
+    for _ in 0..2 {
+        let err = Store::open_url(&db.url).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                StateError::Schema {
+                    found: 99,
+                    supported: 1,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("newer"), "{err}");
+    }
+}
+
+#[test]
+fn postgres_stopped_mid_use_is_a_clear_error_and_the_store_recovers_after_restart() {
+    let mut server = pg::start_postgres();
+    // The password is ignored (trust authentication) but must never show.
+    let url = server
+        .url
+        .replace("postgres://flotilla@", "postgres://flotilla:hunter2@");
+    let store = Store::open_url(&url).unwrap();
+    assert!(!store.describe().contains("hunter2"));
+    let mut notes = store.subscribe();
+    store
+        .write(|tx| tx.put_rollout("web", &rollout("before", 1)))
+        .unwrap();
+
+    server.stop();
+    let started = std::time::Instant::now();
+    for _ in 0..3 {
+        let err = store
+            .write(|tx| tx.put_rollout("web", &rollout("during", 2)))
+            .unwrap_err();
+        let msg = err.to_string();
+        assert!(matches!(err, StateError::Postgres { .. }), "{err:?}");
+        assert!(
+            msg.contains(&format!(
+                "postgres flotilla@127.0.0.1:{}/postgres",
+                server.port
+            )),
+            "{msg}"
+        );
+        assert!(!msg.contains("hunter2"), "{msg}");
+        let err = store.read(|tx| tx.rollout::<Rollout>("web")).unwrap_err();
+        assert!(matches!(err, StateError::Postgres { .. }), "{err:?}");
+    }
+    let err = Store::open_url(&url).unwrap_err();
+    assert!(!err.to_string().contains("hunter2"), "{err}");
+    assert!(err.to_string().contains("connect"), "{err}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(30),
+        "errors took {:?}",
+        started.elapsed()
+    );
+
+    server.start();
+    store
+        .write(|tx| tx.put_rollout("api", &rollout("after", 3)))
+        .unwrap();
+    assert_eq!(
+        store.read(|tx| tx.rollout::<Rollout>("web")).unwrap(),
+        Some(rollout("before", 1))
+    );
+    assert_eq!(
+        store.read(|tx| tx.rollout::<Rollout>("api")).unwrap(),
+        Some(rollout("after", 3))
+    );
+    // The listener reconnects too (it retries every few seconds).
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let got = rt.block_on(async {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            store.notify("after", "restart").unwrap();
+            match tokio::time::timeout(std::time::Duration::from_millis(500), notes.recv()).await {
+                Ok(Ok(n)) => return Some(n),
+                _ if std::time::Instant::now() > deadline => return None,
+                _ => {}
+            }
+        }
+    });
+    assert_eq!(got.map(|n| n.topic).as_deref(), Some("after"));
 }
