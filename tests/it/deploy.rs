@@ -191,7 +191,7 @@ fn deploy_kustomization_lists_every_manifest_and_no_secret() {
 /// template, and the ReplicaSet controller's three pods are admitted. A template that breaks
 /// the standard does get the warning (the check can fail).
 #[test]
-fn deploy_manifests_are_accepted_by_a_real_api_server() {
+fn real_deploy_manifests_are_accepted_by_the_api_server() {
     let kube = RealKube::start(KubeOptions {
         controllers: true,
         kubelet: false,
@@ -317,7 +317,7 @@ fn can_i(kube: &RealKube, ns: &str, verb: &str, resource: &str) -> bool {
 /// created, renewed and deleted in flotilla-system; refused in another namespace; Secrets
 /// other than the fleet kubeconfig refused).
 #[test]
-fn deploy_role_allows_its_leases_and_the_fleet_kubeconfig_only() {
+fn real_deploy_role_allows_its_leases_and_the_fleet_kubeconfig_only() {
     let kube = RealKube::start(KubeOptions::default());
     let dir = deploy_dir();
     for file in [
