@@ -470,3 +470,94 @@ fn real_deploy_role_allows_its_leases_and_the_fleet_kubeconfig_only() {
     let o = as_sa(&["-n", NS, "delete", "lease", "flotilla-replica-a"], None);
     assert!(o.status.success(), "delete its Lease: {}", show(&o));
 }
+
+/// `major.minor` of a version string (`1.90`, `1.90.0`), for comparing toolchains.
+fn minor_version(v: &str) -> Option<(u32, u32)> {
+    let mut parts = v.trim().split('.');
+    let major = parts.next()?.parse().ok()?;
+    let minor = parts.next().unwrap_or("0").parse().ok()?;
+    Some((major, minor))
+}
+
+/// The image builds with `--locked`, so cargo refuses any locked dependency whose
+/// `rust-version` is newer than the builder image's toolchain: deploy/Containerfile's default
+/// `RUST_VERSION` must be at least every one of them (read from the registry sources cargo
+/// downloaded for this build). redb 4.6 needing 1.90 is why the image is not `rust:1.89`.
+#[test]
+fn deploy_containerfile_toolchain_builds_the_locked_dependencies() {
+    let containerfile =
+        std::fs::read_to_string(deploy_dir().join("Containerfile")).expect("deploy/Containerfile");
+    let image = containerfile
+        .lines()
+        .find_map(|l| l.strip_prefix("ARG RUST_VERSION="))
+        .expect("deploy/Containerfile has ARG RUST_VERSION=X.Y");
+    let image = minor_version(image).expect("RUST_VERSION is X.Y");
+    assert!(
+        containerfile.contains("rust:${RUST_VERSION}-slim-bookworm")
+            && containerfile.contains("FROM docker.io/library/debian:bookworm-slim"),
+        "builder and runtime share Debian bookworm (the binary links its glibc)"
+    );
+
+    let cargo_home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
+        .expect("CARGO_HOME or HOME");
+    let sources: Vec<PathBuf> = std::fs::read_dir(cargo_home.join("registry").join("src"))
+        .unwrap_or_else(|e| panic!("{}/registry/src: {e}", cargo_home.display()))
+        .filter_map(|e| Some(e.ok()?.path()))
+        .collect();
+    let lock = std::fs::read_to_string(workspace().join("Cargo.lock")).expect("Cargo.lock");
+    let mut checked = 0;
+    let mut too_new = Vec::new();
+    let mut not_built = Vec::new();
+    for package in lock.split("[[package]]").skip(1) {
+        let field = |key: &str| {
+            package.lines().find_map(|l| {
+                l.strip_prefix(key)
+                    .and_then(|v| v.trim().strip_prefix("= "))
+                    .map(|v| v.trim_matches('"').to_string())
+            })
+        };
+        let (Some(name), Some(version), Some(source)) =
+            (field("name "), field("version "), field("source "))
+        else {
+            continue; // a workspace crate
+        };
+        assert!(
+            source.starts_with("registry+"),
+            "{name} {version}: {source}"
+        );
+        // Cargo downloads only what this platform builds (no android or windows crates on
+        // Linux); the image builds for Linux too, and cargo checks rust-version only for the
+        // packages it compiles, so those are the ones that matter.
+        let Some(manifest) = sources
+            .iter()
+            .map(|s| s.join(format!("{name}-{version}")).join("Cargo.toml"))
+            .find(|p| p.is_file())
+        else {
+            not_built.push(name);
+            continue;
+        };
+        let text = std::fs::read_to_string(&manifest).expect("read a dependency's Cargo.toml");
+        checked += 1;
+        let needs = text
+            .lines()
+            .find_map(|l| l.strip_prefix("rust-version = "))
+            .and_then(|v| minor_version(v.trim_matches('"')));
+        if let Some(needs) = needs
+            && needs > image
+        {
+            too_new.push(format!("{name} {version} needs {}.{}", needs.0, needs.1));
+        }
+    }
+    assert!(
+        checked > 100,
+        "only {checked} locked dependencies found; not downloaded: {not_built:?}"
+    );
+    assert!(
+        too_new.is_empty(),
+        "deploy/Containerfile's RUST_VERSION {}.{} is older than: {too_new:?}",
+        image.0,
+        image.1
+    );
+}
