@@ -326,7 +326,9 @@ impl Store {
         self.inner.backend.notify(topic, payload)
     }
 
-    /// Notifications sent from now on (see [`Store::notify`]).
+    /// Notifications sent from now on (see [`Store::notify`]). PostgreSQL: the first call
+    /// starts the store's listener thread and waits (up to 10 s) for its `LISTEN`, so a
+    /// notification sent after this returns is seen; later calls return at once.
     pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Notification> {
         self.inner.backend.subscribe()
     }

@@ -1061,6 +1061,19 @@ async fn postgres_works_under_tokio_test() {
 }
 
 #[test]
+fn a_store_can_be_shared_between_threads_and_tasks() {
+    fn shareable<T: Clone + Send + Sync + 'static>() {}
+    shareable::<Store>();
+    let db = Db::new(Kind::Redb);
+    let store = db.open();
+    let clone = store.clone();
+    std::thread::spawn(move || clone.write(|tx| tx.put_rollout("web", &7)).unwrap())
+        .join()
+        .unwrap();
+    assert_eq!(store.read(|tx| tx.rollout::<u32>("web")).unwrap(), Some(7));
+}
+
+#[test]
 fn redb_clones_share_one_handle_and_the_lock() {
     let db = Db::new(Kind::Redb);
     let store = db.open();
