@@ -16,6 +16,7 @@ mod cli;
 mod cluster;
 mod daemon;
 mod demo;
+mod exchange;
 mod gates;
 mod git_source;
 mod hardening;
