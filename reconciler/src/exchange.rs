@@ -430,14 +430,22 @@ pub struct RemoteExecutor {
     pub apply_timeout: Duration,
     /// How long after a health deadline an answer may still come (default 30 s).
     pub health_grace: Duration,
-    /// Makes ids unique across executors: the executor's creation time.
+    /// Makes ids unique across processes: the executor's creation time and the process id
+    /// (attempts are numbered by a counter shared by every executor of the process).
     nonce: String,
-    attempts: AtomicU64,
 }
+
+/// Numbers attempts across every [`RemoteExecutor`] of this process, so an executor created
+/// again (a new run of the engine) never repeats an id whose answer may still be stored.
+static ATTEMPTS: AtomicU64 = AtomicU64::new(0);
 
 impl RemoteExecutor {
     pub fn new(exchange: Arc<dyn Exchange>, clock: Arc<dyn Clock>) -> RemoteExecutor {
-        let nonce = format!("{:x}", clock.now().timestamp_millis());
+        let nonce = format!(
+            "{:x}-{:x}",
+            clock.now().timestamp_millis(),
+            std::process::id()
+        );
         RemoteExecutor {
             exchange,
             clock,
@@ -446,7 +454,6 @@ impl RemoteExecutor {
             apply_timeout: Duration::from_secs(120),
             health_grace: Duration::from_secs(30),
             nonce,
-            attempts: AtomicU64::new(0),
         }
     }
 
@@ -459,7 +466,7 @@ impl RemoteExecutor {
         cluster: &str,
         op: Op,
     ) -> WorkItem {
-        let n = self.attempts.fetch_add(1, Ordering::Relaxed) + 1;
+        let n = ATTEMPTS.fetch_add(1, Ordering::Relaxed) + 1;
         WorkItem {
             version: VERSION,
             id: format!("{rollout}/{step}/{cluster}/{}.{n}", self.nonce),

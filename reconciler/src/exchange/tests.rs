@@ -446,3 +446,27 @@ async fn serve_runs_each_pending_item_once_and_answers_it() {
     assert_ne!(h[0].id, h[1].id);
     assert_eq!(local.seen.lock().expect("lock").len(), 2);
 }
+
+struct Frozen;
+
+impl Clock for Frozen {
+    fn now(&self) -> DateTime<Utc> {
+        parse_time("2026-12-04T18:00:00Z").expect("time")
+    }
+}
+
+#[tokio::test]
+async fn executors_created_at_the_same_instant_never_repeat_an_id() {
+    let (x, hash) = exchange();
+    for _ in 0..2 {
+        // A new run of the engine makes a new executor; the clock has not moved.
+        let mut r = RemoteExecutor::new(x.clone(), Arc::new(Frozen));
+        r.poll = Duration::from_millis(5);
+        r.apply_timeout = Duration::from_millis(20);
+        let e = r.apply(apply_work(&hash)).await.expect_err("no answer");
+        assert!(matches!(e, ApplyError::Unavailable(_)), "{e:?}");
+    }
+    let h = x.history();
+    assert_eq!(h.len(), 2);
+    assert_ne!(h[0].id, h[1].id);
+}
