@@ -9,8 +9,8 @@ use std::time::Duration;
 use anyhow::Context;
 
 use flotilla_reconciler::rollout::{
-    ControlError, Engine, Event, Healed, Healer, Outcome, Phase, Request, Rollout, phase_after,
-    placement_inputs,
+    ControlError, Engine, Event, Healed, Healer, LocalExecutor, Outcome, Phase, Request, Rollout,
+    phase_after, placement_inputs,
 };
 use flotilla_state::Store;
 
@@ -182,14 +182,17 @@ pub fn apply(
     let gates = PrometheusGates::new(Duration::from_secs(10));
     let clock = SystemClock;
     let progress = Progress::new();
+    let executor = LocalExecutor {
+        clusters: &clusters,
+        poll: Duration::from_millis(500),
+    };
     let engine = Engine {
         store: &store,
-        clusters: &clusters,
+        executor: &executor,
         gates: &gates,
         verifier: &flotilla_daemon::adapters::NoVerifier,
         clock: &clock,
         on_event: &|e: &Event| progress.on_event(e),
-        poll: Duration::from_millis(500),
         stop: None,
     };
 

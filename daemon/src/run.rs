@@ -14,7 +14,7 @@ use tokio::sync::{Notify, mpsc, watch};
 
 use flotilla_reconciler::report::{Report, ReportKind};
 use flotilla_reconciler::rollout::{
-    Clusters, Engine, Event, Outcome, phase_after, placement_inputs,
+    Clusters, Engine, Event, LocalExecutor, Outcome, phase_after, placement_inputs,
 };
 use flotilla_reconciler::sync::{self, CompareMode};
 use flotilla_source::git::{self, GitSource};
@@ -1073,14 +1073,17 @@ async fn placement_worker(
                     let verifier = crate::workflows::WorkflowVerifier {
                         shared: shared.clone(),
                     };
+                    let executor = LocalExecutor {
+                        clusters: &shared.clusters as &dyn Clusters,
+                        poll: shared.config.health_poll,
+                    };
                     let engine = Engine {
                         store: &shared.store,
-                        clusters: &shared.clusters as &dyn Clusters,
+                        executor: &executor,
                         gates: &shared.gates,
                         verifier: &verifier,
                         clock: &clock,
                         on_event: &on_event,
-                        poll: shared.config.health_poll,
                         stop: Some(&shared.stop),
                     };
                     let started = Instant::now();

@@ -7,6 +7,7 @@ pub mod capacity;
 pub mod cluster;
 pub mod desired;
 pub mod diff;
+pub mod exchange;
 pub mod health;
 pub mod inventory;
 pub mod plan;

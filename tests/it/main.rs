@@ -17,6 +17,7 @@ mod cluster;
 mod daemon;
 mod demo;
 mod deploy;
+mod exchange;
 mod gates;
 mod git_source;
 mod hardening;

@@ -2,7 +2,8 @@
 //! step in the state store **before** the action it announces, so a process killed at any
 //! instant resumes the same rollout: a recorded `Applying` re-applies (server-side apply is
 //! idempotent), `Healthy` and gates are checked again, a soak continues until its recorded
-//! end. Clusters, gates, the store and the clock are reached through the traits below.
+//! end. Clusters (through an [`Executor`]: here, or the exchange's remote one), gates, the
+//! store and the clock are reached through the traits below.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -16,10 +17,10 @@ use flotilla_spec::{Cluster as ClusterSpec, Gate, Placement};
 use flotilla_state::{StateError, Store};
 
 use crate::cluster::{Cluster, ObjectRef};
-use crate::desired::{Desired, DesiredObject};
-use crate::health::HealthStatus;
+use crate::desired::DesiredObject;
 use crate::plan::PlacementPlan;
-use crate::sync::{self, ApplyOptionsRun};
+
+use super::executor::{ApplyError, ApplyWork, Executor, HealthWork, health_refs};
 
 use super::model::{
     Batch, ClusterRevision, ClusterState, Event, Phase, Rollout, Step, StopRequest, plan_rollout,
@@ -73,23 +74,6 @@ pub enum EngineError {
     Manifests { rollout: String, hash: String },
 }
 
-/// Why an apply to one cluster did not go through.
-#[derive(Debug)]
-enum ApplyError {
-    /// The cluster could not be reached (after the client's own retries): worth retrying.
-    Unavailable(String),
-    /// The cluster answered and refused something, or cannot be addressed at all.
-    Failed(String),
-}
-
-impl std::fmt::Display for ApplyError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            ApplyError::Unavailable(m) | ApplyError::Failed(m) => f.write_str(m),
-        }
-    }
-}
-
 /// What the engine needs to roll one placement out.
 pub struct PlacementInput<'a> {
     pub fleet: &'a str,
@@ -106,15 +90,15 @@ pub struct PlacementInput<'a> {
 /// The engine's collaborators.
 pub struct Engine<'a> {
     pub store: &'a Store,
-    pub clusters: &'a dyn Clusters,
+    /// Carries out the per-cluster work (apply, wait for health): [`LocalExecutor`] here, or
+    /// the exchange's `RemoteExecutor` through the cluster's owner.
+    pub executor: &'a dyn Executor,
     pub gates: &'a dyn Gates,
     /// Runs `verify:` workflows.
     pub verifier: &'a dyn Verifier,
     pub clock: &'a dyn Clock,
     /// Called with every event after it is recorded (progress output).
     pub on_event: &'a (dyn Fn(&Event) + Send + Sync),
-    /// How often health is polled while waiting.
-    pub poll: Duration,
     /// Set to make [`Engine::run`] return at the next step boundary, leaving the rollout in
     /// its recorded state (a daemon draining on SIGTERM); the next run resumes it.
     pub stop: Option<&'a std::sync::atomic::AtomicBool>,
@@ -152,7 +136,7 @@ pub fn commit_label(commit: &str) -> String {
 }
 
 /// Objects as stored for rollback: `[{"bundle": .., "object": {..}}, ..]`.
-fn manifests_json(objects: &[DesiredObject]) -> String {
+pub(crate) fn manifests_json(objects: &[DesiredObject]) -> String {
     let v: Vec<Value> = objects
         .iter()
         .map(|o| json!({"bundle": o.bundle, "object": o.value}))
@@ -160,7 +144,7 @@ fn manifests_json(objects: &[DesiredObject]) -> String {
     serde_json::to_string(&v).unwrap_or_default()
 }
 
-fn manifests_from_json(text: &str) -> Option<Vec<DesiredObject>> {
+pub(crate) fn manifests_from_json(text: &str) -> Option<Vec<DesiredObject>> {
     let v: Vec<Value> = serde_json::from_str(text).ok()?;
     v.into_iter()
         .map(|e| {
@@ -488,11 +472,13 @@ impl Engine<'_> {
                 // An unreachable cluster is retried until the health deadline: transient
                 // errors alone never fail a batch.
                 let patience = super::time::later(self.clock.now(), spec.health_deadline.value);
+                let (rollout, step) = (r.id.clone(), format!("b{n}-apply"));
+                let (rollout, step) = (rollout.as_str(), step.as_str());
                 let mut results = futures::stream::iter(pending)
                     .map(|c| async move {
                         let mut delay = Duration::from_millis(500);
                         let res = loop {
-                            match self.apply_to(input, &c, None, false).await {
+                            match self.apply_to(input, rollout, step, &c, None, false).await {
                                 Err(ApplyError::Unavailable(msg)) if self.clock.now() < patience => {
                                     tracing::warn!(cluster = %c, error = %msg, "cluster unavailable; retrying");
                                     tokio::time::sleep(delay).await;
@@ -539,9 +525,13 @@ impl Engine<'_> {
                     .filter(|c| c.state == ClusterState::Applied)
                     .map(|c| c.cluster.clone())
                     .collect();
+                let rollout = r.id.clone();
+                let rollout = rollout.as_str();
                 let mut results = futures::stream::iter(applied)
                     .map(|c| async move {
-                        let res = self.wait_healthy(input, &c, left).await;
+                        let res = self
+                            .wait_healthy(input, rollout, n, &c, deadline, left)
+                            .await;
                         (c, res)
                     })
                     .buffer_unordered(16);
@@ -827,7 +817,17 @@ impl Engine<'_> {
                                 })?;
                         // A rollback always forces: a field someone edited by hand must
                         // not keep the cluster on the failed revision.
-                        match self.apply_to(input, &c.cluster, Some(objects), true).await {
+                        match self
+                            .apply_to(
+                                input,
+                                &r.id.clone(),
+                                "rollback",
+                                &c.cluster,
+                                Some((h, objects)),
+                                true,
+                            )
+                            .await
+                        {
                             Ok(()) => {
                                 let placement = r.placement.clone();
                                 self.store.write(|tx| {
@@ -906,18 +906,21 @@ impl Engine<'_> {
         self.record(r, vec![e])
     }
 
-    /// Applies the placement's objects (`objects`, or the new revision's) to one cluster.
+    /// Applies the placement's objects (`objects` with their hash, or the new revision's)
+    /// to one cluster, through the executor.
     async fn apply_to(
         &self,
         input: &PlacementInput<'_>,
+        rollout: &str,
+        step: &str,
         cluster: &str,
-        objects: Option<Vec<DesiredObject>>,
+        objects: Option<(&str, Vec<DesiredObject>)>,
         force: bool,
     ) -> Result<(), ApplyError> {
-        let objects = match objects {
-            Some(o) => o,
+        let (manifests, objects) = match objects {
+            Some((h, o)) => (h.to_string(), o),
             None => match input.desired.get(cluster) {
-                Some((_, o)) => o.clone(),
+                Some((h, o)) => (h.clone(), o.clone()),
                 None => {
                     return Err(ApplyError::Failed(format!(
                         "cluster {cluster:?} has no rendered objects"
@@ -925,68 +928,45 @@ impl Engine<'_> {
                 }
             },
         };
-        let handle = self
-            .clusters
-            .cluster(cluster)
+        self.executor
+            .apply(ApplyWork {
+                fleet: input.fleet.to_string(),
+                rollout: rollout.to_string(),
+                step: step.to_string(),
+                placement: input.placement.name.clone(),
+                cluster: cluster.to_string(),
+                manifests,
+                objects,
+                force: force || input.placement.force_conflicts,
+                prune: input.prune,
+            })
             .await
-            .map_err(ApplyError::Failed)?;
-        let desired = [Desired {
-            placement: input.placement.name.clone(),
-            prune: input.prune,
-            force: force || input.placement.force_conflicts,
-            objects: Ok(objects),
-        }];
-        let options = ApplyOptionsRun {
-            prune: input.prune,
-            only_listed: true,
-            ..Default::default()
-        };
-        let result = sync::apply(handle.as_ref(), input.fleet, &desired, options).await;
-        if let Some(e) = &result.error {
-            return Err(ApplyError::Unavailable(e.clone()));
-        }
-        let failed: Vec<String> = result
-            .objects
-            .iter()
-            .filter(|o| o.action == sync::Action::Failed)
-            .map(|o| format!("{}: {}", o.object, o.message.clone().unwrap_or_default()))
-            .collect();
-        if failed.is_empty() {
-            Ok(())
-        } else {
-            Err(ApplyError::Failed(failed.join("; ")))
-        }
     }
 
     async fn wait_healthy(
         &self,
         input: &PlacementInput<'_>,
+        rollout: &str,
+        batch: usize,
         cluster: &str,
+        deadline: DateTime<Utc>,
         left: Duration,
     ) -> Result<(), String> {
-        let Some((_, objects)) = input.desired.get(cluster) else {
+        let Some((hash, objects)) = input.desired.get(cluster) else {
             return Err(format!("cluster {cluster:?} has no rendered objects"));
         };
-        let handle = self.clusters.cluster(cluster).await?;
-        // An object annotated `flotilla.dev/ssa: ignore` is never applied: not waited for.
-        let refs: Vec<ObjectRef> = objects
-            .iter()
-            .filter(|o| !crate::inventory::ssa_ignored(&o.value))
-            .map(|o| o.object.clone())
-            .collect();
-        let selector = sync::placement_selector(&input.placement.name);
-        let healths = sync::wait_healthy(handle.as_ref(), &refs, &selector, left, self.poll)
+        self.executor
+            .wait_healthy(HealthWork {
+                fleet: input.fleet.to_string(),
+                rollout: rollout.to_string(),
+                step: format!("b{batch}-health"),
+                placement: input.placement.name.clone(),
+                cluster: cluster.to_string(),
+                manifests: hash.clone(),
+                refs: health_refs(objects),
+                deadline,
+                left,
+            })
             .await
-            .map_err(|e| e.to_string())?;
-        let bad: Vec<String> = healths
-            .iter()
-            .filter(|(_, h)| h.status != HealthStatus::Healthy)
-            .map(|(r, h)| format!("{r}: {h}"))
-            .collect();
-        if bad.is_empty() {
-            Ok(())
-        } else {
-            Err(format!("not healthy by the deadline: {}", bad.join("; ")))
-        }
     }
 }
