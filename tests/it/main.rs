@@ -18,6 +18,7 @@ mod daemon;
 mod demo;
 mod gates;
 mod git_source;
+mod ha_leases;
 mod hardening;
 mod images;
 mod jsonnet_worker;

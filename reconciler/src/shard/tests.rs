@@ -34,14 +34,18 @@ fn moved_between_stayers(
 fn known_assignment_is_stable_across_processes_and_versions() {
     // Pinned: a change of hash, ring or order would move every replica's work on upgrade.
     let a = assign(
-        &["placement/web", "cluster/eu-1", "workflow/nightly", "singleton/images"],
+        &[
+            "placement/web",
+            "cluster/eu-1",
+            "workflow/nightly",
+            "singleton/images",
+        ],
         &["a", "b"],
         DEFAULT_EPSILON,
     );
     let got: Vec<(&str, &str)> = a.iter().map(|(u, m)| (u.as_str(), m.as_str())).collect();
     assert_eq!(
-        got,
-        PINNED,
+        got, PINNED,
         "the assignment of a fixed input changed: hashing is not stable"
     );
 }
