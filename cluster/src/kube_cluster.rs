@@ -568,10 +568,47 @@ impl Cluster for KubeCluster {
     }
 
     async fn list(&self, gvk: &Gvk, label_selector: &str) -> Result<Vec<Value>, ClusterError> {
+        self.list_at(gvk, None, label_selector).await
+    }
+
+    async fn list_in(
+        &self,
+        gvk: &Gvk,
+        namespace: &str,
+        label_selector: &str,
+    ) -> Result<Vec<Value>, ClusterError> {
+        self.list_at(gvk, Some(namespace), label_selector).await
+    }
+
+    async fn apply(&self, object: &Value, options: ApplyOptions) -> Result<Value, ClusterError> {
+        self.mutate(Mutation::Apply { object, options })
+            .await?
+            .ok_or_else(|| ClusterError::Invalid {
+                cluster: self.name.clone(),
+                message: "apply returned no object".into(),
+            })
+    }
+
+    async fn delete(&self, r: &ObjectRef, dry_run: bool) -> Result<(), ClusterError> {
+        self.mutate(Mutation::Delete { r, dry_run })
+            .await
+            .map(|_| ())
+    }
+}
+
+impl KubeCluster {
+    /// Every page of `gvk`'s collection: in every namespace (`namespace` None) or in one (for
+    /// a namespaced kind; a cluster-scoped kind ignores it).
+    async fn list_at(
+        &self,
+        gvk: &Gvk,
+        namespace: Option<&str>,
+        label_selector: &str,
+    ) -> Result<Vec<Value>, ClusterError> {
         let Some(d) = self.discover(gvk).await? else {
             return Ok(vec![]);
         };
-        let rq = self.request(&d, None)?;
+        let rq = self.request(&d, namespace.filter(|_| d.namespaced))?;
         let mut items = Vec::new();
         let mut token: Option<String> = None;
         loop {
@@ -610,20 +647,5 @@ impl Cluster for KubeCluster {
                 return Ok(items);
             }
         }
-    }
-
-    async fn apply(&self, object: &Value, options: ApplyOptions) -> Result<Value, ClusterError> {
-        self.mutate(Mutation::Apply { object, options })
-            .await?
-            .ok_or_else(|| ClusterError::Invalid {
-                cluster: self.name.clone(),
-                message: "apply returned no object".into(),
-            })
-    }
-
-    async fn delete(&self, r: &ObjectRef, dry_run: bool) -> Result<(), ClusterError> {
-        self.mutate(Mutation::Delete { r, dry_run })
-            .await
-            .map(|_| ())
     }
 }

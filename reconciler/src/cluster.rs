@@ -149,6 +149,8 @@ pub enum FieldManager {
     Restore,
     /// Workflow runs (Jobs and other completing kinds).
     Workflow,
+    /// A replica's own membership Lease (high availability, the `ha` crate).
+    Ha,
 }
 
 impl FieldManager {
@@ -158,6 +160,7 @@ impl FieldManager {
             FieldManager::Burst => "flotilla-burst",
             FieldManager::Restore => "flotilla-restore",
             FieldManager::Workflow => "flotilla-workflow",
+            FieldManager::Ha => "flotilla-ha",
         }
     }
 }
@@ -224,6 +227,23 @@ pub trait Cluster: Send + Sync {
 
     /// Every object of `gvk` in every namespace matching a label selector (`""` for all).
     async fn list(&self, gvk: &Gvk, label_selector: &str) -> Result<Vec<Value>, ClusterError>;
+
+    /// Every object of `gvk` in `namespace` matching a label selector (`""` for all): what a
+    /// client whose RBAC stops at one namespace may list. The default filters
+    /// [`Cluster::list`]; implementations over HTTP ask the namespace's collection only.
+    async fn list_in(
+        &self,
+        gvk: &Gvk,
+        namespace: &str,
+        label_selector: &str,
+    ) -> Result<Vec<Value>, ClusterError> {
+        Ok(self
+            .list(gvk, label_selector)
+            .await?
+            .into_iter()
+            .filter(|o| o.pointer("/metadata/namespace").and_then(Value::as_str) == Some(namespace))
+            .collect())
+    }
 
     /// Discovery of everything: each kind the cluster serves that can be listed, at its
     /// preferred version (subresources left out). For backups.

@@ -14,5 +14,6 @@ pub mod plan;
 pub mod report;
 pub mod review;
 pub mod rollout;
+pub mod shard;
 pub mod sync;
 pub mod workflow;

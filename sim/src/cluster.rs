@@ -860,6 +860,15 @@ impl Cluster {
                     "the name of the object does not match the name on the URL",
                 ));
             }
+            // As the API server does: `metadata.resourceVersion` in an apply patch is a
+            // precondition on an existing object (409 even with force) and ignored when the
+            // apply creates the object.
+            if let (Some(o), Some(rv)) = (&old, applied["metadata"]["resourceVersion"].as_str())
+                && !rv.is_empty()
+                && Some(rv) != o["metadata"]["resourceVersion"].as_str()
+            {
+                return Err(ApiError::conflict(def, name));
+            }
             if old.is_none() {
                 if status_scope {
                     return Err(ApiError::not_found(def, name));

@@ -450,3 +450,59 @@ fn yaml_bodies_parse() {
     assert_eq!(v, json!({"a": 1, "b": ["x"]}));
     assert!(parse_body(b"a: [").is_err());
 }
+
+#[test]
+fn apply_with_a_stale_resource_version_is_a_conflict_and_creation_ignores_it() {
+    let c = Cluster::new("t", 1, 0, 100);
+    let d = discovery::builtin()
+        .into_iter()
+        .find(|d| d.plural == "leases" && d.group == "coordination.k8s.io")
+        .expect("the sim serves coordination.k8s.io/v1 leases");
+    assert!(d.namespaced);
+    let mut q = Query::new();
+    q.insert("fieldManager".into(), "flotilla-ha".into());
+    q.insert("force".into(), "true".into());
+    let ct = "application/apply-patch+yaml";
+    let body = |rv: &str| {
+        format!(
+            r#"{{"apiVersion":"coordination.k8s.io/v1","kind":"Lease","metadata":{{"name":"l","namespace":"default","resourceVersion":"{rv}"}},"spec":{{"holderIdentity":"a"}}}}"#
+        )
+    };
+    // Creation: the resourceVersion is ignored (as on the real API server).
+    let (code, created) = c
+        .patch(
+            &d,
+            "default",
+            "l",
+            None,
+            ct,
+            body("999").as_bytes(),
+            &q,
+            "t",
+        )
+        .expect("apply creates");
+    assert_eq!(code, 201);
+    let rv = created["metadata"]["resourceVersion"]
+        .as_str()
+        .expect("rv")
+        .to_string();
+    // The current version: applied.
+    let (code, updated) = c
+        .patch(&d, "default", "l", None, ct, body(&rv).as_bytes(), &q, "t")
+        .expect("apply with the current version");
+    assert_eq!(code, 200);
+    assert_ne!(
+        updated["metadata"]["resourceVersion"].as_str(),
+        Some(rv.as_str())
+    );
+    // The version read before that update: refused, even with force.
+    let e = c
+        .patch(&d, "default", "l", None, ct, body(&rv).as_bytes(), &q, "t")
+        .expect_err("stale");
+    assert_eq!((e.code, e.reason), (409, "Conflict"));
+    assert!(
+        e.message.contains("the object has been modified; please apply your changes to the latest version and try again"),
+        "{}",
+        e.message
+    );
+}

@@ -171,6 +171,15 @@ pub fn builtin() -> Vec<ResourceDef> {
             true,
         ),
         def(
+            "coordination.k8s.io",
+            "v1",
+            "leases",
+            "Lease",
+            true,
+            &[],
+            false,
+        ),
+        def(
             "apiextensions.k8s.io",
             "v1",
             "customresourcedefinitions",

@@ -20,6 +20,7 @@ mod deploy;
 mod exchange;
 mod gates;
 mod git_source;
+mod ha_leases;
 mod hardening;
 mod images;
 mod jsonnet_worker;
