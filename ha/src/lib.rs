@@ -9,7 +9,10 @@
 //! - [`Membership::renew`] writes `renewTime` with the `resourceVersion` it last read as a
 //!   precondition (server-side apply with `metadata.resourceVersion` is a precondition on the
 //!   API server: a stale version is 409 Conflict even with `force`); on a conflict it re-reads
-//!   once.
+//!   once. Observed on kube-apiserver 1.36 (and done alike by the sim): the version is ignored
+//!   when the apply creates the object, so a renewal after someone deleted the Lease creates it
+//!   again (the others saw this replica gone meanwhile; the state store's fencing, not this
+//!   crate, keeps a replica that lost its units from writing).
 //! - [`Membership::leave`] deletes the Lease: the others drop this replica at once.
 //! - [`Membership::members`] lists the live replicas. Liveness is judged like client-go's
 //!   leader election, on the *local monotonic clock* only (no trust in other machines'

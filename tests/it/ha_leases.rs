@@ -247,6 +247,43 @@ async fn membership_case(c: Arc<dyn Cluster>) {
         .await
         .expect("runner task")
         .expect("renewals ran without a fatal error");
+    // A renewal finds its Lease taken by another identity: an error, and nothing written.
+    let f = member(&c, "f");
+    f.join().await.expect("f joins");
+    let taken = c
+        .apply(
+            &json!({
+                "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                "metadata": {"name": "flotilla-replica-f", "namespace": NS},
+                "spec": {"holderIdentity": "intruder"},
+            }),
+            ApplyOptions {
+                force: true,
+                manager: FieldManager::Flotilla,
+                ..ApplyOptions::default()
+            },
+        )
+        .await
+        .expect("another writer takes f's Lease");
+    let e = f.renew().await.expect_err("held by another identity");
+    assert!(
+        matches!(&e, HaError::HeldByOther { holder, .. } if holder == "intruder"),
+        "{e:?}"
+    );
+    let l = c
+        .get(&lease_ref("f"))
+        .await
+        .expect("get")
+        .expect("still there");
+    assert_eq!(rv(&l), rv(&taken), "f wrote nothing after the conflict");
+    let e = f
+        .leave()
+        .await
+        .expect_err("leave does not delete another's Lease");
+    assert!(matches!(e, HaError::HeldByOther { .. }), "{e:?}");
+    assert!(!f.valid());
+    assert!(c.get(&lease_ref("f")).await.expect("get").is_some());
+
     a.leave().await.expect("a leaves");
     assert!(c.get(&lease_ref("a")).await.expect("get").is_none());
 }
