@@ -240,6 +240,7 @@ pub fn apply(
         clusters: &clusters,
         clock: &clock,
         on_event: &|e: &Event| progress.on_event(e),
+        only: None,
     };
     let heals: BTreeMap<String, Result<Vec<Healed>, String>> = rt.block_on(async {
         let runs = inputs

@@ -41,9 +41,31 @@ pub struct ServeArgs {
     /// kubeconfig naming the clusters' contexts [default: $KUBECONFIG, ~/.kube/config].
     #[arg(long, value_name = "FILE")]
     pub kubeconfig: Option<PathBuf>,
-    /// Rollout state [default: $XDG_STATE_HOME/flotilla/serve, ~/.local/state/flotilla/serve].
-    #[arg(long, env = "FLOTILLA_STATE", value_name = "DIR")]
+    /// Rollout state: a directory (embedded redb, one daemon) or a PostgreSQL URL
+    /// `postgres://USER@HOST:PORT/DB` shared by replicas (password from PGPASSWORD)
+    /// [default: $XDG_STATE_HOME/flotilla/serve, ~/.local/state/flotilla/serve].
+    #[arg(long, env = "FLOTILLA_STATE", value_name = "DIR|URL")]
     pub state: Option<PathBuf>,
+    /// Run as one of several replicas: the namespace of the management cluster where each
+    /// replica keeps its Lease (needs --state postgres://...).
+    #[arg(long, env = "FLOTILLA_HA_NAMESPACE", value_name = "NS")]
+    pub ha_namespace: Option<String>,
+    /// kubeconfig of the management cluster [default: the pod's service account in a
+    /// cluster, else $KUBECONFIG, ~/.kube/config].
+    #[arg(long, env = "FLOTILLA_HA_KUBECONFIG", value_name = "FILE")]
+    pub ha_kubeconfig: Option<PathBuf>,
+    /// Context of the management cluster in that kubeconfig [default: its current context].
+    #[arg(long, env = "FLOTILLA_HA_CONTEXT", value_name = "NAME")]
+    pub ha_context: Option<String>,
+    /// This replica's name, a DNS label [default: $POD_NAME, else the host name].
+    #[arg(long, env = "FLOTILLA_REPLICA_ID", value_name = "ID")]
+    pub replica_id: Option<String>,
+    /// How long a replica's Lease lasts without renewal (whole seconds) [default: 15s].
+    #[arg(long, env = "FLOTILLA_LEASE_DURATION", value_name = "DURATION", value_parser = crate::parse_duration)]
+    pub lease_duration: Option<Duration>,
+    /// How often a replica renews its Lease (below half the lease duration) [default: 5s].
+    #[arg(long, env = "FLOTILLA_RENEW_PERIOD", value_name = "DURATION", value_parser = crate::parse_duration)]
+    pub renew_period: Option<Duration>,
     /// Fetched repositories [default: $XDG_CACHE_HOME/flotilla, ~/.cache/flotilla].
     #[arg(long, env = "FLOTILLA_CACHE", value_name = "DIR")]
     pub cache: Option<PathBuf>,
@@ -104,6 +126,12 @@ const KEYS: &[&str] = &[
     "fleet",
     "kubeconfig",
     "state",
+    "ha-namespace",
+    "ha-kubeconfig",
+    "ha-context",
+    "replica-id",
+    "lease-duration",
+    "renew-period",
     "cache",
     "listen",
     "poll-interval",
@@ -173,6 +201,26 @@ fn merge_file(args: &mut ServeArgs, path: &Path) -> anyhow::Result<()> {
             }
             "cache" => {
                 args.cache.get_or_insert(text()?.into());
+            }
+            "ha-namespace" => {
+                args.ha_namespace.get_or_insert(text()?);
+            }
+            "ha-kubeconfig" => {
+                args.ha_kubeconfig.get_or_insert(text()?.into());
+            }
+            "ha-context" => {
+                args.ha_context.get_or_insert(text()?);
+            }
+            "replica-id" => {
+                args.replica_id.get_or_insert(text()?);
+            }
+            "lease-duration" => {
+                let d = duration()?;
+                args.lease_duration.get_or_insert(d);
+            }
+            "renew-period" => {
+                let d = duration()?;
+                args.renew_period.get_or_insert(d);
             }
             "listen" => {
                 let addr = text()?
@@ -270,15 +318,47 @@ pub fn resolve(mut args: ServeArgs) -> anyhow::Result<(Config, LogFormat)> {
     let repo = args
         .repo
         .context("--repo is required (or FLOTILLA_REPO, or `repo:` in --config)")?;
+    let state_url = args
+        .state
+        .as_ref()
+        .map(|s| s.to_string_lossy().to_string())
+        .filter(|s| s.starts_with("postgres://") || s.starts_with("postgresql://"));
     let state = match args.state {
-        Some(s) => s,
-        None => crate::user_dir("XDG_STATE_HOME", ".local/state", "--state")?.join("serve"),
+        Some(s) if state_url.is_none() => s,
+        _ => crate::user_dir("XDG_STATE_HOME", ".local/state", "--state")?.join("serve"),
     };
     let cache = match args.cache {
         Some(c) => c,
         None => crate::user_dir("XDG_CACHE_HOME", ".cache", "--cache")?,
     };
     let mut config = Config::new(repo, state, cache);
+    config.state_url = state_url;
+    if let Some(namespace) = args.ha_namespace {
+        let replica_id = match args.replica_id {
+            Some(id) => id,
+            None => match std::env::var("POD_NAME").ok().filter(|s| !s.is_empty()) {
+                Some(id) => id,
+                None => hostname()?,
+            },
+        };
+        config.ha = Some(flotilla_daemon::config::HaSettings {
+            kubeconfig: args.ha_kubeconfig,
+            context: args.ha_context,
+            namespace,
+            replica_id,
+            lease_duration: args.lease_duration.unwrap_or(Duration::from_secs(15)),
+            renew_period: args.renew_period.unwrap_or(Duration::from_secs(5)),
+        });
+    } else if args.replica_id.is_some()
+        || args.ha_kubeconfig.is_some()
+        || args.ha_context.is_some()
+        || args.lease_duration.is_some()
+        || args.renew_period.is_some()
+    {
+        anyhow::bail!(
+            "--replica-id, --ha-kubeconfig, --ha-context, --lease-duration and --renew-period need --ha-namespace"
+        );
+    }
     config.jsonnet_worker = Some(std::env::current_exe()?);
     if let Some(r) = args.rev {
         config.rev = r;
@@ -320,6 +400,16 @@ pub fn resolve(mut args: ServeArgs) -> anyhow::Result<(Config, LogFormat)> {
         .ok()
         .filter(|s| !s.is_empty());
     Ok((config, args.log_format.unwrap_or(LogFormat::Text)))
+}
+
+/// The host name (`/proc/sys/kernel/hostname`, else `$HOSTNAME`), lower-cased.
+fn hostname() -> anyhow::Result<String> {
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|s| s.trim().to_ascii_lowercase())
+        .filter(|s| !s.is_empty());
+    name.context("--replica-id: no POD_NAME and no host name to default to; pass --replica-id")
 }
 
 /// Runs the daemon until SIGTERM or Ctrl-C, then drains.

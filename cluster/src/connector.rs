@@ -176,6 +176,37 @@ impl Connector {
     }
 }
 
+impl Connector {
+    /// A read-write connection with the pod's service account (`KUBERNETES_SERVICE_HOST`,
+    /// the mounted token and CA), default client settings. For a daemon running in the
+    /// cluster it coordinates in (its Leases); the fleet's clusters come from a kubeconfig.
+    pub async fn in_cluster(cluster: &str) -> Result<KubeCluster, ConnectError> {
+        install_crypto_provider();
+        let settings = ClientSettings::default();
+        let mut config = kube::Config::incluster().map_err(|e| ConnectError::Client {
+            cluster: cluster.into(),
+            context: "(in-cluster)".into(),
+            message: e.to_string(),
+        })?;
+        config.connect_timeout = Some(settings.connect_timeout);
+        config.read_timeout = Some(settings.read_timeout);
+        config.reset_reader_on_write = true;
+        config.default_retry = false;
+        let client = kube::Client::try_from(config).map_err(|e| ConnectError::Client {
+            cluster: cluster.into(),
+            context: "(in-cluster)".into(),
+            message: e.to_string(),
+        })?;
+        Ok(KubeCluster::new(
+            cluster,
+            "(in-cluster)",
+            false,
+            client,
+            &settings,
+        ))
+    }
+}
+
 /// rustls needs a process-wide crypto provider when more than one is compiled in (kube asks
 /// for ring, other dependencies bring aws-lc-rs). Installs ring unless the process already
 /// chose one.

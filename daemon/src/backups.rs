@@ -137,6 +137,10 @@ impl Backups {
             if let Some(n) = next_firing(b, now) {
                 self.next.insert(b.name.clone(), n);
             }
+            // Replicated: the replica holding the policy's unit runs its schedule.
+            if !shared.ownership.holds(&crate::ha::backup_unit(&b.name)) {
+                continue;
+            }
             self.run_policy(shared, &rev, b);
         }
         publish(shared, &self.next);

@@ -167,7 +167,12 @@ pub(crate) async fn run(shared: Arc<Shared>) {
                 .filter(|p| p.replicas.is_some())
                 .map(|p| p.name.clone())
                 .collect();
-            for p in rev.fleet.placements.iter().filter(|p| p.replicas.is_some()) {
+            for p in rev.fleet.placements.iter().filter(|p| {
+                p.replicas.is_some()
+                    && shared
+                        .ownership
+                        .holds(&crate::ha::placement_unit(&p.name))
+            }) {
                 evaluate(&shared, &rev, p, &mut memory).await;
             }
             let mut s = shared

@@ -21,8 +21,13 @@ pub struct Config {
     /// The fleet file, relative to the repository root.
     pub fleet_file: String,
     pub kubeconfig: Option<PathBuf>,
-    /// Rollout state (redb).
+    /// Rollout state (redb), when `state_url` is not set.
     pub state_dir: PathBuf,
+    /// Rollout state in PostgreSQL (`postgres://user@host:port/db`), shared by replicas.
+    pub state_url: Option<String>,
+    /// Several replicas, one fleet: Leases in a management cluster (`None`: this daemon
+    /// drives the whole fleet alone).
+    pub ha: Option<HaSettings>,
     /// Fetched repositories.
     pub cache_dir: PathBuf,
     pub listen: SocketAddr,
@@ -73,6 +78,8 @@ impl Config {
             fleet_file: "fleet.yaml".into(),
             kubeconfig: None,
             state_dir,
+            state_url: None,
+            ha: None,
             cache_dir,
             listen: SocketAddr::from(([127, 0, 0, 1], 9410)),
             poll_interval: Duration::from_secs(60),
@@ -94,6 +101,21 @@ impl Config {
             burst_interval: Duration::from_secs(15),
         }
     }
+}
+
+/// Where and as whom a replica keeps its Lease (docs/daemon.md "High availability").
+#[derive(Debug, Clone)]
+pub struct HaSettings {
+    /// kubeconfig of the management cluster (`None`: the default kubeconfig lookup).
+    pub kubeconfig: Option<PathBuf>,
+    /// Its context (`None`: the kubeconfig's current context).
+    pub context: Option<String>,
+    /// The namespace of the replicas' Leases.
+    pub namespace: String,
+    /// This replica's name (a DNS label; default `POD_NAME`, else the host name).
+    pub replica_id: String,
+    pub lease_duration: Duration,
+    pub renew_period: Duration,
 }
 
 /// A setting that cannot work.
@@ -131,8 +153,9 @@ pub struct Validated {
     pub connector: flotilla_cluster::Connector,
     pub store: flotilla_state::Store,
     pub registry_logins: flotilla_images::Logins,
-    /// `STATE/daemon.lock`, locked for the daemon's lifetime: one daemon per state store.
-    pub lock: std::fs::File,
+    /// `STATE/daemon.lock`, locked for the daemon's lifetime: one daemon per redb store
+    /// (`None` with PostgreSQL, where replicas coordinate through Leases and fencing).
+    pub lock: Option<std::fs::File>,
 }
 
 /// The file a running daemon keeps locked in its state directory.
@@ -210,31 +233,49 @@ impl Config {
         }
         let connector = flotilla_cluster::Connector::load(self.kubeconfig.as_deref())
             .map_err(|e| ConfigError::Kubeconfig(e.to_string()))?;
-        std::fs::create_dir_all(&self.state_dir).map_err(|e| ConfigError::State {
-            path: self.state_dir.clone(),
-            message: e.to_string(),
-        })?;
-        let lock = match lock_state_dir(&self.state_dir) {
-            Ok(Some(lock)) => lock,
-            Ok(None) => {
-                return Err(ConfigError::State {
-                    path: self.state_dir.clone(),
-                    message: "another flotilla serve uses this state directory".into(),
-                });
+        if self.ha.is_some() && self.state_url.is_none() {
+            return Err(ConfigError::Value {
+                flag: "ha-namespace",
+                message: "several replicas need a shared state store: pass --state postgres://...".into(),
+            });
+        }
+        let (store, lock) = match &self.state_url {
+            Some(url) => {
+                let store = flotilla_state::Store::open_url(url).map_err(|e| ConfigError::State {
+                    path: PathBuf::from(flotilla_source::git::redact_url(url)),
+                    message: e.to_string(),
+                })?;
+                (store, None)
             }
-            Err(e) => {
-                return Err(ConfigError::State {
+            None => {
+                std::fs::create_dir_all(&self.state_dir).map_err(|e| ConfigError::State {
                     path: self.state_dir.clone(),
                     message: e.to_string(),
-                });
+                })?;
+                let lock = match lock_state_dir(&self.state_dir) {
+                    Ok(Some(lock)) => lock,
+                    Ok(None) => {
+                        return Err(ConfigError::State {
+                            path: self.state_dir.clone(),
+                            message: "another flotilla serve uses this state directory".into(),
+                        });
+                    }
+                    Err(e) => {
+                        return Err(ConfigError::State {
+                            path: self.state_dir.clone(),
+                            message: e.to_string(),
+                        });
+                    }
+                };
+                let store = flotilla_state::Store::open_shared(&self.state_dir).map_err(|e| {
+                    ConfigError::State {
+                        path: self.state_dir.clone(),
+                        message: e.to_string(),
+                    }
+                })?;
+                (store, Some(lock))
             }
         };
-        let store = flotilla_state::Store::open_shared(&self.state_dir).map_err(|e| {
-            ConfigError::State {
-                path: self.state_dir.clone(),
-                message: e.to_string(),
-            }
-        })?;
         // A missing docker config is no logins.
         let registry_logins = match self
             .docker_config

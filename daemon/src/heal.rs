@@ -21,12 +21,15 @@ use crate::run::Shared;
 pub(crate) async fn heal(shared: &Arc<Shared>, rev: &Arc<Revision>) -> Vec<String> {
     let clock = SystemClock;
     let on_event = |e: &Event| shared.on_event(e);
+    // Replicated: the replica holding a cluster heals it.
+    let only = |cluster: &str| shared.ownership.holds(&crate::ha::cluster_unit(cluster));
     let healer = Healer {
         kind: "self-heal",
         store: &shared.store,
         clusters: &shared.clusters as &dyn Clusters,
         clock: &clock,
         on_event: &on_event,
+        only: Some(&only),
     };
     let heal_drift = rev.fleet.settings.self_heal;
     let mut healed = Vec::new();

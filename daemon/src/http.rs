@@ -30,6 +30,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/api/v1/rollouts", get(rollouts))
         .route("/api/v1/rollouts/{placement}", get(rollout))
         .route("/api/v1/rollouts/{placement}/{action}", post(control))
+        .route("/api/v1/replicas", get(replicas))
         .route("/api/v1/clusters", get(clusters))
         .route("/api/v1/clusters/{name}", get(cluster))
         .route("/api/v1/drift", get(drift))
@@ -270,6 +271,12 @@ async fn control(
             let _ = s.triggers.send(Trigger::Control {
                 placement: placement.clone(),
             });
+            // The replica holding the placement may be another one.
+            if s.ownership.is_replicated()
+                && let Err(e) = s.store.notify(crate::ha::CONTROL, &placement)
+            {
+                tracing::warn!(error = %e, "cannot tell the other replicas of the request");
+            }
             json_response(StatusCode::OK, json!({"message": message}))
         }
         Err(flotilla_reconciler::rollout::ControlError::State(e)) => store_error(e),
@@ -277,6 +284,32 @@ async fn control(
             error(StatusCode::NOT_FOUND, e.to_string())
         }
         Err(e) => error(StatusCode::CONFLICT, e.to_string()),
+    }
+}
+
+/// This replica, the live replicas it sees, the units it holds, and who holds every unit
+/// (from the shared state store, so any replica gives the same table).
+async fn replicas(State(s): State<AppState>) -> Response {
+    let held = s.ownership.held();
+    match s.store.read(|tx| tx.owners()) {
+        Ok(owners) => {
+            let owners: serde_json::Map<String, Value> = owners
+                .into_iter()
+                .map(|(unit, o)| (unit, json!({"holder": o.holder, "epoch": o.epoch})))
+                .collect();
+            json_response(
+                StatusCode::OK,
+                json!({
+                    "replica": s.ownership.replica,
+                    "replicated": s.ownership.is_replicated(),
+                    "mayAct": s.ownership.may_act(),
+                    "members": held.members,
+                    "held": held.units,
+                    "owners": owners,
+                }),
+            )
+        }
+        Err(e) => store_error(e),
     }
 }
 

@@ -11,6 +11,8 @@ pub mod adapters;
 pub mod backups;
 pub mod burst;
 pub mod config;
+mod exchange;
+mod ha;
 mod heal;
 mod http;
 pub mod images;

@@ -34,6 +34,12 @@ pub struct Metrics {
     pub webhooks: Family<Labels, Counter>,
     /// 1 when the newest fetched commit has a valid fleet file.
     pub fleet_valid: Gauge,
+    /// Live replicas as this one sees them (replicated daemons only).
+    pub ha_members: Gauge,
+    /// Units of work this replica holds.
+    pub ha_units_held: Gauge,
+    /// Units assigned to this replica that another live replica still holds.
+    pub ha_units_waiting: Gauge,
     /// Errors in the newest fetched commit's fleet file.
     pub fleet_errors: Gauge,
     /// HTTP connections closed on accept because `max_connections` were open.
@@ -70,6 +76,24 @@ impl Metrics {
         let drift_unreachable = Gauge::default();
         let webhooks = Family::<Labels, Counter>::default();
         let fleet_valid = Gauge::default();
+        let ha_members = Gauge::default();
+        let ha_units_held = Gauge::default();
+        let ha_units_waiting = Gauge::default();
+        registry.register(
+            "ha_members",
+            "Live replicas as this replica sees them (replicated daemons)",
+            ha_members.clone(),
+        );
+        registry.register(
+            "ha_units_held",
+            "Units of work (placements, clusters, workflows, backups, singletons) this replica holds",
+            ha_units_held.clone(),
+        );
+        registry.register(
+            "ha_units_waiting",
+            "Units assigned to this replica that another live replica still holds",
+            ha_units_waiting.clone(),
+        );
         let fleet_errors = Gauge::default();
         let http_connections_refused = Counter::default();
         let task_failures = Family::<Labels, Counter>::default();
@@ -197,6 +221,9 @@ impl Metrics {
             drift_unreachable,
             webhooks,
             fleet_valid,
+            ha_members,
+            ha_units_held,
+            ha_units_waiting,
             fleet_errors,
             http_connections_refused,
             task_failures,

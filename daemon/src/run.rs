@@ -14,7 +14,7 @@ use tokio::sync::{Notify, mpsc, watch};
 
 use flotilla_reconciler::report::{Report, ReportKind};
 use flotilla_reconciler::rollout::{
-    Clusters, Engine, Event, LocalExecutor, Outcome, phase_after, placement_inputs,
+    Clusters, Engine, Event, Outcome, phase_after, placement_inputs,
 };
 use flotilla_reconciler::sync::{self, CompareMode};
 use flotilla_source::git::{self, GitSource};
@@ -43,6 +43,8 @@ pub enum DaemonError {
     Serve(std::io::Error),
     #[error("the daemon's main loop panicked (see the log)")]
     LoopPanicked,
+    #[error("high availability: {0}")]
+    Ha(String),
 }
 
 pub(crate) fn now() -> String {
@@ -72,6 +74,8 @@ pub(crate) enum Trigger {
     BackupRequested { policy: String },
     /// One scheduled backup of one cluster finished.
     BackupDone(Box<crate::backups::Done>),
+    /// The units this replica holds changed (see [`crate::ha`]): placement workers follow.
+    Ownership,
     /// SIGTERM (or the embedding program) asked to stop.
     Shutdown,
 }
@@ -109,10 +113,18 @@ pub(crate) struct Shared {
     pub backups: RwLock<crate::backups::BackupsStatus>,
     /// The burst controller's status and wake-up (`crate::burst`).
     pub(crate) burst: crate::burst::Burst,
+    /// Which units of work this replica holds (all of them when alone; see `crate::ha`).
+    pub(crate) ownership: crate::ha::Ownership,
+    /// Wakes the membership loop (a new revision brings new units).
+    pub(crate) ha_nudge: Notify,
+    /// Wakes the cluster owner's side of the work exchange (`crate::exchange`).
+    pub(crate) work: Notify,
+    /// Wakes rollouts waiting for an exchange result.
+    pub(crate) results: Arc<Notify>,
     gates: PrometheusGates,
     images: crate::images::ImageSettings,
-    /// Held (locked) while the daemon runs.
-    _lock: std::fs::File,
+    /// Held (locked) while the daemon runs (redb only).
+    _lock: Option<std::fs::File>,
 }
 
 impl Shared {
@@ -243,6 +255,14 @@ pub async fn start(config: crate::config::Config) -> Result<Running, DaemonError
     let cache = v.config.cache_dir.join("git").join(v.remote.cache_name());
     let source = GitSource::open(v.remote.clone(), v.rev.clone(), cache)
         .map_err(|e| DaemonError::Git(e.to_string()))?;
+    let ownership = match &v.config.ha {
+        None => crate::ha::Ownership::alone(
+            std::env::var("POD_NAME").unwrap_or_else(|_| "flotilla".to_string()),
+        ),
+        Some(ha) => crate::ha::Ownership::replicated(Arc::new(
+            crate::ha::membership(ha).await.map_err(DaemonError::Ha)?,
+        )),
+    };
     let (triggers, rx) = mpsc::unbounded_channel();
     let (wake, wake_rx) = std::sync::mpsc::channel();
     let status = FleetStatus {
@@ -266,6 +286,10 @@ pub async fn start(config: crate::config::Config) -> Result<Running, DaemonError
         readers: ConnectedClusters::empty(v.connector, true),
         backups: RwLock::new(crate::backups::BackupsStatus::default()),
         burst: crate::burst::Burst::new(),
+        ownership,
+        ha_nudge: Notify::new(),
+        work: Notify::new(),
+        results: Arc::new(Notify::new()),
         gates: PrometheusGates::new(Duration::from_secs(10)),
         images: crate::images::ImageSettings {
             registries: flotilla_images::Settings {
@@ -291,6 +315,32 @@ pub async fn start(config: crate::config::Config) -> Result<Running, DaemonError
         "flotilla serve starting"
     );
     spawn_git_thread(shared.clone(), source, wake_rx);
+    if shared.ownership.is_replicated() {
+        crate::supervise::spawn(
+            crate::supervise::Restart::WORKER,
+            {
+                let shared = shared.clone();
+                move || crate::ha::run(shared.clone())
+            },
+            crate::supervise::report_to(shared.clone(), "membership", None),
+        );
+    }
+    crate::supervise::spawn(
+        crate::supervise::Restart::WORKER,
+        {
+            let shared = shared.clone();
+            move || crate::ha::listen(shared.clone())
+        },
+        crate::supervise::report_to(shared.clone(), "notifications", None),
+    );
+    crate::supervise::spawn(
+        crate::supervise::Restart::WORKER,
+        {
+            let shared = shared.clone();
+            move || crate::exchange::serve(shared.clone())
+        },
+        crate::supervise::report_to(shared.clone(), "exchange", None),
+    );
     crate::supervise::spawn(
         crate::supervise::Restart::WORKER,
         {
@@ -422,6 +472,8 @@ struct Worker {
     revision: watch::Sender<Option<Arc<Revision>>>,
     nudge: Arc<Notify>,
     handle: tokio::task::JoinHandle<()>,
+    /// The store view it writes through (fenced by this replica's claim when replicated).
+    store: Store,
 }
 
 struct Daemon {
@@ -478,6 +530,12 @@ impl Daemon {
                 tracing::info!(trigger = "webhook", style, "push received: fetching now");
                 shared.status_mut().source.webhook_triggers += 1;
                 let _ = shared.wake.send(());
+                // Every replica fetches now, not at its next poll.
+                if shared.ownership.is_replicated()
+                    && let Err(e) = shared.store.notify(crate::ha::FETCH, "")
+                {
+                    tracing::warn!(error = %e, "cannot tell the other replicas to fetch");
+                }
             }
             Trigger::DriftDue => {
                 self.schedule_drift();
@@ -505,6 +563,11 @@ impl Daemon {
                 tracing::info!(trigger = "api", placement = %placement, "rollout request");
                 if let Some(w) = self.workers.get(&placement) {
                     w.nudge.notify_one();
+                }
+            }
+            Trigger::Ownership => {
+                if let Some(rev) = shared.current() {
+                    self.sync_workers(&rev);
                 }
             }
             Trigger::BackupsDue => self.backups.due(&shared),
@@ -683,65 +746,8 @@ impl Daemon {
                 .collect();
             s.placements.retain(|k, _| names.contains(&k.as_str()));
         }
-        if !shared.config.read_only {
-            // Placements that left the fleet: their workers stop.
-            let names: Vec<String> = rev
-                .fleet
-                .placements
-                .iter()
-                .map(|p| p.name.clone())
-                .collect();
-            let gone: Vec<String> = self
-                .workers
-                .keys()
-                .filter(|k| !names.contains(k))
-                .cloned()
-                .collect();
-            for name in gone {
-                if let Some(w) = self.workers.remove(&name) {
-                    w.handle.abort();
-                }
-            }
-            for name in names {
-                match self.workers.get(&name) {
-                    Some(w) => {
-                        let _ = w.revision.send(Some(rev.clone()));
-                    }
-                    None => {
-                        let (tx, rx) = watch::channel(Some(rev.clone()));
-                        let nudge = Arc::new(Notify::new());
-                        let handle = crate::supervise::spawn(
-                            crate::supervise::Restart::WORKER,
-                            {
-                                let (shared, name, nudge) =
-                                    (shared.clone(), name.clone(), nudge.clone());
-                                move || {
-                                    placement_worker(
-                                        shared.clone(),
-                                        name.clone(),
-                                        rx.clone(),
-                                        nudge.clone(),
-                                    )
-                                }
-                            },
-                            crate::supervise::report_to(
-                                shared.clone(),
-                                "placement",
-                                Some(name.clone()),
-                            ),
-                        );
-                        self.workers.insert(
-                            name,
-                            Worker {
-                                revision: tx,
-                                nudge,
-                                handle,
-                            },
-                        );
-                    }
-                }
-            }
-        }
+        shared.ha_nudge.notify_one();
+        self.sync_workers(&rev);
         if self.next_images.is_none() {
             self.schedule_images();
         }
@@ -749,6 +755,77 @@ impl Daemon {
         let every = self.drift_interval();
         if self.next_drift.is_none() || every != self.drift_every {
             self.schedule_drift();
+        }
+    }
+
+    /// One placement worker per placement this replica holds (every placement when alone),
+    /// each writing through the store view fenced by its claim; the others stop.
+    fn sync_workers(&mut self, rev: &Arc<Revision>) {
+        let shared = self.shared.clone();
+        if shared.config.read_only {
+            return;
+        }
+        let mut wanted: BTreeMap<String, Store> = BTreeMap::new();
+        for p in &rev.fleet.placements {
+            let unit = crate::ha::placement_unit(&p.name);
+            if let Some(store) = shared.ownership.store_for(&shared.store, &unit) {
+                wanted.insert(p.name.clone(), store);
+            }
+        }
+        // Workers of placements that left the fleet or this replica, or whose claim changed
+        // (a new epoch), stop.
+        let gone: Vec<String> = self
+            .workers
+            .iter()
+            .filter(|(k, w)| wanted.get(*k).is_none_or(|s| s.fence() != w.store.fence()))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for name in gone {
+            if let Some(w) = self.workers.remove(&name) {
+                w.handle.abort();
+                shared.status_mut().placements.remove(&name);
+            }
+        }
+        for (name, store) in wanted {
+            match self.workers.get(&name) {
+                Some(w) => {
+                    let _ = w.revision.send(Some(rev.clone()));
+                }
+                None => {
+                    let (tx, rx) = watch::channel(Some(rev.clone()));
+                    let nudge = Arc::new(Notify::new());
+                    let handle = crate::supervise::spawn(
+                        crate::supervise::Restart::WORKER,
+                        {
+                            let (shared, name, nudge, store) =
+                                (shared.clone(), name.clone(), nudge.clone(), store.clone());
+                            move || {
+                                placement_worker(
+                                    shared.clone(),
+                                    name.clone(),
+                                    store.clone(),
+                                    rx.clone(),
+                                    nudge.clone(),
+                                )
+                            }
+                        },
+                        crate::supervise::report_to(
+                            shared.clone(),
+                            "placement",
+                            Some(name.clone()),
+                        ),
+                    );
+                    self.workers.insert(
+                        name,
+                        Worker {
+                            revision: tx,
+                            nudge,
+                            handle,
+                            store,
+                        },
+                    );
+                }
+            }
         }
     }
 
@@ -786,7 +863,10 @@ impl Daemon {
         let Some(rev) = self.shared.current() else {
             return;
         };
-        if self.shared.config.read_only || rev.fleet.image_policies.is_empty() {
+        if self.shared.config.read_only
+            || rev.fleet.image_policies.is_empty()
+            || !self.shared.ownership.holds(crate::ha::IMAGES)
+        {
             return;
         }
         if self.images_running {
@@ -935,6 +1015,8 @@ impl Daemon {
                 }
             }
         }
+        shared.ha_nudge.notify_one();
+        crate::ha::leave_now(shared).await;
         tracing::info!("drained");
     }
 }
@@ -1031,6 +1113,7 @@ async fn sleep_until(at: Option<tokio::time::Instant>) {
 async fn placement_worker(
     shared: Arc<Shared>,
     name: String,
+    store: Store,
     mut revisions: watch::Receiver<Option<Arc<Revision>>>,
     nudge: Arc<Notify>,
 ) {
@@ -1073,12 +1156,11 @@ async fn placement_worker(
                     let verifier = crate::workflows::WorkflowVerifier {
                         shared: shared.clone(),
                     };
-                    let executor = LocalExecutor {
-                        clusters: &shared.clusters as &dyn Clusters,
-                        poll: shared.config.health_poll,
-                    };
+                    // Work for clusters this replica holds runs here; the rest goes to
+                    // their owners through the exchange (replicated daemons).
+                    let executor = crate::exchange::Routed::new(&shared, &store);
                     let engine = Engine {
-                        store: &shared.store,
+                        store: &store,
                         executor: &executor,
                         gates: &shared.gates,
                         verifier: &verifier,
@@ -1157,7 +1239,13 @@ fn short(commit: &str) -> &str {
 /// read-only) heals: see [`crate::heal`].
 async fn drift_check(shared: &Arc<Shared>, rev: &Arc<Revision>) -> (Report, Vec<String>) {
     let fleet_name = rev.fleet.metadata.name.clone();
-    let names: Vec<String> = rev.targets.keys().cloned().collect();
+    // Replicated: each replica checks (and connects to) the clusters it holds.
+    let names: Vec<String> = rev
+        .targets
+        .keys()
+        .filter(|c| shared.ownership.holds(&crate::ha::cluster_unit(c)))
+        .cloned()
+        .collect();
     let mut clusters: Vec<_> = futures::stream::iter(names)
         .map(|name| compare_one(shared.clone(), rev.clone(), name))
         .buffer_unordered(shared.config.concurrency)

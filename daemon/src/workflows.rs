@@ -76,6 +76,14 @@ impl Runner {
             if let Some(rev) = self.shared.current() {
                 let now = Utc::now();
                 for w in &rev.fleet.workflows {
+                    // Replicated: the replica holding the workflow's unit runs it.
+                    if !self
+                        .shared
+                        .ownership
+                        .holds(&crate::ha::workflow_unit(&w.name))
+                    {
+                        continue;
+                    }
                     if let Err(e) = self.workflow(&rev, w, now).await {
                         tracing::error!(target: "flotilla::workflow", workflow = %w.name, error = %e, "workflow tick failed; trying again");
                     }
@@ -93,7 +101,13 @@ impl Runner {
         now: DateTime<Utc>,
     ) -> Result<(), String> {
         let shared = self.shared.clone();
-        let store = &shared.store;
+        let Some(store) = shared
+            .ownership
+            .store_for(&shared.store, &crate::ha::workflow_unit(&w.name))
+        else {
+            return Ok(());
+        };
+        let store = &store;
         let state: Option<ScheduleState> = store
             .read(|tx| tx.workflow_state(&w.name))
             .map_err(|e| e.to_string())?;

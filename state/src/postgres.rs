@@ -228,6 +228,12 @@ impl PgBackend {
             }
             pg_err(&format!("postgres {redacted}"), "parse the URL", message)
         })?;
+        // Like libpq: a password not in the URL comes from PGPASSWORD (a Secret in deploy/).
+        if config.get_password().is_none()
+            && let Some(p) = std::env::var_os("PGPASSWORD").filter(|p| !p.is_empty())
+        {
+            config.password(p.to_string_lossy().as_bytes());
+        }
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(CONNECT_TIMEOUT);
         }

@@ -18,7 +18,7 @@ use crate::support::SimKube;
 
 const SECRET: &str = "webhook-secret-for-tests";
 
-fn deployment(image: &str) -> String {
+pub(crate) fn deployment(image: &str) -> String {
     format!(
         "apiVersion: apps/v1
 kind: Deployment
@@ -35,7 +35,7 @@ spec:
     )
 }
 
-fn fleet(clusters: usize, soak: &str, extra_settings: &str) -> String {
+pub(crate) fn fleet(clusters: usize, soak: &str, extra_settings: &str) -> String {
     let names: String = (1..=clusters)
         .map(|i| format!("  - {{name: sim-{i}}}\n"))
         .collect();
@@ -62,7 +62,7 @@ placements:
     )
 }
 
-const NAMESPACE: &str = "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop}\n";
+pub(crate) const NAMESPACE: &str = "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop}\n";
 
 /// A running `flotilla serve` against the sims (`serve_support::ServeProcess`, whose
 /// methods it derefs to), with the webhook secret of these tests.
@@ -129,7 +129,7 @@ fn sign(body: &[u8]) -> String {
 
 /// The image of Deployment shop/web in each sim cluster (`-` when absent), read from the
 /// sims directly.
-fn images(k: &SimKube, n: usize) -> Vec<String> {
+pub(crate) fn images(k: &SimKube, n: usize) -> Vec<String> {
     (1..=n)
         .map(|i| {
             let c = k.sim.cluster(&format!("sim-{i}")).expect("cluster");
@@ -148,7 +148,7 @@ fn images(k: &SimKube, n: usize) -> Vec<String> {
         .collect()
 }
 
-fn all(n: usize, image: &str) -> Vec<String> {
+pub(crate) fn all(n: usize, image: &str) -> Vec<String> {
     vec![image.to_string(); n]
 }
 
@@ -176,7 +176,7 @@ fn commit_fleet_with(
     id
 }
 
-fn sim(clusters: usize) -> SimConfig {
+pub(crate) fn sim(clusters: usize) -> SimConfig {
     SimConfig {
         clusters,
         ready_delay: Duration::from_millis(100),

@@ -8,6 +8,8 @@ mod kube_support;
 mod prometheus_support;
 mod registry_support;
 mod serve_support;
+#[path = "../../state/tests/pg/mod.rs"]
+mod pg_support;
 mod support;
 
 mod backup;
@@ -19,6 +21,7 @@ mod demo;
 mod deploy;
 mod exchange;
 mod gates;
+mod ha;
 mod git_source;
 mod ha_leases;
 mod hardening;

@@ -132,6 +132,9 @@ pub struct Healer<'a> {
     pub clusters: &'a dyn Clusters,
     pub clock: &'a dyn Clock,
     pub on_event: &'a (dyn Fn(&Event) + Send + Sync),
+    /// The clusters this healer looks at (`None`: every one): a replica heals only the
+    /// clusters it holds.
+    pub only: Option<&'a (dyn Fn(&str) -> bool + Send + Sync)>,
 }
 
 impl Healer<'_> {
@@ -163,6 +166,9 @@ impl Healer<'_> {
         for (cluster, (hash, objects)) in &input.desired {
             let rev = revisions.iter().find(|(c, _)| c == cluster).map(|(_, r)| r);
             if rev.and_then(|r| r.good.as_deref()) != Some(hash.as_str()) {
+                continue;
+            }
+            if self.only.is_some_and(|only| !only(cluster)) {
                 continue;
             }
             let handle: Arc<dyn Cluster> = match self.clusters.cluster(cluster).await {

@@ -1,0 +1,290 @@
+//! The per-cluster work exchange between replicas (`flotilla_reconciler::exchange`), kept in
+//! the shared state store: the replica holding a placement publishes what a cluster should do
+//! (`work` table, written through its placement-fenced store view) and waits for the answer;
+//! the replica holding the cluster runs it and writes the result (`work_results`, through its
+//! cluster-fenced view, so a replica that lost the cluster cannot answer). NOTIFY (`work`,
+//! `result`) wakes both sides; they also poll.
+//!
+//! A daemon alone runs everything locally: [`Routed`] sends work for a cluster this replica
+//! holds straight to the [`LocalExecutor`], and only the rest through the exchange.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use flotilla_reconciler::exchange::{
+    Exchange, ExchangeError, RemoteExecutor, WorkItem, WorkResult,
+};
+use flotilla_reconciler::rollout::{
+    ApplyError, ApplyWork, Clusters, Executor, HealthWork, LocalExecutor,
+};
+use flotilla_state::Store;
+
+use crate::adapters::SystemClock;
+use crate::run::Shared;
+
+/// Notification topics (payload: the cluster).
+pub const WORK: &str = "work";
+pub const RESULT: &str = "result";
+
+/// How often each side looks at the exchange without a notification.
+const POLL: Duration = Duration::from_millis(500);
+
+/// The exchange over the state store. `store` is the view items are published through (the
+/// rollout owner's placement-fenced view); results are written through the view fenced by
+/// this replica's claim on the cluster.
+pub(crate) struct StoreExchange {
+    pub store: Store,
+    pub shared: Arc<Shared>,
+}
+
+fn store_err(e: flotilla_state::StateError) -> ExchangeError {
+    ExchangeError::Store(e.to_string())
+}
+
+fn decode_item(v: &serde_json::Value) -> Result<WorkItem, ExchangeError> {
+    WorkItem::from_json(&v.to_string())
+}
+
+fn decode_result(v: &serde_json::Value) -> Result<WorkResult, ExchangeError> {
+    WorkResult::from_json(&v.to_string())
+}
+
+impl Exchange for StoreExchange {
+    fn publish(&self, item: &WorkItem) -> Result<(), ExchangeError> {
+        let value: serde_json::Value = serde_json::from_str(&item.to_json()?)
+            .map_err(|e| ExchangeError::Store(e.to_string()))?;
+        self.store
+            .write(|tx| tx.put_work(&item.cluster, &item.placement, &value))
+            .map_err(store_err)?;
+        if let Err(e) = self.store.notify(WORK, &item.cluster) {
+            tracing::debug!(error = %e, "work published; the notification did not go out (the owner polls)");
+        }
+        Ok(())
+    }
+
+    fn result(&self, cluster: &str, placement: &str) -> Result<Option<WorkResult>, ExchangeError> {
+        let v: Option<serde_json::Value> = self
+            .store
+            .read(|tx| tx.work_result(cluster, placement))
+            .map_err(store_err)?;
+        v.as_ref().map(decode_result).transpose()
+    }
+
+    fn pending(&self, cluster: &str) -> Result<Vec<WorkItem>, ExchangeError> {
+        let (items, results) = self
+            .store
+            .read(|tx| {
+                let items: Vec<(String, serde_json::Value)> = tx.works(cluster)?;
+                let results: Vec<(String, serde_json::Value)> = tx.work_results(cluster)?;
+                Ok((items, results))
+            })
+            .map_err(store_err)?;
+        let mut out = Vec::new();
+        for (placement, v) in items {
+            let item = match decode_item(&v) {
+                Ok(i) => i,
+                Err(e) => {
+                    tracing::warn!(%cluster, %placement, error = %e, "work item skipped");
+                    continue;
+                }
+            };
+            let answered = results.iter().any(|(p, r)| {
+                p == &placement && decode_result(r).is_ok_and(|r| r.id == item.id)
+            });
+            if !answered {
+                out.push(item);
+            }
+        }
+        Ok(out)
+    }
+
+    fn complete(
+        &self,
+        cluster: &str,
+        placement: &str,
+        result: &WorkResult,
+    ) -> Result<bool, ExchangeError> {
+        let unit = crate::ha::cluster_unit(cluster);
+        let Some(store) = self.shared.ownership.store_for(&self.shared.store, &unit) else {
+            return Err(ExchangeError::Store(format!(
+                "this replica no longer holds {unit}; the result is left to its new owner"
+            )));
+        };
+        let value: serde_json::Value = serde_json::from_str(&result.to_json()?)
+            .map_err(|e| ExchangeError::Store(e.to_string()))?;
+        let written = store
+            .write(|tx| {
+                let current: Option<serde_json::Value> = tx.work(cluster, placement)?;
+                let same = current
+                    .as_ref()
+                    .and_then(|v| decode_item(v).ok())
+                    .is_some_and(|i| i.id == result.id);
+                if same {
+                    tx.put_work_result(cluster, placement, &value)?;
+                }
+                Ok(same)
+            })
+            .map_err(store_err)?;
+        if written && let Err(e) = store.notify(RESULT, cluster) {
+            tracing::debug!(error = %e, "result written; the notification did not go out (the rollout polls)");
+        }
+        Ok(written)
+    }
+
+    fn manifests(&self, hash: &str) -> Result<Option<String>, ExchangeError> {
+        self.store
+            .read(|tx| tx.manifests(hash))
+            .map_err(store_err)
+    }
+}
+
+/// The rollout engine's executor in the daemon: work for a cluster this replica holds runs
+/// here (refused once the replica's Lease validity ran out); the rest goes through the
+/// exchange to the cluster's owner.
+pub(crate) struct Routed<'a> {
+    pub shared: Arc<Shared>,
+    pub local: LocalExecutor<'a>,
+    pub remote: Option<RemoteExecutor>,
+}
+
+impl<'a> Routed<'a> {
+    /// `store`: the placement worker's (fenced) store view.
+    pub fn new(shared: &'a Arc<Shared>, store: &Store) -> Routed<'a> {
+        let remote = shared.ownership.is_replicated().then(|| {
+            let exchange: Arc<dyn Exchange> = Arc::new(StoreExchange {
+                store: store.clone(),
+                shared: shared.clone(),
+            });
+            let mut r = RemoteExecutor::new(exchange, Arc::new(SystemClock));
+            r.poll = POLL;
+            r.wake = Some(shared.results.clone());
+            r
+        });
+        Routed {
+            shared: shared.clone(),
+            local: LocalExecutor {
+                clusters: &shared.clusters as &dyn Clusters,
+                poll: shared.config.health_poll,
+            },
+            remote,
+        }
+    }
+
+    fn here(&self, cluster: &str) -> bool {
+        self.remote.is_none()
+            || self
+                .shared
+                .ownership
+                .holds(&crate::ha::cluster_unit(cluster))
+    }
+}
+
+const LAPSED: &str = "this replica's Lease validity ran out; it acts again once renewed";
+
+#[async_trait::async_trait]
+impl Executor for Routed<'_> {
+    async fn apply(&self, work: ApplyWork) -> Result<(), ApplyError> {
+        if !self.shared.ownership.may_act() {
+            return Err(ApplyError::Unavailable(LAPSED.into()));
+        }
+        match &self.remote {
+            Some(remote) if !self.here(&work.cluster) => remote.apply(work).await,
+            _ => self.local.apply(work).await,
+        }
+    }
+
+    async fn wait_healthy(&self, work: HealthWork) -> Result<(), String> {
+        if !self.shared.ownership.may_act() {
+            return Err(LAPSED.into());
+        }
+        match &self.remote {
+            Some(remote) if !self.here(&work.cluster) => remote.wait_healthy(work).await,
+            _ => self.local.wait_healthy(work).await,
+        }
+    }
+}
+
+/// A notification arrived (see `ha::listen`).
+pub(crate) fn notified(shared: &Shared, topic: &str) {
+    match topic {
+        WORK => shared.work.notify_one(),
+        RESULT => shared.results.notify_waiters(),
+        _ => {}
+    }
+}
+
+/// The cluster owner's side (replicated daemons): runs the pending work of every cluster
+/// this replica holds, with cluster connections of its own, until the daemon stops.
+pub(crate) async fn serve(shared: Arc<Shared>) {
+    if !shared.ownership.is_replicated() || shared.config.read_only {
+        return;
+    }
+    let exchange = StoreExchange {
+        store: shared.store.clone(),
+        shared: shared.clone(),
+    };
+    let local = LocalExecutor {
+        clusters: &shared.clusters as &dyn Clusters,
+        poll: shared.config.health_poll,
+    };
+    let guarded = Guarded {
+        shared: &shared,
+        local: &local,
+    };
+    let owned = {
+        let shared = shared.clone();
+        move || {
+            if !shared.ownership.may_act() {
+                return Vec::new();
+            }
+            shared
+                .ownership
+                .held()
+                .units
+                .keys()
+                .filter_map(|u| u.strip_prefix("cluster/").map(str::to_string))
+                .collect::<Vec<String>>()
+        }
+    };
+    flotilla_reconciler::exchange::serve(
+        &exchange,
+        &guarded,
+        &SystemClock,
+        &owned,
+        POLL,
+        Some(&shared.work),
+        &shared.stop,
+    )
+    .await;
+}
+
+/// The local executor, refusing once this replica may no longer act.
+struct Guarded<'a> {
+    shared: &'a Shared,
+    local: &'a LocalExecutor<'a>,
+}
+
+#[async_trait::async_trait]
+impl Executor for Guarded<'_> {
+    async fn apply(&self, work: ApplyWork) -> Result<(), ApplyError> {
+        if !self
+            .shared
+            .ownership
+            .holds(&crate::ha::cluster_unit(&work.cluster))
+        {
+            return Err(ApplyError::Unavailable(LAPSED.into()));
+        }
+        self.local.apply(work).await
+    }
+
+    async fn wait_healthy(&self, work: HealthWork) -> Result<(), String> {
+        if !self
+            .shared
+            .ownership
+            .holds(&crate::ha::cluster_unit(&work.cluster))
+        {
+            return Err(LAPSED.into());
+        }
+        self.local.wait_healthy(work).await
+    }
+}

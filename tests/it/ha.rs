@@ -1,0 +1,450 @@
+//! Several `flotilla serve` replicas, one fleet: Leases in a management cluster (a sim of its
+//! own), state in a private PostgreSQL, the fleet's clusters in another sim. A rollout
+//! survives `kill -9` of the replica that owns it, a replica frozen past its lease (SIGSTOP)
+//! cannot act on what it lost, and resizing the replica set moves about 1/N of the units
+//! and leaves none unowned for longer than a lease.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::daemon::{NAMESPACE, all, deployment, fleet, images, sim};
+use crate::git_support::{Server, Upstream};
+use crate::pg_support;
+use crate::serve_support::{ServeProcess, serve_command};
+use crate::support::SimKube;
+
+const LEASE: Duration = Duration::from_secs(3);
+const RENEW: Duration = Duration::from_secs(1);
+
+struct Ha {
+    k: SimKube,
+    mgmt: SimKube,
+    up: Upstream,
+    git: Server,
+    db: String,
+    clusters: usize,
+}
+
+impl Ha {
+    fn new(clusters: usize, soak: &str) -> Ha {
+        let k = SimKube::start(sim(clusters));
+        let mgmt = SimKube::start(sim(1));
+        let ns = mgmt.file(
+            "ns.yaml",
+            "apiVersion: v1\nkind: Namespace\nmetadata: {name: flotilla-system}\n",
+        );
+        mgmt.ok(&["--context", "sim-1", "apply", "-f", &ns]);
+        let up = Upstream::new();
+        commit(&up, clusters, "web:1", soak, "web 1");
+        let git = up.daemon();
+        let db = pg_support::fresh_database();
+        Ha {
+            k,
+            mgmt,
+            up,
+            git,
+            db,
+            clusters,
+        }
+    }
+
+    fn replica(&self, id: &str) -> ServeProcess {
+        let (mut cmd, port) = serve_command();
+        cmd.arg("--repo")
+            .arg(format!("git://127.0.0.1:{}/fleet.git", self.git.port))
+            .args(["--ref", "main", "--kubeconfig"])
+            .arg(&self.k.kubeconfig)
+            .args(["--state", &self.db])
+            .arg("--cache")
+            .arg(self.up.scratch(&format!("cache-{id}")))
+            .args(["--ha-namespace", "flotilla-system", "--ha-kubeconfig"])
+            .arg(&self.mgmt.kubeconfig)
+            .args(["--ha-context", "sim-1", "--replica-id", id])
+            .args(["--lease-duration", "3s", "--renew-period", "1s"])
+            .args(["--poll-interval", "1s"]);
+        ServeProcess::spawn(cmd, port)
+    }
+
+    /// Units of the fleet: one placement, every cluster, the image write-back.
+    fn units(&self) -> usize {
+        self.clusters + 2
+    }
+}
+
+fn commit(up: &Upstream, clusters: usize, image: &str, soak: &str, message: &str) {
+    up.commit(
+        &[
+            ("fleet.yaml", &fleet(clusters, soak, "")),
+            ("app/ns.yaml", NAMESPACE),
+            ("app/web.yaml", &deployment(image)),
+        ],
+        message,
+    );
+    up.push();
+}
+
+/// unit → holder, from the shared store (any replica answers the same).
+fn owners(r: &ServeProcess) -> BTreeMap<String, String> {
+    let v = r.try_json("/api/v1/replicas");
+    v["owners"]
+        .as_object()
+        .map(|o| {
+            o.iter()
+                .filter_map(|(u, x)| {
+                    let h = x["holder"].as_str()?;
+                    (!h.is_empty()).then(|| (u.clone(), h.to_string()))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Every replica sees `ids` as the members, every unit is held, and each replica holds
+/// exactly what the table says it does.
+fn settled(live: &[&ServeProcess], ids: &[&str], units: usize) -> bool {
+    let table = owners(live[0]);
+    if table.len() != units || !table.values().all(|h| ids.contains(&h.as_str())) {
+        return false;
+    }
+    live.iter().all(|r| {
+        let v = r.try_json("/api/v1/replicas");
+        let members: Vec<&str> = v["members"]
+            .as_array()
+            .map(|m| m.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        let me = v["replica"].as_str().unwrap_or_default();
+        let held: BTreeSet<&str> = v["held"]
+            .as_object()
+            .map(|h| h.keys().map(String::as_str).collect())
+            .unwrap_or_default();
+        let mine: BTreeSet<&str> = table
+            .iter()
+            .filter(|(_, h)| h.as_str() == me)
+            .map(|(u, _)| u.as_str())
+            .collect();
+        members == ids && held == mine && v["mayAct"] == true
+    })
+}
+
+fn wait(what: &str, timeout: Duration, logs: &[&ServeProcess], mut ok: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let logs: String = logs
+        .iter()
+        .map(|r| format!("--- replica log\n{}", r.log()))
+        .collect();
+    panic!("{what}: not within {timeout:?}\n{logs}");
+}
+
+fn signal(r: &ServeProcess, sig: &str) {
+    let ok = Command::new("kill")
+        .args([sig, &r.child.id().to_string()])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "kill {sig}");
+}
+
+/// Mutations a replica sent (its `flotilla::audit` log lines, not dry runs): (time, cluster).
+fn mutations(r: &ServeProcess) -> Vec<(String, String)> {
+    r.log()
+        .lines()
+        .filter(|l| l.contains("flotilla::audit") && l.contains("dry_run=false"))
+        .filter_map(|l| {
+            let time = l.split_whitespace().next()?.to_string();
+            let cluster = l
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix("cluster="))?
+                .trim_matches('"')
+                .to_string();
+            Some((time, cluster))
+        })
+        .collect()
+}
+
+fn events(r: &ServeProcess) -> Vec<Value> {
+    r.try_json("/api/v1/rollouts/web")["events"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+#[test]
+fn ha_rollout_survives_kill_9_of_its_owner_without_skipping_a_step() {
+    let ha = Ha::new(20, "4s");
+    let ids = ["r1", "r2", "r3"];
+    let mut replicas: Vec<Option<ServeProcess>> =
+        ids.iter().map(|id| Some(ha.replica(id))).collect();
+    {
+        let rs: Vec<&ServeProcess> = replicas.iter().flatten().collect();
+        wait("web:1 everywhere", Duration::from_secs(120), &rs, || {
+            images(&ha.k, 20) == all(20, "web:1")
+                && rs[0].try_json("/api/v1/rollouts/web")["rollout"]["phase"] == "succeeded"
+        });
+        wait(
+            "ownership settled over three replicas",
+            Duration::from_secs(60),
+            &rs,
+            || settled(&rs, &ids, ha.units()),
+        );
+    }
+    // Every replica connects to its own share of clusters only.
+    for r in replicas.iter().flatten() {
+        let mine: BTreeSet<String> = mutations(r).into_iter().map(|(_, c)| c).collect();
+        assert!(
+            mine.len() < 20,
+            "a replica reached every cluster: {mine:?}"
+        );
+    }
+    let pushed_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    commit(&ha.up, 20, "web:2", "4s", "web 2");
+    let owner = owners(replicas[0].as_ref().expect("r1")).get("placement/web").cloned();
+    let owner = owner.expect("placement/web has an owner");
+    let victim = ids.iter().position(|i| *i == owner).expect("owner is a replica");
+    let other = (victim + 1) % 3;
+    {
+        let r = replicas[other].as_ref().expect("a survivor");
+        wait(
+            "web:2 soaking in the canary",
+            Duration::from_secs(60),
+            &[r],
+            || {
+                events(r).iter().any(|e| e["kind"] == "soaking")
+                    && images(&ha.k, 20)[0] == "web:2"
+            },
+        );
+    }
+    let rollout = replicas[other].as_ref().expect("survivor").try_json("/api/v1/rollouts/web")
+        ["rollout"]["id"]
+        .clone();
+    // kill -9 the owner mid-rollout.
+    let killed_at = Instant::now();
+    let mut dead = replicas[victim].take().expect("victim");
+    let _ = dead.child.kill();
+    let _ = dead.child.wait();
+    let rs: Vec<&ServeProcess> = replicas.iter().flatten().collect();
+    let mut taken_after = None;
+    wait("another replica takes the rollout over", Duration::from_secs(30), &rs, || {
+        let h = owners(rs[0]).get("placement/web").cloned();
+        if h.as_deref().is_some_and(|h| h != owner) {
+            taken_after = Some(killed_at.elapsed());
+            true
+        } else {
+            false
+        }
+    });
+    let taken_after = taken_after.expect("taken over");
+    println!("takeover after kill -9: {taken_after:?} (lease {LEASE:?}, renew {RENEW:?})");
+    assert!(
+        taken_after <= LEASE + RENEW + Duration::from_secs(3),
+        "takeover took {taken_after:?}"
+    );
+    wait("web:2 everywhere", Duration::from_secs(120), &rs, || {
+        images(&ha.k, 20) == all(20, "web:2")
+            && rs[0].try_json("/api/v1/rollouts/web")["rollout"]["phase"] == "succeeded"
+    });
+    let status = rs[0].json("/api/v1/rollouts/web");
+    assert_eq!(status["rollout"]["id"], rollout, "resumed, not restarted: {status}");
+    let ev = events(rs[0]);
+    for batch in 1..=2 {
+        for kind in ["soaking", "batch-passed"] {
+            assert!(
+                ev.iter().any(|e| e["kind"] == kind && e["batch"] == batch && e["rollout"] == rollout),
+                "batch {batch}: no {kind} event: {ev:?}"
+            );
+        }
+    }
+    let started = ev
+        .iter()
+        .filter(|e| e["kind"] == "started" && e["rollout"] == rollout)
+        .count();
+    assert_eq!(started, 1, "{ev:?}");
+    // No two replicas mutated one cluster at the same time: after the push, each cluster's
+    // mutations come from one replica, or from the killed one and then one other.
+    let mut by_cluster: BTreeMap<String, Vec<(String, usize)>> = BTreeMap::new();
+    let all_logs: Vec<(usize, &ServeProcess)> = replicas
+        .iter()
+        .enumerate()
+        .filter_map(|(i, r)| r.as_ref().map(|r| (i, r)))
+        .chain(std::iter::once((victim, &dead)))
+        .collect();
+    for (i, r) in &all_logs {
+        for (t, c) in mutations(r) {
+            if t >= pushed_at && c != "management" {
+                by_cluster.entry(c).or_default().push((t, *i));
+            }
+        }
+    }
+    for (cluster, mut list) in by_cluster {
+        list.sort();
+        let switches = list.windows(2).filter(|w| w[0].1 != w[1].1).count();
+        assert!(
+            switches <= 1 && (switches == 0 || list[0].1 == victim),
+            "cluster {cluster}: replicas interleaved: {list:?}"
+        );
+    }
+}
+
+#[test]
+fn ha_replica_frozen_past_its_lease_loses_its_units_and_cannot_act_on_them() {
+    let ha = Ha::new(6, "8s");
+    let ids = ["r1", "r2", "r3"];
+    let replicas: Vec<ServeProcess> = ids.iter().map(|id| ha.replica(id)).collect();
+    let rs: Vec<&ServeProcess> = replicas.iter().collect();
+    wait("web:1 everywhere", Duration::from_secs(120), &rs, || {
+        images(&ha.k, 6) == all(6, "web:1")
+            && rs[0].try_json("/api/v1/rollouts/web")["rollout"]["phase"] == "succeeded"
+    });
+    wait("ownership settled", Duration::from_secs(60), &rs, || {
+        settled(&rs, &ids, ha.units())
+    });
+    commit(&ha.up, 6, "web:2", "8s", "web 2");
+    let owner = owners(rs[0])["placement/web"].clone();
+    let frozen = &replicas[ids.iter().position(|i| *i == owner).expect("owner")];
+    let witness = replicas.iter().find(|r| !std::ptr::eq(*r, frozen)).expect("witness");
+    wait("web:2 soaking in the canary", Duration::from_secs(60), &rs, || {
+        images(&ha.k, 6)[0] == "web:2" && events(witness).iter().any(|e| e["kind"] == "soaking")
+    });
+    signal(frozen, "-STOP");
+    let held_before = owners(witness);
+    let mine_before: Vec<String> = held_before
+        .iter()
+        .filter(|(_, h)| **h == owner)
+        .map(|(u, _)| u.clone())
+        .collect();
+    wait(
+        "the frozen replica's units taken over",
+        Duration::from_secs(30),
+        &[witness],
+        || {
+            let now = owners(witness);
+            mine_before.iter().all(|u| now.get(u).is_some_and(|h| *h != owner))
+        },
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    let resumed_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    signal(frozen, "-CONT");
+    wait("web:2 everywhere", Duration::from_secs(120), &rs, || {
+        images(&ha.k, 6) == all(6, "web:2")
+            && witness.try_json("/api/v1/rollouts/web")["rollout"]["phase"] == "succeeded"
+    });
+    let log = frozen.log();
+    assert!(
+        log.contains("lost units to another replica") || log.contains("lost ownership"),
+        "the frozen replica never noticed: {log}"
+    );
+    // After waking it sent nothing until it had claimed units again.
+    let reclaimed = log
+        .lines()
+        .filter(|l| l.contains("claimed units"))
+        .filter_map(|l| l.split_whitespace().next())
+        .find(|t| *t >= resumed_at.as_str())
+        .map(str::to_string);
+    for (t, cluster) in mutations(frozen) {
+        if t >= resumed_at && cluster != "management" {
+            assert!(
+                reclaimed.as_deref().is_some_and(|r| t.as_str() >= r),
+                "mutation of {cluster} at {t}, after waking ({resumed_at}) and before claiming again ({reclaimed:?})\n{log}"
+            );
+        }
+    }
+    let ev = events(witness);
+    for batch in 1..=2 {
+        for kind in ["soaking", "batch-passed"] {
+            assert!(
+                ev.iter().any(|e| e["kind"] == kind && e["batch"] == batch),
+                "batch {batch}: no {kind} event: {ev:?}"
+            );
+        }
+    }
+    // The soak of the canary batch lasted its full 8 s although its owner froze.
+    let at = |kind: &str, batch: u64| {
+        ev.iter()
+            .find(|e| e["kind"] == kind && e["batch"] == batch)
+            .and_then(|e| e["at"].as_str())
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+            .expect("event time")
+    };
+    assert!(
+        at("batch-passed", 1) - at("soaking", 1) >= chrono::Duration::seconds(8),
+        "soak cut short: {ev:?}"
+    );
+}
+
+#[test]
+fn ha_resize_3_to_4_to_2_moves_about_a_share_and_leaves_nothing_unowned() {
+    let ha = Ha::new(20, "0s");
+    let units = ha.units();
+    let mut r: BTreeMap<&str, ServeProcess> = ["r1", "r2", "r3"]
+        .into_iter()
+        .map(|id| (id, ha.replica(id)))
+        .collect();
+    {
+        let rs: Vec<&ServeProcess> = r.values().collect();
+        wait("three settled", Duration::from_secs(90), &rs, || {
+            settled(&rs, &["r1", "r2", "r3"], units)
+        });
+    }
+    let before = owners(&r["r1"]);
+    r.insert("r4", ha.replica("r4"));
+    {
+        let rs: Vec<&ServeProcess> = r.values().collect();
+        wait("four settled", Duration::from_secs(60), &rs, || {
+            settled(&rs, &["r1", "r2", "r3", "r4"], units)
+        });
+    }
+    let after = owners(&r["r1"]);
+    let moved = before
+        .iter()
+        .filter(|(u, h)| after.get(*u).is_some_and(|a| a != *h))
+        .count();
+    let ideal = units as f64 / 4.0;
+    println!("3 -> 4 replicas: {moved} of {units} units moved (ideal {ideal:.1})");
+    assert!(moved >= 1 && (moved as f64) <= 2.0 * ideal + 2.0, "moved {moved}");
+    // r4 leaves cleanly (SIGTERM: gives its units back), r3 dies (kill -9).
+    let mut r4 = r.remove("r4").expect("r4");
+    let mut r3 = r.remove("r3").expect("r3");
+    let t0 = Instant::now();
+    assert_eq!(r4.terminate(), Some(0), "{}", r4.log());
+    let _ = r3.child.kill();
+    let _ = r3.child.wait();
+    let rs: Vec<&ServeProcess> = r.values().collect();
+    // Track how long each unit stays without a live holder.
+    let mut unowned_since: BTreeMap<String, Instant> = BTreeMap::new();
+    let mut longest = Duration::ZERO;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let table = owners(rs[0]);
+        let now = Instant::now();
+        for u in table.keys().chain(before.keys()) {
+            let live = table.get(u).is_some_and(|h| h == "r1" || h == "r2");
+            if live {
+                if let Some(s) = unowned_since.remove(u) {
+                    longest = longest.max(now - s);
+                }
+            } else {
+                unowned_since.entry(u.clone()).or_insert(now);
+            }
+        }
+        if unowned_since.is_empty() && settled(&rs, &["r1", "r2"], units) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "two did not settle: {table:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    println!(
+        "4 -> 2 replicas: settled {:?} after the stop; longest a unit stayed unowned: {longest:?}",
+        t0.elapsed()
+    );
+    assert!(
+        longest <= LEASE + RENEW + Duration::from_secs(3),
+        "a unit stayed unowned {longest:?} (lease {LEASE:?})"
+    );
+}
