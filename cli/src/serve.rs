@@ -579,6 +579,25 @@ pub fn status(server: &ServerArgs) -> anyhow::Result<ExitCode> {
             format!("failed: {}", s(&v, "/source/lastError"))
         }
     ));
+    if let Some(r) = v.get("replica").filter(|r| !r.is_null()) {
+        let members: Vec<&str> = r
+            .get("members")
+            .and_then(Value::as_array)
+            .map(|m| m.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        out.push_str(&format!(
+            "  replica {} of {} ({}), holding {} units{}\n",
+            s(r, "/id"),
+            members.len(),
+            members.join(", "),
+            r.get("unitsHeld").and_then(Value::as_u64).unwrap_or(0),
+            if r.get("mayAct").and_then(Value::as_bool) == Some(false) {
+                "; its Lease lapsed: not acting until renewed"
+            } else {
+                ""
+            }
+        ));
+    }
     if let Some(r) = v.get("rejected").filter(|r| !r.is_null()) {
         healthy = false;
         out.push_str(&format!(
@@ -605,8 +624,13 @@ pub fn status(server: &ServerArgs) -> anyhow::Result<ExitCode> {
             {
                 healthy = false;
             }
+            let owner = p
+                .get("owner")
+                .and_then(Value::as_str)
+                .map(|o| format!("[{o}] "))
+                .unwrap_or_default();
             out.push_str(&format!(
-                "  {name:<24} {phase:<12} {}{}\n",
+                "  {name:<24} {phase:<12} {owner}{}{}\n",
                 s(p, "/lastOutcome"),
                 p.get("error")
                     .and_then(Value::as_str)

@@ -168,10 +168,7 @@ pub(crate) async fn run(shared: Arc<Shared>) {
                 .map(|p| p.name.clone())
                 .collect();
             for p in rev.fleet.placements.iter().filter(|p| {
-                p.replicas.is_some()
-                    && shared
-                        .ownership
-                        .holds(&crate::ha::placement_unit(&p.name))
+                p.replicas.is_some() && shared.ownership.holds(&crate::ha::placement_unit(&p.name))
             }) {
                 evaluate(&shared, &rev, p, &mut memory).await;
             }

@@ -236,15 +236,17 @@ impl Config {
         if self.ha.is_some() && self.state_url.is_none() {
             return Err(ConfigError::Value {
                 flag: "ha-namespace",
-                message: "several replicas need a shared state store: pass --state postgres://...".into(),
+                message: "several replicas need a shared state store: pass --state postgres://..."
+                    .into(),
             });
         }
         let (store, lock) = match &self.state_url {
             Some(url) => {
-                let store = flotilla_state::Store::open_url(url).map_err(|e| ConfigError::State {
-                    path: PathBuf::from(flotilla_source::git::redact_url(url)),
-                    message: e.to_string(),
-                })?;
+                let store =
+                    flotilla_state::Store::open_url(url).map_err(|e| ConfigError::State {
+                        path: PathBuf::from(flotilla_source::git::redact_url(url)),
+                        message: e.to_string(),
+                    })?;
                 (store, None)
             }
             None => {

@@ -88,9 +88,9 @@ impl Exchange for StoreExchange {
                     continue;
                 }
             };
-            let answered = results.iter().any(|(p, r)| {
-                p == &placement && decode_result(r).is_ok_and(|r| r.id == item.id)
-            });
+            let answered = results
+                .iter()
+                .any(|(p, r)| p == &placement && decode_result(r).is_ok_and(|r| r.id == item.id));
             if !answered {
                 out.push(item);
             }
@@ -132,9 +132,7 @@ impl Exchange for StoreExchange {
     }
 
     fn manifests(&self, hash: &str) -> Result<Option<String>, ExchangeError> {
-        self.store
-            .read(|tx| tx.manifests(hash))
-            .map_err(store_err)
+        self.store.read(|tx| tx.manifests(hash)).map_err(store_err)
     }
 }
 

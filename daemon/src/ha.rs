@@ -246,12 +246,7 @@ pub(crate) async fn run(shared: Arc<Shared>) {
     // The drain gives the units back and leaves (`leave_now`).
 }
 
-async fn round(
-    shared: &Arc<Shared>,
-    m: &Membership,
-    me: &str,
-    releasing: &mut BTreeSet<String>,
-) {
+async fn round(shared: &Arc<Shared>, m: &Membership, me: &str, releasing: &mut BTreeSet<String>) {
     let o = &shared.ownership;
     if let Err(e) = m.renew().await {
         tracing::warn!(replica = %me, error = %e, valid = m.valid(), "Lease renewal failed");
@@ -320,7 +315,13 @@ async fn round(
         Err(e) => {
             tracing::warn!(replica = %me, error = %e, "cannot read the unit owners; holding nothing until it can");
             if !held.units.is_empty() {
-                publish(shared, Held { units: BTreeMap::new(), members });
+                publish(
+                    shared,
+                    Held {
+                        units: BTreeMap::new(),
+                        members,
+                    },
+                );
             }
             return;
         }
@@ -455,6 +456,9 @@ mod tests {
         assert!(o.may_act());
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Store::open(dir.path()).expect("store");
-        assert!(o.store_for(&store, "cluster/a").is_some_and(|s| s.fence().is_none()));
+        assert!(
+            o.store_for(&store, "cluster/a")
+                .is_some_and(|s| s.fence().is_none())
+        );
     }
 }

@@ -186,9 +186,53 @@ async fn hook(State(s): State<AppState>, req: Request) -> Response {
 }
 
 async fn fleet(State(s): State<AppState>) -> Response {
+    let mut status = s.status();
+    if s.ownership.is_replicated() {
+        // Any replica answers for the whole fleet: placements driven elsewhere come from the
+        // shared store (their rollout record and owner).
+        let held = s.ownership.held();
+        status.replica = Some(crate::status::ReplicaStatus {
+            id: s.ownership.replica.clone(),
+            members: held.members.clone(),
+            units_held: held.units.len(),
+            may_act: s.ownership.may_act(),
+        });
+        let stored = s.store.read(|tx| {
+            let rollouts: Vec<(String, Rollout)> = tx.rollouts()?;
+            let owners = tx.owners()?;
+            Ok((rollouts, owners))
+        });
+        match stored {
+            Ok((rollouts, owners)) => {
+                let names: Vec<String> = s
+                    .current()
+                    .map(|r| r.fleet.placements.iter().map(|p| p.name.clone()).collect())
+                    .unwrap_or_default();
+                for name in names {
+                    let unit = crate::ha::placement_unit(&name);
+                    let owner = owners
+                        .iter()
+                        .find(|(u, _)| *u == unit)
+                        .map(|(_, o)| o.holder.clone())
+                        .filter(|h| !h.is_empty());
+                    let p = status.placements.entry(name.clone()).or_default();
+                    p.owner = owner;
+                    if !held.units.contains_key(&unit)
+                        && let Some((_, r)) = rollouts.iter().find(|(n, _)| *n == name)
+                    {
+                        p.rollout = Some(r.id.clone());
+                        p.phase = Some(r.phase.label().to_string());
+                        p.running = !r.phase.is_final();
+                        p.last_outcome = (!r.message.is_empty()).then(|| r.message.clone());
+                    }
+                }
+            }
+            Err(e) => return store_error(e),
+        }
+    }
     json_response(
         StatusCode::OK,
-        serde_json::to_value(s.status()).unwrap_or(Value::Null),
+        serde_json::to_value(status).unwrap_or(Value::Null),
     )
 }
 

@@ -29,6 +29,19 @@ pub struct FleetStatus {
     pub drift: Option<DriftSummary>,
     /// The last image policy scan and write-back.
     pub images: Option<crate::images::ImagesStatus>,
+    /// Replicated daemons: this replica, the live ones, and how many units it holds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replica: Option<ReplicaStatus>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReplicaStatus {
+    pub id: String,
+    pub members: Vec<String>,
+    pub units_held: usize,
+    /// False once its Lease validity ran out (it acts again after renewing).
+    pub may_act: bool,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -92,6 +105,9 @@ impl From<&Diagnostic> for DiagnosticJson {
 #[derive(Debug, Clone, Default, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PlacementStatus {
+    /// The replica driving it (replicated daemons).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
     /// The rollout this daemon last worked on.
     pub rollout: Option<String>,
     pub phase: Option<String>,

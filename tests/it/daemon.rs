@@ -16,7 +16,7 @@ use crate::git_support::{Upstream, free_port};
 use crate::serve_support::{ServeProcess, serve_command};
 use crate::support::SimKube;
 
-const SECRET: &str = "webhook-secret-for-tests";
+pub(crate) const SECRET: &str = "webhook-secret-for-tests";
 
 pub(crate) fn deployment(image: &str) -> String {
     format!(
@@ -117,7 +117,7 @@ impl Daemon {
     }
 }
 
-fn sign(body: &[u8]) -> String {
+pub(crate) fn sign(body: &[u8]) -> String {
     let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(SECRET.as_bytes()).expect("key");
     mac.update(body);
     mac.finalize()

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::daemon::{NAMESPACE, all, deployment, fleet, images, sim};
+use crate::daemon::{NAMESPACE, SECRET, all, deployment, fleet, images, sign, sim};
 use crate::git_support::{Server, Upstream};
 use crate::pg_support;
 use crate::serve_support::{ServeProcess, serve_command};
@@ -52,6 +52,12 @@ impl Ha {
     }
 
     fn replica(&self, id: &str) -> ServeProcess {
+        self.replica_with(id, &["--poll-interval", "1s"])
+    }
+
+    fn replica_with(&self, id: &str, extra: &[&str]) -> ServeProcess {
+        let secret = self.up.scratch("secret");
+        std::fs::write(&secret, format!("{SECRET}\n")).expect("write secret");
         let (mut cmd, port) = serve_command();
         cmd.arg("--repo")
             .arg(format!("git://127.0.0.1:{}/fleet.git", self.git.port))
@@ -64,7 +70,9 @@ impl Ha {
             .arg(&self.mgmt.kubeconfig)
             .args(["--ha-context", "sim-1", "--replica-id", id])
             .args(["--lease-duration", "3s", "--renew-period", "1s"])
-            .args(["--poll-interval", "1s"]);
+            .arg("--webhook-secret-file")
+            .arg(&secret)
+            .args(extra);
         ServeProcess::spawn(cmd, port)
     }
 
@@ -198,16 +206,18 @@ fn ha_rollout_survives_kill_9_of_its_owner_without_skipping_a_step() {
     // Every replica connects to its own share of clusters only.
     for r in replicas.iter().flatten() {
         let mine: BTreeSet<String> = mutations(r).into_iter().map(|(_, c)| c).collect();
-        assert!(
-            mine.len() < 20,
-            "a replica reached every cluster: {mine:?}"
-        );
+        assert!(mine.len() < 20, "a replica reached every cluster: {mine:?}");
     }
     let pushed_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
     commit(&ha.up, 20, "web:2", "4s", "web 2");
-    let owner = owners(replicas[0].as_ref().expect("r1")).get("placement/web").cloned();
+    let owner = owners(replicas[0].as_ref().expect("r1"))
+        .get("placement/web")
+        .cloned();
     let owner = owner.expect("placement/web has an owner");
-    let victim = ids.iter().position(|i| *i == owner).expect("owner is a replica");
+    let victim = ids
+        .iter()
+        .position(|i| *i == owner)
+        .expect("owner is a replica");
     let other = (victim + 1) % 3;
     {
         let r = replicas[other].as_ref().expect("a survivor");
@@ -215,14 +225,13 @@ fn ha_rollout_survives_kill_9_of_its_owner_without_skipping_a_step() {
             "web:2 soaking in the canary",
             Duration::from_secs(60),
             &[r],
-            || {
-                events(r).iter().any(|e| e["kind"] == "soaking")
-                    && images(&ha.k, 20)[0] == "web:2"
-            },
+            || events(r).iter().any(|e| e["kind"] == "soaking") && images(&ha.k, 20)[0] == "web:2",
         );
     }
-    let rollout = replicas[other].as_ref().expect("survivor").try_json("/api/v1/rollouts/web")
-        ["rollout"]["id"]
+    let rollout = replicas[other]
+        .as_ref()
+        .expect("survivor")
+        .try_json("/api/v1/rollouts/web")["rollout"]["id"]
         .clone();
     // kill -9 the owner mid-rollout.
     let killed_at = Instant::now();
@@ -231,15 +240,20 @@ fn ha_rollout_survives_kill_9_of_its_owner_without_skipping_a_step() {
     let _ = dead.child.wait();
     let rs: Vec<&ServeProcess> = replicas.iter().flatten().collect();
     let mut taken_after = None;
-    wait("another replica takes the rollout over", Duration::from_secs(30), &rs, || {
-        let h = owners(rs[0]).get("placement/web").cloned();
-        if h.as_deref().is_some_and(|h| h != owner) {
-            taken_after = Some(killed_at.elapsed());
-            true
-        } else {
-            false
-        }
-    });
+    wait(
+        "another replica takes the rollout over",
+        Duration::from_secs(30),
+        &rs,
+        || {
+            let h = owners(rs[0]).get("placement/web").cloned();
+            if h.as_deref().is_some_and(|h| h != owner) {
+                taken_after = Some(killed_at.elapsed());
+                true
+            } else {
+                false
+            }
+        },
+    );
     let taken_after = taken_after.expect("taken over");
     println!("takeover after kill -9: {taken_after:?} (lease {LEASE:?}, renew {RENEW:?})");
     assert!(
@@ -251,12 +265,16 @@ fn ha_rollout_survives_kill_9_of_its_owner_without_skipping_a_step() {
             && rs[0].try_json("/api/v1/rollouts/web")["rollout"]["phase"] == "succeeded"
     });
     let status = rs[0].json("/api/v1/rollouts/web");
-    assert_eq!(status["rollout"]["id"], rollout, "resumed, not restarted: {status}");
+    assert_eq!(
+        status["rollout"]["id"], rollout,
+        "resumed, not restarted: {status}"
+    );
     let ev = events(rs[0]);
     for batch in 1..=2 {
         for kind in ["soaking", "batch-passed"] {
             assert!(
-                ev.iter().any(|e| e["kind"] == kind && e["batch"] == batch && e["rollout"] == rollout),
+                ev.iter()
+                    .any(|e| e["kind"] == kind && e["batch"] == batch && e["rollout"] == rollout),
                 "batch {batch}: no {kind} event: {ev:?}"
             );
         }
@@ -308,10 +326,16 @@ fn ha_replica_frozen_past_its_lease_loses_its_units_and_cannot_act_on_them() {
     commit(&ha.up, 6, "web:2", "8s", "web 2");
     let owner = owners(rs[0])["placement/web"].clone();
     let frozen = &replicas[ids.iter().position(|i| *i == owner).expect("owner")];
-    let witness = replicas.iter().find(|r| !std::ptr::eq(*r, frozen)).expect("witness");
-    wait("web:2 soaking in the canary", Duration::from_secs(60), &rs, || {
-        images(&ha.k, 6)[0] == "web:2" && events(witness).iter().any(|e| e["kind"] == "soaking")
-    });
+    let witness = replicas
+        .iter()
+        .find(|r| !std::ptr::eq(*r, frozen))
+        .expect("witness");
+    wait(
+        "web:2 soaking in the canary",
+        Duration::from_secs(60),
+        &rs,
+        || images(&ha.k, 6)[0] == "web:2" && events(witness).iter().any(|e| e["kind"] == "soaking"),
+    );
     signal(frozen, "-STOP");
     let held_before = owners(witness);
     let mine_before: Vec<String> = held_before
@@ -325,7 +349,9 @@ fn ha_replica_frozen_past_its_lease_loses_its_units_and_cannot_act_on_them() {
         &[witness],
         || {
             let now = owners(witness);
-            mine_before.iter().all(|u| now.get(u).is_some_and(|h| *h != owner))
+            mine_before
+                .iter()
+                .all(|u| now.get(u).is_some_and(|h| *h != owner))
         },
     );
     std::thread::sleep(Duration::from_secs(1));
@@ -407,7 +433,10 @@ fn ha_resize_3_to_4_to_2_moves_about_a_share_and_leaves_nothing_unowned() {
         .count();
     let ideal = units as f64 / 4.0;
     println!("3 -> 4 replicas: {moved} of {units} units moved (ideal {ideal:.1})");
-    assert!(moved >= 1 && (moved as f64) <= 2.0 * ideal + 2.0, "moved {moved}");
+    assert!(
+        moved >= 1 && (moved as f64) <= 2.0 * ideal + 2.0,
+        "moved {moved}"
+    );
     // r4 leaves cleanly (SIGTERM: gives its units back), r3 dies (kill -9).
     let mut r4 = r.remove("r4").expect("r4");
     let mut r3 = r.remove("r3").expect("r3");
@@ -447,4 +476,97 @@ fn ha_resize_3_to_4_to_2_moves_about_a_share_and_leaves_nothing_unowned() {
         longest <= LEASE + RENEW + Duration::from_secs(3),
         "a unit stayed unowned {longest:?} (lease {LEASE:?})"
     );
+}
+
+fn github_push(r: &ServeProcess) -> u16 {
+    let body = br#"{"ref": "refs/heads/main", "after": "0000"}"#;
+    let sig = format!("sha256={}", sign(body));
+    r.request(
+        "POST",
+        "/hooks/git",
+        &[
+            ("X-Hub-Signature-256", &sig),
+            ("X-GitHub-Event", "push"),
+            ("Content-Type", "application/json"),
+        ],
+        body,
+    )
+    .expect("the replica answers")
+    .0
+}
+
+#[test]
+fn ha_any_replica_takes_webhooks_rollout_requests_and_status_for_the_fleet() {
+    let ha = Ha::new(4, "0s");
+    let ids = ["r1", "r2"];
+    // Polls every hour: only a webhook (and its notification to the other replica) fetches.
+    let replicas: Vec<ServeProcess> = ids
+        .iter()
+        .map(|id| ha.replica_with(id, &["--poll-interval", "1h"]))
+        .collect();
+    let rs: Vec<&ServeProcess> = replicas.iter().collect();
+    wait("web:1 everywhere", Duration::from_secs(90), &rs, || {
+        images(&ha.k, 4) == all(4, "web:1")
+            && rs[0].try_json("/api/v1/rollouts/web")["rollout"]["phase"] == "succeeded"
+    });
+    wait("ownership settled", Duration::from_secs(60), &rs, || {
+        settled(&rs, &ids, ha.units())
+    });
+    let owner = owners(rs[0])["placement/web"].clone();
+    let (o, n) = if owner == "r1" {
+        (rs[0], rs[1])
+    } else {
+        (rs[1], rs[0])
+    };
+    // web:2 with a 4 s soak; the push is announced to the replica that does NOT drive web.
+    commit(&ha.up, 4, "web:2", "4s", "web 2");
+    assert_eq!(github_push(n), 202, "{}", n.log());
+    wait(
+        "the owner fetched at once and the canary runs web:2",
+        Duration::from_secs(20),
+        &[o, n],
+        || images(&ha.k, 4)[0] == "web:2",
+    );
+    // Pause through the other replica: the owner honours it after the canary.
+    let (code, body) = n
+        .request("POST", "/api/v1/rollouts/web/pause", &[], b"")
+        .expect("answer");
+    assert_eq!(code, 200, "{body}");
+    wait("paused", Duration::from_secs(30), &[o, n], || {
+        n.try_json("/api/v1/rollouts/web")["rollout"]["phase"] == "paused"
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        images(&ha.k, 4)[1..],
+        ["web:1", "web:1", "web:1"],
+        "nothing past the canary while paused"
+    );
+    // `flotilla status` on the replica that does not drive web shows the fleet.
+    let out = Command::new(env!("CARGO_BIN_EXE_flotilla"))
+        .args([
+            "status",
+            "--server",
+            &format!("http://127.0.0.1:{}", n.port),
+        ])
+        .env_remove("FLOTILLA_SERVER")
+        .output()
+        .expect("flotilla status runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("replica ") && text.contains(" of 2 (r1, r2)"),
+        "{text}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.trim_start().starts_with("web") && l.contains(&format!("[{owner}]"))),
+        "{text}"
+    );
+    let (code, body) = n
+        .request("POST", "/api/v1/rollouts/web/resume", &[], b"")
+        .expect("answer");
+    assert_eq!(code, 200, "{body}");
+    wait("web:2 everywhere", Duration::from_secs(60), &[o, n], || {
+        images(&ha.k, 4) == all(4, "web:2")
+            && n.try_json("/api/v1/rollouts/web")["rollout"]["phase"] == "succeeded"
+    });
 }

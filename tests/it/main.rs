@@ -5,11 +5,11 @@
 
 mod git_support;
 mod kube_support;
+#[path = "../../state/tests/pg/mod.rs"]
+mod pg_support;
 mod prometheus_support;
 mod registry_support;
 mod serve_support;
-#[path = "../../state/tests/pg/mod.rs"]
-mod pg_support;
 mod support;
 
 mod backup;
@@ -21,8 +21,8 @@ mod demo;
 mod deploy;
 mod exchange;
 mod gates;
-mod ha;
 mod git_source;
+mod ha;
 mod ha_leases;
 mod hardening;
 mod images;
