@@ -12,6 +12,7 @@ use serde_json::Value;
 
 use crate::daemon::{NAMESPACE, SECRET, all, deployment, fleet, images, sign, sim};
 use crate::git_support::{Server, Upstream};
+use crate::kube_support::{KubeOptions, RealKube};
 use crate::pg_support;
 use crate::serve_support::{ServeProcess, serve_command};
 use crate::support::SimKube;
@@ -21,7 +22,11 @@ const RENEW: Duration = Duration::from_secs(1);
 
 struct Ha {
     k: SimKube,
-    mgmt: SimKube,
+    /// The management cluster: a sim, or (real_* tests) the real control plane.
+    _mgmt_sim: Option<SimKube>,
+    mgmt_real: Option<RealKube>,
+    mgmt_kubeconfig: std::path::PathBuf,
+    mgmt_context: &'static str,
     up: Upstream,
     git: Server,
     db: String,
@@ -30,20 +35,43 @@ struct Ha {
 
 impl Ha {
     fn new(clusters: usize, soak: &str) -> Ha {
-        let k = SimKube::start(sim(clusters));
         let mgmt = SimKube::start(sim(1));
         let ns = mgmt.file(
             "ns.yaml",
             "apiVersion: v1\nkind: Namespace\nmetadata: {name: flotilla-system}\n",
         );
         mgmt.ok(&["--context", "sim-1", "apply", "-f", &ns]);
+        let kubeconfig = mgmt.kubeconfig.clone();
+        Ha::with(clusters, soak, Some(mgmt), None, kubeconfig, "sim-1")
+    }
+
+    /// Leases on the real control plane (`shared/kube`).
+    fn real(clusters: usize, soak: &str) -> Ha {
+        let kube = RealKube::start(KubeOptions::default());
+        kube.ok(&["create", "namespace", "flotilla-system"]);
+        let kubeconfig = kube.kubeconfig.clone();
+        Ha::with(clusters, soak, None, Some(kube), kubeconfig, "kube")
+    }
+
+    fn with(
+        clusters: usize,
+        soak: &str,
+        mgmt_sim: Option<SimKube>,
+        mgmt_real: Option<RealKube>,
+        mgmt_kubeconfig: std::path::PathBuf,
+        mgmt_context: &'static str,
+    ) -> Ha {
+        let k = SimKube::start(sim(clusters));
         let up = Upstream::new();
         commit(&up, clusters, "web:1", soak, "web 1");
         let git = up.daemon();
         let db = pg_support::fresh_database();
         Ha {
             k,
-            mgmt,
+            _mgmt_sim: mgmt_sim,
+            mgmt_real,
+            mgmt_kubeconfig,
+            mgmt_context,
             up,
             git,
             db,
@@ -67,8 +95,8 @@ impl Ha {
             .arg("--cache")
             .arg(self.up.scratch(&format!("cache-{id}")))
             .args(["--ha-namespace", "flotilla-system", "--ha-kubeconfig"])
-            .arg(&self.mgmt.kubeconfig)
-            .args(["--ha-context", "sim-1", "--replica-id", id])
+            .arg(&self.mgmt_kubeconfig)
+            .args(["--ha-context", self.mgmt_context, "--replica-id", id])
             .args(["--lease-duration", "3s", "--renew-period", "1s"])
             .arg("--webhook-secret-file")
             .arg(&secret)
@@ -569,4 +597,91 @@ fn ha_any_replica_takes_webhooks_rollout_requests_and_status_for_the_fleet() {
         images(&ha.k, 4) == all(4, "web:2")
             && n.try_json("/api/v1/rollouts/web")["rollout"]["phase"] == "succeeded"
     });
+}
+
+#[test]
+fn real_ha_leases_on_a_real_api_server_hand_a_rollout_over_after_kill_9() {
+    let ha = Ha::real(3, "4s");
+    let ids = ["r1", "r2"];
+    let mut replicas: Vec<Option<ServeProcess>> =
+        ids.iter().map(|id| Some(ha.replica(id))).collect();
+    {
+        let rs: Vec<&ServeProcess> = replicas.iter().flatten().collect();
+        wait("web:1 everywhere", Duration::from_secs(120), &rs, || {
+            images(&ha.k, 3) == all(3, "web:1")
+                && rs[0].try_json("/api/v1/rollouts/web")["rollout"]["phase"] == "succeeded"
+        });
+        wait("ownership settled", Duration::from_secs(60), &rs, || {
+            settled(&rs, &ids, ha.units())
+        });
+    }
+    let kube = ha.mgmt_real.as_ref().expect("real management cluster");
+    let leases = kube.ok(&["get", "leases", "-n", "flotilla-system", "-o", "name"]);
+    assert!(
+        leases.contains("flotilla-replica-r1") && leases.contains("flotilla-replica-r2"),
+        "{leases}"
+    );
+    commit(&ha.up, 3, "web:2", "4s", "web 2");
+    let owner = owners(replicas[0].as_ref().expect("r1"))["placement/web"].clone();
+    let victim = ids.iter().position(|i| *i == owner).expect("owner");
+    let survivor = replicas[1 - victim].as_ref().expect("survivor");
+    wait(
+        "web:2 soaking in the canary",
+        Duration::from_secs(60),
+        &[survivor],
+        || {
+            images(&ha.k, 3)[0] == "web:2"
+                && events(survivor).iter().any(|e| e["kind"] == "soaking")
+        },
+    );
+    let killed_at = Instant::now();
+    let mut dead = replicas[victim].take().expect("victim");
+    let _ = dead.child.kill();
+    let _ = dead.child.wait();
+    let survivor = replicas[1 - victim].as_ref().expect("survivor");
+    wait(
+        "the survivor takes over",
+        Duration::from_secs(30),
+        &[survivor],
+        || {
+            owners(survivor)
+                .get("placement/web")
+                .is_some_and(|h| *h != owner)
+        },
+    );
+    let took = killed_at.elapsed();
+    println!("takeover with Leases on the real API server: {took:?}");
+    assert!(took <= LEASE + RENEW + Duration::from_secs(3), "{took:?}");
+    wait(
+        "web:2 everywhere",
+        Duration::from_secs(90),
+        &[survivor],
+        || {
+            images(&ha.k, 3) == all(3, "web:2")
+                && survivor.try_json("/api/v1/rollouts/web")["rollout"]["phase"] == "succeeded"
+        },
+    );
+    let ev = events(survivor);
+    for batch in 1..=2 {
+        assert!(
+            ev.iter()
+                .any(|e| e["kind"] == "batch-passed" && e["batch"] == batch),
+            "batch {batch} not passed: {ev:?}"
+        );
+    }
+    // The replicas wrote nothing on the management cluster but their Leases (the test
+    // created the namespace).
+    let mutations = kube.admin_mutations();
+    assert!(
+        mutations
+            .iter()
+            .any(|(_, uri)| uri.contains("/leases/flotilla-replica-")),
+        "{mutations:?}"
+    );
+    for (verb, uri) in &mutations {
+        let lease =
+            uri.starts_with("/apis/coordination.k8s.io/v1/namespaces/flotilla-system/leases");
+        let namespace = verb == "create" && uri.starts_with("/api/v1/namespaces");
+        assert!(lease || namespace, "unexpected {verb} {uri}");
+    }
 }
