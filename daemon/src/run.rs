@@ -1030,6 +1030,10 @@ fn spawn_prune_removed(shared: Arc<Shared>, previous: &Revision, rev: &Arc<Revis
         let Some(new) = rev.targets.get(cluster) else {
             continue;
         };
+        // Replicated: the replica holding the cluster prunes it.
+        if !shared.ownership.holds(&crate::ha::cluster_unit(cluster)) {
+            continue;
+        }
         let gone: Vec<String> = old
             .iter()
             .map(|d| d.placement.clone())
@@ -1064,12 +1068,16 @@ fn spawn_prune_removed(shared: Arc<Shared>, previous: &Revision, rev: &Arc<Revis
                     if result.error.is_none() {
                         // The cluster no longer runs these placements: their record goes, so
                         // a heal never puts them back.
-                        let forgot = shared.store.write(|tx| {
-                            for p in &gone {
-                                tx.remove_revision(p, &cluster)?;
-                            }
-                            Ok(())
-                        });
+                        let unit = crate::ha::cluster_unit(&cluster);
+                        let forgot = match shared.ownership.store_for(&shared.store, &unit) {
+                            Some(store) => store.write(|tx| {
+                                for p in &gone {
+                                    tx.remove_revision(p, &cluster)?;
+                                }
+                                Ok(())
+                            }),
+                            None => Ok(()),
+                        };
                         if let Err(e) = forgot {
                             tracing::error!(%cluster, error = %e, "state store: removed placements still recorded");
                         }
