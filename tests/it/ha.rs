@@ -685,3 +685,44 @@ fn real_ha_leases_on_a_real_api_server_hand_a_rollout_over_after_kill_9() {
         assert!(lease || namespace, "unexpected {verb} {uri}");
     }
 }
+
+#[test]
+fn one_daemon_on_postgres_keeps_its_rollouts_across_a_restart() {
+    let ha = Ha::new(2, "0s");
+    let start = || {
+        let (mut cmd, port) = serve_command();
+        cmd.arg("--repo")
+            .arg(format!("git://127.0.0.1:{}/fleet.git", ha.git.port))
+            .args(["--ref", "main", "--kubeconfig"])
+            .arg(&ha.k.kubeconfig)
+            .args(["--state", &ha.db])
+            .arg("--cache")
+            .arg(ha.up.scratch("cache-single"))
+            .args(["--poll-interval", "1s"]);
+        ServeProcess::spawn(cmd, port)
+    };
+    let mut d = start();
+    wait("web:1 on both", Duration::from_secs(60), &[&d], || {
+        images(&ha.k, 2) == all(2, "web:1")
+            && d.try_json("/api/v1/rollouts/web")["rollout"]["phase"] == "succeeded"
+    });
+    let first = d.json("/api/v1/rollouts/web")["rollout"]["id"].clone();
+    assert_eq!(d.json("/api/v1/replicas")["replicated"], false);
+    assert_eq!(d.terminate(), Some(0), "{}", d.log());
+    drop(d);
+    // The next daemon on the same database finds the rollout done: nothing runs again.
+    let d = start();
+    std::thread::sleep(Duration::from_secs(3));
+    let r = d.json("/api/v1/rollouts/web");
+    assert_eq!(r["rollout"]["id"], first, "{r}");
+    assert_eq!(r["rollout"]["phase"], "succeeded", "{r}");
+    let started = r["events"]
+        .as_array()
+        .map(|ev| ev.iter().filter(|e| e["kind"] == "started").count());
+    assert_eq!(started, Some(1), "{r}");
+    commit(&ha.up, 2, "web:2", "0s", "web 2");
+    wait("web:2 on both", Duration::from_secs(60), &[&d], || {
+        images(&ha.k, 2) == all(2, "web:2")
+            && d.try_json("/api/v1/rollouts/web")["rollout"]["phase"] == "succeeded"
+    });
+}
