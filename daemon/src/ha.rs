@@ -180,9 +180,9 @@ pub(crate) async fn membership(ha: &crate::config::HaSettings) -> Result<Members
 }
 
 /// Notifications between replicas through the state store (PostgreSQL NOTIFY; in-process
-/// with redb): `fetch` (a webhook reached one replica: every replica fetches now),
-/// `control/<placement>` (a rollout request: its owner's worker looks at once), `work` and
-/// `result` (the per-cluster work exchange).
+/// with redb): `fetch` (a webhook reached one replica: every replica fetches now), `control`
+/// with the placement as payload (a rollout request: its owner's worker looks at once),
+/// `work` and `result` (the per-cluster work exchange).
 pub const FETCH: &str = "fetch";
 pub const CONTROL: &str = "control";
 
@@ -215,7 +215,8 @@ pub(crate) async fn listen(shared: Arc<Shared>) {
 
 /// The membership loop of a replicated daemon: renew, look at the members, claim and release
 /// units, publish what is held (the main loop starts and stops work on
-/// [`Trigger::Ownership`]). Returns after leaving, when the daemon stops.
+/// [`Trigger::Ownership`]). Returns when the daemon stops; the drain then gives the units
+/// back and deletes the Lease ([`leave_now`]).
 pub(crate) async fn run(shared: Arc<Shared>) {
     let Some(m) = shared.ownership.membership.clone() else {
         return;
