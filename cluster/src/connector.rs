@@ -58,6 +58,9 @@ pub struct ClientSettings {
     pub retry: RetryPolicy,
     /// Objects per page when listing (`limit`, then `continue`).
     pub list_page_size: u32,
+    /// The `User-Agent` of every request (`flotilla/VERSION`; a replica adds its id, so a
+    /// cluster's audit log tells replicas apart).
+    pub user_agent: String,
 }
 
 impl Default for ClientSettings {
@@ -69,6 +72,17 @@ impl Default for ClientSettings {
             read_timeout: Duration::from_secs(30),
             retry: RetryPolicy::default(),
             list_page_size: 500,
+            user_agent: format!("flotilla/{}", env!("CARGO_PKG_VERSION")),
+        }
+    }
+}
+
+/// Sets the client's `User-Agent` (a value that is not a valid header is left out).
+fn user_agent(config: &mut kube::Config, settings: &ClientSettings) {
+    match http::HeaderValue::from_str(&settings.user_agent) {
+        Ok(v) => config.headers.push((http::header::USER_AGENT, v)),
+        Err(_) => {
+            tracing::warn!(user_agent = %settings.user_agent, "not a valid User-Agent; left out")
         }
     }
 }
@@ -155,6 +169,7 @@ impl Connector {
                 })?;
         config.connect_timeout = Some(self.settings.connect_timeout);
         config.read_timeout = Some(self.settings.read_timeout);
+        user_agent(&mut config, &self.settings);
         // Time a response from when its request was written, not from when the pooled
         // connection went idle.
         config.reset_reader_on_write = true;
@@ -190,6 +205,7 @@ impl Connector {
         })?;
         config.connect_timeout = Some(settings.connect_timeout);
         config.read_timeout = Some(settings.read_timeout);
+        user_agent(&mut config, &settings);
         config.reset_reader_on_write = true;
         config.default_retry = false;
         let client = kube::Client::try_from(config).map_err(|e| ConnectError::Client {

@@ -161,6 +161,9 @@ pub(crate) async fn membership(ha: &crate::config::HaSettings) -> Result<Members
     } else {
         let connector = flotilla_cluster::Connector::load(ha.kubeconfig.as_deref())
             .map_err(|e| format!("--ha-kubeconfig: {e}"))?;
+        let mut settings = connector.settings().clone();
+        settings.user_agent = format!("{} (replica {})", settings.user_agent, ha.replica_id);
+        let connector = connector.with_settings(settings);
         let context = match &ha.context {
             Some(c) => c.clone(),
             None => connector

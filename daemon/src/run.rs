@@ -263,6 +263,15 @@ pub async fn start(config: crate::config::Config) -> Result<Running, DaemonError
             crate::ha::membership(ha).await.map_err(DaemonError::Ha)?,
         )),
     };
+    // A replica names itself in every request, so clusters' audit logs tell replicas apart.
+    let connector = match &v.config.ha {
+        Some(ha) => {
+            let mut settings = v.connector.settings().clone();
+            settings.user_agent = format!("{} (replica {})", settings.user_agent, ha.replica_id);
+            v.connector.clone().with_settings(settings)
+        }
+        None => v.connector.clone(),
+    };
     let (triggers, rx) = mpsc::unbounded_channel();
     let (wake, wake_rx) = std::sync::mpsc::channel();
     let status = FleetStatus {
@@ -282,8 +291,8 @@ pub async fn start(config: crate::config::Config) -> Result<Running, DaemonError
         triggers: triggers.clone(),
         wake,
         stop: AtomicBool::new(false),
-        clusters: ConnectedClusters::empty(v.connector.clone(), v.config.read_only),
-        readers: ConnectedClusters::empty(v.connector, true),
+        clusters: ConnectedClusters::empty(connector.clone(), v.config.read_only),
+        readers: ConnectedClusters::empty(connector, true),
         backups: RwLock::new(crate::backups::BackupsStatus::default()),
         burst: crate::burst::Burst::new(),
         ownership,

@@ -122,6 +122,8 @@ pub struct AuditRecord {
     pub dry_run: bool,
     /// The HTTP status code answered (200 for watches that started).
     pub code: u16,
+    /// The request's `User-Agent` (flotilla replicas add their id).
+    pub user_agent: String,
 }
 
 impl AuditRecord {

@@ -542,6 +542,7 @@ fn audit_code(ctx: &Ctx, verb: &str, def: &ResourceDef, ns: &str, name: &str, co
         field_manager: ctx.query.get("fieldManager").cloned().unwrap_or_default(),
         dry_run: ctx.query.get("dryRun").is_some_and(|d| d == "All"),
         code,
+        user_agent: ctx.user_agent.to_string(),
     };
     tracing::debug!(?rec, "audit");
     ctx.shared.record(rec);

@@ -205,6 +205,11 @@ fn mutations(r: &ServeProcess) -> Vec<(String, String)> {
         .collect()
 }
 
+/// The replica id of index `i` in the three-replica tests.
+fn owner_of(i: usize) -> String {
+    format!("r{}", i + 1)
+}
+
 fn events(r: &ServeProcess) -> Vec<Value> {
     r.try_json("/api/v1/rollouts/web")["events"]
         .as_array()
@@ -237,6 +242,7 @@ fn ha_rollout_survives_kill_9_of_its_owner_without_skipping_a_step() {
         assert!(mine.len() < 20, "a replica reached every cluster: {mine:?}");
     }
     let pushed_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    let audit_mark = ha.k.sim.audit().len();
     commit(&ha.up, 20, "web:2", "4s", "web 2");
     let owner = owners(replicas[0].as_ref().expect("r1"))
         .get("placement/web")
@@ -334,6 +340,36 @@ fn ha_rollout_survives_kill_9_of_its_owner_without_skipping_a_step() {
         assert!(
             switches <= 1 && (switches == 0 || list[0].1 == victim),
             "cluster {cluster}: replicas interleaved: {list:?}"
+        );
+    }
+    // The same from the sims' own audit log, where each request names its replica in its
+    // User-Agent: per cluster, the replicas that mutated it never alternate.
+    let mut seen: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for rec in ha.k.sim.audit().into_iter().skip(audit_mark) {
+        if !rec.is_mutation() {
+            continue;
+        }
+        let replica = rec
+            .user_agent
+            .split("(replica ")
+            .nth(1)
+            .and_then(|r| r.strip_suffix(')'))
+            .unwrap_or("?")
+            .to_string();
+        let list = seen.entry(rec.cluster.clone()).or_default();
+        if list.last() != Some(&replica) {
+            list.push(replica);
+        }
+    }
+    assert!(!seen.is_empty(), "no mutation audited");
+    for (cluster, order) in &seen {
+        assert!(
+            order.len() == 1 || (order.len() == 2 && order[0] == owner_of(victim)),
+            "cluster {cluster}: mutated by {order:?} in turn"
+        );
+        assert!(
+            !order.iter().any(|r| r == "?"),
+            "cluster {cluster}: {order:?}"
         );
     }
 }
