@@ -333,15 +333,15 @@ pub async fn start(config: crate::config::Config) -> Result<Running, DaemonError
             },
             crate::supervise::report_to(shared.clone(), "membership", None),
         );
+        crate::supervise::spawn(
+            crate::supervise::Restart::WORKER,
+            {
+                let shared = shared.clone();
+                move || crate::ha::listen(shared.clone())
+            },
+            crate::supervise::report_to(shared.clone(), "notifications", None),
+        );
     }
-    crate::supervise::spawn(
-        crate::supervise::Restart::WORKER,
-        {
-            let shared = shared.clone();
-            move || crate::ha::listen(shared.clone())
-        },
-        crate::supervise::report_to(shared.clone(), "notifications", None),
-    );
     crate::supervise::spawn(
         crate::supervise::Restart::WORKER,
         {
