@@ -678,7 +678,15 @@ fn read_only_submits_nothing_and_records_what_it_would_have_done() {
     });
     assert!(jobs(&k, 3, "pick").is_empty());
     assert!(jobs(&k, 3, "all").is_empty());
-    for r in runs(&d, "pick").iter().chain(runs(&d, "all").iter()) {
+    let records: Vec<Value> = runs(&d, "pick")
+        .into_iter()
+        .chain(runs(&d, "all"))
+        .collect();
+    // A tick that comes late on a loaded machine records the firings it passed as missed
+    // (by design: at most the latest one runs); every other firing is a dry run.
+    let skipped = records.iter().filter(|r| r["phase"] != "missed").count();
+    assert!(skipped >= 4, "{records:?}");
+    for r in records.iter().filter(|r| r["phase"] != "missed") {
         assert_eq!(r["phase"], "skipped", "{r}");
         assert_eq!(r["dryRun"], true, "{r}");
         assert!(
