@@ -37,6 +37,15 @@ pub(crate) struct StoreExchange {
     pub shared: Arc<Shared>,
 }
 
+/// Runs a (blocking) store call without holding up the runtime's other tasks: the exchange
+/// is called from async code, and many calls at once must not starve the Lease renewal.
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
+
 fn store_err(e: flotilla_state::StateError) -> ExchangeError {
     ExchangeError::Store(e.to_string())
 }
@@ -53,9 +62,11 @@ impl Exchange for StoreExchange {
     fn publish(&self, item: &WorkItem) -> Result<(), ExchangeError> {
         let value: serde_json::Value = serde_json::from_str(&item.to_json()?)
             .map_err(|e| ExchangeError::Store(e.to_string()))?;
-        self.store
-            .write(|tx| tx.put_work(&item.cluster, &item.placement, &value))
-            .map_err(store_err)?;
+        blocking(|| {
+            self.store
+                .write(|tx| tx.put_work(&item.cluster, &item.placement, &value))
+        })
+        .map_err(store_err)?;
         if let Err(e) = self.store.notify(WORK, &item.cluster) {
             tracing::debug!(error = %e, "work published; the notification did not go out (the owner polls)");
         }
@@ -63,22 +74,21 @@ impl Exchange for StoreExchange {
     }
 
     fn result(&self, cluster: &str, placement: &str) -> Result<Option<WorkResult>, ExchangeError> {
-        let v: Option<serde_json::Value> = self
-            .store
-            .read(|tx| tx.work_result(cluster, placement))
-            .map_err(store_err)?;
+        let v: Option<serde_json::Value> =
+            blocking(|| self.store.read(|tx| tx.work_result(cluster, placement)))
+                .map_err(store_err)?;
         v.as_ref().map(decode_result).transpose()
     }
 
     fn pending(&self, cluster: &str) -> Result<Vec<WorkItem>, ExchangeError> {
-        let (items, results) = self
-            .store
-            .read(|tx| {
+        let (items, results) = blocking(|| {
+            self.store.read(|tx| {
                 let items: Vec<(String, serde_json::Value)> = tx.works(cluster)?;
                 let results: Vec<(String, serde_json::Value)> = tx.work_results(cluster)?;
                 Ok((items, results))
             })
-            .map_err(store_err)?;
+        })
+        .map_err(store_err)?;
         let mut out = Vec::new();
         for (placement, v) in items {
             let item = match decode_item(&v) {
@@ -112,8 +122,8 @@ impl Exchange for StoreExchange {
         };
         let value: serde_json::Value = serde_json::from_str(&result.to_json()?)
             .map_err(|e| ExchangeError::Store(e.to_string()))?;
-        let written = store
-            .write(|tx| {
+        let written = blocking(|| {
+            store.write(|tx| {
                 let current: Option<serde_json::Value> = tx.work(cluster, placement)?;
                 let same = current
                     .as_ref()
@@ -124,7 +134,8 @@ impl Exchange for StoreExchange {
                 }
                 Ok(same)
             })
-            .map_err(store_err)?;
+        })
+        .map_err(store_err)?;
         if written && let Err(e) = store.notify(RESULT, cluster) {
             tracing::debug!(error = %e, "result written; the notification did not go out (the rollout polls)");
         }
@@ -132,7 +143,7 @@ impl Exchange for StoreExchange {
     }
 
     fn manifests(&self, hash: &str) -> Result<Option<String>, ExchangeError> {
-        self.store.read(|tx| tx.manifests(hash)).map_err(store_err)
+        blocking(|| self.store.read(|tx| tx.manifests(hash))).map_err(store_err)
     }
 }
 
@@ -175,29 +186,60 @@ impl<'a> Routed<'a> {
                 .ownership
                 .holds(&crate::ha::cluster_unit(cluster))
     }
+
+    /// Refuses local work on a cluster whose claim the store no longer confirms.
+    fn confirmed(&self, cluster: &str) -> Result<(), String> {
+        let unit = crate::ha::cluster_unit(cluster);
+        if self.shared.ownership.confirmed(&self.shared.store, &unit) {
+            Ok(())
+        } else {
+            Err(format!("this replica no longer holds {unit}; nothing sent"))
+        }
+    }
 }
 
 const LAPSED: &str = "this replica's Lease validity ran out; it acts again once renewed";
 
+impl Routed<'_> {
+    /// While this replica's Lease validity has lapsed, waits for the renewal instead of
+    /// failing the cluster: a short stall (a busy machine) must not fail a rollout. If
+    /// another replica takes the placement meanwhile, this worker is stopped from outside.
+    async fn until_may_act(&self) {
+        let mut logged = false;
+        while !self.shared.ownership.may_act() {
+            if !logged {
+                tracing::warn!("{LAPSED}: waiting before sending anything");
+                logged = true;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
 #[async_trait::async_trait]
 impl Executor for Routed<'_> {
     async fn apply(&self, work: ApplyWork) -> Result<(), ApplyError> {
-        if !self.shared.ownership.may_act() {
-            return Err(ApplyError::Unavailable(LAPSED.into()));
-        }
+        self.until_may_act().await;
         match &self.remote {
             Some(remote) if !self.here(&work.cluster) => remote.apply(work).await,
-            _ => self.local.apply(work).await,
+            Some(_) => {
+                self.confirmed(&work.cluster)
+                    .map_err(ApplyError::Unavailable)?;
+                self.local.apply(work).await
+            }
+            None => self.local.apply(work).await,
         }
     }
 
     async fn wait_healthy(&self, work: HealthWork) -> Result<(), String> {
-        if !self.shared.ownership.may_act() {
-            return Err(LAPSED.into());
-        }
+        self.until_may_act().await;
         match &self.remote {
             Some(remote) if !self.here(&work.cluster) => remote.wait_healthy(work).await,
-            _ => self.local.wait_healthy(work).await,
+            Some(_) => {
+                self.confirmed(&work.cluster)?;
+                self.local.wait_healthy(work).await
+            }
+            None => self.local.wait_healthy(work).await,
         }
     }
 }
@@ -265,23 +307,19 @@ struct Guarded<'a> {
 #[async_trait::async_trait]
 impl Executor for Guarded<'_> {
     async fn apply(&self, work: ApplyWork) -> Result<(), ApplyError> {
-        if !self
-            .shared
-            .ownership
-            .holds(&crate::ha::cluster_unit(&work.cluster))
-        {
-            return Err(ApplyError::Unavailable(LAPSED.into()));
+        let unit = crate::ha::cluster_unit(&work.cluster);
+        if !self.shared.ownership.confirmed(&self.shared.store, &unit) {
+            return Err(ApplyError::Unavailable(format!(
+                "this replica no longer holds {unit}; nothing sent"
+            )));
         }
         self.local.apply(work).await
     }
 
     async fn wait_healthy(&self, work: HealthWork) -> Result<(), String> {
-        if !self
-            .shared
-            .ownership
-            .holds(&crate::ha::cluster_unit(&work.cluster))
-        {
-            return Err(LAPSED.into());
+        let unit = crate::ha::cluster_unit(&work.cluster);
+        if !self.shared.ownership.confirmed(&self.shared.store, &unit) {
+            return Err(format!("this replica no longer holds {unit}; nothing sent"));
         }
         self.local.wait_healthy(work).await
     }

@@ -131,6 +131,35 @@ impl Ownership {
         }))
     }
 
+    /// Whether the shared store still names this replica, at the epoch of its claim, as the
+    /// holder of `unit` (alone: always). Checked right before anything is sent to a cluster,
+    /// so a replica that woke up after losing a unit cannot act on it even before its next
+    /// round notices.
+    pub fn confirmed(&self, store: &Store, unit: &str) -> bool {
+        if self.membership.is_none() {
+            return true;
+        }
+        if !self.may_act() {
+            return false;
+        }
+        let Some(epoch) = self.held.borrow().units.get(unit).copied() else {
+            return false;
+        };
+        let read = || store.read(|tx| tx.owner(unit));
+        let owner = match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+            Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(read),
+            _ => read(),
+        };
+        match owner {
+            Ok(Some(o)) => o.holder == self.replica && o.epoch == epoch,
+            Ok(None) => false,
+            Err(e) => {
+                tracing::warn!(%unit, error = %e, "cannot confirm the claim; not acting");
+                false
+            }
+        }
+    }
+
     /// False once this replica's Lease validity ran out (paused, partitioned): nothing may be
     /// sent to a cluster until it renews.
     pub fn may_act(&self) -> bool {
@@ -235,11 +264,17 @@ pub(crate) async fn run(shared: Arc<Shared>) {
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(30));
     }
+    // Renewals run on their own, so a slow round (a busy database) never delays one.
+    let mut renewer = spawn_renewer(shared.clone(), m.clone());
     // Units to give back in the store next round (their work was stopped this round).
     let mut releasing: BTreeSet<String> = BTreeSet::new();
     loop {
         if shared.stop.load(Ordering::SeqCst) {
             break;
+        }
+        if renewer.is_finished() {
+            tracing::error!(replica = %me, "the Lease renewal task ended; starting it again");
+            renewer = spawn_renewer(shared.clone(), m.clone());
         }
         round(&shared, &m, &me, &mut releasing).await;
         tokio::select! {
@@ -247,14 +282,39 @@ pub(crate) async fn run(shared: Arc<Shared>) {
             () = shared.ha_nudge.notified() => {}
         }
     }
+    renewer.abort();
     // The drain gives the units back and leaves (`leave_now`).
 }
 
-async fn round(shared: &Arc<Shared>, m: &Membership, me: &str, releasing: &mut BTreeSet<String>) {
+/// Renews this replica's Lease every renew period until the daemon stops.
+fn spawn_renewer(shared: Arc<Shared>, m: Arc<Membership>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(m.config().renew_period());
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if shared.stop.load(Ordering::SeqCst) {
+                return;
+            }
+            if let Err(e) = m.renew().await {
+                tracing::warn!(
+                    replica = %shared.ownership.replica,
+                    error = %e,
+                    valid = m.valid(),
+                    "Lease renewal failed; retrying at the next period"
+                );
+            }
+        }
+    })
+}
+
+async fn round(
+    shared: &Arc<Shared>,
+    m: &Arc<Membership>,
+    me: &str,
+    releasing: &mut BTreeSet<String>,
+) {
     let o = &shared.ownership;
-    if let Err(e) = m.renew().await {
-        tracing::warn!(replica = %me, error = %e, valid = m.valid(), "Lease renewal failed");
-    }
     if !m.valid() {
         // Paused or cut off past the lease: others may hold our units by now. Drop them all
         // (the fence stops any write still in flight); claim again once renewed.
