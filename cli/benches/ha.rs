@@ -484,9 +484,15 @@ fn run(clusters: usize, n: usize) {
     let started = Instant::now();
     let mut replicas: Vec<Replica> = (1..=n).map(|i| b.replica(&format!("r{i}"))).collect();
     // 1. convergence, ownership settled, then a full drift check.
+    // A rollout that ended otherwise (rolled back) stops the wait.
+    let mut phase = Value::Null;
     let converged = wait(Duration::from_secs(600), Duration::from_millis(200), || {
-        b.value_everywhere("v1") && b.rollout(&replicas[0])["rollout"]["phase"] == "succeeded"
+        phase = b.rollout(&replicas[0])["rollout"]["phase"].clone();
+        phase == "rolledBack"
+            || phase == "failed"
+            || (phase == "succeeded" && b.value_everywhere("v1"))
     })
+    .filter(|_| phase == "succeeded")
     .map(|_| started.elapsed());
     let settled = wait(Duration::from_secs(180), Duration::from_millis(200), || {
         b.settled(&replicas)
@@ -498,11 +504,25 @@ fn run(clusters: usize, n: usize) {
         secs(settled)
     );
     if converged.is_none() {
-        let held: Vec<String> = replicas
-            .iter()
-            .map(|r| format!("{}: {}", r.id, b.json(r, "/api/v1/replicas")))
-            .collect();
-        println!("  not converged; replicas: {held:?}");
+        // Say what was seen: the rollout's phase and its failure events.
+        let v = b.rollout(&replicas[0]);
+        let failures: Vec<String> = v["events"]
+            .as_array()
+            .map(|ev| {
+                ev.iter()
+                    .filter(|e| {
+                        e["kind"]
+                            .as_str()
+                            .is_some_and(|k| k.contains("fail") || k == "rolled-back-all")
+                    })
+                    .map(|e| format!("{} {} {}", e["kind"], e["cluster"], e["message"]))
+                    .collect()
+            })
+            .unwrap_or_default();
+        println!(
+            "{label}: not converged; rollout phase {}; failures: {failures:?}",
+            v["rollout"]["phase"]
+        );
         return;
     }
     let mut seen: Vec<(Option<String>, usize)> =
