@@ -705,30 +705,35 @@ pub async fn serve(
 ) {
     let mut running: BTreeSet<String> = BTreeSet::new();
     let mut tasks = FuturesUnordered::new();
+    // Pending work is looked up when woken or every `poll`, not after each finished item: a
+    // batch of answers must not cost one scan of every owned cluster per answer.
+    let mut scan_at = tokio::time::Instant::now();
     while !stop.load(Ordering::SeqCst) {
         let mut notified = wake.map(|w| Box::pin(w.notified()));
         if let Some(n) = notified.as_mut() {
             n.as_mut().enable();
         }
-        for cluster in owned() {
-            let items = match exchange.pending(&cluster) {
-                Ok(items) => items,
-                Err(e) => {
-                    tracing::warn!(cluster = %cluster, error = %e, "reading pending work failed");
-                    continue;
-                }
-            };
-            for item in items {
-                if running.insert(item.id.clone()) {
-                    tracing::debug!(cluster = %item.cluster, work = %item.id, "running");
-                    tasks.push(async move {
-                        let result = execute(&item, exchange, local, clock).await;
-                        (item, result)
-                    });
+        if tokio::time::Instant::now() >= scan_at {
+            scan_at = tokio::time::Instant::now() + poll;
+            for cluster in owned() {
+                let items = match exchange.pending(&cluster) {
+                    Ok(items) => items,
+                    Err(e) => {
+                        tracing::warn!(cluster = %cluster, error = %e, "reading pending work failed");
+                        continue;
+                    }
+                };
+                for item in items {
+                    if running.insert(item.id.clone()) {
+                        tracing::debug!(cluster = %item.cluster, work = %item.id, "running");
+                        tasks.push(async move {
+                            let result = execute(&item, exchange, local, clock).await;
+                            (item, result)
+                        });
+                    }
                 }
             }
         }
-        let nap = tokio::time::sleep(poll);
         tokio::select! {
             Some((item, result)) = tasks.next(), if !tasks.is_empty() => {
                 running.remove(&item.id);
@@ -738,8 +743,10 @@ pub async fn serve(
                     Err(e) => tracing::warn!(cluster = %item.cluster, work = %item.id, error = %e, "writing the work result failed; the item runs again"),
                 }
             }
-            _ = async { match notified { Some(n) => n.await, None => std::future::pending().await } } => {}
-            _ = nap => {}
+            _ = async { match notified { Some(n) => n.await, None => std::future::pending().await } } => {
+                scan_at = tokio::time::Instant::now();
+            }
+            _ = tokio::time::sleep_until(scan_at) => {}
         }
     }
 }
