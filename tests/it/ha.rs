@@ -427,7 +427,9 @@ fn ha_replica_frozen_past_its_lease_loses_its_units_and_cannot_act_on_them() {
     });
     let log = frozen.log();
     assert!(
-        log.contains("lost units to another replica") || log.contains("lost ownership"),
+        log.contains("Lease validity ran out")
+            || log.contains("lost units to another replica")
+            || log.contains("lost ownership"),
         "the frozen replica never noticed: {log}"
     );
     // After waking it sent nothing until it had claimed units again.
