@@ -6,28 +6,15 @@
 //!
 //! `cargo bench -p flotilla-cli --bench burst` (figures in docs/benchmarks.md).
 
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+#[path = "support/mod.rs"]
+mod support;
+use support::git;
+
 const CLUSTERS: usize = 100;
 const POOL_FROM: usize = 81;
-
-fn git(dir: &Path, args: &[&str]) {
-    let o = Command::new("git")
-        .arg("-C")
-        .arg(dir)
-        .args(["-c", "user.name=bench", "-c", "user.email=b@example.com"])
-        .args(args)
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .output()
-        .expect("git runs");
-    assert!(
-        o.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-}
 
 fn fleet() -> String {
     let mut s = String::from(

@@ -11,30 +11,17 @@
 //!
 //! `cargo bench -p flotilla-cli --bench daemon` (figures in docs/benchmarks.md).
 
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+#[path = "support/mod.rs"]
+mod support;
+use support::{git, rss};
+
 const PLACEMENTS: usize = 20;
 const SECRET: &str = "bench-secret";
-
-fn git(dir: &Path, args: &[&str]) {
-    let o = Command::new("git")
-        .arg("-C")
-        .arg(dir)
-        .args(["-c", "user.name=bench", "-c", "user.email=b@example.com"])
-        .args(args)
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .output()
-        .expect("git runs");
-    assert!(
-        o.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-}
 
 fn fleet(clusters: usize) -> String {
     let mut s = String::from(
@@ -63,19 +50,6 @@ fn configmap(p: usize, value: &str) -> String {
         "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: settings-{p:02}}}\ndata:\n  value: \"{value}\"\n  payload: \"{}\"\n",
         "x".repeat(200)
     )
-}
-
-fn rss(pid: u32) -> (u64, u64) {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let field = |name: &str| {
-        text.lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0)
-            / 1024
-    };
-    (field("VmRSS:"), field("VmHWM:"))
 }
 
 async fn get(client: &reqwest::Client, url: &str) -> Option<Value> {

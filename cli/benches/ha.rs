@@ -32,12 +32,16 @@ mod pg;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+
+#[path = "support/mod.rs"]
+mod support;
+use support::{git, rss};
 
 const SECRET: &str = "bench-secret";
 const LEASE: &str = "3s";
@@ -45,22 +49,6 @@ const RENEW: &str = "1s";
 const DRIFT: &str = "10s";
 /// The soak of each batch in the takeover step (so that the kill lands mid-canary).
 const TAKEOVER_SOAK: &str = "10s";
-
-fn git(dir: &Path, args: &[&str]) {
-    let o = Command::new("git")
-        .arg("-C")
-        .arg(dir)
-        .args(["-c", "user.name=bench", "-c", "user.email=b@example.com"])
-        .args(args)
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .output()
-        .expect("git runs");
-    assert!(
-        o.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-}
 
 fn fleet(clusters: usize, soak: &str) -> String {
     let mut s = format!(
@@ -90,19 +78,6 @@ fn free_port() -> u16 {
 }
 
 /// (VmRSS, VmHWM) in MiB.
-fn rss(pid: u32) -> (u64, u64) {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let field = |name: &str| {
-        text.lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0)
-            / 1024
-    };
-    (field("VmRSS:"), field("VmHWM:"))
-}
-
 /// Established TCP connections of process `pid` to 127.0.0.1:`port`: the sockets in its
 /// /proc/PID/fd matched (by inode) with /proc/PID/net/tcp rows in state 01 whose remote
 /// port is `port`.
