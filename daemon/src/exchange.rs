@@ -38,8 +38,9 @@ pub(crate) struct StoreExchange {
 }
 
 /// Runs a (blocking) store call without holding up the runtime's other tasks: the exchange
-/// is called from async code, and many calls at once must not starve the Lease renewal.
-fn blocking<T>(f: impl FnOnce() -> T) -> T {
+/// and claim checks are called from async code, and many calls at once must not starve the
+/// Lease renewal.
+pub(crate) fn blocking<T>(f: impl FnOnce() -> T) -> T {
     match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
         Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
         _ => f(),

@@ -145,12 +145,7 @@ impl Ownership {
         let Some(epoch) = self.held.borrow().units.get(unit).copied() else {
             return false;
         };
-        let read = || store.read(|tx| tx.owner(unit));
-        let owner = match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
-            Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(read),
-            _ => read(),
-        };
-        match owner {
+        match crate::exchange::blocking(|| store.read(|tx| tx.owner(unit))) {
             Ok(Some(o)) => o.holder == self.replica && o.epoch == epoch,
             Ok(None) => false,
             Err(e) => {
