@@ -24,6 +24,7 @@ mod run;
 pub mod status;
 mod supervise;
 pub mod webhook;
+mod workers;
 mod workflows;
 
 pub use config::{Config, ConfigError};

@@ -10,17 +10,15 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use tokio::sync::{Notify, mpsc, watch};
+use tokio::sync::{Notify, mpsc};
 
 use flotilla_reconciler::report::{Report, ReportKind};
-use flotilla_reconciler::rollout::{
-    Clusters, Engine, Event, Outcome, phase_after, placement_inputs,
-};
+use flotilla_reconciler::rollout::{Clusters, Event, phase_after};
 use flotilla_reconciler::sync::{self, CompareMode};
 use flotilla_source::git::{self, GitSource};
 use flotilla_state::Store;
 
-use crate::adapters::{ConnectedClusters, PrometheusGates, SystemClock};
+use crate::adapters::{ConnectedClusters, PrometheusGates};
 use crate::config::Validated;
 use crate::metrics::{Metrics, labels};
 use crate::revision::{Loaded, Loader, Revision};
@@ -121,7 +119,7 @@ pub(crate) struct Shared {
     pub(crate) work: Notify,
     /// Wakes rollouts waiting for an exchange result.
     pub(crate) results: Arc<Notify>,
-    gates: PrometheusGates,
+    pub(crate) gates: PrometheusGates,
     images: crate::images::ImageSettings,
     /// Held (locked) while the daemon runs (redb only).
     _lock: Option<std::fs::File>,
@@ -477,17 +475,9 @@ fn spawn_git_thread(
     }
 }
 
-struct Worker {
-    revision: watch::Sender<Option<Arc<Revision>>>,
-    nudge: Arc<Notify>,
-    handle: tokio::task::JoinHandle<()>,
-    /// The store view it writes through (fenced by this replica's claim when replicated).
-    store: Store,
-}
-
 struct Daemon {
     shared: Arc<Shared>,
-    workers: BTreeMap<String, Worker>,
+    workers: BTreeMap<String, crate::workers::Worker>,
     drift_running: Arc<AtomicBool>,
     next_drift: Option<tokio::time::Instant>,
     /// The interval `next_drift` was scheduled with.
@@ -767,75 +757,8 @@ impl Daemon {
         }
     }
 
-    /// One placement worker per placement this replica holds (every placement when alone),
-    /// each writing through the store view fenced by its claim; the others stop.
     fn sync_workers(&mut self, rev: &Arc<Revision>) {
-        let shared = self.shared.clone();
-        if shared.config.read_only {
-            return;
-        }
-        let mut wanted: BTreeMap<String, Store> = BTreeMap::new();
-        for p in &rev.fleet.placements {
-            let unit = crate::ha::placement_unit(&p.name);
-            if let Some(store) = shared.ownership.store_for(&shared.store, &unit) {
-                wanted.insert(p.name.clone(), store);
-            }
-        }
-        // Workers of placements that left the fleet or this replica, or whose claim changed
-        // (a new epoch), stop.
-        let gone: Vec<String> = self
-            .workers
-            .iter()
-            .filter(|(k, w)| wanted.get(*k).is_none_or(|s| s.fence() != w.store.fence()))
-            .map(|(k, _)| k.clone())
-            .collect();
-        for name in gone {
-            if let Some(w) = self.workers.remove(&name) {
-                w.handle.abort();
-                shared.status_mut().placements.remove(&name);
-            }
-        }
-        for (name, store) in wanted {
-            match self.workers.get(&name) {
-                Some(w) => {
-                    let _ = w.revision.send(Some(rev.clone()));
-                }
-                None => {
-                    let (tx, rx) = watch::channel(Some(rev.clone()));
-                    let nudge = Arc::new(Notify::new());
-                    let handle = crate::supervise::spawn(
-                        crate::supervise::Restart::WORKER,
-                        {
-                            let (shared, name, nudge, store) =
-                                (shared.clone(), name.clone(), nudge.clone(), store.clone());
-                            move || {
-                                placement_worker(
-                                    shared.clone(),
-                                    name.clone(),
-                                    store.clone(),
-                                    rx.clone(),
-                                    nudge.clone(),
-                                )
-                            }
-                        },
-                        crate::supervise::report_to(
-                            shared.clone(),
-                            "placement",
-                            Some(name.clone()),
-                        ),
-                    );
-                    self.workers.insert(
-                        name,
-                        Worker {
-                            revision: tx,
-                            nudge,
-                            handle,
-                            store,
-                        },
-                    );
-                }
-            }
-        }
+        crate::workers::sync(&mut self.workers, &self.shared, rev);
     }
 
     fn drift_interval(&self) -> Option<Duration> {
@@ -1127,131 +1050,6 @@ async fn sleep_until(at: Option<tokio::time::Instant>) {
 
 /// One placement: runs its rollout engine whenever the revision changes or it is nudged
 /// (API request, every poll), and drops a run that a newer revision supersedes.
-async fn placement_worker(
-    shared: Arc<Shared>,
-    name: String,
-    store: Store,
-    mut revisions: watch::Receiver<Option<Arc<Revision>>>,
-    nudge: Arc<Notify>,
-) {
-    loop {
-        if shared.stop.load(Ordering::SeqCst) {
-            return;
-        }
-        let rev = revisions.borrow_and_update().clone();
-        if let Some(rev) = rev {
-            let inputs = placement_inputs(
-                &rev.fleet,
-                &rev.plan,
-                &rev.commit,
-                &rev.targets,
-                Some(&name),
-            );
-            match inputs.into_iter().next() {
-                None => return,
-                Some(Err(failed)) => {
-                    let why = format!(
-                        "not rolled out (render failed): {}",
-                        failed.errors.join("; ")
-                    );
-                    tracing::error!(placement = %name, commit = %rev.commit, "{why}");
-                    let mut s = shared.status_mut();
-                    let p = s.placements.entry(name.clone()).or_default();
-                    p.error = Some(why);
-                    p.running = false;
-                }
-                Some(Ok(input)) => {
-                    {
-                        let mut s = shared.status_mut();
-                        let p = s.placements.entry(name.clone()).or_default();
-                        p.error = None;
-                        p.running = true;
-                    }
-                    crate::supervise::injected_fault(&shared, &name);
-                    let clock = SystemClock;
-                    let on_event = |e: &Event| shared.on_event(e);
-                    let verifier = crate::workflows::WorkflowVerifier {
-                        shared: shared.clone(),
-                    };
-                    // Work for clusters this replica holds runs here; the rest goes to
-                    // their owners through the exchange (replicated daemons).
-                    let executor = crate::exchange::Routed::new(&shared, &store);
-                    let engine = Engine {
-                        store: &store,
-                        executor: &executor,
-                        gates: &shared.gates,
-                        verifier: &verifier,
-                        clock: &clock,
-                        on_event: &on_event,
-                        stop: Some(&shared.stop),
-                    };
-                    let started = Instant::now();
-                    let outcome = tokio::select! {
-                        biased;
-                        changed = revisions.changed() => {
-                            if changed.is_err() {
-                                return;
-                            }
-                            tracing::info!(placement = %name, "a newer revision arrived during the rollout; superseding it");
-                            None
-                        }
-                        out = engine.run(&input) => Some(out),
-                    };
-                    shared
-                        .metrics
-                        .reconcile_seconds
-                        .get_or_create(&labels(&[("stage", "rollout")]))
-                        .observe(started.elapsed().as_secs_f64());
-                    let mut s = shared.status_mut();
-                    let p = s.placements.entry(name.clone()).or_default();
-                    p.running = false;
-                    match outcome {
-                        // Superseded: go round again with the new revision at once.
-                        None => continue,
-                        Some(Ok(Outcome::UpToDate)) => {
-                            p.last_outcome = Some(format!("up to date at {}", short(&rev.commit)))
-                        }
-                        Some(Ok(Outcome::FailedBefore { rollout })) => {
-                            p.last_outcome = Some(format!(
-                                "revision failed before ({rollout}); waiting for a new commit"
-                            ))
-                        }
-                        Some(Ok(Outcome::Stopped(r))) => {
-                            p.rollout = Some(r.id.clone());
-                            p.phase = Some(r.phase.label().to_string());
-                            p.last_outcome = Some(if r.message.is_empty() {
-                                r.phase.label().to_string()
-                            } else {
-                                format!("{}: {}", r.phase.label(), r.message)
-                            });
-                        }
-                        Some(Err(e)) => {
-                            tracing::error!(placement = %name, error = %e, "rollout engine error");
-                            shared
-                                .metrics
-                                .task_failures
-                                .get_or_create(&labels(&[
-                                    ("task", "placement"),
-                                    ("outcome", "error"),
-                                ]))
-                                .inc();
-                            p.last_outcome = Some(format!("error: {e}"));
-                        }
-                    }
-                }
-            }
-        }
-        tokio::select! {
-            changed = revisions.changed() => if changed.is_err() { return },
-            () = nudge.notified() => {}
-        }
-    }
-}
-
-fn short(commit: &str) -> &str {
-    commit.get(..12).unwrap_or(commit)
-}
-
 /// Compares every cluster with the revision through read-only connections, then (unless
 /// read-only) heals: see [`crate::heal`].
 async fn drift_check(shared: &Arc<Shared>, rev: &Arc<Revision>) -> (Report, Vec<String>) {
