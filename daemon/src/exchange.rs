@@ -59,8 +59,9 @@ fn decode_result(v: &serde_json::Value) -> Result<WorkResult, ExchangeError> {
     WorkResult::from_json(&v.to_string())
 }
 
+#[async_trait::async_trait]
 impl Exchange for StoreExchange {
-    fn publish(&self, item: &WorkItem) -> Result<(), ExchangeError> {
+    async fn publish(&self, item: &WorkItem) -> Result<(), ExchangeError> {
         let value: serde_json::Value = serde_json::from_str(&item.to_json()?)
             .map_err(|e| ExchangeError::Store(e.to_string()))?;
         blocking(|| {
@@ -74,14 +75,18 @@ impl Exchange for StoreExchange {
         Ok(())
     }
 
-    fn result(&self, cluster: &str, placement: &str) -> Result<Option<WorkResult>, ExchangeError> {
+    async fn result(
+        &self,
+        cluster: &str,
+        placement: &str,
+    ) -> Result<Option<WorkResult>, ExchangeError> {
         let v: Option<serde_json::Value> =
             blocking(|| self.store.read(|tx| tx.work_result(cluster, placement)))
                 .map_err(store_err)?;
         v.as_ref().map(decode_result).transpose()
     }
 
-    fn pending(&self, cluster: &str) -> Result<Vec<WorkItem>, ExchangeError> {
+    async fn pending(&self, cluster: &str) -> Result<Vec<WorkItem>, ExchangeError> {
         let (items, results) = blocking(|| {
             self.store.read(|tx| {
                 let items: Vec<(String, serde_json::Value)> = tx.works(cluster)?;
@@ -109,7 +114,7 @@ impl Exchange for StoreExchange {
         Ok(out)
     }
 
-    fn complete(
+    async fn complete(
         &self,
         cluster: &str,
         placement: &str,
@@ -143,7 +148,7 @@ impl Exchange for StoreExchange {
         Ok(written)
     }
 
-    fn manifests(&self, hash: &str) -> Result<Option<String>, ExchangeError> {
+    async fn manifests(&self, hash: &str) -> Result<Option<String>, ExchangeError> {
         blocking(|| self.store.read(|tx| tx.manifests(hash))).map_err(store_err)
     }
 }

@@ -268,27 +268,33 @@ impl WorkResult {
 }
 
 /// Where work items and results live: at most one item and one result per (cluster,
-/// placement). Synchronous, like the state store behind it.
+/// placement). Async: one implementation is a state store (calls that block briefly), another
+/// a management cluster's API server (network round trips).
+#[async_trait::async_trait]
 pub trait Exchange: Send + Sync {
     /// Publishes `item`, replacing the item of its (cluster, placement).
-    fn publish(&self, item: &WorkItem) -> Result<(), ExchangeError>;
+    async fn publish(&self, item: &WorkItem) -> Result<(), ExchangeError>;
     /// The last result written for (cluster, placement), whichever item it answers.
-    fn result(&self, cluster: &str, placement: &str) -> Result<Option<WorkResult>, ExchangeError>;
+    async fn result(
+        &self,
+        cluster: &str,
+        placement: &str,
+    ) -> Result<Option<WorkResult>, ExchangeError>;
     /// The cluster's items that have no result with their id yet.
-    fn pending(&self, cluster: &str) -> Result<Vec<WorkItem>, ExchangeError>;
+    async fn pending(&self, cluster: &str) -> Result<Vec<WorkItem>, ExchangeError>;
     /// Writes the result of an item of (cluster, placement). `Ok(false)`, and nothing
     /// written, when the current item there has another id (it was replaced meanwhile).
-    fn complete(
+    async fn complete(
         &self,
         cluster: &str,
         placement: &str,
         result: &WorkResult,
     ) -> Result<bool, ExchangeError>;
     /// The stored manifests (`[{"bundle", "object"}, ..]` JSON) of a hash.
-    fn manifests(&self, hash: &str) -> Result<Option<String>, ExchangeError>;
+    async fn manifests(&self, hash: &str) -> Result<Option<String>, ExchangeError>;
     /// Whether the manifests of a hash are stored (checked before publishing).
-    fn has_manifests(&self, hash: &str) -> Result<bool, ExchangeError> {
-        Ok(self.manifests(hash)?.is_some())
+    async fn has_manifests(&self, hash: &str) -> Result<bool, ExchangeError> {
+        Ok(self.manifests(hash).await?.is_some())
     }
 }
 
@@ -345,8 +351,9 @@ impl MemoryExchange {
     }
 }
 
+#[async_trait::async_trait]
 impl Exchange for MemoryExchange {
-    fn publish(&self, item: &WorkItem) -> Result<(), ExchangeError> {
+    async fn publish(&self, item: &WorkItem) -> Result<(), ExchangeError> {
         let json = item.to_json()?;
         let mut r = self.lock();
         r.work
@@ -357,7 +364,11 @@ impl Exchange for MemoryExchange {
         Ok(())
     }
 
-    fn result(&self, cluster: &str, placement: &str) -> Result<Option<WorkResult>, ExchangeError> {
+    async fn result(
+        &self,
+        cluster: &str,
+        placement: &str,
+    ) -> Result<Option<WorkResult>, ExchangeError> {
         let text = self
             .lock()
             .results
@@ -366,7 +377,7 @@ impl Exchange for MemoryExchange {
         text.as_deref().map(WorkResult::from_json).transpose()
     }
 
-    fn pending(&self, cluster: &str) -> Result<Vec<WorkItem>, ExchangeError> {
+    async fn pending(&self, cluster: &str) -> Result<Vec<WorkItem>, ExchangeError> {
         let r = self.lock();
         let mut out = Vec::new();
         for ((c, p), text) in &r.work {
@@ -385,7 +396,7 @@ impl Exchange for MemoryExchange {
         Ok(out)
     }
 
-    fn complete(
+    async fn complete(
         &self,
         cluster: &str,
         placement: &str,
@@ -407,7 +418,7 @@ impl Exchange for MemoryExchange {
         Ok(true)
     }
 
-    fn manifests(&self, hash: &str) -> Result<Option<String>, ExchangeError> {
+    async fn manifests(&self, hash: &str) -> Result<Option<String>, ExchangeError> {
         if let Some(store) = &self.store {
             return store
                 .read(|tx| tx.manifests(hash))
@@ -483,7 +494,7 @@ impl RemoteExecutor {
     /// when the exchange cannot take it or no answer comes in time.
     async fn run(&self, item: WorkItem, bound: Duration) -> Result<WorkOutcome, String> {
         let cluster = item.cluster.clone();
-        match self.exchange.has_manifests(item.op.manifests()) {
+        match self.exchange.has_manifests(item.op.manifests()).await {
             Ok(true) => {}
             Ok(false) => {
                 // Nothing could run it: an engine bug, not a cluster's fault.
@@ -498,6 +509,7 @@ impl RemoteExecutor {
         }
         self.exchange
             .publish(&item)
+            .await
             .map_err(|e| format!("cluster {cluster}: {e}"))?;
         tracing::debug!(cluster = %cluster, work = %item.id, "published");
         let give_up = tokio::time::Instant::now() + bound;
@@ -506,7 +518,7 @@ impl RemoteExecutor {
             if let Some(n) = notified.as_mut() {
                 n.as_mut().enable();
             }
-            match self.exchange.result(&cluster, &item.placement) {
+            match self.exchange.result(&cluster, &item.placement).await {
                 Ok(Some(r)) if r.id == item.id => return Ok(r.outcome),
                 // No answer yet, or the answer to an earlier item: not this one's.
                 Ok(_) => {}
@@ -610,7 +622,7 @@ async fn run_item(
 ) -> (WorkOutcome, String) {
     let hash = item.op.manifests();
     let failed = |message: String| (WorkOutcome::Failed { message }, String::new());
-    let objects = match exchange.manifests(hash) {
+    let objects = match exchange.manifests(hash).await {
         Err(e) => {
             return (
                 WorkOutcome::Unavailable {
@@ -716,7 +728,7 @@ pub async fn serve(
         if tokio::time::Instant::now() >= scan_at {
             scan_at = tokio::time::Instant::now() + poll;
             for cluster in owned() {
-                let items = match exchange.pending(&cluster) {
+                let items = match exchange.pending(&cluster).await {
                     Ok(items) => items,
                     Err(e) => {
                         tracing::warn!(cluster = %cluster, error = %e, "reading pending work failed");
@@ -737,7 +749,7 @@ pub async fn serve(
         tokio::select! {
             Some((item, result)) = tasks.next(), if !tasks.is_empty() => {
                 running.remove(&item.id);
-                match exchange.complete(&item.cluster, &item.placement, &result) {
+                match exchange.complete(&item.cluster, &item.placement, &result).await {
                     Ok(true) => {}
                     Ok(false) => tracing::debug!(work = %item.id, "replaced while it ran: result dropped"),
                     Err(e) => tracing::warn!(cluster = %item.cluster, work = %item.id, error = %e, "writing the work result failed; the item runs again"),

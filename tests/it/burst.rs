@@ -155,13 +155,20 @@ fn burst_forty_over_two_primaries_of_fifteen_then_nodes_then_an_outage() {
     commit(&up, &fleet("40", "10s", "2s"), "web");
     let git = up.daemon();
     let mut d = start(&k, &up, git.port, &[]);
-    // Pods request 533m of CPU: 15 fit on one 8-CPU node.
+    // Pods request 533m of CPU: 15 fit on one 8-CPU node. The status is published after the
+    // tick that wrote the counts, so wait for it too (its scale-out event) before reading it.
+    let mut s = Value::Null;
     d.wait_for(
         "40 = 15 + 15 + 10 in the pool",
         Duration::from_secs(60),
-        || live(&k) == [Some(15), Some(15), Some(10)],
+        || {
+            s = d.try_json("/api/v1/burst");
+            live(&k) == [Some(15), Some(15), Some(10)]
+                && s["placements"]["web"]["events"]
+                    .to_string()
+                    .contains("scale-out pool sim-3: 1 -> 10 replicas")
+        },
     );
-    let s = d.json("/api/v1/burst");
     let p = &s["placements"]["web"];
     assert_eq!(p["total"], 40, "{s}");
     assert_eq!(p["poolReplicas"], 10, "{s}");

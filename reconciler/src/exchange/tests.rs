@@ -164,14 +164,14 @@ fn records_of_another_version_or_shape_are_refused_with_a_reason() {
     assert!(e.to_string().contains("version"), "{e}");
 }
 
-#[test]
-fn a_replaced_item_is_not_pending_and_its_late_result_is_dropped() {
+#[tokio::test]
+async fn a_replaced_item_is_not_pending_and_its_late_result_is_dropped() {
     let (x, hash) = exchange();
-    x.publish(&item("old", &hash)).expect("publish");
-    assert_eq!(x.pending("eu-1").expect("pending").len(), 1);
-    assert!(x.pending("eu-2").expect("pending").is_empty());
-    x.publish(&item("new", &hash)).expect("publish");
-    let pending = x.pending("eu-1").expect("pending");
+    x.publish(&item("old", &hash)).await.expect("publish");
+    assert_eq!(x.pending("eu-1").await.expect("pending").len(), 1);
+    assert!(x.pending("eu-2").await.expect("pending").is_empty());
+    x.publish(&item("new", &hash)).await.expect("publish");
+    let pending = x.pending("eu-1").await.expect("pending");
     assert_eq!(
         pending.iter().map(|i| i.id.as_str()).collect::<Vec<_>>(),
         vec!["new"]
@@ -179,14 +179,16 @@ fn a_replaced_item_is_not_pending_and_its_late_result_is_dropped() {
     // The old item's owner finishes late: its result is not written over the new item.
     assert!(
         !x.complete("eu-1", "web", &result("old", WorkOutcome::Done))
+            .await
             .expect("complete")
     );
-    assert_eq!(x.result("eu-1", "web").expect("read"), None);
+    assert_eq!(x.result("eu-1", "web").await.expect("read"), None);
     assert!(
         x.complete("eu-1", "web", &result("new", WorkOutcome::Done))
+            .await
             .expect("complete")
     );
-    assert!(x.pending("eu-1").expect("pending").is_empty());
+    assert!(x.pending("eu-1").await.expect("pending").is_empty());
 }
 
 #[tokio::test]
@@ -246,6 +248,7 @@ async fn an_answer_to_a_previous_item_is_never_taken_for_the_new_one() {
     let (x, hash) = exchange();
     // A previous attempt was answered "done".
     x.publish(&item("web@0123456789ab/b1-apply/eu-1/0.1", &hash))
+        .await
         .expect("publish");
     assert!(
         x.complete(
@@ -253,6 +256,7 @@ async fn an_answer_to_a_previous_item_is_never_taken_for_the_new_one() {
             "web",
             &result("web@0123456789ab/b1-apply/eu-1/0.1", WorkOutcome::Done)
         )
+        .await
         .expect("complete")
     );
     let r = remote(&x, 300);
@@ -272,7 +276,7 @@ async fn an_answer_to_a_previous_item_is_never_taken_for_the_new_one() {
         let x = x.clone();
         async move {
             let id = loop {
-                let p = x.pending("eu-1").expect("pending");
+                let p = x.pending("eu-1").await.expect("pending");
                 if let Some(i) = p.first() {
                     break i.id.clone();
                 }
@@ -281,6 +285,7 @@ async fn an_answer_to_a_previous_item_is_never_taken_for_the_new_one() {
             // A result with an old id cannot even be written over the current item.
             assert!(
                 !x.complete("eu-1", "web", &result("stale", WorkOutcome::Done))
+                    .await
                     .expect("complete")
             );
             let failed = WorkOutcome::Failed {
@@ -288,6 +293,7 @@ async fn an_answer_to_a_previous_item_is_never_taken_for_the_new_one() {
             };
             assert!(
                 x.complete("eu-1", "web", &result(&id, failed))
+                    .await
                     .expect("complete")
             );
         }
