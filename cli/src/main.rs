@@ -10,6 +10,7 @@ use flotilla_source::{LocalTree, git};
 use flotilla_spec::types::RepoPath;
 use flotilla_spec::{Checked, Diagnostic, Limits, RepoFiles};
 
+mod agent_manifests;
 mod backup;
 mod burst;
 mod demo;
@@ -206,6 +207,10 @@ enum Command {
     },
     /// Restores a backup into a cluster (see docs/backups.md).
     Restore(Box<backup::RestoreArgs>),
+    /// Print the manifests that register a pull-mode agent cluster: by default what to apply
+    /// on the management cluster, with --member what runs in the member cluster (see
+    /// deploy/agent/README.md). Prints no Secret.
+    AgentManifests(agent_manifests::AgentManifestsArgs),
 }
 
 #[derive(clap::Args)]
@@ -391,6 +396,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Images { command } => images::run(command),
         Command::Backup { command } => backup::run(command),
         Command::Restore(args) => backup::restore(*args),
+        Command::AgentManifests(args) => {
+            agent_manifests::run(args)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Diff {
             fleet,
             clusters,
