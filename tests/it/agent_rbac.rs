@@ -7,11 +7,12 @@
 
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
+use std::time::Duration;
 
 use flotilla_spec::yaml::{self, Limits};
 use serde_json::Value;
 
-use crate::kube_support::{RealKube, kubeconfig_file};
+use crate::kube_support::{KubeOptions, RealKube, kubeconfig_file};
 use crate::support::{flotilla, stderr, stdout, workspace};
 
 fn show(o: &Output) -> String {
@@ -579,6 +580,11 @@ fn real_agent_role_confines_the_agent_to_its_own_namespace() {
         }
     }
 
+    // The same through flotilla's own client (cluster/, what `flotilla agent` uses): reads
+    // and a server-side apply in its namespace work, and a refusal is an error naming 403,
+    // never an empty list or a missing object the agent could mistake for "no work".
+    agent_client_sees_its_namespace_only(&a1_kubeconfig);
+
     // The hub: the daemon's service account (deploy/) writes work in the registered
     // namespaces and reads the agents' ConfigMaps there, nothing more.
     let deploy = workspace().join("deploy");
@@ -667,11 +673,15 @@ fn real_agent_role_confines_the_agent_to_its_own_namespace() {
 
 /// The member side is accepted by a real API server (server-side dry run, after the
 /// namespace is created for real) with no warning: the agent's pod meets the namespace's
-/// "restricted" Pod Security Standard. The files of deploy/agent/hub applied as they are,
+/// "restricted" Pod Security Standard; applied for real, the controllers create the agent's
+/// pod under enforce=restricted. The files of deploy/agent/hub applied as they are,
 /// with the placeholder unreplaced, are refused: nothing is registered as "NAME".
 #[test]
 fn real_agent_member_manifests_are_accepted_and_the_placeholder_is_not() {
-    let kube = RealKube::start(Default::default());
+    let kube = RealKube::start(KubeOptions {
+        controllers: true,
+        kubelet: false,
+    });
     let member = manifests(&["--cluster", "a1", "--member"]);
     let namespace = documents(&member)
         .into_iter()
@@ -727,6 +737,37 @@ fn real_agent_member_manifests_are_accepted_and_the_placeholder_is_not() {
         show(&o)
     );
 
+    // For real: the ReplicaSet controller's pod is admitted under enforce=restricted (no
+    // scheduler runs here, so it stays Pending, but exists), with the agent's service account.
+    let o = with_stdin(kube.command(&["apply", "-f", "-"]), &member);
+    assert!(o.status.success(), "apply the member side: {}", show(&o));
+    let pods = kube.wait_for(
+        &[
+            "-n",
+            "flotilla-system",
+            "get",
+            "pods",
+            "-l",
+            "app.kubernetes.io/name=flotilla-agent",
+            "-o",
+            "jsonpath={.items[*].spec.serviceAccountName}",
+        ],
+        Duration::from_secs(60),
+        |out| !out.trim().is_empty(),
+    );
+    assert_eq!(pods.trim(), "flotilla-agent", "one agent pod");
+    let failed = kube.ok(&[
+        "-n",
+        "flotilla-system",
+        "get",
+        "events",
+        "--field-selector",
+        "reason=FailedCreate",
+        "-o",
+        "jsonpath={.items[*].message}",
+    ]);
+    assert!(failed.trim().is_empty(), "no pod was refused: {failed}");
+
     // The hub side for a1 is accepted too, and the raw files are not.
     let hub = manifests(&["--cluster", "a1"]);
     let o = with_stdin(kube.command(&["apply", "-f", "-"]), &hub);
@@ -750,4 +791,91 @@ fn real_agent_member_manifests_are_accepted_and_the_placeholder_is_not() {
             && !namespaces.to_lowercase().contains("cluster-name"),
         "{namespaces}"
     );
+}
+
+/// flotilla's kube-rs client with the agent's kubeconfig (see the real test above).
+fn agent_client_sees_its_namespace_only(kubeconfig: &Path) {
+    use flotilla_cluster::Connector;
+    use flotilla_reconciler::cluster::{ApplyOptions, Cluster, ClusterError, Gvk, ObjectRef};
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    runtime.block_on(async {
+        let connector = Connector::load(Some(kubeconfig)).expect("the agent's kubeconfig loads");
+        let c = connector
+            .connect("mgmt", "hub", false)
+            .await
+            .expect("connects");
+        let secrets = Gvk::new("", "v1", "Secret");
+        let configmaps = Gvk::new("", "v1", "ConfigMap");
+        let object = |kind: &str, ns: &str, name: &str| ObjectRef {
+            gvk: Gvk::new("", "v1", kind),
+            namespace: Some(ns.into()),
+            name: name.into(),
+        };
+        let own = c
+            .list_in(&secrets, "flotilla-cluster-a1", "")
+            .await
+            .expect("list its Secrets");
+        assert_eq!(own.len(), 1, "{own:?}");
+        assert!(
+            c.get(&object("Secret", "flotilla-cluster-a1", "work-web"))
+                .await
+                .expect("get its work Secret")
+                .is_some()
+        );
+        let report = serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": "agent-report-client", "namespace": "flotilla-cluster-a1"},
+            "data": {"status.json": "{}"},
+        });
+        c.apply(&report, ApplyOptions::default())
+            .await
+            .expect("server-side apply creates its ConfigMap");
+
+        let forbidden = |what: &str, r: Result<(), ClusterError>| match r {
+            Err(ClusterError::Rejected { code: 403, .. }) => {}
+            other => panic!("{what}: expected a 403 rejection, got {other:?}"),
+        };
+        forbidden(
+            "list a2's Secrets",
+            c.list_in(&secrets, "flotilla-cluster-a2", "")
+                .await
+                .map(drop),
+        );
+        forbidden(
+            "list a2's ConfigMaps",
+            c.list_in(&configmaps, "flotilla-cluster-a2", "")
+                .await
+                .map(drop),
+        );
+        forbidden(
+            "list Secrets in every namespace",
+            c.list(&secrets, "").await.map(drop),
+        );
+        forbidden(
+            "get a Secret in kube-system",
+            c.get(&object("Secret", "kube-system", "work-web"))
+                .await
+                .map(drop),
+        );
+        let forged = serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "work-forged", "namespace": "flotilla-cluster-a1"},
+            "stringData": {"item": "x"},
+        });
+        forbidden(
+            "apply a Secret in its namespace",
+            c.apply(&forged, ApplyOptions::default()).await.map(drop),
+        );
+        forbidden(
+            "delete its work Secret",
+            c.delete(&object("Secret", "flotilla-cluster-a1", "work-web"), false)
+                .await,
+        );
+    });
 }
