@@ -663,7 +663,9 @@ async fn heal_one(shared: &Shared, executor: &Recording<'_>, own: &dyn Cluster, 
         cluster: shared.config.cluster.clone(),
         manifests: a.manifests.clone(),
         objects,
-        force: a.force,
+        // Fields Git sets that someone changed by hand (`kubectl edit` takes their
+        // ownership) are drift: the heal takes them back.
+        force: true,
         prune: a.prune,
     };
     let result = executor.local.apply(work).await;

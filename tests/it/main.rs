@@ -12,6 +12,7 @@ mod registry_support;
 mod serve_support;
 mod support;
 
+mod agent;
 mod backup;
 mod burst;
 mod cli;

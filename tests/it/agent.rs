@@ -1,0 +1,561 @@
+//! The pull-mode agent (issue #20) against one in-process sim: `sim-1` is the management
+//! cluster, `sim-2` the member cluster `a1`. The hub side is the rollout engine's
+//! `RemoteExecutor` over the hub-side `KubeExchange` (no daemon); the agent is a real
+//! `flotilla agent` process with a kubeconfig for each.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use flotilla_agent::transport::{self, KubeExchange};
+use flotilla_reconciler::cluster::{Cluster, ObjectRef};
+use flotilla_reconciler::desired::DesiredObject;
+use flotilla_reconciler::exchange::RemoteExecutor;
+use flotilla_reconciler::rollout::executor::health_refs;
+use flotilla_reconciler::rollout::model::manifest_hash;
+use flotilla_reconciler::rollout::{ApplyWork, Clock, Executor, HealthWork};
+use flotilla_sim::{Faults, SimConfig};
+use serde_json::{Value, json};
+
+use crate::support::SimKube;
+
+const MGMT: &str = "sim-1";
+const A1: &str = "sim-2";
+
+struct Now;
+
+impl Clock for Now {
+    fn now(&self) -> chrono::DateTime<chrono::Utc> {
+        chrono::Utc::now()
+    }
+}
+
+/// A running `flotilla agent`; killed (SIGKILL) when dropped.
+struct Agent {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Agent {
+    fn start(k: &SimKube, n: usize) -> Agent {
+        let log = k.dir.path().join(format!("agent-{n}.log"));
+        let file = std::fs::File::create(&log).expect("log file");
+        let kubeconfig = k.kubeconfig.to_str().expect("UTF-8 path");
+        let child = Command::new(env!("CARGO_BIN_EXE_flotilla"))
+            .args([
+                "agent",
+                "--cluster",
+                "a1",
+                "--hub-kubeconfig",
+                kubeconfig,
+                "--hub-context",
+                MGMT,
+                "--kubeconfig",
+                kubeconfig,
+                "--context",
+                A1,
+                "--poll",
+                "200ms",
+                "--heal-interval",
+                "1s",
+                "--report-interval",
+                "500ms",
+            ])
+            .env("FLOTILLA_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .expect("flotilla agent starts");
+        Agent { child, log }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// kill -9.
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The hub: manifests by hash (the state store's table), the exchange, the executor.
+struct Hub {
+    manifests: Arc<Mutex<BTreeMap<String, String>>>,
+    exchange: Arc<KubeExchange>,
+    executor: RemoteExecutor,
+}
+
+fn hub(k: &SimKube) -> Hub {
+    let connector = flotilla_cluster::Connector::load(Some(&k.kubeconfig)).expect("kubeconfig");
+    let rt = tokio::runtime::Handle::current();
+    let mgmt: Arc<dyn Cluster> = Arc::new(
+        rt.block_on(connector.connect("management", MGMT, false))
+            .expect("connects"),
+    );
+    let manifests: Arc<Mutex<BTreeMap<String, String>>> = Arc::default();
+    let source = {
+        let m = manifests.clone();
+        Arc::new(move |hash: &str| Ok::<_, String>(m.lock().expect("lock").get(hash).cloned()))
+    };
+    let exchange = Arc::new(KubeExchange::hub(mgmt, source));
+    let mut executor = RemoteExecutor::new(exchange.clone(), Arc::new(Now));
+    executor.poll = Duration::from_millis(200);
+    executor.apply_timeout = Duration::from_secs(30);
+    executor.health_grace = Duration::from_secs(10);
+    Hub {
+        manifests,
+        exchange,
+        executor,
+    }
+}
+
+fn object(value: Value) -> DesiredObject {
+    let mut value = value;
+    value["metadata"]["labels"] = json!({
+        "flotilla.dev/fleet": "f",
+        "flotilla.dev/placement": "web",
+        "flotilla.dev/bundle": "app",
+    });
+    DesiredObject {
+        bundle: "app".into(),
+        object: ObjectRef::of(&value).expect("a reference"),
+        value,
+    }
+}
+
+fn web(image: &str) -> Vec<DesiredObject> {
+    vec![
+        object(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "shop"}})),
+        object(json!({
+            "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "cfg", "namespace": "shop"},
+            "data": {"greeting": "hello"},
+        })),
+        object(json!({
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "web", "namespace": "shop"},
+            "spec": {
+                "replicas": 2,
+                "selector": {"matchLabels": {"app": "web"}},
+                "template": {
+                    "metadata": {"labels": {"app": "web"}},
+                    "spec": {"containers": [{"name": "web", "image": image}]},
+                },
+            },
+        })),
+    ]
+}
+
+impl Hub {
+    fn work(&self, rollout: &str, objects: Vec<DesiredObject>) -> ApplyWork {
+        let hash = manifest_hash(&objects);
+        self.manifests
+            .lock()
+            .expect("lock")
+            .insert(hash.clone(), transport::manifests_json(&objects));
+        ApplyWork {
+            fleet: "f".into(),
+            rollout: rollout.into(),
+            step: "b0-apply".into(),
+            placement: "web".into(),
+            cluster: "a1".into(),
+            manifests: hash,
+            objects,
+            force: false,
+            prune: true,
+        }
+    }
+
+    fn health(&self, work: &ApplyWork, within: Duration) -> HealthWork {
+        HealthWork {
+            fleet: work.fleet.clone(),
+            rollout: work.rollout.clone(),
+            step: "b0-health".into(),
+            placement: work.placement.clone(),
+            cluster: work.cluster.clone(),
+            manifests: work.manifests.clone(),
+            refs: health_refs(&work.objects),
+            deadline: chrono::Utc::now() + chrono::Duration::from_std(within).expect("duration"),
+            left: within,
+        }
+    }
+}
+
+fn start() -> (SimKube, tokio::runtime::Runtime) {
+    let k = SimKube::start(
+        SimConfig {
+            clusters: 2,
+            ready_delay: Duration::from_millis(200),
+            ..Default::default()
+        }
+        .unready_images("^broken/")
+        .expect("regex"),
+    );
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    (k, rt)
+}
+
+/// Polls `f` until it is true, at most `within`; panics with `what` and the agent's log.
+fn eventually(agent: &Agent, within: Duration, what: &str, mut f: impl FnMut() -> bool) {
+    let until = Instant::now() + within;
+    while Instant::now() < until {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    panic!("{what} within {within:?}; agent log:\n{}", agent.log());
+}
+
+fn a1_get(k: &SimKube, args: &[&str]) -> Option<String> {
+    let mut full = vec!["--context", A1];
+    full.extend_from_slice(args);
+    let o = k.run(&full);
+    o.status.success().then(|| crate::support::stdout(&o))
+}
+
+#[test]
+fn the_agent_applies_published_work_answers_health_and_writes_only_its_configmaps() {
+    let (k, rt) = start();
+    let _guard = rt.enter();
+    let hub = hub(&k);
+    let agent = Agent::start(&k, 1);
+
+    let good = hub.work("web@r1", web("nginx:1"));
+    rt.block_on(hub.executor.apply(good.clone()))
+        .unwrap_or_else(|e| panic!("apply through the agent: {e}\n{}", agent.log()));
+    assert_eq!(
+        a1_get(
+            &k,
+            &[
+                "get",
+                "deploy",
+                "web",
+                "-n",
+                "shop",
+                "-o",
+                "jsonpath={.spec.template.spec.containers[0].image}"
+            ]
+        )
+        .as_deref(),
+        Some("nginx:1")
+    );
+    rt.block_on(
+        hub.executor
+            .wait_healthy(hub.health(&good, Duration::from_secs(20))),
+    )
+    .unwrap_or_else(|e| panic!("healthy through the agent: {e}\n{}", agent.log()));
+
+    // A bad image: applied, then the health answer is a failure naming the Deployment.
+    let bad = hub.work("web@r2", web("broken/web:2"));
+    rt.block_on(hub.executor.apply(bad.clone()))
+        .expect("applied");
+    let e = rt
+        .block_on(
+            hub.executor
+                .wait_healthy(hub.health(&bad, Duration::from_secs(3))),
+        )
+        .expect_err("a bad image is never healthy");
+    assert!(
+        e.contains("not healthy") && e.contains("Deployment.apps/shop/web"),
+        "{e}"
+    );
+
+    // The report says the same.
+    eventually(
+        &agent,
+        Duration::from_secs(10),
+        "a report with the failed health",
+        || {
+            rt.block_on(hub.exchange.report("a1"))
+                .ok()
+                .flatten()
+                .is_some_and(|r| {
+                    r.placements.get("web").is_some_and(|p| {
+                        p.healthy == Some(false)
+                            && p.manifests == bad.manifests
+                            && p.rollout == "web@r2"
+                    })
+                })
+        },
+    );
+    let report = rt
+        .block_on(hub.exchange.report("a1"))
+        .expect("readable")
+        .expect("written");
+    assert!(report.hub_reachable);
+    assert!(
+        report
+            .events
+            .iter()
+            .any(|e| e.contains("applied web manifests")),
+        "{:?}",
+        report.events
+    );
+
+    // On the management cluster the agent only ever wrote ConfigMaps of its own namespace.
+    let writes: Vec<_> = k
+        .sim
+        .audit()
+        .into_iter()
+        .filter(|r| {
+            r.cluster == MGMT && r.user_agent.starts_with("flotilla-agent/") && r.is_mutation()
+        })
+        .collect();
+    assert!(!writes.is_empty(), "the agent wrote results");
+    for w in &writes {
+        assert_eq!(
+            (w.resource.as_str(), w.namespace.as_str()),
+            ("configmaps", "flotilla-cluster-a1"),
+            "{w:?}"
+        );
+    }
+    // And a local copy of the assignment lives in its own cluster.
+    let copy = a1_get(
+        &k,
+        &[
+            "get",
+            "secret",
+            "flotilla-agent-web-0",
+            "-n",
+            "flotilla-system",
+            "-o",
+            "jsonpath={.metadata.annotations.flotilla\\.dev/hash}",
+        ],
+    );
+    assert_eq!(copy.as_deref(), Some(bad.manifests.as_str()));
+}
+
+#[test]
+fn manifests_over_a_mebibyte_round_trip_through_several_secrets() {
+    let (k, rt) = start();
+    let _guard = rt.enter();
+    let hub = hub(&k);
+    let agent = Agent::start(&k, 1);
+    // 1.5 MiB of incompressible base64.
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let raw: Vec<u8> = (0..1_179_648)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect();
+    use base64::Engine as _;
+    let blob = base64::engine::general_purpose::STANDARD.encode(&raw);
+    assert!(blob.len() >= 1536 * 1024);
+    let mut objects = web("nginx:1");
+    objects.push(object(json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "big", "namespace": "shop"},
+        "data": {"blob": blob},
+    })));
+    let work = hub.work("web@big", objects);
+    rt.block_on(hub.executor.apply(work.clone()))
+        .unwrap_or_else(|e| panic!("apply through the agent: {e}\n{}", agent.log()));
+    let live = a1_get(
+        &k,
+        &[
+            "get",
+            "cm",
+            "big",
+            "-n",
+            "shop",
+            "-o",
+            "jsonpath={.data.blob}",
+        ],
+    )
+    .expect("the big ConfigMap exists");
+    assert!(
+        live == blob,
+        "the blob came through changed ({} bytes)",
+        live.len()
+    );
+    let parts = k.ok(&[
+        "--context",
+        MGMT,
+        "get",
+        "secrets",
+        "-n",
+        "flotilla-cluster-a1",
+        "-l",
+        "flotilla.dev/role=manifests",
+        "-o",
+        "name",
+    ]);
+    assert!(parts.lines().count() >= 3, "parts: {parts}");
+    let prefix = format!("secret/manifests-{}-", &work.manifests[..16]);
+    assert!(parts.lines().all(|l| l.starts_with(&prefix)), "{parts}");
+}
+
+#[test]
+fn the_agent_heals_while_the_management_cluster_is_partitioned_and_recovers_from_its_local_copy_after_kill_9()
+ {
+    let (k, rt) = start();
+    let _guard = rt.enter();
+    let hub = hub(&k);
+    let mut agent = Agent::start(&k, 1);
+    let work = hub.work("web@r1", web("nginx:1"));
+    rt.block_on(hub.executor.apply(work.clone()))
+        .unwrap_or_else(|e| panic!("apply through the agent: {e}\n{}", agent.log()));
+    eventually(
+        &agent,
+        Duration::from_secs(10),
+        "the local copy saved",
+        || {
+            a1_get(
+                &k,
+                &[
+                    "get",
+                    "secret",
+                    "flotilla-agent-web-0",
+                    "-n",
+                    "flotilla-system",
+                ],
+            )
+            .is_some()
+        },
+    );
+
+    let partition = |on: bool| {
+        assert!(k.sim.set_faults(
+            MGMT,
+            Faults {
+                partition: on,
+                ..Default::default()
+            }
+        ));
+    };
+    let cfg_there = || {
+        a1_get(
+            &k,
+            &[
+                "get",
+                "cm",
+                "cfg",
+                "-n",
+                "shop",
+                "-o",
+                "jsonpath={.data.greeting}",
+            ],
+        )
+        .as_deref()
+            == Some("hello")
+    };
+    let replicas = || {
+        a1_get(
+            &k,
+            &[
+                "get",
+                "deploy",
+                "web",
+                "-n",
+                "shop",
+                "-o",
+                "jsonpath={.spec.replicas}",
+            ],
+        )
+    };
+
+    // The management cluster goes away; hand changes on a1 are healed anyway.
+    partition(true);
+    std::thread::sleep(Duration::from_secs(1));
+    k.ok(&["--context", A1, "delete", "cm", "cfg", "-n", "shop"]);
+    k.sim
+        .edit(
+            A1,
+            "apps/v1/deployments",
+            "shop",
+            "web",
+            r#"{"spec":{"replicas":5}}"#,
+            "kubectl-edit",
+        )
+        .expect("hand edit");
+    eventually(
+        &agent,
+        Duration::from_secs(15),
+        "the deleted ConfigMap restored",
+        cfg_there,
+    );
+    eventually(
+        &agent,
+        Duration::from_secs(15),
+        "the edited replicas restored",
+        || replicas().as_deref() == Some("2"),
+    );
+
+    // Back: the report says what happened meanwhile.
+    partition(false);
+    let report_with = |needles: &[&str]| {
+        rt.block_on(hub.exchange.report("a1"))
+            .ok()
+            .flatten()
+            .filter(|r| {
+                needles
+                    .iter()
+                    .all(|n| r.events.iter().any(|e| e.contains(n)))
+            })
+    };
+    eventually(
+        &agent,
+        Duration::from_secs(20),
+        "a report after the reconnect",
+        || {
+            report_with(&[
+                "unreachable since",
+                "reconnected to the management cluster after",
+                "healed web",
+            ])
+            .is_some()
+        },
+    );
+    let r = report_with(&["reconnected"]).expect("report");
+    assert!(r.placements["web"].healed >= 1, "{r:?}");
+    assert!(!r.placements["web"].last_heal_at.is_empty(), "{r:?}");
+
+    // kill -9 while the management cluster is down; a restarted agent restores a deleted
+    // object from its local copy alone.
+    partition(true);
+    agent.kill();
+    k.ok(&["--context", A1, "delete", "cm", "cfg", "-n", "shop"]);
+    let agent = Agent::start(&k, 2);
+    eventually(
+        &agent,
+        Duration::from_secs(20),
+        "the ConfigMap restored by the restarted agent",
+        cfg_there,
+    );
+    assert!(
+        agent.log().contains("loaded the local copy"),
+        "{}",
+        agent.log()
+    );
+    eventually(
+        &agent,
+        Duration::from_secs(20),
+        "the outage noticed",
+        || agent.log().contains("management cluster unreachable since"),
+    );
+    partition(false);
+    eventually(
+        &agent,
+        Duration::from_secs(20),
+        "the restarted agent's report",
+        || report_with(&["loaded the local copy", "healed web", "reconnected"]).is_some(),
+    );
+}
