@@ -412,10 +412,16 @@ impl Executor for Recording<'_> {
                     work.objects.len(),
                     work.rollout
                 ));
+                // Done means applied and saved: an agent restarted while the hub is down must
+                // find this assignment, not an older one. Unsaved, the hub retries the item.
                 if let Err(e) = self.shared.copy.save(&a).await {
-                    self.shared.event(format!(
-                        "saving the local copy of {placement} failed: {e} (a restart while the management cluster is down would not find it)"
-                    ));
+                    let message = format!(
+                        "cluster {}: applied {placement} manifests {short}, but saving the agent's local copy failed: {e}",
+                        work.cluster
+                    );
+                    self.shared.event(message.clone());
+                    self.shared.report_now.notify_one();
+                    return Err(ApplyError::Unavailable(message));
                 }
             }
             Err(e) => {

@@ -107,7 +107,10 @@ fn hub(k: &SimKube) -> Hub {
         let m = manifests.clone();
         Arc::new(move |hash: &str| Ok::<_, String>(m.lock().expect("lock").get(hash).cloned()))
     };
-    let exchange = Arc::new(KubeExchange::hub(mgmt, source));
+    let mut exchange = KubeExchange::hub(mgmt, source);
+    // Unused manifests go at the next publish (no other hub replica here).
+    exchange.gc_grace = Duration::ZERO;
+    let exchange = Arc::new(exchange);
     let mut executor = RemoteExecutor::new(exchange.clone(), Arc::new(Now));
     executor.poll = Duration::from_millis(200);
     executor.apply_timeout = Duration::from_secs(30);
@@ -324,6 +327,71 @@ fn the_agent_applies_published_work_answers_health_and_writes_only_its_configmap
             "{w:?}"
         );
     }
+    // Only the manifests the current item names are kept on the management cluster.
+    let parts = k.ok(&[
+        "--context",
+        MGMT,
+        "get",
+        "secrets",
+        "-n",
+        "flotilla-cluster-a1",
+        "-l",
+        "flotilla.dev/role=manifests",
+        "-o",
+        "jsonpath={.items[*].metadata.annotations.flotilla\\.dev/hash}",
+    ]);
+    assert_eq!(parts.trim(), bad.manifests, "manifests Secrets left");
+    // No heal: what the agent applied is what it compares with (several heal intervals).
+    assert_eq!(report.placements["web"].healed, 0, "{report:?}");
+    assert!(
+        !agent.log().contains("healed web"),
+        "a spurious heal:\n{}",
+        agent.log()
+    );
+
+    // An item in its namespace naming another cluster is never run.
+    let forged = json!({
+        "version": 1, "id": "forged/1", "fleet": "f", "rollout": "forged@1",
+        "placement": "forged", "cluster": "a2",
+        "op": {"kind": "apply", "manifests": good.manifests, "force": false, "prune": false},
+        "issuedAt": "2026-12-04T20:00:00Z",
+    });
+    use base64::Engine as _;
+    let secret = json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "work-forged", "namespace": "flotilla-cluster-a1",
+                     "labels": {"flotilla.dev/role": "work", "flotilla.dev/placement": "forged"}},
+        "type": "flotilla.dev/work",
+        "data": {"item.json": base64::engine::general_purpose::STANDARD.encode(forged.to_string())},
+    });
+    let file = k.file("forged.json", &secret.to_string());
+    k.ok(&["--context", MGMT, "apply", "-f", &file]);
+    eventually(
+        &agent,
+        Duration::from_secs(10),
+        "the forged item refused",
+        || {
+            agent
+                .log()
+                .contains("work item for another cluster refused")
+        },
+    );
+    assert!(
+        k.run(&[
+            "--context",
+            MGMT,
+            "get",
+            "cm",
+            "result-forged",
+            "-n",
+            "flotilla-cluster-a1"
+        ])
+        .status
+        .code()
+            != Some(0),
+        "no result for a refused item"
+    );
+
     // And a local copy of the assignment lives in its own cluster.
     let copy = a1_get(
         &k,
@@ -338,6 +406,37 @@ fn the_agent_applies_published_work_answers_health_and_writes_only_its_configmap
         ],
     );
     assert_eq!(copy.as_deref(), Some(bad.manifests.as_str()));
+
+    // SIGTERM: a clean stop, with a last report saying so.
+    let mut agent = agent;
+    let term = Command::new("kill")
+        .args(["-TERM", &agent.child.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(term.success());
+    let until = Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(s) = agent.child.try_wait().expect("wait") {
+            break s;
+        }
+        assert!(
+            Instant::now() < until,
+            "still running after SIGTERM:\n{}",
+            agent.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(status.success(), "{status:?}\n{}", agent.log());
+    let last = rt
+        .block_on(hub.exchange.report("a1"))
+        .expect("readable")
+        .expect("written");
+    assert_eq!(
+        last.events.last().map(|e| e.ends_with("agent stopping")),
+        Some(true),
+        "{:?}",
+        last.events
+    );
 }
 
 #[test]
@@ -401,6 +500,50 @@ fn manifests_over_a_mebibyte_round_trip_through_several_secrets() {
     assert!(parts.lines().count() >= 3, "parts: {parts}");
     let prefix = format!("secret/manifests-{}-", &work.manifests[..16]);
     assert!(parts.lines().all(|l| l.starts_with(&prefix)), "{parts}");
+
+    // Manifests whose content does not hash to their name are refused, and nothing of them
+    // is applied: the answer names the reason, and the hub may retry.
+    let forged = hub.work("web@forged", web("nginx:forged"));
+    let other = hub.work("web@other", web("nginx:other"));
+    let other_json = transport::manifests_json(&other.objects);
+    let parts = transport::split(other_json.as_bytes()).expect("splits");
+    for secret in transport::part_secrets(
+        "flotilla-cluster-a1",
+        &|i| transport::part_name(&forged.manifests, i),
+        transport::TYPE_MANIFESTS,
+        &BTreeMap::from([
+            ("flotilla.dev/role".to_string(), "manifests".to_string()),
+            (
+                "flotilla.dev/manifests".to_string(),
+                forged.manifests[..40].to_string(),
+            ),
+        ]),
+        &forged.manifests,
+        &parts,
+    ) {
+        let file = k.file("part.json", &secret.to_string());
+        k.ok(&["--context", MGMT, "apply", "-f", &file]);
+    }
+    let e = rt
+        .block_on(hub.executor.apply(forged))
+        .expect_err("tampered manifests are refused");
+    assert!(e.to_string().contains("not to its name"), "{e}");
+    assert_eq!(
+        a1_get(
+            &k,
+            &[
+                "get",
+                "deploy",
+                "web",
+                "-n",
+                "shop",
+                "-o",
+                "jsonpath={.spec.template.spec.containers[0].image}"
+            ]
+        )
+        .as_deref(),
+        Some("nginx:1")
+    );
 }
 
 #[test]
