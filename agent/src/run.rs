@@ -448,9 +448,7 @@ impl Executor for Recording<'_> {
             let mut s = self.shared.lock();
             let p = s.placements.entry(placement.clone()).or_default();
             p.healthy = Some(result.is_ok());
-            if let Err(e) = &result {
-                p.error = e.clone();
-            }
+            p.error = result.as_ref().err().cloned().unwrap_or_default();
         }
         match &result {
             Ok(()) => self.shared.event(format!("{placement} is healthy")),

@@ -702,3 +702,98 @@ fn the_agent_heals_while_the_management_cluster_is_partitioned_and_recovers_from
         || report_with(&["loaded the local copy", "healed web", "reconnected"]).is_some(),
     );
 }
+
+#[test]
+fn the_exchange_answers_only_the_current_item_and_only_its_own_cluster() {
+    use flotilla_reconciler::exchange::{Exchange, Op, VERSION, WorkItem, WorkOutcome, WorkResult};
+    let (k, rt) = start();
+    let _guard = rt.enter();
+    let hub = hub(&k);
+    let connector = flotilla_cluster::Connector::load(Some(&k.kubeconfig)).expect("kubeconfig");
+    let mgmt: Arc<dyn Cluster> = Arc::new(
+        rt.block_on(connector.connect("management", MGMT, false))
+            .expect("connects"),
+    );
+    let agent = KubeExchange::agent(mgmt, "a1");
+    let work = hub.work("web@r1", web("nginx:1"));
+    let item = |id: &str| WorkItem {
+        version: VERSION,
+        id: id.into(),
+        fleet: "f".into(),
+        rollout: "web@r1".into(),
+        placement: "web".into(),
+        cluster: "a1".into(),
+        op: Op::Apply {
+            manifests: work.manifests.clone(),
+            force: false,
+            prune: true,
+        },
+        issued_at: "2026-12-04T20:00:00.000Z".into(),
+    };
+    let done = |id: &str| WorkResult {
+        version: VERSION,
+        id: id.into(),
+        outcome: WorkOutcome::Done,
+        detail: String::new(),
+        finished_at: "2026-12-04T20:00:01.000Z".into(),
+    };
+    rt.block_on(async {
+        hub.exchange.publish(&item("one")).await.expect("published");
+        let pending = agent.pending("a1").await.expect("pending");
+        assert_eq!(pending, vec![item("one")]);
+        // The agent reads the manifests back, checked against their hash.
+        let text = agent
+            .manifests(&work.manifests)
+            .await
+            .expect("readable")
+            .expect("present");
+        assert_eq!(text, transport::manifests_json(&work.objects));
+
+        // Replaced before its answer: the old answer is dropped.
+        hub.exchange.publish(&item("two")).await.expect("published");
+        assert!(
+            !agent
+                .complete("a1", "web", &done("one"))
+                .await
+                .expect("call")
+        );
+        assert_eq!(hub.exchange.result("a1", "web").await.expect("read"), None);
+        assert!(
+            agent
+                .complete("a1", "web", &done("two"))
+                .await
+                .expect("call")
+        );
+        assert_eq!(
+            hub.exchange.result("a1", "web").await.expect("read"),
+            Some(done("two"))
+        );
+        assert!(agent.pending("a1").await.expect("pending").is_empty());
+
+        // Another cluster's namespace, and publishing, are refused.
+        let e = agent.pending("a2").await.expect_err("not its cluster");
+        assert!(e.to_string().contains("does not serve cluster a2"), "{e}");
+        let e = agent
+            .publish(&item("three"))
+            .await
+            .expect_err("agents never publish");
+        assert!(e.to_string().contains("never publishes"), "{e}");
+    });
+
+    // An unreachable management cluster is an error the engine retries, naming the object.
+    assert!(k.sim.set_faults(
+        MGMT,
+        Faults {
+            partition: true,
+            ..Default::default()
+        }
+    ));
+    let e = rt.block_on(agent.pending("a1")).expect_err("unreachable");
+    let text = e.to_string();
+    assert!(
+        matches!(e, flotilla_reconciler::exchange::ExchangeError::Store(_))
+            && text.contains("flotilla-cluster-a1")
+            && text.contains("unavailable"),
+        "{text}"
+    );
+}
