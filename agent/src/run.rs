@@ -320,9 +320,10 @@ struct State {
 struct Shared {
     config: AgentConfig,
     state: Mutex<State>,
-    /// Applies (hub items and heals) one at a time, so a heal never re-applies an older
-    /// assignment over a newer one being applied.
-    apply_lock: tokio::sync::Mutex<()>,
+    /// Per placement: applies (hub items and heals) one at a time, so a heal never
+    /// re-applies an older assignment over a newer one being applied. Placements do not wait
+    /// for each other.
+    apply_locks: Mutex<BTreeMap<String, Arc<tokio::sync::Mutex<()>>>>,
     copy: LocalCopy,
     report_now: Notify,
     stop: Arc<AtomicBool>,
@@ -332,6 +333,15 @@ struct Shared {
 impl Shared {
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn apply_lock(&self, placement: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.apply_locks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(placement.to_string())
+            .or_default()
+            .clone()
     }
 
     fn event(&self, line: String) {
@@ -391,7 +401,8 @@ impl Executor for Recording<'_> {
     async fn apply(&self, work: ApplyWork) -> Result<(), ApplyError> {
         let placement = work.placement.clone();
         let short = short_id(&work.manifests).to_string();
-        let _held = self.shared.apply_lock.lock().await;
+        let lock = self.shared.apply_lock(&placement);
+        let _held = lock.lock().await;
         let result = self.local.apply(work.clone()).await;
         match &result {
             Ok(()) => {
@@ -493,7 +504,7 @@ pub async fn run(
             unreachable_since: None,
             after_outage: false,
         }),
-        apply_lock: tokio::sync::Mutex::new(()),
+        apply_locks: Mutex::new(BTreeMap::new()),
         report_now: Notify::new(),
         stop,
         stopped,
@@ -594,7 +605,8 @@ async fn heal_loop(shared: &Shared, executor: &Recording<'_>, own: &dyn Cluster)
 
 async fn heal_one(shared: &Shared, executor: &Recording<'_>, own: &dyn Cluster, a: &Assignment) {
     let placement = &a.placement;
-    let _held = shared.apply_lock.lock().await;
+    let lock = shared.apply_lock(placement);
+    let _held = lock.lock().await;
     // Replaced meanwhile by a newer item: that one is checked next time.
     if shared.lock().assignments.get(placement) != Some(a) {
         return;

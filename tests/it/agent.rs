@@ -392,6 +392,22 @@ fn the_agent_applies_published_work_answers_health_and_writes_only_its_configmap
         "no result for a refused item"
     );
 
+    // Every request it sent there stayed in its namespace: Secrets only read, ConfigMaps
+    // read and written (the verbs its Role grants).
+    for r in k.sim.audit().into_iter().filter(|r| {
+        r.cluster == MGMT && r.user_agent.starts_with("flotilla-agent/") && !r.resource.is_empty()
+    }) {
+        let allowed = match r.resource.as_str() {
+            "secrets" => matches!(r.verb.as_str(), "get" | "list" | "watch"),
+            "configmaps" => matches!(
+                r.verb.as_str(),
+                "get" | "list" | "watch" | "create" | "update" | "patch"
+            ),
+            _ => false,
+        };
+        assert!(allowed && r.namespace == "flotilla-cluster-a1", "{r:?}");
+    }
+
     // And a local copy of the assignment lives in its own cluster.
     let copy = a1_get(
         &k,
