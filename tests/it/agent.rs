@@ -40,22 +40,31 @@ struct Agent {
 
 impl Agent {
     fn start(k: &SimKube, n: usize) -> Agent {
-        let log = k.dir.path().join(format!("agent-{n}.log"));
-        let file = std::fs::File::create(&log).expect("log file");
         let kubeconfig = k.kubeconfig.to_str().expect("UTF-8 path");
+        Agent::spawn(
+            &k.dir.path().join(format!("agent-{n}.log")),
+            (kubeconfig, MGMT),
+            (kubeconfig, A1),
+        )
+    }
+
+    /// An agent of cluster `a1`: management and own cluster as (kubeconfig, context).
+    fn spawn(log: &std::path::Path, hub: (&str, &str), own: (&str, &str)) -> Agent {
+        let log = log.to_path_buf();
+        let file = std::fs::File::create(&log).expect("log file");
         let child = Command::new(env!("CARGO_BIN_EXE_flotilla"))
             .args([
                 "agent",
                 "--cluster",
                 "a1",
                 "--hub-kubeconfig",
-                kubeconfig,
+                hub.0,
                 "--hub-context",
-                MGMT,
+                hub.1,
                 "--kubeconfig",
-                kubeconfig,
+                own.0,
                 "--context",
-                A1,
+                own.1,
                 "--poll",
                 "200ms",
                 "--heal-interval",
@@ -96,10 +105,15 @@ struct Hub {
 }
 
 fn hub(k: &SimKube) -> Hub {
-    let connector = flotilla_cluster::Connector::load(Some(&k.kubeconfig)).expect("kubeconfig");
+    hub_at(&k.kubeconfig, MGMT)
+}
+
+/// The hub over the management cluster at (kubeconfig, context).
+fn hub_at(kubeconfig: &std::path::Path, context: &str) -> Hub {
+    let connector = flotilla_cluster::Connector::load(Some(kubeconfig)).expect("kubeconfig");
     let rt = tokio::runtime::Handle::current();
     let mgmt: Arc<dyn Cluster> = Arc::new(
-        rt.block_on(connector.connect("management", MGMT, false))
+        rt.block_on(connector.connect("management", context, false))
             .expect("connects"),
     );
     let manifests: Arc<Mutex<BTreeMap<String, String>>> = Arc::default();
@@ -455,13 +469,8 @@ fn the_agent_applies_published_work_answers_health_and_writes_only_its_configmap
     );
 }
 
-#[test]
-fn manifests_over_a_mebibyte_round_trip_through_several_secrets() {
-    let (k, rt) = start();
-    let _guard = rt.enter();
-    let hub = hub(&k);
-    let agent = Agent::start(&k, 1);
-    // 1.5 MiB of incompressible base64.
+/// 1.5 MiB of incompressible base64.
+fn noise() -> String {
     let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
     let raw: Vec<u8> = (0..1_179_648)
         .map(|_| {
@@ -474,6 +483,16 @@ fn manifests_over_a_mebibyte_round_trip_through_several_secrets() {
     use base64::Engine as _;
     let blob = base64::engine::general_purpose::STANDARD.encode(&raw);
     assert!(blob.len() >= 1536 * 1024);
+    blob
+}
+
+#[test]
+fn manifests_over_a_mebibyte_round_trip_through_several_secrets() {
+    let (k, rt) = start();
+    let _guard = rt.enter();
+    let hub = hub(&k);
+    let agent = Agent::start(&k, 1);
+    let blob = noise();
     let mut objects = web("nginx:1");
     objects.push(object(json!({
         "apiVersion": "v1", "kind": "ConfigMap",
@@ -812,4 +831,210 @@ fn the_exchange_answers_only_the_current_item_and_only_its_own_cluster() {
             && text.contains("unavailable"),
         "{text}"
     );
+}
+
+/// The agent's Role on the management cluster: what docs/agent.md says it needs.
+const AGENT_ROLE: &str = "apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {name: flotilla-agent, namespace: flotilla-cluster-a1}
+rules:
+  - apiGroups: [\"\"]
+    resources: [secrets]
+    verbs: [get, list, watch]
+  - apiGroups: [\"\"]
+    resources: [configmaps]
+    verbs: [get, list, watch, create, update, patch]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {name: flotilla-agent, namespace: flotilla-cluster-a1}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: flotilla-agent}
+subjects:
+  - {kind: ServiceAccount, name: agent-a1, namespace: flotilla-cluster-a1}
+";
+
+/// A real kube-apiserver as the management cluster, the agent with a service-account token
+/// bound only to that Role: it takes work (manifests over 1 MiB across Secrets under the
+/// real object size limit), answers health, reports, and every request it made was allowed;
+/// with its token, another cluster's namespace and Secrets outside its own are refused, and
+/// it cannot write a Secret (forge work) even in its own namespace.
+#[test]
+fn real_agent_with_least_privilege_on_a_real_management_cluster() {
+    use crate::kube_support::{KubeOptions, RealKube, kubeconfig_file};
+    let kube = RealKube::start(KubeOptions::default());
+    let (k, rt) = {
+        let k = SimKube::start(SimConfig {
+            clusters: 1,
+            ready_delay: Duration::from_millis(200),
+            ..Default::default()
+        });
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        (k, rt)
+    };
+    let _guard = rt.enter();
+    for ns in ["flotilla-cluster-a1", "flotilla-cluster-a2"] {
+        kube.ok(&["create", "namespace", ns]);
+    }
+    kube.ok(&[
+        "-n",
+        "flotilla-cluster-a1",
+        "create",
+        "serviceaccount",
+        "agent-a1",
+    ]);
+    let role = k.file("role.yaml", AGENT_ROLE);
+    kube.ok(&["apply", "-f", &role]);
+    for ns in ["flotilla-cluster-a2", "default"] {
+        kube.ok(&[
+            "-n",
+            ns,
+            "create",
+            "secret",
+            "generic",
+            "other",
+            "--from-literal=k=v",
+        ]);
+    }
+    kube.ok(&[
+        "-n",
+        "flotilla-cluster-a2",
+        "create",
+        "configmap",
+        "other",
+        "--from-literal=k=v",
+    ]);
+    let token = kube.ok(&[
+        "-n",
+        "flotilla-cluster-a1",
+        "create",
+        "token",
+        "agent-a1",
+        "--duration",
+        "10m",
+    ]);
+    let mut entry = kube.kubeconfig_as("mgmt");
+    entry.token = token.trim().to_string();
+    let agent_kubeconfig = k.dir.path().join("agent-hub-kubeconfig");
+    kubeconfig_file(&agent_kubeconfig, &[entry]);
+    let admin_kubeconfig = k.dir.path().join("hub-kubeconfig");
+    kubeconfig_file(&admin_kubeconfig, &[kube.kubeconfig_as("mgmt")]);
+
+    let hub = hub_at(&admin_kubeconfig, "mgmt");
+    let agent = Agent::spawn(
+        &k.dir.path().join("agent.log"),
+        (agent_kubeconfig.to_str().expect("UTF-8"), "mgmt"),
+        (k.kubeconfig.to_str().expect("UTF-8"), "sim-1"),
+    );
+    let mut objects = web("nginx:1");
+    objects.push(object(json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "big", "namespace": "shop"},
+        "data": {"blob": noise()},
+    })));
+    let work = hub.work("web@r1", objects);
+    rt.block_on(hub.executor.apply(work.clone()))
+        .unwrap_or_else(|e| panic!("apply through the agent: {e}\n{}", agent.log()));
+    rt.block_on(
+        hub.executor
+            .wait_healthy(hub.health(&work, Duration::from_secs(20))),
+    )
+    .unwrap_or_else(|e| panic!("healthy through the agent: {e}\n{}", agent.log()));
+    let parts = kube.ok(&[
+        "get",
+        "secrets",
+        "-n",
+        "flotilla-cluster-a1",
+        "-l",
+        "flotilla.dev/role=manifests",
+        "-o",
+        "name",
+    ]);
+    assert!(parts.lines().count() >= 3, "parts: {parts}");
+    let live = k.ok(&[
+        "--context",
+        "sim-1",
+        "get",
+        "cm",
+        "big",
+        "-n",
+        "shop",
+        "-o",
+        "jsonpath={.data.blob}",
+    ]);
+    assert!(live == noise(), "the blob came through changed");
+    eventually(&agent, Duration::from_secs(10), "a report", || {
+        rt.block_on(hub.exchange.report("a1"))
+            .ok()
+            .flatten()
+            .is_some_and(|r| {
+                r.placements
+                    .get("web")
+                    .is_some_and(|p| p.healthy == Some(true))
+            })
+    });
+
+    // Every request of the agent was allowed by its Role.
+    let sa = "system:serviceaccount:flotilla-cluster-a1:agent-a1";
+    let mine: Vec<Value> = kube
+        .audit()
+        .into_iter()
+        .filter(|e| e.pointer("/user/username").and_then(Value::as_str) == Some(sa))
+        .collect();
+    assert!(
+        !mine.is_empty(),
+        "the agent's requests are in the audit log"
+    );
+    for e in &mine {
+        let code = e.pointer("/responseStatus/code").and_then(Value::as_u64);
+        assert!(code != Some(403), "refused: {e}");
+    }
+
+    // Its token reaches nothing else.
+    let as_agent = |args: &[&str]| {
+        let o = Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(&agent_kubeconfig)
+            .args(["--request-timeout", "20s"])
+            .args(args)
+            .env_remove("KUBECONFIG")
+            .output()
+            .expect("kubectl runs");
+        (o.status.success(), crate::support::stderr(&o))
+    };
+    for args in [
+        &["get", "secrets", "-n", "flotilla-cluster-a2"][..],
+        &["get", "secret", "other", "-n", "flotilla-cluster-a2"],
+        &["get", "configmaps", "-n", "flotilla-cluster-a2"],
+        &["get", "secrets", "-n", "default"],
+        &["get", "secret", "other", "-n", "default"],
+        &["get", "secrets", "-A"],
+        &[
+            "-n",
+            "flotilla-cluster-a1",
+            "create",
+            "secret",
+            "generic",
+            "forged",
+            "--from-literal=item.json={}",
+        ],
+        &[
+            "-n",
+            "flotilla-cluster-a1",
+            "delete",
+            "secret",
+            &transport::work_name("web"),
+        ],
+    ] {
+        let (ok, err) = as_agent(args);
+        assert!(
+            !ok && err.contains("forbidden"),
+            "kubectl {args:?} as the agent: {err}"
+        );
+    }
+    let (ok, err) = as_agent(&["get", "secrets", "-n", "flotilla-cluster-a1"]);
+    assert!(ok, "its own namespace: {err}");
 }
