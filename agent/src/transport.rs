@@ -79,7 +79,12 @@ pub fn result_name(placement: &str) -> String {
 
 /// Part `i` of the manifests with this hash.
 pub fn part_name(hash: &str, i: usize) -> String {
-    format!("manifests-{}-{i}", &hash[..hash.len().min(16)])
+    format!("manifests-{}-{i}", prefix(hash, 16))
+}
+
+/// The first `n` bytes of a hash (all of it when shorter, or not cut at a character).
+fn prefix(hash: &str, n: usize) -> &str {
+    hash.get(..n).unwrap_or(hash)
 }
 
 /// Part `i` of the agent's local copy of a placement's assignment (in its own cluster).
@@ -342,7 +347,8 @@ fn parts_err(cluster: &str, e: &PartsError) -> ExchangeError {
 }
 
 /// What the hub reads the stored manifests JSON of a hash with (the state store's
-/// `manifests` table).
+/// `manifests` table). Called from async code: a blocking store read belongs in
+/// `block_in_place` (the daemon's `blocking`).
 pub type ManifestSource = Arc<dyn Fn(&str) -> Result<Option<String>, String> + Send + Sync>;
 
 enum Side {
@@ -537,10 +543,7 @@ impl KubeExchange {
         let labels = BTreeMap::from([
             (LABEL_MANAGED_BY.to_string(), MANAGED_BY.to_string()),
             (LABEL_ROLE.to_string(), ROLE_MANIFESTS.to_string()),
-            (
-                LABEL_MANIFESTS.to_string(),
-                hash[..hash.len().min(40)].to_string(),
-            ),
+            (LABEL_MANIFESTS.to_string(), prefix(hash, 40).to_string()),
         ]);
         for s in part_secrets(
             ns,
@@ -740,7 +743,7 @@ impl Exchange for KubeExchange {
                 let ns = namespace(cluster);
                 let selector = format!(
                     "{LABEL_ROLE}={ROLE_MANIFESTS},{LABEL_MANIFESTS}={}",
-                    &hash[..hash.len().min(40)]
+                    prefix(hash, 40)
                 );
                 let secrets = self
                     .management
