@@ -31,8 +31,8 @@ pub struct AgentReport {
     pub started_at: String,
     /// RFC 3339.
     pub reported_at: String,
-    /// Whether the agent reached the management cluster throughout since its last report:
-    /// false in the first report written after an outage (the events say what happened
+    /// Whether the agent reached the management cluster throughout: false in the reports
+    /// written within one report interval after an outage (the events say what happened
     /// meanwhile).
     pub hub_reachable: bool,
     #[serde(default)]

@@ -313,8 +313,9 @@ struct State {
     events: VecDeque<String>,
     /// Since when report writes fail.
     unreachable_since: Option<DateTime<Utc>>,
-    /// The next report is the first after an outage.
-    after_outage: bool,
+    /// When the last outage ended: reports within one report interval of it say the hub was
+    /// not reachable throughout (so the hub sees at least one).
+    reconnected_at: Option<tokio::time::Instant>,
 }
 
 struct Shared {
@@ -365,7 +366,9 @@ impl Shared {
             agent_version: env!("CARGO_PKG_VERSION").into(),
             started_at: rfc3339(s.started_at),
             reported_at: rfc3339(Utc::now()),
-            hub_reachable: s.unreachable_since.is_none() && !s.after_outage,
+            hub_reachable: s.unreachable_since.is_none()
+                && s.reconnected_at
+                    .is_none_or(|t| t.elapsed() >= self.config.report_interval),
             placements: s.placements.clone(),
             events: s.events.iter().cloned().collect(),
         }
@@ -502,7 +505,7 @@ pub async fn run(
             placements: BTreeMap::new(),
             events: VecDeque::new(),
             unreachable_since: None,
-            after_outage: false,
+            reconnected_at: None,
         }),
         apply_locks: Mutex::new(BTreeMap::new()),
         report_now: Notify::new(),
@@ -729,19 +732,13 @@ async fn report_loop(shared: &Shared, exchange: &KubeExchange) {
         let report = shared.report();
         match exchange.write_report(&report).await {
             Ok(()) => {
-                let since = {
-                    let mut s = shared.lock();
-                    if report.hub_reachable {
-                        s.after_outage = false;
-                    }
-                    s.unreachable_since.take()
-                };
+                let since = shared.lock().unreachable_since.take();
                 if let Some(since) = since {
                     let secs = (Utc::now() - since).num_seconds().max(0);
                     shared.event(format!(
                         "reconnected to the management cluster after {secs} s"
                     ));
-                    shared.lock().after_outage = true;
+                    shared.lock().reconnected_at = Some(tokio::time::Instant::now());
                     // At once: the report that says what happened meanwhile.
                     continue;
                 }

@@ -689,19 +689,25 @@ fn the_agent_heals_while_the_management_cluster_is_partitioned_and_recovers_from
                     .all(|n| r.events.iter().any(|e| e.contains(n)))
             })
     };
-    eventually(
-        &agent,
-        Duration::from_secs(20),
-        "a report after the reconnect",
-        || {
-            report_with(&[
-                "unreachable since",
-                "reconnected to the management cluster after",
-                "healed web",
-            ])
-            .is_some()
-        },
-    );
+    // The first report after the outage says the hub was not reachable throughout (read
+    // often: the next one, half a second later, says it is again).
+    let until = Instant::now() + Duration::from_secs(20);
+    let first = loop {
+        if let Some(r) = report_with(&[
+            "unreachable since",
+            "reconnected to the management cluster after",
+            "healed web",
+        ]) {
+            break r;
+        }
+        assert!(
+            Instant::now() < until,
+            "no report after the reconnect:\n{}",
+            agent.log()
+        );
+        std::thread::sleep(Duration::from_millis(30));
+    };
+    assert!(!first.hub_reachable, "{first:?}");
     let r = report_with(&["reconnected"]).expect("report");
     assert!(r.placements["web"].healed >= 1, "{r:?}");
     assert!(!r.placements["web"].last_heal_at.is_empty(), "{r:?}");
