@@ -214,7 +214,13 @@ impl LocalCopy {
             let name = name_of(&old).to_string();
             let stale = (parts.len()..transport::MAX_PARTS + 1)
                 .any(|i| name == transport::local_name(&a.placement, i));
-            if stale && let Some(r) = ObjectRef::of(&old) {
+            if stale {
+                // List items may come without apiVersion and kind: the reference is built.
+                let r = ObjectRef {
+                    gvk: Self::secret_gvk(),
+                    namespace: Some(ns.clone()),
+                    name: name.clone(),
+                };
                 self.cluster
                     .delete(&r, false)
                     .await
