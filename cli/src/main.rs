@@ -10,6 +10,7 @@ use flotilla_source::{LocalTree, git};
 use flotilla_spec::types::RepoPath;
 use flotilla_spec::{Checked, Diagnostic, Limits, RepoFiles};
 
+mod agent;
 mod agent_manifests;
 mod backup;
 mod burst;
@@ -168,6 +169,10 @@ enum Command {
     /// commit, check drift, serve /metrics, /healthz, /readyz and the status API. See
     /// docs/daemon.md.
     Serve(Box<serve::ServeArgs>),
+    /// The pull-mode agent of one member cluster: takes its work from the management
+    /// cluster, applies it, self-heals it (also while the management cluster is down) and
+    /// reports. See docs/agent.md.
+    Agent(Box<agent::AgentArgs>),
     /// The tour: six simulated clusters, a local fleet repository and the daemon; a good
     /// change rolls out canary first, a bad image is rolled back, a hand edit shows up in the
     /// drift report. Needs git; no network.
@@ -327,8 +332,10 @@ fn main() -> ExitCode {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
     // The daemon starts its logging once its settings (the log format) are resolved.
-    if !matches!(cli.command, Command::Serve(_)) {
-        init_logging("warn", false);
+    match cli.command {
+        Command::Serve(_) => {}
+        Command::Agent(_) => init_logging("info", false),
+        _ => init_logging("warn", false),
     }
     match run(cli) {
         Ok(code) => code,
@@ -507,6 +514,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             init_logging("info", format == serve::LogFormat::Json);
             serve::serve(config)
         }
+        Command::Agent(args) => agent::run(*args),
         Command::Status { server } => serve::status(&server),
         Command::Burst { command } => burst::run(command),
         Command::Demo(args) => demo::demo(args),

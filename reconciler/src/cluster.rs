@@ -151,6 +151,9 @@ pub enum FieldManager {
     Workflow,
     /// A replica's own membership Lease (high availability, the `ha` crate).
     Ha,
+    /// The pull-mode agent exchange (the `agent` crate): work and manifests Secrets the hub
+    /// writes, results and reports the agent writes, the agent's local copy.
+    Agent,
 }
 
 impl FieldManager {
@@ -161,6 +164,7 @@ impl FieldManager {
             FieldManager::Restore => "flotilla-restore",
             FieldManager::Workflow => "flotilla-workflow",
             FieldManager::Ha => "flotilla-ha",
+            FieldManager::Agent => "flotilla-agent",
         }
     }
 }

@@ -12,6 +12,7 @@ mod registry_support;
 mod serve_support;
 mod support;
 
+mod agent;
 mod agent_rbac;
 mod backup;
 mod burst;
