@@ -69,6 +69,10 @@ pub struct PlacementStatus {
     /// The last error (apply, health, drift check), empty when the last attempt went well.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub error: String,
+    /// The last drift check as the daemon's drift report shows it: the objects that are not
+    /// in sync (at most [`MAX_DRIFTED`], without their YAML diffs), with their changed fields.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drift: Option<flotilla_reconciler::report::PlacementReport>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -181,6 +185,24 @@ mod tests {
                     healed: 2,
                     last_heal_at: "2026-12-04T20:00:50.000Z".into(),
                     error: String::new(),
+                    drift: Some(flotilla_reconciler::report::PlacementReport {
+                        name: "web".into(),
+                        error: None,
+                        objects: vec![flotilla_reconciler::report::ObjectReport {
+                            id: "ConfigMap/shop/x".into(),
+                            api_version: "v1".into(),
+                            kind: "ConfigMap".into(),
+                            namespace: Some("shop".into()),
+                            name: "x".into(),
+                            bundle: "app".into(),
+                            state: flotilla_reconciler::report::ObjectState::Missing,
+                            fields: Vec::new(),
+                            changes: Vec::new(),
+                            diff: String::new(),
+                            health: None,
+                            error: None,
+                        }],
+                    }),
                 },
             )]),
             events: vec!["healed web".into()],

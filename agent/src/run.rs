@@ -424,6 +424,7 @@ impl Executor for Recording<'_> {
                     p.applied_at = a.applied_at.clone();
                     p.healthy = None;
                     p.drifted.clear();
+                    p.drift = None;
                     p.error.clear();
                     s.assignments.insert(placement.clone(), a.clone());
                 }
@@ -664,9 +665,18 @@ async fn heal_one(shared: &Shared, executor: &Recording<'_>, own: &dyn Cluster, 
         .filter(|o| matches!(o.state, ObjectState::Missing | ObjectState::Modified))
         .map(|o| format!("{} ({})", o.id, o.state.label()))
         .collect();
+    // What the daemon's drift report shows: the objects out of sync, without their diffs (the
+    // report stays small; the fields and values that changed are kept).
+    let mut shown = pr.clone();
+    shown.objects.retain(|o| o.state != ObjectState::InSync);
+    shown.objects.truncate(report::MAX_DRIFTED);
+    for o in &mut shown.objects {
+        o.diff.clear();
+    }
     {
         let mut s = shared.lock();
         let p = s.placements.entry(placement.clone()).or_default();
+        p.drift = Some(shown);
         p.drifted = drifted.clone();
         if let Some(e) = &pr.error {
             p.error = format!("drift check: {e}");
@@ -703,6 +713,9 @@ async fn heal_one(shared: &Shared, executor: &Recording<'_>, own: &dyn Cluster, 
                 p.healed += 1;
                 p.last_heal_at = now;
                 p.drifted.clear();
+                if let Some(d) = &mut p.drift {
+                    d.objects.clear();
+                }
                 p.error.clear();
             }
             shared.event(format!(

@@ -354,9 +354,12 @@ pub type ManifestSource = Arc<dyn Fn(&str) -> Result<Option<String>, String> + S
 enum Side {
     Hub {
         manifests: ManifestSource,
-        /// Publishes into one namespace at a time in this process (the manifests clean-up
-        /// must not delete what another publish just uploaded).
-        lock: tokio::sync::Mutex<()>,
+        /// One publish per namespace at a time in this process (the manifests clean-up must
+        /// not delete what another publish just uploaded); namespaces publish in parallel.
+        locks: std::sync::Mutex<BTreeMap<String, Arc<tokio::sync::Mutex<()>>>>,
+        /// Namespaces seen to exist (each is read once, created only when missing: the
+        /// hub's Role may create namespaces but not patch them).
+        namespaces: std::sync::Mutex<BTreeSet<String>>,
     },
     Agent {
         cluster: String,
@@ -381,7 +384,8 @@ impl KubeExchange {
             management,
             side: Side::Hub {
                 manifests,
-                lock: tokio::sync::Mutex::new(()),
+                locks: std::sync::Mutex::new(BTreeMap::new()),
+                namespaces: std::sync::Mutex::new(BTreeSet::new()),
             },
             gc_grace: Duration::from_secs(300),
         }
@@ -520,7 +524,7 @@ impl KubeExchange {
         ns: &str,
         hash: &str,
         source: &ManifestSource,
-    ) -> Result<(), ExchangeError> {
+    ) -> Result<bool, ExchangeError> {
         let first = part_name(hash, 0);
         let existing = self
             .management
@@ -531,7 +535,7 @@ impl KubeExchange {
             .as_ref()
             .is_some_and(|s| annotation(s, ANNOTATION_HASH) == Some(hash))
         {
-            return Ok(());
+            return Ok(false);
         }
         let text = source(hash)
             .map_err(|e| ExchangeError::Store(format!("manifests {}: {e}", short_id(hash))))?
@@ -556,7 +560,7 @@ impl KubeExchange {
             self.apply(&s).await?;
         }
         tracing::debug!(target: "flotilla::agent", %cluster, manifests = %short_id(hash), parts = parts.len(), "manifests uploaded");
-        Ok(())
+        Ok(true)
     }
 
     /// Deletes the manifests Secrets of `ns` that no work item references (older than the
@@ -608,22 +612,55 @@ impl KubeExchange {
 #[async_trait::async_trait]
 impl Exchange for KubeExchange {
     async fn publish(&self, item: &WorkItem) -> Result<(), ExchangeError> {
-        let Side::Hub { manifests, lock } = &self.side else {
+        let Side::Hub {
+            manifests,
+            locks,
+            namespaces,
+        } = &self.side
+        else {
             return Err(ExchangeError::Invalid {
                 what: "work exchange",
                 message: "an agent never publishes work".into(),
             });
         };
         let ns = namespace(&item.cluster);
+        let lock = locks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(ns.clone())
+            .or_default()
+            .clone();
         let _held = lock.lock().await;
-        self.apply(&json!({
-            "apiVersion": "v1",
-            "kind": "Namespace",
-            "metadata": {"name": ns, "labels": {LABEL_MANAGED_BY: MANAGED_BY}},
-        }))
-        .await?;
+        let known = namespaces
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&ns);
+        if !known {
+            let r = ObjectRef {
+                gvk: Gvk::new("", "v1", "Namespace"),
+                namespace: None,
+                name: ns.clone(),
+            };
+            let found = self
+                .management
+                .get(&r)
+                .await
+                .map_err(|e| mgmt_err("get", &ns, "the namespace", &e))?;
+            if found.is_none() {
+                self.apply(&json!({
+                    "apiVersion": "v1",
+                    "kind": "Namespace",
+                    "metadata": {"name": ns, "labels": {LABEL_MANAGED_BY: MANAGED_BY}},
+                }))
+                .await?;
+            }
+            namespaces
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(ns.clone());
+        }
         let hash = item.op.manifests();
-        self.upload(&item.cluster, &ns, hash, manifests).await?;
+        let uploaded = self.upload(&item.cluster, &ns, hash, manifests).await?;
         let json = item.to_json()?;
         self.apply(&json!({
             "apiVersion": "v1",
@@ -641,7 +678,10 @@ impl Exchange for KubeExchange {
             "data": {KEY_ITEM: b64(json.as_bytes())},
         }))
         .await?;
-        self.collect(&ns).await;
+        // New manifests may leave older ones unused; without an upload nothing changed.
+        if uploaded {
+            self.collect(&ns).await;
+        }
         Ok(())
     }
 

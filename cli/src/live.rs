@@ -139,7 +139,24 @@ pub fn compare(
             .map(|(name, context, desired)| {
                 let connector = &connector;
                 let fleet_name = &fleet_name;
+                let agent = prepared
+                    .fleet
+                    .clusters
+                    .iter()
+                    .any(|c| &c.name == name && c.is_agent());
                 async move {
+                    if agent {
+                        // Never contacted from here either: its agent checks it and reports
+                        // to the daemon (`flotilla status`, /api/v1/clusters/NAME).
+                        return ClusterReport {
+                            name: name.clone(),
+                            error: Some(format!(
+                                "{}; its agent reports its drift to the daemon (flotilla status)",
+                                flotilla_daemon::adapters::through_agent(name)
+                            )),
+                            placements: Vec::new(),
+                        };
+                    }
                     match connector.connect(name, context, read_only).await {
                         Ok(cluster) => {
                             sync::compare(&cluster as &dyn Cluster, fleet_name, desired, mode).await

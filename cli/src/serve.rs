@@ -57,6 +57,13 @@ pub struct ServeArgs {
     /// Context of the management cluster in that kubeconfig [default: its current context].
     #[arg(long, env = "FLOTILLA_HA_CONTEXT", value_name = "NAME")]
     pub ha_context: Option<String>,
+    /// Clusters with `connect: agent`: context of the management cluster their agents pull
+    /// work from (in --agents-kubeconfig, else --kubeconfig).
+    #[arg(long, env = "FLOTILLA_AGENTS_CONTEXT", value_name = "NAME")]
+    pub agents_context: Option<String>,
+    /// kubeconfig holding --agents-context [default: --kubeconfig].
+    #[arg(long, env = "FLOTILLA_AGENTS_KUBECONFIG", value_name = "FILE")]
+    pub agents_kubeconfig: Option<PathBuf>,
     /// This replica's name, a DNS label [default: $POD_NAME, else the host name].
     #[arg(long, env = "FLOTILLA_REPLICA_ID", value_name = "ID")]
     pub replica_id: Option<String>,
@@ -129,6 +136,8 @@ const KEYS: &[&str] = &[
     "ha-namespace",
     "ha-kubeconfig",
     "ha-context",
+    "agents-context",
+    "agents-kubeconfig",
     "replica-id",
     "lease-duration",
     "renew-period",
@@ -210,6 +219,12 @@ fn merge_file(args: &mut ServeArgs, path: &Path) -> anyhow::Result<()> {
             }
             "ha-context" => {
                 args.ha_context.get_or_insert(text()?);
+            }
+            "agents-context" => {
+                args.agents_context.get_or_insert(text()?);
+            }
+            "agents-kubeconfig" => {
+                args.agents_kubeconfig.get_or_insert(text()?.into());
             }
             "replica-id" => {
                 args.replica_id.get_or_insert(text()?);
@@ -333,6 +348,16 @@ pub fn resolve(mut args: ServeArgs) -> anyhow::Result<(Config, LogFormat)> {
     };
     let mut config = Config::new(repo, state, cache);
     config.state_url = state_url;
+    match (args.agents_context, args.agents_kubeconfig) {
+        (Some(context), kubeconfig) => {
+            config.agents = Some(flotilla_daemon::config::AgentSettings {
+                kubeconfig: kubeconfig.or_else(|| args.kubeconfig.clone()),
+                context,
+            });
+        }
+        (None, Some(_)) => anyhow::bail!("--agents-kubeconfig needs --agents-context"),
+        (None, None) => {}
+    }
     if let Some(namespace) = args.ha_namespace {
         let replica_id = match args.replica_id {
             Some(id) => id,
@@ -660,6 +685,44 @@ pub fn status(server: &ServerArgs) -> anyhow::Result<ExitCode> {
                 format!(" on {drifted}")
             }
         ));
+    }
+    if let Some(agents) = v.get("agents").and_then(Value::as_object) {
+        out.push_str("agent clusters:\n");
+        for (name, a) in agents {
+            let applied: Vec<String> = a
+                .get("applied")
+                .and_then(Value::as_object)
+                .into_iter()
+                .flatten()
+                .map(|(p, h)| format!("{p}@{}", h.as_str().unwrap_or("-")))
+                .collect();
+            let report = match a.get("lastReport").and_then(Value::as_str) {
+                Some(at) => format!(
+                    "last report {at} ({} s before the daemon read it){}",
+                    a.get("reportAgeSeconds")
+                        .and_then(Value::as_i64)
+                        .unwrap_or(0),
+                    if a.get("hubReachable").and_then(Value::as_bool) == Some(false) {
+                        ", written after an outage"
+                    } else {
+                        ""
+                    }
+                ),
+                None => "never reported".to_string(),
+            };
+            out.push_str(&format!(
+                "  {name:<24} {report}; applied {}{}\n",
+                if applied.is_empty() {
+                    "nothing".to_string()
+                } else {
+                    applied.join(", ")
+                },
+                a.get("error")
+                    .and_then(Value::as_str)
+                    .map(|e| format!(" ({e})"))
+                    .unwrap_or_default()
+            ));
+        }
     }
     print!("{out}");
     Ok(if healthy {

@@ -20,13 +20,23 @@ impl Clock for SystemClock {
 
 type Connections = BTreeMap<String, Arc<dyn Cluster>>;
 
+/// What `cluster()` answers for a cluster with `connect: agent` (the one place that keeps
+/// the daemon from contacting such a cluster: drift checks, heals, burst pools, workflows and
+/// backups all connect through here).
+pub fn through_agent(name: &str) -> String {
+    format!(
+        "cluster {name} is reached through its agent (connect: agent); the daemon never contacts it"
+    )
+}
+
 /// Clusters by fleet name, connected on first use (read-only connections refuse every
-/// mutating request, dry runs included).
+/// mutating request, dry runs included). Clusters with `connect: agent` are refused.
 pub struct ConnectedClusters {
     connector: flotilla_cluster::Connector,
     read_only: bool,
-    /// kubeconfig context per cluster, and the connections made so far.
-    state: tokio::sync::Mutex<(BTreeMap<String, String>, Connections)>,
+    /// kubeconfig context per cluster (`None`: reached through its agent), and the
+    /// connections made so far.
+    state: tokio::sync::Mutex<(BTreeMap<String, Option<String>>, Connections)>,
 }
 
 impl ConnectedClusters {
@@ -62,11 +72,14 @@ impl ConnectedClusters {
     }
 }
 
-fn contexts(fleet: &Fleet) -> BTreeMap<String, String> {
+fn contexts(fleet: &Fleet) -> BTreeMap<String, Option<String>> {
     fleet
         .clusters
         .iter()
-        .map(|c| (c.name.clone(), c.context().to_string()))
+        .map(|c| {
+            let context = (!c.is_agent()).then(|| c.context().to_string());
+            (c.name.clone(), context)
+        })
         .collect()
 }
 
@@ -80,7 +93,9 @@ impl Clusters for ConnectedClusters {
         }
         let context = contexts
             .get(name)
-            .ok_or_else(|| format!("cluster {name:?} is not in the fleet"))?;
+            .ok_or_else(|| format!("cluster {name:?} is not in the fleet"))?
+            .as_ref()
+            .ok_or_else(|| through_agent(name))?;
         let c: Arc<dyn Cluster> = Arc::new(
             self.connector
                 .connect(name, context, self.read_only)

@@ -28,6 +28,9 @@ pub struct Config {
     /// Several replicas, one fleet: Leases in a management cluster (`None`: this daemon
     /// drives the whole fleet alone).
     pub ha: Option<HaSettings>,
+    /// Clusters with `connect: agent`: the management cluster their agents pull work from
+    /// (`None`: rollouts to such clusters fail, saying so).
+    pub agents: Option<AgentSettings>,
     /// Fetched repositories.
     pub cache_dir: PathBuf,
     pub listen: SocketAddr,
@@ -80,6 +83,7 @@ impl Config {
             state_dir,
             state_url: None,
             ha: None,
+            agents: None,
             cache_dir,
             listen: SocketAddr::from(([127, 0, 0, 1], 9410)),
             poll_interval: Duration::from_secs(60),
@@ -101,6 +105,14 @@ impl Config {
             burst_interval: Duration::from_secs(15),
         }
     }
+}
+
+/// The management cluster through which agent clusters get their work (docs/agent.md).
+#[derive(Debug, Clone)]
+pub struct AgentSettings {
+    /// `None`: the default kubeconfig lookup.
+    pub kubeconfig: Option<PathBuf>,
+    pub context: String,
 }
 
 /// Where and as whom a replica keeps its Lease (docs/daemon.md "High availability").

@@ -158,6 +158,8 @@ impl Exchange for StoreExchange {
 /// exchange to the cluster's owner.
 pub(crate) struct Routed<'a> {
     pub shared: Arc<Shared>,
+    /// The placement worker's (fenced) store view.
+    store: Store,
     pub local: LocalExecutor<'a>,
     pub remote: Option<RemoteExecutor>,
 }
@@ -177,6 +179,7 @@ impl<'a> Routed<'a> {
         });
         Routed {
             shared: shared.clone(),
+            store: store.clone(),
             local: LocalExecutor {
                 clusters: &shared.clusters as &dyn Clusters,
                 poll: shared.config.health_poll,
@@ -222,10 +225,69 @@ impl Routed<'_> {
     }
 }
 
+impl Routed<'_> {
+    /// Whether the cluster has `connect: agent` in the current fleet.
+    fn through_agent(&self, cluster: &str) -> bool {
+        self.shared.current().is_some_and(|rev| {
+            rev.fleet
+                .clusters
+                .iter()
+                .any(|c| c.name == cluster && c.is_agent())
+        })
+    }
+
+    /// After `error` from an agent cluster: when the management cluster itself does not
+    /// answer, waits until it does and returns true (the work is sent again: an outage of
+    /// the transport is not the cluster's failure, and the rollout resumes when it is back).
+    /// False when the management cluster answers (the agent is silent or the work failed:
+    /// the engine's rules for an unreachable or failing cluster apply).
+    async fn outage(&self, cluster: &str, error: &str) -> bool {
+        let agents = &self.shared.agents;
+        if agents.reachable(&self.store, cluster).await {
+            return false;
+        }
+        tracing::warn!(%cluster, %error, "the management cluster does not answer; the rollout waits for it");
+        let mut delay = Duration::from_millis(500);
+        loop {
+            if self.shared.stop.load(std::sync::atomic::Ordering::SeqCst) {
+                // Draining: the step is cut off here and resumes from the state store.
+                return false;
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(10));
+            if agents.reachable(&self.store, cluster).await {
+                tracing::info!(%cluster, "the management cluster answers again; sending the work again");
+                return true;
+            }
+        }
+    }
+
+    /// The executor for an agent cluster: its work travels through the management cluster.
+    async fn agent(&self, cluster: &str) -> Result<RemoteExecutor, String> {
+        self.shared
+            .agents
+            .executor(&self.store)
+            .await
+            .map_err(|e| format!("cluster {cluster}: {e}"))
+    }
+}
+
 #[async_trait::async_trait]
 impl Executor for Routed<'_> {
     async fn apply(&self, work: ApplyWork) -> Result<(), ApplyError> {
         self.until_may_act().await;
+        if self.through_agent(&work.cluster) {
+            let agent = self
+                .agent(&work.cluster)
+                .await
+                .map_err(ApplyError::Unavailable)?;
+            loop {
+                match agent.apply(work.clone()).await {
+                    Err(ApplyError::Unavailable(m)) if self.outage(&work.cluster, &m).await => {}
+                    other => return other,
+                }
+            }
+        }
         match &self.remote {
             Some(remote) if !self.here(&work.cluster) => remote.apply(work).await,
             Some(_) => {
@@ -239,6 +301,21 @@ impl Executor for Routed<'_> {
 
     async fn wait_healthy(&self, work: HealthWork) -> Result<(), String> {
         self.until_may_act().await;
+        if self.through_agent(&work.cluster) {
+            let agent = self.agent(&work.cluster).await?;
+            let mut work = work;
+            loop {
+                match agent.wait_healthy(work.clone()).await {
+                    Err(m) if self.outage(&work.cluster, &m).await => {
+                        // The daemon was blind meanwhile: the agent gets the whole wait again.
+                        work.deadline = chrono::Utc::now()
+                            + chrono::TimeDelta::from_std(work.left)
+                                .unwrap_or(chrono::TimeDelta::zero());
+                    }
+                    other => return other,
+                }
+            }
+        }
         match &self.remote {
             Some(remote) if !self.here(&work.cluster) => remote.wait_healthy(work).await,
             Some(_) => {

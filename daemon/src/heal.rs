@@ -21,8 +21,15 @@ use crate::run::Shared;
 pub(crate) async fn heal(shared: &Arc<Shared>, rev: &Arc<Revision>) -> Vec<String> {
     let clock = SystemClock;
     let on_event = |e: &Event| shared.on_event(e);
-    // Replicated: the replica holding a cluster heals it.
-    let only = |cluster: &str| shared.ownership.holds(&crate::ha::cluster_unit(cluster));
+    // Replicated: the replica holding a cluster heals it. Agents heal their own clusters.
+    let only = |cluster: &str| {
+        shared.ownership.holds(&crate::ha::cluster_unit(cluster))
+            && !rev
+                .fleet
+                .clusters
+                .iter()
+                .any(|c| c.name == cluster && c.is_agent())
+    };
     let healer = Healer {
         kind: "self-heal",
         store: &shared.store,

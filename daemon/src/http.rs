@@ -435,10 +435,12 @@ async fn cluster(State(s): State<AppState>, Path(name): Path<String>) -> Respons
         json!({
             "name": spec.name,
             "labels": spec.labels,
-            "context": spec.context(),
+            "connect": spec.connect.as_str(),
+            "context": (!spec.is_agent()).then(|| spec.context()),
             "commit": rev.commit,
             "placements": placements,
             "drift": drift,
+            "agent": s.status().agents.get(&name),
         }),
     )
 }

@@ -8,6 +8,7 @@
 //! holds, and resume on the next start.
 
 pub mod adapters;
+pub mod agents;
 pub mod backups;
 pub mod burst;
 pub mod config;

@@ -111,6 +111,8 @@ pub(crate) struct Shared {
     pub backups: RwLock<crate::backups::BackupsStatus>,
     /// The burst controller's status and wake-up (`crate::burst`).
     pub(crate) burst: crate::burst::Burst,
+    /// Clusters with `connect: agent`: the management cluster and their agents' reports.
+    pub(crate) agents: crate::agents::Agents,
     /// Which units of work this replica holds (all of them when alone; see `crate::ha`).
     pub(crate) ownership: crate::ha::Ownership,
     /// Wakes the membership loop (a new revision brings new units).
@@ -270,6 +272,11 @@ pub async fn start(config: crate::config::Config) -> Result<Running, DaemonError
         }
         None => v.connector.clone(),
     };
+    let agents = crate::agents::Agents::new(
+        v.config.agents.clone(),
+        v.config.read_only,
+        connector.settings().user_agent.clone(),
+    );
     let (triggers, rx) = mpsc::unbounded_channel();
     let (wake, wake_rx) = std::sync::mpsc::channel();
     let status = FleetStatus {
@@ -293,6 +300,7 @@ pub async fn start(config: crate::config::Config) -> Result<Running, DaemonError
         readers: ConnectedClusters::empty(connector, true),
         backups: RwLock::new(crate::backups::BackupsStatus::default()),
         burst: crate::burst::Burst::new(),
+        agents,
         ownership,
         ha_nudge: Notify::new(),
         work: Notify::new(),
@@ -910,6 +918,16 @@ impl Daemon {
             self_healed = healed.len(),
             "drift check done"
         );
+        let agents = match shared.current() {
+            Some(rev) => shared.agents.statuses(|c| {
+                rev.fleet
+                    .clusters
+                    .iter()
+                    .any(|x| x.name == c && x.is_agent())
+            }),
+            None => Default::default(),
+        };
+        shared.status_mut().agents = agents;
         shared.status_mut().drift = Some(DriftSummary {
             at: report.generated_at.clone(),
             commit: report.revision.clone(),
@@ -964,6 +982,22 @@ fn spawn_prune_removed(shared: Arc<Shared>, previous: &Revision, rev: &Arc<Revis
         };
         // Replicated: the replica holding the cluster prunes it.
         if !shared.ownership.holds(&crate::ha::cluster_unit(cluster)) {
+            continue;
+        }
+        if rev
+            .fleet
+            .clusters
+            .iter()
+            .any(|c| &c.name == cluster && c.is_agent())
+        {
+            let gone: Vec<&String> = old
+                .iter()
+                .map(|d| &d.placement)
+                .filter(|p| !new.iter().any(|d| &d.placement == *p))
+                .collect();
+            if !gone.is_empty() {
+                tracing::warn!(%cluster, placements = ?gone, "removed placements are not pruned on an agent cluster yet (its agent keeps them applied)");
+            }
             continue;
         }
         let gone: Vec<String> = old
@@ -1092,6 +1126,15 @@ async fn compare_one(
         .get(&name)
         .map(Vec::as_slice)
         .unwrap_or_default();
+    if rev
+        .fleet
+        .clusters
+        .iter()
+        .any(|c| c.name == name && c.is_agent())
+    {
+        // Checked by its agent, against what it was assigned; read from its report.
+        return shared.agents.drift(&shared.store, &name).await;
+    }
     match shared.readers.cluster(&name).await {
         Ok(c) => {
             sync::compare(

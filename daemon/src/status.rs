@@ -29,6 +29,9 @@ pub struct FleetStatus {
     pub drift: Option<DriftSummary>,
     /// The last image policy scan and write-back.
     pub images: Option<crate::images::ImagesStatus>,
+    /// Clusters with `connect: agent`: their agents' last reports (read at each drift check).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub agents: BTreeMap<String, crate::agents::AgentStatus>,
     /// Replicated daemons: this replica, the live ones, and how many units it holds.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub replica: Option<ReplicaStatus>,

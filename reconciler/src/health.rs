@@ -34,7 +34,9 @@ use serde::Serialize;
 use serde_json::Value;
 
 /// How a live object is doing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "camelCase")]
 pub enum HealthStatus {
     Healthy,
@@ -45,7 +47,7 @@ pub enum HealthStatus {
 }
 
 /// A health status and the reason a person needs ("2 of 3 replicas available").
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Health {
     pub status: HealthStatus,
     pub reason: String,

@@ -27,7 +27,7 @@ pub enum ReportKind {
     Diff,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ClusterReport {
     pub name: String,
@@ -38,7 +38,7 @@ pub struct ClusterReport {
     pub placements: Vec<PlacementReport>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PlacementReport {
     pub name: String,
@@ -49,7 +49,7 @@ pub struct PlacementReport {
     pub objects: Vec<ObjectReport>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ObjectReport {
     /// `Deployment.apps/shop/web` (see `ObjectRef`'s Display).
@@ -62,7 +62,7 @@ pub struct ObjectReport {
     pub bundle: String,
     pub state: ObjectState,
     /// Paths of the fields that differ (`spec.replicas`, `data.key`), sorted.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub fields: Vec<String>,
     /// The same fields with their values (Git's and the live one), shortened; Secret values
     /// masked. Empty when the values were not compared (missing, orphaned).
@@ -70,7 +70,7 @@ pub struct ObjectReport {
     pub changes: Vec<FieldChange>,
     /// A unified diff of the YAML (live on the `-` side, desired on the `+` side), without
     /// colour; Secret values replaced by markers. Empty when nothing differs.
-    #[serde(skip_serializing_if = "String::is_empty")]
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub diff: String,
     /// Health of the live object (`None` for objects that are not live).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -81,7 +81,7 @@ pub struct ObjectReport {
 }
 
 /// One field that differs: `path: git → live`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct FieldChange {
     pub path: String,
@@ -135,7 +135,7 @@ impl std::fmt::Display for FieldChange {
 const TEXT_FIELDS: usize = 20;
 
 /// Where one object stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub enum ObjectState {
     /// Live equals desired.

@@ -111,17 +111,48 @@ pub struct Cluster {
     pub labels: Labels,
     #[serde(default)]
     pub kind: ClusterKind,
-    /// Kubeconfig context (default: the cluster's name).
+    /// How the daemon reaches the cluster: `direct` (default: the kubeconfig context) or
+    /// `agent` (a `flotilla agent` in the cluster pulls its work from the management cluster;
+    /// the daemon never contacts the cluster).
+    #[serde(default)]
+    pub connect: Connect,
+    /// Kubeconfig context (default: the cluster's name). Not used with `connect: agent`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub context: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub capacity: Option<Capacity>,
 }
 
+/// How the daemon reaches a cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum Connect {
+    /// With a kubeconfig context, from the daemon.
+    #[default]
+    Direct,
+    /// Through its agent: work and status travel as objects in the cluster's namespace of the
+    /// management cluster (`flotilla agent`).
+    Agent,
+}
+
+impl Connect {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Connect::Direct => "direct",
+            Connect::Agent => "agent",
+        }
+    }
+}
+
 impl Cluster {
     /// The kubeconfig context used to reach this cluster.
     pub fn context(&self) -> &str {
         self.context.as_deref().unwrap_or(&self.name)
+    }
+
+    /// Reached through a `flotilla agent`, never directly.
+    pub fn is_agent(&self) -> bool {
+        self.connect == Connect::Agent
     }
 
     /// The labels selectors see: the cluster's labels plus `name` and `kind`.

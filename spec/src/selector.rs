@@ -349,6 +349,7 @@ mod tests {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
             kind: ClusterKind::Registered,
+            connect: Default::default(),
             context: None,
             capacity: None,
         }

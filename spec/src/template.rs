@@ -237,6 +237,7 @@ mod tests {
             name: "hz-1".into(),
             labels: [("env".to_string(), "prod".to_string())].into(),
             kind: ClusterKind::Edge,
+            connect: Default::default(),
             context: None,
             capacity: None,
         };

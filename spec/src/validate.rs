@@ -527,7 +527,8 @@ fn clusters(v: &mut V<'_>, fleet: &Fleet) {
                 );
             }
         }
-        if let Some(other) = contexts.insert(c.context(), &c.name)
+        if !c.is_agent()
+            && let Some(other) = contexts.insert(c.context(), &c.name)
             && other != c.name
         {
             let path = v.at("/clusters", i);

@@ -13,6 +13,7 @@ mod serve_support;
 mod support;
 
 mod agent;
+mod agent_fleet;
 mod agent_rbac;
 mod backup;
 mod burst;

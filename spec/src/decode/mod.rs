@@ -572,9 +572,37 @@ fn settings(cx: &mut Cx, node: &Node, path: &Ptr<'_>) -> Option<Settings> {
     Some(s)
 }
 
+/// `flotilla-cluster-` (17 characters) plus the name must be a namespace name (63).
+const MAX_AGENT_CLUSTER_NAME: usize = 63 - 17;
+
 fn cluster(cx: &mut Cx, node: &Node, path: &Ptr<'_>) -> Option<Cluster> {
     let mut o = Obj::new(cx, node, path, "a cluster")?;
-    let n = o.req(cx, "name", name);
+    let connect = o
+        .opt(cx, "connect", |cx, n, p| {
+            enumeration(
+                cx,
+                n,
+                p,
+                &[("direct", Connect::Direct), ("agent", Connect::Agent)],
+            )
+        })
+        .unwrap_or_default();
+    let n = o.req(cx, "name", |cx, n, p| {
+        let s = name(cx, n, p)?;
+        // Its agent's namespace on the management cluster is `flotilla-cluster-<name>`.
+        if connect == Connect::Agent && s.len() > MAX_AGENT_CLUSTER_NAME {
+            cx.error(
+                n.pos,
+                p,
+                format!(
+                    "a cluster with connect: agent has a name of at most {MAX_AGENT_CLUSTER_NAME} characters (its namespace on the management cluster is flotilla-cluster-<name>); {s:?} has {}",
+                    s.len()
+                ),
+            );
+            return None;
+        }
+        Some(s)
+    });
     let l = o.opt(cx, "labels", labels).unwrap_or_default();
     let kind = o
         .opt(cx, "kind", |cx, n, p| {
@@ -590,13 +618,25 @@ fn cluster(cx: &mut Cx, node: &Node, path: &Ptr<'_>) -> Option<Cluster> {
             )
         })
         .unwrap_or_default();
-    let context = o.opt(cx, "context", string);
+    let context = o.opt(cx, "context", |cx, n, p| {
+        let s = string(cx, n, p)?;
+        if connect == Connect::Agent {
+            cx.error(
+                n.pos,
+                p,
+                "a cluster with connect: agent is never contacted by the daemon, so it has no context: remove it",
+            );
+            return None;
+        }
+        Some(s)
+    });
     let capacity = o.opt(cx, "capacity", capacity);
     o.finish(cx);
     Some(Cluster {
         name: n?,
         labels: l,
         kind,
+        connect,
         context,
         capacity,
     })

@@ -1,0 +1,217 @@
+//! Clusters with `connect: agent` (docs/agent.md). The daemon never contacts them (the
+//! connection pools refuse them: `adapters::through_agent`). Their work goes through the
+//! management cluster instead: the rollout owner publishes each item into the cluster's
+//! namespace there (`flotilla_agent::transport::KubeExchange`) and waits for the agent's
+//! answer with the same [`RemoteExecutor`] that waits for another replica's, so batches,
+//! gates, soak and rollback are unchanged. Their drift and health come from the reports the
+//! agents write there, read at each drift check.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use serde::Serialize;
+
+use flotilla_agent::report::AgentReport;
+use flotilla_agent::transport::KubeExchange;
+use flotilla_reconciler::cluster::Cluster;
+use flotilla_reconciler::exchange::{Exchange, RemoteExecutor};
+use flotilla_reconciler::report::{ClusterReport, PlacementReport};
+use flotilla_state::Store;
+
+use crate::adapters::SystemClock;
+use crate::config::AgentSettings;
+
+/// How often a rollout reads an agent's answer while waiting for it.
+const POLL: Duration = Duration::from_millis(500);
+
+/// What the status API shows of one agent cluster.
+#[derive(Debug, Clone, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentStatus {
+    /// When the agent last wrote its report (RFC 3339), if ever.
+    pub last_report: Option<String>,
+    /// Seconds between that report and the last time the daemon read it.
+    pub report_age_seconds: Option<i64>,
+    /// The agent could reach the management cluster when it wrote the report (false: a
+    /// report written on reconnect, telling what happened meanwhile).
+    pub hub_reachable: Option<bool>,
+    /// Placement → the manifests (short hash) the agent keeps applied.
+    pub applied: BTreeMap<String, String>,
+    /// The agent's last events, newest last.
+    pub events: Vec<String>,
+    /// Why the report could not be read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// The daemon's side of agent clusters: the management cluster connection (made on first
+/// use) and the last report of each agent.
+pub(crate) struct Agents {
+    settings: Option<AgentSettings>,
+    /// Read-only daemons read reports and send nothing.
+    read_only: bool,
+    user_agent: String,
+    exchange: tokio::sync::OnceCell<Result<Arc<KubeExchange>, String>>,
+    reports: RwLock<BTreeMap<String, AgentStatus>>,
+}
+
+impl Agents {
+    pub fn new(settings: Option<AgentSettings>, read_only: bool, user_agent: String) -> Agents {
+        Agents {
+            settings,
+            read_only,
+            user_agent,
+            exchange: tokio::sync::OnceCell::new(),
+            reports: RwLock::new(BTreeMap::new()),
+        }
+    }
+
+    /// The exchange over the management cluster, connected on first use.
+    async fn exchange(&self, store: &Store) -> Result<Arc<KubeExchange>, String> {
+        self.exchange
+            .get_or_init(|| async {
+                let Some(s) = &self.settings else {
+                    return Err(
+                        "the daemon has no management cluster for agent clusters: start it with --agents-context".to_string(),
+                    );
+                };
+                let connector = flotilla_cluster::Connector::load(s.kubeconfig.as_deref())
+                    .map_err(|e| format!("--agents-kubeconfig: {e}"))?;
+                let mut settings = connector.settings().clone();
+                settings.user_agent = self.user_agent.clone();
+                let connector = connector.with_settings(settings);
+                let management: Arc<dyn Cluster> = Arc::new(
+                    connector
+                        .connect("management", &s.context, self.read_only)
+                        .await
+                        .map_err(|e| format!("--agents-context {}: {e}", s.context))?,
+                );
+                let store = store.clone();
+                let manifests = Arc::new(move |hash: &str| {
+                    crate::exchange::blocking(|| store.read(|tx| tx.manifests(hash)))
+                        .map_err(|e| e.to_string())
+                });
+                Ok(Arc::new(KubeExchange::hub(management, manifests)))
+            })
+            .await
+            .clone()
+    }
+
+    /// An executor that sends one cluster's work to its agent.
+    pub async fn executor(&self, store: &Store) -> Result<RemoteExecutor, String> {
+        let exchange: Arc<dyn Exchange> = self.exchange(store).await?;
+        let mut r = RemoteExecutor::new(exchange, Arc::new(SystemClock));
+        r.poll = POLL;
+        Ok(r)
+    }
+
+    /// Whether the management cluster answers (reading the cluster's agent report).
+    pub async fn reachable(&self, store: &Store, cluster: &str) -> bool {
+        match self.exchange(store).await {
+            Ok(x) => x.report(cluster).await.is_ok(),
+            Err(_) => false,
+        }
+    }
+
+    /// Reads the agent's report: its drift report (checked by the agent against what it was
+    /// assigned) and what the status API shows. An agent that never reported, or a
+    /// management cluster that does not answer, makes the cluster unreachable in the report.
+    pub async fn drift(&self, store: &Store, cluster: &str) -> ClusterReport {
+        let read = match self.exchange(store).await {
+            Ok(x) => x.report(cluster).await.map_err(|e| e.to_string()),
+            Err(e) => Err(e),
+        };
+        let (status, report) = match read {
+            Ok(Some(r)) => (status_of(&r), cluster_report(cluster, &r)),
+            Ok(None) => {
+                let e = format!("cluster {cluster}: its agent has not reported yet");
+                (
+                    AgentStatus {
+                        error: Some(e.clone()),
+                        ..AgentStatus::default()
+                    },
+                    unreachable(cluster, e),
+                )
+            }
+            Err(e) => {
+                let mut s = self.status_of(cluster).unwrap_or_default();
+                s.error = Some(e.clone());
+                (s, unreachable(cluster, e))
+            }
+        };
+        self.reports
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(cluster.to_string(), status);
+        report
+    }
+
+    fn status_of(&self, cluster: &str) -> Option<AgentStatus> {
+        self.reports
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(cluster)
+            .cloned()
+    }
+
+    /// What the status API shows, for the clusters of the current fleet.
+    pub fn statuses(&self, keep: impl Fn(&str) -> bool) -> BTreeMap<String, AgentStatus> {
+        let mut reports = self.reports.write().unwrap_or_else(|p| p.into_inner());
+        reports.retain(|c, _| keep(c));
+        reports.clone()
+    }
+}
+
+fn unreachable(cluster: &str, error: String) -> ClusterReport {
+    ClusterReport {
+        name: cluster.to_string(),
+        error: Some(error),
+        placements: Vec::new(),
+    }
+}
+
+fn status_of(r: &AgentReport) -> AgentStatus {
+    let age = chrono::DateTime::parse_from_rfc3339(&r.reported_at)
+        .ok()
+        .map(|t| (chrono::Utc::now() - t.with_timezone(&chrono::Utc)).num_seconds());
+    AgentStatus {
+        last_report: Some(r.reported_at.clone()),
+        report_age_seconds: age,
+        hub_reachable: Some(r.hub_reachable),
+        applied: r
+            .placements
+            .iter()
+            .map(|(p, a)| (p.clone(), a.manifests.chars().take(12).collect()))
+            .collect(),
+        events: r.events.iter().rev().take(10).rev().cloned().collect(),
+        error: None,
+    }
+}
+
+/// The agent's drift report for the drift check (the agent compares its live objects with
+/// what it was assigned, read-only, as the daemon does for a direct cluster; in-sync objects
+/// are left out of its report).
+fn cluster_report(cluster: &str, r: &AgentReport) -> ClusterReport {
+    let placements = r
+        .placements
+        .iter()
+        .map(|(name, p)| {
+            let mut report = p.drift.clone().unwrap_or_else(|| PlacementReport {
+                name: name.clone(),
+                error: None,
+                objects: Vec::new(),
+            });
+            report.name = name.clone();
+            if report.error.is_none() && !p.error.is_empty() {
+                report.error = Some(p.error.clone());
+            }
+            report
+        })
+        .collect();
+    ClusterReport {
+        name: cluster.to_string(),
+        error: None,
+        placements,
+    }
+}
