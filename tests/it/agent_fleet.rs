@@ -316,9 +316,27 @@ fn agent_fleet_canary_on_an_agent_rolls_back_a_bad_image_and_the_daemon_never_ca
                     .is_some_and(Value::is_string)
                     && v.pointer(&format!("/agents/{c}/applied/web"))
                         .is_some_and(Value::is_string)
-            })
+            }) && v
+                .pointer("/drift/unreachableClusters")
+                .is_some_and(|u| u.as_array().is_some_and(Vec::is_empty))
         },
     );
+    // The drift report holds the agents' own checks of their clusters, in sync.
+    let drift = d.json("/api/v1/drift");
+    for c in AGENTS {
+        let report = drift["clusters"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|r| r["name"] == c)
+            .unwrap_or_else(|| panic!("{c} not in the drift report: {drift}"));
+        assert!(report.get("error").is_none(), "{report}");
+        assert_eq!(report["placements"][0]["name"], "web", "{report}");
+    }
+    let sim3 = d.json("/api/v1/clusters/sim-3");
+    assert_eq!(sim3["connect"], "agent", "{sim3}");
+    assert!(sim3["context"].is_null(), "{sim3}");
+    assert!(sim3["agent"]["lastReport"].is_string(), "{sim3}");
     let o = Command::new(env!("CARGO_BIN_EXE_flotilla"))
         .args(["status", "--server"])
         .arg(format!("http://127.0.0.1:{}", d.port))
