@@ -416,23 +416,38 @@ impl Executor for Recording<'_> {
         match &result {
             Ok(()) => {
                 let a = Assignment::of(&work, Utc::now());
+                let removed = work.objects.is_empty();
                 {
                     let mut s = self.shared.lock();
-                    let p = s.placements.entry(placement.clone()).or_default();
-                    p.rollout = a.rollout.clone();
-                    p.manifests = a.manifests.clone();
-                    p.applied_at = a.applied_at.clone();
-                    p.healthy = None;
-                    p.drifted.clear();
-                    p.drift = None;
-                    p.error.clear();
+                    if removed {
+                        // The placement left this cluster (its objects were pruned): nothing of
+                        // it is kept applied, and the report no longer lists it. The empty
+                        // assignment is still saved, so a restart never brings back the old one.
+                        s.placements.remove(&placement);
+                    } else {
+                        let p = s.placements.entry(placement.clone()).or_default();
+                        p.rollout = a.rollout.clone();
+                        p.manifests = a.manifests.clone();
+                        p.applied_at = a.applied_at.clone();
+                        p.healthy = None;
+                        p.drifted.clear();
+                        p.drift = None;
+                        p.error.clear();
+                    }
                     s.assignments.insert(placement.clone(), a.clone());
                 }
-                self.shared.event(format!(
-                    "applied {placement} manifests {short} ({} objects, rollout {})",
-                    work.objects.len(),
-                    work.rollout
-                ));
+                if removed {
+                    self.shared.event(format!(
+                        "removed {placement}: the fleet no longer puts it here (rollout {})",
+                        work.rollout
+                    ));
+                } else {
+                    self.shared.event(format!(
+                        "applied {placement} manifests {short} ({} objects, rollout {})",
+                        work.objects.len(),
+                        work.rollout
+                    ));
+                }
                 // Done means applied and saved: an agent restarted while the hub is down must
                 // find this assignment, not an older one. Unsaved, the hub retries the item.
                 if let Err(e) = self.shared.copy.save(&a).await {
@@ -573,6 +588,11 @@ async fn load_copy(shared: &Shared) {
                 {
                     let mut s = shared.lock();
                     for a in assignments {
+                        let removed = a.objects.as_array().is_some_and(Vec::is_empty);
+                        if removed {
+                            s.assignments.insert(a.placement.clone(), a);
+                            continue;
+                        }
                         names.push(format!("{} ({})", a.placement, short_id(&a.manifests)));
                         let p = s.placements.entry(a.placement.clone()).or_default();
                         p.rollout = a.rollout.clone();
@@ -628,6 +648,10 @@ async fn heal_one(shared: &Shared, executor: &Recording<'_>, own: &dyn Cluster, 
             return;
         }
     };
+    if objects.is_empty() {
+        // A removed placement: nothing to keep applied (its inventory is gone on purpose).
+        return;
+    }
     let inventory = match own.get(&inventory::configmap_ref(placement)).await {
         Ok(cm) => cm.is_some(),
         Err(e) => {

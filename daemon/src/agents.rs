@@ -14,7 +14,7 @@ use serde::Serialize;
 
 use flotilla_agent::report::AgentReport;
 use flotilla_agent::transport::KubeExchange;
-use flotilla_reconciler::cluster::Cluster;
+use flotilla_reconciler::cluster::{Cluster, Gvk, ObjectRef};
 use flotilla_reconciler::exchange::{Exchange, RemoteExecutor};
 use flotilla_reconciler::report::{ClusterReport, PlacementReport};
 use flotilla_state::Store;
@@ -45,6 +45,13 @@ pub struct AgentStatus {
     pub error: Option<String>,
 }
 
+/// The management cluster, and the exchange over it.
+#[derive(Clone)]
+struct Link {
+    management: Arc<dyn Cluster>,
+    exchange: Arc<KubeExchange>,
+}
+
 /// The daemon's side of agent clusters: the management cluster connection (made on first
 /// use) and the last report of each agent.
 pub(crate) struct Agents {
@@ -52,7 +59,7 @@ pub(crate) struct Agents {
     /// Read-only daemons read reports and send nothing.
     read_only: bool,
     user_agent: String,
-    exchange: tokio::sync::OnceCell<Result<Arc<KubeExchange>, String>>,
+    exchange: tokio::sync::OnceCell<Result<Link, String>>,
     reports: RwLock<BTreeMap<String, AgentStatus>>,
 }
 
@@ -69,6 +76,10 @@ impl Agents {
 
     /// The exchange over the management cluster, connected on first use.
     async fn exchange(&self, store: &Store) -> Result<Arc<KubeExchange>, String> {
+        self.link(store).await.map(|l| l.exchange)
+    }
+
+    async fn link(&self, store: &Store) -> Result<Link, String> {
         self.exchange
             .get_or_init(|| async {
                 let Some(s) = &self.settings else {
@@ -92,7 +103,10 @@ impl Agents {
                     crate::exchange::blocking(|| store.read(|tx| tx.manifests(hash)))
                         .map_err(|e| e.to_string())
                 });
-                Ok(Arc::new(KubeExchange::hub(management, manifests)))
+                Ok(Link {
+                    exchange: Arc::new(KubeExchange::hub(management.clone(), manifests)),
+                    management,
+                })
             })
             .await
             .clone()
@@ -106,11 +120,21 @@ impl Agents {
         Ok(r)
     }
 
-    /// Whether the management cluster answers (reading the cluster's agent report).
+    /// Whether the management cluster answers (reading the cluster's namespace there). Only
+    /// an unreachable server counts as not answering: a refusal (403, say) is an answer, and
+    /// the work's own error stands.
     pub async fn reachable(&self, store: &Store, cluster: &str) -> bool {
-        match self.exchange(store).await {
-            Ok(x) => x.report(cluster).await.is_ok(),
-            Err(_) => false,
+        let Ok(link) = self.link(store).await else {
+            return true;
+        };
+        let ns = ObjectRef {
+            gvk: Gvk::new("", "v1", "Namespace"),
+            namespace: None,
+            name: flotilla_agent::transport::namespace(cluster),
+        };
+        match link.management.get(&ns).await {
+            Ok(_) => true,
+            Err(e) => !e.is_unavailable(),
         }
     }
 
@@ -214,4 +238,39 @@ fn cluster_report(cluster: &str, r: &AgentReport) -> ClusterReport {
         error: None,
         placements,
     }
+}
+
+/// Placements a new revision no longer puts on agent cluster `cluster`: each is sent an
+/// empty assignment (nothing to apply; what its inventory lists is pruned when `prune`), like
+/// any other work, so the agent stops keeping it applied. `Err` names the first placement
+/// that did not go through (the next revision's check does not retry it; the caller logs it).
+pub(crate) async fn prune_removed(
+    shared: &crate::run::Shared,
+    fleet: &str,
+    cluster: &str,
+    gone: &[String],
+    prune: bool,
+) -> Result<(), String> {
+    use flotilla_reconciler::rollout::{ApplyWork, Executor};
+    let hash = flotilla_reconciler::rollout::model::manifest_hash(&[]);
+    crate::exchange::blocking(|| shared.store.write(|tx| tx.put_manifests(&hash, "[]")))
+        .map_err(|e| format!("state store: {e}"))?;
+    let executor = shared.agents.executor(&shared.store).await?;
+    for placement in gone {
+        executor
+            .apply(ApplyWork {
+                fleet: fleet.to_string(),
+                rollout: format!("{placement}@removed"),
+                step: "prune".into(),
+                placement: placement.clone(),
+                cluster: cluster.to_string(),
+                manifests: hash.clone(),
+                objects: Vec::new(),
+                force: false,
+                prune,
+            })
+            .await
+            .map_err(|e| format!("placement {placement}: {e}"))?;
+    }
+    Ok(())
 }

@@ -973,6 +973,24 @@ impl Daemon {
 
 /// Placements the new revision no longer puts on a cluster (removed from the fleet, or no
 /// longer selecting it) are pruned there by their inventories, as `settings.prune` says.
+/// The cluster no longer runs these placements: their record goes, so a heal never puts
+/// them back.
+fn forget_removed(shared: &Shared, cluster: &str, gone: &[String]) {
+    let unit = crate::ha::cluster_unit(cluster);
+    let forgot = match shared.ownership.store_for(&shared.store, &unit) {
+        Some(store) => store.write(|tx| {
+            for p in gone {
+                tx.remove_revision(p, cluster)?;
+            }
+            Ok(())
+        }),
+        None => Ok(()),
+    };
+    if let Err(e) = forgot {
+        tracing::error!(%cluster, error = %e, "state store: removed placements still recorded");
+    }
+}
+
 fn spawn_prune_removed(shared: Arc<Shared>, previous: &Revision, rev: &Arc<Revision>) {
     let mut work: Vec<(String, Vec<String>)> = Vec::new();
     for (cluster, old) in &previous.targets {
@@ -982,22 +1000,6 @@ fn spawn_prune_removed(shared: Arc<Shared>, previous: &Revision, rev: &Arc<Revis
         };
         // Replicated: the replica holding the cluster prunes it.
         if !shared.ownership.holds(&crate::ha::cluster_unit(cluster)) {
-            continue;
-        }
-        if rev
-            .fleet
-            .clusters
-            .iter()
-            .any(|c| &c.name == cluster && c.is_agent())
-        {
-            let gone: Vec<&String> = old
-                .iter()
-                .map(|d| &d.placement)
-                .filter(|p| !new.iter().any(|d| &d.placement == *p))
-                .collect();
-            if !gone.is_empty() {
-                tracing::warn!(%cluster, placements = ?gone, "removed placements are not pruned on an agent cluster yet (its agent keeps them applied)");
-            }
             continue;
         }
         let gone: Vec<String> = old
@@ -1014,6 +1016,13 @@ fn spawn_prune_removed(shared: Arc<Shared>, previous: &Revision, rev: &Arc<Revis
     }
     let fleet = rev.fleet.metadata.name.clone();
     let prune = rev.fleet.settings.prune;
+    let agents: std::collections::BTreeSet<String> = rev
+        .fleet
+        .clusters
+        .iter()
+        .filter(|c| c.is_agent())
+        .map(|c| c.name.clone())
+        .collect();
     let report = crate::supervise::report_to(shared.clone(), "prune", None);
     crate::supervise::spawn_once(
         async move {
@@ -1022,7 +1031,19 @@ fn spawn_prune_removed(shared: Arc<Shared>, previous: &Revision, rev: &Arc<Revis
             .for_each_concurrent(concurrency, |(cluster, gone)| {
                 let shared = shared.clone();
                 let fleet = fleet.clone();
+                let agent = agents.contains(&cluster);
                 async move {
+                    if agent {
+                        // Through its agent, like any work for that cluster.
+                        match crate::agents::prune_removed(&shared, &fleet, &cluster, &gone, prune).await {
+                            Ok(()) => {
+                                forget_removed(&shared, &cluster, &gone);
+                                tracing::info!(%cluster, placements = %gone.join(", "), "placements removed from this agent cluster");
+                            }
+                            Err(e) => tracing::warn!(%cluster, error = %e, "removed placements not pruned"),
+                        }
+                        return;
+                    }
                     let c = match shared.clusters.cluster(&cluster).await {
                         Ok(c) => c,
                         Err(e) => {
@@ -1032,21 +1053,7 @@ fn spawn_prune_removed(shared: Arc<Shared>, previous: &Revision, rev: &Arc<Revis
                     };
                     let result = sync::prune_placements(c.as_ref(), &fleet, &gone, prune).await;
                     if result.error.is_none() {
-                        // The cluster no longer runs these placements: their record goes, so
-                        // a heal never puts them back.
-                        let unit = crate::ha::cluster_unit(&cluster);
-                        let forgot = match shared.ownership.store_for(&shared.store, &unit) {
-                            Some(store) => store.write(|tx| {
-                                for p in &gone {
-                                    tx.remove_revision(p, &cluster)?;
-                                }
-                                Ok(())
-                            }),
-                            None => Ok(()),
-                        };
-                        if let Err(e) = forgot {
-                            tracing::error!(%cluster, error = %e, "state store: removed placements still recorded");
-                        }
+                        forget_removed(&shared, &cluster, &gone);
                     }
                     if result.failed() {
                         shared

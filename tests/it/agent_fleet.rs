@@ -36,6 +36,11 @@ spec:
 
 /// The agent clusters' canary first (sim-3), then half the rest, then all.
 fn fleet_yaml(health_deadline: &str) -> String {
+    fleet_yaml_on(health_deadline, "{}")
+}
+
+/// The same, the placement on the clusters `selector` selects.
+fn fleet_yaml_on(health_deadline: &str, selector: &str) -> String {
     format!(
         "apiVersion: flotilla.dev/v1alpha1
 kind: Fleet
@@ -53,7 +58,7 @@ bundles:
 placements:
   - name: web
     bundles: [app]
-    clusters: {{}}
+    clusters: {selector}
     rollout:
       batches:
         - clusters: {{names: [sim-3]}}
@@ -117,11 +122,14 @@ impl Fleet {
     }
 
     fn commit(&self, image: &str, health_deadline: &str, message: &str) {
+        self.commit_fleet(&fleet_yaml(health_deadline), image, message);
+    }
+
+    fn commit_fleet(&self, fleet: &str, image: &str, message: &str) {
         let web = WEB.replace("IMAGE", image);
-        let fleet = fleet_yaml(health_deadline);
         self.up.commit(
             &[
-                ("fleet.yaml", fleet.as_str()),
+                ("fleet.yaml", fleet),
                 ("app/web.yaml", web.as_str()),
                 (
                     "app/ns.yaml",
@@ -392,6 +400,32 @@ fn agent_fleet_canary_on_an_agent_rolls_back_a_bad_image_and_the_daemon_never_ca
         !events.iter().any(|e| e["batch"].as_u64() > Some(1)),
         "the bad revision left the canary: {history}"
     );
+
+    // The placement leaves sim-6: its agent prunes it there (the daemon cannot) and stops
+    // keeping it applied; the other clusters keep it.
+    f.commit_fleet(
+        &fleet_yaml_on(
+            "4s",
+            "{matchExpressions: [{key: name, operator: NotIn, values: [sim-6]}]}",
+        ),
+        "nginx:1.27",
+        "web leaves sim-6",
+    );
+    wait(
+        "web pruned from sim-6",
+        Duration::from_secs(60),
+        &d,
+        &agents,
+        || {
+            f.image("sim-6") == "-"
+                && d.try_json("/api/v1/fleet")
+                    .pointer("/agents/sim-6/applied")
+                    .is_some_and(|a| a.as_object().is_some_and(|a| a.is_empty()))
+        },
+    );
+    assert_eq!(f.images()[..5], vec!["nginx:1.27"; 5][..]);
+    let events = d.json("/api/v1/fleet")["agents"]["sim-6"]["events"].to_string();
+    assert!(events.contains("removed web"), "{events}");
 
     // The daemon never sent one request to an agent cluster: every request the sims saw for
     // sim-3..sim-6 came from their agents or from this test's kubectl (the daemon's
