@@ -30,6 +30,9 @@ pub struct Metrics {
     pub drift_objects: Family<Labels, Gauge>,
     /// Clusters the last drift check could not read.
     pub drift_unreachable: Gauge,
+    /// Agent clusters: seconds between the agent's last report and the drift check that read
+    /// it (alert on it growing: the agent, or its link to the management cluster, is down).
+    pub agent_report_age: Family<Labels, Gauge>,
     /// Webhook requests by style and result.
     pub webhooks: Family<Labels, Counter>,
     /// 1 when the newest fetched commit has a valid fleet file.
@@ -74,6 +77,7 @@ impl Metrics {
         let apply_errors = Family::<Labels, Counter>::default();
         let drift_objects = Family::<Labels, Gauge>::default();
         let drift_unreachable = Gauge::default();
+        let agent_report_age = Family::<Labels, Gauge>::default();
         let webhooks = Family::<Labels, Counter>::default();
         let fleet_valid = Gauge::default();
         let ha_members = Gauge::default();
@@ -162,6 +166,11 @@ impl Metrics {
             drift_unreachable.clone(),
         );
         registry.register(
+            "agent_report_age_seconds",
+            "Agent clusters: age of the agent's last report when the daemon read it",
+            agent_report_age.clone(),
+        );
+        registry.register(
             "webhook_requests",
             "Webhook requests by style and result",
             webhooks.clone(),
@@ -219,6 +228,7 @@ impl Metrics {
             apply_errors,
             drift_objects,
             drift_unreachable,
+            agent_report_age,
             webhooks,
             fleet_valid,
             ha_members,

@@ -927,6 +927,15 @@ impl Daemon {
             }),
             None => Default::default(),
         };
+        for (cluster, a) in &agents {
+            if let Some(age) = a.report_age_seconds {
+                shared
+                    .metrics
+                    .agent_report_age
+                    .get_or_create(&labels(&[("cluster", cluster)]))
+                    .set(age);
+            }
+        }
         shared.status_mut().agents = agents;
         shared.status_mut().drift = Some(DriftSummary {
             at: report.generated_at.clone(),

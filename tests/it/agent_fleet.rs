@@ -341,6 +341,15 @@ fn agent_fleet_canary_on_an_agent_rolls_back_a_bad_image_and_the_daemon_never_ca
         assert!(report.get("error").is_none(), "{report}");
         assert_eq!(report["placements"][0]["name"], "web", "{report}");
     }
+    let (_, metrics) = d.get("/metrics").expect("metrics");
+    for c in AGENTS {
+        assert!(
+            metrics.contains(&format!(
+                "flotilla_agent_report_age_seconds{{cluster=\"{c}\"}}"
+            )),
+            "{metrics}"
+        );
+    }
     let sim3 = d.json("/api/v1/clusters/sim-3");
     assert_eq!(sim3["connect"], "agent", "{sim3}");
     assert!(sim3["context"].is_null(), "{sim3}");
