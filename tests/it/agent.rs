@@ -4,8 +4,7 @@
 //! `flotilla agent` process with a kubeconfig for each.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -33,67 +32,18 @@ impl Clock for Now {
 }
 
 /// A running `flotilla agent`; killed (SIGKILL) when dropped.
-struct Agent {
-    child: Child,
-    log: PathBuf,
-}
+use crate::agent_support::AgentProcess as Agent;
 
 impl Agent {
+    /// The agent of `a1` in the one sim (`n` numbers its log).
     fn start(k: &SimKube, n: usize) -> Agent {
         let kubeconfig = k.kubeconfig.to_str().expect("UTF-8 path");
         Agent::spawn(
+            "a1",
             &k.dir.path().join(format!("agent-{n}.log")),
             (kubeconfig, MGMT),
             (kubeconfig, A1),
         )
-    }
-
-    /// An agent of cluster `a1`: management and own cluster as (kubeconfig, context).
-    fn spawn(log: &std::path::Path, hub: (&str, &str), own: (&str, &str)) -> Agent {
-        let log = log.to_path_buf();
-        let file = std::fs::File::create(&log).expect("log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_flotilla"))
-            .args([
-                "agent",
-                "--cluster",
-                "a1",
-                "--hub-kubeconfig",
-                hub.0,
-                "--hub-context",
-                hub.1,
-                "--kubeconfig",
-                own.0,
-                "--context",
-                own.1,
-                "--poll",
-                "200ms",
-                "--heal-interval",
-                "1s",
-                "--report-interval",
-                "500ms",
-            ])
-            .env("FLOTILLA_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(file)
-            .spawn()
-            .expect("flotilla agent starts");
-        Agent { child, log }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// kill -9.
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        self.kill();
     }
 }
 
@@ -439,23 +389,9 @@ fn the_agent_applies_published_work_answers_health_and_writes_only_its_configmap
 
     // SIGTERM: a clean stop, with a last report saying so.
     let mut agent = agent;
-    let term = Command::new("kill")
-        .args(["-TERM", &agent.child.id().to_string()])
-        .status()
-        .expect("kill runs");
-    assert!(term.success());
-    let until = Instant::now() + Duration::from_secs(15);
-    let status = loop {
-        if let Some(s) = agent.child.try_wait().expect("wait") {
-            break s;
-        }
-        assert!(
-            Instant::now() < until,
-            "still running after SIGTERM:\n{}",
-            agent.log()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let status = agent
+        .terminate(Duration::from_secs(15))
+        .unwrap_or_else(|| panic!("still running after SIGTERM:\n{}", agent.log()));
     assert!(status.success(), "{status:?}\n{}", agent.log());
     let last = rt
         .block_on(hub.exchange.report("a1"))
@@ -715,7 +651,7 @@ fn the_agent_heals_while_the_management_cluster_is_partitioned_and_recovers_from
     // kill -9 while the management cluster is down; a restarted agent restores a deleted
     // object from its local copy alone.
     partition(true);
-    agent.kill();
+    agent.kill_9();
     k.ok(&["--context", A1, "delete", "cm", "cfg", "-n", "shop"]);
     let agent = Agent::start(&k, 2);
     eventually(
@@ -931,6 +867,7 @@ fn real_agent_with_least_privilege_on_a_real_management_cluster() {
 
     let hub = hub_at(&admin_kubeconfig, "mgmt");
     let agent = Agent::spawn(
+        "a1",
         &k.dir.path().join("agent.log"),
         (agent_kubeconfig.to_str().expect("UTF-8"), "mgmt"),
         (k.kubeconfig.to_str().expect("UTF-8"), "sim-1"),

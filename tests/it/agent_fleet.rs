@@ -3,16 +3,15 @@
 //! pulling their work from a management cluster (another sim cluster). The daemon's kubeconfig
 //! holds only the direct clusters and the management cluster.
 
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use flotilla_sim::SimConfig;
 use flotilla_sim::faults::Faults;
 use serde_json::Value;
 
+use crate::agent_support::AgentProcess as Agent;
 use crate::git_support::Upstream;
 use crate::serve_support::{ServeProcess, serve_command};
 use crate::support::SimKube;
@@ -158,23 +157,12 @@ impl Fleet {
 
     fn agent(&self, cluster: &str) -> Agent {
         let own = self.k.dir.path().join(format!("{cluster}-kubeconfig"));
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_flotilla"));
-        cmd.args(["agent", "--cluster", cluster, "--kubeconfig"])
-            .arg(own)
-            .args(["--context", cluster, "--hub-kubeconfig"])
-            .arg(&self.mgmt_kubeconfig)
-            .args(["--hub-context", MGMT])
-            .args([
-                "--poll",
-                "300ms",
-                "--heal-interval",
-                "1s",
-                "--report-interval",
-                "1s",
-            ])
-            .env_remove("KUBECONFIG")
-            .env("FLOTILLA_LOG", "info");
-        Agent::spawn(cmd)
+        Agent::spawn(
+            cluster,
+            &self.k.dir.path().join(format!("{cluster}-agent.log")),
+            (self.mgmt_kubeconfig.to_str().expect("UTF-8"), MGMT),
+            (own.to_str().expect("UTF-8"), cluster),
+        )
     }
 
     /// The image shop/web runs on `cluster` (`-` when absent).
@@ -213,54 +201,6 @@ impl Fleet {
                 ..Faults::default()
             }
         ));
-    }
-}
-
-/// A running `flotilla agent`, its stderr captured, killed (by PID) when dropped.
-struct Agent {
-    child: Child,
-    log: Arc<Mutex<String>>,
-}
-
-impl Agent {
-    fn spawn(mut cmd: Command) -> Agent {
-        let mut child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("flotilla agent starts");
-        let log = Arc::new(Mutex::new(String::new()));
-        let stderr = child.stderr.take().expect("stderr");
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let mut l = sink.lock().unwrap_or_else(|p| p.into_inner());
-                l.push_str(&line);
-                l.push('\n');
-            }
-        });
-        Agent { child, log }
-    }
-
-    fn log(&self) -> String {
-        self.log.lock().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-
-    fn kill_9(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-KILL", &self.child.id().to_string()])
-            .status();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
     }
 }
 
@@ -666,23 +606,12 @@ placements:
         .arg(up.scratch("cache"))
         .args(["--poll-interval", "1s", "--drift-interval", "2s"]);
     let d = ServeProcess::spawn(cmd, port);
-    let mut agent_cmd = Command::new(env!("CARGO_BIN_EXE_flotilla"));
-    agent_cmd
-        .args(["agent", "--cluster", "sim-3", "--kubeconfig", &own])
-        .args(["--context", "sim-3", "--hub-kubeconfig"])
-        .arg(&agent_mgmt)
-        .args(["--hub-context", "hub"])
-        .args([
-            "--poll",
-            "300ms",
-            "--heal-interval",
-            "1s",
-            "--report-interval",
-            "1s",
-        ])
-        .env_remove("KUBECONFIG")
-        .env("FLOTILLA_LOG", "info");
-    let agents = vec![Agent::spawn(agent_cmd)];
+    let agents = vec![Agent::spawn(
+        "sim-3",
+        &k.dir.path().join("sim-3-agent.log"),
+        (agent_mgmt.to_str().expect("UTF-8"), "hub"),
+        (&own, "sim-3"),
+    )];
     let image = |c: &str| {
         let o = k.run(&[
             "--context",

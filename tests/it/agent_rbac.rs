@@ -6,41 +6,14 @@
 //! Secret written, no namespace created). The hub's grants are checked the same way.
 
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::Duration;
 
 use flotilla_spec::yaml::{self, Limits};
 use serde_json::Value;
 
 use crate::kube_support::{KubeOptions, RealKube, kubeconfig_file};
-use crate::support::{flotilla, stderr, stdout, workspace};
-
-fn show(o: &Output) -> String {
-    format!(
-        "exit {:?}\n--- stdout\n{}--- stderr\n{}",
-        o.status.code(),
-        stdout(o),
-        stderr(o)
-    )
-}
-
-/// Runs `c` with `input` on stdin.
-fn with_stdin(mut c: Command, input: &str) -> Output {
-    use std::io::Write;
-    let mut child = c
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("the command runs");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(input.as_bytes())
-        .expect("write stdin");
-    child.wait_with_output().expect("the command finishes")
-}
+use crate::support::{flotilla, show, stderr, stdout, with_stdin, workspace};
 
 /// `flotilla agent-manifests ARGS`, which must succeed.
 fn manifests(args: &[&str]) -> String {

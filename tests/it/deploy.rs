@@ -6,44 +6,17 @@
 //! says: its Leases in its own namespace, the fleet kubeconfig Secret by name, nothing else.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::Duration;
 
 use crate::kube_support::{KubeOptions, RealKube, kubeconfig_file};
-use crate::support::{stderr, stdout, workspace};
+use crate::support::{show, stderr, stdout, with_stdin, workspace};
 
 const NS: &str = "flotilla-system";
 const SA: &str = "system:serviceaccount:flotilla-system:flotilla";
 
 fn deploy_dir() -> PathBuf {
     workspace().join("deploy")
-}
-
-fn show(o: &Output) -> String {
-    format!(
-        "exit {:?}\n--- stdout\n{}--- stderr\n{}",
-        o.status.code(),
-        stdout(o),
-        stderr(o)
-    )
-}
-
-/// `kubectl ARGS` with `input` on stdin.
-fn with_stdin(mut c: Command, input: &str) -> Output {
-    use std::io::Write;
-    let mut child = c
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("kubectl runs");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(input.as_bytes())
-        .expect("write stdin");
-    child.wait_with_output().expect("kubectl finishes")
 }
 
 /// `kubectl kustomize deploy/`, which must succeed.

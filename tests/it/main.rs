@@ -3,6 +3,7 @@
 //! Data-driven cases live in `fixtures/<area>/<case>/`; set `UPDATE_EXPECT=1` to rewrite the
 //! expected outputs after a deliberate change (then review the diff).
 
+mod agent_support;
 mod git_support;
 mod kube_support;
 #[path = "../../state/tests/pg/mod.rs"]

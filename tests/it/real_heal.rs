@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use crate::kube_support::{KubeOptions, RealKube, kubeconfig_file};
 use crate::serve_support::{ServeProcess, serve_command};
-use crate::support::{stderr, stdout};
+use crate::support::{show, stderr, stdout};
 
 const DEPLOYMENT: &str = "apiVersion: apps/v1
 kind: Deployment
@@ -51,15 +51,6 @@ placements:
       healthDeadline: 60s
       soak: 0s
 "
-    )
-}
-
-fn show(o: &Output) -> String {
-    format!(
-        "exit {:?}\n--- stdout\n{}--- stderr\n{}",
-        o.status.code(),
-        stdout(o),
-        stderr(o)
     )
 }
 

@@ -7,7 +7,7 @@ use std::process::{Command, Output};
 
 use flotilla_sim::SimConfig;
 
-use crate::support::{stderr, stdout};
+use crate::support::{show, stderr, stdout};
 
 struct Fleet {
     k: crate::support::SimKube,
@@ -196,15 +196,6 @@ impl Fleet {
             })
             .collect()
     }
-}
-
-fn show(o: &Output) -> String {
-    format!(
-        "exit {:?}\n--- stdout\n{}--- stderr\n{}",
-        o.status.code(),
-        stdout(o),
-        stderr(o)
-    )
 }
 
 /// The (kind, batch, cluster) of each event line printed by apply, in order.
