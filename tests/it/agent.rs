@@ -188,6 +188,22 @@ fn eventually(agent: &Agent, within: Duration, what: &str, mut f: impl FnMut() -
     panic!("{what} within {within:?}; agent log:\n{}", agent.log());
 }
 
+/// The image shop/web runs on a1, if it exists.
+fn a1_image(k: &SimKube) -> Option<String> {
+    a1_get(
+        k,
+        &[
+            "get",
+            "deploy",
+            "web",
+            "-n",
+            "shop",
+            "-o",
+            "jsonpath={.spec.template.spec.containers[0].image}",
+        ],
+    )
+}
+
 fn a1_get(k: &SimKube, args: &[&str]) -> Option<String> {
     let mut full = vec!["--context", A1];
     full.extend_from_slice(args);
@@ -205,22 +221,7 @@ fn the_agent_applies_published_work_answers_health_and_writes_only_its_configmap
     let good = hub.work("web@r1", web("nginx:1"));
     rt.block_on(hub.executor.apply(good.clone()))
         .unwrap_or_else(|e| panic!("apply through the agent: {e}\n{}", agent.log()));
-    assert_eq!(
-        a1_get(
-            &k,
-            &[
-                "get",
-                "deploy",
-                "web",
-                "-n",
-                "shop",
-                "-o",
-                "jsonpath={.spec.template.spec.containers[0].image}"
-            ]
-        )
-        .as_deref(),
-        Some("nginx:1")
-    );
+    assert_eq!(a1_image(&k).as_deref(), Some("nginx:1"));
     rt.block_on(
         hub.executor
             .wait_healthy(hub.health(&good, Duration::from_secs(20))),
@@ -499,22 +500,7 @@ fn manifests_over_a_mebibyte_round_trip_through_several_secrets() {
         .block_on(hub.executor.apply(forged))
         .expect_err("tampered manifests are refused");
     assert!(e.to_string().contains("not to its name"), "{e}");
-    assert_eq!(
-        a1_get(
-            &k,
-            &[
-                "get",
-                "deploy",
-                "web",
-                "-n",
-                "shop",
-                "-o",
-                "jsonpath={.spec.template.spec.containers[0].image}"
-            ]
-        )
-        .as_deref(),
-        Some("nginx:1")
-    );
+    assert_eq!(a1_image(&k).as_deref(), Some("nginx:1"));
 }
 
 #[test]
