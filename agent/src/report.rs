@@ -69,8 +69,9 @@ pub struct PlacementStatus {
     /// The last error (apply, health, drift check), empty when the last attempt went well.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub error: String,
-    /// The last drift check as the daemon's drift report shows it: the objects that are not
-    /// in sync (at most [`MAX_DRIFTED`], without their YAML diffs), with their changed fields.
+    /// The last drift check as the daemon's drift report shows it: each object's state,
+    /// health and changed fields (at most [`MAX_DRIFTED`] objects, those out of sync first;
+    /// no YAML diffs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub drift: Option<flotilla_reconciler::report::PlacementReport>,
 }

@@ -689,10 +689,23 @@ async fn heal_one(shared: &Shared, executor: &Recording<'_>, own: &dyn Cluster, 
         .filter(|o| matches!(o.state, ObjectState::Missing | ObjectState::Modified))
         .map(|o| format!("{} ({})", o.id, o.state.label()))
         .collect();
-    // What the daemon's drift report shows: the objects out of sync, without their diffs (the
-    // report stays small; the fields and values that changed are kept).
+    // What the daemon's drift report shows: each object's state and health, without the YAML
+    // diffs (the report stays small; the fields and values that changed are kept). Past
+    // MAX_DRIFTED objects, the ones out of sync are kept first.
     let mut shown = pr.clone();
-    shown.objects.retain(|o| o.state != ObjectState::InSync);
+    let out_of_sync = shown
+        .objects
+        .iter()
+        .filter(|o| o.state != ObjectState::InSync)
+        .count();
+    let mut room = report::MAX_DRIFTED.saturating_sub(out_of_sync);
+    shown.objects.retain(|o| {
+        let keep = o.state != ObjectState::InSync || room > 0;
+        if o.state == ObjectState::InSync && keep {
+            room -= 1;
+        }
+        keep
+    });
     shown.objects.truncate(report::MAX_DRIFTED);
     for o in &mut shown.objects {
         o.diff.clear();

@@ -214,8 +214,7 @@ fn status_of(r: &AgentReport) -> AgentStatus {
 }
 
 /// The agent's drift report for the drift check (the agent compares its live objects with
-/// what it was assigned, read-only, as the daemon does for a direct cluster; in-sync objects
-/// are left out of its report).
+/// what it was assigned, read-only, as the daemon does for a direct cluster).
 fn cluster_report(cluster: &str, r: &AgentReport) -> ClusterReport {
     let placements = r
         .placements

@@ -280,6 +280,15 @@ fn agent_fleet_canary_on_an_agent_rolls_back_a_bad_image_and_the_daemon_never_ca
             .unwrap_or_else(|| panic!("{c} not in the drift report: {drift}"));
         assert!(report.get("error").is_none(), "{report}");
         assert_eq!(report["placements"][0]["name"], "web", "{report}");
+        // Per object: its state and health, as the agent saw them.
+        let deployment = report["placements"][0]["objects"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|o| o["kind"] == "Deployment")
+            .unwrap_or_else(|| panic!("no Deployment in {report}"));
+        assert_eq!(deployment["state"], "inSync", "{report}");
+        assert!(deployment["health"]["status"].is_string(), "{report}");
     }
     let (_, metrics) = d.get("/metrics").expect("metrics");
     for c in AGENTS {
