@@ -263,7 +263,16 @@ impl Routed<'_> {
     }
 
     /// The executor for an agent cluster: its work travels through the management cluster.
-    async fn agent(&self, cluster: &str) -> Result<RemoteExecutor, String> {
+    /// Refused unless the store confirms this replica's claim on the placement (the publish
+    /// itself goes to the management cluster, outside the store's fenced transactions, so
+    /// the claim is checked just before).
+    async fn agent(&self, cluster: &str, placement: &str) -> Result<RemoteExecutor, String> {
+        let unit = crate::ha::placement_unit(placement);
+        if !self.shared.ownership.confirmed(&self.shared.store, &unit) {
+            return Err(format!(
+                "cluster {cluster}: this replica no longer holds {unit}; nothing sent"
+            ));
+        }
         self.shared
             .agents
             .executor(&self.store)
@@ -277,11 +286,11 @@ impl Executor for Routed<'_> {
     async fn apply(&self, work: ApplyWork) -> Result<(), ApplyError> {
         self.until_may_act().await;
         if self.through_agent(&work.cluster) {
-            let agent = self
-                .agent(&work.cluster)
-                .await
-                .map_err(ApplyError::Unavailable)?;
             loop {
+                let agent = self
+                    .agent(&work.cluster, &work.placement)
+                    .await
+                    .map_err(ApplyError::Unavailable)?;
                 match agent.apply(work.clone()).await {
                     Err(ApplyError::Unavailable(m)) if self.outage(&work.cluster, &m).await => {}
                     other => return other,
@@ -302,9 +311,9 @@ impl Executor for Routed<'_> {
     async fn wait_healthy(&self, work: HealthWork) -> Result<(), String> {
         self.until_may_act().await;
         if self.through_agent(&work.cluster) {
-            let agent = self.agent(&work.cluster).await?;
             let mut work = work;
             loop {
+                let agent = self.agent(&work.cluster, &work.placement).await?;
                 match agent.wait_healthy(work.clone()).await {
                     Err(m) if self.outage(&work.cluster, &m).await => {
                         // The daemon was blind meanwhile: the agent gets the whole wait again.
