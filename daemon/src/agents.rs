@@ -59,27 +59,35 @@ pub(crate) struct Agents {
     /// Read-only daemons read reports and send nothing.
     read_only: bool,
     user_agent: String,
+    /// Where the manifests the daemon uploads are read from.
+    store: Store,
     exchange: tokio::sync::OnceCell<Result<Link, String>>,
     reports: RwLock<BTreeMap<String, AgentStatus>>,
 }
 
 impl Agents {
-    pub fn new(settings: Option<AgentSettings>, read_only: bool, user_agent: String) -> Agents {
+    pub fn new(
+        settings: Option<AgentSettings>,
+        read_only: bool,
+        user_agent: String,
+        store: Store,
+    ) -> Agents {
         Agents {
             settings,
             read_only,
             user_agent,
+            store,
             exchange: tokio::sync::OnceCell::new(),
             reports: RwLock::new(BTreeMap::new()),
         }
     }
 
     /// The exchange over the management cluster, connected on first use.
-    async fn exchange(&self, store: &Store) -> Result<Arc<KubeExchange>, String> {
-        self.link(store).await.map(|l| l.exchange)
+    async fn exchange(&self) -> Result<Arc<KubeExchange>, String> {
+        self.link().await.map(|l| l.exchange)
     }
 
-    async fn link(&self, store: &Store) -> Result<Link, String> {
+    async fn link(&self) -> Result<Link, String> {
         self.exchange
             .get_or_init(|| async {
                 let Some(s) = &self.settings else {
@@ -98,7 +106,7 @@ impl Agents {
                         .await
                         .map_err(|e| format!("--agents-context {}: {e}", s.context))?,
                 );
-                let store = store.clone();
+                let store = self.store.clone();
                 let manifests = Arc::new(move |hash: &str| {
                     crate::exchange::blocking(|| store.read(|tx| tx.manifests(hash)))
                         .map_err(|e| e.to_string())
@@ -113,8 +121,8 @@ impl Agents {
     }
 
     /// An executor that sends one cluster's work to its agent.
-    pub async fn executor(&self, store: &Store) -> Result<RemoteExecutor, String> {
-        let exchange: Arc<dyn Exchange> = self.exchange(store).await?;
+    pub async fn executor(&self) -> Result<RemoteExecutor, String> {
+        let exchange: Arc<dyn Exchange> = self.exchange().await?;
         let mut r = RemoteExecutor::new(exchange, Arc::new(SystemClock));
         r.poll = POLL;
         Ok(r)
@@ -123,8 +131,8 @@ impl Agents {
     /// Whether the management cluster answers (reading the cluster's namespace there). Only
     /// an unreachable server counts as not answering: a refusal (403, say) is an answer, and
     /// the work's own error stands.
-    pub async fn reachable(&self, store: &Store, cluster: &str) -> bool {
-        let Ok(link) = self.link(store).await else {
+    pub async fn reachable(&self, cluster: &str) -> bool {
+        let Ok(link) = self.link().await else {
             return true;
         };
         let ns = ObjectRef {
@@ -141,8 +149,8 @@ impl Agents {
     /// Reads the agent's report: its drift report (checked by the agent against what it was
     /// assigned) and what the status API shows. An agent that never reported, or a
     /// management cluster that does not answer, makes the cluster unreachable in the report.
-    pub async fn drift(&self, store: &Store, cluster: &str) -> ClusterReport {
-        let read = match self.exchange(store).await {
+    pub async fn drift(&self, cluster: &str) -> ClusterReport {
+        let read = match self.exchange().await {
             Ok(x) => x.report(cluster).await.map_err(|e| e.to_string()),
             Err(e) => Err(e),
         };
@@ -254,7 +262,7 @@ pub(crate) async fn prune_removed(
     let hash = flotilla_reconciler::rollout::model::manifest_hash(&[]);
     crate::exchange::blocking(|| shared.store.write(|tx| tx.put_manifests(&hash, "[]")))
         .map_err(|e| format!("state store: {e}"))?;
-    let executor = shared.agents.executor(&shared.store).await?;
+    let executor = shared.agents.executor().await?;
     for placement in gone {
         executor
             .apply(ApplyWork {

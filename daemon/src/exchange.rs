@@ -158,8 +158,6 @@ impl Exchange for StoreExchange {
 /// exchange to the cluster's owner.
 pub(crate) struct Routed<'a> {
     pub shared: Arc<Shared>,
-    /// The placement worker's (fenced) store view.
-    store: Store,
     pub local: LocalExecutor<'a>,
     pub remote: Option<RemoteExecutor>,
 }
@@ -179,7 +177,6 @@ impl<'a> Routed<'a> {
         });
         Routed {
             shared: shared.clone(),
-            store: store.clone(),
             local: LocalExecutor {
                 clusters: &shared.clusters as &dyn Clusters,
                 poll: shared.config.health_poll,
@@ -243,7 +240,7 @@ impl Routed<'_> {
     /// the engine's rules for an unreachable or failing cluster apply).
     async fn outage(&self, cluster: &str, error: &str) -> bool {
         let agents = &self.shared.agents;
-        if agents.reachable(&self.store, cluster).await {
+        if agents.reachable(cluster).await {
             return false;
         }
         tracing::warn!(%cluster, %error, "the management cluster does not answer; the rollout waits for it");
@@ -255,7 +252,7 @@ impl Routed<'_> {
             }
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(Duration::from_secs(10));
-            if agents.reachable(&self.store, cluster).await {
+            if agents.reachable(cluster).await {
                 tracing::info!(%cluster, "the management cluster answers again; sending the work again");
                 return true;
             }
@@ -275,7 +272,7 @@ impl Routed<'_> {
         }
         self.shared
             .agents
-            .executor(&self.store)
+            .executor()
             .await
             .map_err(|e| format!("cluster {cluster}: {e}"))
     }

@@ -276,6 +276,7 @@ pub async fn start(config: crate::config::Config) -> Result<Running, DaemonError
         v.config.agents.clone(),
         v.config.read_only,
         connector.settings().user_agent.clone(),
+        v.store.clone(),
     );
     let (triggers, rx) = mpsc::unbounded_channel();
     let (wake, wake_rx) = std::sync::mpsc::channel();
@@ -1149,7 +1150,7 @@ async fn compare_one(
         .any(|c| c.name == name && c.is_agent())
     {
         // Checked by its agent, against what it was assigned; read from its report.
-        return shared.agents.drift(&shared.store, &name).await;
+        return shared.agents.drift(&name).await;
     }
     match shared.readers.cluster(&name).await {
         Ok(c) => {
