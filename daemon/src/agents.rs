@@ -25,6 +25,13 @@ use crate::config::AgentSettings;
 /// How often a rollout reads an agent's answer while waiting for it.
 const POLL: Duration = Duration::from_millis(500);
 
+/// The request budget of the one management-cluster connection. It carries the work of every
+/// agent cluster (a publish is about 5 requests, each answer is polled every [`POLL`]), which
+/// a directly reached fleet spreads over one 50 QPS budget per cluster: with the per-cluster
+/// default, 1,000 agent clusters waited on this bucket (cli/benches/agents.rs).
+const MANAGEMENT_QPS: f64 = 500.0;
+const MANAGEMENT_BURST: u32 = 1000;
+
 /// What the status API shows of one agent cluster.
 #[derive(Debug, Clone, Default, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -99,6 +106,8 @@ impl Agents {
                     .map_err(|e| format!("--agents-kubeconfig: {e}"))?;
                 let mut settings = connector.settings().clone();
                 settings.user_agent = self.user_agent.clone();
+                settings.qps = settings.qps.max(MANAGEMENT_QPS);
+                settings.burst = settings.burst.max(MANAGEMENT_BURST);
                 let connector = connector.with_settings(settings);
                 let management: Arc<dyn Cluster> = Arc::new(
                     connector
