@@ -56,6 +56,8 @@ fn context_of(connector: &Connector, given: Option<String>, what: &str) -> anyho
 }
 
 pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
+    // Its namespace on the management cluster is flotilla-cluster-NAME.
+    crate::agent_manifests::check_cluster(&args.cluster)?;
     for (flag, d) in [
         ("--poll", args.poll),
         ("--heal-interval", args.heal_interval),

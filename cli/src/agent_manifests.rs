@@ -147,7 +147,7 @@ pub fn render(cluster: &str, member: bool, image: Option<&str>) -> anyhow::Resul
     Ok(out)
 }
 
-fn check_cluster(cluster: &str) -> anyhow::Result<()> {
+pub(crate) fn check_cluster(cluster: &str) -> anyhow::Result<()> {
     flotilla_spec::types::check_name(cluster).map_err(|e| anyhow::anyhow!("--cluster: {e}"))?;
     let namespace_max = 63 - NAMESPACE_PREFIX.len();
     if cluster.len() > namespace_max {

@@ -967,3 +967,27 @@ fn real_agent_with_least_privilege_on_a_real_management_cluster() {
     let (ok, err) = as_agent(&["get", "secrets", "-n", "flotilla-cluster-a1"]);
     assert!(ok, "its own namespace: {err}");
 }
+
+#[test]
+fn an_agent_with_a_name_no_namespace_can_carry_is_refused_before_connecting() {
+    let long = "a".repeat(47);
+    for (name, says) in [
+        ("Bad_Name", "invalid name \"Bad_Name\""),
+        (long.as_str(), "at most 46"),
+    ] {
+        let o = crate::support::flotilla(&[
+            "agent",
+            "--cluster",
+            name,
+            "--hub-kubeconfig",
+            "/nonexistent/kubeconfig",
+        ]);
+        assert_eq!(o.status.code(), Some(2), "{}", crate::support::show(&o));
+        let err = crate::support::stderr(&o);
+        assert!(err.contains(says), "{err}");
+        assert!(
+            !err.contains("/nonexistent"),
+            "checked before reading anything: {err}"
+        );
+    }
+}
