@@ -15,8 +15,10 @@ use serde::Serialize;
 use flotilla_agent::report::AgentReport;
 use flotilla_agent::transport::KubeExchange;
 use flotilla_reconciler::cluster::{Cluster, Gvk, ObjectRef};
+use flotilla_reconciler::desired::Desired;
 use flotilla_reconciler::exchange::{Exchange, RemoteExecutor};
 use flotilla_reconciler::report::{ClusterReport, PlacementReport};
+use flotilla_reconciler::rollout::model::{manifest_hash, short_id};
 use flotilla_state::Store;
 
 use crate::adapters::SystemClock;
@@ -158,13 +160,15 @@ impl Agents {
     /// Reads the agent's report: its drift report (checked by the agent against what it was
     /// assigned) and what the status API shows. An agent that never reported, or a
     /// management cluster that does not answer, makes the cluster unreachable in the report.
-    pub async fn drift(&self, cluster: &str) -> ClusterReport {
+    /// `desired`: what the current revision renders for the cluster, to tell where the agent
+    /// keeps something else (a rollout that has not reached it, or failed there).
+    pub async fn drift(&self, cluster: &str, desired: &[Desired]) -> ClusterReport {
         let read = match self.exchange().await {
             Ok(x) => x.report(cluster).await.map_err(|e| e.to_string()),
             Err(e) => Err(e),
         };
         let (status, report) = match read {
-            Ok(Some(r)) => (status_of(&r), cluster_report(cluster, &r)),
+            Ok(Some(r)) => (status_of(&r), cluster_report(cluster, &r, desired)),
             Ok(None) => {
                 let e = format!("cluster {cluster}: its agent has not reported yet");
                 (
@@ -232,8 +236,8 @@ fn status_of(r: &AgentReport) -> AgentStatus {
 
 /// The agent's drift report for the drift check (the agent compares its live objects with
 /// what it was assigned, read-only, as the daemon does for a direct cluster).
-fn cluster_report(cluster: &str, r: &AgentReport) -> ClusterReport {
-    let placements = r
+fn cluster_report(cluster: &str, r: &AgentReport, desired: &[Desired]) -> ClusterReport {
+    let mut placements: Vec<PlacementReport> = r
         .placements
         .iter()
         .map(|(name, p)| {
@@ -246,9 +250,35 @@ fn cluster_report(cluster: &str, r: &AgentReport) -> ClusterReport {
             if report.error.is_none() && !p.error.is_empty() {
                 report.error = Some(p.error.clone());
             }
+            // The agent checks against what it keeps; say so when that is not this revision.
+            let wanted = desired
+                .iter()
+                .find(|d| &d.placement == name)
+                .and_then(|d| d.objects.as_ref().ok())
+                .map(|o| manifest_hash(o));
+            if report.error.is_none()
+                && let Some(wanted) = wanted
+                && wanted != p.manifests
+            {
+                report.error = Some(format!(
+                    "its agent keeps manifests {} (rollout {}); this revision renders {}: the rollout has not brought them here, or failed here",
+                    short_id(&p.manifests),
+                    p.rollout,
+                    short_id(&wanted)
+                ));
+            }
             report
         })
         .collect();
+    for d in desired {
+        if !r.placements.contains_key(&d.placement) && d.objects.is_ok() {
+            placements.push(PlacementReport {
+                name: d.placement.clone(),
+                error: Some("not assigned to its agent yet".into()),
+                objects: Vec::new(),
+            });
+        }
+    }
     ClusterReport {
         name: cluster.to_string(),
         error: None,

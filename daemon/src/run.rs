@@ -1150,7 +1150,7 @@ async fn compare_one(
         .any(|c| c.name == name && c.is_agent())
     {
         // Checked by its agent, against what it was assigned; read from its report.
-        return shared.agents.drift(&name).await;
+        return shared.agents.drift(&name, desired).await;
     }
     match shared.readers.cluster(&name).await {
         Ok(c) => {

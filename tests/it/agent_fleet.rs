@@ -359,6 +359,27 @@ fn agent_fleet_canary_on_an_agent_rolls_back_a_bad_image_and_the_daemon_never_ca
         "the bad revision left the canary: {history}"
     );
 
+    // The drift report tells that the agents keep the last good manifests, not the
+    // revision's (as it shows the direct clusters' Deployments modified).
+    wait(
+        "the drift report shows the agents behind the revision",
+        Duration::from_secs(30),
+        &d,
+        &agents,
+        || {
+            let drift = d.try_json("/api/v1/drift");
+            AGENTS.iter().all(|c| {
+                drift["clusters"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .find(|r| r["name"] == *c)
+                    .and_then(|r| r["placements"][0]["error"].as_str())
+                    .is_some_and(|e| e.contains("this revision renders"))
+            })
+        },
+    );
+
     // The placement leaves sim-6: its agent prunes it there (the daemon cannot) and stops
     // keeping it applied; the other clusters keep it.
     f.commit_fleet(
