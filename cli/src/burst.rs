@@ -210,10 +210,9 @@ fn local(
                             }
                         };
                         let read = async {
-                            let cluster = connector
-                                .connect(name, context, true)
-                                .await
-                                .map_err(|e| e.to_string())?;
+                            let cluster =
+                                crate::live::connect(connector, name, context.as_deref(), true)
+                                    .await?;
                             let observed = capacity::observe(&cluster as &dyn Cluster)
                                 .await
                                 .map_err(|e| e.to_string())?;

@@ -45,8 +45,9 @@ pub enum ReportFormat {
 pub(crate) struct Prepared {
     pub fleet: Fleet,
     pub revision: String,
-    /// (fleet cluster name, kubeconfig context, desired placements)
-    pub targets: Vec<(String, String, Vec<Desired>)>,
+    /// (fleet cluster name, kubeconfig context, desired placements); no context for a
+    /// cluster with `connect: agent`, which [`connect`] refuses.
+    pub targets: Vec<(String, Option<String>, Vec<Desired>)>,
 }
 
 /// Loads and renders; `Err(code)` when the fleet is invalid (diagnostics printed).
@@ -91,7 +92,8 @@ pub(crate) fn prepare(
                 );
             }
         }
-        targets.push((c.name.clone(), c.context().to_string(), d));
+        let context = (!c.is_agent()).then(|| c.context().to_string());
+        targets.push((c.name.clone(), context, d));
     }
     drop(pass);
     Ok(Ok(Prepared {
@@ -106,6 +108,26 @@ pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")
+}
+
+/// Connects to one target of [`Prepared`]. A cluster with `connect: agent` is refused: the
+/// command line never contacts it either; its agent reports to the daemon.
+pub(crate) async fn connect(
+    connector: &flotilla_cluster::Connector,
+    name: &str,
+    context: Option<&str>,
+    read_only: bool,
+) -> Result<flotilla_cluster::KubeCluster, String> {
+    let Some(context) = context else {
+        return Err(format!(
+            "{}; its agent reports its drift to the daemon (flotilla status)",
+            flotilla_daemon::adapters::through_agent(name)
+        ));
+    };
+    connector
+        .connect(name, context, read_only)
+        .await
+        .map_err(|e| e.to_string())
 }
 
 fn connector(args: &ClusterArgs) -> anyhow::Result<flotilla_cluster::Connector> {
@@ -139,25 +161,8 @@ pub fn compare(
             .map(|(name, context, desired)| {
                 let connector = &connector;
                 let fleet_name = &fleet_name;
-                let agent = prepared
-                    .fleet
-                    .clusters
-                    .iter()
-                    .any(|c| &c.name == name && c.is_agent());
                 async move {
-                    if agent {
-                        // Never contacted from here either: its agent checks it and reports
-                        // to the daemon (`flotilla status`, /api/v1/clusters/NAME).
-                        return ClusterReport {
-                            name: name.clone(),
-                            error: Some(format!(
-                                "{}; its agent reports its drift to the daemon (flotilla status)",
-                                flotilla_daemon::adapters::through_agent(name)
-                            )),
-                            placements: Vec::new(),
-                        };
-                    }
-                    match connector.connect(name, context, read_only).await {
+                    match connect(connector, name, context.as_deref(), read_only).await {
                         Ok(cluster) => {
                             sync::compare(&cluster as &dyn Cluster, fleet_name, desired, mode).await
                         }
@@ -237,7 +242,7 @@ pub fn apply(
                 let connector = &connector;
                 let fleet_name = &fleet_name;
                 async move {
-                    let r = match connector.connect(name, context, false).await {
+                    let r = match connect(connector, name, context.as_deref(), false).await {
                         Ok(cluster) => {
                             let mut r =
                                 sync::apply(&cluster as &dyn Cluster, fleet_name, desired, options)

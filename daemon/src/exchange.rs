@@ -225,12 +225,9 @@ impl Routed<'_> {
 impl Routed<'_> {
     /// Whether the cluster has `connect: agent` in the current fleet.
     fn through_agent(&self, cluster: &str) -> bool {
-        self.shared.current().is_some_and(|rev| {
-            rev.fleet
-                .clusters
-                .iter()
-                .any(|c| c.name == cluster && c.is_agent())
-        })
+        self.shared
+            .current()
+            .is_some_and(|rev| rev.is_agent(cluster))
     }
 
     /// After `error` from an agent cluster: when the management cluster itself does not

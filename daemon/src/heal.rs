@@ -23,12 +23,7 @@ pub(crate) async fn heal(shared: &Arc<Shared>, rev: &Arc<Revision>) -> Vec<Strin
     let on_event = |e: &Event| shared.on_event(e);
     // Replicated: the replica holding a cluster heals it. Agents heal their own clusters.
     let only = |cluster: &str| {
-        shared.ownership.holds(&crate::ha::cluster_unit(cluster))
-            && !rev
-                .fleet
-                .clusters
-                .iter()
-                .any(|c| c.name == cluster && c.is_agent())
+        shared.ownership.holds(&crate::ha::cluster_unit(cluster)) && !rev.is_agent(cluster)
     };
     let healer = Healer {
         kind: "self-heal",

@@ -2,7 +2,7 @@
 //! renderers' cache (Jsonnet state is not `Send`) lives there and survives across commits,
 //! so an unchanged bundle is not rendered again.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -27,6 +27,15 @@ pub struct Revision {
     pub render_took: Duration,
     /// Workflow name → its template file's text at this commit.
     pub workflow_templates: BTreeMap<String, String>,
+    /// The clusters with `connect: agent` (looked up on every apply and drift check).
+    pub agents: BTreeSet<String>,
+}
+
+impl Revision {
+    /// Whether `cluster` is reached through its agent (`connect: agent`).
+    pub fn is_agent(&self, cluster: &str) -> bool {
+        self.agents.contains(cluster)
+    }
 }
 
 /// What a commit turned out to be.
@@ -129,8 +138,15 @@ impl Loader {
                     .map(|t| (w.name.clone(), t))
             })
             .collect();
+        let agents = fleet
+            .clusters
+            .iter()
+            .filter(|c| c.is_agent())
+            .map(|c| c.name.clone())
+            .collect();
         Loaded::Valid(Arc::new(Revision {
             workflow_templates,
+            agents,
             commit,
             plan,
             targets,

@@ -920,12 +920,7 @@ impl Daemon {
             "drift check done"
         );
         let agents = match shared.current() {
-            Some(rev) => shared.agents.statuses(|c| {
-                rev.fleet
-                    .clusters
-                    .iter()
-                    .any(|x| x.name == c && x.is_agent())
-            }),
+            Some(rev) => shared.agents.statuses(|c| rev.is_agent(c)),
             None => Default::default(),
         };
         for (cluster, a) in &agents {
@@ -1026,13 +1021,7 @@ fn spawn_prune_removed(shared: Arc<Shared>, previous: &Revision, rev: &Arc<Revis
     }
     let fleet = rev.fleet.metadata.name.clone();
     let prune = rev.fleet.settings.prune;
-    let agents: std::collections::BTreeSet<String> = rev
-        .fleet
-        .clusters
-        .iter()
-        .filter(|c| c.is_agent())
-        .map(|c| c.name.clone())
-        .collect();
+    let agents = rev.agents.clone();
     let report = crate::supervise::report_to(shared.clone(), "prune", None);
     crate::supervise::spawn_once(
         async move {
@@ -1143,12 +1132,7 @@ async fn compare_one(
         .get(&name)
         .map(Vec::as_slice)
         .unwrap_or_default();
-    if rev
-        .fleet
-        .clusters
-        .iter()
-        .any(|c| c.name == name && c.is_agent())
-    {
+    if rev.is_agent(&name) {
         // Checked by its agent, against what it was assigned; read from its report.
         return shared.agents.drift(&name, desired).await;
     }
