@@ -52,29 +52,6 @@ fn configmap(p: usize, value: &str) -> String {
     )
 }
 
-async fn get(client: &reqwest::Client, url: &str) -> Option<Value> {
-    let r = client.get(url).send().await.ok()?;
-    serde_json::from_str(&r.text().await.ok()?).ok()
-}
-
-/// What a Git host sends after a push: a signed webhook.
-async fn webhook(client: &reqwest::Client, base: &str) {
-    let body = br#"{"ref": "refs/heads/main"}"#;
-    let secret =
-        flotilla_daemon::webhook::Secret::from_file_contents(SECRET.as_bytes()).expect("secret");
-    let r = client
-        .post(format!("{base}/hooks/git"))
-        .header(
-            "X-Flotilla-Signature",
-            format!("sha256={}", secret.sign(body)),
-        )
-        .body(body.to_vec())
-        .send()
-        .await
-        .expect("webhook");
-    assert_eq!(r.status().as_u16(), 202);
-}
-
 fn value_everywhere(sim: &flotilla_sim::SimHandle, clusters: usize, value: &str) -> bool {
     (1..=clusters).all(|i| {
         sim.cluster(&format!("sim-{i}"))
@@ -102,17 +79,7 @@ fn run(clusters: usize) {
     .expect("sim");
     let kubeconfig = dir.path().join("kubeconfig");
     std::fs::write(&kubeconfig, sim.kubeconfig()).expect("write");
-    let bare = dir.path().join("fleet.git");
-    let work = dir.path().join("work");
-    git(
-        dir.path(),
-        &["init", "-q", "--bare", "-b", "main", "fleet.git"],
-    );
-    git(
-        dir.path(),
-        &["clone", "-q", bare.to_str().expect("utf-8"), "work"],
-    );
-    git(&work, &["checkout", "-q", "-b", "main"]);
+    let (bare, work) = support::repository(dir.path());
     std::fs::write(work.join("fleet.yaml"), fleet(clusters)).expect("write");
     for p in 1..=PLACEMENTS {
         let b = work.join(format!("bundles/b{p:02}"));
@@ -167,7 +134,7 @@ fn run(clusters: usize) {
         let client = reqwest::Client::new();
         // 1. first convergence
         loop {
-            if let Some(s) = get(&client, &format!("{base}/api/v1/fleet")).await {
+            if let Some(s) = support::get_json(&client, &format!("{base}/api/v1/fleet")).await {
                 let placements = s["placements"].as_object().cloned().unwrap_or_default();
                 let done = placements
                     .values()
@@ -186,7 +153,8 @@ fn run(clusters: usize) {
         git(&work, &["commit", "-q", "-am", "one line"]);
         let t0 = Instant::now();
         git(&work, &["push", "-q", "origin", "main"]);
-        webhook(&client, &base).await;
+        let status = support::webhook(&client, &base, SECRET).await;
+        assert_eq!(status, Ok(202), "webhook");
         while !value_everywhere(&sim, clusters, "v2") {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -202,10 +170,11 @@ fn run(clusters: usize) {
         std::fs::write(work.join("fleet.yaml"), text).expect("write");
         git(&work, &["commit", "-q", "-am", "drift every 2s"]);
         git(&work, &["push", "-q", "origin", "main"]);
-        webhook(&client, &base).await;
+        let status = support::webhook(&client, &base, SECRET).await;
+        assert_eq!(status, Ok(202), "webhook");
         let t1 = Instant::now();
         loop {
-            let drift = get(&client, &format!("{base}/api/v1/fleet")).await;
+            let drift = support::get_json(&client, &format!("{base}/api/v1/fleet")).await;
             if drift.is_some_and(|s| s["drift"]["clusters"].as_u64() == Some(clusters as u64)) {
                 break;
             }

@@ -41,7 +41,7 @@ use serde_json::Value;
 
 #[path = "support/mod.rs"]
 mod support;
-use support::{git, rss};
+use support::{configmap, free_port, git, rss, secs, wait};
 
 const SECRET: &str = "bench-secret";
 const LEASE: &str = "3s";
@@ -61,20 +61,6 @@ fn fleet(clusters: usize, soak: &str) -> String {
         "bundles:\n  - {{name: app, path: app, namespace: bench}}\nplacements:\n  - name: web\n    bundles: [app]\n    clusters: {{}}\n    rollout:\n      batches:\n        - clusters: {{names: [sim-1]}}\n        - percent: 100\n      maxConcurrent: 100\n      healthDeadline: 60s\n      soak: {soak}\n"
     ));
     s
-}
-
-fn configmap(value: &str) -> String {
-    format!(
-        "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: settings}}\ndata:\n  value: \"{value}\"\n  payload: \"{}\"\n",
-        "x".repeat(200)
-    )
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("port")
-        .port()
 }
 
 /// (VmRSS, VmHWM) in MiB.
@@ -167,25 +153,6 @@ impl Drop for Replica {
     }
 }
 
-/// Polls `ok` every `every` until it holds (the elapsed time) or `timeout` passes (None).
-fn wait(timeout: Duration, every: Duration, mut ok: impl FnMut() -> bool) -> Option<Duration> {
-    let t0 = Instant::now();
-    while t0.elapsed() < timeout {
-        if ok() {
-            return Some(t0.elapsed());
-        }
-        std::thread::sleep(every);
-    }
-    None
-}
-
-fn secs(d: Option<Duration>) -> String {
-    d.map_or_else(
-        || "did not happen".to_string(),
-        |d| format!("{:.2} s", d.as_secs_f64()),
-    )
-}
-
 struct Bench {
     dir: tempfile::TempDir,
     sim: flotilla_sim::SimHandle,
@@ -236,17 +203,7 @@ impl Bench {
         std::fs::write(&kubeconfig, sim.kubeconfig()).expect("write");
         let mgmt_kubeconfig = dir.path().join("mgmt-kubeconfig");
         std::fs::write(&mgmt_kubeconfig, mgmt.kubeconfig()).expect("write");
-        let bare = dir.path().join("fleet.git");
-        let work = dir.path().join("work");
-        git(
-            dir.path(),
-            &["init", "-q", "--bare", "-b", "main", "fleet.git"],
-        );
-        git(
-            dir.path(),
-            &["clone", "-q", bare.to_str().expect("utf-8"), "work"],
-        );
-        git(&work, &["checkout", "-q", "-b", "main"]);
+        let (bare, work) = support::repository(dir.path());
         let secret = dir.path().join("secret");
         std::fs::write(&secret, SECRET).expect("write");
         let b = Bench {
@@ -331,45 +288,17 @@ impl Bench {
     /// A JSON answer of a replica, or `null`.
     fn json(&self, r: &Replica, path: &str) -> Value {
         let url = format!("http://127.0.0.1:{}{path}", r.port);
-        self.rt.block_on(async {
-            let Ok(resp) = self
-                .client
-                .get(url)
-                .timeout(Duration::from_secs(10))
-                .send()
-                .await
-            else {
-                return Value::Null;
-            };
-            if !resp.status().is_success() {
-                return Value::Null;
-            }
-            resp.text()
-                .await
-                .ok()
-                .and_then(|t| serde_json::from_str(&t).ok())
-                .unwrap_or(Value::Null)
-        })
+        self.rt
+            .block_on(support::get_json(&self.client, &url))
+            .unwrap_or(Value::Null)
     }
 
     /// What a Git host sends after a push: a signed webhook.
     fn webhook(&self, r: &Replica) {
-        let body = br#"{"ref": "refs/heads/main"}"#;
-        let secret = flotilla_daemon::webhook::Secret::from_file_contents(SECRET.as_bytes())
-            .expect("secret");
-        let url = format!("http://127.0.0.1:{}/hooks/git", r.port);
-        let status = self.rt.block_on(async {
-            self.client
-                .post(url)
-                .header(
-                    "X-Flotilla-Signature",
-                    format!("sha256={}", secret.sign(body)),
-                )
-                .body(body.to_vec())
-                .send()
-                .await
-                .map(|r| r.status().as_u16())
-        });
+        let base = format!("http://127.0.0.1:{}", r.port);
+        let status = self
+            .rt
+            .block_on(support::webhook(&self.client, &base, SECRET));
         if !matches!(status, Ok(202)) {
             println!("  webhook to {}: {status:?} (expected 202)", r.id);
         }
