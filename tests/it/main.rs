@@ -34,6 +34,7 @@ mod jsonnet_worker;
 mod prdiff;
 mod real_heal;
 mod real_kube;
+mod real_target_rbac;
 mod reconcile;
 mod render_fixtures;
 mod rollout;
