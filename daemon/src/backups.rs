@@ -13,6 +13,7 @@ use serde::Serialize;
 use flotilla_reconciler::rollout::Clusters;
 use flotilla_spec::Fleet;
 
+use crate::events::{self, FleetEvent};
 use crate::metrics::labels;
 use crate::run::{Shared, Trigger};
 
@@ -192,9 +193,33 @@ impl Backups {
             m.backup_objects.get_or_create(&l).set(d.run.objects as i64);
             m.backup_bytes.get_or_create(&l).set(d.run.bytes as i64);
             tracing::info!(backup = %d.policy, cluster = %d.cluster, location = ?d.run.location, objects = d.run.objects, bytes = d.run.bytes, seconds = d.run.seconds, "backup complete");
+            shared.events.publish(
+                FleetEvent::new(
+                    events::Trigger::BackupSucceeded,
+                    format!(
+                        "backup {} of cluster {}: {} objects, {} bytes",
+                        d.policy, d.cluster, d.run.objects, d.run.bytes
+                    ),
+                )
+                .backup(d.policy.clone())
+                .cluster(d.cluster.clone()),
+            );
         } else {
             m.backup_failures.get_or_create(&l).inc();
             tracing::warn!(backup = %d.policy, cluster = %d.cluster, error = ?d.run.error, "backup failed");
+            shared.events.publish(
+                FleetEvent::new(
+                    events::Trigger::BackupFailed,
+                    format!(
+                        "backup {} of cluster {} failed: {}",
+                        d.policy,
+                        d.cluster,
+                        d.run.error.as_deref().unwrap_or("unknown error")
+                    ),
+                )
+                .backup(d.policy.clone())
+                .cluster(d.cluster.clone()),
+            );
         }
         m.backup_seconds.get_or_create(&l).set(d.run.seconds);
         let mut s = shared.backups.write().unwrap_or_else(|p| p.into_inner());

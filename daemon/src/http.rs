@@ -34,6 +34,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/api/v1/clusters", get(clusters))
         .route("/api/v1/clusters/{name}", get(cluster))
         .route("/api/v1/drift", get(drift))
+        .route("/api/v1/events", get(events))
         .route("/api/v1/backups", get(backups))
         .route("/api/v1/backups/{name}/run", post(backup_run))
         .route("/api/v1/burst", get(burst))
@@ -463,6 +464,28 @@ async fn drift(State(s): State<AppState>) -> Response {
             "no drift check has run yet",
         ),
     }
+}
+
+#[derive(serde::Deserialize)]
+struct EventsQuery {
+    /// Only events with a greater `seq`.
+    #[serde(default)]
+    after: u64,
+}
+
+/// The event bus's recent events (`crate::events`), oldest first, and the newest `seq`.
+async fn events(
+    State(s): State<AppState>,
+    axum::extract::Query(q): axum::extract::Query<EventsQuery>,
+) -> Response {
+    let (past, _) = s.events.since(q.after);
+    json_response(
+        StatusCode::OK,
+        json!({
+            "last": s.events.last_seq(),
+            "events": past.iter().map(|e| serde_json::to_value(&**e).unwrap_or(Value::Null)).collect::<Vec<_>>(),
+        }),
+    )
 }
 
 /// Scheduled backups: policies, clusters, next firings, last runs.

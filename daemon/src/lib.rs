@@ -12,6 +12,7 @@ pub mod agents;
 pub mod backups;
 pub mod burst;
 pub mod config;
+pub mod events;
 mod exchange;
 mod ha;
 mod heal;

@@ -13,6 +13,7 @@ use futures::StreamExt;
 use tokio::sync::{Notify, mpsc};
 
 use flotilla_reconciler::report::{Report, ReportKind};
+use flotilla_reconciler::rollout::model::short_id;
 use flotilla_reconciler::rollout::{Clusters, Event, phase_after};
 use flotilla_reconciler::sync::{self, CompareMode};
 use flotilla_source::git::{self, GitSource};
@@ -20,6 +21,7 @@ use flotilla_state::Store;
 
 use crate::adapters::{ConnectedClusters, PrometheusGates};
 use crate::config::Validated;
+use crate::events::{self, FleetEvent};
 use crate::metrics::{Metrics, labels};
 use crate::revision::{Loaded, Loader, Revision};
 use crate::status::{DiagnosticJson, DriftSummary, FleetStatus, Rejected, RevisionStatus};
@@ -122,6 +124,8 @@ pub(crate) struct Shared {
     /// Wakes rollouts waiting for an exchange result.
     pub(crate) results: Arc<Notify>,
     pub(crate) gates: PrometheusGates,
+    /// What happened, for notifications and the live UI (`crate::events`).
+    pub(crate) events: crate::events::Bus,
     images: crate::images::ImageSettings,
     /// Held (locked) while the daemon runs (redb only).
     _lock: Option<std::fs::File>,
@@ -158,6 +162,7 @@ impl Shared {
             "{}",
             e.message
         );
+        self.events.publish(FleetEvent::of_rollout(e));
         if matches!(e.kind.as_str(), "apply-failed" | "rollback-failed")
             && let Some(c) = &e.cluster
         {
@@ -186,6 +191,31 @@ impl Shared {
                 .set(1);
         }
     }
+}
+
+/// A commit was refused (invalid fleet file, over its render budget, unreadable): the status,
+/// the metrics and the event bus say so; the last good revision keeps running.
+fn reject(shared: &Shared, commit: String, at: String, errors: Vec<DiagnosticJson>) {
+    shared.metrics.fleet_valid.set(0);
+    shared.metrics.fleet_errors.set(errors.len().max(1) as i64);
+    let first = errors
+        .first()
+        .map(|e| e.text.clone())
+        .unwrap_or_else(|| "rejected".to_string());
+    let more = match errors.len() {
+        0 | 1 => String::new(),
+        n => format!(" (and {} more)", n - 1),
+    };
+    shared.events.publish(
+        FleetEvent::new(
+            events::Trigger::CommitRejected,
+            format!("commit {} rejected: {first}{more}", short_id(&commit)),
+        )
+        .commit(commit.clone()),
+    );
+    let mut s = shared.status_mut();
+    s.source.fetched_commit = Some(commit.clone());
+    s.rejected = Some(Rejected { commit, at, errors });
 }
 
 /// A running daemon.
@@ -307,6 +337,7 @@ pub async fn start(config: crate::config::Config) -> Result<Running, DaemonError
         work: Notify::new(),
         results: Arc::new(Notify::new()),
         gates: PrometheusGates::new(Duration::from_secs(10)),
+        events: crate::events::Bus::new(),
         images: crate::images::ImageSettings {
             registries: flotilla_images::Settings {
                 logins: v.registry_logins,
@@ -650,52 +681,44 @@ impl Daemon {
                     errors = diagnostics.len(),
                     "fleet file rejected; the last good revision keeps running"
                 );
-                shared.metrics.fleet_valid.set(0);
-                shared.metrics.fleet_errors.set(diagnostics.len() as i64);
-                let mut s = shared.status_mut();
-                s.source.fetched_commit = Some(commit.clone());
-                s.rejected = Some(Rejected {
+                reject(
+                    &shared,
                     commit,
                     at,
-                    errors: diagnostics.iter().map(DiagnosticJson::from).collect(),
-                });
+                    diagnostics.iter().map(DiagnosticJson::from).collect(),
+                );
             }
             Loaded::OverBudget { commit, error } => {
                 tracing::error!(commit = %commit, error = %error, "commit over its render budget; the last good revision keeps running");
-                shared.metrics.fleet_valid.set(0);
-                shared.metrics.fleet_errors.set(1);
                 let message = error.to_string();
-                let mut s = shared.status_mut();
-                s.source.fetched_commit = Some(commit.clone());
-                s.rejected = Some(Rejected {
+                reject(
+                    &shared,
                     commit,
                     at,
-                    errors: vec![DiagnosticJson {
+                    vec![DiagnosticJson {
                         file: error.at.clone(),
                         line: 0,
                         column: 0,
                         message: message.clone(),
                         text: message,
                     }],
-                });
+                );
             }
             Loaded::Unreadable { commit, message } => {
                 tracing::error!(commit = %commit, error = %message, "fleet file unreadable; the last good revision keeps running");
-                shared.metrics.fleet_valid.set(0);
-                shared.metrics.fleet_errors.set(1);
-                let mut s = shared.status_mut();
-                s.source.fetched_commit = Some(commit.clone());
-                s.rejected = Some(Rejected {
+                let file = shared.config.fleet_file.clone();
+                reject(
+                    &shared,
                     commit,
                     at,
-                    errors: vec![DiagnosticJson {
-                        file: shared.config.fleet_file.clone(),
+                    vec![DiagnosticJson {
+                        file,
                         line: 0,
                         column: 0,
                         message: message.clone(),
                         text: message,
                     }],
-                });
+                );
             }
         }
     }
@@ -933,6 +956,20 @@ impl Daemon {
             }
         }
         shared.status_mut().agents = agents;
+        for c in &report.clusters {
+            let summary = c.summary();
+            let n = summary.objects - summary.in_sync;
+            if c.error.is_none() && n > 0 {
+                shared.events.publish(
+                    FleetEvent::new(
+                        events::Trigger::DriftFound,
+                        format!("{n} object(s) drifted from Git on cluster {}", c.name),
+                    )
+                    .cluster(c.name.clone())
+                    .commit(report.revision.clone()),
+                );
+            }
+        }
         shared.status_mut().drift = Some(DriftSummary {
             at: report.generated_at.clone(),
             commit: report.revision.clone(),

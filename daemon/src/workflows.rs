@@ -25,6 +25,7 @@ use flotilla_reconciler::workflow::{
 use flotilla_spec::Workflow;
 use flotilla_spec::model::RunMode;
 
+use crate::events::{FleetEvent, Trigger};
 use crate::metrics::labels;
 use crate::revision::Revision;
 use crate::run::Shared;
@@ -614,6 +615,21 @@ impl Runner {
         ) {
             self.count(r);
         }
+        let trigger = if r.phase == RunPhase::Failed {
+            Trigger::WorkflowFailed
+        } else {
+            Trigger::WorkflowRun
+        };
+        let mut e = FleetEvent::new(
+            trigger,
+            format!("workflow {} run {}: {}", r.workflow, r.run_id, r.message),
+        )
+        .workflow(r.workflow.clone())
+        .kind(r.phase.label());
+        if let Some(c) = &r.cluster {
+            e = e.cluster(c.clone());
+        }
+        self.shared.events.publish(e);
     }
 
     fn count(&self, r: &RunRecord) {

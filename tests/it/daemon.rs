@@ -277,6 +277,47 @@ fn daemon_follows_webhooks_rejects_invalid_commits_and_supersedes() {
     assert!(out.contains(&format!("commit {bad} rejected")), "{out}");
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(images(&k, 6), all(6, "web:2"));
+    // The event bus (what notifications and the live UI read) has it all, in order: the
+    // web:2 rollout started, every step, it succeeded, then the commit was rejected.
+    let events = d.json("/api/v1/events");
+    let seen: Vec<(String, String)> = events["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .map(|e| {
+            (
+                e["trigger"].as_str().unwrap_or("").to_string(),
+                e["commit"]
+                    .as_str()
+                    .or(e["rollout"].as_str())
+                    .unwrap_or("")
+                    .to_string(),
+            )
+        })
+        .filter(|(t, _)| t != "rollout-step")
+        .collect();
+    let rejected = seen
+        .iter()
+        .position(|(t, c)| t == "commit-rejected" && c == bad.as_str())
+        .unwrap_or_else(|| panic!("commit-rejected for {bad}: {events:#}"));
+    let succeeded = seen
+        .iter()
+        .rposition(|(t, _)| t == "rollout-succeeded")
+        .unwrap_or_else(|| panic!("rollout-succeeded: {events:#}"));
+    let started = seen
+        .iter()
+        .rposition(|(t, _)| t == "rollout-started")
+        .unwrap_or_else(|| panic!("rollout-started: {events:#}"));
+    assert!(started < succeeded && succeeded < rejected, "{seen:?}");
+    let last = events["last"].as_u64().expect("last seq");
+    let later = d.json(&format!("/api/v1/events?after={last}"));
+    assert_eq!(later["events"].as_array().map(Vec::len), Some(0), "{later}");
+    let message = events["events"]
+        .as_array()
+        .and_then(|v| v.iter().find(|e| e["trigger"] == "commit-rejected"))
+        .map(|e| e["message"].to_string())
+        .unwrap_or_default();
+    assert!(message.contains("fleet.yaml:6:3"), "{message}");
 
     // A push during a rollout supersedes it: the long soak of web:3 is cut short by web:4.
     commit_fleet(&up, 6, "web:3", "5m", "web 3, long soak");
