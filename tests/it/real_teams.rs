@@ -3,7 +3,9 @@
 //! sent impersonating that ServiceAccount. The fleet's own check is bypassed on purpose (the
 //! team's allowance lets it use namespace `team-b` too): the API server refuses the write to
 //! `team-b` (403), reported with the cluster and the object, while the write to `team-a`
-//! succeeds and a placement without a team writes to `team-b` with flotilla's identity.
+//! succeeds and a placement without a team writes to `team-b` with flotilla's identity. With a
+//! least-privilege identity for flotilla itself, the example's `impersonate` grant is what
+//! lets a team's applies through.
 
 use std::path::PathBuf;
 use std::process::{Command, Output};
@@ -193,5 +195,117 @@ fn real_teams_impersonated_applies_are_fenced_by_the_clusters_rbac() {
     assert!(
         !deletes.is_empty() && deletes.iter().all(|w| w.3 == sa),
         "{deletes:?}"
+    );
+}
+
+/// flotilla running with a least-privilege identity of its own (ServiceAccount
+/// `flotilla-system/flotilla`: reads everywhere, its bookkeeping in `flotilla-system`, no
+/// write elsewhere): the grant of deploy/teams/team.example.yaml lets it impersonate
+/// `team-a/deployer` and so apply team-a's objects; a team whose ServiceAccount it may not
+/// impersonate gets the API server's 403 for each object, and nothing is written.
+const LIMITED_IDENTITY: &str = "apiVersion: v1
+kind: Namespace
+metadata: {name: flotilla-system}
+---
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: flotilla, namespace: flotilla-system}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {name: flotilla-test-reader}
+rules:
+  - {apiGroups: ['*'], resources: ['*'], verbs: [get, list, watch]}
+  - {apiGroups: [''], resources: [namespaces], resourceNames: [flotilla-system], verbs: [create, patch, update]}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {name: flotilla-test-reader}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: flotilla-test-reader}
+subjects: [{kind: ServiceAccount, name: flotilla, namespace: flotilla-system}]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {name: flotilla-inventory, namespace: flotilla-system}
+rules:
+  - {apiGroups: [''], resources: [configmaps], verbs: [get, list, watch, create, patch, update, delete]}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {name: flotilla-inventory, namespace: flotilla-system}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: flotilla-inventory}
+subjects: [{kind: ServiceAccount, name: flotilla, namespace: flotilla-system}]
+";
+
+const LIMITED_FLEET: &str = "apiVersion: flotilla.dev/v1alpha1
+kind: Fleet
+metadata: {name: tenants}
+clusters:
+  - {name: real-1}
+bundles:
+  - {name: a-app, path: a-app, namespace: team-a}
+  - {name: x-app, path: x-app, namespace: team-a}
+teams:
+  - {name: team-a, namespaces: [team-a], serviceAccount: team-a/deployer}
+  - {name: team-x, namespaces: [team-a], serviceAccount: team-a/default}
+placements:
+  - {name: a, team: team-a, bundles: [a-app], clusters: {}}
+  - {name: x, team: team-x, bundles: [x-app], clusters: {}}
+";
+
+#[test]
+fn real_teams_flotilla_needs_the_impersonate_grant_for_each_team() {
+    let kube = RealKube::start(KubeOptions::default());
+    let rbac = workspace().join("deploy/teams/team.example.yaml");
+    kube.ok(&["apply", "-f", rbac.to_str().expect("UTF-8 path")]);
+    let identity = kube.dir.path().join("identity.yaml");
+    std::fs::write(&identity, LIMITED_IDENTITY).expect("write");
+    kube.ok(&["apply", "-f", identity.to_str().expect("UTF-8 path")]);
+    let token = kube.ok(&[
+        "-n",
+        "flotilla-system",
+        "create",
+        "token",
+        "flotilla",
+        "--duration",
+        "1h",
+    ]);
+    let mut entry = kube.kubeconfig_as("real-1");
+    entry.token = token.trim().to_string();
+    let kubeconfig = kube.dir.path().join("fleet-kubeconfig");
+    kubeconfig_file(&kubeconfig, &[entry]);
+
+    let repo = TempRepo::new()
+        .file("fleet.yaml", LIMITED_FLEET)
+        .file("a-app/cm.yaml", &configmap("a-config"))
+        .file("x-app/cm.yaml", &configmap("x-config"));
+    let o = flotilla(&repo, &kubeconfig, &["apply", "--no-rollout"]);
+    assert_eq!(o.status.code(), Some(1), "{}", show(&o));
+    let out = stdout(&o);
+    assert!(
+        out.contains("real-1: ConfigMap/team-a/a-config created"),
+        "{}",
+        show(&o)
+    );
+    let refused = out
+        .lines()
+        .find(|l| l.starts_with("real-1: ConfigMap/team-a/x-config failed: "))
+        .unwrap_or_else(|| panic!("the refusal of x-config:\n{}", show(&o)));
+    assert!(
+        refused.contains("403 Forbidden")
+            && refused.contains("system:serviceaccount:flotilla-system:flotilla")
+            && refused.contains("cannot impersonate"),
+        "{refused}"
+    );
+    assert!(
+        kube.run(&["get", "configmap", "a-config", "-n", "team-a"])
+            .status
+            .success()
+    );
+    assert!(
+        !kube
+            .run(&["get", "configmap", "x-config", "-n", "team-a"])
+            .status
+            .success()
     );
 }
