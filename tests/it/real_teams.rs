@@ -308,4 +308,50 @@ fn real_teams_flotilla_needs_the_impersonate_grant_for_each_team() {
             .status
             .success()
     );
+
+    // Rollout mode (the connections the daemon uses too): a change of team-a's object rolls
+    // out as team-a/deployer; team-x's rollout fails on the same 403.
+    std::fs::write(
+        repo.path().join("a-app/cm.yaml"),
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: a-config}\ndata: {k: w}\n",
+    )
+    .expect("write");
+    let state = tempfile::tempdir().expect("temp dir");
+    let o = Command::new(env!("CARGO_BIN_EXE_flotilla"))
+        .arg("apply")
+        .arg("--repo")
+        .arg(repo.path())
+        .arg("--state")
+        .arg(state.path())
+        .arg("--kubeconfig")
+        .arg(&kubeconfig)
+        .env_remove("FLOTILLA_LOG")
+        .env_remove("KUBECONFIG")
+        .output()
+        .expect("flotilla runs");
+    assert_ne!(o.status.code(), Some(0), "{}", show(&o));
+    assert!(stdout(&o).contains("x batch 1 real-1: apply-failed: ConfigMap/team-a/x-config: cluster \"real-1\" rejected the request (403 Forbidden)"), "{}", show(&o));
+    assert_eq!(
+        kube.ok(&[
+            "get",
+            "configmap",
+            "a-config",
+            "-n",
+            "team-a",
+            "-o",
+            "jsonpath={.data.k}"
+        ]),
+        "w",
+        "{}",
+        show(&o)
+    );
+    let sa = "system:serviceaccount:team-a:deployer";
+    let writes: Vec<_> = configmap_writes(&kube)
+        .into_iter()
+        .filter(|w| w.1 == "team-a" && w.2 == "a-config")
+        .collect();
+    assert!(
+        writes.len() >= 2 && writes.iter().all(|w| w.3 == sa),
+        "{writes:?}"
+    );
 }
