@@ -130,6 +130,27 @@ pub(crate) async fn connect(
         .map_err(|e| e.to_string())
 }
 
+/// [`connect`], with the mutations of placements whose team has a `serviceAccount` sent
+/// impersonating it ([`flotilla_daemon::adapters::with_teams`]).
+async fn connect_teams(
+    connector: &flotilla_cluster::Connector,
+    fleet: &Fleet,
+    name: &str,
+    context: Option<&str>,
+    read_only: bool,
+) -> Result<std::sync::Arc<dyn Cluster>, String> {
+    let base: std::sync::Arc<dyn Cluster> =
+        std::sync::Arc::new(connect(connector, name, context, read_only).await?);
+    let (Some(context), false) = (context, read_only) else {
+        return Ok(base);
+    };
+    let Some(spec) = fleet.clusters.iter().find(|c| c.name == name) else {
+        return Ok(base);
+    };
+    let users = flotilla_daemon::adapters::team_users(fleet, spec);
+    flotilla_daemon::adapters::with_teams(connector, name, context, base, &users).await
+}
+
 fn connector(args: &ClusterArgs) -> anyhow::Result<flotilla_cluster::Connector> {
     flotilla_cluster::Connector::load(args.kubeconfig.as_deref())
         .map_err(|e| anyhow::anyhow!("{e}"))
@@ -161,10 +182,12 @@ pub fn compare(
             .map(|(name, context, desired)| {
                 let connector = &connector;
                 let fleet_name = &fleet_name;
+                let fleet = &prepared.fleet;
                 async move {
-                    match connect(connector, name, context.as_deref(), read_only).await {
+                    match connect_teams(connector, fleet, name, context.as_deref(), read_only).await
+                    {
                         Ok(cluster) => {
-                            sync::compare(&cluster as &dyn Cluster, fleet_name, desired, mode).await
+                            sync::compare(cluster.as_ref(), fleet_name, desired, mode).await
                         }
                         Err(e) => ClusterReport {
                             name: name.clone(),
@@ -241,18 +264,26 @@ pub fn apply(
             .map(|(name, context, desired)| {
                 let connector = &connector;
                 let fleet_name = &fleet_name;
+                let fleet = &prepared.fleet;
                 async move {
-                    let r = match connect(connector, name, context.as_deref(), false).await {
+                    let r = match connect_teams(connector, fleet, name, context.as_deref(), false)
+                        .await
+                    {
                         Ok(cluster) => {
                             let mut r =
-                                sync::apply(&cluster as &dyn Cluster, fleet_name, desired, options)
-                                    .await;
+                                sync::apply(cluster.as_ref(), fleet_name, desired, options).await;
                             if let Some(deadline) = wait
                                 && !dry_run
                                 && r.error.is_none()
                             {
-                                wait_for_health(&cluster, fleet_name, desired, deadline, &mut r)
-                                    .await;
+                                wait_for_health(
+                                    cluster.as_ref(),
+                                    fleet_name,
+                                    desired,
+                                    deadline,
+                                    &mut r,
+                                )
+                                .await;
                             }
                             r
                         }
@@ -345,7 +376,7 @@ fn print_apply(r: &ApplyResult) {
 /// Waits until what was applied is healthy; objects still unhealthy at the deadline become
 /// failures of the cluster (with their health as the message).
 async fn wait_for_health(
-    cluster: &flotilla_cluster::KubeCluster,
+    cluster: &dyn Cluster,
     fleet: &str,
     desired: &[Desired],
     deadline: std::time::Duration,
@@ -371,15 +402,7 @@ async fn wait_for_health(
     let interval = std::time::Duration::from_millis(500);
     // Every object this run applied carries the fleet's label.
     let selector = format!("{}={fleet}", flotilla_renderers::LABEL_FLEET);
-    match sync::wait_healthy(
-        cluster as &dyn Cluster,
-        &refs,
-        &selector,
-        deadline,
-        interval,
-    )
-    .await
-    {
+    match sync::wait_healthy(cluster, &refs, &selector, deadline, interval).await {
         Ok(healths) => {
             for (r, h) in healths {
                 if h.status == flotilla_reconciler::health::HealthStatus::Healthy {

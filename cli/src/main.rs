@@ -776,7 +776,7 @@ fn watch_validate(args: &FleetArgs, output: Output) -> anyhow::Result<ExitCode> 
 }
 
 fn plan(args: &FleetArgs, output: Output) -> anyhow::Result<ExitCode> {
-    let (file, checked, _, _) = load(args)?;
+    let (file, checked, tree, _) = load(args)?;
     let Some(fleet) = &checked.fleet else {
         print_diagnostics(&checked.diagnostics)?;
         eprintln!("{}", summary(&file, &checked));
@@ -786,15 +786,30 @@ fn plan(args: &FleetArgs, output: Output) -> anyhow::Result<ExitCode> {
         eprintln!("{w}");
     }
     let plan = flotilla_reconciler::plan::plan(fleet);
+    // Placements of teams are rendered and checked against their team's allowance.
+    let refusals = review::team_refusals(fleet, tree.as_ref());
     match output {
         Output::Text => {
             out!("{}", plan.to_text())?;
+            out!("{}", review::refusals_text(fleet, &refusals))?;
             out!("{}", workflows::plan_text(fleet))?;
             out!("{}", backup::plan_text(fleet, chrono::Utc::now()))?;
         }
-        Output::Json => outln!("{}", serde_json::to_string_pretty(&plan)?)?,
+        Output::Json => {
+            let mut v = serde_json::to_value(&plan)?;
+            if let Some(map) = v.as_object_mut()
+                && fleet.placements.iter().any(|p| p.team.is_some())
+            {
+                map.insert("refused".into(), serde_json::to_value(&refusals)?);
+            }
+            outln!("{}", serde_json::to_string_pretty(&v)?)?
+        }
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(if refusals.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(INVALID)
+    })
 }
 
 fn render(

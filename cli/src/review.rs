@@ -134,3 +134,94 @@ pub fn diff(
     }
     Ok(ExitCode::from(review.exit_code()))
 }
+
+/// One placement on one cluster that its team may not deploy there (`flotilla plan`).
+#[derive(Debug, serde::Serialize)]
+pub struct Refusal {
+    pub placement: String,
+    pub team: String,
+    pub cluster: String,
+    /// `outside the allowance of team "T": OBJECT: RULE; ...`
+    pub message: String,
+}
+
+/// Renders the placements that belong to a team, for every cluster they select, and returns
+/// where the team's allowance refuses them (objects outside it, or clusters outside the
+/// team's). Nothing is contacted.
+pub fn team_refusals(fleet: &Fleet, tree: &dyn RepoFiles) -> Vec<Refusal> {
+    let mut teams_only = fleet.clone();
+    teams_only.placements.retain(|p| p.team.is_some());
+    if teams_only.placements.is_empty() {
+        return Vec::new();
+    }
+    let rendered = render(&teams_only, tree, &[]);
+    let mut out = Vec::new();
+    for (cluster, placements) in rendered {
+        for d in placements {
+            let Err(message) = d.objects else { continue };
+            if !flotilla_reconciler::tenancy::is_violation(&message) {
+                continue;
+            }
+            let team = teams_only
+                .placements
+                .iter()
+                .find(|p| p.name == d.placement)
+                .and_then(|p| p.team.clone())
+                .unwrap_or_default();
+            out.push(Refusal {
+                placement: d.placement,
+                team,
+                cluster: cluster.clone(),
+                message,
+            });
+        }
+    }
+    out.sort_by(|a, b| (&a.placement, &a.cluster).cmp(&(&b.placement, &b.cluster)));
+    out
+}
+
+/// The text of [`team_refusals`] for `flotilla plan`: per placement, the clusters where it is
+/// refused and why (identical reasons folded into one line).
+pub fn refusals_text(fleet: &Fleet, refusals: &[Refusal]) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let teams: Vec<&flotilla_spec::Placement> = fleet
+        .placements
+        .iter()
+        .filter(|p| p.team.is_some())
+        .collect();
+    if teams.is_empty() {
+        return out;
+    }
+    let _ = writeln!(out, "\nteams:");
+    for p in teams {
+        let team = p.team.as_deref().unwrap_or_default();
+        let mine: Vec<&Refusal> = refusals.iter().filter(|r| r.placement == p.name).collect();
+        if mine.is_empty() {
+            let _ = writeln!(
+                out,
+                "  placement {} (team {team}): inside the allowance",
+                p.name
+            );
+            continue;
+        }
+        let _ = writeln!(
+            out,
+            "  placement {} (team {team}): REFUSED on {} cluster{}",
+            p.name,
+            mine.len(),
+            if mine.len() == 1 { "" } else { "s" }
+        );
+        let mut reasons: Vec<(&str, Vec<&str>)> = Vec::new();
+        for r in mine {
+            match reasons.iter_mut().find(|(m, _)| *m == r.message) {
+                Some((_, clusters)) => clusters.push(&r.cluster),
+                None => reasons.push((&r.message, vec![&r.cluster])),
+            }
+        }
+        for (message, clusters) in reasons {
+            let _ = writeln!(out, "    {}: {message}", clusters.join(", "));
+        }
+    }
+    out
+}

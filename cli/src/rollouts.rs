@@ -209,9 +209,18 @@ pub fn apply(
             Ok(i) => inputs.push(i),
             Err(f) => {
                 failed = true;
+                let refused = f.errors.iter().any(|e| {
+                    e.split_once(": ")
+                        .is_some_and(|(_, rest)| flotilla_reconciler::tenancy::is_violation(rest))
+                });
                 eprintln!(
-                    "flotilla: error: placement {}: not rolled out (render failed): {}",
+                    "flotilla: error: placement {}: not rolled out ({}): {}",
                     f.placement,
+                    if refused {
+                        "refused: outside its team's allowance"
+                    } else {
+                        "render failed"
+                    },
                     f.errors.join("; ")
                 );
             }

@@ -139,6 +139,20 @@ impl Connector {
         context: &str,
         read_only: bool,
     ) -> Result<KubeCluster, ConnectError> {
+        self.connect_as(cluster, context, read_only, None).await
+    }
+
+    /// Like [`Connector::connect`], with every request sent impersonating `user`
+    /// (`Impersonate-User`, e.g. `system:serviceaccount:team-a:deployer`): the API server
+    /// authorizes each request as that user, after checking that the context's own identity
+    /// may `impersonate` it. A team's applies go through such a connection.
+    pub async fn connect_as(
+        &self,
+        cluster: &str,
+        context: &str,
+        read_only: bool,
+        impersonate: Option<&str>,
+    ) -> Result<KubeCluster, ConnectError> {
         if !self.kubeconfig.has_context(context) {
             return Err(ConnectError::UnknownContext {
                 cluster: cluster.into(),
@@ -170,6 +184,11 @@ impl Connector {
         config.connect_timeout = Some(self.settings.connect_timeout);
         config.read_timeout = Some(self.settings.read_timeout);
         user_agent(&mut config, &self.settings);
+        if let Some(user) = impersonate {
+            // Only this user: no groups of the context's own identity are carried along.
+            config.auth_info.impersonate = Some(user.to_string());
+            config.auth_info.impersonate_groups = None;
+        }
         // Time a response from when its request was written, not from when the pooled
         // connection went idle.
         config.reset_reader_on_write = true;
@@ -180,14 +199,17 @@ impl Connector {
             context: context.into(),
             message: e.to_string(),
         })?;
-        tracing::debug!(cluster, context, read_only, "cluster client ready");
-        Ok(KubeCluster::new(
+        tracing::debug!(
             cluster,
             context,
             read_only,
-            client,
-            &self.settings,
-        ))
+            impersonate,
+            "cluster client ready"
+        );
+        Ok(
+            KubeCluster::new(cluster, context, read_only, client, &self.settings)
+                .impersonating(impersonate),
+        )
     }
 }
 

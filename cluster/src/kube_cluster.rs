@@ -43,6 +43,8 @@ pub struct KubeCluster {
     page_size: u32,
     /// Discovery per GVK; `None` records a kind the cluster does not serve.
     discovery: RwLock<HashMap<Gvk, Option<Discovered>>>,
+    /// The user every request impersonates (a team's ServiceAccount), if any.
+    impersonate: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -57,6 +59,7 @@ impl fmt::Debug for KubeCluster {
             .field("name", &self.name)
             .field("context", &self.context)
             .field("read_only", &self.read_only)
+            .field("impersonate", &self.impersonate)
             .finish_non_exhaustive()
     }
 }
@@ -134,7 +137,19 @@ impl KubeCluster {
             attempt_timeout: settings.connect_timeout + settings.read_timeout,
             page_size: settings.list_page_size.max(1),
             discovery: RwLock::new(HashMap::new()),
+            impersonate: None,
         }
+    }
+
+    /// Marks the requests as sent impersonating `user` (the client must carry the header).
+    pub(crate) fn impersonating(mut self, user: Option<&str>) -> KubeCluster {
+        self.impersonate = user.map(str::to_string);
+        self
+    }
+
+    /// The user this connection impersonates, if any.
+    pub fn impersonated_user(&self) -> Option<&str> {
+        self.impersonate.as_deref()
     }
 
     /// The kubeconfig context this cluster was reached through.
@@ -367,6 +382,7 @@ impl KubeCluster {
             cluster = %self.name,
             verb,
             object = %r,
+            impersonate = self.impersonate.as_deref().unwrap_or(""),
             dry_run,
             force,
             manager,

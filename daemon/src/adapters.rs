@@ -20,6 +20,15 @@ impl Clock for SystemClock {
 
 type Connections = BTreeMap<String, Arc<dyn Cluster>>;
 
+/// How a fleet cluster is reached: its kubeconfig context (`None`: through its agent) and,
+/// per placement whose team has a `serviceAccount` and may target the cluster, the user its
+/// applies impersonate.
+#[derive(Debug, Clone, PartialEq)]
+struct Reach {
+    context: Option<String>,
+    impersonate: BTreeMap<String, String>,
+}
+
 /// What `cluster()` answers for a cluster with `connect: agent` (the one place that keeps
 /// the daemon from contacting such a cluster: drift checks, heals, burst pools, workflows and
 /// backups all connect through here).
@@ -34,9 +43,8 @@ pub fn through_agent(name: &str) -> String {
 pub struct ConnectedClusters {
     connector: flotilla_cluster::Connector,
     read_only: bool,
-    /// kubeconfig context per cluster (`None`: reached through its agent), and the
-    /// connections made so far.
-    state: tokio::sync::Mutex<(BTreeMap<String, Option<String>>, Connections)>,
+    /// How each cluster is reached, and the connections made so far.
+    state: tokio::sync::Mutex<(BTreeMap<String, Reach>, Connections)>,
 }
 
 impl ConnectedClusters {
@@ -72,13 +80,74 @@ impl ConnectedClusters {
     }
 }
 
-fn contexts(fleet: &Fleet) -> BTreeMap<String, Option<String>> {
+/// Per placement whose team has a `serviceAccount` and may target `cluster`: the user its
+/// applies and prunes impersonate (`system:serviceaccount:NS:NAME`).
+pub fn team_users(fleet: &Fleet, cluster: &ClusterSpec) -> BTreeMap<String, String> {
+    let labels = cluster.selector_labels();
+    fleet
+        .placements
+        .iter()
+        .filter_map(|p| {
+            let team = fleet.team_of(p)?;
+            let user = team.impersonate_user()?;
+            team.clusters
+                .matches(&cluster.name, &labels)
+                .then(|| (p.name.clone(), user))
+        })
+        .collect()
+}
+
+/// `base` as the placements of `users` ([`team_users`]) see it: their mutations go through
+/// a connection impersonating their team's ServiceAccount (one per user), everything else
+/// through `base` ([`flotilla_reconciler::tenancy::TeamRouter`]). `base` itself when no
+/// placement impersonates anyone.
+pub async fn with_teams(
+    connector: &flotilla_cluster::Connector,
+    name: &str,
+    context: &str,
+    base: Arc<dyn Cluster>,
+    users: &BTreeMap<String, String>,
+) -> Result<Arc<dyn Cluster>, String> {
+    if users.is_empty() {
+        return Ok(base);
+    }
+    let mut by_user: BTreeMap<&str, Arc<dyn Cluster>> = BTreeMap::new();
+    let mut writers = BTreeMap::new();
+    for (placement, user) in users {
+        let w = match by_user.get(user.as_str()) {
+            Some(w) => w.clone(),
+            None => {
+                let w: Arc<dyn Cluster> = Arc::new(
+                    connector
+                        .connect_as(name, context, false, Some(user))
+                        .await
+                        .map_err(|e| e.to_string())?,
+                );
+                by_user.insert(user, w.clone());
+                w
+            }
+        };
+        writers.insert(placement.clone(), w);
+    }
+    Ok(Arc::new(flotilla_reconciler::tenancy::TeamRouter::new(
+        base, writers,
+    )))
+}
+
+fn contexts(fleet: &Fleet) -> BTreeMap<String, Reach> {
     fleet
         .clusters
         .iter()
         .map(|c| {
             let context = (!c.is_agent()).then(|| c.context().to_string());
-            (c.name.clone(), context)
+            let impersonate = team_users(fleet, c);
+            (
+                c.name.clone(),
+                Reach {
+                    context,
+                    impersonate,
+                },
+            )
         })
         .collect()
 }
@@ -91,17 +160,19 @@ impl Clusters for ConnectedClusters {
         if let Some(c) = cache.get(name) {
             return Ok(c.clone());
         }
-        let context = contexts
+        let reach = contexts
             .get(name)
-            .ok_or_else(|| format!("cluster {name:?} is not in the fleet"))?
-            .as_ref()
-            .ok_or_else(|| through_agent(name))?;
-        let c: Arc<dyn Cluster> = Arc::new(
+            .ok_or_else(|| format!("cluster {name:?} is not in the fleet"))?;
+        let context = reach.context.as_ref().ok_or_else(|| through_agent(name))?;
+        let mut c: Arc<dyn Cluster> = Arc::new(
             self.connector
                 .connect(name, context, self.read_only)
                 .await
                 .map_err(|e| e.to_string())?,
         );
+        if !self.read_only {
+            c = with_teams(&self.connector, name, context, c, &reach.impersonate).await?;
+        }
         cache.insert(name.to_string(), c.clone());
         Ok(c)
     }

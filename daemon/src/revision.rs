@@ -245,4 +245,51 @@ mod tests {
             other => panic!("expected Valid, got {other:?}"),
         }
     }
+
+    #[test]
+    fn a_team_placement_outside_its_allowance_is_a_render_error_of_its_clusters_only() {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let work = tmp.path().join("work");
+        std::fs::create_dir_all(work.join("app")).expect("mkdir");
+        std::fs::create_dir_all(work.join("sys")).expect("mkdir");
+        std::fs::write(
+            work.join("fleet.yaml"),
+            "apiVersion: flotilla.dev/v1alpha1\nkind: Fleet\nmetadata: {name: f}\nclusters: [{name: a}, {name: b}]\nbundles: [{name: app, path: app, namespace: shop}, {name: sys, path: sys, namespace: kube-system}]\nteams: [{name: shop, namespaces: [shop]}]\nplacements: [{name: p, team: shop, bundles: [app], clusters: {}}, {name: q, team: shop, bundles: [sys], clusters: {names: [b]}}]\n",
+        )
+        .expect("write");
+        for dir in ["app", "sys"] {
+            std::fs::write(
+                work.join(format!("{dir}/cm.yaml")),
+                "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: cm}\n",
+            )
+            .expect("write");
+        }
+        git(&work, &["init", "--quiet", "-b", "main"]);
+        git(&work, &["add", "-A"]);
+        git(&work, &["commit", "--quiet", "-m", "teams"]);
+        let remote = Remote::parse(work.to_str().expect("utf-8"), None).expect("remote");
+        let mut source = GitSource::open(
+            remote,
+            Rev::parse("main").expect("rev"),
+            tmp.path().join("cache"),
+        )
+        .expect("open");
+        source.poll().expect("fetch");
+        let snapshot = source.current().expect("snapshot").clone();
+        let Loaded::Valid(rev) = Loader::new("fleet.yaml").load(&snapshot) else {
+            panic!("expected a valid revision");
+        };
+        assert_eq!(
+            rev.render_errors,
+            [
+                "cluster b: placement q: outside the allowance of team \"shop\": ConfigMap/kube-system/cm: namespace \"kube-system\" is not among the team's namespaces (shop)"
+            ]
+        );
+        assert!(rev.targets["a"].iter().all(|d| d.objects.is_ok()));
+        assert!(
+            rev.targets["b"]
+                .iter()
+                .any(|d| d.placement == "p" && d.objects.is_ok())
+        );
+    }
 }

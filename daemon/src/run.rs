@@ -734,7 +734,11 @@ impl Daemon {
             "new revision"
         );
         for e in &rev.render_errors {
-            tracing::error!(commit = %rev.commit, "render failed: {e}");
+            if e.contains(flotilla_reconciler::tenancy::PREFIX) {
+                tracing::error!(commit = %rev.commit, "refused: {e}");
+            } else {
+                tracing::error!(commit = %rev.commit, "render failed: {e}");
+            }
         }
         shared
             .metrics

@@ -7,6 +7,7 @@ use flotilla_renderers::cache::Pass;
 use flotilla_spec::{Cluster as ClusterSpec, Fleet, Selection, placement_bundles};
 
 use crate::cluster::ObjectRef;
+use crate::tenancy;
 
 /// One placement's objects for one cluster.
 #[derive(Debug, Clone, PartialEq)]
@@ -16,8 +17,9 @@ pub struct Desired {
     pub prune: bool,
     /// `placement.forceConflicts`.
     pub force: bool,
-    /// The objects, or why the placement could not be rendered for this cluster (then
-    /// nothing of it is applied or pruned: the last good state keeps running).
+    /// The objects, or why the placement could not be rendered for this cluster, or why its
+    /// team may not deploy it there ([`crate::tenancy`]); then nothing of it is applied or
+    /// pruned: the last good state keeps running.
     pub objects: Result<Vec<DesiredObject>, String>,
 }
 
@@ -44,6 +46,18 @@ pub fn for_cluster(
         if !selection.placements[pi].contains(ci) {
             continue;
         }
+        let team = fleet.team_of(placement);
+        if let Some(t) = team
+            && let Err(rule) = tenancy::check_cluster(t, cluster)
+        {
+            out.push(Desired {
+                placement: placement.name.clone(),
+                prune: placement.prune.unwrap_or(fleet.settings.prune),
+                force: placement.force_conflicts,
+                objects: Err(tenancy::cluster_message(&t.name, &rule)),
+            });
+            continue;
+        }
         let mut objects = Vec::new();
         let mut errors = Vec::new();
         for bname in placement_bundles(fleet, placement) {
@@ -67,6 +81,16 @@ pub fn for_cluster(
                     }
                 }
                 Err(e) => errors.push(e.to_string()),
+            }
+        }
+        // Tenancy after rendering, before anything is applied: one object outside the team's
+        // allowance fails the placement on this cluster.
+        if errors.is_empty()
+            && let Some(t) = team
+        {
+            let bad = tenancy::violations(t, &objects);
+            if !bad.is_empty() {
+                errors.push(tenancy::message(&t.name, &bad));
             }
         }
         out.push(Desired {

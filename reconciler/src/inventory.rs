@@ -20,7 +20,8 @@ pub const NAMESPACE: &str = "flotilla-system";
 pub const LABEL_INVENTORY: &str = "flotilla.dev/inventory";
 /// Annotation on an object (live or in Git) that keeps prune away from it (value `disabled`).
 pub const ANNOTATION_PRUNE: &str = "flotilla.dev/prune";
-const PREFIX: &str = "flotilla-inventory-";
+/// The name prefix of the inventory ConfigMaps (`flotilla-inventory-<placement>`).
+pub const PREFIX: &str = "flotilla-inventory-";
 
 /// One recorded object.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]

@@ -16,4 +16,5 @@ pub mod review;
 pub mod rollout;
 pub mod shard;
 pub mod sync;
+pub mod tenancy;
 pub mod workflow;

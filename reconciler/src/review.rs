@@ -234,6 +234,15 @@ impl Review {
                 plural(self.errors.len(), "error", "errors")
             ));
         }
+        let refused: usize = self
+            .groups
+            .iter()
+            .filter(|g| g.error.as_deref().is_some_and(crate::tenancy::is_violation))
+            .map(|g| g.clusters.len())
+            .sum();
+        if refused > 0 {
+            s.push_str(&format!(" ({refused} refused: outside a team's allowance)"));
+        }
         s
     }
 }
@@ -322,7 +331,12 @@ pub fn compare(input: Input<'_>) -> Review {
             let head_objects = match h.map(|d| &d.objects) {
                 Some(Err(e)) => {
                     broken.insert(p);
-                    errors.push(format!("cluster {name}, placement {p}: render failed: {e}"));
+                    let what = if crate::tenancy::is_violation(e) {
+                        "REFUSED"
+                    } else {
+                        "render failed"
+                    };
+                    errors.push(format!("cluster {name}, placement {p}: {what}: {e}"));
                     reviews.push(PlacementReview {
                         name: p.to_string(),
                         added: 0,
@@ -469,7 +483,12 @@ pub fn text(review: &Review) -> String {
             clean(&g.clusters.join(", "))
         ));
         if let Some(e) = &g.error {
-            out.push_str(&format!("  render failed: {}\n", clean(e)));
+            let what = if crate::tenancy::is_violation(e) {
+                "REFUSED"
+            } else {
+                "render failed"
+            };
+            out.push_str(&format!("  {what}: {}\n", clean(e)));
         }
         for o in &g.objects {
             out.push_str(&format!(
@@ -570,6 +589,9 @@ pub fn markdown(review: &Review) -> String {
         out.push_str("| Placement | Clusters | Changes |\n| --- | --- | --- |\n");
         for g in review.groups.iter().take(MD_ROWS) {
             let changes = match &g.error {
+                Some(e) if crate::tenancy::is_violation(e) => {
+                    "⛔ **refused: outside the team's allowance**".to_string()
+                }
                 Some(_) => "❌ render failed".to_string(),
                 None => format!("+{} ~{} -{}", g.added, g.changed, g.removed),
             };
@@ -620,7 +642,13 @@ pub fn markdown(review: &Review) -> String {
             "Clusters: {}\n\n",
             md_names(&g.clusters, MD_DETAIL_NAMES)
         ));
-        if let Some(e) = &g.error {
+        if let Some(e) = &g.error
+            && crate::tenancy::is_violation(e)
+        {
+            out.push_str("⛔ **Refused: the head puts objects outside the team's allowance; nothing of this placement would be applied on these clusters:**\n\n");
+            md_fence(&mut out, "text", e);
+            out.push('\n');
+        } else if let Some(e) = &g.error {
             out.push_str("The head could not be rendered:\n\n");
             md_fence(&mut out, "text", e);
             out.push('\n');
@@ -856,5 +884,41 @@ mod tests {
             Some("bundle b: missing file")
         );
         assert!(text(&review).contains("  render failed: bundle b: missing file"));
+    }
+
+    #[test]
+    fn team_violations_are_marked_refused_not_render_failures() {
+        let base = fleet_of(2, |_| "blue");
+        let mut head = fleet_of(2, |_| "green");
+        let refusal = crate::tenancy::message(
+            "payments",
+            &[crate::tenancy::Violation {
+                object: "ConfigMap/kube-system/o".into(),
+                rule: "namespace \"kube-system\" is not among the team's namespaces (payments)"
+                    .into(),
+            }],
+        );
+        if let Some(d) = head.get_mut("c0001") {
+            d[0].objects = Err(refusal.clone());
+        }
+        let review = review_of(&base, &head);
+        assert_eq!(review.exit_code(), 2);
+        let t = text(&review);
+        assert!(t.contains(&format!("  REFUSED: {refusal}\n")), "{t}");
+        assert!(
+            t.contains("cluster c0001, placement p: REFUSED: outside the allowance of team \"payments\": ConfigMap/kube-system/o: namespace"),
+            "{t}"
+        );
+        assert!(t.contains("(1 refused: outside a team's allowance)"), "{t}");
+        assert!(!t.contains("render failed"), "{t}");
+        let md = markdown(&review);
+        assert!(
+            md.contains("| `p` | c0001 | ⛔ **refused: outside the team's allowance** |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("⛔ **Refused: the head puts objects outside the team's allowance"),
+            "{md}"
+        );
     }
 }

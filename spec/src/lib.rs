@@ -18,6 +18,7 @@ pub mod diag;
 pub mod model;
 pub mod repo;
 pub mod selector;
+pub mod team;
 pub mod template;
 pub mod types;
 pub mod validate;

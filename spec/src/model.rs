@@ -40,6 +40,9 @@ pub struct Fleet {
     pub bundles: Vec<Bundle>,
     #[serde(default)]
     pub baselines: Vec<Baseline>,
+    /// Tenants: what the placements of each team may deploy, and where.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub teams: Vec<Team>,
     #[serde(default)]
     pub placements: Vec<Placement>,
     #[serde(default)]
@@ -309,6 +312,67 @@ pub struct Placement {
     /// `kubectl patch`) own them: Git wins (default `true`); `false` stops on such conflicts.
     #[serde(default = "default_true")]
     pub force_conflicts: bool,
+    /// The team this placement belongs to: its rendered objects must stay inside the team's
+    /// allowance and its clusters among the team's. Without a team a placement is
+    /// unrestricted (the platform's own placements).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub team: Option<String>,
+}
+
+/// A tenant of the fleet (like an Argo CD AppProject): which namespaces, kinds and clusters
+/// its placements may target, and optionally whom their applies run as on the clusters.
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(deny_unknown_fields)]
+pub struct Team {
+    pub name: String,
+    /// Namespaces the team's namespaced objects may live in: names or glob patterns
+    /// (`*` matches any run of characters, `?` one character), e.g. `payments-*`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub namespaces: Vec<String>,
+    /// Cluster-scoped kinds the team may deploy, as `group/kind` (`Namespace` or `/Namespace`
+    /// for the core group, `rbac.authorization.k8s.io/ClusterRole`; `*` globs allowed).
+    /// Empty: none. A Namespace object must also be named like one of `namespaces`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cluster_resources: Vec<String>,
+    /// Namespaced kinds the team may deploy (`group/kind`, globs allowed). Absent: every
+    /// namespaced kind.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespaced_resources: Option<Vec<String>>,
+    /// The clusters the team's placements may target (default: every cluster).
+    #[serde(default, skip_serializing_if = "Selector::is_empty")]
+    pub clusters: Selector,
+    /// `namespace/name` of a ServiceAccount on the target clusters: the team's applies and
+    /// prunes are sent impersonating it (`system:serviceaccount:NAMESPACE:NAME`), so the
+    /// cluster's RBAC fences the team in too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(
+        pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?/[a-z0-9]([-.a-z0-9]*[a-z0-9])?$"
+    ))]
+    pub service_account: Option<String>,
+}
+
+impl Team {
+    /// The ServiceAccount to impersonate, as (namespace, name).
+    pub fn service_account(&self) -> Option<(&str, &str)> {
+        self.service_account
+            .as_deref()
+            .and_then(|s| s.split_once('/'))
+    }
+
+    /// The Kubernetes user name impersonated for this team's applies.
+    pub fn impersonate_user(&self) -> Option<String> {
+        self.service_account()
+            .map(|(ns, name)| format!("system:serviceaccount:{ns}:{name}"))
+    }
+}
+
+impl Fleet {
+    /// The team of a placement (`None`: no team, or an unknown one — validation refuses that).
+    pub fn team_of(&self, placement: &Placement) -> Option<&Team> {
+        let name = placement.team.as_deref()?;
+        self.teams.iter().find(|t| t.name == name)
+    }
 }
 
 /// Per-cluster changes applied after a bundle renders.

@@ -122,6 +122,12 @@ pub(crate) fn validate(
         "placement",
         fleet.placements.iter().map(|p| p.name.as_str()),
     );
+    let team_names = unique(
+        &mut v,
+        "teams",
+        "team",
+        fleet.teams.iter().map(|t| t.name.as_str()),
+    );
     let pool_names = unique(
         &mut v,
         "burstPools",
@@ -177,6 +183,24 @@ pub(crate) fn validate(
     }
 
     let selection = Selection::new(fleet);
+    for (i, t) in fleet.teams.iter().enumerate() {
+        let path = v.at("/teams", i);
+        selector_names(
+            &mut v,
+            &cluster_names,
+            &format!("{path}/clusters"),
+            &t.clusters,
+        );
+        if t.namespaces.is_empty() && t.cluster_resources.is_empty() {
+            v.warning(
+                &path,
+                format!(
+                    "team {:?} allows no namespace and no cluster-scoped kind: every object of its placements will be refused",
+                    t.name
+                ),
+            );
+        }
+    }
     let mut used_baselines: HashMap<&str, bool> =
         baseline_names.keys().map(|k| (*k, false)).collect();
     // (bundle, cluster) -> first placement deploying it.
@@ -364,6 +388,7 @@ pub(crate) fn validate(
             }
         }
         rollout(&mut v, fleet, &selection, i, &path, &cluster_names);
+        team_ref(&mut v, fleet, &selection, i, &path, &team_names);
         // Templates in the bundles' Jsonnet options must resolve on every selected cluster.
         for b in &deploys {
             if let Some(bi) = bundle_names.get(b)
@@ -805,6 +830,66 @@ fn missing_labels(
                     "\"${{cluster.labels.{key}}}\" cannot be resolved: {} {} no label {key:?}{via}",
                     list_names(&missing, "cluster"),
                     if missing.len() == 1 { "has" } else { "have" }
+                ),
+            );
+        }
+    }
+}
+
+/// A placement's `team`: it must exist; clusters the placement selects outside the team's
+/// clusters, and bundle namespaces outside its namespaces, are warned about (they fail the
+/// placement there when it is rendered).
+fn team_ref(
+    v: &mut V<'_>,
+    fleet: &Fleet,
+    sel: &Selection<'_>,
+    pi: usize,
+    path: &str,
+    teams: &HashMap<&str, usize>,
+) {
+    let p = &fleet.placements[pi];
+    let Some(name) = &p.team else {
+        return;
+    };
+    let tpath = format!("{path}/team");
+    let Some(&ti) = teams.get(name.as_str()) else {
+        if !v.is_broken("/teams", name) {
+            let hint = suggestion(name, teams.keys().copied());
+            v.error(&tpath, format!("unknown team {name:?}{hint}"));
+        }
+        return;
+    };
+    let Some(team) = fleet.teams.get(ti) else {
+        return;
+    };
+    let mut outside = sel.placements[pi].clone();
+    outside.and_not(&sel.index.select(&team.clusters));
+    if !outside.is_empty() {
+        let names = sel.index.names(&outside);
+        v.warning(
+            &tpath,
+            format!(
+                "placement {:?} selects {} outside team {name:?}'s clusters: it fails there",
+                p.name,
+                list_names(&names, "cluster")
+            ),
+        );
+    }
+    for b in placement_bundles(fleet, p) {
+        let Some(ns) = fleet
+            .bundles
+            .iter()
+            .find(|x| x.name == b)
+            .and_then(|x| x.namespace.as_deref())
+        else {
+            continue;
+        };
+        if !crate::team::any_namespace(&team.namespaces, ns) {
+            v.warning(
+                &tpath,
+                format!(
+                    "bundle {b:?} puts objects in namespace {ns:?}, which team {name:?} may not use: placement {:?} fails wherever it renders such an object",
+                    p.name
                 ),
             );
         }

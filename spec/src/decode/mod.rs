@@ -15,10 +15,12 @@ use crate::yaml::{Key, Node, Value};
 
 mod images;
 mod schedules;
+mod teams;
 
 use images::image_policy;
 pub use schedules::check_store;
 use schedules::{backup, burst_pool, workflow};
+use teams::team;
 
 /// Decoding state: the diagnostics, plus what validation must know about dropped items.
 #[derive(Default)]
@@ -499,6 +501,7 @@ pub(crate) fn fleet(cx: &mut Cx, node: &Node) -> Option<Fleet> {
     let clusters = o.list(cx, "clusters", cluster);
     let bundles = o.list(cx, "bundles", bundle);
     let baselines = o.list(cx, "baselines", baseline);
+    let teams = o.list(cx, "teams", team);
     let placements = o.list(cx, "placements", placement);
     let burst_pools = o.list(cx, "burstPools", burst_pool);
     let workflows = o.list(cx, "workflows", workflow);
@@ -513,6 +516,7 @@ pub(crate) fn fleet(cx: &mut Cx, node: &Node) -> Option<Fleet> {
         clusters,
         bundles,
         baselines,
+        teams,
         placements,
         burst_pools,
         workflows,
@@ -833,6 +837,7 @@ fn placement(cx: &mut Cx, node: &Node, path: &Ptr<'_>) -> Option<Placement> {
     let rollout = o.opt(cx, "rollout", rollout).unwrap_or_default();
     let prune = o.opt(cx, "prune", bool_);
     let force_conflicts = o.opt(cx, "forceConflicts", bool_).unwrap_or(true);
+    let team = o.opt(cx, "team", name);
     o.finish(cx);
     Some(Placement {
         name: n?,
@@ -844,6 +849,7 @@ fn placement(cx: &mut Cx, node: &Node, path: &Ptr<'_>) -> Option<Placement> {
         rollout,
         prune,
         force_conflicts,
+        team,
     })
 }
 
