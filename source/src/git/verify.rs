@@ -162,6 +162,11 @@ impl Trust {
         self.ssh.is_empty() && self.pgp.is_empty()
     }
 
+    /// Checks the signature of the commit a snapshot shows.
+    pub fn verify_snapshot(&self, snapshot: &super::Snapshot) -> Result<Signer, Unverified> {
+        self.verify_commit(snapshot.repo(), snapshot.commit())
+    }
+
     /// Checks the signature of `commit` in `repo`.
     pub fn verify_commit(
         &self,
@@ -238,9 +243,7 @@ impl Trust {
         let Some(file) = &self.ssh_file else {
             return Err((
                 Some(key_only.clone()),
-                format!(
-                    "signed by {key_only}, but no SSH signers are trusted (--trusted-signers)"
-                ),
+                format!("signed by {key_only}, but no SSH signers are trusted (--trusted-signers)"),
             ));
         };
         let matching: Vec<&AllowedSigner> = self
@@ -274,7 +277,9 @@ impl Trust {
         if let Err(e) = matching[0].key.verify(GIT_NAMESPACE, payload, &sig) {
             return Err((
                 Some(named.to_string()),
-                format!("bad signature by {named}: {e} (the commit or its signature was changed after signing)"),
+                format!(
+                    "bad signature by {named}: {e} (the commit or its signature was changed after signing)"
+                ),
             ));
         }
         let mut refusals = Vec::new();
@@ -406,7 +411,9 @@ impl Trust {
                 Some(Err(e)) => {
                     return Err((
                         Some(signer.to_string()),
-                        format!("bad signature by {signer}: {e} (the commit or its signature was changed after signing)"),
+                        format!(
+                            "bad signature by {signer}: {e} (the commit or its signature was changed after signing)"
+                        ),
                     ));
                 }
             }
@@ -617,9 +624,7 @@ pub fn parse_allowed_signers(text: &str, file: &str) -> Result<Vec<AllowedSigner
                     "valid-after" | "valid-before" => {
                         let v = quoted(value)?;
                         let t = parse_time(&v).ok_or_else(|| {
-                            err(format!(
-                                "{name}=\"{v}\": expected YYYYMMDD[HHMM[SS]][Z]"
-                            ))
+                            err(format!("{name}=\"{v}\": expected YYYYMMDD[HHMM[SS]][Z]"))
                         })?;
                         let slot = if name == "valid-after" {
                             &mut signer.valid_after
@@ -728,7 +733,12 @@ fn parse_time(s: &str) -> Option<i64> {
     } else {
         (0, 0, 0)
     };
-    if !(1..=12).contains(&m) || !(1..=days_in_month(y, m)).contains(&d) || hh > 23 || mm > 59 || ss > 59 {
+    if !(1..=12).contains(&m)
+        || !(1..=days_in_month(y, m)).contains(&d)
+        || hh > 23
+        || mm > 59
+        || ss > 59
+    {
         return None;
     }
     Some(days_from_civil(y, m, d) * 86_400 + hh * 3600 + mm * 60 + ss)
@@ -826,7 +836,9 @@ fn parse_openpgp_keys(
         }
     }
     if keys.is_empty() {
-        return Err(err("no keys in the file: every commit would be rejected".into()));
+        return Err(err(
+            "no keys in the file: every commit would be rejected".into()
+        ));
     }
     Ok(keys)
 }
@@ -880,7 +892,11 @@ mod tests {
             }
             cases += 1;
         }
-        assert!(cases >= 10, "only {cases} cases found under {}", root.display());
+        assert!(
+            cases >= 10,
+            "only {cases} cases found under {}",
+            root.display()
+        );
         assert!(failures.is_empty(), "{}", failures.join("\n"));
     }
 
@@ -924,6 +940,9 @@ mod tests {
         assert_eq!(parse_time("202402291230"), Some(1_709_164_800 + 45_000));
         assert_eq!(parse_time("20230229"), None);
         assert_eq!(parse_time("2024022"), None);
-        assert_eq!(format_time(1_709_164_800 + 45_001), "2024-02-29 12:30:01 UTC");
+        assert_eq!(
+            format_time(1_709_164_800 + 45_001),
+            "2024-02-29 12:30:01 UTC"
+        );
     }
 }
