@@ -123,6 +123,8 @@ pub(crate) struct Shared {
     pub(crate) results: Arc<Notify>,
     pub(crate) gates: PrometheusGates,
     images: crate::images::ImageSettings,
+    /// The keys commits must be signed with (`--verify-commits`).
+    pub trust: Option<Arc<flotilla_source::git::Trust>>,
     /// Held (locked) while the daemon runs (redb only).
     _lock: Option<std::fs::File>,
 }
@@ -314,6 +316,7 @@ pub async fn start(config: crate::config::Config) -> Result<Running, DaemonError
                 ..flotilla_images::Settings::default()
             },
             remote: v.remote.clone(),
+            signer: v.signer.clone(),
             cache: v
                 .config
                 .cache_dir
@@ -321,6 +324,7 @@ pub async fn start(config: crate::config::Config) -> Result<Running, DaemonError
                 .join(v.remote.cache_name()),
         },
         _lock: v.lock,
+        trust: v.trust,
         config: v.config,
     });
     tracing::info!(
@@ -403,7 +407,12 @@ fn spawn_git_thread(
 ) {
     let interval = shared.config.poll_interval;
     let max_backoff = shared.config.max_backoff;
-    let mut loader = Loader::new(&shared.config.fleet_file);
+    let new_loader = |shared: &Shared| {
+        let mut loader = Loader::new(&shared.config.fleet_file);
+        loader.trust = shared.trust.clone();
+        loader
+    };
+    let mut loader = new_loader(&shared);
     if let Some(exe) = &shared.config.jsonnet_worker {
         loader.options.jsonnet = Some(std::sync::Arc::new(
             crate::jsonnet_worker::ProcessEvaluator::new(exe.clone()),
@@ -437,7 +446,7 @@ fn spawn_git_thread(
                                     crate::supervise::catch(|| loader.load(snapshot))
                                         .unwrap_or_else(|message| {
                                             crate::supervise::git_thread_panicked(&shared, &message);
-                                            loader = Loader::new(&shared.config.fleet_file);
+                                            loader = new_loader(&shared);
                                             Loaded::Unreadable {
                                                 commit,
                                                 message: format!("checking and rendering the commit panicked: {message}"),
@@ -658,6 +667,7 @@ impl Daemon {
                     commit,
                     at,
                     errors: diagnostics.iter().map(DiagnosticJson::from).collect(),
+                    signature: None,
                 });
             }
             Loaded::OverBudget { commit, error } => {
@@ -677,6 +687,36 @@ impl Daemon {
                         message: message.clone(),
                         text: message,
                     }],
+                    signature: None,
+                });
+            }
+            Loaded::Unverified(e) => {
+                tracing::error!(
+                    commit = %e.commit,
+                    signer = e.signer.as_deref().unwrap_or("none"),
+                    reason = %e.reason,
+                    "commit signature rejected; the last good revision keeps running"
+                );
+                shared.metrics.fleet_valid.set(0);
+                shared.metrics.fleet_errors.set(1);
+                shared.metrics.commits_unverified.inc();
+                let text = e.to_string();
+                let mut s = shared.status_mut();
+                s.source.fetched_commit = Some(e.commit.clone());
+                s.rejected = Some(Rejected {
+                    commit: e.commit.clone(),
+                    at,
+                    errors: vec![DiagnosticJson {
+                        file: String::new(),
+                        line: 0,
+                        column: 0,
+                        message: e.reason.clone(),
+                        text,
+                    }],
+                    signature: Some(crate::status::SignatureRejection {
+                        signer: e.signer,
+                        reason: e.reason,
+                    }),
                 });
             }
             Loaded::Unreadable { commit, message } => {
@@ -695,6 +735,7 @@ impl Daemon {
                         message: message.clone(),
                         text: message,
                     }],
+                    signature: None,
                 });
             }
         }
