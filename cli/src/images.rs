@@ -316,7 +316,9 @@ fn update(
         anyhow::bail!("--branch-mode pushes a branch: add --push");
     }
     if signing_key.is_some() && !git_mode {
-        anyhow::bail!("--signing-key signs commits: add --push (a local directory is edited, not committed)");
+        anyhow::bail!(
+            "--signing-key signs commits: add --push (a local directory is edited, not committed)"
+        );
     }
     // Read before any registry is asked: a bad key fails fast.
     let options = git::PushOptions {

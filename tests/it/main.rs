@@ -37,6 +37,7 @@ mod real_kube;
 mod reconcile;
 mod render_fixtures;
 mod rollout;
+mod signed;
 mod sim;
 mod sim_kube;
 mod spec_fixtures;
