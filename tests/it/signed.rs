@@ -633,3 +633,87 @@ fn signed_images_update_commits_verify_with_git_and_flotilla() {
         stderr(&o)
     );
 }
+
+#[test]
+fn signed_daemon_signs_its_image_updates_and_deploys_them() {
+    let keys = Keys::new();
+    let (alice, alice_pub, _) = keys.ssh("alice");
+    let (bot, bot_pub, bot_fp) = keys.ssh("bot");
+    let allowed = keys.path("allowed_signers");
+    std::fs::write(
+        &allowed,
+        format!("alice@example.com {alice_pub}\nflotilla-bot {bot_pub}\n"),
+    )
+    .expect("write");
+    let registry = Registry::start();
+    let host = registry.host();
+    registry.push_all("shop/web", &["1.0.0"]);
+    let k = SimKube::start(sim(2));
+    let up = Upstream::new();
+    let web = deployment(&format!("{host}/shop/web:1.0.0")).replace(
+        &format!("      - {{name: web, image: {host}/shop/web:1.0.0}}\n"),
+        &format!(
+            "      - name: web\n        image: {host}/shop/web:1.0.0 # {{\"$imagepolicy\": \"web\"}}\n"
+        ),
+    );
+    assert!(web.contains("$imagepolicy"), "{web}");
+    let policies = format!(
+        "imagePolicies:\n  - name: web\n    image: {host}/shop/web\n    policy: {{semver: \">=1.0.0\"}}\n    writeBack: {{files: [app/web.yaml]}}\n"
+    );
+    commit(
+        &up,
+        &keys,
+        &[
+            ("fleet.yaml", &format!("{}{policies}", fleet(2, "0s", ""))),
+            ("app/ns.yaml", NAMESPACE),
+            ("app/web.yaml", &web),
+        ],
+        "web 1.0.0 with an image policy",
+        Sign::Ssh(&alice),
+    );
+    up.push();
+    let git_server = up.daemon();
+    let d = start(
+        &k,
+        &up,
+        git_server.port,
+        &[
+            "--image-scan-interval",
+            "0s",
+            "--verify-commits",
+            "--trusted-signers",
+            allowed.to_str().expect("utf-8"),
+            "--signing-key",
+            bot.to_str().expect("utf-8"),
+        ],
+    );
+    let image = |tag: &str| format!("{host}/shop/web:{tag}");
+    d.wait_for("1.0.0 rolled out", Duration::from_secs(60), || {
+        images(&k, 2) == all(2, &image("1.0.0"))
+    });
+    registry.push("shop/web", "1.1.0");
+    let (code, body) = d
+        .request("POST", "/api/v1/images/scan", &[], b"")
+        .expect("answer");
+    assert_eq!(code, 202, "{body}");
+    // The daemon's own commit verifies against its own trust: it rolls out.
+    d.wait_for(
+        "1.1.0 rolled out through a signed commit",
+        Duration::from_secs(60),
+        || images(&k, 2) == all(2, &image("1.1.0")),
+    );
+    let head = git(&up.bare(), &["rev-parse", "main"]);
+    let status = d.json("/api/v1/fleet");
+    assert_eq!(status["revision"]["commit"], head.as_str(), "{status}");
+    assert!(status["rejected"].is_null(), "{status}");
+    assert!(
+        d.log()
+            .contains(&format!("SSH key {bot_fp} (flotilla-bot)")),
+        "{}",
+        d.log()
+    );
+    assert!(
+        !d.log().contains("PRIVATE KEY"),
+        "the key never reaches the log"
+    );
+}
