@@ -57,7 +57,8 @@ pub enum ImagesCommand {
         #[arg(long)]
         exit_code: bool,
         /// Sign the commits with this unencrypted OpenSSH private key (an SSH signature, as
-        /// `git -c gpg.format=ssh commit -S`), so daemons with --verify-commits deploy them.
+        /// `git -c gpg.format=ssh commit -S`) or armored OpenPGP secret key, so daemons with
+        /// --verify-commits deploy them.
         #[arg(long, env = "FLOTILLA_SIGNING_KEY", value_name = "FILE")]
         signing_key: Option<PathBuf>,
         #[arg(short, long, value_enum, default_value_t = Output::Text)]

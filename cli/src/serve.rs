@@ -135,8 +135,8 @@ pub struct ServeArgs {
     /// Armored OpenPGP public keys (gpg --export --armor) whose signatures are trusted.
     #[arg(long, env = "FLOTILLA_TRUSTED_KEYS", value_name = "FILE")]
     pub trusted_keys: Option<PathBuf>,
-    /// Unencrypted OpenSSH private key that signs the image-update commits this daemon
-    /// pushes (an SSH signature, as git -c gpg.format=ssh commit -S).
+    /// Unencrypted OpenSSH private key (or armored OpenPGP secret key) that signs the
+    /// image-update commits this daemon pushes, as git commit -S does.
     #[arg(long, env = "FLOTILLA_SIGNING_KEY", value_name = "FILE")]
     pub signing_key: Option<PathBuf>,
 }

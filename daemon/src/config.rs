@@ -73,7 +73,8 @@ pub struct Config {
     pub trusted_signers: Option<PathBuf>,
     /// Armored OpenPGP public keys.
     pub trusted_keys: Option<PathBuf>,
-    /// An unencrypted OpenSSH private key that signs the image-update commits it pushes.
+    /// An unencrypted OpenSSH private key or OpenPGP secret key that signs the image-update
+    /// commits it pushes.
     pub signing_key: Option<PathBuf>,
     /// Fault injection for tests (`FLOTILLA_FAULT_PANIC_PLACEMENT`): this placement's worker
     /// panics once, before its first rollout run.

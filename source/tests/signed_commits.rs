@@ -380,15 +380,10 @@ fn openpgp_signed_commits_by_trusted_keys_verify_and_others_are_rejected() {
     assert!(e.to_string().contains("holds a private key"), "{e}");
 }
 
-#[test]
-fn commits_pushed_with_a_signing_key_verify_with_git_and_flotilla() {
-    let tmp = tempfile::tempdir().expect("tmp");
-    let repo = Repo::new(tmp.path());
-    repo.commit("base", &[]);
-    let (key, public, fingerprint) = ssh_key(tmp.path(), "bot", "ed25519");
-    let signer = CommitSigner::load(&key).expect("signing key");
-    assert_eq!(signer.fingerprint(), fingerprint);
-    let upstream = tmp.path().join("upstream.git");
+/// Clones `repo` into a bare upstream and pushes one commit to it through `GitSource`,
+/// signed by `signer`; returns the upstream and the commit.
+fn push_signed(repo: &Repo, root: &Path, signer: CommitSigner) -> (PathBuf, String) {
+    let upstream = root.join("upstream.git");
     let mut cmd = Command::new("git");
     cmd.args(["clone", "--quiet", "--bare"])
         .arg(&repo.dir)
@@ -396,12 +391,8 @@ fn commits_pushed_with_a_signing_key_verify_with_git_and_flotilla() {
         .env("GIT_CONFIG_GLOBAL", "/dev/null");
     run(cmd);
     let remote = Remote::parse(upstream.to_str().expect("utf-8"), None).expect("remote");
-    let mut source = GitSource::open(
-        remote,
-        Rev::parse("main").expect("rev"),
-        tmp.path().join("cache"),
-    )
-    .expect("open");
+    let mut source = GitSource::open(remote, Rev::parse("main").expect("rev"), root.join("cache"))
+        .expect("open");
     let options = PushOptions {
         signer: Some(std::sync::Arc::new(signer)),
         ..PushOptions::default()
@@ -426,19 +417,38 @@ fn commits_pushed_with_a_signing_key_verify_with_git_and_flotilla() {
     let Pushed::Commit { commit, .. } = pushed else {
         panic!("expected a commit, got {pushed:?}");
     };
+    (upstream, commit.to_string())
+}
+
+/// `git verify-commit` in `upstream`, with `config` (`-c` settings): its stderr.
+fn git_verify(repo: &Repo, upstream: &Path, config: &[&str], commit: &str) -> String {
+    let mut cmd = Command::new("git");
+    cmd.arg("--git-dir").arg(upstream);
+    for c in config {
+        cmd.args(["-c", c]);
+    }
+    cmd.args(["verify-commit", commit])
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .env("GNUPGHOME", &repo.gnupg);
+    String::from_utf8_lossy(&run(cmd).stderr).into_owned()
+}
+
+#[test]
+fn commits_pushed_with_a_signing_key_verify_with_git_and_flotilla() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let repo = Repo::new(tmp.path());
+    repo.commit("base", &[]);
+    let (key, public, fingerprint) = ssh_key(tmp.path(), "bot", "ed25519");
+    let signer = CommitSigner::load(&key).expect("signing key");
+    assert_eq!(signer.fingerprint(), fingerprint);
+    let (upstream, commit) = push_signed(&repo, tmp.path(), signer);
     let allowed = write(
         &tmp.path().join("allowed_signers"),
         &format!("bot@example.com {public}\n"),
     );
     // git itself accepts the signature.
     let file = format!("gpg.ssh.allowedSignersFile={}", allowed.display());
-    let mut cmd = Command::new("git");
-    cmd.arg("--git-dir")
-        .arg(&upstream)
-        .args(["-c", &file, "verify-commit", &commit.to_string()])
-        .env("GIT_CONFIG_GLOBAL", "/dev/null");
-    let out = run(cmd);
-    let said = String::from_utf8_lossy(&out.stderr);
+    let said = git_verify(&repo, &upstream, &[&file], &commit);
     assert!(
         said.contains("Good \"git\" signature for bot@example.com"),
         "{said}"
@@ -447,10 +457,47 @@ fn commits_pushed_with_a_signing_key_verify_with_git_and_flotilla() {
     let mut trust = Trust::new();
     trust.load_allowed_signers(&allowed).expect("load");
     let snap = open_local(&upstream, "main").expect("open");
-    assert_eq!(snap.commit(), commit);
+    assert_eq!(snap.commit().to_string(), commit);
     assert_eq!(
         trust.verify_snapshot(&snap).expect("verified").to_string(),
         format!("SSH key {fingerprint} (bot@example.com)")
+    );
+}
+
+#[test]
+fn commits_pushed_with_an_openpgp_key_verify_with_git_and_flotilla() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let repo = Repo::new(tmp.path());
+    repo.commit("base", &[]);
+    let fingerprint = repo.gpg_key("Bot <bot@example.com>", "ed25519");
+    let secret = repo.gpg(&[
+        "--armor",
+        "--pinentry-mode",
+        "loopback",
+        "--passphrase",
+        "",
+        "--export-secret-keys",
+        &fingerprint,
+    ]);
+    let key = write(&tmp.path().join("bot.asc"), &secret);
+    let signer = CommitSigner::load(&key).expect("signing key");
+    assert_eq!(signer.fingerprint(), fingerprint);
+    let (upstream, commit) = push_signed(&repo, tmp.path(), signer);
+    let said = git_verify(&repo, &upstream, &[], &commit);
+    assert!(
+        said.contains("Good signature from \"Bot <bot@example.com>\""),
+        "{said}"
+    );
+    let public = write(
+        &tmp.path().join("trusted.asc"),
+        &repo.gpg(&["--armor", "--export", &fingerprint]),
+    );
+    let mut trust = Trust::new();
+    trust.load_openpgp_keys(&public).expect("load");
+    let snap = open_local(&upstream, "main").expect("open");
+    assert_eq!(
+        trust.verify_snapshot(&snap).expect("verified").to_string(),
+        format!("OpenPGP key {fingerprint} (Bot <bot@example.com>)")
     );
 }
 
@@ -467,4 +514,30 @@ fn signing_keys_with_a_passphrase_or_of_another_kind_are_refused() {
     assert!(e.to_string().contains("protected by a passphrase"), "{e}");
     let e = CommitSigner::load(&path.with_extension("pub")).expect_err("public");
     assert!(e.to_string().contains("not an OpenSSH private key"), "{e}");
+    // An OpenPGP secret key under a passphrase.
+    let repo = Repo::new(tmp.path());
+    repo.gpg(&[
+        "--passphrase",
+        "secret",
+        "--quick-gen-key",
+        "Locked <locked@example.com>",
+        "ed25519",
+        "sign",
+        "never",
+    ]);
+    let secret = repo.gpg(&[
+        "--armor",
+        "--pinentry-mode",
+        "loopback",
+        "--passphrase",
+        "secret",
+        "--export-secret-keys",
+        "locked@example.com",
+    ]);
+    let key = write(&tmp.path().join("locked.asc"), &secret);
+    let e = CommitSigner::load(&key).expect_err("encrypted");
+    assert!(
+        e.to_string().contains("is protected by a passphrase"),
+        "{e}"
+    );
 }

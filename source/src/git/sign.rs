@@ -1,6 +1,7 @@
-//! Signing the commits flotilla writes (image updates) with an OpenSSH private key, as
-//! `git -c gpg.format=ssh commit -S` does: an `SSHSIG` over the commit object without its
-//! signature, namespace `git`, SHA-512, in the `gpgsig` header.
+//! Signing the commits flotilla writes (image updates), as `git commit -S` does: the
+//! signature of the commit object without its signature goes into the `gpgsig` header.
+//! - An OpenSSH private key: an `SSHSIG`, namespace `git`, SHA-512 (`gpg.format ssh`).
+//! - An armored OpenPGP secret key: a detached binary signature by its primary key, SHA-256.
 
 use std::path::Path;
 
@@ -11,9 +12,14 @@ use super::verify::{GIT_NAMESPACE, TrustError};
 /// Largest private key file read.
 const MAX_KEY_BYTES: u64 = 1 << 20;
 
-/// An unencrypted OpenSSH private key that signs commits. `Debug` shows the fingerprint only.
+enum Key {
+    Ssh(Box<PrivateKey>),
+    Pgp(Box<pgp::composed::SignedSecretKey>),
+}
+
+/// An unencrypted private key that signs commits. `Debug` shows the fingerprint only.
 pub struct CommitSigner {
-    key: PrivateKey,
+    key: Key,
     fingerprint: String,
 }
 
@@ -26,8 +32,9 @@ impl std::fmt::Debug for CommitSigner {
 }
 
 impl CommitSigner {
-    /// Reads `path` (`ssh-keygen -t ed25519 -N ''`). A passphrase-protected key is refused:
-    /// a daemon has nobody to ask.
+    /// Reads `path`: an OpenSSH private key (`ssh-keygen -t ed25519 -N ''`) or an armored
+    /// OpenPGP secret key whose primary key can sign (`gpg --export-secret-keys --armor`).
+    /// A passphrase-protected key is refused: a daemon has nobody to ask.
     pub fn load(path: &Path) -> Result<CommitSigner, TrustError> {
         let file = path.display().to_string();
         let err = |message: String| TrustError::File {
@@ -42,9 +49,12 @@ impl CommitSigner {
             )));
         }
         let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+        if text.contains("-----BEGIN PGP PRIVATE KEY BLOCK-----") {
+            return Self::load_pgp(&text).map_err(err);
+        }
         if !text.contains("-----BEGIN OPENSSH PRIVATE KEY-----") {
             return Err(err(
-                "not an OpenSSH private key (expected \"-----BEGIN OPENSSH PRIVATE KEY-----\", as ssh-keygen writes)".into(),
+                "not an OpenSSH private key (\"-----BEGIN OPENSSH PRIVATE KEY-----\", as ssh-keygen writes) nor an armored OpenPGP secret key".into(),
             ));
         }
         // The parser's messages describe the format, never the key material.
@@ -56,29 +66,66 @@ impl CommitSigner {
             ));
         }
         let fingerprint = key.fingerprint(HashAlg::Sha256).to_string();
-        Ok(CommitSigner { key, fingerprint })
+        Ok(CommitSigner {
+            key: Key::Ssh(Box::new(key)),
+            fingerprint,
+        })
     }
 
-    /// `SHA256:...` of the public key (what `ssh-keygen -l` prints).
+    fn load_pgp(text: &str) -> Result<CommitSigner, String> {
+        use pgp::composed::{Deserializable, SignedSecretKey};
+        use pgp::types::KeyDetails;
+        let (key, _) = SignedSecretKey::from_string(text)
+            .map_err(|e| format!("cannot read the OpenPGP secret key: {e}"))?;
+        let fingerprint = format!("{:X}", key.primary_key.fingerprint());
+        if key.primary_key.secret_params().is_encrypted() {
+            return Err(format!(
+                "OpenPGP key {fingerprint} is protected by a passphrase; export it without one"
+            ));
+        }
+        let signer = CommitSigner {
+            key: Key::Pgp(Box::new(key)),
+            fingerprint,
+        };
+        // A key that cannot sign (an encryption-only algorithm) fails here, not on a push.
+        signer.sign(b"flotilla")?;
+        Ok(signer)
+    }
+
+    /// `SHA256:...` (SSH, what `ssh-keygen -l` prints) or the OpenPGP fingerprint.
     pub fn fingerprint(&self) -> &str {
         &self.fingerprint
     }
 
-    /// The public key, as one allowed-signers key field (`ssh-ed25519 AAAA...`).
-    pub fn public_key(&self) -> String {
-        self.key
-            .public_key()
-            .to_openssh()
-            .unwrap_or_else(|_| self.fingerprint.clone())
-    }
-
     /// The armored signature of `payload` (what goes into the `gpgsig` header).
     pub fn sign(&self, payload: &[u8]) -> Result<String, String> {
-        let sig = self
-            .key
-            .sign(GIT_NAMESPACE, HashAlg::Sha512, payload)
-            .map_err(|e| format!("signing with SSH key {} failed: {e}", self.fingerprint))?;
-        sig.to_pem(LineEnding::LF)
-            .map_err(|e| format!("encoding the signature failed: {e}"))
+        match &self.key {
+            Key::Ssh(key) => {
+                let sig = key
+                    .sign(GIT_NAMESPACE, HashAlg::Sha512, payload)
+                    .map_err(|e| {
+                        format!("signing with SSH key {} failed: {e}", self.fingerprint)
+                    })?;
+                sig.to_pem(LineEnding::LF)
+                    .map_err(|e| format!("encoding the signature failed: {e}"))
+            }
+            Key::Pgp(key) => {
+                use pgp::composed::{ArmorOptions, DetachedSignature};
+                use pgp::crypto::hash::HashAlgorithm;
+                use pgp::types::Password;
+                let sig = DetachedSignature::sign_binary_data(
+                    rand::rngs::OsRng,
+                    &key.primary_key,
+                    &Password::empty(),
+                    HashAlgorithm::Sha256,
+                    payload,
+                )
+                .map_err(|e| {
+                    format!("signing with OpenPGP key {} failed: {e}", self.fingerprint)
+                })?;
+                sig.to_armored_string(ArmorOptions::default())
+                    .map_err(|e| format!("encoding the signature failed: {e}"))
+            }
+        }
     }
 }
