@@ -262,8 +262,9 @@ impl Trust {
             key: fingerprint.clone(),
             identity: s.principals.clone(),
         };
-        // Like ssh-keygen, the cryptographic check comes first: a forged signature is
-        // reported as such whatever the allowed-signers lines say.
+        // The signature itself (its namespace, then the cryptography) is checked before the
+        // options of the lines naming the key: a forged signature is reported as forged,
+        // whatever those lines allow.
         let named = signer(matching[0]);
         if sig.namespace() != GIT_NAMESPACE {
             return Err((
