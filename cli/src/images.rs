@@ -56,6 +56,11 @@ pub enum ImagesCommand {
         /// Exit 1 when changes were written or pushed (as `git diff --exit-code`).
         #[arg(long)]
         exit_code: bool,
+        /// Sign the commits with this unencrypted OpenSSH private key (an SSH signature, as
+        /// `git -c gpg.format=ssh commit -S`) or armored OpenPGP secret key, so daemons with
+        /// --verify-commits deploy them.
+        #[arg(long, env = "FLOTILLA_SIGNING_KEY", value_name = "FILE")]
+        signing_key: Option<PathBuf>,
         #[arg(short, long, value_enum, default_value_t = Output::Text)]
         output: Output,
     },
@@ -96,6 +101,7 @@ pub fn run(command: ImagesCommand) -> anyhow::Result<ExitCode> {
             branch_mode,
             dry_run,
             exit_code,
+            signing_key,
             output,
         } => update(
             &fleet,
@@ -105,6 +111,7 @@ pub fn run(command: ImagesCommand) -> anyhow::Result<ExitCode> {
                 branch_mode,
                 dry_run,
                 exit_code,
+                signing_key,
             },
             output,
         ),
@@ -289,6 +296,7 @@ struct Update {
     branch_mode: bool,
     dry_run: bool,
     exit_code: bool,
+    signing_key: Option<PathBuf>,
 }
 
 fn update(
@@ -302,11 +310,26 @@ fn update(
         branch_mode,
         dry_run,
         exit_code,
+        signing_key,
     } = flags;
     let git_mode = push || git::is_url(&args.repo) || args.rev.is_some();
     if branch_mode && !git_mode {
         anyhow::bail!("--branch-mode pushes a branch: add --push");
     }
+    if signing_key.is_some() && !git_mode {
+        anyhow::bail!(
+            "--signing-key signs commits: add --push (a local directory is edited, not committed)"
+        );
+    }
+    // Read before any registry is asked: a bad key fails fast.
+    let options = git::PushOptions {
+        signer: signing_key
+            .as_deref()
+            .map(|p| git::CommitSigner::load(p).map(std::sync::Arc::new))
+            .transpose()
+            .context("--signing-key")?,
+        ..git::PushOptions::default()
+    };
     let (fleet, repo) = load_fleet(args)?;
     let scans = scan_registries(&fleet, registry)?;
     let desired: Vec<Desired> = scans.iter().filter_map(|s| s.desired().cloned()).collect();
@@ -335,7 +358,7 @@ fn update(
     let mut commits = Vec::new();
     let mut failed = false;
     for batch in flotilla_images::batches(&fleet, &desired, branch_mode) {
-        match commit_one(&remote, &cache, &fleet, &batch, &desired, dry_run) {
+        match commit_one(&remote, &cache, &fleet, &batch, &desired, &options, dry_run) {
             Ok(result) => {
                 let target = batch.push_branch.clone().unwrap_or(batch.branch.clone());
                 let what = match &result.committed {
@@ -398,6 +421,7 @@ fn commit_one(
     fleet: &Fleet,
     batch: &Batch,
     desired: &[Desired],
+    options: &git::PushOptions,
     dry_run: bool,
 ) -> anyhow::Result<flotilla_images::BatchResult> {
     let rev = git::Rev::parse(&batch.branch)?;
@@ -407,7 +431,7 @@ fn commit_one(
         fleet,
         batch,
         desired,
-        &git::PushOptions::default(),
+        options,
         dry_run,
         &mut |_| {},
     )?)

@@ -274,6 +274,16 @@ struct FleetArgs {
     /// The fleet file, relative to the repository root.
     #[arg(long, default_value = "fleet.yaml")]
     fleet: String,
+    /// Refuse a Git revision whose commit is not signed by a key of --trusted-signers or
+    /// --trusted-keys (as `serve --verify-commits`).
+    #[arg(long)]
+    verify_commits: bool,
+    /// SSH allowed-signers file (ssh-keygen's format) for --verify-commits.
+    #[arg(long, value_name = "FILE", requires = "verify_commits")]
+    trusted_signers: Option<PathBuf>,
+    /// Armored OpenPGP public keys for --verify-commits.
+    #[arg(long, value_name = "FILE", requires = "verify_commits")]
+    trusted_keys: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -568,9 +578,39 @@ type Loaded = (String, Checked, Box<dyn RepoFiles>, String);
 fn load(args: &FleetArgs) -> anyhow::Result<Loaded> {
     if git::is_url(&args.repo) || args.rev.is_some() {
         load_git(args)
+    } else if args.verify_commits {
+        anyhow::bail!(
+            "--verify-commits checks a commit: name a Git revision (--rev) or a Git URL, not a work tree"
+        )
     } else {
         load_local(args)
     }
+}
+
+/// `--verify-commits`: the snapshot's commit must be signed by a trusted key.
+fn verify_commit(args: &FleetArgs, snapshot: &git::Snapshot) -> anyhow::Result<()> {
+    if !args.verify_commits {
+        return Ok(());
+    }
+    if args.trusted_signers.is_none() && args.trusted_keys.is_none() {
+        anyhow::bail!(
+            "--verify-commits needs the keys to trust: --trusted-signers FILE and/or --trusted-keys FILE"
+        );
+    }
+    let mut trust = git::Trust::new();
+    if let Some(p) = &args.trusted_signers {
+        trust
+            .load_allowed_signers(p)
+            .map_err(|e| anyhow::anyhow!("--trusted-signers {e}"))?;
+    }
+    if let Some(p) = &args.trusted_keys {
+        trust
+            .load_openpgp_keys(p)
+            .map_err(|e| anyhow::anyhow!("--trusted-keys {e}"))?;
+    }
+    let signer = trust.verify_snapshot(snapshot)?;
+    eprintln!("commit {}: good signature by {signer}", snapshot.commit());
+    Ok(())
 }
 
 /// Reads revision `rev` of the local repository `--repo` (anything `git rev-parse` names,
@@ -583,6 +623,7 @@ fn load_local_rev(args: &FleetArgs, rev: &str) -> anyhow::Result<Loaded> {
         snapshot.rev(),
         snapshot.commit()
     );
+    verify_commit(args, &snapshot)?;
     let where_ = format!("repository {} at {}", snapshot.repo_name(), snapshot.rev());
     let (file, checked) = check_fleet_file(args, &snapshot, None, &where_)?;
     let revision = snapshot.commit().to_string();
@@ -644,6 +685,7 @@ fn load_git(args: &FleetArgs) -> anyhow::Result<Loaded> {
         snapshot.rev(),
         snapshot.commit()
     );
+    verify_commit(args, &snapshot)?;
     let where_ = format!("repository {} at {}", snapshot.repo_name(), snapshot.rev());
     let (file, checked) = check_fleet_file(args, &snapshot, None, &where_)?;
     let revision = snapshot.commit().to_string();

@@ -124,6 +124,21 @@ pub struct ServeArgs {
     /// Log lines as text or JSON objects (one per line) [default: text].
     #[arg(long, env = "FLOTILLA_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
+    /// Deploy only commits signed by a trusted key (--trusted-signers and/or
+    /// --trusted-keys); an unsigned or otherwise signed tip is rejected and the last good
+    /// revision keeps running.
+    #[arg(long, env = "FLOTILLA_VERIFY_COMMITS", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub verify_commits: Option<bool>,
+    /// SSH allowed-signers file (ssh-keygen's format, as git's gpg.ssh.allowedSignersFile).
+    #[arg(long, env = "FLOTILLA_TRUSTED_SIGNERS", value_name = "FILE")]
+    pub trusted_signers: Option<PathBuf>,
+    /// Armored OpenPGP public keys (gpg --export --armor) whose signatures are trusted.
+    #[arg(long, env = "FLOTILLA_TRUSTED_KEYS", value_name = "FILE")]
+    pub trusted_keys: Option<PathBuf>,
+    /// Unencrypted OpenSSH private key (or armored OpenPGP secret key) that signs the
+    /// image-update commits this daemon pushes, as git commit -S does.
+    #[arg(long, env = "FLOTILLA_SIGNING_KEY", value_name = "FILE")]
+    pub signing_key: Option<PathBuf>,
 }
 
 /// The settings a config file may hold, by key.
@@ -156,6 +171,10 @@ const KEYS: &[&str] = &[
     "docker-config",
     "insecure-registries",
     "log-format",
+    "verify-commits",
+    "trusted-signers",
+    "trusted-keys",
+    "signing-key",
 ];
 
 /// Fills every setting the flags and environment left unset from the config file.
@@ -302,6 +321,21 @@ fn merge_file(args: &mut ServeArgs, path: &Path) -> anyhow::Result<()> {
                     }
                 }
             }
+            "verify-commits" => {
+                let Value::Bool(b) = value else {
+                    anyhow::bail!("{at}: verify-commits must be true or false");
+                };
+                args.verify_commits.get_or_insert(b);
+            }
+            "trusted-signers" => {
+                args.trusted_signers.get_or_insert(text()?.into());
+            }
+            "trusted-keys" => {
+                args.trusted_keys.get_or_insert(text()?.into());
+            }
+            "signing-key" => {
+                args.signing_key.get_or_insert(text()?.into());
+            }
             "log-format" => {
                 let f = match text()?.as_str() {
                     "text" => LogFormat::Text,
@@ -420,6 +454,10 @@ pub fn resolve(mut args: ServeArgs) -> anyhow::Result<(Config, LogFormat)> {
     }
     config.docker_config = args.docker_config;
     config.insecure_registries = args.insecure_registries;
+    config.verify_commits = args.verify_commits.unwrap_or(false);
+    config.trusted_signers = args.trusted_signers;
+    config.trusted_keys = args.trusted_keys;
+    config.signing_key = args.signing_key;
     // Fault injection for tests only; not a documented setting.
     config.fault_panic_placement = std::env::var("FLOTILLA_FAULT_PANIC_PLACEMENT")
         .ok()

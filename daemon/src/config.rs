@@ -66,6 +66,16 @@ pub struct Config {
     pub http_limits: crate::listen::Limits,
     /// How often burst pools are re-split (and on every new revision).
     pub burst_interval: Duration,
+    /// Deploy only commits whose signature verifies against `trusted_signers` and/or
+    /// `trusted_keys` (docs/signed-commits.md).
+    pub verify_commits: bool,
+    /// An SSH allowed-signers file (ssh-keygen's format).
+    pub trusted_signers: Option<PathBuf>,
+    /// Armored OpenPGP public keys.
+    pub trusted_keys: Option<PathBuf>,
+    /// An unencrypted OpenSSH private key or OpenPGP secret key that signs the image-update
+    /// commits it pushes.
+    pub signing_key: Option<PathBuf>,
     /// Fault injection for tests (`FLOTILLA_FAULT_PANIC_PLACEMENT`): this placement's worker
     /// panics once, before its first rollout run.
     pub fault_panic_placement: Option<String>,
@@ -102,6 +112,10 @@ impl Config {
             jsonnet_worker: None,
             http_limits: crate::listen::Limits::default(),
             fault_panic_placement: None,
+            verify_commits: false,
+            trusted_signers: None,
+            trusted_keys: None,
+            signing_key: None,
             burst_interval: Duration::from_secs(15),
         }
     }
@@ -153,6 +167,11 @@ pub enum ConfigError {
     ExposedWithoutToken(SocketAddr),
     #[error("--{flag}: {message}")]
     Value { flag: &'static str, message: String },
+    #[error("--{flag} {error}")]
+    Trust {
+        flag: &'static str,
+        error: flotilla_source::git::TrustError,
+    },
 }
 
 /// What validation produced: parsed and read, ready to run.
@@ -165,6 +184,10 @@ pub struct Validated {
     pub connector: flotilla_cluster::Connector,
     pub store: flotilla_state::Store,
     pub registry_logins: flotilla_images::Logins,
+    /// The keys commits must be signed with (`--verify-commits`).
+    pub trust: Option<std::sync::Arc<flotilla_source::git::Trust>>,
+    /// Signs image-update commits (`--signing-key`).
+    pub signer: Option<std::sync::Arc<flotilla_source::git::CommitSigner>>,
     /// `STATE/daemon.lock`, locked for the daemon's lifetime: one daemon per redb store
     /// (`None` with PostgreSQL, where replicas coordinate through Leases and fencing).
     pub lock: Option<std::fs::File>,
@@ -243,6 +266,7 @@ impl Config {
         if api_token.is_none() && !self.read_only && !self.listen.ip().is_loopback() {
             return Err(ConfigError::ExposedWithoutToken(self.listen));
         }
+        let (trust, signer) = self.signatures()?;
         let connector = flotilla_cluster::Connector::load(self.kubeconfig.as_deref())
             .map_err(|e| ConfigError::Kubeconfig(e.to_string()))?;
         if self.ha.is_some() && self.state_url.is_none() {
@@ -319,7 +343,74 @@ impl Config {
             connector,
             store,
             registry_logins,
+            trust,
+            signer,
             lock,
         })
+    }
+
+    /// Loads the trust anchors and the signing key. Trust comes from these files only, never
+    /// from the repository being verified; a trust file without `--verify-commits` (or the
+    /// reverse) is refused rather than silently ignored.
+    #[allow(clippy::type_complexity)]
+    pub fn signatures(
+        &self,
+    ) -> Result<
+        (
+            Option<std::sync::Arc<flotilla_source::git::Trust>>,
+            Option<std::sync::Arc<flotilla_source::git::CommitSigner>>,
+        ),
+        ConfigError,
+    > {
+        let signer = self
+            .signing_key
+            .as_deref()
+            .map(|p| {
+                flotilla_source::git::CommitSigner::load(p)
+                    .map(std::sync::Arc::new)
+                    .map_err(|error| ConfigError::Trust {
+                        flag: "signing-key",
+                        error,
+                    })
+            })
+            .transpose()?;
+        if !self.verify_commits {
+            for (flag, given) in [
+                ("trusted-signers", &self.trusted_signers),
+                ("trusted-keys", &self.trusted_keys),
+            ] {
+                if given.is_some() {
+                    return Err(ConfigError::Value {
+                        flag,
+                        message: "has no effect without --verify-commits; pass both".into(),
+                    });
+                }
+            }
+            return Ok((None, signer));
+        }
+        if self.trusted_signers.is_none() && self.trusted_keys.is_none() {
+            return Err(ConfigError::Value {
+                flag: "verify-commits",
+                message: "needs the keys to trust: --trusted-signers FILE (SSH allowed signers) and/or --trusted-keys FILE (OpenPGP public keys)".into(),
+            });
+        }
+        let mut trust = flotilla_source::git::Trust::new();
+        if let Some(p) = &self.trusted_signers {
+            trust
+                .load_allowed_signers(p)
+                .map_err(|error| ConfigError::Trust {
+                    flag: "trusted-signers",
+                    error,
+                })?;
+        }
+        if let Some(p) = &self.trusted_keys {
+            trust
+                .load_openpgp_keys(p)
+                .map_err(|error| ConfigError::Trust {
+                    flag: "trusted-keys",
+                    error,
+                })?;
+        }
+        Ok((Some(std::sync::Arc::new(trust)), signer))
     }
 }

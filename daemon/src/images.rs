@@ -31,6 +31,8 @@ pub struct ImagesStatus {
 pub struct ImageSettings {
     pub registries: Settings,
     pub remote: Remote,
+    /// Signs the commits pushed (`--signing-key`).
+    pub signer: Option<Arc<flotilla_source::git::CommitSigner>>,
     /// A cache of its own: the Git thread's fetches never wait for a write-back.
     pub cache: PathBuf,
 }
@@ -73,7 +75,10 @@ pub async fn run(settings: &ImageSettings, rev: &Arc<Revision>) -> (ImagesStatus
                 &fleet,
                 &batch,
                 &desired,
-                &PushOptions::default(),
+                &PushOptions {
+                    signer: settings.signer.clone(),
+                    ..PushOptions::default()
+                },
                 false,
                 &mut |_| {},
             )

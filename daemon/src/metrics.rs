@@ -45,6 +45,8 @@ pub struct Metrics {
     pub ha_units_waiting: Gauge,
     /// Errors in the newest fetched commit's fleet file.
     pub fleet_errors: Gauge,
+    /// Fetched commits rejected for their signature (`--verify-commits`).
+    pub commits_unverified: Counter,
     /// HTTP connections closed on accept because `max_connections` were open.
     pub http_connections_refused: Counter,
     /// Daemon tasks (placement workers, drift checks, image scans) that panicked or failed,
@@ -185,6 +187,12 @@ impl Metrics {
             "Errors in the newest fetched commit's fleet file",
             fleet_errors.clone(),
         );
+        let commits_unverified = Counter::default();
+        registry.register(
+            "commits_unverified",
+            "Fetched commits rejected because their signature did not verify",
+            commits_unverified.clone(),
+        );
         let backup_last_success = Family::<Labels, FloatGauge>::default();
         let backup_seconds = Family::<Labels, FloatGauge>::default();
         let backup_objects = Family::<Labels, Gauge>::default();
@@ -235,6 +243,7 @@ impl Metrics {
             ha_units_held,
             ha_units_waiting,
             fleet_errors,
+            commits_unverified,
             http_connections_refused,
             task_failures,
             workflow_runs,

@@ -58,6 +58,10 @@ pub enum Loaded {
         commit: String,
         error: flotilla_renderers::budget::BudgetError,
     },
+    /// The commit's signature does not verify (unsigned, unknown key, bad signature), or the
+    /// fleet asks for verification that this daemon was not given keys for: the last good
+    /// revision keeps running.
+    Unverified(flotilla_source::git::Unverified),
 }
 
 /// Checks and renders commits, keeping the render cache between them.
@@ -68,6 +72,9 @@ pub struct Loader {
     pub options: RenderOptions,
     /// The budgets of one commit's render.
     pub limits: flotilla_renderers::budget::Limits,
+    /// Commits must be signed by these keys (`--verify-commits`); checked before anything
+    /// of the commit is read.
+    pub trust: Option<Arc<flotilla_source::git::Trust>>,
 }
 
 impl Loader {
@@ -77,11 +84,22 @@ impl Loader {
             cache: Cache::new(),
             options: RenderOptions::default(),
             limits: flotilla_renderers::budget::Limits::default(),
+            trust: None,
         }
     }
 
     pub fn load(&mut self, snapshot: &Snapshot) -> Loaded {
         let commit = snapshot.commit().to_string();
+        // Only the tip is checked (as Flux does): its signature covers its tree, and the
+        // commits before it were the tip once, or are vouched for by whoever signed it.
+        if let Some(trust) = &self.trust {
+            match trust.verify_snapshot(snapshot) {
+                Ok(signer) => {
+                    tracing::info!(commit = %commit, signer = %signer, "commit signature verified");
+                }
+                Err(e) => return Loaded::Unverified(e),
+            }
+        }
         let place = format!("repository {} at {}", snapshot.repo_name(), snapshot.rev());
         let (_, checked) = match flotilla_spec::check_repo_file(
             snapshot,
@@ -104,6 +122,18 @@ impl Loader {
                 diagnostics: checked.errors().cloned().collect(),
             };
         };
+        if fleet.settings.verify_commits && self.trust.is_none() {
+            // The fleet can ask for verification; only the daemon's own flags can supply
+            // the keys, so without them nothing of this repository runs.
+            return Loaded::Unverified(flotilla_source::git::Unverified {
+                commit,
+                signer: None,
+                reason: format!(
+                    "{} sets settings.verifyCommits: true, but this daemon verifies no signatures: start it with --verify-commits and --trusted-signers FILE and/or --trusted-keys FILE",
+                    self.fleet_file
+                ),
+            });
+        }
         let started = Instant::now();
         let selection = Selection::new(&fleet);
         let options = self.options.clone();

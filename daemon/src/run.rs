@@ -127,6 +127,8 @@ pub(crate) struct Shared {
     /// What happened, for notifications and the live UI (`crate::events`).
     pub(crate) events: crate::events::Bus,
     images: crate::images::ImageSettings,
+    /// The keys commits must be signed with (`--verify-commits`).
+    pub trust: Option<Arc<flotilla_source::git::Trust>>,
     /// Held (locked) while the daemon runs (redb only).
     _lock: Option<std::fs::File>,
 }
@@ -195,7 +197,13 @@ impl Shared {
 
 /// A commit was refused (invalid fleet file, over its render budget, unreadable): the status,
 /// the metrics and the event bus say so; the last good revision keeps running.
-fn reject(shared: &Shared, commit: String, at: String, errors: Vec<DiagnosticJson>) {
+fn reject(
+    shared: &Shared,
+    commit: String,
+    at: String,
+    errors: Vec<DiagnosticJson>,
+    signature: Option<crate::status::SignatureRejection>,
+) {
     shared.metrics.fleet_valid.set(0);
     shared.metrics.fleet_errors.set(errors.len().max(1) as i64);
     let first = errors
@@ -215,7 +223,12 @@ fn reject(shared: &Shared, commit: String, at: String, errors: Vec<DiagnosticJso
     );
     let mut s = shared.status_mut();
     s.source.fetched_commit = Some(commit.clone());
-    s.rejected = Some(Rejected { commit, at, errors });
+    s.rejected = Some(Rejected {
+        commit,
+        at,
+        errors,
+        signature,
+    });
 }
 
 /// A running daemon.
@@ -345,6 +358,7 @@ pub async fn start(config: crate::config::Config) -> Result<Running, DaemonError
                 ..flotilla_images::Settings::default()
             },
             remote: v.remote.clone(),
+            signer: v.signer.clone(),
             cache: v
                 .config
                 .cache_dir
@@ -352,6 +366,7 @@ pub async fn start(config: crate::config::Config) -> Result<Running, DaemonError
                 .join(v.remote.cache_name()),
         },
         _lock: v.lock,
+        trust: v.trust,
         config: v.config,
     });
     tracing::info!(
@@ -434,7 +449,12 @@ fn spawn_git_thread(
 ) {
     let interval = shared.config.poll_interval;
     let max_backoff = shared.config.max_backoff;
-    let mut loader = Loader::new(&shared.config.fleet_file);
+    let new_loader = |shared: &Shared| {
+        let mut loader = Loader::new(&shared.config.fleet_file);
+        loader.trust = shared.trust.clone();
+        loader
+    };
+    let mut loader = new_loader(&shared);
     if let Some(exe) = &shared.config.jsonnet_worker {
         loader.options.jsonnet = Some(std::sync::Arc::new(
             crate::jsonnet_worker::ProcessEvaluator::new(exe.clone()),
@@ -468,7 +488,7 @@ fn spawn_git_thread(
                                     crate::supervise::catch(|| loader.load(snapshot))
                                         .unwrap_or_else(|message| {
                                             crate::supervise::git_thread_panicked(&shared, &message);
-                                            loader = Loader::new(&shared.config.fleet_file);
+                                            loader = new_loader(&shared);
                                             Loaded::Unreadable {
                                                 commit,
                                                 message: format!("checking and rendering the commit panicked: {message}"),
@@ -686,6 +706,7 @@ impl Daemon {
                     commit,
                     at,
                     diagnostics.iter().map(DiagnosticJson::from).collect(),
+                    None,
                 );
             }
             Loaded::OverBudget { commit, error } => {
@@ -702,6 +723,33 @@ impl Daemon {
                         message: message.clone(),
                         text: message,
                     }],
+                    None,
+                );
+            }
+            Loaded::Unverified(e) => {
+                tracing::error!(
+                    commit = %e.commit,
+                    signer = e.signer.as_deref().unwrap_or("none"),
+                    reason = %e.reason,
+                    "commit signature rejected; the last good revision keeps running"
+                );
+                shared.metrics.commits_unverified.inc();
+                let text = e.to_string();
+                reject(
+                    &shared,
+                    e.commit.clone(),
+                    at,
+                    vec![DiagnosticJson {
+                        file: String::new(),
+                        line: 0,
+                        column: 0,
+                        message: e.reason.clone(),
+                        text,
+                    }],
+                    Some(crate::status::SignatureRejection {
+                        signer: e.signer,
+                        reason: e.reason,
+                    }),
                 );
             }
             Loaded::Unreadable { commit, message } => {
@@ -718,6 +766,7 @@ impl Daemon {
                         message: message.clone(),
                         text: message,
                     }],
+                    None,
                 );
             }
         }

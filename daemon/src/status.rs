@@ -79,6 +79,18 @@ pub struct Rejected {
     pub commit: String,
     pub at: String,
     pub errors: Vec<DiagnosticJson>,
+    /// Set when the commit was rejected for its signature (`--verify-commits`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signature: Option<SignatureRejection>,
+}
+
+/// Why a commit's signature was not accepted.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SignatureRejection {
+    /// The key (and principal or user id) the signature names; `None` when unsigned.
+    pub signer: Option<String>,
+    pub reason: String,
 }
 
 /// A fleet file diagnostic, positioned.

@@ -79,6 +79,10 @@ pub struct Settings {
     pub prune: bool,
     /// Re-apply when a live cluster drifts from Git (default false: report only).
     pub self_heal: bool,
+    /// Refuse to run a commit unless the daemon verifies commit signatures against trusted
+    /// keys of its own (`--verify-commits`). Can turn verification on, never off, and never
+    /// names keys: the trust anchor cannot come from the repository it checks.
+    pub verify_commits: bool,
 }
 
 impl Default for Settings {
@@ -90,6 +94,7 @@ impl Default for Settings {
             },
             prune: true,
             self_heal: false,
+            verify_commits: false,
         }
     }
 }

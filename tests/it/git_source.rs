@@ -179,6 +179,7 @@ fn fast_retries() -> PushOptions {
         max_attempts: 4,
         initial_backoff: Duration::from_millis(20),
         max_backoff: Duration::from_millis(100),
+        ..PushOptions::default()
     }
 }
 

@@ -398,6 +398,7 @@ fn a_competing_push_during_the_update_ends_with_both_commits() {
             max_attempts: 4,
             initial_backoff: Duration::from_millis(20),
             max_backoff: Duration::from_millis(100),
+            ..Default::default()
         },
         false,
         &mut |attempt| {

@@ -39,6 +39,7 @@ mod real_teams;
 mod reconcile;
 mod render_fixtures;
 mod rollout;
+mod signed;
 mod sim;
 mod sim_kube;
 mod spec_fixtures;

@@ -13,7 +13,9 @@
 mod local;
 mod poller;
 mod push;
+mod sign;
 mod snapshot;
+pub mod verify;
 
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -27,7 +29,9 @@ use gix::bstr::ByteSlice;
 pub use local::open_local;
 pub use poller::{Poller, Trigger, backoff};
 pub use push::{CommitMessage, FileChange, Identity, PushOptions, Pushed};
+pub use sign::CommitSigner;
 pub use snapshot::Snapshot;
+pub use verify::{Signer, Trust, TrustError, Unverified};
 
 /// Errors of the Git source. Every message names the repository (redacted) and the revision.
 #[derive(Debug, thiserror::Error)]

@@ -43,6 +43,9 @@ pub struct PushOptions {
     pub initial_backoff: Duration,
     /// Longest wait between attempts.
     pub max_backoff: Duration,
+    /// Signs each commit (SSH signature in its `gpgsig` header), so that daemons verifying
+    /// commits accept it.
+    pub signer: Option<std::sync::Arc<super::CommitSigner>>,
 }
 
 impl Default for PushOptions {
@@ -51,6 +54,7 @@ impl Default for PushOptions {
             max_attempts: 5,
             initial_backoff: Duration::from_millis(200),
             max_backoff: Duration::from_secs(5),
+            signer: None,
         }
     }
 }
@@ -173,7 +177,7 @@ impl GitSource {
                 // earlier run through this cache): do not replace it with an equal commit.
                 return Ok(Pushed::NothingToDo { tip: existing });
             }
-            let commit = self.write_commit(&message, tree, tip.commit())?;
+            let commit = self.write_commit(&message, tree, tip.commit(), options)?;
             match self.git_push(&dest, expected, commit)? {
                 PushResult::Ok => {
                     tracing::info!(repo = %self.remote, branch = %dest, %commit, attempt, "pushed");
@@ -275,6 +279,7 @@ impl GitSource {
         message: &CommitMessage,
         tree: ObjectId,
         parent: ObjectId,
+        options: &PushOptions,
     ) -> Result<ObjectId, GitError> {
         let now = gix::date::Time::now_local_or_utc();
         let sig = |who: &Identity| gix::actor::Signature {
@@ -282,7 +287,7 @@ impl GitSource {
             email: who.email.as_str().into(),
             time: now,
         };
-        let commit = gix::objs::Commit {
+        let mut commit = gix::objs::Commit {
             tree,
             parents: [parent].into_iter().collect(),
             author: sig(&message.author),
@@ -291,10 +296,41 @@ impl GitSource {
             message: message.message.as_str().into(),
             extra_headers: Vec::new(),
         };
+        if let Some(signer) = &options.signer {
+            self.sign_commit(&mut commit, signer)?;
+        }
         self.repo
             .write_object(&commit)
             .map(|id| id.detach())
             .map_err(|e| self.push_err(format!("cannot write the commit: {}", describe(&e))))
+    }
+
+    /// Adds the `gpgsig` header: the signature of the commit as it is without it, which is
+    /// what git (and [`super::verify::split_signed`]) takes as the signed payload.
+    fn sign_commit(
+        &self,
+        commit: &mut gix::objs::Commit,
+        signer: &super::CommitSigner,
+    ) -> Result<(), GitError> {
+        use gix::objs::WriteTo;
+        let mut payload = Vec::new();
+        commit
+            .write_to(&mut payload)
+            .map_err(|e| self.push_err(format!("cannot encode the commit: {e}")))?;
+        let armored = signer.sign(&payload).map_err(|e| self.push_err(e))?;
+        commit
+            .extra_headers
+            .push(("gpgsig".into(), armored.trim_end().into()));
+        let mut signed = Vec::new();
+        commit
+            .write_to(&mut signed)
+            .map_err(|e| self.push_err(format!("cannot encode the commit: {e}")))?;
+        match super::verify::split_signed(&signed) {
+            Some(parts) if parts.payload == payload => Ok(()),
+            _ => Err(self.push_err(
+                "the signed commit does not split back into what was signed; nothing pushed",
+            )),
+        }
     }
 
     /// `git` run against the cache repository, with credentials supplied by a one-off

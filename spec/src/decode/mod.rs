@@ -571,6 +571,9 @@ fn settings(cx: &mut Cx, node: &Node, path: &Ptr<'_>) -> Option<Settings> {
             .unwrap_or(d.drift_interval),
         prune: o.opt(cx, "prune", bool_).unwrap_or(d.prune),
         self_heal: o.opt(cx, "selfHeal", bool_).unwrap_or(d.self_heal),
+        verify_commits: o
+            .opt(cx, "verifyCommits", bool_)
+            .unwrap_or(d.verify_commits),
     };
     o.finish(cx);
     Some(s)
