@@ -124,6 +124,10 @@ pub struct ServeArgs {
     /// Log lines as text or JSON objects (one per line) [default: text].
     #[arg(long, env = "FLOTILLA_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
+    /// age identities that decrypt SOPS-encrypted files in bundles (else the key text in
+    /// SOPS_AGE_KEY). See docs/secrets.md.
+    #[arg(long, env = "SOPS_AGE_KEY_FILE", value_name = "FILE")]
+    pub sops_age_key_file: Option<PathBuf>,
 }
 
 /// The settings a config file may hold, by key.
@@ -156,6 +160,7 @@ const KEYS: &[&str] = &[
     "docker-config",
     "insecure-registries",
     "log-format",
+    "sops-age-key-file",
 ];
 
 /// Fills every setting the flags and environment left unset from the config file.
@@ -204,6 +209,9 @@ fn merge_file(args: &mut ServeArgs, path: &Path) -> anyhow::Result<()> {
             }
             "kubeconfig" => {
                 args.kubeconfig.get_or_insert(text()?.into());
+            }
+            "sops-age-key-file" => {
+                args.sops_age_key_file.get_or_insert(text()?.into());
             }
             "state" => {
                 args.state.get_or_insert(text()?.into());
@@ -385,6 +393,7 @@ pub fn resolve(mut args: ServeArgs) -> anyhow::Result<(Config, LogFormat)> {
         );
     }
     config.jsonnet_worker = Some(std::env::current_exe()?);
+    config.sops = crate::sops_keys::load(args.sops_age_key_file.as_deref())?;
     if let Some(r) = args.rev {
         config.rev = r;
     }

@@ -403,12 +403,7 @@ fn spawn_git_thread(
 ) {
     let interval = shared.config.poll_interval;
     let max_backoff = shared.config.max_backoff;
-    let mut loader = Loader::new(&shared.config.fleet_file);
-    if let Some(exe) = &shared.config.jsonnet_worker {
-        loader.options.jsonnet = Some(std::sync::Arc::new(
-            crate::jsonnet_worker::ProcessEvaluator::new(exe.clone()),
-        ));
-    }
+    let mut loader = new_loader(&shared.config);
     let spawned = std::thread::Builder::new()
         .name("flotilla-git".into())
         .spawn(move || {
@@ -437,7 +432,7 @@ fn spawn_git_thread(
                                     crate::supervise::catch(|| loader.load(snapshot))
                                         .unwrap_or_else(|message| {
                                             crate::supervise::git_thread_panicked(&shared, &message);
-                                            loader = Loader::new(&shared.config.fleet_file);
+                                            loader = new_loader(&shared.config);
                                             Loaded::Unreadable {
                                                 commit,
                                                 message: format!("checking and rendering the commit panicked: {message}"),
@@ -1152,4 +1147,16 @@ async fn compare_one(
             placements: Vec::new(),
         },
     }
+}
+
+/// A loader with the daemon's render options (where Jsonnet runs, the SOPS keys).
+fn new_loader(config: &crate::config::Config) -> Loader {
+    let mut loader = Loader::new(&config.fleet_file);
+    if let Some(exe) = &config.jsonnet_worker {
+        loader.options.jsonnet = Some(std::sync::Arc::new(
+            crate::jsonnet_worker::ProcessEvaluator::new(exe.clone()),
+        ));
+    }
+    loader.options.sops = config.sops.clone();
+    loader
 }

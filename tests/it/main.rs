@@ -39,5 +39,6 @@ mod render_fixtures;
 mod rollout;
 mod sim;
 mod sim_kube;
+mod sops;
 mod spec_fixtures;
 mod workflows;
