@@ -78,7 +78,7 @@ fn documents_encrypted_by_the_real_sops_decrypt_to_what_sops_prints() {
         .expect("public key line")
         .to_string();
     let keys = Keys::parse(&key_text).expect("age-keygen output parses");
-    assert_eq!(keys.recipients(), [recipient.clone()]);
+    assert_eq!(keys.recipients(), std::slice::from_ref(&recipient));
     std::fs::write(dir.join("in.yaml"), YAML).expect("write");
     std::fs::write(dir.join("in.json"), JSON).expect("write");
 
