@@ -100,6 +100,10 @@ fn sops_files_decrypt_in_plain_kustomize_and_jsonnet_bundles() {
     let kust = render_bundle(&repo, "kust", &opts).expect("kustomize renders");
     assert!(kust.contains("name: k-db-credentials"), "{kust}");
     assert!(kust.contains("password: hunter2"), "{kust}");
+    assert!(
+        kust.contains("flotilla.dev/sops: decrypted"),
+        "a kustomize resource read from a SOPS file is marked: {kust}"
+    );
     // secretGenerator: the file's content is the decrypted JSON document, base64-encoded.
     // (a block scalar, wrapped at 70 columns)
     let data: String = kust

@@ -167,14 +167,14 @@ pub struct Document {
 }
 
 /// Whether `text` could hold a SOPS document: a cheap test before parsing (a line starting
-/// with `sops:` in YAML, the string `"sops"` in JSON). False negatives are impossible for
+/// with `sops:` in YAML, the string `"sops"` in JSON and YAML). False negatives are impossible for
 /// files sops writes; false positives are settled by [`open`].
 pub fn might_be_sops(text: &str, format: Format) -> bool {
+    // YAML may be written in flow style (JSON is YAML): look for the JSON form there too.
+    let json = text.contains("\"sops\"");
     match format {
-        Format::Yaml => text
-            .lines()
-            .any(|l| l.starts_with("sops:") || l.starts_with("\"sops\":")),
-        Format::Json => text.contains("\"sops\""),
+        Format::Yaml => json || text.lines().any(|l| l.starts_with("sops:")),
+        Format::Json => json,
     }
 }
 

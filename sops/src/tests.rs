@@ -77,3 +77,12 @@ fn values_that_are_not_encrypted_where_the_rule_says_they_are_name_their_path() 
         "stringData.port: expected an encrypted value (ENC[AES256_GCM,...]), found an integer"
     );
 }
+
+#[test]
+fn a_json_sops_document_in_a_yaml_file_is_still_found_and_decrypted() {
+    let json = include_str!("../../fixtures/sops/json-all-values/encrypted.json");
+    assert!(might_be_sops(json, Format::Yaml));
+    let keys = Keys::parse(KEY).expect("key");
+    let plain = decrypt(json, Format::Yaml, &keys).expect("JSON read as YAML");
+    assert!(plain.contains("tok-123"), "{plain}");
+}
