@@ -1,7 +1,7 @@
 //! SOPS-encrypted files, decrypted as the renderers read them.
 //!
 //! [`Decrypting`] wraps the repository view a renderer reads through: a file that is a SOPS
-//! document (YAML or JSON whose top-level `sops` map holds a `mac`) is returned decrypted —
+//! document (YAML or JSON whose top-level `sops` map holds a `mac`, or dotenv with `sops_mac=`) is returned decrypted —
 //! MAC verified, `sops` metadata removed — so plain YAML bundles, kustomize inputs (resources,
 //! patches, secretGenerator `files:`/`envs:`) and Jsonnet imports all see plaintext. Without
 //! keys, or when decryption fails, the read fails with the file and the key path, which fails
@@ -79,8 +79,7 @@ pub fn decrypt_file(
         if text.lines().any(|l| l.starts_with("sops_mac=ENC[")) {
             return Err(RepoError::Io {
                 path: path.to_string(),
-                message: "is a SOPS dotenv/INI file; flotilla decrypts SOPS YAML and JSON only"
-                    .into(),
+                message: "is a SOPS dotenv file but its name says otherwise; name it *.env".into(),
             });
         }
         return Ok(None);

@@ -40,10 +40,11 @@ fn repo(secret: &str) -> MemRepo {
         )
         .with(
             "kust/kustomization.yaml",
-            "resources: [secret.yaml]\nnamePrefix: k-\nsecretGenerator:\n- name: gen\n  files: [creds.json]\n",
+            "resources: [secret.yaml]\nnamePrefix: k-\nsecretGenerator:\n- name: gen\n  files: [creds.json]\n- name: envgen\n  envs: [creds.env]\n",
         )
         .with("kust/secret.yaml", secret)
         .with("kust/creds.json", fixture("json-all-values/encrypted.json"))
+        .with("kust/creds.env", fixture("dotenv/encrypted.env"))
         .with(
             "jn/main.jsonnet",
             "local s = import 'creds.json';\n{apiVersion: 'v1', kind: 'Secret', metadata: {name: 'jn', namespace: 'shop'}, stringData: {token: s.stringData.token}}\n",
@@ -119,6 +120,9 @@ fn sops_files_decrypt_in_plain_kustomize_and_jsonnet_bundles() {
         !decoded.contains("ENC[") && !decoded.contains("\"sops\""),
         "{decoded}"
     );
+
+    // secretGenerator envs: a SOPS dotenv file, one key per line ("env-s3cret" in base64).
+    assert!(kust.contains("DB_PASSWORD: ZW52LXMzY3JldA=="), "{kust}");
 
     let jn = render_bundle(&repo, "jn", &opts).expect("jsonnet renders");
     assert!(jn.contains("tok-123"), "{jn}");

@@ -79,7 +79,7 @@ fn block(v: &V, indent: usize, out: &mut String) {
                         // The child's first line goes after the dash.
                         let mut inner = String::new();
                         block(child, indent + 2, &mut inner);
-                        out.push_str(&inner[indent + 2..]);
+                        out.push_str(inner.get(indent + 2..).unwrap_or(&inner));
                     }
                 }
             }
@@ -110,6 +110,21 @@ fn string(s: &str) -> String {
     } else {
         serde_json::Value::String(s.to_string()).to_string()
     }
+}
+
+/// `KEY=VALUE` lines, newlines in values as `\n` (sops' dotenv store).
+pub(crate) fn dotenv(v: &V) -> String {
+    let mut out = String::new();
+    if let V::Map(entries) = v {
+        for (k, x) in entries {
+            let value = match x {
+                V::Str(s) => s.replace('\n', "\\n"),
+                other => inline(other).unwrap_or_default(),
+            };
+            out.push_str(&format!("{k}={value}\n"));
+        }
+    }
+    out
 }
 
 /// Pretty JSON; `Err(path)` for a non-finite float (JSON has none).

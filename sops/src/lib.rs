@@ -1,4 +1,4 @@
-//! Decrypts SOPS documents (YAML and JSON) with age X25519 identities.
+//! Decrypts SOPS documents (YAML, JSON and dotenv) with age X25519 identities.
 //!
 //! The format, as `getsops/sops` 3.x writes it:
 //! - every value that the file's rule selects is `ENC[AES256_GCM,data:B64,iv:B64,tag:B64,type:T]`
@@ -52,6 +52,8 @@ const MAC_ONLY_ENCRYPTED_INIT: [u8; 32] = [
 pub enum Format {
     Yaml,
     Json,
+    /// `KEY=VALUE` lines (sops' dotenv store; kustomize `envs:` files).
+    Dotenv,
 }
 
 impl Format {
@@ -62,15 +64,20 @@ impl Format {
             Some(Format::Yaml)
         } else if lower.ends_with(".json") {
             Some(Format::Json)
+        } else if lower.ends_with(".env") {
+            Some(Format::Dotenv)
         } else {
             None
         }
     }
 
-    /// By content, for files without a telling name: JSON when it starts with `{`.
+    /// By content, for files without a telling name: JSON when it starts with `{`, dotenv
+    /// when a line starts with `sops_mac=`, else YAML.
     pub fn sniff(text: &str) -> Format {
         if text.trim_start().starts_with('{') {
             Format::Json
+        } else if text.lines().any(|l| l.starts_with("sops_mac=")) {
+            Format::Dotenv
         } else {
             Format::Yaml
         }
@@ -80,6 +87,7 @@ impl Format {
         match self {
             Format::Yaml => "YAML",
             Format::Json => "JSON",
+            Format::Dotenv => "dotenv",
         }
     }
 }
@@ -175,6 +183,7 @@ pub fn might_be_sops(text: &str, format: Format) -> bool {
     match format {
         Format::Yaml => json || text.lines().any(|l| l.starts_with("sops:")),
         Format::Json => json,
+        Format::Dotenv => text.lines().any(|l| l.starts_with("sops_mac=")),
     }
 }
 
@@ -190,6 +199,7 @@ pub fn open(text: &str, format: Format) -> Result<Option<Document>, SopsError> {
     let mut docs = match format {
         Format::Yaml => parse_yaml(text)?,
         Format::Json => vec![parse_json(text)?],
+        Format::Dotenv => vec![parse_dotenv(text)?],
     };
     // The metadata is the first document's; `sops` keys are removed from every document.
     let Some(V::Map(first)) = docs.first() else {
@@ -263,6 +273,7 @@ impl Document {
         }
         match self.format {
             Format::Yaml => Ok(emit::yaml_stream(&self.docs)),
+            Format::Dotenv => Ok(self.docs.first().map(emit::dotenv).unwrap_or_default()),
             Format::Json => {
                 let doc = self.docs.first().cloned().unwrap_or(V::Map(Vec::new()));
                 emit::json(&doc).map_err(|path| SopsError::Value {
@@ -581,6 +592,7 @@ fn metadata(meta: &[(String, V)]) -> Result<Metadata, SopsError> {
     let mac_only_encrypted = match get("mac_only_encrypted") {
         None | Some(V::Null) => false,
         Some(V::Bool(b)) => *b,
+        Some(V::Str(s)) if s == "true" || s == "false" => s == "true",
         Some(other) => {
             return Err(SopsError::Metadata(format!(
                 "sops.mac_only_encrypted is {}, expected a boolean",
@@ -674,6 +686,119 @@ fn from_yaml(n: &flotilla_spec::yaml::Node) -> V {
                 .map(|(k, v)| (k.name.clone(), from_yaml(v)))
                 .collect(),
         ),
+    }
+}
+
+/// sops' dotenv store: `#` lines are comments, every other non-empty line is `KEY=VALUE`
+/// (`\n` in a value is a newline). Keys starting with `sops_` are the flattened metadata
+/// (`sops_age__list_0__map_enc`), gathered here into a `sops` map like the other formats'.
+fn parse_dotenv(text: &str) -> Result<V, SopsError> {
+    let mut entries = Vec::new();
+    let mut meta = V::Map(Vec::new());
+    for (i, line) in text.split('\n').enumerate() {
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        if entries.len() >= MAX_NODES {
+            return Err(SopsError::Syntax {
+                format: Format::Dotenv.name(),
+                message: format!("more than {MAX_NODES} values"),
+            });
+        }
+        let Some((key, value)) = line.split_once('=') else {
+            return Err(SopsError::Syntax {
+                format: Format::Dotenv.name(),
+                message: format!("line {}: not KEY=VALUE", i + 1),
+            });
+        };
+        let value = V::Str(value.replace("\\n", "\n"));
+        match key.strip_prefix("sops_") {
+            Some(flat) => place(&mut meta, &tokenize(flat), value).map_err(|reason| {
+                SopsError::Metadata(format!("line {}: {key}: {reason}", i + 1))
+            })?,
+            None => entries.push((key.to_string(), value)),
+        }
+    }
+    if meta != V::Map(Vec::new()) {
+        entries.push(("sops".into(), meta));
+    }
+    Ok(V::Map(entries))
+}
+
+enum Token {
+    Key(String),
+    Index(usize),
+}
+
+/// sops' flattened path: `a__map_b__list_0` is a → b → [0].
+fn tokenize(path: &str) -> Vec<Token> {
+    let mut tokens = Vec::new();
+    let mut rest = path;
+    let mut current = Token::Key(String::new());
+    loop {
+        let map = rest.find("__map_");
+        let list = rest.find("__list_");
+        let (at, next, skip) = match (map, list) {
+            (Some(m), Some(l)) if l < m => (l, false, "__list_".len()),
+            (Some(m), _) => (m, true, "__map_".len()),
+            (None, Some(l)) => (l, false, "__list_".len()),
+            (None, None) => (rest.len(), true, 0),
+        };
+        let text = &rest[..at];
+        tokens.push(match current {
+            Token::Key(_) => Token::Key(text.to_string()),
+            // A bad index lands past the limit and is refused by `place`.
+            Token::Index(_) => Token::Index(text.parse().unwrap_or(usize::MAX)),
+        });
+        if at == rest.len() {
+            return tokens;
+        }
+        current = if next {
+            Token::Key(String::new())
+        } else {
+            Token::Index(0)
+        };
+        rest = &rest[at + skip..];
+    }
+}
+
+fn place(root: &mut V, tokens: &[Token], value: V) -> Result<(), String> {
+    let Some((first, rest)) = tokens.split_first() else {
+        *root = value;
+        return Ok(());
+    };
+    match first {
+        Token::Key(k) => {
+            if *root == V::Null {
+                *root = V::Map(Vec::new());
+            }
+            let V::Map(entries) = root else {
+                return Err("a list and a map at the same place".into());
+            };
+            let i = match entries.iter().position(|(n, _)| n == k) {
+                Some(i) => i,
+                None => {
+                    entries.push((k.clone(), V::Null));
+                    entries.len() - 1
+                }
+            };
+            place(&mut entries[i].1, rest, value)
+        }
+        Token::Index(i) => {
+            if *i >= 1000 {
+                return Err("list index over 1000".into());
+            }
+            if *root == V::Null {
+                *root = V::Seq(Vec::new());
+            }
+            let V::Seq(items) = root else {
+                return Err("a list and a map at the same place".into());
+            };
+            while items.len() <= *i {
+                items.push(V::Null);
+            }
+            place(&mut items[*i], rest, value)
+        }
     }
 }
 

@@ -30,6 +30,8 @@ fn every_fixture_decrypts_like_sops_or_fails_as_expected() {
     for dir in cases {
         let (file, format) = if dir.join("encrypted.json").exists() {
             (dir.join("encrypted.json"), Format::Json)
+        } else if dir.join("encrypted.env").exists() {
+            (dir.join("encrypted.env"), Format::Dotenv)
         } else {
             (dir.join("encrypted.yaml"), Format::Yaml)
         };
@@ -43,15 +45,15 @@ fn every_fixture_decrypts_like_sops_or_fails_as_expected() {
             continue;
         }
         let got = got.unwrap_or_else(|e| panic!("{name}: {e}"));
-        let ext = if format == Format::Json {
-            "json"
-        } else {
-            "yaml"
+        let ext = match format {
+            Format::Json => "json",
+            Format::Dotenv => "env",
+            Format::Yaml => "yaml",
         };
         let want = read(&dir.join(format!("expected.{ext}")));
         common::assert_same_documents(&got, &want, format, &name.to_string());
         assert!(
-            !got.contains("sops:") && !got.contains("\"sops\""),
+            !got.contains("sops:") && !got.contains("\"sops\"") && !got.contains("sops_"),
             "{name}: {got}"
         );
     }

@@ -60,6 +60,9 @@ data:
   second: document
 "#;
 
+const DOTENV: &str =
+    "# comment\nUSER=shop\nPASSWORD=p@ss=w0rd\nnote_plain=visible\nCERT=line1\\nline2\nEMPTY=\n";
+
 const JSON: &str = r#"{"kind": "Secret", "metadata": {"name": "j"}, "data": {"a": "YQ==", "n": 7, "f": 1.25, "b": true, "l": [null, "x", {"deep": {"deeper": "y"}}]}, "note_plain": "z"}"#;
 
 #[test]
@@ -81,6 +84,7 @@ fn documents_encrypted_by_the_real_sops_decrypt_to_what_sops_prints() {
     assert_eq!(keys.recipients(), std::slice::from_ref(&recipient));
     std::fs::write(dir.join("in.yaml"), YAML).expect("write");
     std::fs::write(dir.join("in.json"), JSON).expect("write");
+    std::fs::write(dir.join("in.env"), DOTENV).expect("write");
 
     let rules: &[&[&str]] = &[
         &[],
@@ -94,6 +98,7 @@ fn documents_encrypted_by_the_real_sops_decrypt_to_what_sops_prints() {
         for (input, format, ty) in [
             ("in.yaml", Format::Yaml, "yaml"),
             ("in.json", Format::Json, "json"),
+            ("in.env", Format::Dotenv, "dotenv"),
         ] {
             let name = format!("{input} {rule:?}");
             let encrypted = run(
@@ -147,7 +152,7 @@ fn documents_encrypted_by_the_real_sops_decrypt_to_what_sops_prints() {
     let edited = encrypted.replacen("name: interop", "name: renamed", 1);
     let got = decrypt(&edited, Format::Yaml, &keys).expect("unencrypted value outside the MAC");
     assert!(got.contains("name: renamed"), "{got}");
-    assert_eq!(checked, rules.len() * 2);
+    assert_eq!(checked, rules.len() * 3);
 }
 
 #[test]

@@ -7,6 +7,16 @@ use serde_json::Value;
 pub fn parse(text: &str, format: Format) -> Vec<Value> {
     match format {
         Format::Json => vec![serde_json::from_str(text).expect("JSON")],
+        // Comments are not compared (flotilla drops them).
+        Format::Dotenv => vec![Value::Object(
+            text.lines()
+                .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                .map(|l| {
+                    let (k, v) = l.split_once('=').expect("KEY=VALUE");
+                    (k.to_string(), Value::String(v.to_string()))
+                })
+                .collect(),
+        )],
         Format::Yaml => flotilla_spec::yaml::parse_all(text, &Default::default())
             .expect("YAML")
             .iter()
