@@ -382,3 +382,57 @@ fn sops_serve_applies_decrypted_secrets_and_keeps_them_when_a_file_goes_bad() {
     assert_eq!(password_in(&k).as_deref(), Some(PASSWORD), "still running");
     assert_no_secret("daemon log", &d.log());
 }
+
+#[test]
+fn sops_a_bad_key_file_is_refused_by_line_never_by_content() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let bad = dir.path().join("bad.agekey");
+    std::fs::write(&bad, "# a comment\nAGE-SECRET-KEY-1BOGUSBOGUS\n").expect("write");
+    let bad_str = bad.display().to_string();
+    let up = Upstream::new();
+    let secret = read(&fixture("yaml-encrypted-regex/encrypted.yaml"));
+    let owned = files(&secret);
+    let refs: Vec<(&str, &str)> = owned.iter().map(|(p, t)| (*p, t.as_str())).collect();
+    up.commit(&refs, "v1");
+    let o = flotilla(
+        &up.work(),
+        &["render", "--sops-age-key-file", &bad_str],
+        &[],
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains(&format!(
+            "--sops-age-key-file {bad_str}: age key text, line 2"
+        )),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!stderr(&o).contains("BOGUS"), "{}", stderr(&o));
+
+    // serve reads the same setting from its config file, and refuses before binding.
+    let port = crate::git_support::free_port();
+    let config = dir.path().join("serve.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "repo: file:///nonexistent\nlisten: 127.0.0.1:{port}\nsops-age-key-file: {bad_str}\n"
+        ),
+    )
+    .expect("write");
+    let o = Command::new(env!("CARGO_BIN_EXE_flotilla"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env_remove("SOPS_AGE_KEY_FILE")
+        .env_remove("SOPS_AGE_KEY")
+        .env("HOME", dir.path())
+        .output()
+        .expect("runs");
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("age key text, line 2"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!stderr(&o).contains("BOGUS"), "{}", stderr(&o));
+    assert!(std::net::TcpListener::bind(("127.0.0.1", port)).is_ok());
+}
