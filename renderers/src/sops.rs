@@ -75,14 +75,24 @@ pub fn decrypt_file(
         return Ok(None);
     };
     let format = Format::from_path(path).unwrap_or_else(|| Format::sniff(text));
-    if !flotilla_sops::might_be_sops(text, format) {
-        if text.lines().any(|l| l.starts_with("sops_mac=ENC[")) {
-            return Err(RepoError::Io {
+    // Encrypted values without metadata to check them against (a `sops` block deleted, a
+    // dotenv file named .yaml) are refused: ciphertext must never reach a cluster as values.
+    let stray = || {
+        if text.contains("ENC[AES256_GCM,data:") {
+            Err(RepoError::Io {
                 path: path.to_string(),
-                message: "is a SOPS dotenv file but its name says otherwise; name it *.env".into(),
-            });
+                message: if text.lines().any(|l| l.starts_with("sops_mac=ENC[")) {
+                    "is a SOPS dotenv file but its name says otherwise; name it *.env".into()
+                } else {
+                    "holds SOPS-encrypted values (ENC[AES256_GCM,...]) but no SOPS metadata (a top-level `sops` map with a `mac`)".into()
+                },
+            })
+        } else {
+            Ok(None)
         }
-        return Ok(None);
+    };
+    if !flotilla_sops::might_be_sops(text, format) {
+        return stray();
     }
     let fail = |e: flotilla_sops::SopsError| RepoError::Io {
         path: path.to_string(),
@@ -90,8 +100,12 @@ pub fn decrypt_file(
     };
     let doc = match flotilla_sops::open(text, format) {
         Ok(Some(doc)) => doc,
-        // Not SOPS after all; a syntax error is the renderer's to report (with its position).
-        Ok(None) | Err(flotilla_sops::SopsError::Syntax { .. }) => return Ok(None),
+        Ok(None) => return stray(),
+        // A syntax error is the renderer's to report (with its position) — unless the text
+        // holds encrypted values, which must never reach a cluster as they are.
+        Err(flotilla_sops::SopsError::Syntax { .. }) if !text.contains("ENC[AES256_GCM,") => {
+            return Ok(None);
+        }
         Err(e) => return Err(fail(e)),
     };
     let Some(keys) = keys else {

@@ -188,3 +188,43 @@ fn base64_decode(s: &str) -> Vec<u8> {
     }
     out
 }
+
+#[test]
+fn a_sops_file_over_the_decryptor_limits_fails_instead_of_passing_ciphertext_through() {
+    // Deeper than the decryptor's nesting limit but fine for the renderer's YAML reader.
+    let mut deep = String::from("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: deep}\ndata:\n");
+    let mut indent = String::from("  ");
+    for i in 0..70 {
+        deep.push_str(&format!("{indent}k{i}:\n"));
+        indent.push_str("  ");
+    }
+    deep.push_str(&format!(
+        "{indent}v: ENC[AES256_GCM,data:AA==,iv:AA==,tag:AA==,type:str]\n"
+    ));
+    deep.push_str("sops:\n  mac: ENC[AES256_GCM,data:AA==,iv:AA==,tag:AA==,type:str]\n");
+    let repo = repo(&deep);
+    let e = render_bundle(&repo, "plain", &keys_from("test-key.txt")).expect_err("refused");
+    assert!(e.contains("plain/secret.yaml: SOPS: not valid YAML"), "{e}");
+}
+
+#[test]
+fn encrypted_values_without_their_metadata_are_refused() {
+    let text = fixture("yaml-encrypted-regex/encrypted.yaml");
+    let cut = text.find("\nsops:").expect("metadata block");
+    let repo = repo(&text[..=cut]);
+    let e = render_bundle(&repo, "plain", &keys_from("test-key.txt")).expect_err("refused");
+    assert!(
+        e.contains("plain/secret.yaml: holds SOPS-encrypted values (ENC[AES256_GCM,...]) but no SOPS metadata"),
+        "{e}"
+    );
+    let repo = repo_with("plain/secret.yaml", &fixture("dotenv/encrypted.env"));
+    let e = render_bundle(&repo, "plain", &keys_from("test-key.txt")).expect_err("refused");
+    assert!(
+        e.contains("is a SOPS dotenv file but its name says otherwise"),
+        "{e}"
+    );
+}
+
+fn repo_with(path: &str, text: &str) -> MemRepo {
+    repo(&fixture("yaml-encrypted-regex/encrypted.yaml")).with(path, text)
+}
