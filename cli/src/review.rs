@@ -37,9 +37,13 @@ fn load_rev(args: &FleetArgs, rev: &str) -> anyhow::Result<Loaded> {
     }
 }
 
-fn render(fleet: &Fleet, tree: &dyn RepoFiles, only: &[String]) -> Rendered {
+fn render(
+    fleet: &Fleet,
+    tree: &dyn RepoFiles,
+    only: &[String],
+    options: &flotilla_renderers::RenderOptions,
+) -> Rendered {
     let selection = flotilla_spec::Selection::new(fleet);
-    let options = crate::render_options();
     let mut cache = flotilla_renderers::cache::Cache::new();
     let mut pass = cache.pass(tree);
     fleet
@@ -47,7 +51,7 @@ fn render(fleet: &Fleet, tree: &dyn RepoFiles, only: &[String]) -> Rendered {
         .iter()
         .filter(|c| only.is_empty() || only.contains(&c.name))
         .map(|c| {
-            let d = desired::for_cluster(&mut pass, fleet, &selection, c, &options);
+            let d = desired::for_cluster(&mut pass, fleet, &selection, c, options);
             (c.name.clone(), d)
         })
         .collect()
@@ -67,6 +71,7 @@ pub fn diff(
     if format == ReportFormat::Html {
         anyhow::bail!("--base/--head reviews are text, markdown or json");
     }
+    let options = crate::render_options(&args.sops)?;
     let (head_file, head_checked, head_tree, head_rev) =
         load_rev(args, head).with_context(|| format!("--head {head}"))?;
     let (_, base_checked, base_tree, base_rev) =
@@ -90,7 +95,7 @@ pub fn diff(
         }
     }
     let base_rendered = match &base_checked.fleet {
-        Some(f) => render(f, base_tree.as_ref(), only),
+        Some(f) => render(f, base_tree.as_ref(), only, &options),
         None => {
             notes.push(format!(
                 "the base revision's fleet file is invalid: compared as an empty fleet ({} errors)",
@@ -101,7 +106,7 @@ pub fn diff(
     };
     let (head_rendered, plan) = match head_fleet {
         Some(f) => (
-            render(f, head_tree.as_ref(), only),
+            render(f, head_tree.as_ref(), only, &options),
             Some(flotilla_reconciler::plan::plan(f)),
         ),
         None => (Rendered::new(), None),
@@ -148,13 +153,17 @@ pub struct Refusal {
 /// Renders the placements that belong to a team, for every cluster they select, and returns
 /// where the team's allowance refuses them (objects outside it, or clusters outside the
 /// team's). Nothing is contacted.
-pub fn team_refusals(fleet: &Fleet, tree: &dyn RepoFiles) -> Vec<Refusal> {
+pub fn team_refusals(
+    fleet: &Fleet,
+    tree: &dyn RepoFiles,
+    options: &flotilla_renderers::RenderOptions,
+) -> Vec<Refusal> {
     let mut teams_only = fleet.clone();
     teams_only.placements.retain(|p| p.team.is_some());
     if teams_only.placements.is_empty() {
         return Vec::new();
     }
-    let rendered = render(&teams_only, tree, &[]);
+    let rendered = render(&teams_only, tree, &[], options);
     let mut out = Vec::new();
     for (cluster, placements) in rendered {
         for d in placements {

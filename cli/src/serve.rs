@@ -139,6 +139,10 @@ pub struct ServeArgs {
     /// image-update commits this daemon pushes, as git commit -S does.
     #[arg(long, env = "FLOTILLA_SIGNING_KEY", value_name = "FILE")]
     pub signing_key: Option<PathBuf>,
+    /// age identities that decrypt SOPS-encrypted files in bundles (else the key text in
+    /// SOPS_AGE_KEY). See docs/secrets.md.
+    #[arg(long, env = "SOPS_AGE_KEY_FILE", value_name = "FILE")]
+    pub sops_age_key_file: Option<PathBuf>,
 }
 
 /// The settings a config file may hold, by key.
@@ -175,6 +179,7 @@ const KEYS: &[&str] = &[
     "trusted-signers",
     "trusted-keys",
     "signing-key",
+    "sops-age-key-file",
 ];
 
 /// Fills every setting the flags and environment left unset from the config file.
@@ -223,6 +228,9 @@ fn merge_file(args: &mut ServeArgs, path: &Path) -> anyhow::Result<()> {
             }
             "kubeconfig" => {
                 args.kubeconfig.get_or_insert(text()?.into());
+            }
+            "sops-age-key-file" => {
+                args.sops_age_key_file.get_or_insert(text()?.into());
             }
             "state" => {
                 args.state.get_or_insert(text()?.into());
@@ -419,6 +427,7 @@ pub fn resolve(mut args: ServeArgs) -> anyhow::Result<(Config, LogFormat)> {
         );
     }
     config.jsonnet_worker = Some(std::env::current_exe()?);
+    config.sops = crate::sops_keys::load(args.sops_age_key_file.as_deref())?;
     if let Some(r) = args.rev {
         config.rev = r;
     }

@@ -62,6 +62,9 @@ pub struct Config {
     /// The `flotilla` executable that evaluates Jsonnet in capped, killable worker processes
     /// (`jsonnet_worker`); `None` evaluates in-process (jrsonnet unbounded: tests only).
     pub jsonnet_worker: Option<PathBuf>,
+    /// age identities for SOPS-encrypted files in bundles (`--sops-age-key-file`,
+    /// `SOPS_AGE_KEY_FILE`, `SOPS_AGE_KEY`); `Debug` shows only their public keys.
+    pub sops: Option<std::sync::Arc<flotilla_renderers::sops::Keys>>,
     /// Timeouts and the connection cap of the HTTP server.
     pub http_limits: crate::listen::Limits,
     /// How often burst pools are re-split (and on every new revision).
@@ -110,6 +113,7 @@ impl Config {
             docker_config: None,
             insecure_registries: Vec::new(),
             jsonnet_worker: None,
+            sops: None,
             http_limits: crate::listen::Limits::default(),
             fault_panic_placement: None,
             verify_commits: false,

@@ -449,17 +449,7 @@ fn spawn_git_thread(
 ) {
     let interval = shared.config.poll_interval;
     let max_backoff = shared.config.max_backoff;
-    let new_loader = |shared: &Shared| {
-        let mut loader = Loader::new(&shared.config.fleet_file);
-        loader.trust = shared.trust.clone();
-        loader
-    };
     let mut loader = new_loader(&shared);
-    if let Some(exe) = &shared.config.jsonnet_worker {
-        loader.options.jsonnet = Some(std::sync::Arc::new(
-            crate::jsonnet_worker::ProcessEvaluator::new(exe.clone()),
-        ));
-    }
     let spawned = std::thread::Builder::new()
         .name("flotilla-git".into())
         .spawn(move || {
@@ -1242,4 +1232,18 @@ async fn compare_one(
             placements: Vec::new(),
         },
     }
+}
+
+/// A loader with the daemon's render options (where Jsonnet runs, the SOPS keys).
+fn new_loader(shared: &Shared) -> Loader {
+    let config = &shared.config;
+    let mut loader = Loader::new(&config.fleet_file);
+    loader.trust = shared.trust.clone();
+    if let Some(exe) = &config.jsonnet_worker {
+        loader.options.jsonnet = Some(std::sync::Arc::new(
+            crate::jsonnet_worker::ProcessEvaluator::new(exe.clone()),
+        ));
+    }
+    loader.options.sops = config.sops.clone();
+    loader
 }

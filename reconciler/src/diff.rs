@@ -295,11 +295,16 @@ pub const SECRET_OLD: &str = "(secret value)";
 /// Marker for the desired side of a Secret value that differs.
 pub const SECRET_NEW: &str = "(secret value, changed)";
 
-/// Replaces the values of Secrets' `data` and `stringData` on both sides with markers that
-/// say only whether each key changed. Objects that are not `v1` Secrets are left alone.
+/// Replaces the values of Secrets' `data`, `stringData` and `binaryData` on both sides with
+/// markers that say only whether each key changed. Objects of any kind annotated
+/// [`ANNOTATION_DECRYPTED`] on either side (read from a SOPS-encrypted file) are masked the
+/// same way; other objects are left alone.
 pub fn mask_secrets(live: Option<&mut Value>, desired: Option<&mut Value>) {
-    let live = live.filter(|v| is_secret(v));
-    let desired = desired.filter(|v| is_secret(v));
+    // An object read from a SOPS-encrypted file (any kind) is masked like a Secret.
+    let decrypted =
+        live.as_deref().is_some_and(is_decrypted) || desired.as_deref().is_some_and(is_decrypted);
+    let live = live.filter(|v| decrypted || is_secret(v));
+    let desired = desired.filter(|v| decrypted || is_secret(v));
     let live_before = live.as_deref().cloned();
     let desired_before = desired.as_deref().cloned();
     if let Some(live) = live {
@@ -310,13 +315,45 @@ pub fn mask_secrets(live: Option<&mut Value>, desired: Option<&mut Value>) {
     }
 }
 
+/// Whether `v`'s `data`/`stringData`/`binaryData` values are secret: a `v1` Secret, or any
+/// object read from a SOPS-encrypted file.
+pub fn is_sensitive(v: &Value) -> bool {
+    is_secret(v) || is_decrypted(v)
+}
+
+/// Replaces every value of a sensitive object's ([`is_sensitive`]) `data`, `stringData` and
+/// `binaryData` with `marker`; other objects are left alone.
+pub fn mask_values(v: &mut Value, marker: &str) {
+    if !is_sensitive(v) {
+        return;
+    }
+    for f in ["data", "stringData", "binaryData"] {
+        if let Some(map) = v.get_mut(f).and_then(Value::as_object_mut) {
+            for (_, x) in map.iter_mut() {
+                *x = Value::String(marker.into());
+            }
+        }
+    }
+}
+
 fn is_secret(v: &Value) -> bool {
     v.get("kind").and_then(Value::as_str) == Some("Secret")
         && v.get("apiVersion").and_then(Value::as_str) == Some("v1")
 }
 
+/// The renderers' mark on objects read from a SOPS-encrypted file
+/// (`flotilla_renderers::sops::ANNOTATION_DECRYPTED`).
+pub const ANNOTATION_DECRYPTED: &str = "flotilla.dev/sops";
+
+fn is_decrypted(v: &Value) -> bool {
+    v.get("metadata")
+        .and_then(|m| m.get("annotations"))
+        .and_then(|a| a.get(ANNOTATION_DECRYPTED))
+        .is_some()
+}
+
 fn mask_side(side: &mut Value, other: Option<&Value>, changed: &str) {
-    for f in ["data", "stringData"] {
+    for f in ["data", "stringData", "binaryData"] {
         let Some(map) = side.get_mut(f).and_then(Value::as_object_mut) else {
             continue;
         };
@@ -418,6 +455,26 @@ mod tests {
         assert_eq!(desired["data"], json!({"a": SECRET_SAME, "b": SECRET_NEW}));
         let text = format!("{live}{desired}");
         assert!(!text.contains("MQ==") && !text.contains("Mw=="));
+    }
+
+    #[test]
+    fn objects_read_from_sops_files_are_masked_whatever_their_kind() {
+        let sops = json!({"annotations": {ANNOTATION_DECRYPTED: "decrypted"}});
+        let mut live = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {},
+                              "data": {"dsn": "postgres://old"}});
+        let mut desired = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": sops,
+                                 "data": {"dsn": "postgres://new"}, "binaryData": {"b": "AA=="}});
+        mask_secrets(Some(&mut live), Some(&mut desired));
+        assert_eq!(live["data"], json!({"dsn": SECRET_OLD}));
+        assert_eq!(desired["data"], json!({"dsn": SECRET_NEW}));
+        assert_eq!(desired["binaryData"], json!({"b": SECRET_NEW}));
+        let mut plain = json!({"apiVersion": "v1", "kind": "ConfigMap", "data": {"k": "v"}});
+        mask_secrets(None, Some(&mut plain));
+        assert_eq!(
+            plain["data"],
+            json!({"k": "v"}),
+            "a plain ConfigMap stays readable"
+        );
     }
 
     #[test]

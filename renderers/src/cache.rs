@@ -11,6 +11,10 @@
 //! Replaying is reading, not rendering: unchanged files are read again (and hashed), which is
 //! cheap next to parsing, patching and Jsonnet evaluation. Failed renders are cached too (they
 //! are as deterministic as successful ones).
+//!
+//! Everything here lives in memory: digests of what the repository returned (for SOPS files,
+//! the ciphertext: [`crate::sops::Decrypting`] sits above the recording) and rendered results,
+//! decrypted Secrets included, which are never written to disk by this crate.
 
 use std::cell::RefCell;
 use std::collections::HashMap;

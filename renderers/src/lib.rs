@@ -28,6 +28,7 @@ pub mod kinds;
 pub mod kustomize;
 pub mod overrides;
 pub mod plain;
+pub mod sops;
 
 use flotilla_spec::{Bundle, Cluster, Fleet, Placement, RenderKind, RepoFiles};
 use serde_json::Value;
@@ -63,6 +64,9 @@ pub struct RenderOptions {
     /// Where Jsonnet runs (default: [`jsonnet::InProcess`]). Not part of a render's inputs:
     /// every evaluator gives the same output.
     pub jsonnet: Option<std::sync::Arc<dyn jsonnet::Evaluator>>,
+    /// age identities for SOPS-encrypted files ([`sops`]); without them such a file fails
+    /// its render. Fixed for the life of a [`cache::Cache`] (it is not part of a scope).
+    pub sops: Option<std::sync::Arc<flotilla_sops::Keys>>,
 }
 
 /// One way of turning a bundle into objects.
@@ -160,11 +164,14 @@ fn render_cx(repo: &dyn RepoFiles, cx: &Context<'_>) -> Result<Rendered, Cause> 
 pub(crate) fn base(repo: &dyn RepoFiles, cx: &Context<'_>) -> Result<Vec<Object>, Cause> {
     let kind = flotilla_spec::render_kind(cx.bundle, repo);
     tracing::debug!(bundle = %cx.bundle.name, cluster = %cx.cluster.name, kind = kind.as_str(), "render");
-    match kind {
-        RenderKind::Yaml => plain::PlainYaml.render(repo, cx),
-        RenderKind::Kustomize => kustomize::Kustomize.render(repo, cx),
-        RenderKind::Jsonnet => jsonnet::Jsonnet.render(repo, cx),
-    }
+    let repo = sops::Decrypting::new(repo, cx.options.sops.as_deref());
+    let mut objects = match kind {
+        RenderKind::Yaml => plain::PlainYaml.render(&repo, cx),
+        RenderKind::Kustomize => kustomize::Kustomize.render(&repo, cx),
+        RenderKind::Jsonnet => jsonnet::Jsonnet.render(&repo, cx),
+    }?;
+    sops::mark(&mut objects, &repo.decrypted.borrow());
+    Ok(objects)
 }
 
 /// Steps 2-6, per cluster: namespace, overrides, tracking labels, order, hash.

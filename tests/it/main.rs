@@ -42,6 +42,7 @@ mod rollout;
 mod signed;
 mod sim;
 mod sim_kube;
+mod sops;
 mod spec_fixtures;
 mod teams;
 mod workflows;

@@ -68,6 +68,7 @@ fn every_render_fixture_prints_its_expected_manifests() {
                 repo.to_str().expect("utf-8 path"),
                 "--cluster",
                 &cluster,
+                "--show-secrets",
             ]);
             let (got, got_err) = (stdout(&out), stderr(&out));
             let yaml_path = expected_dir.join(format!("{cluster}.yaml"));
