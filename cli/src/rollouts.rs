@@ -174,6 +174,13 @@ pub fn apply(
     // Shared: `flotilla rollout ...` can read and edit the store while this runs.
     let store =
         Store::open_shared(&dir).with_context(|| format!("state store {}", dir.display()))?;
+    // Manifests holding SOPS-decrypted data are sealed at rest with the same keys.
+    let store = match crate::render_options(&args.sops)?.sops {
+        Some(keys) => store.sealed(std::sync::Arc::new(flotilla_daemon::adapters::SopsSealer(
+            keys,
+        ))),
+        None => store,
+    };
     eprintln!("state: {}", dir.display());
     let plan = flotilla_reconciler::plan::plan(fleet);
     let connector = flotilla_cluster::Connector::load(cluster_args.kubeconfig.as_deref())

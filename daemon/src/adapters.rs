@@ -253,3 +253,17 @@ impl Gates for PrometheusGates {
         }
     }
 }
+
+/// Seals the state store's manifests that hold SOPS-decrypted data with the age identities
+/// that decrypted them (`flotilla_state::Sealer`; the daemon and `flotilla apply`).
+pub struct SopsSealer(pub Arc<flotilla_renderers::sops::Keys>);
+
+impl flotilla_state::Sealer for SopsSealer {
+    fn seal(&self, plain: &[u8]) -> Result<Vec<u8>, String> {
+        self.0.seal(plain).map_err(|e| e.to_string())
+    }
+
+    fn unseal(&self, sealed: &[u8]) -> Result<Vec<u8>, String> {
+        self.0.unseal(sealed).map_err(|e| e.to_string())
+    }
+}

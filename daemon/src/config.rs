@@ -318,6 +318,13 @@ impl Config {
                 (store, Some(lock))
             }
         };
+        // Manifests holding SOPS-decrypted data are sealed at rest with the same keys.
+        let store = match &self.sops {
+            Some(keys) => store.sealed(std::sync::Arc::new(crate::adapters::SopsSealer(
+                keys.clone(),
+            ))),
+            None => store,
+        };
         // A missing docker config is no logins.
         let registry_logins = match self
             .docker_config

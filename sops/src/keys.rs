@@ -67,6 +67,35 @@ impl Keys {
         &self.recipients
     }
 
+    /// `plain` encrypted (binary age format) to the public keys of these identities: what
+    /// the daemon keeps at rest that holds decrypted SOPS data (the rollout state store's
+    /// manifests), so only a holder of the same keys can read it back.
+    pub fn seal(&self, plain: &[u8]) -> Result<Vec<u8>, SopsError> {
+        use std::io::Write;
+        let crypto = |e: &dyn fmt::Display| SopsError::Seal(e.to_string());
+        let recipients: Vec<age::x25519::Recipient> =
+            self.identities.iter().map(|i| i.to_public()).collect();
+        let enc =
+            age::Encryptor::with_recipients(recipients.iter().map(|r| r as &dyn age::Recipient))
+                .map_err(|e| crypto(&e))?;
+        let mut out = Vec::with_capacity(plain.len() + 256);
+        let mut w = enc.wrap_output(&mut out).map_err(|e| crypto(&e))?;
+        w.write_all(plain).map_err(|e| crypto(&e))?;
+        w.finish().map_err(|e| crypto(&e))?;
+        Ok(out)
+    }
+
+    /// The plaintext of [`Keys::seal`]'s output, with any of these identities.
+    pub fn unseal(&self, sealed: &[u8]) -> Result<Vec<u8>, SopsError> {
+        use std::io::Read;
+        let crypto = |e: &dyn fmt::Display| SopsError::Seal(e.to_string());
+        let d = age::Decryptor::new_buffered(sealed).map_err(|e| crypto(&e))?;
+        let mut r = d.decrypt(self.identities()).map_err(|e| crypto(&e))?;
+        let mut out = Vec::new();
+        r.read_to_end(&mut out).map_err(|e| crypto(&e))?;
+        Ok(out)
+    }
+
     pub(crate) fn identities(&self) -> impl Iterator<Item = &dyn age::Identity> {
         self.identities.iter().map(|i| i as &dyn age::Identity)
     }

@@ -120,6 +120,8 @@ pub enum SopsError {
     MacMismatch,
     #[error("age key text, line {line}: {reason}")]
     KeyFile { line: usize, reason: String },
+    #[error("sealed data (age): {0}")]
+    Seal(String),
 }
 
 /// A value of the document tree (keys in document order).

@@ -86,3 +86,23 @@ fn a_json_sops_document_in_a_yaml_file_is_still_found_and_decrypted() {
     let plain = decrypt(json, Format::Yaml, &keys).expect("JSON read as YAML");
     assert!(plain.contains("tok-123"), "{plain}");
 }
+
+#[test]
+fn sealed_data_opens_with_the_same_keys_only() {
+    use age::secrecy::ExposeSecret;
+    let key = || {
+        let text = age::x25519::Identity::generate().to_string();
+        Keys::parse(text.expose_secret()).expect("keys")
+    };
+    let (keys, other) = (key(), key());
+    let sealed = keys.seal(b"password: hunter2").expect("sealed");
+    assert!(
+        !sealed.windows(7).any(|w| w == b"hunter2"),
+        "the plaintext is not in the sealed bytes"
+    );
+    assert_eq!(keys.unseal(&sealed).expect("opened"), b"password: hunter2");
+    let e = other
+        .unseal(&sealed)
+        .expect_err("another key cannot open it");
+    assert!(!e.to_string().contains("hunter2"), "{e}");
+}

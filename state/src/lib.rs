@@ -170,6 +170,23 @@ pub struct Fence {
     pub epoch: u64,
 }
 
+/// Encrypts what the store keeps at rest that must not be readable without keys: manifests
+/// holding data decrypted from SOPS files (their objects carry [`SENSITIVE_MARKER`]). The
+/// daemon and `flotilla apply` seal with the age identities they decrypt SOPS files with
+/// ([`Store::sealed`]), so the store file or database alone reveals nothing of those values.
+pub trait Sealer: Send + Sync {
+    fn seal(&self, plain: &[u8]) -> Result<Vec<u8>, String>;
+    fn unseal(&self, sealed: &[u8]) -> Result<Vec<u8>, String>;
+}
+
+/// Manifests whose text contains this are stored sealed: the annotation the renderers put on
+/// every object read from a SOPS file (`flotilla.dev/sops: decrypted`).
+pub const SENSITIVE_MARKER: &str = "flotilla.dev/sops";
+
+/// How sealed manifests start in the store (then the ciphertext in base64: the manifests table
+/// holds text).
+const SEALED_MAGIC: &[u8] = b"flotilla-sealed-v1\n";
+
 struct Inner {
     backend: Box<dyn Backend>,
     /// The redb file, or the PostgreSQL description (for errors).
@@ -182,6 +199,7 @@ struct Inner {
 pub struct Store {
     inner: Arc<Inner>,
     fence: Option<Fence>,
+    sealer: Option<Arc<dyn Sealer>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -189,6 +207,7 @@ impl std::fmt::Debug for Store {
         f.debug_struct("Store")
             .field("store", &self.describe())
             .field("fence", &self.fence)
+            .field("sealed", &self.sealer.is_some())
             .finish()
     }
 }
@@ -237,6 +256,7 @@ impl Store {
         Store {
             inner: Arc::new(Inner { backend, path }),
             fence: None,
+            sealer: None,
         }
     }
 
@@ -258,6 +278,18 @@ impl Store {
         Store {
             inner: self.inner.clone(),
             fence: Some(fence),
+            sealer: self.sealer.clone(),
+        }
+    }
+
+    /// A view of this store (and of every view made from it) that seals sensitive manifests
+    /// with `sealer` and unseals them when read (see [`Sealer`]). Without one, storing such
+    /// manifests is an error, and reading sealed ones is an error naming the missing key.
+    pub fn sealed(&self, sealer: Arc<dyn Sealer>) -> Store {
+        Store {
+            inner: self.inner.clone(),
+            fence: self.fence.clone(),
+            sealer: Some(sealer),
         }
     }
 
@@ -277,6 +309,7 @@ impl Store {
     ) -> Result<T, StateError> {
         let path = self.inner.path.as_path();
         let fence = self.fence.as_ref();
+        let sealer = self.sealer.as_deref();
         let mut f = Some(f);
         let mut out = None;
         self.inner.backend.write(&mut |raw| {
@@ -287,7 +320,7 @@ impl Store {
                 path: path.to_path_buf(),
                 reason: "the transaction body was run twice".to_string(),
             })?;
-            out = Some(f(&mut WriteTx { raw, path })?);
+            out = Some(f(&mut WriteTx { raw, path, sealer })?);
             Ok(())
         })?;
         out.ok_or_else(|| StateError::Aborted {
@@ -303,6 +336,7 @@ impl Store {
         f: impl FnOnce(&ReadTx<'_>) -> Result<T, StateError>,
     ) -> Result<T, StateError> {
         let path = self.inner.path.as_path();
+        let sealer = self.sealer.as_deref();
         let mut f = Some(f);
         let mut out = None;
         self.inner.backend.read(&mut |raw| {
@@ -310,7 +344,7 @@ impl Store {
                 path: path.to_path_buf(),
                 reason: "the transaction body was run twice".to_string(),
             })?;
-            out = Some(f(&ReadTx { raw, path })?);
+            out = Some(f(&ReadTx { raw, path, sealer })?);
             Ok(())
         })?;
         out.ok_or_else(|| StateError::Aborted {
@@ -399,12 +433,49 @@ fn check_fence(raw: &dyn RawTx, path: &Path, fence: &Fence) -> Result<(), StateE
 pub struct WriteTx<'a> {
     raw: &'a dyn RawTx,
     path: &'a Path,
+    sealer: Option<&'a dyn Sealer>,
 }
 
 /// A read snapshot (see [`Store::read`]).
 pub struct ReadTx<'a> {
     raw: &'a dyn RawTx,
     path: &'a Path,
+    sealer: Option<&'a dyn Sealer>,
+}
+
+/// Stored manifests as text: unsealed with `sealer` when they were stored sealed.
+fn open_manifests(
+    path: &Path,
+    sealer: Option<&dyn Sealer>,
+    hash: &str,
+    bytes: Vec<u8>,
+) -> Result<String, StateError> {
+    let bytes = match bytes.strip_prefix(SEALED_MAGIC) {
+        Some(sealed) => {
+            let sealer = sealer.ok_or_else(|| StateError::Aborted {
+                path: path.to_path_buf(),
+                reason: format!(
+                    "manifests {hash:?} are stored sealed (they hold data decrypted from SOPS files): reading them needs the SOPS age key"
+                ),
+            })?;
+            use base64::Engine as _;
+            let cipher = base64::engine::general_purpose::STANDARD
+                .decode(sealed)
+                .map_err(|e| StateError::Aborted {
+                    path: path.to_path_buf(),
+                    reason: format!("manifests {hash:?}: sealed data is not base64: {e}"),
+                })?;
+            sealer.unseal(&cipher).map_err(|e| StateError::Aborted {
+                path: path.to_path_buf(),
+                reason: format!("manifests {hash:?}: cannot unseal them with the keys given: {e}"),
+            })?
+        }
+        None => bytes,
+    };
+    String::from_utf8(bytes).map_err(|e| StateError::Aborted {
+        path: path.to_path_buf(),
+        reason: format!("table manifests, key {hash:?}: not UTF-8: {e}"),
+    })
 }
 
 fn decode<T: DeserializeOwned>(
@@ -543,16 +614,11 @@ macro_rules! read_methods {
             self.list_json(&REVISIONS, &[placement])
         }
 
-        /// The rendered manifests stored under `hash`.
+        /// The rendered manifests stored under `hash` (unsealed when stored sealed).
         pub fn manifests(&self, hash: &str) -> Result<Option<String>, StateError> {
             self.raw
                 .get(&MANIFESTS, &[hash])?
-                .map(|bytes| {
-                    String::from_utf8(bytes).map_err(|e| StateError::Aborted {
-                        path: self.path.to_path_buf(),
-                        reason: format!("table manifests, key {hash:?}: not UTF-8: {e}"),
-                    })
-                })
+                .map(|bytes| open_manifests(self.path, self.sealer, hash, bytes))
                 .transpose()
         }
 
@@ -729,7 +795,33 @@ impl WriteTx<'_> {
     /// left as it is: manifests are stored once.
     pub fn put_manifests(&mut self, hash: &str, yaml: &str) -> Result<(), StateError> {
         match self.raw.get(&MANIFESTS, &[hash])? {
-            Some(existing) if existing == yaml.as_bytes() => {}
+            Some(existing)
+                if existing == yaml.as_bytes()
+                    || (existing.starts_with(SEALED_MAGIC)
+                        && open_manifests(self.path, self.sealer, hash, existing.clone())
+                            .is_ok_and(|t| t == yaml)) => {}
+            None if yaml.contains(SENSITIVE_MARKER) => {
+                let sealer = self.sealer.ok_or_else(|| StateError::Aborted {
+                    path: self.path.to_path_buf(),
+                    reason: format!(
+                        "manifests {hash:?} hold data decrypted from SOPS files, and this store has no key to seal them with (give the SOPS age key)"
+                    ),
+                })?;
+                use base64::Engine as _;
+                let cipher = sealer
+                    .seal(yaml.as_bytes())
+                    .map_err(|e| StateError::Aborted {
+                        path: self.path.to_path_buf(),
+                        reason: format!("sealing manifests {hash:?}: {e}"),
+                    })?;
+                let mut sealed = SEALED_MAGIC.to_vec();
+                sealed.extend(
+                    base64::engine::general_purpose::STANDARD
+                        .encode(cipher)
+                        .into_bytes(),
+                );
+                self.raw.put(&MANIFESTS, &[hash], &sealed)?
+            }
             Some(_) => tracing::warn!(
                 store = %self.path.display(),
                 hash,

@@ -302,6 +302,68 @@ fn manifests_are_stored_once(kind: Kind) {
         .unwrap();
 }
 
+/// A test sealer: XOR with a key byte behind a tag (the store must not care how it seals).
+struct Xor(u8);
+
+impl flotilla_state::Sealer for Xor {
+    fn seal(&self, plain: &[u8]) -> Result<Vec<u8>, String> {
+        let mut out = vec![b'X', self.0];
+        out.extend(plain.iter().map(|b| b ^ self.0));
+        Ok(out)
+    }
+    fn unseal(&self, sealed: &[u8]) -> Result<Vec<u8>, String> {
+        match sealed {
+            [b'X', k, rest @ ..] if *k == self.0 => Ok(rest.iter().map(|b| b ^ self.0).collect()),
+            _ => Err("not sealed with this key".into()),
+        }
+    }
+}
+
+/// Manifests holding SOPS-decrypted objects are sealed at rest and read back in the clear
+/// through a sealed view; without the sealer they can be neither stored nor read; other
+/// manifests are stored as they are.
+fn sensitive_manifests_are_sealed_at_rest(kind: Kind) {
+    let db = Db::new(kind);
+    let plain = db.open();
+    let sealed = plain.sealed(std::sync::Arc::new(Xor(0x5a)));
+    let secret = "[{\"kind\":\"Secret\",\"metadata\":{\"annotations\":{\"flotilla.dev/sops\":\"decrypted\"}},\"stringData\":{\"password\":\"hunter2\"}}]";
+    let e = plain
+        .write(|tx| tx.put_manifests("s1", secret))
+        .expect_err("no sealer, no storing");
+    assert!(e.to_string().contains("SOPS age key"), "{e}");
+    sealed
+        .write(|tx| {
+            tx.put_manifests("s1", secret)?;
+            tx.put_manifests("s1", secret)?;
+            tx.put_manifests("p1", "[{\"kind\":\"ConfigMap\"}]")
+        })
+        .unwrap();
+    sealed
+        .read(|tx| {
+            assert_eq!(tx.manifests("s1")?.as_deref(), Some(secret));
+            Ok(())
+        })
+        .unwrap();
+    let e = plain.read(|tx| tx.manifests("s1")).expect_err("sealed");
+    assert!(e.to_string().contains("SOPS age key"), "{e}");
+    assert_eq!(
+        plain.read(|tx| tx.manifests("p1")).unwrap().as_deref(),
+        Some("[{\"kind\":\"ConfigMap\"}]")
+    );
+    let wrong = plain.sealed(std::sync::Arc::new(Xor(0x11)));
+    let e = wrong.read(|tx| tx.manifests("s1")).expect_err("wrong key");
+    assert!(e.to_string().contains("cannot unseal"), "{e}");
+    assert!(!e.to_string().contains("hunter2"), "{e}");
+    drop((plain, sealed, wrong));
+    if let Some(file) = db.file() {
+        let bytes = std::fs::read(file).unwrap();
+        assert!(
+            !bytes.windows(7).any(|w| w == b"hunter2"),
+            "the plaintext is not in the store file"
+        );
+    }
+}
+
 fn retain_manifests_deletes_the_unreferenced(kind: Kind) {
     let db = Db::new(kind);
     let store = db.open();
@@ -725,6 +787,11 @@ impl Db {
         &self.marker
     }
 
+    /// The redb file (PostgreSQL keeps its data in the server's own directory).
+    fn file(&self) -> Option<std::path::PathBuf> {
+        self._dir.as_ref().map(|d| d.path().join("state.redb"))
+    }
+
     /// Opens (or reopens) the store.
     fn open(&self) -> Store {
         Store::open_url(&self.url).unwrap()
@@ -758,6 +825,7 @@ on_both_backends!(
     events_are_numbered_from_one_and_continue_after_reopen,
     a_placement_does_not_see_one_whose_name_it_prefixes,
     manifests_are_stored_once,
+    sensitive_manifests_are_sealed_at_rest,
     retain_manifests_deletes_the_unreferenced,
     a_read_snapshot_does_not_see_later_commits,
     an_unencodable_value_is_an_error_and_writes_nothing,

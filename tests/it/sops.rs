@@ -364,6 +364,21 @@ fn sops_serve_applies_decrypted_secrets_and_keeps_them_when_a_file_goes_bad() {
     assert!(d.log().contains("MAC mismatch"), "the log says why");
     assert_no_secret("daemon log", &d.log());
     assert_eq!(d.terminate(), Some(0), "{}", d.log());
+    // The rollout state store keeps the applied manifests (for rollbacks) sealed with the
+    // same age key: the decrypted value is nowhere in the file.
+    let state = std::fs::read(up.scratch("state").join("state.redb")).expect("the state store");
+    assert!(
+        state
+            .windows(b"flotilla-sealed-v1".len())
+            .any(|w| w == b"flotilla-sealed-v1"),
+        "the manifests are stored sealed"
+    );
+    assert!(
+        !state
+            .windows(PASSWORD.len())
+            .any(|w| w == PASSWORD.as_bytes()),
+        "the decrypted value is in the state store"
+    );
 
     // Restarted without a key, on a good file again: the placement fails naming the file
     // and the missing key; the applied Secret is neither changed nor pruned.
