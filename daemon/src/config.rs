@@ -66,6 +66,9 @@ pub struct Config {
     pub http_limits: crate::listen::Limits,
     /// How often burst pools are re-split (and on every new revision).
     pub burst_interval: Duration,
+    /// Secrets of notification sinks: one file per secret name (a mounted Kubernetes
+    /// Secret); `FLOTILLA_NOTIFY_<NAME>` variables are read besides it.
+    pub notification_secrets: Option<PathBuf>,
     /// Fault injection for tests (`FLOTILLA_FAULT_PANIC_PLACEMENT`): this placement's worker
     /// panics once, before its first rollout run.
     pub fault_panic_placement: Option<String>,
@@ -102,6 +105,7 @@ impl Config {
             jsonnet_worker: None,
             http_limits: crate::listen::Limits::default(),
             fault_panic_placement: None,
+            notification_secrets: None,
             burst_interval: Duration::from_secs(15),
         }
     }
@@ -240,6 +244,15 @@ impl Config {
             .as_deref()
             .map(|p| read_secret("api-token-file", p))
             .transpose()?;
+        if let Some(dir) = &self.notification_secrets
+            && !dir.is_dir()
+        {
+            return Err(ConfigError::File {
+                flag: "notification-secrets",
+                path: dir.clone(),
+                message: "not a directory".into(),
+            });
+        }
         if api_token.is_none() && !self.read_only && !self.listen.ip().is_loopback() {
             return Err(ConfigError::ExposedWithoutToken(self.listen));
         }

@@ -31,6 +31,7 @@ mod ha_leases;
 mod hardening;
 mod images;
 mod jsonnet_worker;
+mod notify;
 mod prdiff;
 mod real_heal;
 mod real_kube;
