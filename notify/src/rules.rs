@@ -107,7 +107,7 @@ fn compile(r: &NotificationRule) -> Rule {
 
 impl Rule {
     fn matches(&self, e: &Event) -> bool {
-        self.triggers.iter().any(|t| *t == e.trigger)
+        self.triggers.contains(&e.trigger)
             && filter(&self.placements, e.placement.as_deref())
             && filter(&self.clusters, e.cluster.as_deref())
     }

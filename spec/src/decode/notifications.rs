@@ -18,15 +18,20 @@ pub(super) fn notifications(cx: &mut Cx, node: &Node, path: &Ptr<'_>) -> Option<
         .get(&child(path, "sinks").to_string())
         .cloned()
         .unwrap_or_default();
+    let sinks_path = child(path, "sinks");
+    // Source index of each decoded sink (some may have been dropped).
+    let kept = cx.kept.get(&sinks_path.to_string()).cloned();
     let mut known: Vec<&str> = Vec::with_capacity(sinks.len());
     for (i, s) in sinks.iter().enumerate() {
         if known.contains(&s.name.as_str()) {
-            let at = sinks_node(node).and_then(|n| seq_item(n, i));
-            let pos = at.map(|n| n.pos).unwrap_or(node.pos);
-            let sinks_path = child(path, "sinks");
+            let at = kept.as_ref().and_then(|k| k.get(i).copied()).unwrap_or(i);
+            let pos = sinks_node(node)
+                .and_then(|n| seq_item(n, at))
+                .map(|n| n.pos)
+                .unwrap_or(node.pos);
             cx.error(
                 pos,
-                &index(&sinks_path, i),
+                &index(&sinks_path, at),
                 format!("duplicate sink name {:?}", s.name),
             );
         }
@@ -56,8 +61,10 @@ fn seq_item(node: &Node, i: usize) -> Option<&Node> {
 /// to one environment variable.
 fn secret_name(cx: &mut Cx, node: &Node, path: &Ptr<'_>) -> Option<String> {
     checked(cx, node, path, |s| {
-        types::check_name(s).map(|_| s.to_string()).map_err(|e| {
-            format!("secret {e} (a secret is named, never given: see docs/notifications.md)")
+        types::check_name(s).map(|_| s.to_string()).map_err(|_| {
+            format!(
+                "invalid secret name {s:?}: expected 1-63 lowercase letters, digits and '-' (a secret is named, never given or located by path; see docs/notifications.md)"
+            )
         })
     })
 }
@@ -133,17 +140,15 @@ fn sink(cx: &mut Cx, node: &Node, path: &Ptr<'_>) -> Option<NotificationSink> {
                 ok = false;
             }
         }
-        Some(SinkKind::KubernetesEvents) => {
-            if has_url || has_url_secret || has_secret {
-                cx.error(
-                    o.pos(),
-                    o.path(),
-                    "a kubernetes-events sink takes no \"url\", \"urlSecret\" or \"secret\" (it posts through the daemon's cluster connections)",
-                );
-                ok = false;
-            }
+        Some(SinkKind::KubernetesEvents) if has_url || has_url_secret || has_secret => {
+            cx.error(
+                o.pos(),
+                o.path(),
+                "a kubernetes-events sink takes no \"url\", \"urlSecret\" or \"secret\" (it posts through the daemon's cluster connections)",
+            );
+            ok = false;
         }
-        None => {}
+        Some(SinkKind::KubernetesEvents) | None => {}
     }
     o.finish(cx);
     if !ok {
