@@ -55,7 +55,7 @@ impl KubeEvents for ClusterEvents {
         let options = ApplyOptions {
             dry_run: false,
             force: true,
-            manager: FieldManager::Flotilla,
+            manager: FieldManager::Notify,
         };
         match c.apply(event, options).await {
             Ok(_) => Ok(()),

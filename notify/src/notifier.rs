@@ -702,6 +702,42 @@ mod tests {
         assert_eq!(*lock(&hits), 1, "a 404 is not retried");
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_reload_keeps_an_unchanged_sink_and_restarts_a_changed_one() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        std::thread::spawn(move || {
+            for mut s in listener.incoming().flatten() {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf);
+                let _ = s.write_all(b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n");
+            }
+        });
+        let url = format!("http://127.0.0.1:{port}/");
+        let n = Notifier::new(Settings::default(), Metrics::default(), None);
+        n.configure("f", &notifications(&url), &secrets(), BTreeMap::new());
+        n.submit(event(1));
+        health_until(&n, |h| h.sent == 1).await;
+        // The same settings and secrets (a new commit that changed something else): kept.
+        n.configure("f", &notifications(&url), &secrets(), BTreeMap::new());
+        assert_eq!(n.health()[0].sent, 1);
+        // A rotated key: a fresh sink.
+        let rotated = SecretSource::new(
+            None,
+            [("FLOTILLA_NOTIFY_KEY".to_string(), "k2".to_string())],
+        );
+        n.configure("f", &notifications(&url), &rotated, BTreeMap::new());
+        assert_eq!(n.health()[0].sent, 0);
+        // Rules are replaced: a trigger no rule names any more is not sent.
+        let mut other = notifications(&url);
+        other.rules[0].triggers = vec!["rolled-back".into()];
+        n.configure("f", &other, &rotated, BTreeMap::new());
+        n.submit(event(2));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let h = &n.health()[0];
+        assert_eq!((h.sent, h.queued, h.failed), (0, 0, 0), "{h:?}");
+    }
+
     #[tokio::test]
     async fn a_missing_secret_breaks_only_its_sink() {
         let mut n11s = notifications("http://127.0.0.1:9/");

@@ -35,6 +35,7 @@ mod notify;
 mod prdiff;
 mod real_heal;
 mod real_kube;
+mod real_notify;
 mod real_target_rbac;
 mod reconcile;
 mod render_fixtures;

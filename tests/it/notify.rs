@@ -438,10 +438,19 @@ fn notify_routes_signs_retries_templates_filters_and_dedupes() {
         t == "rollout-started" || t == "rollout-succeeded"
     }));
 
-    // No secret value in the log, though the broken sink and the retries were logged.
+    // No secret value in the log (though the broken sink and the retries were logged), the
+    // status API or the metrics.
     let log = d.log();
     assert!(log.contains("notification sink broken"), "{log}");
+    assert!(log.contains("retrying"), "{log}");
+    let status = d.get("/api/v1/fleet").map(|(_, b)| b).unwrap_or_default();
+    let (_, metrics) = d.get("/metrics").expect("metrics");
     for secret in [HOOK_KEY, "T0KEN-chat-never-logged", "HOOKPATH-never-logged"] {
         assert!(!log.contains(secret), "{secret} leaked into the log");
+        assert!(!status.contains(secret), "{secret} leaked into the status");
+        assert!(
+            !metrics.contains(secret),
+            "{secret} leaked into the metrics"
+        );
     }
 }
