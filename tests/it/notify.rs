@@ -344,7 +344,11 @@ fn notify_routes_signs_retries_templates_filters_and_dedupes() {
     );
 
     // A hand edit on sim-1 and sim-2: drift-found every second, but chat hears about sim-2
-    // (its rule's cluster filter) once (a repeat within the window is not sent).
+    // (its rule's cluster filter) once (a repeat within the window is not sent). Drift seen
+    // while the first rollout was still on its way (other messages) may have come before.
+    let dedup_series = "flotilla_notifications_total{sink=\"chat\",outcome=\"deduplicated\"}";
+    let dedup_before = metric(&d.get("/metrics").expect("metrics").1, dedup_series);
+    let before = chat.requests().len();
     for c in ["sim-1", "sim-2"] {
         k.sim
             .edit(
@@ -357,25 +361,32 @@ fn notify_routes_signs_retries_templates_filters_and_dedupes() {
             )
             .expect("scaled by hand");
     }
-    d.wait_for("repeats deduplicated", Duration::from_secs(30), || {
-        let (_, m) = d.get("/metrics").unwrap_or_default();
-        metric(
-            &m,
-            "flotilla_notifications_total{sink=\"chat\",outcome=\"deduplicated\"}",
-        ) >= 2.0
-    });
-    let drift: Vec<Value> = chat
-        .requests()
-        .iter()
-        .map(Request::json)
-        .filter(|v| v["text"].as_str().is_some_and(|t| t.contains("drifted")))
-        .collect();
-    assert_eq!(drift.len(), 1, "one drift message: {drift:?}");
+    let scaled = "1 object(s) drifted from Git on cluster sim-2";
+    d.wait_for(
+        "the drift notified, its repeats deduplicated",
+        Duration::from_secs(30),
+        || {
+            let (_, m) = d.get("/metrics").unwrap_or_default();
+            metric(&m, dedup_series) >= dedup_before + 2.0
+                && chat.requests().iter().any(|r| r.json()["text"] == scaled)
+        },
+    );
+    let texts = |from: usize| -> Vec<String> {
+        chat.requests()[from..]
+            .iter()
+            .filter_map(|r| r.json()["text"].as_str().map(str::to_string))
+            .collect()
+    };
+    let after = texts(before);
     assert!(
-        drift[0]["text"]
-            .as_str()
-            .is_some_and(|t| t.contains("sim-2")),
-        "{drift:?}"
+        after.iter().filter(|t| t.contains("drifted")).count() <= 1,
+        "one drift message after the edit: {after:?}"
+    );
+    let all = texts(0);
+    assert_eq!(
+        all.iter().filter(|t| *t == scaled).count(),
+        1,
+        "the repeating drift was sent once: {all:?}"
     );
 
     // A canary with an image that never becomes ready: rolled back, and chat gets the
@@ -424,7 +435,7 @@ fn notify_routes_signs_retries_templates_filters_and_dedupes() {
     assert!(
         texts
             .iter()
-            .all(|t| !t.contains("sim-1") || t.contains("rolled-back")),
+            .all(|t| !t.contains("sim-1") || t.starts_with("e2e: web ")),
         "{texts:?}"
     );
     assert!(
@@ -437,6 +448,23 @@ fn notify_routes_signs_retries_templates_filters_and_dedupes() {
         let t = r.json()["trigger"].clone();
         t == "rollout-started" || t == "rollout-succeeded"
     }));
+
+    // `flotilla status` lists the sinks, the broken one with its reason.
+    let out =
+        crate::support::flotilla(&["status", "--server", &format!("http://127.0.0.1:{port}")]);
+    let text = crate::support::stdout(&out);
+    assert!(text.contains("notification sinks:"), "{text}");
+    assert!(
+        text.lines().any(|l| l.trim_start().starts_with("pager")
+            && l.contains("broken")
+            && l.contains("FLOTILLA_NOTIFY_PAGER_URL")),
+        "{text}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.trim_start().starts_with("chat") && l.contains("sent ")),
+        "{text}"
+    );
 
     // No secret value in the log (though the broken sink and the retries were logged), the
     // status API or the metrics.
