@@ -89,10 +89,14 @@ impl Metrics {
     }
 }
 
-/// Why a post failed: worth another try, or final.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Why a post failed: worth another try, or final. Messages name no URL and no secret.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PostError {
+    /// A connection error, a timeout, 429 or 5xx: tried again after a backoff.
+    #[error("{0} (retried)")]
     Retry(String),
+    /// Any other answer: not tried again.
+    #[error("{0}")]
     Final(String),
 }
 
