@@ -90,6 +90,10 @@ pub struct ServeArgs {
     /// when --listen is not a loopback address.
     #[arg(long, env = "FLOTILLA_API_TOKEN_FILE", value_name = "FILE")]
     pub api_token_file: Option<PathBuf>,
+    /// Directory of notification sink secrets, one file per secret name (a mounted
+    /// Kubernetes Secret); `FLOTILLA_NOTIFY_<NAME>` variables are read besides it.
+    #[arg(long, env = "FLOTILLA_NOTIFICATION_SECRETS", value_name = "DIR")]
+    pub notification_secrets: Option<PathBuf>,
     /// Smart HTTP credentials for the repository: a file holding `user:password` or a token.
     #[arg(long, env = "FLOTILLA_CREDENTIALS_FILE", value_name = "FILE")]
     pub credentials_file: Option<PathBuf>,
@@ -165,6 +169,7 @@ const KEYS: &[&str] = &[
     "poll-interval",
     "webhook-secret-file",
     "api-token-file",
+    "notification-secrets",
     "credentials-file",
     "read-only",
     "drift-interval",
@@ -279,6 +284,9 @@ fn merge_file(args: &mut ServeArgs, path: &Path) -> anyhow::Result<()> {
             }
             "api-token-file" => {
                 args.api_token_file.get_or_insert(text()?.into());
+            }
+            "notification-secrets" => {
+                args.notification_secrets.get_or_insert(text()?.into());
             }
             "credentials-file" => {
                 args.credentials_file.get_or_insert(text()?.into());
@@ -444,6 +452,7 @@ pub fn resolve(mut args: ServeArgs) -> anyhow::Result<(Config, LogFormat)> {
     }
     config.webhook_secret_file = args.webhook_secret_file;
     config.api_token_file = args.api_token_file;
+    config.notification_secrets = args.notification_secrets;
     if let Some(f) = &args.credentials_file {
         config.credentials = Some(flotilla_source::git::Credentials::from_file(f)?);
     }
@@ -732,6 +741,29 @@ pub fn status(server: &ServerArgs) -> anyhow::Result<ExitCode> {
                 format!(" on {drifted}")
             }
         ));
+    }
+    if let Some(sinks) = v.get("notifications").and_then(Value::as_array) {
+        // A broken or failing sink is shown, not counted against the exit code: the fleet
+        // itself is fine.
+        out.push_str("notification sinks:\n");
+        for k in sinks {
+            let n = |f: &str| k.get(f).and_then(Value::as_u64).unwrap_or(0);
+            out.push_str(&format!(
+                "  {:<24} {:<18} {:<8} sent {}, failed {}, dropped {}, deduplicated {}, queued {}{}\n",
+                s(k, "/name"),
+                s(k, "/type"),
+                s(k, "/state"),
+                n("sent"),
+                n("failed"),
+                n("dropped"),
+                n("deduplicated"),
+                n("queued"),
+                k.get("error")
+                    .and_then(Value::as_str)
+                    .map(|e| format!(" ({e})"))
+                    .unwrap_or_default()
+            ));
+        }
     }
     if let Some(agents) = v.get("agents").and_then(Value::as_object) {
         out.push_str("agent clusters:\n");

@@ -79,6 +79,9 @@ pub struct Config {
     /// An unencrypted OpenSSH private key or OpenPGP secret key that signs the image-update
     /// commits it pushes.
     pub signing_key: Option<PathBuf>,
+    /// Secrets of notification sinks: one file per secret name (a mounted Kubernetes
+    /// Secret); `FLOTILLA_NOTIFY_<NAME>` variables are read besides it.
+    pub notification_secrets: Option<PathBuf>,
     /// Fault injection for tests (`FLOTILLA_FAULT_PANIC_PLACEMENT`): this placement's worker
     /// panics once, before its first rollout run.
     pub fault_panic_placement: Option<String>,
@@ -120,6 +123,7 @@ impl Config {
             trusted_signers: None,
             trusted_keys: None,
             signing_key: None,
+            notification_secrets: None,
             burst_interval: Duration::from_secs(15),
         }
     }
@@ -267,6 +271,15 @@ impl Config {
             .as_deref()
             .map(|p| read_secret("api-token-file", p))
             .transpose()?;
+        if let Some(dir) = &self.notification_secrets
+            && !dir.is_dir()
+        {
+            return Err(ConfigError::File {
+                flag: "notification-secrets",
+                path: dir.clone(),
+                message: "not a directory".into(),
+            });
+        }
         if api_token.is_none() && !self.read_only && !self.listen.ip().is_loopback() {
             return Err(ConfigError::ExposedWithoutToken(self.listen));
         }

@@ -21,6 +21,7 @@ pub mod images;
 pub mod jsonnet_worker;
 pub mod listen;
 pub mod metrics;
+mod notify;
 pub mod revision;
 mod run;
 pub mod status;

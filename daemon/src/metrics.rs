@@ -66,6 +66,8 @@ pub struct Metrics {
     pub backup_failures: Family<Labels, Counter>,
     pub burst_replicas: Family<Labels, Gauge>,
     pub burst_unplaced: Family<Labels, Gauge>,
+    /// Notifications by sink and outcome, queue depth, broken sinks (flotilla-notify).
+    pub notify: flotilla_notify::Metrics,
 }
 
 impl Metrics {
@@ -115,6 +117,8 @@ impl Metrics {
             "When each workflow's last successful run finished",
             workflow_last_success.clone(),
         );
+        let notify = flotilla_notify::Metrics::default();
+        notify.register(&mut registry);
         let burst_replicas = Family::<Labels, Gauge>::default();
         let burst_unplaced = Family::<Labels, Gauge>::default();
         registry.register(
@@ -250,6 +254,7 @@ impl Metrics {
             workflow_last_success,
             burst_replicas,
             burst_unplaced,
+            notify,
         }
     }
 

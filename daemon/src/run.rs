@@ -430,6 +430,14 @@ pub async fn start(config: crate::config::Config) -> Result<Running, DaemonError
         backups: crate::backups::Backups::default(),
         next_images: None,
     };
+    crate::supervise::spawn(
+        crate::supervise::Restart::WORKER,
+        {
+            let shared = shared.clone();
+            move || crate::notify::run(shared.clone())
+        },
+        crate::supervise::report_to(shared.clone(), "notify", None),
+    );
     crate::workflows::spawn(shared.clone());
     let task = tokio::spawn(daemon.run(rx));
     Ok(Running {

@@ -35,6 +35,10 @@ pub struct FleetStatus {
     /// Replicated daemons: this replica, the live ones, and how many units it holds.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub replica: Option<ReplicaStatus>,
+    /// The notification sinks of the running revision: state (ok, failing, broken), queue
+    /// and counts.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notifications: Vec<flotilla_notify::SinkHealth>,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]

@@ -154,6 +154,8 @@ pub enum FieldManager {
     /// The pull-mode agent exchange (the `agent` crate): work and manifests Secrets the hub
     /// writes, results and reports the agent writes, the agent's local copy.
     Agent,
+    /// Kubernetes Events posted by notifications (the `notify` crate, through the daemon).
+    Notify,
 }
 
 impl FieldManager {
@@ -165,6 +167,7 @@ impl FieldManager {
             FieldManager::Workflow => "flotilla-workflow",
             FieldManager::Ha => "flotilla-ha",
             FieldManager::Agent => "flotilla-agent",
+            FieldManager::Notify => "flotilla-notify",
         }
     }
 }

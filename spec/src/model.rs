@@ -53,6 +53,9 @@ pub struct Fleet {
     pub backups: Vec<Backup>,
     #[serde(default)]
     pub image_policies: Vec<ImagePolicy>,
+    /// Where the daemon sends what happens (docs/notifications.md).
+    #[serde(default)]
+    pub notifications: Notifications,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
@@ -931,4 +934,114 @@ pub fn default_commit_message() -> String {
 
 pub fn default_true() -> bool {
     true
+}
+
+/// The notification triggers: the daemon's event bus names (`daemon::events::Trigger`).
+pub const NOTIFICATION_TRIGGERS: &[&str] = &[
+    "rollout-started",
+    "rollout-succeeded",
+    "rollout-failed",
+    "rolled-back",
+    "rollout-paused",
+    "rollout-step",
+    "drift-found",
+    "self-healed",
+    "commit-rejected",
+    "workflow-failed",
+    "workflow-run",
+    "backup-failed",
+    "backup-succeeded",
+];
+
+/// Where notifications go and which events reach them. Sinks name their secrets; the values
+/// never come from Git (docs/notifications.md).
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[serde(default)]
+#[schemars(deny_unknown_fields)]
+pub struct Notifications {
+    pub sinks: Vec<NotificationSink>,
+    pub rules: Vec<NotificationRule>,
+    /// A repeat (same trigger, placement, cluster and message) within this window is sent
+    /// once (default 1h; `0s` sends every one).
+    pub dedup_window: Duration,
+}
+
+impl Default for Notifications {
+    fn default() -> Self {
+        Notifications {
+            sinks: Vec::new(),
+            rules: Vec::new(),
+            dedup_window: default_dedup_window(),
+        }
+    }
+}
+
+pub fn default_dedup_window() -> Duration {
+    Duration {
+        text: "1h".into(),
+        value: std::time::Duration::from_secs(3600),
+    }
+}
+
+/// One destination of notifications.
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(deny_unknown_fields)]
+pub struct NotificationSink {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub kind: SinkKind,
+    /// webhook: the URL, when it is not secret (else `urlSecret`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// webhook: the secret that holds the URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url_secret: Option<String>,
+    /// webhook: the secret that holds the HMAC-SHA256 key; slack: the secret that holds the
+    /// incoming-webhook URL. A name, resolved by the daemon from its secrets directory or
+    /// `FLOTILLA_NOTIFY_<NAME>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum SinkKind {
+    /// JSON body of the event, signed with `X-Flotilla-Signature: sha256=<hex>`.
+    Webhook,
+    /// A Slack-compatible incoming webhook (`{"text": ...}`).
+    Slack,
+    /// A `core/v1` Event in each target cluster the event concerns.
+    KubernetesEvents,
+}
+
+impl SinkKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SinkKind::Webhook => "webhook",
+            SinkKind::Slack => "slack",
+            SinkKind::KubernetesEvents => "kubernetes-events",
+        }
+    }
+}
+
+/// Which events go to which sinks. An empty filter list matches everything.
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(deny_unknown_fields)]
+pub struct NotificationRule {
+    /// Trigger names (`rollout-started`, `rolled-back`, ...).
+    pub triggers: Vec<String>,
+    /// Placement names or globs (`*`, `?`); empty = any, including events of no placement.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub placements: Vec<String>,
+    /// Cluster names or globs; empty = any, including events of no cluster.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub clusters: Vec<String>,
+    pub sinks: Vec<String>,
+    /// The message text, with `${trigger}`, `${placement}`, `${cluster}`, `${message}`, ...
+    /// (default: the event's message).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<String>,
 }

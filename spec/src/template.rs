@@ -17,6 +17,8 @@ pub enum Var {
     WorkflowName,
     /// Workflow templates only.
     RunId,
+    /// Notification templates only: a field of the event (`trigger`, `cluster`, ...).
+    Event(&'static str),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,6 +54,23 @@ pub const WORKFLOW_VARIABLES: &[&str] = &[
     "run.id",
 ];
 
+/// The variables of a notification template: fields of the event, and the fleet's name.
+pub const NOTIFICATION_VARIABLES: &[&str] = &[
+    "trigger",
+    "kind",
+    "placement",
+    "cluster",
+    "rollout",
+    "batch",
+    "commit",
+    "workflow",
+    "backup",
+    "message",
+    "at",
+    "seq",
+    "fleet.name",
+];
+
 /// What a workflow template is expanded with.
 pub struct WorkflowScope<'a> {
     pub cluster: &'a Cluster,
@@ -77,6 +96,68 @@ impl Template {
     /// placement and bundle names.
     pub fn parse_workflow(s: &str) -> Result<Template, String> {
         Template::parse_in(s, true)
+    }
+
+    /// Parses a notification template: the event's fields (`${trigger}`, `${cluster}`, ...,
+    /// [`NOTIFICATION_VARIABLES`]) and `${fleet.name}`.
+    pub fn parse_notification(s: &str) -> Result<Template, String> {
+        let mut parts = Vec::new();
+        let mut text = String::new();
+        let mut rest = s;
+        while let Some(i) = rest.find('$') {
+            text.push_str(&rest[..i]);
+            rest = &rest[i..];
+            if let Some(r) = rest.strip_prefix("$$") {
+                text.push('$');
+                rest = r;
+            } else if let Some(r) = rest.strip_prefix("${") {
+                let end = r
+                    .find('}')
+                    .ok_or_else(|| format!("unclosed \"${{\" in {s:?}"))?;
+                let name = r[..end].trim();
+                let var = match NOTIFICATION_VARIABLES.iter().find(|v| **v == name) {
+                    Some(&"fleet.name") => Var::FleetName,
+                    Some(v) => Var::Event(v),
+                    None => {
+                        let hint =
+                            crate::diag::suggestion(name, NOTIFICATION_VARIABLES.iter().copied());
+                        return Err(format!(
+                            "unknown template variable \"${{{name}}}\" (known: {}){hint}",
+                            NOTIFICATION_VARIABLES.join(", ")
+                        ));
+                    }
+                };
+                if !text.is_empty() {
+                    parts.push(Part::Text(std::mem::take(&mut text)));
+                }
+                parts.push(Part::Var(var));
+                rest = &r[end + 1..];
+            } else {
+                text.push('$');
+                rest = &rest[1..];
+            }
+        }
+        text.push_str(rest);
+        if !text.is_empty() {
+            parts.push(Part::Text(text));
+        }
+        Ok(Template { parts })
+    }
+
+    /// Expands a notification template: `field` answers each variable (`fleet.name`
+    /// included); a field the event does not have expands to nothing.
+    pub fn expand_notification<'s>(&self, field: impl Fn(&str) -> Option<&'s str>) -> String {
+        let mut out = String::new();
+        for p in &self.parts {
+            match p {
+                Part::Text(t) => out.push_str(t),
+                Part::Var(Var::Event(name)) => out.push_str(field(name).unwrap_or("")),
+                Part::Var(Var::FleetName) => out.push_str(field("fleet.name").unwrap_or("")),
+                // parse_notification makes no other variable.
+                Part::Var(_) => {}
+            }
+        }
+        out
     }
 
     fn parse_in(s: &str, workflow: bool) -> Result<Template, String> {
@@ -177,12 +258,14 @@ impl Template {
                     Var::ClusterKind => out.push_str(cluster.kind.as_str()),
                     Var::ClusterContext => out.push_str(cluster.context()),
                     Var::FleetName => out.push_str(fleet),
-                    Var::PlacementName | Var::BundleName | Var::WorkflowName | Var::RunId => {
-                        match other(v) {
-                            Some(value) => out.push_str(value),
-                            None => return Err(format!("{v:?} cannot be used here")),
-                        }
-                    }
+                    Var::PlacementName
+                    | Var::BundleName
+                    | Var::WorkflowName
+                    | Var::RunId
+                    | Var::Event(_) => match other(v) {
+                        Some(value) => out.push_str(value),
+                        None => return Err(format!("{v:?} cannot be used here")),
+                    },
                     Var::ClusterLabel(k) => match cluster.labels.get(k) {
                         Some(v) => out.push_str(v),
                         None => {
@@ -260,6 +343,24 @@ mod tests {
                 .contains("cluster.name")
         );
         assert!(Template::parse("${cluster.name").is_err());
+    }
+
+    #[test]
+    fn notification_templates_know_the_event_fields_only() {
+        let t =
+            Template::parse_notification("[${fleet.name}] ${trigger} ${cluster}: ${message} $$5")
+                .expect("ok");
+        let got = t.expand_notification(|f| match f {
+            "fleet.name" => Some("acme"),
+            "trigger" => Some("rolled-back"),
+            "message" => Some("canary failed"),
+            _ => None,
+        });
+        assert_eq!(got, "[acme] rolled-back : canary failed $5");
+        let e = Template::parse_notification("${clustr}").expect_err("unknown");
+        assert!(e.contains("did you mean \"cluster\""), "{e}");
+        assert!(Template::parse_notification("${cluster.name}").is_err());
+        assert!(Template::parse("${trigger}").is_err());
     }
 
     #[test]

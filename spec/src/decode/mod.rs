@@ -14,6 +14,7 @@ use crate::types::{self, Duration, Pattern, Quantity, RepoPath, Schedule, Semver
 use crate::yaml::{Key, Node, Value};
 
 mod images;
+mod notifications;
 mod schedules;
 mod teams;
 
@@ -507,6 +508,9 @@ pub(crate) fn fleet(cx: &mut Cx, node: &Node) -> Option<Fleet> {
     let workflows = o.list(cx, "workflows", workflow);
     let backups = o.list(cx, "backups", backup);
     let image_policies = o.list(cx, "imagePolicies", image_policy);
+    let notifications = o
+        .opt(cx, "notifications", notifications::notifications)
+        .unwrap_or_default();
     o.finish(cx);
     Some(Fleet {
         api_version: api_version?,
@@ -522,6 +526,7 @@ pub(crate) fn fleet(cx: &mut Cx, node: &Node) -> Option<Fleet> {
         workflows,
         backups,
         image_policies,
+        notifications,
     })
 }
 
