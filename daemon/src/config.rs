@@ -69,6 +69,8 @@ pub struct Config {
     /// Fault injection for tests (`FLOTILLA_FAULT_PANIC_PLACEMENT`): this placement's worker
     /// panics once, before its first rollout run.
     pub fault_panic_placement: Option<String>,
+    /// Serve the web UI (`/`, `/placements/...`, ...; `flotilla serve --no-ui` turns it off).
+    pub ui: bool,
 }
 
 impl Config {
@@ -102,6 +104,7 @@ impl Config {
             jsonnet_worker: None,
             http_limits: crate::listen::Limits::default(),
             fault_panic_placement: None,
+            ui: true,
             burst_interval: Duration::from_secs(15),
         }
     }

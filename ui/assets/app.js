@@ -58,7 +58,7 @@
   }
 
   if (window.EventSource) {
-    var es = new EventSource("/api/v1/events/stream");
+    var es = new EventSource("/api/v1/events/stream?after=" + encodeURIComponent(body.getAttribute("data-seq") || "0"));
     es.onopen = function () { if (conn) { conn.textContent = "live"; } };
     es.onerror = function () { if (conn) { conn.textContent = "reconnecting to live updates…"; } };
     es.onmessage = function (m) {

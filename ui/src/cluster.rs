@@ -35,6 +35,8 @@ pub struct ClusterView {
     /// This cluster in the last drift check, and when that ran.
     pub drift: Option<ClusterReport>,
     pub drift_at: Option<String>,
+    /// The event bus's newest `seq` (see [`crate::Scope::seq`]).
+    pub seq: u64,
 }
 
 /// The cluster page (or only its live region when `fragment`).
@@ -46,6 +48,7 @@ pub fn render_cluster(v: &ClusterView, fragment: bool) -> String {
     let scope = Scope {
         placement: None,
         cluster: Some(v.name.clone()),
+        seq: v.seq,
     };
     page(&v.name, None, &scope, &header, live(v), fragment)
 }
@@ -236,6 +239,7 @@ mod tests {
                 }],
             }),
             drift_at: Some("now".into()),
+            seq: 0,
         };
         let html = render_cluster(&v, false);
         assert_eq!(html.matches("<script").count(), 1, "{html}");

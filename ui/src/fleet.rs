@@ -139,6 +139,8 @@ pub struct FleetView {
     pub source_error: Option<String>,
     pub placements: Vec<PlacementColumn>,
     pub clusters: Vec<ClusterRow>,
+    /// The event bus's newest `seq` (see [`Scope::seq`]).
+    pub seq: u64,
 }
 
 /// The page's filters and paging, from its query string.
@@ -232,7 +234,10 @@ pub fn render_fleet(view: &FleetView, q: &FleetQuery, fragment: bool) -> String 
     page(
         view.fleet.as_deref().unwrap_or("fleet"),
         Some(Nav::Fleet),
-        &Scope::default(),
+        &Scope {
+            seq: view.seq,
+            ..Scope::default()
+        },
         &header,
         live(view, q),
         fragment,

@@ -21,6 +21,7 @@ pub fn render_status_page(
     nav: Nav,
     api: &str,
     status: &Value,
+    seq: u64,
     fragment: bool,
 ) -> String {
     let mut header = String::new();
@@ -33,7 +34,11 @@ pub fn render_status_page(
     header.push_str("</code></a>.</p>\n");
     let mut live = String::new();
     value(&mut live, status, 0);
-    page(title, Some(nav), &Scope::default(), &header, live, fragment)
+    let scope = Scope {
+        seq,
+        ..Scope::default()
+    };
+    page(title, Some(nav), &scope, &header, live, fragment)
 }
 
 fn is_empty(v: &Value) -> bool {
@@ -138,7 +143,7 @@ mod tests {
             {"name": "<script>w</script>", "schedule": "0 * * * *", "runs": [{"id": "r1", "phase": "Succeeded"}]},
             {"name": "b", "suspended": true}
         ], "empty": []});
-        let html = render_status_page("Workflows", Nav::Workflows, "/api/v1/workflows", &status, false);
+        let html = render_status_page("Workflows", Nav::Workflows, "/api/v1/workflows", &status, 0, false);
         assert_eq!(html.matches("<script").count(), 1, "{html}");
         assert!(html.contains("<th scope=\"col\">name</th><th scope=\"col\">schedule</th><th scope=\"col\">runs</th><th scope=\"col\">suspended</th>"));
         assert!(html.contains("<td>&lt;script&gt;w&lt;/script&gt;</td>"));
@@ -153,10 +158,10 @@ mod tests {
         for _ in 0..50 {
             deep = json!({ "k": deep });
         }
-        let html = render_status_page("x", Nav::Burst, "/x", &deep, true);
+        let html = render_status_page("x", Nav::Burst, "/x", &deep, 0, true);
         assert!(html.matches("<dl").count() <= MAX_DEPTH);
         let long = Value::Array((0..1000).map(|i| json!(i)).collect());
-        let html = render_status_page("x", Nav::Burst, "/x", &long, true);
+        let html = render_status_page("x", Nav::Burst, "/x", &long, 0, true);
         assert_eq!(html.matches("<li>").count(), MAX_ITEMS);
         assert!(html.contains("800 more not shown"));
     }

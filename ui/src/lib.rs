@@ -88,6 +88,9 @@ pub struct Scope {
     pub placement: Option<String>,
     /// Refresh only on events of this cluster (and fleet-wide ones).
     pub cluster: Option<String>,
+    /// The event bus's newest `seq` when the page was rendered: the script's stream starts
+    /// after it, so nothing falls between the page and its first update.
+    pub seq: u64,
 }
 
 /// A whole page around `live` (the region the script re-fetches), or only `live` when
@@ -121,6 +124,7 @@ pub fn page(
         push_esc(&mut out, c);
         out.push('"');
     }
+    let _ = write!(out, " data-seq=\"{}\"", scope.seq);
     out.push_str(">\n<a class=\"skip\" href=\"#main\">Skip to content</a>\n<header class=\"top\">\n<nav aria-label=\"Pages\"><ul>\n");
     for (item, href, label) in [
         (Nav::Fleet, "/", "Fleet"),
@@ -174,10 +178,11 @@ mod tests {
         let scope = Scope {
             placement: Some("we\"b".into()),
             cluster: None,
+            seq: 7,
         };
         let whole = page("t<", None, &scope, "<h1>x</h1>", "LIVE".into(), false);
         assert!(whole.contains("<title>t&lt; · flotilla</title>"));
-        assert!(whole.contains("data-placement=\"we&quot;b\""));
+        assert!(whole.contains("data-placement=\"we&quot;b\" data-seq=\"7\">"));
         assert!(whole.contains("<div id=\"live\" aria-live=\"off\">\nLIVE</div>"));
         assert_eq!(page("t", None, &scope, "", "LIVE".into(), true), "LIVE");
     }

@@ -24,6 +24,8 @@ pub struct PlacementView {
     /// Why it does not render, when it does not.
     pub error: Option<String>,
     pub read_only: bool,
+    /// The event bus's newest `seq` (see [`crate::Scope::seq`]).
+    pub seq: u64,
 }
 
 fn step_label(step: &Step) -> (String, Option<&str>) {
@@ -77,6 +79,7 @@ pub fn render_placement(v: &PlacementView, fragment: bool) -> String {
     let scope = Scope {
         placement: Some(v.name.clone()),
         cluster: None,
+        seq: v.seq,
     };
     page(&v.name, Some(Nav::Fleet), &scope, &header, live(v), fragment)
 }
@@ -305,6 +308,7 @@ mod tests {
             ],
             error: None,
             read_only: false,
+            seq: 0,
         };
         let html = render_placement(&v, false);
         assert_eq!(html.matches("<script").count(), 1, "{html}");
