@@ -41,4 +41,5 @@ mod rollout;
 mod sim;
 mod sim_kube;
 mod spec_fixtures;
+mod ui;
 mod workflows;

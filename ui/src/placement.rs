@@ -148,11 +148,11 @@ fn live(v: &PlacementView) -> String {
             crate::esc(&step)
         );
         if let Some(t) = until {
-            out.push_str(" until <time datetime=\"");
+            out.push_str(", <time datetime=\"");
             push_esc(&mut out, t);
             out.push_str("\" data-until=\"");
             push_esc(&mut out, t);
-            out.push_str("\">");
+            out.push_str("\">until ");
             push_esc(&mut out, t);
             out.push_str("</time>");
         }
@@ -312,7 +312,7 @@ mod tests {
         };
         let html = render_placement(&v, false);
         assert_eq!(html.matches("<script").count(), 1, "{html}");
-        assert!(html.contains("aria-current=\"step\"><h3>Batch 1 <small>soaking until <time datetime=\"2026-01-01T00:00:30Z\" data-until="));
+        assert!(html.contains("aria-current=\"step\"><h3>Batch 1 <small>soaking, <time datetime=\"2026-01-01T00:00:30Z\" data-until="));
         assert!(html.contains("<td class=\"s-in-sync\">✓ passed</td><td>error-rate 0.01 &lt;= 0.05</td>"));
         assert!(html.contains(
             "data-url=\"/api/v1/rollouts/%3Cscript%3Eweb%3C%2Fscript%3E/rollback\">Roll back</button>"
