@@ -396,8 +396,18 @@ async fn placement(
         Some((r, e)) => (Some(r), e),
         None => (None, Vec::new()),
     };
+    let (diff, diff_note) = match &rollout {
+        Some(r) => revision_diff(&s, r),
+        None => (Vec::new(), None),
+    };
     let view = flotilla_ui::PlacementView {
-        error: s.status().placements.get(&name).and_then(|p| p.error.clone()),
+        diff,
+        diff_note,
+        error: s
+            .status()
+            .placements
+            .get(&name)
+            .and_then(|p| p.error.clone()),
         name,
         known,
         rollout,
@@ -406,6 +416,110 @@ async fn placement(
         seq,
     };
     html(flotilla_ui::render_placement(&view, fragment(&q)))
+}
+
+/// Distinct (last good, new) manifest pairs compared for one page.
+const MAX_DIFF_PAIRS: usize = 20;
+
+/// What rollout `r` changes: the PR review comparison (`review::compare`, Secrets masked) of
+/// each cluster's last good manifests with the ones the rollout brings, both as stored for
+/// rollback. Clusters with the same pair are compared once and grouped.
+fn revision_diff(
+    s: &Shared,
+    r: &Rollout,
+) -> (
+    Vec<flotilla_reconciler::review::ChangeGroup>,
+    Option<String>,
+) {
+    use flotilla_reconciler::desired::Desired;
+    use flotilla_reconciler::rollout::engine::manifests_from_json;
+    let mut pairs: Vec<((Option<String>, String), Vec<String>)> = Vec::new();
+    for c in r.batches.iter().flat_map(|b| &b.clusters) {
+        let key = (c.previous.clone(), c.hash.clone());
+        match pairs.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, clusters)) => clusters.push(c.cluster.clone()),
+            None => pairs.push((key, vec![c.cluster.clone()])),
+        }
+    }
+    let mut note = None;
+    if pairs.len() > MAX_DIFF_PAIRS {
+        note = Some(format!(
+            "{} distinct changes; the first {MAX_DIFF_PAIRS} are shown",
+            pairs.len()
+        ));
+        pairs.truncate(MAX_DIFF_PAIRS);
+    }
+    let read = s.store.read(|tx| {
+        let mut out = Vec::new();
+        for ((prev, hash), _) in &pairs {
+            let prev = match prev {
+                Some(p) => tx.manifests(p)?,
+                None => Some("[]".to_string()),
+            };
+            out.push((prev, tx.manifests(hash)?));
+        }
+        Ok(out)
+    });
+    let texts = match read {
+        Ok(t) => t,
+        Err(e) => return (Vec::new(), Some(format!("state store: {e}"))),
+    };
+    let desired = |text: Option<String>| -> Option<Vec<Desired>> {
+        let objects = manifests_from_json(&text?)?;
+        Some(vec![Desired {
+            placement: r.placement.clone(),
+            prune: false,
+            force: false,
+            objects: Ok(objects),
+        }])
+    };
+    let mut base = flotilla_reconciler::review::Rendered::new();
+    let mut head = flotilla_reconciler::review::Rendered::new();
+    let mut missing = 0;
+    for (((_, _), clusters), (prev, new)) in pairs.iter().zip(texts) {
+        match (desired(prev), desired(new)) {
+            (Some(b), Some(h)) => {
+                base.insert(clusters[0].clone(), b);
+                head.insert(clusters[0].clone(), h);
+            }
+            _ => missing += clusters.len(),
+        }
+    }
+    if missing > 0 {
+        note = Some(format!(
+            "the stored manifests of {missing} cluster(s) are gone (trimmed); they are left out"
+        ));
+    }
+    let review = flotilla_reconciler::review::compare(flotilla_reconciler::review::Input {
+        fleet: String::new(),
+        base_rev: "last good".into(),
+        head_rev: r.commit.clone(),
+        base: &base,
+        head: &head,
+        head_plan: None,
+        errors: Vec::new(),
+        notes: Vec::new(),
+    });
+    // Each representative stands for every cluster with its pair.
+    let mut groups = review.groups;
+    for g in &mut groups {
+        g.clusters = g
+            .clusters
+            .iter()
+            .flat_map(|rep| {
+                pairs
+                    .iter()
+                    .find(|(_, cs)| cs.first() == Some(rep))
+                    .map(|(_, cs)| cs.clone())
+                    .unwrap_or_else(|| vec![rep.clone()])
+            })
+            .collect();
+        g.clusters.sort();
+    }
+    if groups.is_empty() && note.is_none() {
+        note = Some("no object changes (the manifests are the same)".into());
+    }
+    (groups, note)
 }
 
 async fn cluster(
@@ -681,7 +795,10 @@ mod tests {
             Duration::from_millis(200),
             Duration::from_secs(60),
         ));
-        assert!(slots.clone().try_acquire_owned().is_err(), "the slot is held");
+        assert!(
+            slots.clone().try_acquire_owned().is_err(),
+            "the slot is held"
+        );
         assert_eq!(next_text(&mut s).await.as_deref(), Some("retry: 2000\n\n"));
         let second = next_text(&mut s).await.unwrap_or_default();
         assert!(second.starts_with("id: 2\ndata: {\"seq\":2,"), "{second}");
@@ -744,7 +861,11 @@ mod tests {
                 step: Step::Applying,
                 clusters: ["a", "b", "c"]
                     .iter()
-                    .zip([ClusterState::Failed, ClusterState::Applied, ClusterState::Passed])
+                    .zip([
+                        ClusterState::Failed,
+                        ClusterState::Applied,
+                        ClusterState::Passed,
+                    ])
                     .map(|(c, state)| ClusterStep {
                         cluster: c.to_string(),
                         hash: "h2".into(),
@@ -778,7 +899,10 @@ mod tests {
                     good: Some("h2".into()),
                 },
             )]),
-            drift: HashMap::from([(key("web", "c"), (vec!["Deployment.apps/shop/web".into()], vec![]))]),
+            drift: HashMap::from([(
+                key("web", "c"),
+                (vec!["Deployment.apps/shop/web".into()], vec![]),
+            )]),
         };
         let states: Vec<CellState> = ["a", "b", "c", "d", "e", "z"]
             .iter()

@@ -346,6 +346,16 @@ fn ui_follows_a_canary_live_rolls_back_with_the_token_and_shows_drift() {
         "var t = document.querySelector('time[data-until]'); return !!t && / s left$/.test(t.textContent);",
         &d,
     );
+    // The revision diff: the image change, once for the three clusters.
+    let diff = driver.js(
+        "var s = document.querySelector('section.change'); return s ? [s.querySelector('h3').textContent, s.querySelector('p').textContent, Array.from(s.querySelectorAll('pre.diff span.add')).some(function (l) { return /^\\+.*image: web:2$/.test(l.textContent); })] : null;",
+    );
+    assert_eq!(
+        diff,
+        json!(["+0 ~1 −0 on 3 clusters", "sim-1, sim-2, sim-3", true]),
+        "{}",
+        driver.source()
+    );
     driver.screenshot("placement");
     // Without a token: refused, nothing happens.
     driver.js("document.querySelector('button[data-action=rollback]').click(); return true;");
@@ -424,7 +434,13 @@ fn ui_follows_a_canary_live_rolls_back_with_the_token_and_shows_drift() {
             assert!(!html.contains(&needle), "{name} shows {needle}");
         }
     }
-    for name in ["fleet", "fleet-canary", "placement", "cluster-drift", "burst"] {
+    for name in [
+        "fleet",
+        "fleet-canary",
+        "placement",
+        "cluster-drift",
+        "burst",
+    ] {
         assert!(screenshots().join(format!("{name}.png")).is_file());
     }
 }

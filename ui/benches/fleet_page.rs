@@ -5,7 +5,9 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use flotilla_ui::{Cell, CellState, ClusterRow, FleetQuery, FleetView, PlacementColumn, render_fleet};
+use flotilla_ui::{
+    Cell, CellState, ClusterRow, FleetQuery, FleetView, PlacementColumn, render_fleet,
+};
 
 fn view() -> FleetView {
     let placements: Vec<PlacementColumn> = (0..20)
@@ -60,6 +62,14 @@ fn measure(name: &str, v: &FleetView, q: &FleetQuery) {
 fn main() {
     let v = view();
     measure("paged (100 clusters)", &v, &FleetQuery::default());
-    measure("unpaged (1000 clusters)", &v, &FleetQuery::from_pairs([("per", "1000")]));
-    measure("filtered (state=drifted)", &v, &FleetQuery::from_pairs([("state", "drifted")]));
+    measure(
+        "unpaged (1000 clusters)",
+        &v,
+        &FleetQuery::from_pairs([("per", "1000")]),
+    );
+    measure(
+        "filtered (state=drifted)",
+        &v,
+        &FleetQuery::from_pairs([("state", "drifted")]),
+    );
 }

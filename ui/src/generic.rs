@@ -143,7 +143,14 @@ mod tests {
             {"name": "<script>w</script>", "schedule": "0 * * * *", "runs": [{"id": "r1", "phase": "Succeeded"}]},
             {"name": "b", "suspended": true}
         ], "empty": []});
-        let html = render_status_page("Workflows", Nav::Workflows, "/api/v1/workflows", &status, 0, false);
+        let html = render_status_page(
+            "Workflows",
+            Nav::Workflows,
+            "/api/v1/workflows",
+            &status,
+            0,
+            false,
+        );
         assert_eq!(html.matches("<script").count(), 1, "{html}");
         assert!(html.contains("<th scope=\"col\">name</th><th scope=\"col\">schedule</th><th scope=\"col\">runs</th><th scope=\"col\">suspended</th>"));
         assert!(html.contains("<td>&lt;script&gt;w&lt;/script&gt;</td>"));

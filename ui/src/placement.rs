@@ -4,6 +4,7 @@
 
 use std::fmt::Write as _;
 
+use flotilla_reconciler::review::ChangeGroup;
 use flotilla_reconciler::rollout::model::{ClusterState, Event, Rollout, Step};
 
 use crate::{Nav, Scope, page, push_esc, short, token_form, url_part};
@@ -26,6 +27,11 @@ pub struct PlacementView {
     pub read_only: bool,
     /// The event bus's newest `seq` (see [`crate::Scope::seq`]).
     pub seq: u64,
+    /// What the rollout changes: each distinct change once, with its clusters (the PR review
+    /// comparison of the last good manifests with the rollout's).
+    pub diff: Vec<ChangeGroup>,
+    /// Why the diff is missing or partial, when it is.
+    pub diff_note: Option<String>,
 }
 
 fn step_label(step: &Step) -> (String, Option<&str>) {
@@ -81,7 +87,14 @@ pub fn render_placement(v: &PlacementView, fragment: bool) -> String {
         cluster: None,
         seq: v.seq,
     };
-    page(&v.name, Some(Nav::Fleet), &scope, &header, live(v), fragment)
+    page(
+        &v.name,
+        Some(Nav::Fleet),
+        &scope,
+        &header,
+        live(v),
+        fragment,
+    )
 }
 
 fn live(v: &PlacementView) -> String {
@@ -182,6 +195,8 @@ fn live(v: &PlacementView) -> String {
     }
     out.push_str("</ol>\n");
 
+    revision_diff(&mut out, v);
+
     // Gate results, with the values the gates queried (in their messages).
     let gates: Vec<&Event> = v
         .events
@@ -237,6 +252,70 @@ fn live(v: &PlacementView) -> String {
     }
     out.push_str("</tbody></table>\n");
     out
+}
+
+/// Diffs longer than this are cut (the rest is counted).
+const MAX_DIFF_LINES: usize = 400;
+
+fn revision_diff(out: &mut String, v: &PlacementView) {
+    if v.diff.is_empty() && v.diff_note.is_none() {
+        return;
+    }
+    out.push_str("<h2>Revision diff</h2>\n");
+    if let Some(n) = &v.diff_note {
+        out.push_str("<p>");
+        push_esc(out, n);
+        out.push_str("</p>\n");
+    }
+    for g in &v.diff {
+        let _ = write!(
+            out,
+            "<section class=\"change\"><h3>+{} ~{} −{} on {} cluster{}</h3><p class=\"labels\">",
+            g.added,
+            g.changed,
+            g.removed,
+            g.clusters.len(),
+            if g.clusters.len() == 1 { "" } else { "s" }
+        );
+        for (i, c) in g.clusters.iter().take(50).enumerate() {
+            if i > 0 {
+                out.push_str(", ");
+            }
+            push_esc(out, c);
+        }
+        if g.clusters.len() > 50 {
+            let _ = write!(out, " and {} more", g.clusters.len() - 50);
+        }
+        out.push_str("</p>");
+        if let Some(e) = &g.error {
+            out.push_str("<p class=\"warn\">");
+            push_esc(out, e);
+            out.push_str("</p>");
+        }
+        for o in &g.objects {
+            out.push_str("<details><summary><code>");
+            push_esc(out, &o.id);
+            out.push_str("</code> ");
+            push_esc(out, o.change.label());
+            out.push_str("</summary><pre class=\"diff\">");
+            let lines: Vec<&str> = o.diff.lines().collect();
+            for line in lines.iter().take(MAX_DIFF_LINES) {
+                let cls = match line.as_bytes().first() {
+                    Some(b'+') => "add",
+                    Some(b'-') => "del",
+                    _ => "ctx",
+                };
+                let _ = write!(out, "<span class=\"{cls}\">");
+                push_esc(out, line);
+                out.push_str("</span>\n");
+            }
+            if lines.len() > MAX_DIFF_LINES {
+                let _ = writeln!(out, "… {} more lines", lines.len() - MAX_DIFF_LINES);
+            }
+            out.push_str("</pre></details>");
+        }
+        out.push_str("</section>\n");
+    }
 }
 
 #[cfg(test)]
@@ -309,15 +388,41 @@ mod tests {
             error: None,
             read_only: false,
             seq: 0,
+            diff: vec![ChangeGroup {
+                placement: "web".into(),
+                clusters: vec!["<script>c</script>".into()],
+                added: 0,
+                changed: 1,
+                removed: 0,
+                objects: vec![flotilla_reconciler::review::ObjectChange {
+                    id: "Deployment.apps/shop/<script>".into(),
+                    bundle: "app".into(),
+                    change: flotilla_reconciler::review::Change::Changed,
+                    fields: vec!["spec.image".into()],
+                    diff: "-  image: web:1\n+  image: <script>web:2</script>\n".into(),
+                }],
+                error: None,
+            }],
+            diff_note: None,
         };
         let html = render_placement(&v, false);
         assert_eq!(html.matches("<script").count(), 1, "{html}");
         assert!(html.contains("aria-current=\"step\"><h3>Batch 1 <small>soaking, <time datetime=\"2026-01-01T00:00:30Z\" data-until="));
-        assert!(html.contains("<td class=\"s-in-sync\">✓ passed</td><td>error-rate 0.01 &lt;= 0.05</td>"));
+        assert!(
+            html.contains(
+                "<td class=\"s-in-sync\">✓ passed</td><td>error-rate 0.01 &lt;= 0.05</td>"
+            )
+        );
         assert!(html.contains(
             "data-url=\"/api/v1/rollouts/%3Cscript%3Eweb%3C%2Fscript%3E/rollback\">Roll back</button>"
         ));
         assert!(html.contains("type=\"password\""));
+        assert!(html.contains("<h3>+0 ~1 −0 on 1 cluster</h3>"));
+        assert!(
+            html.contains(
+                "<span class=\"add\">+  image: &lt;script&gt;web:2&lt;/script&gt;</span>"
+            )
+        );
 
         // A read-only daemon gets no buttons.
         let html = render_placement(
