@@ -433,7 +433,9 @@ fn revision_diff(
 ) {
     use flotilla_reconciler::desired::Desired;
     use flotilla_reconciler::rollout::engine::manifests_from_json;
-    let mut pairs: Vec<((Option<String>, String), Vec<String>)> = Vec::new();
+    // (last good hash, new hash) → the clusters with that pair.
+    type Pair = (Option<String>, String);
+    let mut pairs: Vec<(Pair, Vec<String>)> = Vec::new();
     for c in r.batches.iter().flat_map(|b| &b.clusters) {
         let key = (c.previous.clone(), c.hash.clone());
         match pairs.iter_mut().find(|(k, _)| *k == key) {
