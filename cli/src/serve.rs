@@ -101,6 +101,10 @@ pub struct ServeArgs {
     /// request.
     #[arg(long, env = "FLOTILLA_READ_ONLY", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
     pub read_only: Option<bool>,
+    /// Serve no web UI (the pages at /, /placements/..., /clusters/...); the JSON API and
+    /// the event stream stay.
+    #[arg(long, env = "FLOTILLA_NO_UI", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub no_ui: Option<bool>,
     /// Overrides the fleet's settings.driftInterval.
     #[arg(long, env = "FLOTILLA_DRIFT_INTERVAL", value_name = "DURATION", value_parser = crate::parse_duration)]
     pub drift_interval: Option<Duration>,
@@ -172,6 +176,7 @@ const KEYS: &[&str] = &[
     "notification-secrets",
     "credentials-file",
     "read-only",
+    "no-ui",
     "drift-interval",
     "burst-interval",
     "concurrency",
@@ -296,6 +301,12 @@ fn merge_file(args: &mut ServeArgs, path: &Path) -> anyhow::Result<()> {
                     anyhow::bail!("{at}: read-only must be true or false");
                 };
                 args.read_only.get_or_insert(b);
+            }
+            "no-ui" => {
+                let Value::Bool(b) = value else {
+                    anyhow::bail!("{at}: no-ui must be true or false");
+                };
+                args.no_ui.get_or_insert(b);
             }
             "drift-interval" => {
                 let d = duration()?;
@@ -457,6 +468,7 @@ pub fn resolve(mut args: ServeArgs) -> anyhow::Result<(Config, LogFormat)> {
         config.credentials = Some(flotilla_source::git::Credentials::from_file(f)?);
     }
     config.read_only = args.read_only.unwrap_or(false);
+    config.ui = !args.no_ui.unwrap_or(false);
     config.drift_interval = args.drift_interval;
     if let Some(b) = args.burst_interval {
         config.burst_interval = b.max(Duration::from_millis(100));

@@ -85,6 +85,8 @@ pub struct Config {
     /// Fault injection for tests (`FLOTILLA_FAULT_PANIC_PLACEMENT`): this placement's worker
     /// panics once, before its first rollout run.
     pub fault_panic_placement: Option<String>,
+    /// Serve the web UI (`/`, `/placements/...`, ...; `flotilla serve --no-ui` turns it off).
+    pub ui: bool,
 }
 
 impl Config {
@@ -124,6 +126,7 @@ impl Config {
             trusted_keys: None,
             signing_key: None,
             notification_secrets: None,
+            ui: true,
             burst_interval: Duration::from_secs(15),
         }
     }

@@ -35,6 +35,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/api/v1/clusters/{name}", get(cluster))
         .route("/api/v1/drift", get(drift))
         .route("/api/v1/events", get(events))
+        .route("/api/v1/events/stream", get(crate::ui::stream))
         .route("/api/v1/backups", get(backups))
         .route("/api/v1/backups/{name}/run", post(backup_run))
         .route("/api/v1/burst", get(burst))

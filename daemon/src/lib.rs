@@ -26,6 +26,7 @@ pub mod revision;
 mod run;
 pub mod status;
 mod supervise;
+mod ui;
 pub mod webhook;
 mod workers;
 mod workflows;

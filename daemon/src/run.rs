@@ -126,6 +126,8 @@ pub(crate) struct Shared {
     pub(crate) gates: PrometheusGates,
     /// What happened, for notifications and the live UI (`crate::events`).
     pub(crate) events: crate::events::Bus,
+    /// The web UI's event stream slots, drain signal and hash cache (`crate::ui`).
+    pub(crate) live: crate::ui::Live,
     images: crate::images::ImageSettings,
     /// The keys commits must be signed with (`--verify-commits`).
     pub trust: Option<Arc<flotilla_source::git::Trust>>,
@@ -351,6 +353,7 @@ pub async fn start(config: crate::config::Config) -> Result<Running, DaemonError
         results: Arc::new(Notify::new()),
         gates: PrometheusGates::new(Duration::from_secs(10)),
         events: crate::events::Bus::new(),
+        live: crate::ui::Live::default(),
         images: crate::images::ImageSettings {
             registries: flotilla_images::Settings {
                 logins: v.registry_logins,
@@ -411,7 +414,10 @@ pub async fn start(config: crate::config::Config) -> Result<Running, DaemonError
         },
         crate::supervise::report_to(shared.clone(), "burst", None),
     );
-    let router = crate::http::router(shared.clone());
+    let mut router = crate::http::router(shared.clone());
+    if shared.config.ui {
+        router = router.merge(crate::ui::router(shared.clone()));
+    }
     let refused = {
         let counter = shared.metrics.http_connections_refused.clone();
         move || {
@@ -1043,6 +1049,8 @@ impl Daemon {
         );
         shared.status_mut().draining = true;
         shared.stop.store(true, Ordering::SeqCst);
+        // Event streams say so and end (their clients would otherwise hold the listener).
+        shared.live.draining.send_replace(true);
         let _ = shared.wake.send(());
         for w in self.workers.values() {
             w.nudge.notify_one();

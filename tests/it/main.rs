@@ -47,4 +47,5 @@ mod sim_kube;
 mod sops;
 mod spec_fixtures;
 mod teams;
+mod ui;
 mod workflows;

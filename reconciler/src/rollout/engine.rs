@@ -144,7 +144,9 @@ pub(crate) fn manifests_json(objects: &[DesiredObject]) -> String {
     serde_json::to_string(&v).unwrap_or_default()
 }
 
-pub(crate) fn manifests_from_json(text: &str) -> Option<Vec<DesiredObject>> {
+/// The objects of `manifests_json` (`None` when the text is not that shape). Also read by
+/// the daemon's web UI for the revision diff.
+pub fn manifests_from_json(text: &str) -> Option<Vec<DesiredObject>> {
     let v: Vec<Value> = serde_json::from_str(text).ok()?;
     v.into_iter()
         .map(|e| {
