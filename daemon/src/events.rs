@@ -18,187 +18,25 @@ use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use serde::Serialize;
 use tokio::sync::broadcast;
+
+pub use flotilla_notify::{Event as FleetEvent, Trigger};
 
 /// How far a subscriber may fall behind before it misses events.
 pub const CAPACITY: usize = 1024;
 /// How many past events the bus keeps for late readers.
 pub const RECENT: usize = 512;
 
-/// What an event is about: the notification triggers, and the steps in between that only a
-/// live view wants.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Trigger {
-    RolloutStarted,
-    RolloutSucceeded,
-    /// The rollout failed, or its rollback could not finish.
-    RolloutFailed,
-    RolledBack,
-    RolloutPaused,
-    /// Any other rollout step (a batch applying, a cluster healthy, a gate passed, a failed
-    /// self-heal, ...).
-    RolloutStep,
-    DriftFound,
-    SelfHealed,
-    CommitRejected,
-    WorkflowFailed,
-    /// Any other workflow run phase (started, succeeded, skipped, ...).
-    WorkflowRun,
-    BackupFailed,
-    BackupSucceeded,
-}
-
-impl Trigger {
-    /// Every trigger, in a stable order.
-    pub const ALL: [Trigger; 13] = [
-        Trigger::RolloutStarted,
-        Trigger::RolloutSucceeded,
-        Trigger::RolloutFailed,
-        Trigger::RolledBack,
-        Trigger::RolloutPaused,
-        Trigger::RolloutStep,
-        Trigger::DriftFound,
-        Trigger::SelfHealed,
-        Trigger::CommitRejected,
-        Trigger::WorkflowFailed,
-        Trigger::WorkflowRun,
-        Trigger::BackupFailed,
-        Trigger::BackupSucceeded,
-    ];
-
-    /// The name used in fleet.yaml, the API and metrics (`rollout-started`, ...).
-    pub fn name(self) -> &'static str {
-        match self {
-            Trigger::RolloutStarted => "rollout-started",
-            Trigger::RolloutSucceeded => "rollout-succeeded",
-            Trigger::RolloutFailed => "rollout-failed",
-            Trigger::RolledBack => "rolled-back",
-            Trigger::RolloutPaused => "rollout-paused",
-            Trigger::RolloutStep => "rollout-step",
-            Trigger::DriftFound => "drift-found",
-            Trigger::SelfHealed => "self-healed",
-            Trigger::CommitRejected => "commit-rejected",
-            Trigger::WorkflowFailed => "workflow-failed",
-            Trigger::WorkflowRun => "workflow-run",
-            Trigger::BackupFailed => "backup-failed",
-            Trigger::BackupSucceeded => "backup-succeeded",
-        }
-    }
-
-    pub fn parse(name: &str) -> Option<Trigger> {
-        Trigger::ALL.into_iter().find(|t| t.name() == name)
-    }
-
-    /// The trigger of a rollout event of kind `kind` (the engine's event kinds).
-    pub fn of_rollout_kind(kind: &str) -> Trigger {
-        match kind {
-            "started" => Trigger::RolloutStarted,
-            "succeeded" => Trigger::RolloutSucceeded,
-            "failed" | "rollback-stopped" => Trigger::RolloutFailed,
-            "rolled-back-all" => Trigger::RolledBack,
-            "paused" => Trigger::RolloutPaused,
-            // The heal after a drift check records its heals as events of the placement.
-            "self-healed" => Trigger::SelfHealed,
-            _ => Trigger::RolloutStep,
-        }
-    }
-}
-
-/// One thing that happened.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct FleetEvent {
-    /// Increases by one per event of this daemon process (the SSE event id).
-    pub seq: u64,
-    /// RFC 3339.
-    pub at: String,
-    pub trigger: Trigger,
-    /// The source's own word for it (a rollout event kind such as `batch-applying`, a workflow
-    /// run phase), when it has one.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub kind: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub placement: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub cluster: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub rollout: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub batch: Option<usize>,
-    /// The commit it concerns (a rejected commit, the revision a drift check compared with).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub commit: Option<String>,
-    /// A workflow's or backup policy's name.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub workflow: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub backup: Option<String>,
-    pub message: String,
-}
-
-impl FleetEvent {
-    /// An event with only its trigger and message set (`seq` and `at` are filled in by
-    /// [`Bus::publish`]).
-    pub fn new(trigger: Trigger, message: impl Into<String>) -> FleetEvent {
-        FleetEvent {
-            seq: 0,
-            at: String::new(),
-            trigger,
-            kind: None,
-            placement: None,
-            cluster: None,
-            rollout: None,
-            batch: None,
-            commit: None,
-            workflow: None,
-            backup: None,
-            message: message.into(),
-        }
-    }
-
-    /// The event of a rollout engine event.
-    pub fn of_rollout(e: &flotilla_reconciler::rollout::Event) -> FleetEvent {
-        FleetEvent {
-            at: e.at.clone(),
-            kind: Some(e.kind.clone()),
-            placement: Some(e.placement.clone()),
-            cluster: e.cluster.clone(),
-            rollout: Some(e.rollout.clone()),
-            batch: e.batch,
-            ..FleetEvent::new(Trigger::of_rollout_kind(&e.kind), e.message.clone())
-        }
-    }
-
-    pub fn placement(mut self, p: impl Into<String>) -> FleetEvent {
-        self.placement = Some(p.into());
-        self
-    }
-
-    pub fn cluster(mut self, c: impl Into<String>) -> FleetEvent {
-        self.cluster = Some(c.into());
-        self
-    }
-
-    pub fn commit(mut self, c: impl Into<String>) -> FleetEvent {
-        self.commit = Some(c.into());
-        self
-    }
-
-    pub fn kind(mut self, k: impl Into<String>) -> FleetEvent {
-        self.kind = Some(k.into());
-        self
-    }
-
-    pub fn workflow(mut self, w: impl Into<String>) -> FleetEvent {
-        self.workflow = Some(w.into());
-        self
-    }
-
-    pub fn backup(mut self, b: impl Into<String>) -> FleetEvent {
-        self.backup = Some(b.into());
-        self
+/// The event of a rollout engine event.
+pub fn of_rollout(e: &flotilla_reconciler::rollout::Event) -> FleetEvent {
+    FleetEvent {
+        at: e.at.clone(),
+        kind: Some(e.kind.clone()),
+        placement: Some(e.placement.clone()),
+        cluster: e.cluster.clone(),
+        rollout: Some(e.rollout.clone()),
+        batch: e.batch,
+        ..FleetEvent::new(Trigger::of_rollout_kind(&e.kind), e.message.clone())
     }
 }
 

@@ -10,35 +10,16 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use flotilla_notify::{Event, KubeEvents, Notifier, PostError, SecretSource};
+use flotilla_notify::{KubeEvents, Notifier, PostError, SecretSource};
 use flotilla_reconciler::cluster::{ApplyOptions, ClusterError, FieldManager};
 use flotilla_reconciler::rollout::Clusters;
 use serde_json::Value;
 use tokio::sync::broadcast::error::RecvError;
 
-use crate::events::FleetEvent;
 use crate::run::Shared;
 
 /// How often sink health is copied into the status while nothing happens.
 const HEALTH_EVERY: Duration = Duration::from_secs(2);
-
-/// The notifier's view of an event.
-pub fn event(e: &FleetEvent) -> Event {
-    Event {
-        seq: e.seq,
-        at: e.at.clone(),
-        trigger: e.trigger.name().to_string(),
-        kind: e.kind.clone(),
-        placement: e.placement.clone(),
-        cluster: e.cluster.clone(),
-        rollout: e.rollout.clone(),
-        batch: e.batch,
-        commit: e.commit.clone(),
-        workflow: e.workflow.clone(),
-        backup: e.backup.clone(),
-        message: e.message.clone(),
-    }
-}
 
 /// Events through the daemon's cluster connections.
 struct ClusterEvents(Arc<Shared>);
@@ -83,7 +64,7 @@ pub(crate) async fn run(shared: Arc<Shared>) {
         let next = tokio::time::timeout(HEALTH_EVERY, rx.recv()).await;
         reconfigure(&shared, &notifier, &mut configured);
         match next {
-            Ok(Ok(e)) => notifier.submit(event(&e)),
+            Ok(Ok(e)) => notifier.submit((*e).clone()),
             Ok(Err(RecvError::Lagged(n))) => {
                 tracing::warn!(
                     missed = n,
@@ -122,15 +103,4 @@ fn reconfigure(shared: &Shared, notifier: &Notifier, configured: &mut Option<Str
         placements,
     );
     *configured = Some(rev.commit.clone());
-}
-
-#[cfg(test)]
-mod tests {
-    use crate::events::Trigger;
-
-    #[test]
-    fn the_spec_knows_every_trigger_of_the_bus() {
-        let bus: Vec<&str> = Trigger::ALL.iter().map(|t| t.name()).collect();
-        assert_eq!(bus, flotilla_spec::NOTIFICATION_TRIGGERS);
-    }
 }

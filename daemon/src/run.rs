@@ -166,7 +166,7 @@ impl Shared {
             "{}",
             e.message
         );
-        self.events.publish(FleetEvent::of_rollout(e));
+        self.events.publish(events::of_rollout(e));
         if matches!(e.kind.as_str(), "apply-failed" | "rollback-failed")
             && let Some(c) = &e.cluster
         {

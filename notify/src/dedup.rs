@@ -16,7 +16,7 @@ pub fn key(sink: &str, e: &Event) -> String {
     let o = |v: &Option<String>| v.clone().unwrap_or_default();
     [
         sink,
-        &e.trigger,
+        e.trigger.name(),
         &o(&e.placement),
         &o(&e.cluster),
         &e.message,
@@ -90,7 +90,7 @@ mod tests {
 
     fn drift(cluster: &str, message: &str) -> Event {
         Event {
-            trigger: "drift-found".into(),
+            trigger: crate::Trigger::DriftFound,
             cluster: Some(cluster.into()),
             message: message.into(),
             ..Event::default()

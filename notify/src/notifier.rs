@@ -613,7 +613,7 @@ mod tests {
     fn event(i: usize) -> Event {
         Event {
             seq: i as u64,
-            trigger: "drift-found".into(),
+            trigger: crate::Trigger::DriftFound,
             cluster: Some("c".into()),
             message: format!("drift {i}"),
             ..Event::default()

@@ -92,7 +92,7 @@ pub fn kube_event(e: &Event, cluster: &str, text: &str) -> Value {
             "flotilla",
         ),
     };
-    let kind = if is_warning(&e.trigger) {
+    let kind = if is_warning(e.trigger.name()) {
         "Warning"
     } else {
         "Normal"
@@ -108,7 +108,7 @@ pub fn kube_event(e: &Event, cluster: &str, text: &str) -> Value {
             "labels": {"app.kubernetes.io/managed-by": "flotilla"},
         },
         "involvedObject": involved,
-        "reason": reason(&e.trigger),
+        "reason": reason(e.trigger.name()),
         "message": message,
         "type": kind,
         "source": {"component": "flotilla"},
@@ -128,7 +128,7 @@ mod tests {
         Event {
             seq: 3,
             at: "2026-12-04T03:00:00.000Z".into(),
-            trigger: "rolled-back".into(),
+            trigger: crate::Trigger::RolledBack,
             placement: Some("web".into()),
             cluster: Some("prod-1".into()),
             message: "canary failed".into(),
@@ -170,7 +170,7 @@ mod tests {
             "one Event per cluster"
         );
         let fleetwide = Event {
-            trigger: "rollout-succeeded".into(),
+            trigger: crate::Trigger::RolloutSucceeded,
             placement: None,
             ..e
         };

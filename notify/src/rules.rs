@@ -107,7 +107,7 @@ fn compile(r: &NotificationRule) -> Rule {
 
 impl Rule {
     fn matches(&self, e: &Event) -> bool {
-        self.triggers.contains(&e.trigger)
+        self.triggers.iter().any(|t| t == e.trigger.name())
             && filter(&self.placements, e.placement.as_deref())
             && filter(&self.clusters, e.cluster.as_deref())
     }
@@ -178,7 +178,7 @@ mod tests {
         Event {
             seq: 7,
             at: "2026-12-04T03:00:00.000Z".into(),
-            trigger: trigger.into(),
+            trigger: crate::Trigger::parse(trigger).unwrap_or_default(),
             placement: placement.map(Into::into),
             cluster: cluster.map(Into::into),
             message: "canary failed".into(),

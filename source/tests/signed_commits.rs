@@ -514,6 +514,13 @@ fn signing_keys_with_a_passphrase_or_of_another_kind_are_refused() {
     assert!(e.to_string().contains("protected by a passphrase"), "{e}");
     let e = CommitSigner::load(&path.with_extension("pub")).expect_err("public");
     assert!(e.to_string().contains("not an OpenSSH private key"), "{e}");
+    // RSA keys never sign (their private-key operations are not constant-time).
+    let (rsa, _, fingerprint) = ssh_key(tmp.path(), "rsa", "rsa");
+    let e = CommitSigner::load(&rsa).expect_err("RSA");
+    assert!(
+        e.to_string().contains(&fingerprint) && e.to_string().contains("RUSTSEC-2023-0071"),
+        "{e}"
+    );
     // An OpenPGP secret key under a passphrase.
     let repo = Repo::new(tmp.path());
     repo.gpg(&[
@@ -538,6 +545,15 @@ fn signing_keys_with_a_passphrase_or_of_another_kind_are_refused() {
     let e = CommitSigner::load(&key).expect_err("encrypted");
     assert!(
         e.to_string().contains("is protected by a passphrase"),
+        "{e}"
+    );
+    // An OpenPGP RSA key is refused like an SSH one.
+    let fingerprint = repo.gpg_key("Rsa <rsa@example.com>", "rsa3072");
+    let secret = repo.gpg(&["--armor", "--export-secret-keys", "rsa@example.com"]);
+    let key = write(&tmp.path().join("rsa.asc"), &secret);
+    let e = CommitSigner::load(&key).expect_err("RSA");
+    assert!(
+        e.to_string().contains(&fingerprint) && e.to_string().contains("RUSTSEC-2023-0071"),
         "{e}"
     );
 }

@@ -101,47 +101,20 @@ impl Template {
     /// Parses a notification template: the event's fields (`${trigger}`, `${cluster}`, ...,
     /// [`NOTIFICATION_VARIABLES`]) and `${fleet.name}`.
     pub fn parse_notification(s: &str) -> Result<Template, String> {
-        let mut parts = Vec::new();
-        let mut text = String::new();
-        let mut rest = s;
-        while let Some(i) = rest.find('$') {
-            text.push_str(&rest[..i]);
-            rest = &rest[i..];
-            if let Some(r) = rest.strip_prefix("$$") {
-                text.push('$');
-                rest = r;
-            } else if let Some(r) = rest.strip_prefix("${") {
-                let end = r
-                    .find('}')
-                    .ok_or_else(|| format!("unclosed \"${{\" in {s:?}"))?;
-                let name = r[..end].trim();
-                let var = match NOTIFICATION_VARIABLES.iter().find(|v| **v == name) {
-                    Some(&"fleet.name") => Var::FleetName,
-                    Some(v) => Var::Event(v),
-                    None => {
-                        let hint =
-                            crate::diag::suggestion(name, NOTIFICATION_VARIABLES.iter().copied());
-                        return Err(format!(
-                            "unknown template variable \"${{{name}}}\" (known: {}){hint}",
-                            NOTIFICATION_VARIABLES.join(", ")
-                        ));
-                    }
-                };
-                if !text.is_empty() {
-                    parts.push(Part::Text(std::mem::take(&mut text)));
+        Template::scan(s, |name| {
+            match NOTIFICATION_VARIABLES.iter().find(|v| **v == name) {
+                Some(&"fleet.name") => Ok(Var::FleetName),
+                Some(v) => Ok(Var::Event(v)),
+                None => {
+                    let hint =
+                        crate::diag::suggestion(name, NOTIFICATION_VARIABLES.iter().copied());
+                    Err(format!(
+                        "unknown template variable \"${{{name}}}\" (known: {}){hint}",
+                        NOTIFICATION_VARIABLES.join(", ")
+                    ))
                 }
-                parts.push(Part::Var(var));
-                rest = &r[end + 1..];
-            } else {
-                text.push('$');
-                rest = &rest[1..];
             }
-        }
-        text.push_str(rest);
-        if !text.is_empty() {
-            parts.push(Part::Text(text));
-        }
-        Ok(Template { parts })
+        })
     }
 
     /// Expands a notification template: `field` answers each variable (`fleet.name`
@@ -166,6 +139,33 @@ impl Template {
         } else {
             VARIABLES
         };
+        Template::scan(s, |name| {
+            Ok(match name {
+                "cluster.name" => Var::ClusterName,
+                "cluster.kind" => Var::ClusterKind,
+                "cluster.context" => Var::ClusterContext,
+                "placement.name" if !workflow => Var::PlacementName,
+                "bundle.name" if !workflow => Var::BundleName,
+                "workflow.name" if workflow => Var::WorkflowName,
+                "run.id" if workflow => Var::RunId,
+                "fleet.name" => Var::FleetName,
+                other => match other.strip_prefix("cluster.labels.") {
+                    Some(key) if !key.is_empty() => Var::ClusterLabel(key.to_string()),
+                    _ => {
+                        let hint = crate::diag::suggestion(other, known.iter().copied());
+                        return Err(format!(
+                            "unknown template variable \"${{{other}}}\" (known: {}){hint}",
+                            known.join(", ")
+                        ));
+                    }
+                },
+            })
+        })
+    }
+
+    /// The one scanner of the `${...}` language: text, `$$` for a dollar, `${name}` resolved
+    /// by `resolve` (its error is the template's).
+    fn scan(s: &str, resolve: impl Fn(&str) -> Result<Var, String>) -> Result<Template, String> {
         let mut parts = Vec::new();
         let mut text = String::new();
         let mut rest = s;
@@ -179,27 +179,7 @@ impl Template {
                 let end = r
                     .find('}')
                     .ok_or_else(|| format!("unclosed \"${{\" in {s:?}"))?;
-                let name = r[..end].trim();
-                let var = match name {
-                    "cluster.name" => Var::ClusterName,
-                    "cluster.kind" => Var::ClusterKind,
-                    "cluster.context" => Var::ClusterContext,
-                    "placement.name" if !workflow => Var::PlacementName,
-                    "bundle.name" if !workflow => Var::BundleName,
-                    "workflow.name" if workflow => Var::WorkflowName,
-                    "run.id" if workflow => Var::RunId,
-                    "fleet.name" => Var::FleetName,
-                    other => match other.strip_prefix("cluster.labels.") {
-                        Some(key) if !key.is_empty() => Var::ClusterLabel(key.to_string()),
-                        _ => {
-                            let hint = crate::diag::suggestion(other, known.iter().copied());
-                            return Err(format!(
-                                "unknown template variable \"${{{other}}}\" (known: {}){hint}",
-                                known.join(", ")
-                            ));
-                        }
-                    },
-                };
+                let var = resolve(r[..end].trim())?;
                 if !text.is_empty() {
                     parts.push(Part::Text(std::mem::take(&mut text)));
                 }

@@ -19,7 +19,7 @@ fn real_notify_events_are_valid_core_v1_events() {
     let rolled_back = Event {
         seq: 12,
         at: "2026-12-04T03:00:00.000Z".into(),
-        trigger: "rolled-back".into(),
+        trigger: flotilla_notify::Trigger::RolledBack,
         placement: Some("web".into()),
         cluster: Some("real-1".into()),
         message: "canary failed".into(),
@@ -28,7 +28,7 @@ fn real_notify_events_are_valid_core_v1_events() {
     let drift = Event {
         seq: 13,
         at: "2026-12-04T03:05:00.000Z".into(),
-        trigger: "drift-found".into(),
+        trigger: flotilla_notify::Trigger::DriftFound,
         cluster: Some("real-1".into()),
         message: "1 object(s) drifted from Git on cluster real-1".into(),
         ..Event::default()

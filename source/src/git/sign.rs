@@ -12,6 +12,11 @@ use super::verify::{GIT_NAMESPACE, TrustError};
 /// Largest private key file read.
 const MAX_KEY_BYTES: u64 = 1 << 20;
 
+/// Why an RSA private key is not used: the `rsa` crate's private-key operations are not
+/// constant-time (RUSTSEC-2023-0071, the Marvin attack), so flotilla never signs with one.
+/// Verifying RSA signatures uses only public keys and is not affected (see deny.toml).
+const RSA_REFUSED: &str = "RSA keys do not sign commits here (the rsa crate's private-key operations are not constant-time, RUSTSEC-2023-0071); use an Ed25519 or ECDSA key (ssh-keygen -t ed25519, gpg --quick-gen-key NAME ed25519)";
+
 enum Key {
     Ssh(Box<PrivateKey>),
     Pgp(Box<pgp::composed::SignedSecretKey>),
@@ -66,6 +71,9 @@ impl CommitSigner {
             ));
         }
         let fingerprint = key.fingerprint(HashAlg::Sha256).to_string();
+        if matches!(key.algorithm(), ssh_key::Algorithm::Rsa { .. }) {
+            return Err(err(format!("SSH key {fingerprint}: {RSA_REFUSED}")));
+        }
         Ok(CommitSigner {
             key: Key::Ssh(Box::new(key)),
             fingerprint,
@@ -82,6 +90,14 @@ impl CommitSigner {
             return Err(format!(
                 "OpenPGP key {fingerprint} is protected by a passphrase; export it without one"
             ));
+        }
+        if matches!(
+            key.primary_key.algorithm(),
+            pgp::crypto::public_key::PublicKeyAlgorithm::RSA
+                | pgp::crypto::public_key::PublicKeyAlgorithm::RSASign
+                | pgp::crypto::public_key::PublicKeyAlgorithm::RSAEncrypt
+        ) {
+            return Err(format!("OpenPGP key {fingerprint}: {RSA_REFUSED}"));
         }
         let signer = CommitSigner {
             key: Key::Pgp(Box::new(key)),
