@@ -51,7 +51,9 @@
   function remember(e) {
     if (!log) { return; }
     var li = document.createElement("li");
-    var parts = [e.at, e.trigger, e.placement, e.cluster, e.message].filter(function (x) { return x; });
+    // A step says which one (the rollout event kind or the run phase), not just "rollout-step".
+    var what = (e.trigger === "rollout-step" || e.trigger === "workflow-run") && e.kind ? e.kind : e.trigger;
+    var parts = [e.at, what, e.placement, e.cluster, e.message].filter(function (x) { return x; });
     li.textContent = parts.join(" · ");
     log.insertBefore(li, log.firstChild);
     while (log.children.length > MAX_LOG) { log.removeChild(log.lastChild); }
