@@ -280,9 +280,45 @@ fn authorized(s: &Shared, headers: &HeaderMap) -> bool {
     token.matches(given.as_bytes())
 }
 
-/// The checks every mutating API request passes: the bearer token (when one is set), and
-/// not a read-only daemon.
+/// Whether a browser sent this request from another site (a page elsewhere posting to this
+/// daemon, which on loopback may run without a token). The UI's own requests are same-origin;
+/// the CLI and scripts send neither header. Cross-site requests never change anything.
+fn cross_site(headers: &HeaderMap) -> bool {
+    let fetch_site = headers
+        .get("sec-fetch-site")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if matches!(fetch_site, "cross-site" | "same-site") {
+        return true;
+    }
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        return false;
+    };
+    let origin = origin.to_str().unwrap_or("null");
+    let authority = origin.split_once("://").map_or(origin, |(_, a)| a);
+    let host = headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    authority.is_empty() || !authority.eq_ignore_ascii_case(host)
+}
+
+/// The answer to a cross-site request for a change (see [`cross_site`]).
+fn refuse_cross_site(headers: &HeaderMap) -> Option<Response> {
+    cross_site(headers).then(|| {
+        error(
+            StatusCode::FORBIDDEN,
+            "cross-site request refused: changes come from this daemon's own pages or API clients",
+        )
+    })
+}
+
+/// The checks every mutating API request passes: not cross-site, the bearer token (when one
+/// is set), and not a read-only daemon.
 fn refuse_mutation(s: &Shared, headers: &HeaderMap, what: &str) -> Option<Response> {
+    if let Some(refused) = refuse_cross_site(headers) {
+        return Some(refused);
+    }
     if !authorized(s, headers) {
         return Some(error(
             StatusCode::UNAUTHORIZED,
@@ -505,6 +541,9 @@ async fn backup_run(
     Path(name): Path<String>,
     headers: HeaderMap,
 ) -> Response {
+    if let Some(refused) = refuse_cross_site(&headers) {
+        return refused;
+    }
     if !authorized(&s, &headers) {
         return error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
     }
@@ -590,5 +629,52 @@ async fn workflow_run(
     match crate::workflows::run_now(s.clone(), &name, q.cluster.as_deref()).await {
         Ok(records) => json_response(StatusCode::OK, json!({"runs": records})),
         Err(e) => error(StatusCode::NOT_FOUND, e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, axum::http::HeaderValue::from_static(v));
+        }
+        h
+    }
+
+    #[test]
+    fn only_requests_from_another_site_are_cross_site() {
+        let host = ("host", "127.0.0.1:9410");
+        // The CLI, curl, scripts: no Origin.
+        assert!(!cross_site(&headers(&[host])));
+        // The UI's own pages.
+        assert!(!cross_site(&headers(&[
+            host,
+            ("origin", "http://127.0.0.1:9410")
+        ])));
+        assert!(!cross_site(&headers(&[
+            host,
+            ("sec-fetch-site", "same-origin")
+        ])));
+        // Another site, a sandboxed page, a sibling subdomain.
+        assert!(cross_site(&headers(&[
+            host,
+            ("origin", "https://evil.example")
+        ])));
+        assert!(cross_site(&headers(&[
+            host,
+            ("origin", "http://127.0.0.1:8080")
+        ])));
+        assert!(cross_site(&headers(&[host, ("origin", "null")])));
+        assert!(cross_site(&headers(&[
+            host,
+            ("sec-fetch-site", "cross-site")
+        ])));
+        assert!(cross_site(&headers(&[
+            host,
+            ("sec-fetch-site", "same-site")
+        ])));
     }
 }

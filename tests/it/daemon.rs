@@ -366,6 +366,24 @@ fn daemon_follows_webhooks_rejects_invalid_commits_and_supersedes() {
         crate::support::stdout(&o)
     );
 
+    // No API token here (loopback): still, a page on another site cannot make a browser
+    // change anything (the UI's own requests are same-origin).
+    let (code, body) = d
+        .request(
+            "POST",
+            "/api/v1/rollouts/web/pause",
+            &[("Origin", "https://evil.example")],
+            b"",
+        )
+        .expect("the daemon answers");
+    assert_eq!(code, 403, "{body}");
+    assert!(body.contains("cross-site"), "{body}");
+    assert_ne!(
+        d.json("/api/v1/rollouts/web")["rollout"]["phase"],
+        "paused",
+        "nothing was paused"
+    );
+
     // SIGTERM: drains and exits 0.
     assert_eq!(d.terminate(), Some(0), "{}", d.log());
     assert!(d.log().contains("drained"), "{}", d.log());
