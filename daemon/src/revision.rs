@@ -17,6 +17,8 @@ use flotilla_spec::{Diagnostic, Fleet, Limits, Selection};
 #[derive(Debug)]
 pub struct Revision {
     pub commit: String,
+    /// The first line of the commit's message (`None` when it could not be read).
+    pub message: Option<String>,
     pub fleet: Fleet,
     pub plan: Plan,
     /// Cluster name → its rendered placements.
@@ -177,6 +179,7 @@ impl Loader {
         Loaded::Valid(Arc::new(Revision {
             workflow_templates,
             agents,
+            message: snapshot.summary(),
             commit,
             plan,
             targets,

@@ -818,6 +818,7 @@ impl Daemon {
             s.rejected = None;
             s.revision = Some(RevisionStatus {
                 commit: rev.commit.clone(),
+                message: rev.message.clone(),
                 loaded_at: at,
                 render_seconds: rev.render_took.as_secs_f64(),
                 clusters: rev.fleet.clusters.len(),

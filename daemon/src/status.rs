@@ -69,6 +69,9 @@ pub struct SourceStatus {
 #[serde(rename_all = "camelCase")]
 pub struct RevisionStatus {
     pub commit: String,
+    /// The first line of the commit's message.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
     pub loaded_at: String,
     pub render_seconds: f64,
     pub clusters: usize,

@@ -316,7 +316,7 @@ async fn fleet(State(s): State<AppState>, Query(q): Query<Vec<(String, String)>>
     let mut view = flotilla_ui::FleetView {
         fleet: status.fleet.clone(),
         commit: status.revision.as_ref().map(|r| r.commit.clone()),
-        commit_message: None,
+        commit_message: status.revision.as_ref().and_then(|r| r.message.clone()),
         rejected: status.rejected.as_ref().map(|r| flotilla_ui::Rejected {
             commit: r.commit.clone(),
             at: r.at.clone(),

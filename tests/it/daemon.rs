@@ -213,6 +213,11 @@ fn daemon_follows_webhooks_rejects_invalid_commits_and_supersedes() {
         d.json("/api/v1/fleet")["revision"]["commit"],
         second.as_str()
     );
+    assert_eq!(
+        d.json("/api/v1/fleet")["revision"]["message"],
+        "web 2",
+        "the commit's message (the UI's fleet page shows it)"
+    );
     d.wait_for("web:2 rollout succeeded", Duration::from_secs(30), || {
         d.json("/api/v1/rollouts/web")["rollout"]["phase"] == "succeeded"
     });

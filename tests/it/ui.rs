@@ -336,6 +336,12 @@ fn ui_follows_a_canary_live_rolls_back_with_the_token_and_shows_drift() {
         "{seen:?}"
     );
     assert_eq!(images(&k, 3), ["web:2", "web:1", "web:1"]);
+    // The running commit and its message came with the live update too.
+    let text = driver.js("return document.body.innerText;");
+    assert!(
+        text.as_str().unwrap_or("").contains("web 2"),
+        "the commit's message: {text}"
+    );
     driver.screenshot("fleet-canary");
 
     // The placement page: the batch timeline, the soak countdown, and the buttons.

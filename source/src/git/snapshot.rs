@@ -106,6 +106,19 @@ impl Snapshot {
         self.commit
     }
 
+    /// The first line of the commit's message, at most 200 characters (`None` when the commit
+    /// cannot be read, or is over the size a commit may have).
+    pub fn summary(&self) -> Option<String> {
+        const MAX_COMMIT_BYTES: usize = 1 << 20;
+        let header = self.repo().find_header(self.commit).ok()?;
+        if header.size() > MAX_COMMIT_BYTES as u64 {
+            return None;
+        }
+        let commit = self.repo().find_commit(self.commit).ok()?;
+        let message = commit.message().ok()?;
+        Some(message.summary().to_string().chars().take(200).collect())
+    }
+
     /// The root tree of the commit.
     pub fn tree(&self) -> ObjectId {
         self.tree
