@@ -40,7 +40,9 @@ pub(crate) async fn heal(shared: &Arc<Shared>, rev: &Arc<Revision>) -> Vec<Strin
         let Ok(input) = input else { continue };
         let name = input.placement.name.clone();
         // A newer commit arrived during the drift check: its own check heals with it (this
-        // one could put back a placement the new commit removed).
+        // one could put back a placement the new commit removed). Checked under the lock the
+        // prune of removed placements holds, so the two never interleave.
+        let _no_prune = shared.heal_prune.lock().await;
         if shared.current().is_none_or(|c| c.commit != rev.commit) {
             break;
         }

@@ -126,6 +126,10 @@ pub(crate) struct Shared {
     pub(crate) gates: PrometheusGates,
     /// What happened, for notifications and the live UI (`crate::events`).
     pub(crate) events: crate::events::Bus,
+    /// Held by the prune of placements a new revision removed, and by each placement's heal
+    /// after a drift check: a heal of the revision before can never put back what the prune
+    /// just removed (it sees the new revision once it has the lock, and stops).
+    pub(crate) heal_prune: tokio::sync::Mutex<()>,
     /// The web UI's event stream slots, drain signal and hash cache (`crate::ui`).
     pub(crate) live: crate::ui::Live,
     images: crate::images::ImageSettings,
@@ -353,6 +357,7 @@ pub async fn start(config: crate::config::Config) -> Result<Running, DaemonError
         results: Arc::new(Notify::new()),
         gates: PrometheusGates::new(Duration::from_secs(10)),
         events: crate::events::Bus::new(),
+        heal_prune: tokio::sync::Mutex::new(()),
         live: crate::ui::Live::default(),
         images: crate::images::ImageSettings {
             registries: flotilla_images::Settings {
@@ -1122,6 +1127,8 @@ fn spawn_prune_removed(shared: Arc<Shared>, previous: &Revision, rev: &Arc<Revis
     let report = crate::supervise::report_to(shared.clone(), "prune", None);
     crate::supervise::spawn_once(
         async move {
+            // No heal of the revision before runs meanwhile (see `Shared::heal_prune`).
+            let _no_heal = shared.heal_prune.lock().await;
             let concurrency = shared.config.concurrency;
             futures::stream::iter(work)
             .for_each_concurrent(concurrency, |(cluster, gone)| {
