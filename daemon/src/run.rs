@@ -9,13 +9,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
 use tokio::sync::{Notify, mpsc};
 
-use flotilla_reconciler::report::{Report, ReportKind};
+use flotilla_reconciler::report::Report;
 use flotilla_reconciler::rollout::model::short_id;
-use flotilla_reconciler::rollout::{Clusters, Event, phase_after};
-use flotilla_reconciler::sync::{self, CompareMode};
+use flotilla_reconciler::rollout::{Event, phase_after};
 use flotilla_source::git::{self, GitSource};
 use flotilla_state::Store;
 
@@ -814,7 +812,7 @@ impl Daemon {
             .replace(rev.clone());
         shared.burst.nudge.notify_one();
         if let Some(previous) = previous.filter(|_| !shared.config.read_only) {
-            spawn_prune_removed(shared.clone(), &previous, &rev);
+            crate::prune::spawn_prune_removed(shared.clone(), &previous, &rev);
         }
         {
             let mut s = shared.status_mut();
@@ -955,7 +953,7 @@ impl Daemon {
         crate::supervise::spawn_once(
             async move {
                 let started = Instant::now();
-                let (report, healed) = drift_check(&shared, &rev).await;
+                let (report, healed) = crate::drift::drift_check(&shared, &rev).await;
                 shared
                     .metrics
                     .reconcile_seconds
@@ -1078,183 +1076,10 @@ impl Daemon {
     }
 }
 
-/// Placements the new revision no longer puts on a cluster (removed from the fleet, or no
-/// longer selecting it) are pruned there by their inventories, as `settings.prune` says.
-/// The cluster no longer runs these placements: their record goes, so a heal never puts
-/// them back.
-fn forget_removed(shared: &Shared, cluster: &str, gone: &[String]) {
-    let unit = crate::ha::cluster_unit(cluster);
-    let forgot = match shared.ownership.store_for(&shared.store, &unit) {
-        Some(store) => store.write(|tx| {
-            for p in gone {
-                tx.remove_revision(p, cluster)?;
-            }
-            Ok(())
-        }),
-        None => Ok(()),
-    };
-    if let Err(e) = forgot {
-        tracing::error!(%cluster, error = %e, "state store: removed placements still recorded");
-    }
-}
-
-fn spawn_prune_removed(shared: Arc<Shared>, previous: &Revision, rev: &Arc<Revision>) {
-    let mut work: Vec<(String, Vec<String>)> = Vec::new();
-    for (cluster, old) in &previous.targets {
-        // A cluster that left the fleet has no connection any more: nothing to do there.
-        let Some(new) = rev.targets.get(cluster) else {
-            continue;
-        };
-        // Replicated: the replica holding the cluster prunes it.
-        if !shared.ownership.holds(&crate::ha::cluster_unit(cluster)) {
-            continue;
-        }
-        let gone: Vec<String> = old
-            .iter()
-            .map(|d| d.placement.clone())
-            .filter(|p| !new.iter().any(|d| &d.placement == p))
-            .collect();
-        if !gone.is_empty() {
-            work.push((cluster.clone(), gone));
-        }
-    }
-    if work.is_empty() {
-        return;
-    }
-    let fleet = rev.fleet.metadata.name.clone();
-    let prune = rev.fleet.settings.prune;
-    let agents = rev.agents.clone();
-    let report = crate::supervise::report_to(shared.clone(), "prune", None);
-    crate::supervise::spawn_once(
-        async move {
-            // No heal of the revision before runs meanwhile (see `Shared::heal_prune`).
-            let _no_heal = shared.heal_prune.lock().await;
-            let concurrency = shared.config.concurrency;
-            futures::stream::iter(work)
-            .for_each_concurrent(concurrency, |(cluster, gone)| {
-                let shared = shared.clone();
-                let fleet = fleet.clone();
-                let agent = agents.contains(&cluster);
-                async move {
-                    if agent {
-                        // Through its agent, like any work for that cluster.
-                        match crate::agents::prune_removed(&shared, &fleet, &cluster, &gone, prune).await {
-                            Ok(()) => {
-                                forget_removed(&shared, &cluster, &gone);
-                                tracing::info!(%cluster, placements = %gone.join(", "), "placements removed from this agent cluster");
-                            }
-                            Err(e) => tracing::warn!(%cluster, error = %e, "removed placements not pruned"),
-                        }
-                        return;
-                    }
-                    let c = match shared.clusters.cluster(&cluster).await {
-                        Ok(c) => c,
-                        Err(e) => {
-                            tracing::warn!(%cluster, error = %e, "removed placements not pruned");
-                            return;
-                        }
-                    };
-                    let result = sync::prune_placements(c.as_ref(), &fleet, &gone, prune).await;
-                    if result.error.is_none() {
-                        forget_removed(&shared, &cluster, &gone);
-                    }
-                    if result.failed() {
-                        shared
-                            .metrics
-                            .apply_errors
-                            .get_or_create(&labels(&[("cluster", &cluster)]))
-                            .inc();
-                    }
-                    let done: Vec<String> = result
-                        .objects
-                        .iter()
-                        .map(|o| format!("{} {}", o.object, o.action.label(false)))
-                        .collect();
-                    tracing::info!(
-                        %cluster,
-                        placements = %gone.join(", "),
-                        error = result.error.as_deref(),
-                        "placements removed from this cluster: {}",
-                        done.join(", ")
-                    );
-                }
-            })
-            .await;
-        },
-        report,
-    );
-}
-
 async fn sleep_until(at: Option<tokio::time::Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
-    }
-}
-
-/// One placement: runs its rollout engine whenever the revision changes or it is nudged
-/// (API request, every poll), and drops a run that a newer revision supersedes.
-/// Compares every cluster with the revision through read-only connections, then (unless
-/// read-only) heals: see [`crate::heal`].
-async fn drift_check(shared: &Arc<Shared>, rev: &Arc<Revision>) -> (Report, Vec<String>) {
-    let fleet_name = rev.fleet.metadata.name.clone();
-    // Replicated: each replica checks (and connects to) the clusters it holds.
-    let names: Vec<String> = rev
-        .targets
-        .keys()
-        .filter(|c| shared.ownership.holds(&crate::ha::cluster_unit(c)))
-        .cloned()
-        .collect();
-    let mut clusters: Vec<_> = futures::stream::iter(names)
-        .map(|name| compare_one(shared.clone(), rev.clone(), name))
-        .buffer_unordered(shared.config.concurrency)
-        .collect()
-        .await;
-    clusters.sort_by(|a, b| a.name.cmp(&b.name));
-    let report = Report {
-        kind: ReportKind::Drift,
-        fleet: fleet_name.clone(),
-        revision: rev.commit.clone(),
-        generated_at: now(),
-        clusters,
-    };
-    let healed = if shared.config.read_only {
-        Vec::new()
-    } else {
-        crate::heal::heal(shared, rev).await
-    };
-    (report, healed)
-}
-
-async fn compare_one(
-    shared: Arc<Shared>,
-    rev: Arc<Revision>,
-    name: String,
-) -> flotilla_reconciler::report::ClusterReport {
-    let desired = rev
-        .targets
-        .get(&name)
-        .map(Vec::as_slice)
-        .unwrap_or_default();
-    if rev.is_agent(&name) {
-        // Checked by its agent, against what it was assigned; read from its report.
-        return shared.agents.drift(&name, desired).await;
-    }
-    match shared.readers.cluster(&name).await {
-        Ok(c) => {
-            sync::compare(
-                c.as_ref(),
-                &rev.fleet.metadata.name,
-                desired,
-                CompareMode::ReadOnly,
-            )
-            .await
-        }
-        Err(e) => flotilla_reconciler::report::ClusterReport {
-            name,
-            error: Some(e),
-            placements: Vec::new(),
-        },
     }
 }
 

@@ -31,27 +31,9 @@ pub const APP_CSS: &str = include_str!("../assets/app.css");
 /// The script served at `/ui/assets/app.js`.
 pub const APP_JS: &str = include_str!("../assets/app.js");
 
-/// `text` with `& < > " '` replaced by character references: safe in element content and in
-/// quoted attribute values.
-pub fn esc(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    push_esc(&mut out, text);
-    out
-}
-
-/// Appends `text` escaped (see [`esc`]).
-pub fn push_esc(out: &mut String, text: &str) {
-    for ch in text.chars() {
-        match ch {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-}
+/// Escapes text for element content and quoted attribute values: `& < > " '` (the one escaper
+/// of flotilla's HTML, shared with the drift reports and the PR review).
+pub use flotilla_reconciler::report::{esc, push_esc};
 
 /// `text` for a URL path segment or query value: everything but unreserved characters
 /// percent-encoded (then still escaped for the attribute by the caller's [`esc`]).
