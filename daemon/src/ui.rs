@@ -124,6 +124,13 @@ fn fragment(q: &[(String, String)]) -> bool {
     q.iter().any(|(k, v)| k == "fragment" && v == "1")
 }
 
+/// A page for a placement or cluster the fleet does not have: 404 with the page's frame.
+fn not_found(body: String) -> Response {
+    let mut r = html(body);
+    *r.status_mut() = StatusCode::NOT_FOUND;
+    r
+}
+
 fn unavailable(message: &str) -> Response {
     let mut r = html(format!(
         "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>flotilla</title></head><body><main><h1>Not yet</h1><p>{}</p></main></body></html>",
@@ -381,7 +388,7 @@ async fn placement(
         Err(e) => return unavailable(&format!("state store: {e}")),
     };
     if !known && history.is_none() {
-        let mut r = html(flotilla_ui::render_placement(
+        return not_found(flotilla_ui::render_placement(
             &flotilla_ui::PlacementView {
                 name,
                 seq,
@@ -389,8 +396,6 @@ async fn placement(
             },
             fragment(&q),
         ));
-        *r.status_mut() = StatusCode::NOT_FOUND;
-        return r;
     }
     let (rollout, events) = match history {
         Some((r, e)) => (Some(r), e),
@@ -534,7 +539,7 @@ async fn cluster(
         return unavailable("no valid revision loaded yet");
     };
     let Some(spec) = rev.fleet.clusters.iter().find(|c| c.name == name) else {
-        let mut r = html(flotilla_ui::render_cluster(
+        return not_found(flotilla_ui::render_cluster(
             &flotilla_ui::ClusterView {
                 name,
                 seq,
@@ -542,8 +547,6 @@ async fn cluster(
             },
             fragment(&q),
         ));
-        *r.status_mut() = StatusCode::NOT_FOUND;
-        return r;
     };
     let names: Vec<&str> = rev
         .fleet
