@@ -443,12 +443,27 @@ spec:
 ",
     );
     k.ok(&["apply", "--server-side", "-f", &crd]);
-    k.ok(&[
-        "wait",
-        "--for=condition=Established",
-        "crd/widgets.example.com",
-        "--timeout=10s",
-    ]);
+    // Like a real API server, a new CRD's status.conditions is null until the apiextensions
+    // controller (the sim's next tick) establishes it, and kubectl wait fails on a null list
+    // instead of waiting: ask again until it is established.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let o = k.run(&[
+            "wait",
+            "--for=condition=Established",
+            "crd/widgets.example.com",
+            "--timeout=10s",
+        ]);
+        if o.status.success() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the CRD was not established: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
     let w = k.file(
         "w.yaml",
         "apiVersion: example.com/v1\nkind: Widget\nmetadata: {name: w1}\nspec: {size: 3}\n",
