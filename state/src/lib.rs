@@ -225,14 +225,15 @@ impl Store {
         Ok(Store::with_backend(Box::new(backend), path))
     }
 
-    /// Opens the store in shared mode: the file is opened (and its lock taken) for each
-    /// transaction only, so several processes can use it in turn — `flotilla rollout pause`
-    /// while an `apply` drives the rollout. A transaction waits up to 30 s for the lock.
+    /// Opens the store in shared mode: the file is opened (and its lock taken) for runs of
+    /// transactions only — closed after 20 ms without one, or after a second of them — so
+    /// several processes can use it in turn: `flotilla rollout pause` while an `apply` or
+    /// the daemon drives the rollout. A transaction waits up to 30 s for the lock.
     pub fn open_shared(dir: &Path) -> Result<Store, StateError> {
-        let mut backend = redb::RedbBackend::open(dir, true)?;
+        let backend = redb::RedbBackend::open(dir, true)?;
         let path = backend.path().to_path_buf();
         init_schema(&backend, &path)?;
-        backend.db = None;
+        let backend = backend.into_shared();
         Ok(Store::with_backend(Box::new(backend), path))
     }
 

@@ -4,6 +4,9 @@
 
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use redb::{
     Database, DatabaseError, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition,
@@ -34,10 +37,193 @@ pub(crate) fn db_err<E: Into<redb::Error>>(
 
 /// One redb database file. Clones of the [`crate::Store`] share it (and its notifications).
 pub(crate) struct RedbBackend {
-    /// `None` in shared mode: the file is opened for each transaction and closed after it.
+    /// `None` in shared mode: see [`Shared`].
     pub(crate) db: Option<Database>,
+    /// Shared mode: the file is opened for a run of transactions and closed between runs.
+    pub(crate) shared: Option<Arc<Shared>>,
     path: PathBuf,
     notify: tokio::sync::broadcast::Sender<Notification>,
+}
+
+/// A shared store's handle on the file. Opening and closing a redb file costs a sync of the
+/// file each time, so a shared store keeps it open while transactions follow each other and
+/// closes it once it has been idle for [`IDLE`] or held for [`HOLD`]; after a close for
+/// holding too long, it stays closed for [`GAP`] (longer than another process's retry
+/// interval) so a `flotilla rollout pause` waiting for the lock gets its turn. Another
+/// process therefore waits at most about `HOLD` for the file, and a busy daemon pays one
+/// open and close per `HOLD` instead of one per transaction.
+pub(crate) struct Shared {
+    path: PathBuf,
+    open: RwLock<Option<Held>>,
+    /// Not reopened before this (after a close for holding too long).
+    closed_until: Mutex<Instant>,
+    /// Set while the file is being closed for holding too long: new transactions wait.
+    closing: AtomicBool,
+}
+
+thread_local! {
+    /// Transactions of a shared store this thread is inside (a nested one must not wait for
+    /// the close, which waits for the outer one).
+    static DEPTH: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+/// Counts this thread into a transaction until dropped (also when `f` panics).
+struct Depth;
+
+impl Depth {
+    fn enter() -> Depth {
+        DEPTH.with(|d| d.set(d.get() + 1));
+        Depth
+    }
+}
+
+impl Drop for Depth {
+    fn drop(&mut self) {
+        DEPTH.with(|d| d.set(d.get().saturating_sub(1)));
+    }
+}
+
+struct Held {
+    db: Database,
+    since: Instant,
+    /// Milliseconds after `since` of the last transaction's end.
+    last_used: AtomicU64,
+}
+
+/// How long the file stays open with no transaction.
+const IDLE: Duration = Duration::from_millis(20);
+/// How long the file stays open at most while transactions keep coming.
+const HOLD: Duration = Duration::from_millis(1000);
+/// How long it stays closed after `HOLD` (others retry every 10 ms).
+const GAP: Duration = Duration::from_millis(50);
+
+impl Shared {
+    fn new(path: PathBuf, db: Database) -> Arc<Shared> {
+        let now = Instant::now();
+        let shared = Arc::new(Shared {
+            path,
+            open: RwLock::new(Some(Held {
+                db,
+                since: now,
+                last_used: AtomicU64::new(0),
+            })),
+            closed_until: Mutex::new(now),
+            closing: AtomicBool::new(false),
+        });
+        let weak = Arc::downgrade(&shared);
+        let spawned = std::thread::Builder::new()
+            .name("flotilla-state-closer".into())
+            .spawn(move || {
+                while let Some(shared) = weak.upgrade() {
+                    shared.close_if_due();
+                    drop(shared);
+                    std::thread::sleep(IDLE / 2);
+                }
+            });
+        if let Err(e) = spawned {
+            // Without the closer the file is closed after each transaction instead.
+            tracing::warn!(error = %e, "state store: no closer thread; closing after each transaction");
+            if let Ok(mut open) = shared.open.write() {
+                *open = None;
+            }
+        }
+        shared
+    }
+
+    /// Closes the file when it has been idle or held long enough.
+    fn close_if_due(&self) {
+        let due = |h: &Held| {
+            let idle = h.since.elapsed().saturating_sub(Duration::from_millis(
+                h.last_used.load(Ordering::Relaxed),
+            ));
+            (idle >= IDLE, h.since.elapsed() >= HOLD)
+        };
+        let check = match self.open.read() {
+            Ok(open) => open.as_ref().map(due),
+            Err(_) => return,
+        };
+        let Some((idle, long)) = check else {
+            return;
+        };
+        if !long {
+            // Idle: close unless a transaction started meanwhile (`try_write` never waits
+            // behind one).
+            if idle && let Ok(mut open) = self.open.try_write() {
+                drop(open.take());
+            }
+            return;
+        }
+        // Held too long: new transactions of this process wait (nested ones excepted, see
+        // `with`) until the running ones end and the file is closed.
+        self.closing.store(true, Ordering::SeqCst);
+        let t0 = Instant::now();
+        loop {
+            match self.open.try_write() {
+                Ok(mut open) => {
+                    // Closed (which syncs the file) first; then the gap is set before the lock
+                    // is let go, so no transaction of this process reopens in between.
+                    drop(open.take());
+                    if let Ok(mut until) = self.closed_until.lock() {
+                        *until = Instant::now() + GAP;
+                    }
+                    break;
+                }
+                Err(std::sync::TryLockError::WouldBlock) if t0.elapsed() < SHARED_WAIT => {
+                    std::thread::sleep(Duration::from_millis(1))
+                }
+                Err(_) => break,
+            }
+        }
+        self.closing.store(false, Ordering::SeqCst);
+    }
+
+    /// Runs `f` on the open file, opening it first if needed.
+    fn with<T>(&self, f: impl FnOnce(&Database) -> Result<T, StateError>) -> Result<T, StateError> {
+        let poisoned = || StateError::Aborted {
+            path: self.path.clone(),
+            reason: "a transaction panicked earlier".into(),
+        };
+        let nested = DEPTH.with(|d| d.get() > 0);
+        loop {
+            if !nested && self.closing.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(1));
+                continue;
+            }
+            {
+                let open = self.open.read().map_err(|_| poisoned())?;
+                if let Some(h) = open.as_ref() {
+                    let out = {
+                        let _depth = Depth::enter();
+                        f(&h.db)
+                    };
+                    let at = u64::try_from(h.since.elapsed().as_millis()).unwrap_or(u64::MAX);
+                    h.last_used.store(at, Ordering::Relaxed);
+                    return out;
+                }
+            }
+            let until = *self.closed_until.lock().map_err(|_| poisoned())?;
+            if let Some(wait) = until.checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
+            // `try_write`: a transaction of this process that is running (a nested one
+            // included) never waits for this one.
+            match self.open.try_write() {
+                Ok(mut open) => {
+                    if open.is_none() {
+                        *open = Some(Held {
+                            db: open_db_waiting(&self.path, false)?,
+                            since: Instant::now(),
+                            last_used: AtomicU64::new(0),
+                        });
+                    }
+                }
+                Err(std::sync::TryLockError::WouldBlock) => {
+                    std::thread::sleep(Duration::from_millis(1))
+                }
+                Err(std::sync::TryLockError::Poisoned(_)) => return Err(poisoned()),
+            }
+        }
+    }
 }
 
 impl RedbBackend {
@@ -55,23 +241,33 @@ impl RedbBackend {
         };
         Ok(RedbBackend {
             db: Some(db),
+            shared: None,
             path,
             notify: tokio::sync::broadcast::channel(NOTIFY_CAPACITY).0,
         })
+    }
+
+    /// Turns an open backend into a shared one (see [`Shared`]).
+    pub(crate) fn into_shared(mut self) -> RedbBackend {
+        if let Some(db) = self.db.take() {
+            self.shared = Some(Shared::new(self.path.clone(), db));
+        }
+        self
     }
 
     pub(crate) fn path(&self) -> &Path {
         &self.path
     }
 
-    /// Runs `f` on the open database, or opens it for `f` in shared mode.
+    /// Runs `f` on the open database, or on the shared handle (opened as needed).
     fn with_db<T>(
         &self,
         f: impl FnOnce(&Database) -> Result<T, StateError>,
     ) -> Result<T, StateError> {
-        match &self.db {
-            Some(db) => f(db),
-            None => {
+        match (&self.db, &self.shared) {
+            (Some(db), _) => f(db),
+            (None, Some(shared)) => shared.with(f),
+            (None, None) => {
                 let db = open_db_waiting(&self.path, false)?;
                 f(&db)
             }

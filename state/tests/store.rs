@@ -682,8 +682,57 @@ fn shared_stores_take_turns_on_one_file() {
     let events: Vec<(u64, serde_json::Value)> =
         a.read(|tx| tx.events(0, 10)).expect("a reads b's event");
     assert_eq!(events.len(), 1);
-    // Between transactions a shared store holds nothing: an exclusive open succeeds.
-    let _x = flotilla_state::Store::open(dir.path()).expect("exclusive open while shared idle");
+    // A shared store lets go of the file once idle: an exclusive open then succeeds.
+    let t0 = std::time::Instant::now();
+    let x = loop {
+        match flotilla_state::Store::open(dir.path()) {
+            Ok(x) => break x,
+            Err(flotilla_state::StateError::Locked { .. })
+                if t0.elapsed() < std::time::Duration::from_secs(5) =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(5))
+            }
+            Err(e) => panic!("exclusive open while the shared stores are idle: {e}"),
+        }
+    };
+    drop(x);
+}
+
+#[test]
+fn a_busy_shared_store_still_gives_others_a_turn() {
+    // A daemon keeps its shared store open across transactions; a person's `flotilla
+    // rollout pause` (another handle) must still get the file while the daemon keeps
+    // writing.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let busy = flotilla_state::Store::open_shared(dir.path()).expect("busy opens");
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let t0 = std::time::Instant::now();
+            let mut n = 0u64;
+            while !done.load(std::sync::atomic::Ordering::SeqCst)
+                && t0.elapsed() < std::time::Duration::from_secs(20)
+            {
+                busy.write(|tx| tx.put_rollout("web", &serde_json::json!({"n": n})))
+                    .expect("busy writes");
+                n += 1;
+            }
+            n
+        })
+    };
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    let other = flotilla_state::Store::open_shared(dir.path()).expect("other opens");
+    other
+        .write(|tx| tx.put_rollout("api", &serde_json::json!({"paused": true})))
+        .expect("other writes while busy keeps writing");
+    let still_busy = !writer.is_finished();
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    let writes = writer.join().expect("writer");
+    assert!(still_busy, "the busy writer stopped before the other got a turn");
+    assert!(writes > 10, "the busy writer wrote {writes} times");
+    let seen: Option<serde_json::Value> = other.read(|tx| tx.rollout("api")).expect("reads");
+    assert_eq!(seen, Some(serde_json::json!({"paused": true})));
 }
 
 #[test]
