@@ -23,9 +23,16 @@ use crate::plan::PlacementPlan;
 use super::executor::{ApplyError, ApplyWork, Executor, HealthWork, health_refs};
 
 use super::model::{
-    Batch, ClusterRevision, ClusterState, Event, Phase, Rollout, Step, StopRequest, plan_rollout,
+    Batch, ClusterRevision, ClusterState, ClusterStep, Event, Phase, Rollout, Step, StopRequest,
+    plan_rollout,
 };
 use super::windows;
+
+/// Per-cluster results of a batch recorded together: at least this many (or a sixteenth of
+/// the batch, whichever is more) ...
+const SETTLE_EVERY: usize = 8;
+/// ... or whatever arrived within this time, so status never lags far behind.
+const SETTLE_WITHIN: Duration = Duration::from_millis(250);
 
 /// How the engine reaches a cluster by its fleet name.
 #[async_trait::async_trait]
@@ -59,6 +66,50 @@ pub trait Verifier: Send + Sync {
         rollout: &str,
         batch: usize,
     ) -> Result<String, String>;
+}
+
+/// Hands the items of `results` to `flush` in groups, as they arrive: a group is flushed
+/// when it holds [`SETTLE_EVERY`] items or a sixteenth of `total` (whichever is more), when
+/// its first item has waited [`SETTLE_WITHIN`], or when the stream ends.
+pub(crate) async fn in_groups<S, T, E>(
+    results: &mut S,
+    total: usize,
+    mut flush: impl FnMut(Vec<T>) -> Result<(), E>,
+) -> Result<(), E>
+where
+    S: futures::Stream<Item = T> + Unpin,
+{
+    let group = (total / 16).max(SETTLE_EVERY).min(total.max(1));
+    let mut pending: Vec<T> = Vec::new();
+    let mut since = tokio::time::Instant::now();
+    loop {
+        let next = if pending.is_empty() {
+            results.next().await.map(Some)
+        } else {
+            match tokio::time::timeout_at(since + SETTLE_WITHIN, results.next()).await {
+                Ok(item) => item.map(Some),
+                Err(_) => Some(None),
+            }
+        };
+        let done = match next {
+            None => true,
+            Some(Some(item)) => {
+                if pending.is_empty() {
+                    since = tokio::time::Instant::now();
+                }
+                pending.push(item);
+                false
+            }
+            Some(None) => false,
+        };
+        let due = pending.len() >= group || since.elapsed() >= SETTLE_WITHIN;
+        if !pending.is_empty() && (done || due) {
+            flush(std::mem::take(&mut pending))?;
+        }
+        if done {
+            return Ok(());
+        }
+    }
 }
 
 /// Wall-clock time (the engine persists deadlines, so monotonic time is not enough).
@@ -492,17 +543,15 @@ impl Engine<'_> {
                         (c, res)
                     })
                     .buffer_unordered(limit);
-                while let Some((c, res)) = results.next().await {
-                    self.settle(
-                        r,
-                        n,
-                        &c,
-                        res,
-                        ClusterState::Applied,
-                        "applied",
-                        "apply-failed",
-                    )?;
-                }
+                self.settle_all(
+                    r,
+                    n,
+                    &mut results,
+                    ClusterState::Applied,
+                    "applied",
+                    "apply-failed",
+                )
+                .await?;
                 let deadline = super::time::later(self.clock.now(), spec.health_deadline.value);
                 r.batches[r.current].step = Step::Healthy {
                     deadline: rfc3339(deadline),
@@ -537,9 +586,15 @@ impl Engine<'_> {
                         (c, res)
                     })
                     .buffer_unordered(16);
-                while let Some((c, res)) = results.next().await {
-                    self.settle(r, n, &c, res, ClusterState::Healthy, "healthy", "unhealthy")?;
-                }
+                self.settle_all(
+                    r,
+                    n,
+                    &mut results,
+                    ClusterState::Healthy,
+                    "healthy",
+                    "unhealthy",
+                )
+                .await?;
                 if let Some(v) = spec
                     .batches
                     .get(n.saturating_sub(1))
@@ -576,7 +631,7 @@ impl Engine<'_> {
                     .collect();
                 let rollout = r.id.clone();
                 let workflow = workflow.as_str();
-                let mut results = futures::stream::iter(healthy)
+                let results = futures::stream::iter(healthy)
                     .map(|c| {
                         let rollout = rollout.as_str();
                         async move {
@@ -590,20 +645,21 @@ impl Engine<'_> {
                         }
                     })
                     .buffer_unordered(16);
-                while let Some((c, res)) = results.next().await {
+                let mut results = results.map(|(c, res)| {
                     let res = res.map(|detail| {
                         tracing::info!(cluster = %c, workflow, "verified: {detail}");
                     });
-                    self.settle(
-                        r,
-                        n,
-                        &c,
-                        res,
-                        ClusterState::Healthy,
-                        "verified",
-                        "verify-failed",
-                    )?;
-                }
+                    (c, res)
+                });
+                self.settle_all(
+                    r,
+                    n,
+                    &mut results,
+                    ClusterState::Healthy,
+                    "verified",
+                    "verify-failed",
+                )
+                .await?;
                 r.batches[r.current].step = Step::Gates;
                 let gates = &input.placement.rollout.gates;
                 let events = if gates.is_empty() {
@@ -717,37 +773,68 @@ impl Engine<'_> {
         }
     }
 
-    /// Records one cluster's result in the current batch: `ok` state and event, or a failure
-    /// (counted against the budget) with the `bad` event.
-    #[allow(clippy::too_many_arguments)]
+    /// Records the per-cluster results of the current batch as they arrive: the `ok` state
+    /// and event, or a failure (counted against the budget) with the `bad` event.
+    ///
+    /// Results are recorded in groups ([`SETTLE_EVERY`], or a sixteenth of the batch, or
+    /// whatever arrived within [`SETTLE_WITHIN`]), each group in one transaction, so a batch
+    /// of N clusters costs a bounded number of record writes (each O(N)) rather than N of
+    /// them: the cost of a rollout stays linear in its clusters. A result not yet recorded
+    /// when the process dies is redone on resume (apply is idempotent, health re-checked).
+    async fn settle_all<S>(
+        &self,
+        r: &mut Rollout,
+        n: usize,
+        results: &mut S,
+        ok: ClusterState,
+        ok_kind: &str,
+        bad_kind: &str,
+    ) -> Result<(), EngineError>
+    where
+        S: futures::Stream<Item = (String, Result<(), String>)> + Unpin,
+    {
+        let total = r.batches[r.current].clusters.len();
+        in_groups(results, total, |group| {
+            self.settle(r, n, group, ok, ok_kind, bad_kind)
+        })
+        .await
+    }
+
+    /// Records a group of per-cluster results of the current batch in one transaction.
     fn settle(
         &self,
         r: &mut Rollout,
         n: usize,
-        cluster: &str,
-        res: Result<(), String>,
+        results: Vec<(String, Result<(), String>)>,
         ok: ClusterState,
         ok_kind: &str,
         bad_kind: &str,
     ) -> Result<(), EngineError> {
-        let mut events = Vec::new();
-        if let Some(cs) = r.batches[r.current]
+        let index: std::collections::HashMap<String, usize> = r.batches[r.current]
             .clusters
-            .iter_mut()
-            .find(|x| x.cluster == cluster)
-        {
-            match res {
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (c.cluster.clone(), i))
+            .collect();
+        let mut events = Vec::with_capacity(results.len());
+        for (cluster, res) in results {
+            let Some(&i) = index.get(&cluster) else {
+                continue;
+            };
+            let event = match res {
                 Ok(()) => {
-                    cs.state = ok;
-                    events.push(self.event(r, ok_kind, Some(n), Some(cluster), String::new()));
+                    r.batches[r.current].clusters[i].state = ok;
+                    (ok_kind, String::new())
                 }
                 Err(msg) => {
+                    let cs = &mut r.batches[r.current].clusters[i];
                     cs.state = ClusterState::Failed;
                     cs.message = msg.clone();
                     r.failures += 1;
-                    events.push(self.event(r, bad_kind, Some(n), Some(cluster), msg));
+                    (bad_kind, msg)
                 }
-            }
+            };
+            events.push(self.event(r, event.0, Some(n), Some(&cluster), event.1));
         }
         self.record(r, events)
     }
@@ -795,95 +882,133 @@ impl Engine<'_> {
         r: &mut Rollout,
     ) -> Result<(), EngineError> {
         let mut refused: Vec<String> = Vec::new();
+        let limit = usize::try_from(input.placement.rollout.max_concurrent.max(1)).unwrap_or(1);
+        let rollout = r.id.clone();
+        let rollout = rollout.as_str();
         for bi in 0..r.batches.len() {
             if r.batches[bi].step == Step::Pending {
                 continue;
             }
             let n = r.batches[bi].number;
-            for ci in 0..r.batches[bi].clusters.len() {
-                let c = r.batches[bi].clusters[ci].clone();
-                if matches!(c.state, ClusterState::RolledBack)
-                    || (c.state == ClusterState::Pending && r.batches[bi].step != Step::Applying)
+            let applying = r.batches[bi].step == Step::Applying;
+            // Clusters that took (or may have taken) the new revision, by their index.
+            let todo: Vec<(usize, ClusterStep)> = r.batches[bi]
+                .clusters
+                .iter()
+                .enumerate()
+                .filter(|(_, c)| {
+                    !(matches!(c.state, ClusterState::RolledBack)
+                        || (c.state == ClusterState::Pending && !applying))
+                })
+                .map(|(i, c)| (i, c.clone()))
+                .collect();
+            // The last good manifests, read once per distinct revision.
+            let mut good: BTreeMap<String, Vec<DesiredObject>> = BTreeMap::new();
+            for (_, c) in &todo {
+                if let Some(h) = &c.previous
+                    && !good.contains_key(h)
                 {
-                    continue;
+                    let text: Option<String> = self.store.read(|tx| tx.manifests(h))?;
+                    let objects =
+                        text.as_deref()
+                            .and_then(manifests_from_json)
+                            .ok_or_else(|| EngineError::Manifests {
+                                rollout: r.id.clone(),
+                                hash: h.clone(),
+                            })?;
+                    good.insert(h.clone(), objects);
                 }
-                let (kind, message) = match &c.previous {
-                    Some(h) => {
-                        let text: Option<String> = self.store.read(|tx| tx.manifests(h))?;
-                        let objects =
-                            text.as_deref()
-                                .and_then(manifests_from_json)
-                                .ok_or_else(|| EngineError::Manifests {
-                                    rollout: r.id.clone(),
-                                    hash: h.clone(),
-                                })?;
-                        // A rollback always forces: a field someone edited by hand must
-                        // not keep the cluster on the failed revision.
-                        match self
-                            .apply_to(
+            }
+            let good = &good;
+            let total = todo.len();
+            let mut results = futures::stream::iter(todo)
+                .map(|(ci, c)| async move {
+                    let res = match &c.previous {
+                        // A rollback always forces: a field someone edited by hand must not
+                        // keep the cluster on the failed revision.
+                        Some(h) => {
+                            let objects = good.get(h).cloned().unwrap_or_default();
+                            self.apply_to(
                                 input,
-                                &r.id.clone(),
+                                rollout,
                                 "rollback",
                                 &c.cluster,
                                 Some((h, objects)),
                                 true,
                             )
                             .await
-                        {
-                            Ok(()) => {
-                                let placement = r.placement.clone();
-                                self.store.write(|tx| {
-                                    let mut rev: ClusterRevision =
-                                        tx.revision(&placement, &c.cluster)?.unwrap_or_default();
-                                    rev.applied = Some(h.clone());
-                                    tx.put_revision(&placement, &c.cluster, &rev)?;
-                                    Ok(())
-                                })?;
-                                (
-                                    "rolled-back",
-                                    format!("restored manifests {}", super::model::short_id(h)),
-                                )
-                            }
-                            Err(ApplyError::Unavailable(msg)) => {
-                                // Unreachable: the next run tries again; report now.
-                                let e = self.event(
-                                    r,
-                                    "rollback-failed",
-                                    Some(n),
-                                    Some(&c.cluster),
-                                    format!("{msg} (retried on the next run)"),
-                                );
-                                self.record(r, vec![e])?;
-                                continue;
-                            }
-                            Err(ApplyError::Failed(msg)) => {
-                                // The server refused: retrying cannot help. Held for a person.
-                                let cs = &mut r.batches[bi].clusters[ci];
-                                cs.state = ClusterState::Failed;
-                                cs.message = format!("rollback failed: {msg}");
-                                refused.push(format!("{}: {msg}", c.cluster));
-                                let e = self.event(
-                                    r,
-                                    "rollback-failed",
-                                    Some(n),
-                                    Some(&c.cluster),
-                                    msg,
-                                );
-                                self.record(r, vec![e])?;
-                                continue;
-                            }
+                            .map(|()| Some(h.clone()))
                         }
-                    }
-                    None => (
-                        "rolled-back",
-                        "no earlier good revision: the new objects stay until the next commit"
-                            .into(),
-                    ),
-                };
-                r.batches[bi].clusters[ci].state = ClusterState::RolledBack;
-                let e = self.event(r, kind, Some(n), Some(&c.cluster), message);
-                self.record(r, vec![e])?;
-            }
+                        None => Ok(None),
+                    };
+                    (ci, c.cluster, res)
+                })
+                .buffer_unordered(limit);
+            in_groups(&mut results, total, |group| {
+                let placement = r.placement.clone();
+                let restored: Vec<(&String, &String)> = group
+                    .iter()
+                    .filter_map(|(_, c, res)| match res {
+                        Ok(Some(h)) => Some((c, h)),
+                        _ => None,
+                    })
+                    .collect();
+                if !restored.is_empty() {
+                    self.store.write(|tx| {
+                        for (c, h) in &restored {
+                            let mut rev: ClusterRevision =
+                                tx.revision(&placement, c)?.unwrap_or_default();
+                            rev.applied = Some((*h).clone());
+                            tx.put_revision(&placement, c, &rev)?;
+                        }
+                        Ok(())
+                    })?;
+                }
+                let mut events = Vec::with_capacity(group.len());
+                for (ci, cluster, res) in group {
+                    let (kind, message) = match res {
+                        Ok(Some(h)) => (
+                            "rolled-back",
+                            format!("restored manifests {}", super::model::short_id(&h)),
+                        ),
+                        Ok(None) => (
+                            "rolled-back",
+                            "no earlier good revision: the new objects stay until the next commit"
+                                .to_string(),
+                        ),
+                        // Unreachable: the next run tries again; report now.
+                        Err(ApplyError::Unavailable(msg)) => {
+                            events.push(self.event(
+                                r,
+                                "rollback-failed",
+                                Some(n),
+                                Some(&cluster),
+                                format!("{msg} (retried on the next run)"),
+                            ));
+                            continue;
+                        }
+                        // The server refused: retrying cannot help. Held for a person.
+                        Err(ApplyError::Failed(msg)) => {
+                            let cs = &mut r.batches[bi].clusters[ci];
+                            cs.state = ClusterState::Failed;
+                            cs.message = format!("rollback failed: {msg}");
+                            refused.push(format!("{cluster}: {msg}"));
+                            events.push(self.event(
+                                r,
+                                "rollback-failed",
+                                Some(n),
+                                Some(&cluster),
+                                msg,
+                            ));
+                            continue;
+                        }
+                    };
+                    r.batches[bi].clusters[ci].state = ClusterState::RolledBack;
+                    events.push(self.event(r, kind, Some(n), Some(&cluster), message));
+                }
+                self.record(r, events)
+            })
+            .await?;
         }
         if !refused.is_empty() {
             r.phase = Phase::RollbackFailed;
