@@ -66,7 +66,7 @@ pub(crate) const NAMESPACE: &str = "apiVersion: v1\nkind: Namespace\nmetadata: {
 
 /// A running `flotilla serve` against the sims (`serve_support::ServeProcess`, whose
 /// methods it derefs to), with the webhook secret of these tests.
-struct Daemon(ServeProcess);
+pub(crate) struct Daemon(ServeProcess);
 
 impl std::ops::Deref for Daemon {
     type Target = ServeProcess;
@@ -82,7 +82,7 @@ impl std::ops::DerefMut for Daemon {
 }
 
 impl Daemon {
-    fn start(k: &SimKube, upstream: &Upstream, git_port: u16, extra: &[&str]) -> Daemon {
+    pub(crate) fn start(k: &SimKube, upstream: &Upstream, git_port: u16, extra: &[&str]) -> Daemon {
         let secret = upstream.scratch("secret");
         std::fs::write(&secret, format!("{SECRET}\n")).expect("write secret");
         let (mut cmd, port) = serve_command();
@@ -100,7 +100,7 @@ impl Daemon {
         Daemon(ServeProcess::spawn(cmd, port))
     }
 
-    fn github_push(&self, git_ref: &str) -> (u16, String) {
+    pub(crate) fn github_push(&self, git_ref: &str) -> (u16, String) {
         let body = format!(r#"{{"ref": "{git_ref}", "after": "0000"}}"#);
         let sig = format!("sha256={}", sign(body.as_bytes()));
         self.request(

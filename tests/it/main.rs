@@ -24,6 +24,7 @@ mod daemon;
 mod demo;
 mod deploy;
 mod exchange;
+mod fleet_scale;
 mod gates;
 mod git_source;
 mod ha;
