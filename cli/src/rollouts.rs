@@ -257,6 +257,7 @@ pub fn apply(
         clock: &clock,
         on_event: &|e: &Event| progress.on_event(e),
         only: None,
+        concurrency: 16,
     };
     let heals: BTreeMap<String, Result<Vec<Healed>, String>> = rt.block_on(async {
         let runs = inputs

@@ -173,7 +173,7 @@ impl Connector {
             user: None,
         };
         let mut config =
-            kube::Config::from_custom_kubeconfig(self.kubeconfig.raw().clone(), &options)
+            kube::Config::from_custom_kubeconfig(self.kubeconfig.only_context(context), &options)
                 .await
                 .map_err(|e| ConnectError::Config {
                     cluster: cluster.into(),
@@ -184,6 +184,12 @@ impl Connector {
         config.connect_timeout = Some(self.settings.connect_timeout);
         config.read_timeout = Some(self.settings.read_timeout);
         user_agent(&mut config, &self.settings);
+        // A plain-HTTP server (a sim, a local proxy) never uses TLS: an empty trust store
+        // instead of the system's, which kube would otherwise load and parse again for every
+        // cluster (CPU and memory per cluster).
+        if config.cluster_url.scheme_str() == Some("http") && config.root_cert.is_none() {
+            config.root_cert = Some(Vec::new());
+        }
         if let Some(user) = impersonate {
             // Only this user: no groups of the context's own identity are carried along.
             config.auth_info.impersonate = Some(user.to_string());

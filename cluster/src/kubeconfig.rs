@@ -45,6 +45,35 @@ impl fmt::Display for Paths<'_> {
 pub struct Kubeconfig {
     paths: Vec<PathBuf>,
     config: kube::config::Kubeconfig,
+    /// Where each context, cluster and user is in `config` (the first of a name, as kubectl
+    /// reads a merged kubeconfig): a fleet of N clusters looks each one up in O(1).
+    index: Index,
+}
+
+#[derive(Clone, Default)]
+struct Index {
+    contexts: std::collections::HashMap<String, usize>,
+    clusters: std::collections::HashMap<String, usize>,
+    users: std::collections::HashMap<String, usize>,
+}
+
+impl Index {
+    fn of(config: &kube::config::Kubeconfig) -> Index {
+        fn first<'a>(
+            names: impl Iterator<Item = &'a str>,
+        ) -> std::collections::HashMap<String, usize> {
+            let mut m = std::collections::HashMap::new();
+            for (i, n) in names.enumerate() {
+                m.entry(n.to_string()).or_insert(i);
+            }
+            m
+        }
+        Index {
+            contexts: first(config.contexts.iter().map(|c| c.name.as_str())),
+            clusters: first(config.clusters.iter().map(|c| c.name.as_str())),
+            users: first(config.auth_infos.iter().map(|c| c.name.as_str())),
+        }
+    }
 }
 
 impl fmt::Debug for Kubeconfig {
@@ -131,6 +160,7 @@ impl Kubeconfig {
         match merged {
             Some(config) => Ok(Kubeconfig {
                 paths: read,
+                index: Index::of(&config),
                 config,
             }),
             None => Err(KubeconfigError::NotFound {
@@ -154,13 +184,45 @@ impl Kubeconfig {
     }
 
     pub fn has_context(&self, name: &str) -> bool {
-        self.config.contexts.iter().any(|c| c.name == name)
+        self.index.contexts.contains_key(name)
+    }
+
+    /// A kubeconfig holding only context `name` (current), its cluster and its user: what a
+    /// client for that context is built from. Building it costs the one context, not the
+    /// whole file, so connecting N clusters stays linear in N.
+    pub(crate) fn only_context(&self, name: &str) -> kube::config::Kubeconfig {
+        let c = &self.config;
+        let context = self
+            .index
+            .contexts
+            .get(name)
+            .map(|&i| c.contexts[i].clone());
+        let inner = context.as_ref().and_then(|n| n.context.as_ref());
+        let cluster = inner
+            .and_then(|x| self.index.clusters.get(&x.cluster))
+            .map(|&i| c.clusters[i].clone());
+        let user = inner
+            .and_then(|x| x.user.as_ref())
+            .and_then(|u| self.index.users.get(u))
+            .map(|&i| c.auth_infos[i].clone());
+        kube::config::Kubeconfig {
+            preferences: c.preferences.clone(),
+            clusters: cluster.into_iter().collect(),
+            auth_infos: user.into_iter().collect(),
+            contexts: context.into_iter().collect(),
+            current_context: Some(name.to_string()),
+            extensions: c.extensions.clone(),
+            kind: c.kind.clone(),
+            api_version: c.api_version.clone(),
+            other: c.other.clone(),
+        }
     }
 
     pub fn current_context(&self) -> Option<&str> {
         self.config.current_context.as_deref()
     }
 
+    #[cfg(test)]
     pub(crate) fn raw(&self) -> &kube::config::Kubeconfig {
         &self.config
     }

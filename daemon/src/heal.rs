@@ -32,6 +32,7 @@ pub(crate) async fn heal(shared: &Arc<Shared>, rev: &Arc<Revision>) -> Vec<Strin
         clock: &clock,
         on_event: &on_event,
         only: Some(&only),
+        concurrency: shared.config.concurrency,
     };
     let heal_drift = rev.fleet.settings.self_heal;
     let mut healed = Vec::new();

@@ -120,6 +120,78 @@ pub async fn compare(
 }
 
 /// Fails only when the cluster is unavailable; object-level errors land in the report.
+/// One placement compared on one cluster, with its inventory (`None`: there is none):
+/// its objects, and the objects its inventory names that it no longer renders.
+async fn placement_report(
+    cluster: &dyn Cluster,
+    d: &Desired,
+    inventory: Option<&Result<Inventory, String>>,
+    mode: CompareMode,
+) -> Result<PlacementReport, ClusterError> {
+    let mut pr = PlacementReport {
+        name: d.placement.clone(),
+        error: None,
+        objects: Vec::new(),
+    };
+    let objects = match &d.objects {
+        Ok(o) => o,
+        Err(e) => {
+            pr.error = Some(e.clone());
+            return Ok(pr);
+        }
+    };
+    let new_ns = creates(objects);
+    let live = LiveCache::fetch(
+        cluster,
+        &placement_selector(&d.placement),
+        objects.iter().map(|o| &o.object),
+    )
+    .await?;
+    for o in staged(objects) {
+        pr.objects
+            .push(compare_object(cluster, &live, o, d.force, mode, &new_ns).await?);
+    }
+    match inventory {
+        Some(Ok(inv)) => {
+            for e in &inv.entries {
+                if objects.iter().any(|o| o.object.same_object(&e.object)) {
+                    continue;
+                }
+                if let Some(r) = orphan_report(cluster, &d.placement, e).await? {
+                    pr.objects.push(r);
+                }
+            }
+        }
+        Some(Err(e)) => pr.error = Some(e.clone()),
+        None => {}
+    }
+    Ok(pr)
+}
+
+/// One placement compared on one cluster (read-only unless `mode` says otherwise), reading
+/// only that placement's inventory: the report and the inventory ConfigMap (`None`: there
+/// is none). Costs the placement's own requests, whatever else the
+/// cluster runs; [`compare`] is the whole cluster at once.
+pub async fn compare_placement(
+    cluster: &dyn Cluster,
+    desired: &Desired,
+    mode: CompareMode,
+) -> Result<(PlacementReport, Option<Value>), ClusterError> {
+    let mode = if cluster.read_only() {
+        CompareMode::ReadOnly
+    } else {
+        mode
+    };
+    let cm = cluster
+        .get(&inventory::configmap_ref(&desired.placement))
+        .await?;
+    let inventory = cm
+        .as_ref()
+        .map(|cm| Inventory::from_configmap(cm).map_err(|e| e.to_string()));
+    let pr = placement_report(cluster, desired, inventory.as_ref(), mode).await?;
+    Ok((pr, cm))
+}
+
 async fn compare_inner(
     cluster: &dyn Cluster,
     fleet: &str,
@@ -129,44 +201,7 @@ async fn compare_inner(
 ) -> Result<(), ClusterError> {
     let inventories = read_inventories(cluster, fleet).await?;
     for d in desired {
-        let mut pr = PlacementReport {
-            name: d.placement.clone(),
-            error: None,
-            objects: Vec::new(),
-        };
-        let objects = match &d.objects {
-            Ok(o) => o,
-            Err(e) => {
-                pr.error = Some(e.clone());
-                report.placements.push(pr);
-                continue;
-            }
-        };
-        let new_ns = creates(objects);
-        let live = LiveCache::fetch(
-            cluster,
-            &placement_selector(&d.placement),
-            objects.iter().map(|o| &o.object),
-        )
-        .await?;
-        for o in staged(objects) {
-            pr.objects
-                .push(compare_object(cluster, &live, o, d.force, mode, &new_ns).await?);
-        }
-        match inventories.get(&d.placement) {
-            Some(Ok(inv)) => {
-                for e in &inv.entries {
-                    if objects.iter().any(|o| o.object.same_object(&e.object)) {
-                        continue;
-                    }
-                    if let Some(r) = orphan_report(cluster, &d.placement, e).await? {
-                        pr.objects.push(r);
-                    }
-                }
-            }
-            Some(Err(e)) => pr.error = Some(e.clone()),
-            None => {}
-        }
+        let pr = placement_report(cluster, d, inventories.get(&d.placement), mode).await?;
         report.placements.push(pr);
     }
     // Placements that no longer select this cluster (or no longer exist) but left objects.

@@ -6,11 +6,12 @@
 
 use std::sync::Arc;
 
+use futures::StreamExt;
+
 use flotilla_state::Store;
 
 use crate::cluster::Cluster;
 use crate::desired::Desired;
-use crate::inventory;
 use crate::report::{ObjectState, PlacementReport};
 use crate::sync::{self, Action, ApplyOptionsRun, CompareMode};
 
@@ -135,6 +136,8 @@ pub struct Healer<'a> {
     /// The clusters this healer looks at (`None`: every one): a replica heals only the
     /// clusters it holds.
     pub only: Option<&'a (dyn Fn(&str) -> bool + Send + Sync)>,
+    /// Clusters looked at (and healed) at once.
+    pub concurrency: usize,
 }
 
 impl Healer<'_> {
@@ -162,125 +165,164 @@ impl Healer<'_> {
         if failed || rollout_active {
             return Ok(Vec::new());
         }
+        let revisions: std::collections::HashMap<String, ClusterRevision> =
+            revisions.into_iter().collect();
+        // The clusters to look at: those whose last good revision is the current one.
+        let candidates: Vec<String> = input
+            .desired
+            .iter()
+            .filter(|(cluster, (hash, _))| {
+                revisions.get(*cluster).and_then(|r| r.good.as_deref()) == Some(hash.as_str())
+                    && self.only.is_none_or(|only| only(cluster))
+            })
+            .map(|(c, _)| c.clone())
+            .collect();
+        let revisions = &revisions;
+        let rollout_id = rollout.as_ref().map(|r| r.id.clone()).unwrap_or_default();
+        let rollout_id = rollout_id.as_str();
+        let mut checks = futures::stream::iter(candidates)
+            .map(|cluster: String| async move {
+                let (hash, objects) = input.desired.get(&cluster)?;
+                self.check_one(
+                    input,
+                    &cluster,
+                    hash,
+                    objects,
+                    revisions.get(&cluster),
+                    heal_drift,
+                    rollout_id,
+                )
+                .await
+            })
+            .buffer_unordered(self.concurrency.max(1));
         let mut out = Vec::new();
-        for (cluster, (hash, objects)) in &input.desired {
-            let rev = revisions.iter().find(|(c, _)| c == cluster).map(|(_, r)| r);
-            if rev.and_then(|r| r.good.as_deref()) != Some(hash.as_str()) {
-                continue;
+        while let Some(done) = checks.next().await {
+            if let Some((healed, event)) = done {
+                self.store.write(|tx| tx.append_event(&event).map(|_| ()))?;
+                (self.on_event)(&event);
+                out.push(healed);
             }
-            if self.only.is_some_and(|only| !only(cluster)) {
-                continue;
-            }
-            let handle: Arc<dyn Cluster> = match self.clusters.cluster(cluster).await {
-                Ok(h) => h,
-                Err(e) => {
-                    tracing::warn!(cluster = %cluster, placement = %name, error = %e, "not checked for a heal");
-                    continue;
-                }
-            };
-            let desired = Desired {
-                placement: name.clone(),
-                prune: input.prune,
-                force: input.placement.force_conflicts,
-                objects: Ok(objects.clone()),
-            };
-            let inventory = match handle.get(&inventory::configmap_ref(name)).await {
-                Ok(cm) => cm,
-                Err(e) => {
-                    tracing::warn!(cluster = %cluster, placement = %name, error = %e, "not checked for a heal");
-                    continue;
-                }
-            };
-            let report = sync::compare(
-                handle.as_ref(),
-                input.fleet,
-                std::slice::from_ref(&desired),
-                CompareMode::ReadOnly,
-            )
-            .await;
-            let pr = match (&report.error, report.placements.into_iter().next()) {
-                (None, Some(pr)) => pr,
-                (e, _) => {
-                    tracing::warn!(cluster = %cluster, placement = %name, error = ?e, "not checked for a heal");
-                    continue;
-                }
-            };
-            let decision = decide(&Facts {
-                hash,
-                revision: rev,
-                rollout_active,
-                failed,
-                heal_drift,
-                inventory: inventory.is_some(),
-                inventory_revision: inventory
-                    .as_ref()
-                    .and_then(|cm| cm.pointer("/data/revision"))
-                    .and_then(serde_json::Value::as_str),
-                report: &pr,
-            });
-            let reason = match decision {
-                Decision::Heal(reason) => reason,
-                Decision::InSync => continue,
-                Decision::Skip(why) => {
-                    tracing::info!(cluster = %cluster, placement = %name, "not healed: {why}");
-                    continue;
-                }
-            };
-            let result = sync::apply(
-                handle.as_ref(),
-                input.fleet,
-                std::slice::from_ref(&desired),
-                ApplyOptionsRun {
-                    prune: input.prune,
-                    only_listed: true,
-                    ..ApplyOptionsRun::default()
-                },
-            )
-            .await;
-            let result = if result.failed() {
-                let why: Vec<String> = result
-                    .error
-                    .iter()
-                    .cloned()
-                    .chain(
-                        result
-                            .objects
-                            .iter()
-                            .filter(|o| o.action == Action::Failed)
-                            .map(|o| {
-                                format!("{}: {}", o.object, o.message.clone().unwrap_or_default())
-                            }),
-                    )
-                    .collect();
-                Err(why.join("; "))
-            } else {
-                Ok(summary(&result.objects))
-            };
-            let (kind, message) = match &result {
-                Ok(s) => (format!("{}ed", self.kind), format!("{s} ({reason})")),
-                Err(e) => (format!("{}-failed", self.kind), format!("{e} ({reason})")),
-            };
-            let event = Event {
-                at: self
-                    .clock
-                    .now()
-                    .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-                placement: name.clone(),
-                rollout: rollout.as_ref().map(|r| r.id.clone()).unwrap_or_default(),
-                kind,
-                batch: None,
-                cluster: Some(cluster.clone()),
-                message,
-            };
-            self.store.write(|tx| tx.append_event(&event).map(|_| ()))?;
-            (self.on_event)(&event);
-            out.push(Healed {
-                cluster: cluster.clone(),
-                reason,
-                result,
-            });
         }
         Ok(out)
+    }
+
+    /// Looks at one cluster of the placement and heals it if [`decide`] says so: the heal
+    /// and its event (`None`: in sync, skipped, or not reachable now).
+    #[allow(clippy::too_many_arguments)]
+    async fn check_one(
+        &self,
+        input: &PlacementInput<'_>,
+        cluster: &str,
+        hash: &str,
+        objects: &[crate::desired::DesiredObject],
+        rev: Option<&ClusterRevision>,
+        heal_drift: bool,
+        rollout: &str,
+    ) -> Option<(Healed, Event)> {
+        let name = &input.placement.name;
+        let handle: Arc<dyn Cluster> = match self.clusters.cluster(cluster).await {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::warn!(cluster = %cluster, placement = %name, error = %e, "not checked for a heal");
+                return None;
+            }
+        };
+        let desired = Desired {
+            placement: name.clone(),
+            prune: input.prune,
+            force: input.placement.force_conflicts,
+            objects: Ok(objects.to_vec()),
+        };
+        // Only this placement's inventory and objects: what the rest of the cluster runs
+        // costs nothing here.
+        let (pr, inventory) = match sync::compare_placement(
+            handle.as_ref(),
+            &desired,
+            CompareMode::ReadOnly,
+        )
+        .await
+        {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!(cluster = %cluster, placement = %name, error = %e, "not checked for a heal");
+                return None;
+            }
+        };
+        let decision = decide(&Facts {
+            hash,
+            revision: rev,
+            rollout_active: false,
+            failed: false,
+            heal_drift,
+            inventory: inventory.is_some(),
+            inventory_revision: inventory
+                .as_ref()
+                .and_then(|cm| cm.pointer("/data/revision"))
+                .and_then(serde_json::Value::as_str),
+            report: &pr,
+        });
+        let reason = match decision {
+            Decision::Heal(reason) => reason,
+            Decision::InSync => return None,
+            Decision::Skip(why) => {
+                tracing::info!(cluster = %cluster, placement = %name, "not healed: {why}");
+                return None;
+            }
+        };
+        let result = sync::apply(
+            handle.as_ref(),
+            input.fleet,
+            std::slice::from_ref(&desired),
+            ApplyOptionsRun {
+                prune: input.prune,
+                only_listed: true,
+                ..ApplyOptionsRun::default()
+            },
+        )
+        .await;
+        let result = if result.failed() {
+            let why: Vec<String> = result
+                .error
+                .iter()
+                .cloned()
+                .chain(
+                    result
+                        .objects
+                        .iter()
+                        .filter(|o| o.action == Action::Failed)
+                        .map(|o| {
+                            format!("{}: {}", o.object, o.message.clone().unwrap_or_default())
+                        }),
+                )
+                .collect();
+            Err(why.join("; "))
+        } else {
+            Ok(summary(&result.objects))
+        };
+        let (kind, message) = match &result {
+            Ok(s) => (format!("{}ed", self.kind), format!("{s} ({reason})")),
+            Err(e) => (format!("{}-failed", self.kind), format!("{e} ({reason})")),
+        };
+        let event = Event {
+            at: self
+                .clock
+                .now()
+                .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            placement: name.clone(),
+            rollout: rollout.to_string(),
+            kind,
+            batch: None,
+            cluster: Some(cluster.to_string()),
+            message,
+        };
+        Some((
+            Healed {
+                cluster: cluster.to_string(),
+                reason,
+                result,
+            },
+            event,
+        ))
     }
 }
 
