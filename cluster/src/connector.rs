@@ -61,6 +61,12 @@ pub struct ClientSettings {
     /// The `User-Agent` of every request (`flotilla/VERSION`; a replica adds its id, so a
     /// cluster's audit log tells replicas apart).
     pub user_agent: String,
+    /// Requests in flight at once per cluster (every connection to it made through one
+    /// connector counts together). Over HTTP/1.1 each needs a connection of its own, and an
+    /// idle one is kept for 90 s: 1 keeps one connection per cluster, as client-go's one
+    /// HTTP/2 connection does, so a fleet of N clusters holds about N sockets however many
+    /// placements and checks reach a cluster at once.
+    pub max_in_flight: usize,
 }
 
 impl Default for ClientSettings {
@@ -73,6 +79,7 @@ impl Default for ClientSettings {
             retry: RetryPolicy::default(),
             list_page_size: 500,
             user_agent: format!("flotilla/{}", env!("CARGO_PKG_VERSION")),
+            max_in_flight: 1,
         }
     }
 }
@@ -100,6 +107,30 @@ fn user_agent(config: &mut kube::Config, settings: &ClientSettings) {
 pub struct Connector {
     kubeconfig: Kubeconfig,
     settings: ClientSettings,
+    /// One HTTP client (connection pool, TLS configuration) per (context, impersonated
+    /// user), shared by every connection made through this connector and its clones: a
+    /// daemon's read-only and read-write connections to a cluster share one pool.
+    clients: ClientCache,
+}
+
+#[derive(Clone, Default)]
+struct ClientCache(std::sync::Arc<std::sync::Mutex<std::collections::HashMap<ClientKey, Shared>>>);
+
+/// (context, impersonated user).
+type ClientKey = (String, Option<String>);
+
+/// A client and the limit on its requests in flight, shared by its connections.
+#[derive(Clone)]
+struct Shared {
+    client: kube::Client,
+    in_flight: std::sync::Arc<tokio::sync::Semaphore>,
+}
+
+impl std::fmt::Debug for ClientCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let n = self.0.lock().map(|m| m.len()).unwrap_or(0);
+        write!(f, "ClientCache({n} clients)")
+    }
 }
 
 impl Connector {
@@ -107,6 +138,7 @@ impl Connector {
         Connector {
             kubeconfig,
             settings: ClientSettings::default(),
+            clients: ClientCache::default(),
         }
     }
 
@@ -117,6 +149,8 @@ impl Connector {
 
     pub fn with_settings(mut self, settings: ClientSettings) -> Connector {
         self.settings = settings;
+        // Clients are built with the settings: none made before is reused.
+        self.clients = ClientCache::default();
         self
     }
 
@@ -166,6 +200,49 @@ impl Connector {
                     .collect(),
             });
         }
+        let key = (context.to_string(), impersonate.map(str::to_string));
+        let cached = self
+            .clients
+            .0
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&key).cloned());
+        let shared = match cached {
+            Some(c) => c,
+            None => {
+                let c = Shared {
+                    client: self.build_client(cluster, context, impersonate).await?,
+                    in_flight: std::sync::Arc::new(tokio::sync::Semaphore::new(
+                        self.settings.max_in_flight.max(1),
+                    )),
+                };
+                if let Ok(mut m) = self.clients.0.lock() {
+                    m.insert(key, c.clone());
+                }
+                c
+            }
+        };
+        tracing::debug!(
+            cluster,
+            context,
+            read_only,
+            impersonate,
+            "cluster client ready"
+        );
+        Ok(
+            KubeCluster::new(cluster, context, read_only, shared.client, &self.settings)
+                .impersonating(impersonate)
+                .sharing_requests(shared.in_flight),
+        )
+    }
+
+    /// A new HTTP client for `context` (impersonating `impersonate`), with the settings.
+    async fn build_client(
+        &self,
+        cluster: &str,
+        context: &str,
+        impersonate: Option<&str>,
+    ) -> Result<kube::Client, ConnectError> {
         install_crypto_provider();
         let options = KubeConfigOptions {
             context: Some(context.to_string()),
@@ -200,22 +277,11 @@ impl Connector {
         config.reset_reader_on_write = true;
         // Retries are ours (budget::RetryPolicy), counted against the token bucket.
         config.default_retry = false;
-        let client = kube::Client::try_from(config).map_err(|e| ConnectError::Client {
+        kube::Client::try_from(config).map_err(|e| ConnectError::Client {
             cluster: cluster.into(),
             context: context.into(),
             message: e.to_string(),
-        })?;
-        tracing::debug!(
-            cluster,
-            context,
-            read_only,
-            impersonate,
-            "cluster client ready"
-        );
-        Ok(
-            KubeCluster::new(cluster, context, read_only, client, &self.settings)
-                .impersonating(impersonate),
-        )
+        })
     }
 }
 

@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use flotilla_reconciler::cluster::{
@@ -45,6 +45,9 @@ pub struct KubeCluster {
     discovery: RwLock<HashMap<Gvk, Option<Discovered>>>,
     /// The user every request impersonates (a team's ServiceAccount), if any.
     impersonate: Option<String>,
+    /// Requests in flight at once (`ClientSettings::max_in_flight`), shared with the other
+    /// connections on the same client.
+    in_flight: Arc<tokio::sync::Semaphore>,
 }
 
 #[derive(Debug, Clone)]
@@ -138,7 +141,17 @@ impl KubeCluster {
             page_size: settings.list_page_size.max(1),
             discovery: RwLock::new(HashMap::new()),
             impersonate: None,
+            in_flight: Arc::new(tokio::sync::Semaphore::new(settings.max_in_flight.max(1))),
         }
+    }
+
+    /// Counts this connection's requests in flight with the others on `in_flight`.
+    pub(crate) fn sharing_requests(
+        mut self,
+        in_flight: Arc<tokio::sync::Semaphore>,
+    ) -> KubeCluster {
+        self.in_flight = in_flight;
+        self
     }
 
     /// Marks the requests as sent impersonating `user` (the client must carry the header).
@@ -168,29 +181,33 @@ impl KubeCluster {
         let mut attempt = 1;
         loop {
             self.bucket.acquire().await;
-            let (failure, wait_hint) =
-                match tokio::time::timeout(self.attempt_timeout, request()).await {
-                    Ok(Ok(v)) => return Ok(v),
-                    Ok(Err(error)) => {
-                        if !retryable(&error) || attempt >= attempts {
-                            return Err(Failure::Kube {
-                                error,
-                                attempts: attempt,
-                            });
-                        }
-                        let hint = retry_after(&error);
-                        (error.to_string(), hint)
+            // Held for this attempt only (not across the backoff below). Never closed, so
+            // `acquire` cannot fail; if it did, the request goes out unlimited.
+            let permit = self.in_flight.acquire().await.ok();
+            let outcome = tokio::time::timeout(self.attempt_timeout, request()).await;
+            drop(permit);
+            let (failure, wait_hint) = match outcome {
+                Ok(Ok(v)) => return Ok(v),
+                Ok(Err(error)) => {
+                    if !retryable(&error) || attempt >= attempts {
+                        return Err(Failure::Kube {
+                            error,
+                            attempts: attempt,
+                        });
                     }
-                    Err(_) => {
-                        if attempt >= attempts {
-                            return Err(Failure::TimedOut {
-                                after: self.attempt_timeout,
-                                attempts: attempt,
-                            });
-                        }
-                        (format!("timed out after {:?}", self.attempt_timeout), None)
+                    let hint = retry_after(&error);
+                    (error.to_string(), hint)
+                }
+                Err(_) => {
+                    if attempt >= attempts {
+                        return Err(Failure::TimedOut {
+                            after: self.attempt_timeout,
+                            attempts: attempt,
+                        });
                     }
-                };
+                    (format!("timed out after {:?}", self.attempt_timeout), None)
+                }
+            };
             let delay = self.retry.delay(attempt, wait_hint);
             tracing::debug!(
                 cluster = %self.name,

@@ -412,6 +412,34 @@ fn owned_by(live: &Value, placement: &str) -> bool {
 }
 
 /// Every inventory of `fleet` on the cluster, by placement (an unreadable one as `Err`).
+/// The inventories of `desired`'s placements (as [`read_inventories`] would find them:
+/// in the inventory namespace, labelled for `fleet`), one GET each.
+async fn read_listed_inventories(
+    cluster: &dyn Cluster,
+    fleet: &str,
+    desired: &[Desired],
+) -> Result<BTreeMap<String, Result<Inventory, String>>, ClusterError> {
+    let mut out = BTreeMap::new();
+    for d in desired {
+        let Some(cm) = cluster.get(&inventory::configmap_ref(&d.placement)).await? else {
+            continue;
+        };
+        let labels = cm.pointer("/metadata/labels");
+        let label = |k: &str| labels.and_then(|l| l.get(k)).and_then(Value::as_str);
+        if label(inventory::LABEL_INVENTORY) != Some("true")
+            || label(flotilla_renderers::LABEL_FLEET) != Some(fleet)
+            || Inventory::placement_of(&cm) != Some(d.placement.as_str())
+        {
+            continue;
+        }
+        out.insert(
+            d.placement.clone(),
+            Inventory::from_configmap(&cm).map_err(|e| e.to_string()),
+        );
+    }
+    Ok(out)
+}
+
 async fn read_inventories(
     cluster: &dyn Cluster,
     fleet: &str,
@@ -593,7 +621,13 @@ async fn apply_inner(
             )
             .await?;
     }
-    let inventories = read_inventories(cluster, fleet).await?;
+    // With `only_listed`, only the listed placements' inventories matter: one GET each,
+    // whatever else the cluster runs.
+    let inventories = if options.only_listed {
+        read_listed_inventories(cluster, fleet, desired).await?
+    } else {
+        read_inventories(cluster, fleet).await?
+    };
 
     // Placements to apply: rendered, with a readable inventory.
     let mut work: Vec<(&Desired, &[DesiredObject], Inventory)> = Vec::new();

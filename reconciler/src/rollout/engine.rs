@@ -31,7 +31,8 @@ use super::windows;
 /// Per-cluster results of a batch recorded together: at least this many (or a sixteenth of
 /// the batch, whichever is more) ...
 const SETTLE_EVERY: usize = 8;
-/// ... or whatever arrived within this time, so status never lags far behind.
+/// ... or whatever arrived within this time (per 500 clusters of the batch), so status never
+/// lags far behind.
 const SETTLE_WITHIN: Duration = Duration::from_millis(250);
 
 /// How the engine reaches a cluster by its fleet name.
@@ -70,7 +71,7 @@ pub trait Verifier: Send + Sync {
 
 /// Hands the items of `results` to `flush` in groups, as they arrive: a group is flushed
 /// when it holds [`SETTLE_EVERY`] items or a sixteenth of `total` (whichever is more), when
-/// its first item has waited [`SETTLE_WITHIN`], or when the stream ends.
+/// its first item has waited [`SETTLE_WITHIN`] per 500 of `total`, or when the stream ends.
 pub(crate) async fn in_groups<S, T, E>(
     results: &mut S,
     total: usize,
@@ -80,13 +81,16 @@ where
     S: futures::Stream<Item = T> + Unpin,
 {
     let group = (total / 16).max(SETTLE_EVERY).min(total.max(1));
+    // Each flush writes the whole record (O(total)), and a bigger batch takes longer: the
+    // wait grows with the batch so the flushes per batch stay bounded.
+    let within = SETTLE_WITHIN * u32::try_from(total / 500).unwrap_or(u32::MAX).max(1);
     let mut pending: Vec<T> = Vec::new();
     let mut since = tokio::time::Instant::now();
     loop {
         let next = if pending.is_empty() {
             results.next().await.map(Some)
         } else {
-            match tokio::time::timeout_at(since + SETTLE_WITHIN, results.next()).await {
+            match tokio::time::timeout_at(since + within, results.next()).await {
                 Ok(item) => item.map(Some),
                 Err(_) => Some(None),
             }
@@ -102,7 +106,7 @@ where
             }
             Some(None) => false,
         };
-        let due = pending.len() >= group || since.elapsed() >= SETTLE_WITHIN;
+        let due = pending.len() >= group || since.elapsed() >= within;
         if !pending.is_empty() && (done || due) {
             flush(std::mem::take(&mut pending))?;
         }
