@@ -133,9 +133,10 @@ impl Shared {
     /// Closes the file when it has been idle or held long enough.
     fn close_if_due(&self) {
         let due = |h: &Held| {
-            let idle = h.since.elapsed().saturating_sub(Duration::from_millis(
-                h.last_used.load(Ordering::Relaxed),
-            ));
+            let idle = h
+                .since
+                .elapsed()
+                .saturating_sub(Duration::from_millis(h.last_used.load(Ordering::Relaxed)));
             (idle >= IDLE, h.since.elapsed() >= HOLD)
         };
         let check = match self.open.read() {

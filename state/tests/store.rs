@@ -729,7 +729,10 @@ fn a_busy_shared_store_still_gives_others_a_turn() {
     let still_busy = !writer.is_finished();
     done.store(true, std::sync::atomic::Ordering::SeqCst);
     let writes = writer.join().expect("writer");
-    assert!(still_busy, "the busy writer stopped before the other got a turn");
+    assert!(
+        still_busy,
+        "the busy writer stopped before the other got a turn"
+    );
     assert!(writes > 10, "the busy writer wrote {writes} times");
     let seen: Option<serde_json::Value> = other.read(|tx| tx.rollout("api")).expect("reads");
     assert_eq!(seen, Some(serde_json::json!({"paused": true})));
