@@ -1101,3 +1101,86 @@ impl Engine<'_> {
             .await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs `in_groups` over `items` ready at once; the groups flushed.
+    fn groups(items: usize, total: usize) -> Vec<Vec<usize>> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let mut stream = futures::stream::iter(0..items);
+            let mut out = Vec::new();
+            in_groups(&mut stream, total, |g| {
+                out.push(g);
+                Ok::<(), ()>(())
+            })
+            .await
+            .expect("flush");
+            out
+        })
+    }
+
+    #[test]
+    fn results_are_recorded_in_a_bounded_number_of_groups_in_order() {
+        for total in [1, 3, 8, 100, 1_000, 10_000] {
+            let g = groups(total, total);
+            let all: Vec<usize> = g.iter().flatten().copied().collect();
+            assert_eq!(
+                all,
+                (0..total).collect::<Vec<_>>(),
+                "every result once, in order"
+            );
+            // A batch of N clusters is written at most ~16 times when results come at once
+            // (plus one for the rest), however big N is.
+            assert!(g.len() <= 17, "{total} clusters: {} record writes", g.len());
+        }
+    }
+
+    #[test]
+    fn small_batches_are_recorded_as_results_arrive() {
+        // A canary of one cluster: its result is recorded at once, on its own.
+        assert_eq!(groups(1, 1), vec![vec![0]]);
+        // Results within a group wait for at most SETTLE_WITHIN; a batch of 3 is one write.
+        assert_eq!(groups(3, 3), vec![vec![0, 1, 2]]);
+    }
+
+    #[test]
+    fn a_slow_cluster_does_not_hold_back_the_results_before_it() {
+        // Two results at once, the third only much later (a cluster at its health deadline):
+        // the first two are recorded while the third is still out, not at the end.
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .expect("runtime");
+        let flushed = rt.block_on(async {
+            let (tx, mut rx) = futures::channel::mpsc::unbounded::<usize>();
+            tx.unbounded_send(0).expect("send");
+            tx.unbounded_send(1).expect("send");
+            let flushed = std::sync::Mutex::new(Vec::new());
+            let run = in_groups(&mut rx, 100, |g| {
+                flushed.lock().expect("lock").push(g);
+                Ok::<(), ()>(())
+            });
+            let late = async {
+                // The slow cluster answers once something was recorded (or after 30 s).
+                let t0 = std::time::Instant::now();
+                while flushed.lock().expect("lock").is_empty()
+                    && t0.elapsed() < Duration::from_secs(30)
+                {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                tx.unbounded_send(2).expect("send");
+                drop(tx);
+            };
+            let (res, ()) = futures::join!(run, late);
+            res.expect("flush");
+            flushed.into_inner().expect("lock")
+        });
+        assert_eq!(flushed, vec![vec![0, 1], vec![2]]);
+    }
+}
