@@ -56,6 +56,10 @@ const REVISIONS: TableSpec = table("revisions", KeyKind::Pair, ValueKind::Bytes)
 const MANIFESTS: TableSpec = table("manifests", KeyKind::Str, ValueKind::Text);
 const FAILED: TableSpec = table("failed", KeyKind::Pair, ValueKind::Bytes);
 const EVENTS: TableSpec = table("events", KeyKind::Seq, ValueKind::Bytes);
+/// (rollout id, event number) → nothing: the index a rollout's history is read through, so
+/// reading it costs its own events, not the whole log. Events appended before the index
+/// existed are not in it.
+const EVENTS_BY_ROLLOUT: TableSpec = table("events_by_rollout", KeyKind::Pair, ValueKind::Bytes);
 const META: TableSpec = table("meta", KeyKind::Str, ValueKind::U64);
 /// Workflow name → its schedule state (JSON, defined by the reconciler).
 const WORKFLOWS: TableSpec = table("workflows", KeyKind::Str, ValueKind::Bytes);
@@ -675,6 +679,32 @@ macro_rules! read_methods {
             Ok(out)
         }
 
+        /// The events appended for rollout `rollout` with [`WriteTx::append_rollout_event`],
+        /// in order, read through the index (the rest of the log is not read).
+        pub fn rollout_events<T: DeserializeOwned>(
+            &self,
+            rollout: &str,
+        ) -> Result<Vec<(u64, T)>, StateError> {
+            let mut out = Vec::new();
+            for (key, _) in self.raw.scan(&EVENTS_BY_ROLLOUT, &[rollout])? {
+                let name = key.get(1).cloned().unwrap_or_default();
+                let seq: u64 = name.parse().map_err(|_| StateError::Aborted {
+                    path: self.path.to_path_buf(),
+                    reason: format!(
+                        "table events_by_rollout: key {name:?} is not a sequence number"
+                    ),
+                })?;
+                // An index entry whose event is gone is skipped.
+                if let Some(bytes) = self.raw.get(&EVENTS, &[name.as_str()])? {
+                    out.push((
+                        seq,
+                        decode(self.path, EVENTS.name, || seq.to_string(), &bytes)?,
+                    ));
+                }
+            }
+            Ok(out)
+        }
+
         /// The schedule state of workflow `name`.
         pub fn workflow_state<T: DeserializeOwned>(
             &self,
@@ -872,6 +902,21 @@ impl WriteTx<'_> {
     /// are never reused (a rolled-back transaction's number is handed out again, since it was
     /// never visible). Writers are serialised, also across processes sharing a PostgreSQL
     /// database, so two appenders never get the same number.
+    /// [`WriteTx::append_event`] for an event of rollout `rollout` (empty: of none), indexed
+    /// so [`ReadTx::rollout_events`] finds it.
+    pub fn append_rollout_event<T: Serialize + ?Sized>(
+        &mut self,
+        rollout: &str,
+        event: &T,
+    ) -> Result<u64, StateError> {
+        let seq = self.append_event(event)?;
+        if !rollout.is_empty() {
+            self.raw
+                .put(&EVENTS_BY_ROLLOUT, &[rollout, seq_key(seq).as_str()], b"")?;
+        }
+        Ok(seq)
+    }
+
     pub fn append_event<T: Serialize + ?Sized>(&mut self, event: &T) -> Result<u64, StateError> {
         let seq =
             self.last_event_seq()?

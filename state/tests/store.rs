@@ -180,6 +180,37 @@ fn a_panicking_closure_writes_nothing(kind: Kind) {
         .unwrap();
 }
 
+fn a_rollouts_events_are_read_through_the_index(kind: Kind) {
+    let db = Db::new(kind);
+    let store = db.open();
+    // Interleaved events of two rollouts (and one of none), as concurrent placements write.
+    store
+        .write(|tx| {
+            tx.append_rollout_event("web@1", &"w1")?;
+            tx.append_rollout_event("api@1", &"a1")?;
+            tx.append_rollout_event("", &"none")?;
+            tx.append_rollout_event("web@1", &"w2")?;
+            // A rollout whose id another one's starts with.
+            tx.append_rollout_event("web@10", &"x")?;
+            Ok(())
+        })
+        .unwrap();
+    let web: Vec<(u64, String)> = store.read(|tx| tx.rollout_events("web@1")).unwrap();
+    assert_eq!(web, vec![(1, "w1".to_string()), (4, "w2".to_string())]);
+    let api: Vec<(u64, String)> = store.read(|tx| tx.rollout_events("api@1")).unwrap();
+    assert_eq!(api, vec![(2, "a1".to_string())]);
+    let none: Vec<(u64, String)> = store.read(|tx| tx.rollout_events("db@1")).unwrap();
+    assert!(none.is_empty());
+    // The log itself holds every event, in order.
+    let all: Vec<(u64, String)> = store.read(|tx| tx.events(0, 100)).unwrap();
+    assert_eq!(all.len(), 5);
+    // The index survives a reopen.
+    drop(store);
+    let store = db.open();
+    let web: Vec<(u64, String)> = store.read(|tx| tx.rollout_events("web@1")).unwrap();
+    assert_eq!(web.len(), 2);
+}
+
 fn events_are_numbered_from_one_and_continue_after_reopen(kind: Kind) {
     let db = Db::new(kind);
     {
@@ -875,6 +906,7 @@ on_both_backends!(
     a_failed_closure_writes_nothing,
     a_panicking_closure_writes_nothing,
     events_are_numbered_from_one_and_continue_after_reopen,
+    a_rollouts_events_are_read_through_the_index,
     a_placement_does_not_see_one_whose_name_it_prefixes,
     manifests_are_stored_once,
     sensitive_manifests_are_sealed_at_rest,

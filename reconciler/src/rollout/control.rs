@@ -91,7 +91,7 @@ pub fn request(
             message: note.into(),
         };
         tx.put_rollout(placement, &r)?;
-        tx.append_event(&event)?;
+        tx.append_rollout_event(&event.rollout, &event)?;
         Ok(Ok(format!("rollout {}: {note}", r.id)))
     })?
 }
@@ -105,12 +105,21 @@ pub fn history(
         let Some(r) = tx.rollout::<Rollout>(placement)? else {
             return Ok(None);
         };
-        let events: Vec<(u64, Event)> = tx.events(0, usize::MAX)?;
-        let events = events
+        // Through the index: the rollout's own events, however long the log is.
+        let mut events: Vec<Event> = tx
+            .rollout_events::<Event>(&r.id)?
             .into_iter()
             .map(|(_, e)| e)
-            .filter(|e| e.rollout == r.id)
             .collect();
+        if events.is_empty() {
+            // A rollout recorded before the index existed: the whole log, filtered.
+            events = tx
+                .events::<Event>(0, usize::MAX)?
+                .into_iter()
+                .map(|(_, e)| e)
+                .filter(|e| e.rollout == r.id)
+                .collect();
+        }
         Ok(Some((r, events)))
     })
 }

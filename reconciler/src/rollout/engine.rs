@@ -254,7 +254,7 @@ impl Engine<'_> {
             }
             tx.put_rollout(&next.placement, &next)?;
             for e in &events {
-                tx.append_event(e)?;
+                tx.append_rollout_event(&e.rollout, e)?;
             }
             Ok(next)
         })?;

@@ -198,7 +198,8 @@ impl Healer<'_> {
         let mut out = Vec::new();
         while let Some(done) = checks.next().await {
             if let Some((healed, event)) = done {
-                self.store.write(|tx| tx.append_event(&event).map(|_| ()))?;
+                self.store
+                    .write(|tx| tx.append_rollout_event(&event.rollout, &event).map(|_| ()))?;
                 (self.on_event)(&event);
                 out.push(healed);
             }
