@@ -169,6 +169,9 @@ fn hashes(s: &Shared, rev: &crate::revision::Revision) -> Arc<Hashes> {
 struct Facts {
     hashes: Arc<Hashes>,
     rollouts: HashMap<String, Rollout>,
+    /// (placement, cluster) → where the cluster is in its placement's rollout record
+    /// (batch, position): a cell finds its step at once, not by searching the record.
+    steps: HashMap<(String, String), (usize, usize)>,
     revisions: HashMap<(String, String), ClusterRevision>,
     /// (placement, cluster) → (drifted object ids, degraded object ids).
     drift: HashMap<(String, String), (Vec<String>, Vec<String>)>,
@@ -222,10 +225,24 @@ fn facts(
     }
     Ok(Facts {
         hashes,
+        steps: step_index(&rollouts),
         rollouts,
         revisions,
         drift,
     })
+}
+
+/// (placement, cluster) → (batch, position) in the placement's rollout record.
+fn step_index(rollouts: &HashMap<String, Rollout>) -> HashMap<(String, String), (usize, usize)> {
+    let mut steps = HashMap::new();
+    for (placement, r) in rollouts {
+        for (bi, b) in r.batches.iter().enumerate() {
+            for (ci, c) in b.clusters.iter().enumerate() {
+                steps.insert((placement.clone(), c.cluster.clone()), (bi, ci));
+            }
+        }
+    }
+    steps
 }
 
 fn listed(ids: &[String]) -> String {
@@ -250,11 +267,9 @@ fn cell(f: &Facts, placement: &str, cluster: &str) -> Cell {
         Some(Ok(h)) => h,
     };
     let step = f.rollouts.get(placement).and_then(|r| {
-        r.batches
-            .iter()
-            .flat_map(|b| &b.clusters)
-            .find(|c| c.cluster == cluster && c.hash == *desired)
-            .map(|c| (r, c))
+        let &(bi, ci) = f.steps.get(&key)?;
+        let c = r.batches.get(bi)?.clusters.get(ci)?;
+        (c.hash == *desired).then_some((r, c))
     });
     let recorded = f.revisions.get(&key);
     let base = match step {
@@ -894,9 +909,11 @@ mod tests {
             hashes.insert(key("web", c), Ok("h2".into()));
         }
         hashes.insert(key("web", "e"), Err("no such file".into()));
+        let rollouts = HashMap::from([("web".to_string(), rollout)]);
         let f = Facts {
             hashes: Arc::new(hashes),
-            rollouts: HashMap::from([("web".to_string(), rollout)]),
+            steps: step_index(&rollouts),
+            rollouts,
             revisions: HashMap::from([(
                 key("web", "d"),
                 ClusterRevision {
