@@ -8,7 +8,8 @@
 //! 1. first convergence: start to every placement `Succeeded`;
 //! 2. push to converged: a one-line change in one bundle, `git push`, a signed webhook, until
 //!    every cluster serves the new value (read from the sims);
-//! 3. the daemon's memory (VmRSS and VmHWM) after a drift check of every cluster.
+//! 3. the daemon's memory (VmRSS and VmHWM) after a drift check of every cluster;
+//! 4. one request each for a placement's rollout history and the web UI's fleet page.
 //!
 //! Each phase also reports the daemon's CPU time (user + system, /proc/PID/stat) and that
 //! time per cluster, so a cost that grows faster than the fleet shows at a glance.
@@ -335,6 +336,27 @@ fn run(clusters: usize, procs: usize) {
             per(cpu_drift),
             rss_now as f64 * 1024.0 / clusters as f64,
         );
+        // 4. reading: one placement's rollout history (its record and events, read through
+        // the event index) and the web UI's fleet page, each timed over one request.
+        for (what, path) in [
+            ("rollout history /api/v1/rollouts/p01", "/api/v1/rollouts/p01"),
+            ("UI fleet page /", "/"),
+        ] {
+            let t = Instant::now();
+            let r = client
+                .get(format!("{base}{path}"))
+                .send()
+                .await
+                .expect("request");
+            let status = r.status();
+            let bytes = r.bytes().await.expect("body").len();
+            assert!(status.is_success(), "{path}: {status}");
+            println!(
+                "{clusters} clusters: {what}: {:.1} ms, {} KiB",
+                t.elapsed().as_secs_f64() * 1000.0,
+                bytes / 1024
+            );
+        }
     });
     let _ = Command::new("kill")
         .args(["-TERM", &pid.to_string()])
