@@ -98,7 +98,9 @@ const HOLD: Duration = Duration::from_millis(1000);
 const GAP: Duration = Duration::from_millis(50);
 
 impl Shared {
-    fn new(path: PathBuf, db: Database) -> Arc<Shared> {
+    /// The handle and its closer thread; `None` (the file closed) when the thread cannot be
+    /// started: the store then opens the file for each transaction, as before.
+    fn new(path: PathBuf, db: Database) -> Option<Arc<Shared>> {
         let now = Instant::now();
         let shared = Arc::new(Shared {
             path,
@@ -120,14 +122,13 @@ impl Shared {
                     std::thread::sleep(IDLE / 2);
                 }
             });
-        if let Err(e) = spawned {
-            // Without the closer the file is closed after each transaction instead.
-            tracing::warn!(error = %e, "state store: no closer thread; closing after each transaction");
-            if let Ok(mut open) = shared.open.write() {
-                *open = None;
+        match spawned {
+            Ok(_) => Some(shared),
+            Err(e) => {
+                tracing::warn!(error = %e, "state store: no closer thread; the file is opened for each transaction");
+                None
             }
         }
-        shared
     }
 
     /// Closes the file when it has been idle or held long enough.
@@ -251,7 +252,7 @@ impl RedbBackend {
     /// Turns an open backend into a shared one (see [`Shared`]).
     pub(crate) fn into_shared(mut self) -> RedbBackend {
         if let Some(db) = self.db.take() {
-            self.shared = Some(Shared::new(self.path.clone(), db));
+            self.shared = Shared::new(self.path.clone(), db);
         }
         self
     }
