@@ -177,19 +177,25 @@ struct Facts {
     drift: HashMap<(String, String), (Vec<String>, Vec<String>)>,
 }
 
-fn facts(
-    s: &Shared,
-    rev: &crate::revision::Revision,
-    placements: &[&str],
-) -> Result<Facts, String> {
+/// The facts of every placement of `rev`, on every cluster or only on cluster `only` (a
+/// cluster page reads and indexes that cluster's, not the fleet's).
+fn facts(s: &Shared, rev: &crate::revision::Revision, only: Option<&str>) -> Result<Facts, String> {
     let hashes = hashes(s, rev);
     let (rollouts, revisions) = s
         .store
         .read(|tx| {
             let rollouts: Vec<(String, Rollout)> = tx.rollouts()?;
             let mut revisions = HashMap::new();
-            for p in placements {
-                let list: Vec<(String, ClusterRevision)> = tx.revisions(p)?;
+            for p in &rev.fleet.placements {
+                let p = p.name.as_str();
+                let list: Vec<(String, ClusterRevision)> = match only {
+                    Some(c) => tx
+                        .revision(p, c)?
+                        .map(|r| (c.to_string(), r))
+                        .into_iter()
+                        .collect(),
+                    None => tx.revisions(p)?,
+                };
                 for (c, r) in list {
                     revisions.insert((p.to_string(), c), r);
                 }
@@ -201,7 +207,11 @@ fn facts(
     if let Some(report) = &*s.drift.read().unwrap_or_else(|p| p.into_inner())
         && report.revision == rev.commit
     {
-        for c in &report.clusters {
+        for c in report
+            .clusters
+            .iter()
+            .filter(|c| only.is_none_or(|o| o == c.name))
+        {
             for p in &c.placements {
                 let changed = p
                     .objects
@@ -225,19 +235,26 @@ fn facts(
     }
     Ok(Facts {
         hashes,
-        steps: step_index(&rollouts),
+        steps: step_index(&rollouts, only),
         rollouts,
         revisions,
         drift,
     })
 }
 
-/// (placement, cluster) → (batch, position) in the placement's rollout record.
-fn step_index(rollouts: &HashMap<String, Rollout>) -> HashMap<(String, String), (usize, usize)> {
+/// (placement, cluster) → (batch, position) in the placement's rollout record, for every
+/// cluster or only `only`.
+fn step_index(
+    rollouts: &HashMap<String, Rollout>,
+    only: Option<&str>,
+) -> HashMap<(String, String), (usize, usize)> {
     let mut steps = HashMap::new();
     for (placement, r) in rollouts {
         for (bi, b) in r.batches.iter().enumerate() {
             for (ci, c) in b.clusters.iter().enumerate() {
+                if only.is_some_and(|o| o != c.cluster) {
+                    continue;
+                }
                 steps.insert((placement.clone(), c.cluster.clone()), (bi, ci));
             }
         }
@@ -359,7 +376,7 @@ async fn fleet(State(s): State<AppState>, Query(q): Query<Vec<(String, String)>>
             .iter()
             .map(|p| p.name.as_str())
             .collect();
-        let f = match facts(&s, &rev, &names) {
+        let f = match facts(&s, &rev, None) {
             Ok(f) => f,
             Err(e) => return unavailable(&e),
         };
@@ -563,13 +580,7 @@ async fn cluster(
             fragment(&q),
         ));
     };
-    let names: Vec<&str> = rev
-        .fleet
-        .placements
-        .iter()
-        .map(|p| p.name.as_str())
-        .collect();
-    let f = match facts(&s, &rev, &names) {
+    let f = match facts(&s, &rev, Some(&name)) {
         Ok(f) => f,
         Err(e) => return unavailable(&e),
     };
@@ -912,7 +923,7 @@ mod tests {
         let rollouts = HashMap::from([("web".to_string(), rollout)]);
         let f = Facts {
             hashes: Arc::new(hashes),
-            steps: step_index(&rollouts),
+            steps: step_index(&rollouts, None),
             rollouts,
             revisions: HashMap::from([(
                 key("web", "d"),
