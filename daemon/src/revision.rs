@@ -219,6 +219,22 @@ mod tests {
         );
     }
 
+    /// `work` made a repository with one commit of all it holds, fetched into `cache`.
+    fn committed(work: &Path, cache: &Path, message: &str) -> GitSource {
+        git(work, &["init", "--quiet", "-b", "main"]);
+        git(work, &["add", "-A"]);
+        git(work, &["commit", "--quiet", "-m", message]);
+        let remote = Remote::parse(work.to_str().expect("utf-8"), None).expect("remote");
+        let mut source = GitSource::open(
+            remote,
+            Rev::parse("main").expect("rev"),
+            cache.to_path_buf(),
+        )
+        .expect("open");
+        source.poll().expect("fetch");
+        source
+    }
+
     #[test]
     fn a_commit_over_its_render_budget_is_rejected_and_the_next_one_loads() {
         let tmp = tempfile::tempdir().expect("temp dir");
@@ -240,17 +256,7 @@ mod tests {
             )
             .expect("write");
         }
-        git(&work, &["init", "--quiet", "-b", "main"]);
-        git(&work, &["add", "-A"]);
-        git(&work, &["commit", "--quiet", "-m", "big"]);
-        let remote = Remote::parse(work.to_str().expect("utf-8"), None).expect("remote");
-        let mut source = GitSource::open(
-            remote,
-            Rev::parse("main").expect("rev"),
-            tmp.path().join("cache"),
-        )
-        .expect("open");
-        source.poll().expect("fetch");
+        let mut source = committed(&work, &tmp.path().join("cache"), "big");
         let mut loader = Loader::new("fleet.yaml");
         loader.limits.read_bytes = 16 << 10;
         let snapshot = source.current().expect("snapshot").clone();
@@ -297,17 +303,7 @@ mod tests {
             )
             .expect("write");
         }
-        git(&work, &["init", "--quiet", "-b", "main"]);
-        git(&work, &["add", "-A"]);
-        git(&work, &["commit", "--quiet", "-m", "teams"]);
-        let remote = Remote::parse(work.to_str().expect("utf-8"), None).expect("remote");
-        let mut source = GitSource::open(
-            remote,
-            Rev::parse("main").expect("rev"),
-            tmp.path().join("cache"),
-        )
-        .expect("open");
-        source.poll().expect("fetch");
+        let source = committed(&work, &tmp.path().join("cache"), "teams");
         let snapshot = source.current().expect("snapshot").clone();
         let Loaded::Valid(rev) = Loader::new("fleet.yaml").load(&snapshot) else {
             panic!("expected a valid revision");
