@@ -1,6 +1,7 @@
 //! The redb file itself: a file that is not a store, one holder at a time (in this process
 //! and another), damage is an error and never a panic, and shared stores taking turns on
 //! one file (`Store::open_shared`). The store's behaviour on both backends is in `store.rs`.
+#![allow(clippy::unwrap_used)]
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
